@@ -1,0 +1,35 @@
+# dfscan: the few commands people need. `make help` lists them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help setup test test-slow lint bench bench-system faults flower
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup:  ## create .venv with torch 2.13.0 (CPU, from local disk) and dfscan in editable mode
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[worker,dev]'
+
+test:  ## lint, type-check and run the default suite (unit, integration, e2e; not the slow scenarios)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -m "not slow"
+
+test-slow:  ## the long fault-injection scenarios (Postgres stopped 30 s, repeated kills, ...)
+	$(PY) -m pytest -m slow
+
+lint:  ## ruff and mypy only
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench:  ## in-process benchmark: seed pipeline() vs dfscan scan vs model-only forward
+	$(PY) -m bench.core
+
+bench-system:  ## whole-system benchmark: submit -> Redis -> worker -> Postgres
+	$(PY) -m bench.system
+
+faults:  ## run every fault scenario and print the README table
+	$(PY) -m bench.faults

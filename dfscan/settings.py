@@ -1,0 +1,123 @@
+"""All dfscan settings, read from ``DFSCAN_*`` environment variables (or a ``.env`` file).
+
+One flat prefix, one class. Every default is written here once, with the reason for it. The
+README's environment table is generated from this class (``dfscan config --markdown``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DFSCAN_", env_file=".env", extra="ignore")
+
+    # --- model ---------------------------------------------------------------------------------
+    model: str = Field(
+        "prithivMLmods/Deep-Fake-Detector-Model",
+        description="Checkpoint: a Hugging Face hub id or a local directory. The seed's default.",
+    )
+    model_revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) to pin; unset means the default branch."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto picks CUDA when present, else CPU."
+    )
+    int8: bool = Field(
+        False,
+        description="CPU only: dynamic int8 quantisation (~1.8x faster, ~99% agreement). Off by default "
+        "because a score then depends on the other images in its batch.",
+    )
+    threads: int | None = Field(
+        None,
+        description="torch threads per worker process; unset means cores / worker processes, so "
+        "concurrency x threads never oversubscribes the CPU.",
+    )
+    batch_size: int = Field(8, ge=1, description="Images per forward pass. 4-16 is fastest on CPU.")
+    batch_wait_ms: int = Field(
+        20, ge=0, description="Worker: longest wait for a batch to fill before running it anyway."
+    )
+    threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="p(fake) at or above which a verdict is 'fake', unless the promoted model "
+        "version carries its own calibrated threshold.",
+    )
+
+    # --- sources (untrusted by default) --------------------------------------------------------
+    allowed_roots: CommaList = Field(
+        (),
+        description="Comma-separated directories a worker may read paths from. Empty: no paths.",
+    )
+    url_allowlist: CommaList = Field(
+        (),
+        description="Comma-separated hosts or CIDRs that may be fetched even though they are "
+        "internal (e.g. an internal image store). Empty: only public addresses.",
+    )
+    max_bytes: int = Field(20 * MiB, ge=1, description="Byte cap on one source (body or file).")
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Pixel cap per image, well under Pillow's bomb threshold (~89 Mpx).",
+    )
+    max_frames: int = Field(1000, ge=1, description="Animations with more frames are refused.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a URL's host.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds between two reads of a body.")
+    fetch_deadline: float = Field(30.0, gt=0, description="Seconds for a whole fetch, redirects included.")
+    max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each checked again.")
+
+    # --- storage and broker --------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///dfscan.db",
+        description="SQLAlchemy URL. SQLite for a laptop scan; postgresql+psycopg2://... for the service.",
+    )
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    queue_max_depth: int = Field(
+        100_000, ge=1, description="Backpressure: submit fails past this many queued messages."
+    )
+    visibility_timeout: int = Field(
+        300,
+        ge=1,
+        description="Seconds before Redis redelivers an unacknowledged message (kombu's default is 1 h).",
+    )
+    lease_seconds: int = Field(
+        120, ge=1, description="Sweeper: a job queued or running this long without progress is re-sent."
+    )
+    max_attempts: int = Field(5, ge=1, description="Attempts before a job fails with MAX_ATTEMPTS.")
+    sweep_interval: float = Field(30.0, gt=0, description="Seconds between two sweeps.")
+
+    # --- training and the model registry -------------------------------------------------------
+    model_store: Path = Field(Path("model-store"), description="Directory for trained model versions.")
+    target_fpr: float = Field(
+        0.05, gt=0, lt=1, description="Threshold chosen so this share of real images is flagged fake."
+    )
+
+    # --- flower --------------------------------------------------------------------------------
+    flower_user: str = Field("admin", description="Flower basic-auth user.")
+    flower_password: SecretStr = Field(
+        SecretStr(""), description="Flower basic-auth password; Flower refuses to start without one."
+    )
+    flower_port: int = Field(5555, description="Flower's HTTP port.")
+
+    @field_validator("allowed_roots", "url_allowlist", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()
