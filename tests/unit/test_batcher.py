@@ -1,0 +1,89 @@
+"""The dynamic batcher: batches across threads, fails a faulty batch per item, drains on close."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from dfscan.exceptions import InferenceError
+from worker.inference.batcher import DynamicBatcher
+
+
+def _mean_model(calls: list[int]):
+    def predict(pixels: torch.Tensor) -> list[float]:
+        calls.append(pixels.shape[0])
+        return pixels.flatten(1).mean(1).tolist()
+
+    return predict
+
+
+def test_each_caller_gets_its_own_score_and_batches_form() -> None:
+    calls: list[int] = []
+    batcher = DynamicBatcher(_mean_model(calls), max_batch=8, max_wait=0.2)
+    start = threading.Barrier(16)
+
+    def one(i: int) -> float:
+        start.wait()
+        return batcher.submit(torch.full((3, 4, 4), i / 100)).result(timeout=10)
+
+    with ThreadPoolExecutor(16) as pool:
+        scores = list(pool.map(one, range(16)))
+    batcher.close(timeout=5)
+    assert scores == pytest.approx([i / 100 for i in range(16)])
+    assert sum(calls) == 16
+    assert max(calls) > 1, f"no batching happened: {calls}"
+    assert max(calls) <= 8
+    assert batcher.stats.items == 16
+
+
+def test_model_fault_fails_every_item_of_the_batch_with_inference_error() -> None:
+    def broken(pixels: torch.Tensor) -> list[float]:
+        raise RuntimeError("CUDA error: device-side assert")
+
+    batcher = DynamicBatcher(broken, max_batch=4, max_wait=0.05)
+    futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(3)]
+    for future in futures:
+        with pytest.raises(InferenceError, match="device-side assert") as info:
+            future.result(timeout=5)
+        assert info.value.code == "INFERENCE_FAILED" and not info.value.permanent
+    batcher.close(timeout=5)
+    assert batcher.stats.failed_batches >= 1
+
+
+def test_wrong_number_of_scores_is_caught() -> None:
+    batcher = DynamicBatcher(lambda pixels: [0.5], max_batch=4, max_wait=0.2)
+    futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(2)]
+    with pytest.raises(InferenceError, match="returned 1 scores for a batch of 2"):
+        futures[1].result(timeout=5)
+    batcher.close(timeout=5)
+
+
+def test_close_drains_submitted_items_and_refuses_new_ones() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow(pixels: torch.Tensor) -> list[float]:
+        gate.wait(5)
+        calls.append(pixels.shape[0])
+        return [0.25] * pixels.shape[0]
+
+    batcher = DynamicBatcher(slow, max_batch=2, max_wait=0.0)
+    futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(5)]
+    closer = threading.Thread(target=batcher.close, kwargs={"timeout": 10})
+    closer.start()
+    gate.set()
+    closer.join(10)
+    assert [f.result(timeout=1) for f in futures] == [0.25] * 5
+    with pytest.raises(InferenceError, match="shut down"):
+        batcher.submit(torch.zeros(3, 2, 2))
+
+
+def test_swap_changes_the_model_for_later_batches() -> None:
+    batcher = DynamicBatcher(lambda p: [0.1] * p.shape[0], max_batch=1, max_wait=0.0)
+    assert batcher.submit(torch.zeros(3, 2, 2)).result(timeout=5) == pytest.approx(0.1)
+    batcher.swap(lambda p: [0.9] * p.shape[0])
+    assert batcher.submit(torch.zeros(3, 2, 2)).result(timeout=5) == pytest.approx(0.9)
+    batcher.close(timeout=5)
