@@ -1,0 +1,300 @@
+"""The `dfscan` command line. Thin: every command calls the producer, the database layer or the core."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dfscan.cli.output import Format, emit_json, print_rows, summary
+from dfscan.exceptions import DfscanError
+from dfscan.settings import get_settings
+
+app = typer.Typer(
+    help="Scan images for deepfakes: in-process (`scan`) or through Redis, Celery and Postgres.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+    label = exc.code if isinstance(exc, DfscanError) else type(exc).__name__
+    err.print(f"[red]error[/red] {label}: {exc}")
+    return typer.Exit(code)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False):
+    _setup_logging(verbose)
+
+
+@app.command()
+def scan(
+    targets: Annotated[list[str], typer.Argument(help="Image files, folders or http(s) URLs.")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local directory (default DFSCAN_MODEL).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="table, json (one object per line) or csv.")] = (
+        Format.table
+    ),
+) -> None:
+    """Scan images in this process (no servers) and store every result (SQLite by default)."""
+    from dfscan.cli.local_scan import collect_sources, run_local_scan
+
+    settings = get_settings()
+    sources, roots = collect_sources(targets, recursive=recursive)
+    if not sources:
+        err.print("nothing to scan: no files found in " + ", ".join(targets))
+        raise typer.Exit(1)
+    rows = []
+    try:
+        stream = run_local_scan(
+            sources,
+            roots,
+            settings,
+            model=model or settings.model,
+            batch_size=batch_size or settings.batch_size,
+        )
+        show_bar = fmt is not Format.json and len(sources) > 8 and err.is_terminal
+        with _progress(len(sources), show_bar) as advance:
+            for row in stream:
+                rows.append(row)
+                if fmt is Format.json:
+                    emit_json(row)
+                advance()
+    except DfscanError as exc:
+        raise _fail(exc) from exc
+    if fmt is not Format.json:
+        print_rows(rows, fmt)
+    err.print(summary(rows) + f"; results stored in {_redact(settings.database_url)}")
+
+
+@app.command()
+def submit(
+    targets: Annotated[
+        list[str], typer.Argument(help="URLs, paths, folders, @FILE of sources, or - for stdin.")
+    ],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+    client_ref: Annotated[str | None, typer.Option(help="Your reference, stored on each job.")] = None,
+    priority: Annotated[int, typer.Option(min=0, max=9, help=">= 5 uses the interactive lane.")] = 0,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Same key, same submission: safe retries.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for every job, with a progress bar.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to --wait before giving up.")] = None,
+    wait_for_capacity: Annotated[
+        float | None, typer.Option(help="When the queue is full, wait up to this many seconds.")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Queue images for the workers (rows in Postgres first, then one message each)."""
+    from producer.client import ScanClient
+    from producer.sources import expand_targets
+
+    try:
+        sources = expand_targets(targets, recursive=recursive)
+        if not sources:
+            raise typer.BadParameter("no sources found in " + ", ".join(targets))
+        client = ScanClient(get_settings())
+        sub = client.submit(
+            sources,
+            client_ref=client_ref,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            wait_for_capacity=wait_for_capacity,
+        )
+    except DfscanError as exc:
+        raise _fail(exc) from exc
+    err.print(
+        f"submission {sub.id}: {len(sub.job_ids)} jobs" + ("" if sub.created else " (already submitted)")
+    )
+    if not wait:
+        if fmt is Format.json:
+            emit_json({"submission_id": str(sub.id), "jobs": len(sub.job_ids), "created": sub.created})
+        else:
+            print(sub.id)
+        return
+    with _progress(len(sub.job_ids), err.is_terminal) as advance:
+        done = 0
+
+        def on_progress(counts: dict[str, int]) -> None:
+            nonlocal done
+            finished = counts["done"] + counts["failed"]
+            for _ in range(finished - done):
+                advance()
+            done = finished
+
+        try:
+            sub.wait(timeout, on_progress=on_progress)
+        except TimeoutError as exc:
+            raise _fail(exc, 3) from exc
+    rows = [asdict(row) for row in sub.results()]
+    print_rows(rows, fmt, extra_keys=("job_id",))
+    err.print(summary(rows))
+
+
+@app.command()
+def status(submission: Annotated[str, typer.Argument(help="Submission id.")]) -> None:
+    """Counts of a submission's jobs by state."""
+    from producer.client import ScanClient
+
+    try:
+        counts = ScanClient(get_settings()).submission(submission).status()
+    except KeyError as exc:
+        raise _fail(exc, 1) from exc
+    print(" ".join(f"{key}={value}" for key, value in counts.items()))
+
+
+@app.command()
+def results(
+    submission: Annotated[str | None, typer.Argument(help="Submission id (default: all).")] = None,
+    label: Annotated[str | None, typer.Option(help="Only 'fake' or 'real' verdicts.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO date/time, e.g. 2026-11-26T00:00:00Z.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Stored results, newest last."""
+    from datetime import datetime
+
+    from producer.client import ScanClient
+
+    if label not in (None, "fake", "real"):
+        raise typer.BadParameter("--label must be fake or real")
+    when = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+    rows = ScanClient(get_settings()).results(submission_id=submission, label=label, since=when, limit=limit)
+    print_rows([asdict(row) for row in rows], fmt, extra_keys=("job_id",))
+
+
+@app.command()
+def check(
+    submission: Annotated[str, typer.Argument(help="Submission id.")],
+    deadline: Annotated[float, typer.Option(help="Seconds to wait for every job to be final.")] = 0.0,
+) -> None:
+    """Invariant check: every job has exactly one outcome. Exits 1 on any loss or duplicate."""
+    from producer.check import check_submission
+
+    report = check_submission(get_settings(), submission, deadline=deadline)
+    print(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="inference, training, or both (comma-separated).")
+    ] = "inference",
+    concurrency: Annotated[int | None, typer.Option(help="Task threads (default 2 x batch size).")] = None,
+    sweeper: Annotated[bool, typer.Option("--sweeper", help="Also run the sweeper in this process.")] = False,
+    name: Annotated[str | None, typer.Option(help="Celery node name (default dfscan@host-pid).")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker: inference (threads pool, one batched model) or training."""
+    from dfscan.cli.service import run_worker
+
+    run_worker(
+        get_settings(), queues=queues, concurrency=concurrency, sweeper=sweeper, name=name, loglevel=loglevel
+    )
+
+
+@app.command("sweeper")
+def sweeper_cmd(once: Annotated[bool, typer.Option("--once", help="Sweep once and exit.")] = False) -> None:
+    """Re-send jobs whose message or worker was lost (Postgres is the truth)."""
+    from dfscan.cli.service import run_sweeper_process
+
+    run_sweeper_process(get_settings(), once=once)
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default DFSCAN_FLOWER_PORT).")] = None,
+) -> None:
+    """Start Flower against the broker, with basic auth from DFSCAN_FLOWER_USER/PASSWORD."""
+    from dfscan.cli.service import run_flower
+
+    try:
+        run_flower(get_settings(), port=port)
+    except DfscanError as exc:
+        raise _fail(exc) from exc
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations to DFSCAN_DATABASE_URL."""
+    from db.migrate import current, upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    err.print(f"{_redact(url)} is at revision {current(url)}")
+
+
+@app.command()
+def config(markdown: Annotated[bool, typer.Option("--markdown", help="The README's table.")] = False) -> None:
+    """Show every DFSCAN_* setting with its value (or, --markdown, its default and meaning)."""
+    from dfscan.settings import Settings
+
+    if markdown:
+        print("| variable | default | meaning |\n|---|---|---|")
+        for name, field in Settings.model_fields.items():
+            default = field.default
+            shown = "" if default is None or hasattr(default, "get_secret_value") else default
+            print(f"| `DFSCAN_{name.upper()}` | `{shown}` | {field.description or ''} |")
+        return
+    settings = get_settings()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        print(f"DFSCAN_{name.upper()}={value}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+class _progress:
+    """A rich progress bar on stderr when asked for, else a no-op; yields an advance() callable."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self._bar = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task("scanning", total=self.total)
+        return lambda: self._bar.advance(task)  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,84 @@
+"""Print results as a table, JSON lines or CSV. Shared by `scan`, `submit --wait` and `results`.
+
+Every row is a plain dict with at least: source, status, label, fake_score, model_version,
+error_code, error (and job_id for the service commands). JSON output is one object per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+KEYS = ("source", "status", "label", "fake_score", "model_version", "error_code", "error")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def emit_json(row: Mapping[str, Any]) -> None:
+    sys.stdout.write(json.dumps(dict(row), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_rows(rows: list[dict[str, Any]], fmt: Format, *, extra_keys: tuple[str, ...] = ()) -> None:
+    keys = (*extra_keys, *KEYS)
+    if fmt is Format.json:
+        for row in rows:
+            emit_json(row)
+    elif fmt is Format.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(keys), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print_table(rows)
+
+
+def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
+    table = Table(show_lines=False)
+    for name, justify in (("source", "left"), ("label", "left"), ("p(fake)", "right"), ("model", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for row in rows:
+        if row["status"] == "done":
+            colour = "red" if row["label"] == "fake" else "green"
+            table.add_row(
+                str(row["source"]),
+                f"[{colour}]{row['label']}[/{colour}]",
+                f"{row['fake_score']:.4f}",
+                str(row["model_version"]),
+            )
+        elif row["status"] == "failed":
+            table.add_row(str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", str(row["error"]))
+        else:
+            table.add_row(str(row["source"]), str(row["status"]), "", "")
+    Console(soft_wrap=False).print(table)
+
+
+def summary(rows: Iterable[Mapping[str, Any]]) -> str:
+    counts: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    for row in rows:
+        counts["total"] += 1
+        counts[str(row["status"])] += 1
+        if row["status"] == "done":
+            counts[str(row["label"])] += 1
+        elif row.get("error_code"):
+            codes[str(row["error_code"])] += 1
+    parts = [f"{counts['total']} images", f"{counts['fake']} fake", f"{counts['real']} real"]
+    parts.append(f"{counts['failed']} failed")
+    if codes:
+        parts[-1] += " (" + ", ".join(f"{code} {n}" for code, n in codes.most_common()) + ")"
+    pending = counts["total"] - counts["done"] - counts["failed"]
+    if pending:
+        parts.append(f"{pending} pending")
+    return ", ".join(parts)

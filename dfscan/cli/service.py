@@ -1,0 +1,105 @@
+"""Process launchers behind `dfscan worker`, `dfscan sweeper` and `dfscan flower`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from dfscan.exceptions import DfscanError
+from dfscan.queueing import expand_queues
+from dfscan.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    queues: str,
+    concurrency: int | None,
+    sweeper: bool,
+    name: str | None,
+    loglevel: str,
+) -> None:
+    """Start a Celery worker consuming ``queues`` (groups: inference, training).
+
+    Inference runs on the threads pool: tasks (one image each) fetch and decode in parallel and
+    share one model behind the dynamic batcher; CUDA is initialised in this process only, and no
+    fork follows it. Training runs one run at a time (concurrency 1) in its own worker process.
+    """
+    from worker.app import app
+
+    concrete = expand_queues(queues)
+    training_only = all(queue == "training" for queue in concrete)
+    threads = concurrency or (1 if training_only else max(4, 2 * settings.batch_size))
+    if "training" in concrete and not training_only:
+        log.warning("one process serves inference and training: a training run will slow inference")
+    if sweeper:
+        from db.session import new_engine, new_session_factory
+        from worker.app import _stop_sweeper
+        from worker.sweeper import run_sweeper
+
+        sessions = new_session_factory(new_engine(settings.database_url))
+        thread = threading.Thread(
+            target=run_sweeper,
+            args=(app, sessions, settings, _stop_sweeper),
+            name="dfscan-sweeper",
+            daemon=True,
+        )
+        thread.start()
+    node = name or f"dfscan-{'+'.join(queues.split(','))}@{socket.gethostname()}-{os.getpid()}"
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={threads}",
+            f"--queues={','.join(concrete)}",
+            f"--hostname={node}",
+            f"--loglevel={loglevel}",
+            "--task-events",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+def run_sweeper_process(settings: Settings, *, once: bool) -> None:
+    from db.session import new_engine, new_session_factory
+    from dfscan.queueing import new_celery_app
+    from worker.sweeper import run_sweeper, sweep_once
+
+    app = new_celery_app(settings)
+    sessions = new_session_factory(new_engine(settings.database_url))
+    if once:
+        report = sweep_once(app, sessions, settings)
+        print(f"relayed={report.relayed} resent={report.resent} failed={report.failed}")
+        return
+    stop = threading.Event()
+    try:
+        run_sweeper(app, sessions, settings, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def run_flower(settings: Settings, *, port: int | None) -> None:
+    """Flower with basic auth; its API answers 401 without auth, so auth is required, not optional."""
+    password = settings.flower_password.get_secret_value()
+    if not password:
+        raise DfscanError(
+            "set DFSCAN_FLOWER_PASSWORD (and DFSCAN_FLOWER_USER, default admin): Flower is not started "
+            "without authentication",
+            code="CONFIG_ERROR",
+        )
+    from dfscan.queueing import new_celery_app
+
+    app = new_celery_app(settings)
+    app.start(
+        [
+            "flower",
+            f"--port={port or settings.flower_port}",
+            f"--basic-auth={settings.flower_user}:{password}",
+            "--persistent=False",
+        ]
+    )

@@ -1,0 +1,87 @@
+"""The message contract between producers and workers, and the Celery app both sides share.
+
+This module is light on purpose: the producer imports it, and it imports no torch.
+
+Contract (documented in the README, stable):
+
+- task ``dfscan.scan`` on queue ``inference`` (bulk) or ``inference.interactive`` (the interactive
+  lane a bulk backfill cannot starve: workers consume both and kombu rotates between them),
+  JSON kwargs ``{"job_id": "<uuid>"}`` from dfscan's own producer, or from a foreign Celery client
+  (celery-node, another language) ``{"sources": ["https://...", ...], "client_ref": "..."}``; a
+  positional ``[["https://..."]]`` works too. Foreign jobs are written to Postgres first.
+- task ``dfscan.train`` on queue ``training``, kwargs ``{"run_id": "<uuid>"}``.
+- broadcast ``dfscan_reload_model``: a running inference worker re-reads the promoted model version.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from dfscan.settings import Settings
+
+SCAN_TASK = "dfscan.scan"
+TRAIN_TASK = "dfscan.train"
+RELOAD_COMMAND = "dfscan_reload_model"
+
+INFERENCE_QUEUE = "inference"
+INTERACTIVE_QUEUE = "inference.interactive"
+TRAINING_QUEUE = "training"
+
+# Priority at or above this goes to the interactive lane.
+INTERACTIVE_PRIORITY = 5
+
+# What `dfscan worker --queues inference` consumes.
+QUEUE_GROUPS: dict[str, tuple[str, ...]] = {
+    "inference": (INTERACTIVE_QUEUE, INFERENCE_QUEUE),
+    "training": (TRAINING_QUEUE,),
+}
+
+
+def queue_for_priority(priority: int) -> str:
+    return INTERACTIVE_QUEUE if priority >= INTERACTIVE_PRIORITY else INFERENCE_QUEUE
+
+
+def expand_queues(names: str) -> list[str]:
+    """``"inference,training"`` -> every concrete queue those groups consume."""
+    out: list[str] = []
+    for name in (part.strip() for part in names.split(",")):
+        for queue in QUEUE_GROUPS.get(name, (name,)):
+            if queue and queue not in out:
+                out.append(queue)
+    return out
+
+
+def new_celery_app(settings: Settings) -> Celery:
+    app = Celery("dfscan", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,  # Postgres holds the outcome; Celery results would be a second truth
+        task_ignore_result=True,
+        task_queues=[Queue(INFERENCE_QUEUE), Queue(INTERACTIVE_QUEUE), Queue(TRAINING_QUEUE)],
+        task_default_queue=INFERENCE_QUEUE,
+        task_routes={SCAN_TASK: {"queue": INFERENCE_QUEUE}, TRAIN_TASK: {"queue": TRAINING_QUEUE}},
+        # A message is acked only after its outcome is in Postgres; a killed worker's messages come back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Flower: per-image task events (received/started/succeeded/failed) and sent events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a Redis restart must not end the worker
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu looks for expired unacked messages only every interval x throttle seconds.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 10,
+        },
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app

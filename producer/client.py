@@ -1,0 +1,151 @@
+"""The producer's Python API: submit image sources, wait, read results.
+
+Importing this module imports no torch and no transformers: a moderation backend installs dfscan
+without the ``worker`` extra and submits from here::
+
+    client = ScanClient()
+    submission = client.submit(["https://example.com/a.jpg"], client_ref="post-123")
+    submission.wait(timeout=60)
+    for row in submission.results():
+        print(row.source, row.label, row.fake_score)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs, results
+from db.session import new_engine, new_session_factory
+from dfscan.exceptions import QueueFullError
+from dfscan.queueing import new_celery_app
+from dfscan.settings import Settings, get_settings
+from producer.outbox import queue_depth, relay_unsent, send_jobs
+
+FINAL_STATES = ("done", "failed")
+
+
+@dataclass
+class Submission:
+    """One client call: its jobs, and how to follow them."""
+
+    id: uuid.UUID
+    job_ids: list[uuid.UUID]
+    created: bool
+    _sessions: sessionmaker[Session] = field(repr=False)
+
+    def status(self) -> dict[str, int]:
+        """Counts by state: queued, running, done, failed, total."""
+        with self._sessions() as session:
+            return results.submission_counts(session, self.id)
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        poll: float = 0.5,
+        on_progress: Callable[[dict[str, int]], None] | None = None,
+    ) -> dict[str, int]:
+        """Block until every job is done or failed (or ``timeout`` passes); returns the last counts."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            counts = self.status()
+            if on_progress is not None:
+                on_progress(counts)
+            if counts["done"] + counts["failed"] >= counts["total"]:
+                return counts
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"submission {self.id} not finished after {timeout:.0f}s: {counts}; "
+                    "is a worker running (`dfscan worker --queues inference`)?"
+                )
+            time.sleep(poll)
+
+    def results(self, *, label: str | None = None) -> list[results.ResultRow]:
+        with self._sessions() as session:
+            return results.results(session, submission_id=self.id, label=label)
+
+
+class ScanClient:
+    """Submits scan jobs: rows in the database first, then one message per image."""
+
+    def __init__(self, settings: Settings | None = None, *, app: Celery | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.engine = new_engine(self.settings.database_url)
+        self.sessions = new_session_factory(self.engine)
+        self.app = app or new_celery_app(self.settings)
+
+    def submit(
+        self,
+        sources: Sequence[str],
+        *,
+        client_ref: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        wait_for_capacity: float | None = None,
+    ) -> Submission:
+        """Queue one job per source. ``idempotency_key`` makes a retried call return the first one.
+
+        Past ``DFSCAN_QUEUE_MAX_DEPTH`` queued messages this raises QueueFullError at once, or, with
+        ``wait_for_capacity=SECONDS``, waits up to that long for the queue to drain.
+        """
+        if not sources:
+            raise ValueError("nothing to submit: give at least one source")
+        self._check_capacity(len(sources), wait_for_capacity)
+        with self.sessions.begin() as session:
+            submission, new_jobs, created = jobs.create_submission(
+                session,
+                list(sources),
+                client_ref=client_ref,
+                priority=priority,
+                idempotency_key=idempotency_key,
+            )
+            submission_id = submission.id
+            job_ids = [job.id for job in new_jobs]
+            unsent = [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
+        send_jobs(self.app, self.sessions, unsent)
+        return Submission(submission_id, job_ids, created, self.sessions)
+
+    def submission(self, submission_id: uuid.UUID | str) -> Submission:
+        sid = uuid.UUID(str(submission_id))
+        with self.sessions() as session:
+            job_ids = [row.job_id for row in results.results(session, submission_id=sid)]
+        if not job_ids:
+            raise KeyError(f"no submission {sid}")
+        return Submission(sid, job_ids, False, self.sessions)
+
+    def results(
+        self,
+        *,
+        submission_id: uuid.UUID | str | None = None,
+        label: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[results.ResultRow]:
+        sid = uuid.UUID(str(submission_id)) if submission_id else None
+        with self.sessions() as session:
+            return results.results(session, submission_id=sid, label=label, since=since, limit=limit)
+
+    def relay_unsent(self) -> int:
+        """Send messages for jobs whose first send failed."""
+        return relay_unsent(self.app, self.sessions)
+
+    def _check_capacity(self, n: int, wait_for_capacity: float | None) -> None:
+        limit = self.settings.queue_max_depth
+        deadline = time.monotonic() + (wait_for_capacity or 0)
+        while True:
+            depth = queue_depth(self.settings.broker_url)
+            if depth + n <= limit:
+                return
+            if wait_for_capacity is None or time.monotonic() >= deadline:
+                raise QueueFullError(
+                    f"the inference queue holds {depth} messages and {n} more would pass "
+                    f"DFSCAN_QUEUE_MAX_DEPTH={limit}; retry later, or submit with --wait-for-capacity"
+                )
+            time.sleep(0.5)

@@ -1,0 +1,197 @@
+"""What one inference worker process holds: settings, database sessions, the model and its batcher.
+
+Built once per process, lazily, on the first task (or at worker start-up), never before a fork.
+Promotion of a new model version swaps ``(detector, batcher)`` as one pair: a task takes the pair
+at its start, so its image is preprocessed for, scored by, and recorded under one model version.
+The old batcher keeps running until its in-flight items are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs, registry
+from db.session import new_engine, new_session_factory
+from dfscan.settings import Settings, get_settings
+from worker.inference.batcher import DynamicBatcher
+from worker.inference.images import ImagePolicy, image_sha256
+from worker.inference.model import Detector, load_detector
+from worker.inference.preprocess import load_pixels
+from worker.inference.sources import SourcePolicy, read_source
+
+log = logging.getLogger(__name__)
+
+# How long a replaced batcher stays open for tasks that took it just before a promotion.
+_RETIRE_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The outcome of one image, ready for ``jobs.finish_done``."""
+
+    fake_score: float
+    label: str
+    threshold: float
+    model_version: str
+    image_sha256: str
+    n_bytes: int
+    width: int | None
+    height: int | None
+    fetch_ms: float
+    decode_ms: float
+    infer_ms: float
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A model and the batcher that feeds it, swapped together on promotion."""
+
+    detector: Detector
+    batcher: DynamicBatcher
+    threshold: float
+
+
+def source_policy(settings: Settings) -> SourcePolicy:
+    return SourcePolicy(
+        allowed_roots=tuple(Path(root) for root in settings.allowed_roots),
+        url_allowlist=settings.url_allowlist,
+        max_bytes=settings.max_bytes,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        deadline=settings.fetch_deadline,
+        max_redirects=settings.max_redirects,
+    )
+
+
+def image_policy(settings: Settings) -> ImagePolicy:
+    return ImagePolicy(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+
+
+def default_threads(settings: Settings) -> int:
+    """torch threads for this process: the setting, else every core (one model thread per process)."""
+    return settings.threads or max(1, os.cpu_count() or 1)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.sessions: sessionmaker[Session] = new_session_factory(new_engine(self.settings.database_url))
+        self.sources = source_policy(self.settings)
+        self.images = image_policy(self.settings)
+        self._lane: Lane | None = None
+        self._lock = threading.Lock()
+
+    # --- the model ---------------------------------------------------------------------------
+
+    def lane(self) -> Lane:
+        with self._lock:
+            if self._lane is None:
+                self._lane = self._load_lane()
+            return self._lane
+
+    def reload(self) -> str:
+        """Load the promoted version (or DFSCAN_MODEL) and swap it in if it differs. Returns the version."""
+        new = self._load_lane()
+        with self._lock:
+            old, self._lane = self._lane, new
+        if old is not None and old.detector.version == new.detector.version:
+            # Same weights: keep the old batcher, drop the new one (threshold may have changed).
+            with self._lock:
+                self._lane = Lane(old.detector, old.batcher, new.threshold)
+            new.batcher.close()
+        elif old is not None:
+            timer = threading.Timer(_RETIRE_AFTER, old.batcher.close)
+            timer.daemon = True
+            timer.start()
+        log.info("model lane is %s (threshold %.4f)", new.detector.version, new.threshold)
+        return new.detector.version
+
+    def _load_lane(self) -> Lane:
+        ref, revision, threshold = self.settings.model, self.settings.model_revision, self.settings.threshold
+        try:
+            with self.sessions() as session:
+                promoted = registry.current_version(session)
+                if promoted is not None:
+                    ref, revision = promoted.path or promoted.source, None
+                    if promoted.threshold is not None:
+                        threshold = promoted.threshold
+        except Exception as exc:  # the registry is optional: no promotion table yet, DB down at start
+            log.warning("could not read the promoted model version, using DFSCAN_MODEL: %s", exc)
+        started = time.monotonic()
+        detector = load_detector(
+            ref,
+            revision=revision,
+            device=self.settings.device,
+            int8=self.settings.int8,
+            threads=default_threads(self.settings),
+        )
+        log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
+        batcher = DynamicBatcher(
+            detector.predict,
+            max_batch=self.settings.batch_size,
+            max_wait=self.settings.batch_wait_ms / 1000,
+        )
+        return Lane(detector, batcher, threshold)
+
+    def close(self) -> None:
+        with self._lock:
+            lane, self._lane = self._lane, None
+        if lane is not None:
+            lane.batcher.close(timeout=60)
+
+    # --- one image ---------------------------------------------------------------------------
+
+    def judge(self, source: str) -> Judgement:
+        """Fetch, decode, preprocess and score one source. Raises DfscanError subclasses."""
+        lane = self.lane()
+        t0 = time.perf_counter()
+        data = read_source(source, self.sources)
+        t1 = time.perf_counter()
+        sha = image_sha256(data)
+        with self.sessions() as session:
+            known = jobs.cached_score(session, sha, lane.detector.version)
+        if known is not None:
+            return self._judgement(lane, known, sha, len(data), None, (t1 - t0, 0.0, 0.0), cached=True)
+        pixels, (width, height) = load_pixels(data, lane.detector.preprocess, self.images)
+        t2 = time.perf_counter()
+        score = lane.batcher.submit(pixels).result(timeout=600)
+        t3 = time.perf_counter()
+        return self._judgement(
+            lane, score, sha, len(data), (width, height), (t1 - t0, t2 - t1, t3 - t2), cached=False
+        )
+
+    @staticmethod
+    def _judgement(
+        lane: Lane,
+        score: float,
+        sha: str,
+        n_bytes: int,
+        size: tuple[int, int] | None,
+        seconds: tuple[float, float, float],
+        *,
+        cached: bool,
+    ) -> Judgement:
+        return Judgement(
+            fake_score=score,
+            label="fake" if score >= lane.threshold else "real",
+            threshold=lane.threshold,
+            model_version=lane.detector.version,
+            image_sha256=sha,
+            n_bytes=n_bytes,
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+            fetch_ms=seconds[0] * 1000,
+            decode_ms=seconds[1] * 1000,
+            infer_ms=seconds[2] * 1000,
+            cached=cached,
+        )
