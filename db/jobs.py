@@ -1,0 +1,318 @@
+"""The scan-job lifecycle: submit, send (outbox), claim, finish, release, sweep.
+
+Every state change is one guarded ``UPDATE ... WHERE state IN (...)``, so a redelivered message, a
+second worker or a sweeper racing a worker can never move a final job (done/failed) again, and a
+job gets at most one verdict (``verdicts.job_id`` is unique besides). Functions take a Session and
+never commit: the caller owns the transaction (see ``db.session.session_scope``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import ScanJob, Submission, Verdict, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS_CODE = "MAX_ATTEMPTS"  # dfscan.exceptions.MaxAttemptsError.code
+ACTIVE = ("queued", "running")
+
+
+def create_submission(
+    session: Session,
+    sources: Sequence[str],
+    *,
+    client_ref: str | None = None,
+    priority: int = 0,
+    idempotency_key: str | None = None,
+) -> tuple[Submission, list[ScanJob], bool]:
+    """Store a submission and one queued, unsent job per source (``seq`` = position in ``sources``).
+
+    Returns ``(submission, jobs, created)``. With an ``idempotency_key`` already used, nothing is
+    written and the existing submission and its jobs come back with ``created=False`` (also when two
+    callers race on the same key). Reusing a key for different sources raises ``ValueError``.
+    """
+    if idempotency_key is not None:
+        existing = _replay(session, idempotency_key, sources)
+        if existing is not None:
+            return existing
+    submission = Submission(
+        id=uuid.uuid4(),
+        client_ref=client_ref,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        n_jobs=len(sources),
+    )
+    jobs = [
+        ScanJob(submission_id=submission.id, seq=seq, source=source, client_ref=client_ref, priority=priority)
+        for seq, source in enumerate(sources)
+    ]
+    try:
+        with session.begin_nested():
+            session.add(submission)
+            session.flush()  # the submission row first: jobs reference it
+            session.add_all(jobs)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = _replay(session, idempotency_key, sources)
+        if existing is None:
+            raise
+        return existing
+    log.info(
+        "submission %s stored with %d jobs", submission.id, len(jobs), extra={"submission": submission.id}
+    )
+    return submission, jobs, True
+
+
+def _replay(
+    session: Session, idempotency_key: str, sources: Sequence[str]
+) -> tuple[Submission, list[ScanJob], bool] | None:
+    submission = session.scalars(
+        select(Submission).where(Submission.idempotency_key == idempotency_key)
+    ).one_or_none()
+    if submission is None:
+        return None
+    jobs = list(
+        session.scalars(select(ScanJob).where(ScanJob.submission_id == submission.id).order_by(ScanJob.seq))
+    )
+    if [job.source for job in jobs] != list(sources):
+        raise ValueError(
+            f"idempotency key {idempotency_key!r} was already used for submission {submission.id} with "
+            "different sources; use a new key for a new submission"
+        )
+    return submission, jobs, False
+
+
+def unsent_jobs(session: Session, limit: int = 500) -> list[ScanJob]:
+    """Queued jobs whose message was never sent (the outbox), oldest first."""
+    query = (
+        select(ScanJob)
+        .where(ScanJob.enqueued_at.is_(None), ScanJob.state == "queued")
+        .order_by(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID], *, now: datetime | None = None) -> None:
+    """Record that the messages of ``job_ids`` were sent."""
+    if not job_ids:
+        return
+    now = now or utcnow()
+    session.execute(
+        update(ScanJob).where(ScanJob.id.in_(list(job_ids))).values(enqueued_at=now, updated_at=now),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def _guarded_update(session: Session, job_id: uuid.UUID, states: Sequence[str], **values: Any) -> bool:
+    result = session.execute(
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.state.in_(list(states)))
+        .values(**values)
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def claim_job(
+    session: Session, job_id: uuid.UUID, *, worker: str, lease_seconds: int, max_attempts: int
+) -> ScanJob | None:
+    """Mark the job running for ``worker`` and count an attempt; None means: ack and do nothing.
+
+    None when the job is missing or already final (a redelivery), or when this attempt would exceed
+    ``max_attempts``, in which case the job is failed with ``MAX_ATTEMPTS`` first.
+    """
+    now = utcnow()
+    claimed = session.execute(
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.state.in_(ACTIVE), ScanJob.attempts < max_attempts)
+        .values(
+            state="running",
+            attempts=ScanJob.attempts + 1,
+            worker=worker,
+            started_at=now,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if claimed is not None:
+        return session.get(ScanJob, job_id, populate_existing=True)
+    message = f"job was tried {max_attempts} times (the limit) without finishing"
+    if _guarded_update(
+        session,
+        job_id,
+        ACTIVE,
+        state="failed",
+        error_code=MAX_ATTEMPTS_CODE,
+        error_message=message,
+        finished_at=now,
+        updated_at=now,
+        lease_until=None,
+    ):
+        log.warning("job %s failed: %s", job_id, message, extra={"job_id": str(job_id)})
+    return None
+
+
+def finish_done(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    label: str,
+    fake_score: float,
+    threshold: float,
+    model_version: str,
+    image_sha256: str,
+    n_bytes: int | None,
+    width: int | None,
+    height: int | None,
+    fetch_ms: float | None,
+    decode_ms: float | None,
+    infer_ms: float | None,
+    cached: bool,
+    worker: str | None,
+) -> bool:
+    """Mark the job done and store its verdict; True if this call made the outcome.
+
+    The job row is updated first, guarded on a non-final state: on PostgreSQL the row lock makes a
+    concurrent redelivery wait, then see ``done`` and write nothing. The verdict insert is
+    ``ON CONFLICT (job_id) DO NOTHING`` as a second line of defence. A job that already failed keeps
+    its failure and gets no verdict.
+    """
+    now = utcnow()
+    if not _guarded_update(
+        session,
+        job_id,
+        ACTIVE,
+        state="done",
+        error_code=None,
+        error_message=None,
+        finished_at=now,
+        updated_at=now,
+        lease_until=None,
+        worker=worker,
+    ):
+        return False
+    values = {
+        "job_id": job_id,
+        "label": label,
+        "fake_score": fake_score,
+        "threshold": threshold,
+        "model_version": model_version,
+        "image_sha256": image_sha256,
+        "n_bytes": n_bytes,
+        "width": width,
+        "height": height,
+        "fetch_ms": fetch_ms,
+        "decode_ms": decode_ms,
+        "infer_ms": infer_ms,
+        "cached": cached,
+        "worker": worker,
+    }
+    session.execute(_insert_ignoring_duplicate(session, values))
+    return True
+
+
+def _insert_ignoring_duplicate(session: Session, values: dict[str, Any]) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(Verdict).values(**values).on_conflict_do_nothing(index_elements=["job_id"])
+    if dialect == "sqlite":
+        return sqlite.insert(Verdict).values(**values).on_conflict_do_nothing(index_elements=["job_id"])
+    return insert(Verdict).values(**values)
+
+
+def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
+    """Mark the job failed with ``code``; True if this call made the outcome (False: already final)."""
+    now = utcnow()
+    return _guarded_update(
+        session,
+        job_id,
+        ACTIVE,
+        state="failed",
+        error_code=code,
+        error_message=message,
+        finished_at=now,
+        updated_at=now,
+        lease_until=None,
+    )
+
+
+def release_job(session: Session, job_id: uuid.UUID) -> None:
+    """Put a running job back to queued (retry later, or a worker draining on shutdown).
+
+    ``enqueued_at`` is kept: the message still exists (or the sweeper re-sends it after the lease).
+    """
+    _guarded_update(
+        session, job_id, ("running",), state="queued", worker=None, lease_until=None, updated_at=utcnow()
+    )
+
+
+def sweep_stale(
+    session: Session, *, now: datetime | None = None, lease_seconds: int, max_attempts: int
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Recover jobs whose message or worker was lost. Returns ``(to_resend, failed)``.
+
+    Stale: queued with a sent message and no change for ``lease_seconds``, or running past its
+    lease. Stale jobs that used all their attempts fail with ``MAX_ATTEMPTS``; the others go back to
+    queued with ``enqueued_at = now``, and the caller sends a message for each id in ``to_resend``.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=lease_seconds)
+    stale = or_(
+        and_(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None), ScanJob.updated_at < cutoff),
+        and_(ScanJob.state == "running", or_(ScanJob.lease_until.is_(None), ScanJob.lease_until < now)),
+    )
+    failed = session.scalars(
+        update(ScanJob)
+        .where(stale, ScanJob.attempts >= max_attempts)
+        .values(
+            state="failed",
+            error_code=MAX_ATTEMPTS_CODE,
+            error_message=f"job was lost or timed out after {max_attempts} attempts (the limit)",
+            finished_at=now,
+            updated_at=now,
+            lease_until=None,
+        )
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    resend = session.scalars(
+        update(ScanJob)
+        .where(stale)
+        .values(state="queued", enqueued_at=now, updated_at=now, worker=None, lease_until=None)
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    if failed or resend:
+        log.info("sweep: %d jobs to re-send, %d failed with %s", len(resend), len(failed), MAX_ATTEMPTS_CODE)
+    return list(resend), list(failed)
+
+
+def cached_score(session: Session, image_sha256: str, model_version: str) -> float | None:
+    """The fake score an earlier verdict gave the same image bytes with the same model, if any."""
+    query = (
+        select(Verdict.fake_score)
+        .where(Verdict.image_sha256 == image_sha256, Verdict.model_version == model_version)
+        .order_by(Verdict.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> ScanJob | None:
+    """The job row as it is in the database now (refreshing any copy the session holds)."""
+    return session.get(ScanJob, job_id, populate_existing=True)

@@ -1,0 +1,268 @@
+"""The dfscan schema: SQLAlchemy 2 typed models, the single source of truth for Alembic.
+
+One row per scan job says where the job is (``state``) and why (``error_code``, ``error_message``).
+The same models run on PostgreSQL (the service) and SQLite (``dfscan scan`` on a laptop), so types
+are portable: ``Uuid`` keys, ``JSON`` (JSONB on Postgres), and :class:`UtcDateTime`, which stores UTC
+and always hands back timezone-aware datetimes, even on SQLite, which has no timezone type.
+
+Invariants the database itself enforces (CHECK / UNIQUE), so no code path can break them:
+
+- a job is ``failed`` exactly when it has an ``error_code``; ``done``/``failed`` jobs have ``finished_at``;
+- a job has at most one verdict (``verdicts.job_id`` is unique);
+- ``attempts`` is never negative, scores lie in [0, 1], labels are ``real`` or ``fake``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATES = ("queued", "running", "done", "failed")
+FINAL_JOB_STATES = ("done", "failed")
+RUN_STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_RUN_STATES = ("done", "failed", "cancelled")
+LABELS = ("real", "fake")
+PROMOTION_REASONS = ("promote", "rollback")
+
+# Constraint names are stable and predictable, so migrations can name what they drop or alter
+# (SQLite batch mode needs named constraints to recreate tables).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (what every timestamp column stores)."""
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``TIMESTAMP WITH TIME ZONE`` on Postgres; on SQLite a UTC string. Always aware on the way out.
+
+    Naive datetimes are refused on the way in: they are ambiguous, and a silent local-time bug in a
+    lease deadline would requeue or fail jobs at the wrong moment.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime (UTC)")
+        value = value.astimezone(timezone.utc)
+        # SQLite stores text; drop the offset so every stored value compares as plain UTC text,
+        # the same shape as CURRENT_TIMESTAMP (the server default).
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JsonType}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Submission(Base):
+    """One call to submit: a batch of sources that share a client reference and a priority."""
+
+    __tablename__ = "submissions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    client_ref: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_jobs: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("n_jobs >= 0", name="n_jobs_nonnegative"),)
+
+
+class ScanJob(Base):
+    """One source to scan. ``enqueued_at IS NULL`` means its message was not sent yet (the outbox)."""
+
+    __tablename__ = "scan_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    submission_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text)
+    client_ref: Mapped[str | None] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    state: Mapped[str] = mapped_column(String(16), default="queued", server_default=text("'queued'"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    enqueued_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        UniqueConstraint("submission_id", "seq"),
+        CheckConstraint(_in("state", JOB_STATES), name="state_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        CheckConstraint("(state = 'failed') = (error_code IS NOT NULL)", name="failed_iff_error_code"),
+        CheckConstraint(
+            f"NOT ({_in('state', FINAL_JOB_STATES)}) OR finished_at IS NOT NULL", name="final_has_finished_at"
+        ),
+        Index("ix_scan_jobs_submission_id_state", "submission_id", "state"),
+        Index("ix_scan_jobs_state_lease_until", "state", "lease_until"),
+        # The outbox: jobs whose message still has to be sent. Partial, so it stays tiny.
+        Index(
+            "ix_scan_jobs_unsent",
+            "created_at",
+            postgresql_where=text("enqueued_at IS NULL AND state = 'queued'"),
+            sqlite_where=text("enqueued_at IS NULL AND state = 'queued'"),
+        ),
+    )
+
+
+class Verdict(Base):
+    """The outcome of one done job. ``job_id`` is unique: the schema allows at most one per job."""
+
+    __tablename__ = "verdicts"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"), unique=True)
+    label: Mapped[str] = mapped_column(String(8))
+    fake_score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(255), index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    n_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    fetch_ms: Mapped[float | None] = mapped_column(Float)
+    decode_ms: Mapped[float | None] = mapped_column(Float)
+    infer_ms: Mapped[float | None] = mapped_column(Float)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(_in("label", LABELS), name="label_valid"),
+        CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
+        CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold_range"),
+        CheckConstraint("length(image_sha256) = 64", name="image_sha256_length"),
+        Index("ix_verdicts_image_sha256_model_version", "image_sha256", "model_version"),
+        Index("ix_verdicts_label_created_at", "label", "created_at"),
+    )
+
+
+class TrainingRun(Base):
+    """A fine-tuning run. ``progress`` is rewritten as it goes (epoch, step, loss, eval metrics)."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    state: Mapped[str] = mapped_column(String(16), default="queued", server_default=text("'queued'"))
+    data_path: Mapped[str] = mapped_column(Text)
+    base_model: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any] | None] = mapped_column()
+    progress: Mapped[dict[str, Any] | None] = mapped_column()
+    metrics: Mapped[dict[str, Any] | None] = mapped_column()
+    output_dir: Mapped[str | None] = mapped_column(Text)
+    report_path: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(255))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        CheckConstraint(_in("state", RUN_STATES), name="state_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        CheckConstraint("(state = 'failed') = (error_code IS NOT NULL)", name="failed_iff_error_code"),
+        CheckConstraint(
+            f"NOT ({_in('state', FINAL_RUN_STATES)}) OR finished_at IS NOT NULL", name="final_has_finished_at"
+        ),
+        Index("ix_training_runs_state_created_at", "state", "created_at"),
+    )
+
+
+class ModelVersion(Base):
+    """A model that can serve: where it came from, what it was trained on, how it scored."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    base_model: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)
+    training_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL")
+    )
+    data_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    params: Mapped[dict[str, Any] | None] = mapped_column()
+    metrics: Mapped[dict[str, Any] | None] = mapped_column()
+    threshold: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("threshold IS NULL OR (threshold >= 0 AND threshold <= 1)", name="threshold_range"),
+    )
+
+
+class Promotion(Base):
+    """One change of the serving model. The latest row (highest id) names the current model."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    previous_version: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint(_in("reason", PROMOTION_REASONS), name="reason_valid"),)

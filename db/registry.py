@@ -1,0 +1,105 @@
+"""The model registry: versions that can serve, and the history of which one does.
+
+``promotions`` is an append-only log; the latest row names the serving model. A rollback appends a
+row too (``reason='rollback'``), so the log always says who served when. Rolling back replays the
+log as a stack (promote pushes, rollback pops), so repeated rollbacks walk back through history
+(C -> B -> A) instead of toggling between the last two versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import ModelVersion, Promotion
+
+log = logging.getLogger(__name__)
+
+
+def register_version(
+    session: Session,
+    version: str,
+    *,
+    source: str,
+    base_model: str | None = None,
+    path: str | None = None,
+    training_run_id: uuid.UUID | None = None,
+    data_fingerprint: str | None = None,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    threshold: float | None = None,
+) -> ModelVersion:
+    """Add a model version. A version name is registered once; a second time raises ``ValueError``."""
+    if session.get(ModelVersion, version) is not None:
+        raise ValueError(f"model version {version!r} is already registered; pick a new version name")
+    row = ModelVersion(
+        version=version,
+        source=source,
+        base_model=base_model,
+        path=path,
+        training_run_id=training_run_id,
+        data_fingerprint=data_fingerprint,
+        params=params,
+        metrics=metrics,
+        threshold=threshold,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_version(session: Session, version: str) -> ModelVersion | None:
+    return session.get(ModelVersion, version)
+
+
+def list_versions(session: Session) -> list[ModelVersion]:
+    """Every registered version, newest first."""
+    return list(
+        session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.version))
+    )
+
+
+def promotion_history(session: Session) -> list[Promotion]:
+    """Every promotion and rollback, oldest first."""
+    return list(session.scalars(select(Promotion).order_by(Promotion.id)))
+
+
+def current_version(session: Session) -> ModelVersion | None:
+    """The serving model version (latest promotion), or None if nothing was ever promoted."""
+    latest = session.scalars(select(Promotion).order_by(Promotion.id.desc()).limit(1)).first()
+    return session.get(ModelVersion, latest.version) if latest else None
+
+
+def promote(session: Session, version: str) -> Promotion:
+    """Make ``version`` the serving model. Raises ``LookupError`` for an unregistered version."""
+    if session.get(ModelVersion, version) is None:
+        raise LookupError(f"model version {version!r} is not registered; register it before promoting")
+    current = current_version(session)
+    row = Promotion(version=version, previous_version=current.version if current else None, reason="promote")
+    session.add(row)
+    session.flush()
+    log.info("promoted model %s (was %s)", version, row.previous_version, extra={"model_version": version})
+    return row
+
+
+def rollback(session: Session) -> Promotion:
+    """Serve the version that served before the current one. ``LookupError`` if there is none."""
+    stack: list[str] = []
+    for row in promotion_history(session):
+        if row.reason == "rollback":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(row.version)
+    if len(stack) < 2:
+        raise LookupError("nothing to roll back to: fewer than two promotions are in effect")
+    current, target = stack[-1], stack[-2]
+    row = Promotion(version=target, previous_version=current, reason="rollback")
+    session.add(row)
+    session.flush()
+    log.info("rolled back model %s -> %s", current, target, extra={"model_version": target})
+    return row

@@ -1,0 +1,169 @@
+"""Reading outcomes: per-submission counts, result rows, and the invariant checker.
+
+:func:`check_submission` is what the fault scenarios assert on: after killing workers, stopping
+Redis or Postgres, every submitted job must end done with exactly one verdict, or failed with a code;
+nothing lost, nothing duplicated, no job tried more often than allowed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import JOB_STATES, ScanJob, Submission, Verdict
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One job and its verdict (verdict fields are None unless the job is done)."""
+
+    job_id: uuid.UUID
+    submission_id: uuid.UUID
+    seq: int
+    source: str
+    status: str
+    label: str | None
+    fake_score: float | None
+    threshold: float | None
+    model_version: str | None
+    error_code: str | None
+    error: str | None
+    image_sha256: str | None
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def submission_counts(session: Session, submission_id: uuid.UUID) -> dict[str, int]:
+    """Jobs of the submission per state, every state present (0 if none), plus ``total``."""
+    rows = session.execute(
+        select(ScanJob.state, func.count())
+        .where(ScanJob.submission_id == submission_id)
+        .group_by(ScanJob.state)
+    ).all()
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state, n in rows:
+        counts[state] = n
+    counts["total"] = sum(counts[state] for state in JOB_STATES)
+    return counts
+
+
+def results(
+    session: Session,
+    *,
+    submission_id: uuid.UUID | None = None,
+    label: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+) -> list[ResultRow]:
+    """Jobs with their verdicts, in submission order (by ``seq`` within one submission).
+
+    ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it.
+    """
+    query = select(ScanJob, Verdict).outerjoin(Verdict, Verdict.job_id == ScanJob.id)
+    if submission_id is not None:
+        query = query.where(ScanJob.submission_id == submission_id)
+    if label is not None:
+        query = query.where(Verdict.label == label)
+    if since is not None:
+        query = query.where(ScanJob.finished_at >= since)
+    query = query.order_by(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_row(job, verdict) for job, verdict in session.execute(query)]
+
+
+def _row(job: ScanJob, verdict: Verdict | None) -> ResultRow:
+    return ResultRow(
+        job_id=job.id,
+        submission_id=job.submission_id,
+        seq=job.seq,
+        source=job.source,
+        status=job.state,
+        label=verdict.label if verdict else None,
+        fake_score=verdict.fake_score if verdict else None,
+        threshold=verdict.threshold if verdict else None,
+        model_version=verdict.model_version if verdict else None,
+        error_code=job.error_code,
+        error=job.error_message,
+        image_sha256=verdict.image_sha256 if verdict else None,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+    )
+
+
+@dataclass
+class CheckReport:
+    """What happened to every job of one submission. ``ok`` when nothing is lost or duplicated.
+
+    - ``submitted``: jobs the submission promised (``n_jobs``);
+    - ``done``: done with exactly one verdict; ``failed``: failed with an error code;
+    - ``lost``: job ids not final, done without a verdict, or failed without a code; plus
+      ``missing_seqs``, positions with no job row at all;
+    - ``duplicated``: job ids with more than one verdict, or a verdict on a job that is not done;
+    - ``over_attempts``: job ids tried more than ``max_attempts`` times.
+    """
+
+    submission_id: uuid.UUID
+    submitted: int
+    done: int = 0
+    failed: int = 0
+    lost: list[uuid.UUID] = field(default_factory=list)
+    missing_seqs: list[int] = field(default_factory=list)
+    duplicated: list[uuid.UUID] = field(default_factory=list)
+    over_attempts: list[uuid.UUID] = field(default_factory=list)
+    failed_codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.missing_seqs or self.duplicated or self.over_attempts)
+
+    def summary(self) -> str:
+        return (
+            f"submission {self.submission_id}: submitted={self.submitted} done={self.done} "
+            f"failed={self.failed} lost={len(self.lost) + len(self.missing_seqs)} "
+            f"duplicated={len(self.duplicated)} over_attempts={len(self.over_attempts)}"
+        )
+
+
+def check_submission(session: Session, submission_id: uuid.UUID, *, max_attempts: int) -> CheckReport:
+    """Check every invariant of one submission's jobs and verdicts (see :class:`CheckReport`)."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise LookupError(f"no submission {submission_id}")
+    report = CheckReport(submission_id=submission_id, submitted=submission.n_jobs)
+    verdict_counts = (
+        select(Verdict.job_id, func.count().label("n")).group_by(Verdict.job_id).subquery("verdict_counts")
+    )
+    rows = session.execute(
+        select(
+            ScanJob.id, ScanJob.seq, ScanJob.state, ScanJob.error_code, ScanJob.attempts, verdict_counts.c.n
+        )
+        .outerjoin(verdict_counts, verdict_counts.c.job_id == ScanJob.id)
+        .where(ScanJob.submission_id == submission_id)
+        .order_by(ScanJob.seq)
+    ).all()
+    seen: set[int] = set()
+    for job_id, seq, state, error_code, attempts, n_verdicts in rows:
+        seen.add(seq)
+        n_verdicts = n_verdicts or 0
+        if n_verdicts > 1 or (n_verdicts and state != "done"):
+            report.duplicated.append(job_id)
+        if state == "done" and n_verdicts == 1:
+            report.done += 1
+        elif state == "failed" and error_code is not None:
+            report.failed += 1
+            report.failed_codes[error_code] = report.failed_codes.get(error_code, 0) + 1
+        elif state == "done" and n_verdicts > 1:
+            pass  # finished, and already counted as duplicated above
+        else:
+            report.lost.append(job_id)
+        if attempts > max_attempts:
+            report.over_attempts.append(job_id)
+    report.missing_seqs = [seq for seq in range(submission.n_jobs) if seq not in seen]
+    return report

@@ -1,0 +1,238 @@
+"""The schema on real PostgreSQL (and SQLite): migrations match the models, constraints hold,
+and finish_done is safe under concurrent redelivery."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs, migrate
+from db.models import Verdict
+from db.session import new_engine, new_session_factory, session_scope
+from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SHA = "0f" * 32
+VERDICT: dict[str, Any] = dict(
+    label="fake",
+    fake_score=0.8,
+    threshold=0.5,
+    model_version="m1",
+    image_sha256=SHA,
+    n_bytes=10,
+    width=4,
+    height=4,
+    fetch_ms=1.0,
+    decode_ms=1.0,
+    infer_ms=1.0,
+    cached=False,
+)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:  # noqa: F811
+    migrate.upgrade(pg_url)
+    engine = new_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_upgrade_to_head_matches_the_models(backend: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url" if backend == "postgresql" else "sqlite_url")
+    assert migrate.current(url) is None
+    migrate.upgrade(url)
+    assert migrate.current(url) == migrate.head() is not None
+    assert migrate.check_drift(url) == []
+    migrate.upgrade(url)  # already at head: a no-op
+    assert migrate.current(url) == migrate.head()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url" if backend == "postgresql" else "sqlite_url")
+    migrate.upgrade(url)
+    migrate.downgrade(url, "base")
+    assert migrate.current(url) is None
+    diffs = migrate.check_drift(url)
+    added = {d[1].name for d in diffs if d[0] == "add_table"}
+    assert added == {"submissions", "scan_jobs", "verdicts", "model_versions", "promotions", "training_runs"}
+    assert {d[0] for d in diffs} == {"add_table", "add_index"}
+    migrate.upgrade(url)
+    assert migrate.check_drift(url) == []
+
+
+def test_drift_is_detected(pg_url: str) -> None:  # noqa: F811
+    migrate.upgrade(pg_url)
+    engine = new_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE verdicts DROP COLUMN worker"))
+        conn.execute(text("ALTER TABLE scan_jobs DROP CONSTRAINT ck_scan_jobs_failed_iff_error_code"))
+        conn.execute(text("DROP INDEX ix_scan_jobs_state_lease_until"))
+        conn.execute(text("ALTER TABLE submissions ALTER COLUMN client_ref TYPE varchar(10)"))
+    engine.dispose()
+    diffs = migrate.check_drift(pg_url)
+    flat = [d[0] if isinstance(d, tuple) else d[0][0] for d in diffs]
+    assert "add_column" in flat
+    assert "add_constraint" in flat
+    assert "add_index" in flat
+    assert "modify_type" in flat
+
+
+def test_alembic_cli_upgrades_from_the_environment_url(pg_url: str) -> None:  # noqa: F811
+    env = {**os.environ, "DFSCAN_DATABASE_URL": pg_url}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "-c", "alembic.ini", "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Running upgrade  -> 0001" in proc.stderr
+    assert migrate.current(pg_url) == migrate.head()
+
+
+def _job(factory: sessionmaker[Session]) -> uuid.UUID:
+    with session_scope(factory) as s:
+        _, rows, _ = jobs.create_submission(s, ["a.png"])
+        return rows[0].id
+
+
+def test_constraints_hold_on_postgres(pg_engine: Engine) -> None:
+    factory = new_session_factory(pg_engine)
+    job_id = _job(factory)
+    with session_scope(factory) as s:
+        assert jobs.finish_done(s, job_id, worker="w1", **VERDICT) is True
+    with pytest.raises(IntegrityError, match="uq_verdicts_job_id"), session_scope(factory) as s:
+        s.add(Verdict(job_id=job_id, worker="w2", **VERDICT))
+    other = _job(factory)
+    bad_rows = {
+        "ck_scan_jobs_failed_iff_error_code": "UPDATE scan_jobs SET state='failed', finished_at=now() WHERE id=:id",
+        "ck_scan_jobs_final_has_finished_at": "UPDATE scan_jobs SET state='done' WHERE id=:id",
+        "ck_scan_jobs_state_valid": "UPDATE scan_jobs SET state='lost' WHERE id=:id",
+        "ck_scan_jobs_attempts_nonnegative": "UPDATE scan_jobs SET attempts=-1 WHERE id=:id",
+    }
+    for name, statement in bad_rows.items():
+        with pytest.raises(IntegrityError, match=name), session_scope(factory) as s:
+            s.execute(text(statement), {"id": str(other)})
+    with (
+        pytest.raises(IntegrityError, match="ck_scan_jobs_failed_iff_error_code"),
+        session_scope(factory) as s,
+    ):
+        s.execute(text("UPDATE scan_jobs SET error_code='X' WHERE id=:id"), {"id": str(other)})
+    with pytest.raises(IntegrityError, match="ck_verdicts_fake_score_range"), session_scope(factory) as s:
+        s.add(Verdict(job_id=other, **{**VERDICT, "fake_score": 1.5}))
+    with pytest.raises(IntegrityError, match="fk_verdicts_job_id_scan_jobs"), session_scope(factory) as s:
+        s.add(Verdict(job_id=uuid.uuid4(), **VERDICT))
+
+
+def test_constraints_hold_on_sqlite(sqlite_url: str) -> None:  # noqa: F811
+    migrate.upgrade(sqlite_url)
+    engine = new_engine(sqlite_url)
+    factory = new_session_factory(engine)
+    job_id = _job(factory)
+    with session_scope(factory) as s:
+        jobs.finish_done(s, job_id, worker="w1", **VERDICT)
+    with pytest.raises(IntegrityError, match="UNIQUE"), session_scope(factory) as s:
+        s.add(Verdict(job_id=job_id, **VERDICT))
+    other = _job(factory)
+    with pytest.raises(IntegrityError, match="failed_iff_error_code"), session_scope(factory) as s:
+        s.execute(
+            text("UPDATE scan_jobs SET state='failed', finished_at='2030-01-01' WHERE id=:id"),
+            {"id": other.hex},
+        )
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), session_scope(factory) as s:
+        s.add(Verdict(job_id=uuid.uuid4(), **VERDICT))
+    engine.dispose()
+
+
+def test_timestamps_are_timezone_aware_on_postgres(pg_engine: Engine) -> None:
+    factory = new_session_factory(pg_engine)
+    before = datetime.now(timezone.utc)
+    job_id = _job(factory)
+    with session_scope(factory) as s:
+        job = jobs.get_job(s, job_id)
+        assert job is not None and job.created_at.tzinfo is not None
+        assert abs((job.created_at - before).total_seconds()) < 60
+
+
+def test_concurrent_finish_done_blocks_then_writes_nothing(pg_engine: Engine) -> None:
+    """The second redelivery waits on the first one's row lock, then sees 'done' and stores nothing."""
+    factory = new_session_factory(pg_engine)
+    job_id = _job(factory)
+    first = factory()
+    assert jobs.finish_done(first, job_id, worker="w1", **VERDICT) is True
+    outcome: dict[str, object] = {}
+
+    def second() -> None:
+        with session_scope(factory) as s:
+            outcome["made"] = jobs.finish_done(
+                s, job_id, worker="w2", **{**VERDICT, "label": "real", "fake_score": 0.1}
+            )
+        outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive(), "the second finish_done should wait for the first transaction's row lock"
+    committed_at = time.monotonic()
+    first.commit()
+    first.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert outcome["made"] is False and outcome["at"] >= committed_at  # type: ignore[operator]
+    with session_scope(factory) as s:
+        rows = s.execute(select(Verdict.worker, Verdict.label).where(Verdict.job_id == job_id)).all()
+    assert [tuple(r) for r in rows] == [("w1", "fake")]
+
+
+def test_racing_redeliveries_store_exactly_one_verdict(pg_engine: Engine) -> None:
+    factory = new_session_factory(pg_engine)
+    job_ids = [_job(factory) for _ in range(20)]
+    made: list[tuple[uuid.UUID, str]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def deliver(job_id: uuid.UUID, worker: str, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait(timeout=10)
+            with session_scope(factory) as s:
+                if jobs.finish_done(s, job_id, worker=worker, **VERDICT):
+                    with lock:
+                        made.append((job_id, worker))
+        except BaseException as exc:  # surfaced below with the failing assertion
+            errors.append(exc)
+
+    for job_id in job_ids:
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=deliver, args=(job_id, w, barrier)) for w in ("w1", "w2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+    assert errors == []
+    assert sorted(j for j, _ in made) == sorted(job_ids)  # exactly one winner per job
+    with session_scope(factory) as s:
+        counts = {
+            row[0]: row[1] for row in s.execute(select(Verdict.job_id, func.count()).group_by(Verdict.job_id))
+        }
+        workers = {row[0]: row[1] for row in s.execute(select(Verdict.job_id, Verdict.worker))}
+    assert counts == dict.fromkeys(job_ids, 1)
+    assert workers == dict(made)

@@ -1,0 +1,409 @@
+"""The job, result, registry and training queries on a migrated SQLite database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs, registry, results, training
+from db.migrate import upgrade
+from db.models import ScanJob, Verdict
+from db.session import new_engine, new_session_factory, session_scope
+from tests.fixtures.databases import sqlite_url  # noqa: F401
+
+SHA = "ab" * 32
+MAX_ATTEMPTS = 3
+
+
+@pytest.fixture
+def factory(sqlite_url: str) -> Iterator[sessionmaker[Session]]:  # noqa: F811
+    upgrade(sqlite_url)
+    engine = new_engine(sqlite_url)
+    yield new_session_factory(engine)
+    engine.dispose()
+
+
+def _verdict(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = dict(
+        label="fake",
+        fake_score=0.9,
+        threshold=0.5,
+        model_version="m1",
+        image_sha256=SHA,
+        n_bytes=1234,
+        width=32,
+        height=24,
+        fetch_ms=1.0,
+        decode_ms=2.0,
+        infer_ms=3.0,
+        cached=False,
+        worker="w1",
+    )
+    values.update(overrides)
+    return values
+
+
+def _submit(factory: sessionmaker[Session], sources: list[str], **kwargs: Any) -> list[uuid.UUID]:
+    with session_scope(factory) as s:
+        _, job_rows, _ = jobs.create_submission(s, sources, **kwargs)
+        return [job.id for job in job_rows]
+
+
+def _job(factory: sessionmaker[Session], job_id: uuid.UUID) -> ScanJob:
+    with session_scope(factory) as s:
+        job = jobs.get_job(s, job_id)
+        assert job is not None
+        return job
+
+
+def _n_verdicts(factory: sessionmaker[Session], job_id: uuid.UUID) -> int:
+    with session_scope(factory) as s:
+        return s.scalar(select(func.count()).select_from(Verdict).where(Verdict.job_id == job_id)) or 0
+
+
+def test_submission_is_idempotent_per_key(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        sub, first_jobs, created = jobs.create_submission(
+            s, ["a.png", "b.png"], client_ref="c1", priority=5, idempotency_key="k1"
+        )
+        first_ids = [job.id for job in first_jobs]
+    assert created is True
+    assert [job.seq for job in first_jobs] == [0, 1]
+    assert sub.n_jobs == 2 and sub.priority == 5
+    with session_scope(factory) as s:
+        again, again_jobs, created_again = jobs.create_submission(s, ["a.png", "b.png"], idempotency_key="k1")
+        assert created_again is False
+        assert again.id == sub.id
+        assert [job.id for job in again_jobs] == first_ids
+        assert again.created_at.tzinfo is not None
+    with session_scope(factory) as s, pytest.raises(ValueError, match="different sources"):
+        jobs.create_submission(s, ["other.png"], idempotency_key="k1")
+    with session_scope(factory) as s:
+        _, _, created_plain = jobs.create_submission(s, ["a.png"])
+        _, _, created_plain2 = jobs.create_submission(s, ["a.png"])
+        assert created_plain and created_plain2
+        assert s.scalar(select(func.count()).select_from(ScanJob)) == 4
+
+
+def test_outbox_lists_unsent_jobs_until_marked(factory: sessionmaker[Session]) -> None:
+    ids = _submit(factory, ["a", "b", "c"])
+    with session_scope(factory) as s:
+        assert [job.id for job in jobs.unsent_jobs(s)] == ids
+        assert [job.id for job in jobs.unsent_jobs(s, limit=2)] == ids[:2]
+        jobs.mark_enqueued(s, ids[:2])
+    with session_scope(factory) as s:
+        assert [job.id for job in jobs.unsent_jobs(s)] == ids[2:]
+    assert _job(factory, ids[0]).enqueued_at is not None
+
+
+def test_claim_runs_the_job_and_refuses_final_or_missing_jobs(factory: sessionmaker[Session]) -> None:
+    job_id, other_id = _submit(factory, ["a", "b"])
+    before = datetime.now(timezone.utc)
+    with session_scope(factory) as s:
+        job = jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+        assert job is not None
+        assert (job.state, job.attempts, job.worker) == ("running", 1, "w1")
+        assert job.lease_until is not None and job.lease_until >= before + timedelta(seconds=59)
+        assert jobs.finish_failed(s, other_id, code="CORRUPT_IMAGE", message="truncated") is True
+    with session_scope(factory) as s:
+        assert jobs.finish_done(s, job_id, **_verdict()) is True
+    with session_scope(factory) as s:
+        assert jobs.claim_job(s, job_id, worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
+        assert jobs.claim_job(s, other_id, worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
+        assert (
+            jobs.claim_job(s, uuid.uuid4(), worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
+        )
+    done, failed = _job(factory, job_id), _job(factory, other_id)
+    assert (done.state, done.attempts, done.worker) == ("done", 1, "w1")
+    assert (failed.state, failed.error_code, failed.attempts) == ("failed", "CORRUPT_IMAGE", 0)
+
+
+def test_claim_beyond_max_attempts_fails_the_job(factory: sessionmaker[Session]) -> None:
+    (job_id,) = _submit(factory, ["a"])
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        with session_scope(factory) as s:
+            job = jobs.claim_job(s, job_id, worker="w", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+            assert job is not None and job.attempts == attempt
+            jobs.release_job(s, job_id)
+    with session_scope(factory) as s:
+        assert jobs.claim_job(s, job_id, worker="w", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
+    job = _job(factory, job_id)
+    assert (job.state, job.error_code, job.attempts) == ("failed", "MAX_ATTEMPTS", MAX_ATTEMPTS)
+    assert job.finished_at is not None
+    assert "3 times" in (job.error_message or "")
+
+
+def test_finish_done_twice_stores_one_verdict(factory: sessionmaker[Session]) -> None:
+    (job_id,) = _submit(factory, ["a"])
+    with session_scope(factory) as s:
+        jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+        assert jobs.finish_done(s, job_id, **_verdict(fake_score=0.9)) is True
+    with session_scope(factory) as s:
+        assert jobs.finish_done(s, job_id, **_verdict(fake_score=0.1, label="real")) is False
+        assert jobs.finish_failed(s, job_id, code="FETCH_TIMEOUT", message="late") is False
+    assert _n_verdicts(factory, job_id) == 1
+    with session_scope(factory) as s:
+        (row,) = results.results(s)
+    assert (row.status, row.label, row.fake_score, row.error_code) == ("done", "fake", 0.9, None)
+
+
+def test_finish_done_after_failure_keeps_the_failure(factory: sessionmaker[Session]) -> None:
+    (job_id,) = _submit(factory, ["a"])
+    with session_scope(factory) as s:
+        assert (
+            jobs.finish_failed(s, job_id, code="BLOCKED_DESTINATION", message="10.0.0.1 is private") is True
+        )
+    with session_scope(factory) as s:
+        assert jobs.finish_done(s, job_id, **_verdict()) is False
+    assert _n_verdicts(factory, job_id) == 0
+    job = _job(factory, job_id)
+    assert (job.state, job.error_code, job.error_message) == (
+        "failed",
+        "BLOCKED_DESTINATION",
+        "10.0.0.1 is private",
+    )
+
+
+def test_release_puts_a_running_job_back_and_keeps_enqueued_at(factory: sessionmaker[Session]) -> None:
+    (job_id,) = _submit(factory, ["a"])
+    with session_scope(factory) as s:
+        jobs.mark_enqueued(s, [job_id])
+        jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+        jobs.release_job(s, job_id)
+    job = _job(factory, job_id)
+    assert (job.state, job.worker, job.lease_until, job.attempts) == ("queued", None, None, 1)
+    assert job.enqueued_at is not None
+    with session_scope(factory) as s:
+        assert jobs.unsent_jobs(s) == []
+
+
+def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmaker[Session]) -> None:
+    stuck_queued, stuck_running, exhausted, lease_expired, unsent = _submit(
+        factory, ["a", "b", "c", "d", "e"]
+    )
+    with session_scope(factory) as s:
+        jobs.mark_enqueued(s, [stuck_queued, stuck_running, exhausted, lease_expired])
+        for job_id in (stuck_running, exhausted, lease_expired):
+            jobs.claim_job(s, job_id, worker="w", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+        s.execute(
+            text("UPDATE scan_jobs SET attempts = :n WHERE id = :id"),
+            {"n": MAX_ATTEMPTS, "id": exhausted.hex},
+        )
+    now = datetime.now(timezone.utc)
+    with session_scope(factory) as s:
+        assert jobs.sweep_stale(
+            s, now=now + timedelta(seconds=30), lease_seconds=60, max_attempts=MAX_ATTEMPTS
+        ) == (
+            [],
+            [],
+        )
+    later = now + timedelta(seconds=61)
+    with session_scope(factory) as s:
+        resend, failed = jobs.sweep_stale(s, now=later, lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+    assert sorted(resend) == sorted([stuck_queued, stuck_running, lease_expired])
+    assert failed == [exhausted]
+    for job_id in resend:
+        job = _job(factory, job_id)
+        assert (job.state, job.worker, job.lease_until, job.enqueued_at) == ("queued", None, None, later)
+    gone = _job(factory, exhausted)
+    assert (gone.state, gone.error_code, gone.finished_at) == ("failed", "MAX_ATTEMPTS", later)
+    assert _job(factory, unsent).enqueued_at is None  # the outbox relay sends it, not the sweeper
+    with session_scope(factory) as s:
+        again = jobs.sweep_stale(
+            s, now=later + timedelta(seconds=1), lease_seconds=60, max_attempts=MAX_ATTEMPTS
+        )
+    assert again == ([], [])
+
+
+def test_cached_score_matches_bytes_and_model_version(factory: sessionmaker[Session]) -> None:
+    (job_id,) = _submit(factory, ["a"])
+    with session_scope(factory) as s:
+        assert jobs.cached_score(s, SHA, "m1") is None
+        jobs.finish_done(s, job_id, **_verdict(fake_score=0.25, label="real"))
+    with session_scope(factory) as s:
+        assert jobs.cached_score(s, SHA, "m1") == 0.25
+        assert jobs.cached_score(s, SHA, "m2") is None
+        assert jobs.cached_score(s, "cd" * 32, "m1") is None
+
+
+def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        sub, rows, _ = jobs.create_submission(s, ["a", "b", "c", "d"])
+        a, b, c, _d = (job.id for job in rows)
+        jobs.finish_done(s, a, **_verdict(label="fake"))
+        jobs.finish_done(s, b, **_verdict(label="real", fake_score=0.1))
+        jobs.finish_failed(s, c, code="NOT_FOUND", message="no such file")
+    with session_scope(factory) as s:
+        assert results.submission_counts(s, sub.id) == {
+            "queued": 1,
+            "running": 0,
+            "done": 2,
+            "failed": 1,
+            "total": 4,
+        }
+        assert [r.seq for r in results.results(s, submission_id=sub.id)] == [0, 1, 2, 3]
+        assert [r.job_id for r in results.results(s, label="real")] == [b]
+        assert [r.seq for r in results.results(s, submission_id=sub.id, limit=2)] == [0, 1]
+        failed = results.results(s, submission_id=sub.id)[2]
+        assert (failed.status, failed.error_code, failed.error, failed.label) == (
+            "failed",
+            "NOT_FOUND",
+            "no such file",
+            None,
+        )
+        future = datetime.now(timezone.utc) + timedelta(hours=1)
+        assert results.results(s, since=future) == []
+        assert len(results.results(s, since=datetime.now(timezone.utc) - timedelta(hours=1))) == 3
+
+
+def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        sub, rows, _ = jobs.create_submission(s, [f"s{i}" for i in range(7)])
+        ok_done, ok_failed, still_queued, done_no_verdict, failed_with_verdict, over, missing = (
+            j.id for j in rows
+        )
+        jobs.finish_done(s, ok_done, **_verdict())
+        jobs.finish_failed(s, ok_failed, code="TOO_LARGE", message="21 MiB")
+        jobs.finish_failed(s, failed_with_verdict, code="FETCH_TIMEOUT", message="slow")
+        jobs.finish_done(s, over, **_verdict())
+    with session_scope(factory) as s:
+        report = results.check_submission(s, sub.id, max_attempts=MAX_ATTEMPTS)
+        assert (report.submitted, report.done, report.failed, report.lost) == (
+            7,
+            2,
+            2,
+            [still_queued, done_no_verdict, missing],
+        )
+        assert report.ok is False
+    # Break the rest with raw SQL, bypassing the guarded functions where the schema allows it.
+    with session_scope(factory) as s:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        s.execute(
+            text("UPDATE scan_jobs SET state = 'done', finished_at = :now WHERE id = :id"),
+            {"now": now, "id": done_no_verdict.hex},
+        )
+        s.execute(
+            text(
+                "INSERT INTO verdicts (job_id, label, fake_score, threshold, model_version, image_sha256, cached) "
+                "VALUES (:id, 'real', 0.2, 0.5, 'm1', :sha, 0)"
+            ),
+            {"id": failed_with_verdict.hex, "sha": SHA},
+        )
+        s.execute(text("UPDATE scan_jobs SET attempts = 9 WHERE id = :id"), {"id": over.hex})
+        s.execute(text("DELETE FROM scan_jobs WHERE id = :id"), {"id": missing.hex})
+    with session_scope(factory) as s:
+        report = results.check_submission(s, sub.id, max_attempts=MAX_ATTEMPTS)
+    assert report.lost == [still_queued, done_no_verdict]
+    assert report.missing_seqs == [6]
+    assert report.duplicated == [failed_with_verdict]
+    assert report.over_attempts == [over]
+    assert (report.done, report.failed) == (2, 2)
+    assert report.failed_codes == {"TOO_LARGE": 1, "FETCH_TIMEOUT": 1}
+    assert "lost=3 duplicated=1 over_attempts=1" in report.summary()
+    # A second verdict for one job is not even representable.
+    with pytest.raises(IntegrityError), session_scope(factory) as s:
+        s.add(Verdict(job_id=ok_done, **_verdict()))
+        s.flush()
+    with session_scope(factory) as s, pytest.raises(LookupError):
+        results.check_submission(s, uuid.uuid4(), max_attempts=MAX_ATTEMPTS)
+
+
+def test_clean_submission_checks_ok(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        sub, rows, _ = jobs.create_submission(s, ["a", "b"])
+        jobs.finish_done(s, rows[0].id, **_verdict())
+        jobs.finish_failed(s, rows[1].id, code="CORRUPT_IMAGE", message="bad")
+    with session_scope(factory) as s:
+        report = results.check_submission(s, sub.id, max_attempts=MAX_ATTEMPTS)
+    assert report.ok and (report.done, report.failed) == (1, 1)
+
+
+def test_registry_promotes_and_rolls_back_through_history(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        assert registry.current_version(s) is None
+        for name in ("A", "B", "C"):
+            registry.register_version(s, name, source=f"/store/{name}", threshold=0.4, metrics={"auc": 0.9})
+        with pytest.raises(ValueError, match="already registered"):
+            registry.register_version(s, "A", source="x")
+        with pytest.raises(LookupError, match="not registered"):
+            registry.promote(s, "Z")
+        with pytest.raises(LookupError, match="nothing to roll back"):
+            registry.rollback(s)
+        registry.promote(s, "A")
+        registry.promote(s, "B")
+        third = registry.promote(s, "C")
+        assert (third.version, third.previous_version, third.reason) == ("C", "B", "promote")
+    with session_scope(factory) as s:
+        back = registry.rollback(s)
+        assert (back.version, back.previous_version, back.reason) == ("B", "C", "rollback")
+        assert registry.rollback(s).version == "A"
+        current = registry.current_version(s)
+        assert current is not None and current.version == "A" and current.metrics == {"auc": 0.9}
+        with pytest.raises(LookupError):
+            registry.rollback(s)
+        registry.promote(s, "C")
+        assert registry.rollback(s).version == "A"
+        assert sorted(v.version for v in registry.list_versions(s)) == ["A", "B", "C"]
+        assert [p.reason for p in registry.promotion_history(s)].count("rollback") == 3
+
+
+def test_training_run_lifecycle(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        run = training.create_run(s, data_path="/data", base_model="vit-tiny", params={"epochs": 2})
+        queued_then_cancelled = training.create_run(s, data_path="/data", base_model="vit-tiny")
+    with session_scope(factory) as s:
+        claimed = training.claim_run(s, run.id, worker="t1")
+        assert claimed is not None and (claimed.state, claimed.attempts, claimed.worker) == (
+            "running",
+            1,
+            "t1",
+        )
+        assert training.claim_run(s, run.id, worker="t2") is None
+        assert training.update_progress(s, run.id, {"epoch": 1, "step": 10, "loss": 0.5}) is True
+        assert training.is_cancel_requested(s, run.id) is False
+        assert training.request_cancel(s, run.id) is True
+        assert training.is_cancel_requested(s, run.id) is True
+        assert training.request_cancel(s, queued_then_cancelled.id) is True
+        assert training.claim_run(s, queued_then_cancelled.id, worker="t1") is None
+        with pytest.raises(ValueError, match="error_code"):
+            training.finish_run(s, run.id, state="failed")
+        assert training.finish_run(s, run.id, state="cancelled", error_message="operator") is True
+        assert training.finish_run(s, run.id, state="done") is False
+        assert training.update_progress(s, run.id, {"epoch": 2}) is False
+    with session_scope(factory) as s:
+        got = training.get_run(s, run.id)
+        assert got is not None
+        assert (got.state, got.progress, got.params) == (
+            "cancelled",
+            {"epoch": 1, "step": 10, "loss": 0.5},
+            {"epochs": 2},
+        )
+        assert got.finished_at is not None and got.finished_at.tzinfo is not None
+        other = training.get_run(s, queued_then_cancelled.id)
+        assert other is not None and other.state == "cancelled"
+        assert {r.id for r in training.list_runs(s, state="cancelled")} == {run.id, queued_then_cancelled.id}
+        assert training.list_runs(s, state="running") == []
+
+
+def test_training_run_failure_records_its_code(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s:
+        run = training.create_run(s, data_path="/d", base_model="b")
+        training.claim_run(s, run.id, worker="t1")
+        assert training.finish_run(
+            s, run.id, state="failed", error_code="BAD_TRAINING_DATA", error_message="no fake images"
+        )
+    with session_scope(factory) as s:
+        got = training.get_run(s, run.id)
+        assert got is not None and (got.state, got.error_code) == ("failed", "BAD_TRAINING_DATA")
+
+
+def test_naive_datetimes_are_refused(factory: sessionmaker[Session]) -> None:
+    with session_scope(factory) as s, pytest.raises(Exception, match="naive datetime"):
+        jobs.sweep_stale(s, now=datetime(2030, 1, 1), lease_seconds=60, max_attempts=MAX_ATTEMPTS)
