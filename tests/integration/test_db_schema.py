@@ -236,3 +236,34 @@ def test_racing_redeliveries_store_exactly_one_verdict(pg_engine: Engine) -> Non
         workers = {row[0]: row[1] for row in s.execute(select(Verdict.job_id, Verdict.worker))}
     assert counts == dict.fromkeys(job_ids, 1)
     assert workers == dict(made)
+
+
+def test_racing_submissions_with_one_idempotency_key_create_one(pg_engine: Engine) -> None:
+    factory = new_session_factory(pg_engine)
+    barrier = threading.Barrier(4)
+    outcomes: list[tuple[uuid.UUID, bool]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        try:
+            barrier.wait(timeout=10)
+            with session_scope(factory) as s:
+                submission, _, created = jobs.create_submission(
+                    s, ["a.png", "b.png"], idempotency_key="same-key"
+                )
+            with lock:
+                outcomes.append((submission.id, created))
+        except BaseException as exc:  # surfaced below with the failing assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert errors == []
+    assert sorted(created for _, created in outcomes) == [False, False, False, True]
+    assert len({sid for sid, _ in outcomes}) == 1
+    with session_scope(factory) as s:
+        assert s.scalar(text("SELECT count(*) FROM scan_jobs")) == 2
