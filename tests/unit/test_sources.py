@@ -1,0 +1,386 @@
+"""read_source against a misbehaving local HTTP server, fake DNS, and hostile local paths."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dfscan.exceptions import (
+    BlockedDestinationError,
+    DfscanError,
+    FetchError,
+    FetchTimeoutError,
+    HttpStatusError,
+    PathNotAllowedError,
+    SourceNotFoundError,
+    TooLargeError,
+    TooManyRedirectsError,
+    UnsupportedSourceError,
+)
+from tests.fixtures.http_server import OK_BYTES, LocalHttpServer, make_certificate, serve_http
+from worker.inference import sources
+from worker.inference.sources import SourcePolicy, read_source
+
+LOCAL = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=1.5, connect_timeout=1.0, read_timeout=1.0)
+REAL_GETADDRINFO = socket.getaddrinfo
+
+
+@pytest.fixture
+def server() -> Iterator[LocalHttpServer]:
+    with serve_http() as running:
+        yield running
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[Any]]) -> list[str]:
+    """Answer lookups of the names in ``answers`` (one answer per call, the last one repeats)."""
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in answers:
+            return REAL_GETADDRINFO(host, port, *args, **kwargs)
+        asked.append(host)
+        answer = answers[host][min(len(asked) - 1, len(answers[host]) - 1)]
+        if isinstance(answer, BaseException):
+            raise answer
+        if callable(answer):
+            return answer()  # type: ignore[no-any-return]
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in answer
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def refused(kind: type[DfscanError], source: str, policy: SourcePolicy) -> DfscanError:
+    """Call read_source, expecting ``kind``; return the error for more checks."""
+    with pytest.raises(kind) as info:
+        read_source(source, policy)
+    return info.value
+
+
+# --- fetching ------------------------------------------------------------------------------------
+
+
+def test_fetch_returns_the_body_and_sends_safe_headers(server: LocalHttpServer) -> None:
+    assert read_source(server.url("/ok.jpg"), LOCAL) == OK_BYTES
+    headers = server.last_headers["/ok.jpg"]
+    assert headers["Host"] == f"127.0.0.1:{server.port}"
+    assert headers["Accept-Encoding"] == "identity"
+    assert server.hits["/ok.jpg"] == 1
+
+
+def test_credentials_are_neither_sent_nor_echoed(server: LocalHttpServer) -> None:
+    url = f"http://admin:hunter2@127.0.0.1:{server.port}/status/404?token=s3cr3t"
+    error = refused(HttpStatusError, url, LOCAL)
+    assert "Authorization" not in server.last_headers["/status/404"]
+    assert error.message == f"http://127.0.0.1:{server.port}/status/404 answered HTTP 404 Not Found"
+    assert "must not leak" not in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"), [(404, True), (403, True), (429, False), (500, False), (503, False)]
+)
+def test_http_errors_carry_status_and_retryability(
+    server: LocalHttpServer, status: int, permanent: bool
+) -> None:
+    error = refused(HttpStatusError, server.url(f"/status/{status}"), LOCAL)
+    assert isinstance(error, HttpStatusError)
+    assert (error.code, error.status, error.permanent) == ("HTTP_STATUS", status, permanent)
+
+
+def test_redirects_are_followed_within_the_limit(server: LocalHttpServer) -> None:
+    assert read_source(server.url("/redirect?to=/ok.jpg&code=301"), LOCAL) == OK_BYTES
+    two_hops = server.url("/redirect?to=/redirect%3Fto%3D/ok.jpg")
+    assert read_source(two_hops, SourcePolicy(url_allowlist=("127.0.0.1",), max_redirects=2)) == OK_BYTES
+    error = refused(
+        TooManyRedirectsError,
+        two_hops,
+        SourcePolicy(url_allowlist=("127.0.0.1",), max_redirects=1),
+    )
+    assert error.code == "TOO_MANY_REDIRECTS"
+    assert "more than 1 redirects" in error.message
+    refused(TooManyRedirectsError, server.url("/loop"), LOCAL)
+    assert server.hits["/loop"] == LOCAL.max_redirects + 1
+
+
+def test_each_redirect_hop_is_checked_again(server: LocalHttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {"img.test": [["127.0.0.1"]]})
+    policy = SourcePolicy(url_allowlist=("img.test",), deadline=1.5)
+    start = f"http://img.test:{server.port}/redirect?to="
+    assert read_source(start + "/ok.jpg", policy) == OK_BYTES  # same allow-listed host: fine
+    for hop in (f"http://127.0.0.1:{server.port}/ok.jpg", f"http://2130706433:{server.port}/ok.jpg"):
+        error = refused(BlockedDestinationError, start + hop, policy)
+        assert "redirected to a refused URL" in error.message
+        assert "127.0.0.1 is not a public address (loopback)" in error.message
+    error = refused(UnsupportedSourceError, start + "file:///etc/passwd", policy)
+    assert "redirected to a refused URL" in error.message
+    assert server.hits["/ok.jpg"] == 1
+    assert server.hits["/redirect"] == 4
+
+
+def test_a_trickling_body_hits_the_total_deadline(server: LocalHttpServer) -> None:
+    started = time.monotonic()
+    error = refused(FetchTimeoutError, server.url("/slow"), SourcePolicy(
+        url_allowlist=("127.0.0.1",), deadline=1.5, read_timeout=5.0))  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 2.5
+    assert error.code == "FETCH_TIMEOUT" and not error.permanent
+    assert "within 1.5s" in error.message
+
+
+def test_a_silent_server_hits_the_read_timeout(server: LocalHttpServer) -> None:
+    started = time.monotonic()
+    policy = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=5.0, read_timeout=0.3)
+    error = refused(FetchTimeoutError, server.url("/slow"), policy)
+    assert time.monotonic() - started < 0.9
+    assert "timed out" in error.message
+
+
+def test_slow_dns_hits_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {"slow.test": [lambda: time.sleep(3)]})
+    started = time.monotonic()
+    refused(FetchTimeoutError, "http://slow.test/x.jpg", SourcePolicy(deadline=0.5))
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("path", ["/endless", "/nolength"])
+def test_bodies_without_a_length_are_capped(server: LocalHttpServer, path: str) -> None:
+    policy = SourcePolicy(url_allowlist=("127.0.0.1",), max_bytes=1024 * 1024, deadline=5.0)
+    error = refused(TooLargeError, server.url(path), policy)
+    assert error.code == "TOO_LARGE" and error.permanent
+    assert "more than the 1048576-byte limit" in error.message
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_the_body(server: LocalHttpServer) -> None:
+    started = time.monotonic()
+    error = refused(TooLargeError, server.url("/big"), LOCAL)
+    assert time.monotonic() - started < 0.15  # the trickled body (1 byte per 0.2 s) was never waited for
+    assert f"declares {10 * 1024**3} bytes" in error.message
+
+
+def test_a_lying_short_content_length_reads_only_what_was_declared(server: LocalHttpServer) -> None:
+    started = time.monotonic()
+    assert read_source(server.url("/lying"), LOCAL) == b"x" * 10
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_body_shorter_than_its_length_is_a_transient_fetch_failure(server: LocalHttpServer) -> None:
+    error = refused(FetchError, server.url("/short"), LOCAL)
+    assert (error.code, error.permanent) == ("FETCH_FAILED", False)
+    assert "closed the connection early" in error.message
+
+
+def test_connection_refused_is_a_fetch_failure() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    error = refused(FetchError, f"http://127.0.0.1:{port}/x.jpg", LOCAL)
+    assert error.message == f"could not connect to http://127.0.0.1:{port}/x.jpg: connection refused"
+
+
+def test_dns_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {
+        "gone.test": [socket.gaierror(socket.EAI_NONAME, "Name or service not known")],
+        "flaky.test": [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")],
+    })  # fmt: skip
+    error = refused(SourceNotFoundError, "http://gone.test/x.jpg", LOCAL)
+    assert (error.code, error.message) == (
+        "NOT_FOUND",
+        "host of http://gone.test/x.jpg does not resolve (Name or service not known)",
+    )
+    error = refused(FetchError, "http://flaky.test/x.jpg", LOCAL)
+    assert not error.permanent
+
+
+def test_any_blocked_address_among_the_answers_blocks(
+    server: LocalHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_dns(monkeypatch, {"mixed.test": [["8.8.8.8", "10.0.0.7"]]})
+    error = refused(
+        BlockedDestinationError,
+        f"http://mixed.test:{server.port}/ok.jpg",
+        SourcePolicy(),
+    )
+    assert (
+        error.message
+        == f"refused http://mixed.test:{server.port}/ok.jpg (resolves to 10.0.0.7): 10.0.0.7 is not a public address (private)"
+    )
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(
+    server: LocalHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = fake_dns(monkeypatch, {"rebind.test": [["127.0.0.1"], ["10.9.9.9"]]})
+    policy = SourcePolicy(url_allowlist=("127.0.0.0/8",), deadline=1.5)
+    assert read_source(f"http://rebind.test:{server.port}/ok.jpg", policy) == OK_BYTES
+    assert asked == ["rebind.test"]  # one lookup: nothing could re-resolve to the second answer
+    assert server.last_headers["/ok.jpg"]["Host"] == f"rebind.test:{server.port}"
+
+
+def test_dns_rebinding_to_loopback_never_reaches_it(
+    server: LocalHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = fake_dns(monkeypatch, {"rebind.test": [["93.184.215.14"], ["127.0.0.1"]]})
+    dialed: list[tuple[str, int]] = []
+
+    class RecordingConnection(sources.HTTPConnection):
+        def connect(self) -> None:  # nothing leaves the machine: record the address and refuse
+            dialed.append((self.host, self.port))
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(sources, "HTTPConnection", RecordingConnection)
+    error = refused(FetchError, f"http://rebind.test:{server.port}/ok.jpg", SourcePolicy())
+    assert dialed == [("93.184.215.14", server.port)]
+    assert asked == ["rebind.test"]
+    assert server.total_hits == 0
+    assert (
+        error.message
+        == f"fetching http://rebind.test:{server.port}/ok.jpg (93.184.215.14) failed: connection refused"
+    )
+
+
+def test_loopback_spellings_never_reach_the_canary(
+    server: LocalHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_dns(monkeypatch, {"evil.test": [["127.0.0.1"]], "evil6.test": [["::ffff:127.0.0.1"]]})
+    port = server.port
+    spellings = [
+        "127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "127.0.0.1.", "0x7f.0.0.1",
+        "localhost", "[::1]", "[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::]", "0.0.0.0",
+        "evil.test", "evil6.test",
+    ]  # fmt: skip
+    for host in spellings:
+        for scheme in ("http", "https"):
+            error = refused(
+                BlockedDestinationError,
+                f"{scheme}://{host}:{port}/ok.jpg",
+                SourcePolicy(),
+            )
+            assert error.code == "BLOCKED_DESTINATION"
+    refused(
+        BlockedDestinationError,
+        server.url("/redirect?to=http://10.0.0.1/"),
+        SourcePolicy(),
+    )
+    assert server.total_hits == 0
+
+
+def test_https_verifies_the_original_name_while_connecting_to_the_checked_ip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = make_certificate(tmp_path, "img.test")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    fake_dns(monkeypatch, {"img.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]})
+    policy = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=3.0)
+    with serve_http(tls=(cert, key)) as tls_server:
+        assert read_source(tls_server.url("/ok.jpg", host="img.test"), policy) == OK_BYTES
+        assert tls_server.sni_names == ["img.test"]
+        assert tls_server.last_headers["/ok.jpg"]["Host"] == f"img.test:{tls_server.port}"
+        error = refused(FetchError, tls_server.url("/ok.jpg", host="other.test"), policy)
+        assert "TLS with https://other.test" in error.message
+        assert tls_server.hits["/ok.jpg"] == 1
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    (images / "sub" / "a.jpg").write_bytes(b"jpeg-bytes")
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    return images
+
+
+def test_paths_under_a_root_are_read(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = SourcePolicy(allowed_roots=(root,))
+    assert read_source(str(root / "sub" / "a.jpg"), policy) == b"jpeg-bytes"
+    monkeypatch.chdir(root)
+    assert read_source("sub/a.jpg", policy) == b"jpeg-bytes"
+    (root / "inside-link.jpg").symlink_to(root / "sub" / "a.jpg")
+    assert read_source(str(root / "inside-link.jpg"), policy) == b"jpeg-bytes"
+
+
+def test_paths_are_refused_without_roots(root: Path) -> None:
+    error = refused(PathNotAllowedError, str(root / "sub" / "a.jpg"), SourcePolicy())
+    assert error.code == "PATH_NOT_ALLOWED"
+    assert "no allowed roots" in error.message
+
+
+def test_escapes_from_the_root_are_refused(root: Path) -> None:
+    policy = SourcePolicy(allowed_roots=(root,))
+    (root / "out-link.txt").symlink_to(root.parent / "secret.txt")
+    (root / "dir-link").symlink_to(root.parent)
+    (root.parent / "images-evil").mkdir()
+    (root.parent / "images-evil" / "x.jpg").write_bytes(b"x")
+    for path in (
+        f"{root}/../secret.txt", f"{root}/sub/../../secret.txt", f"{root}/out-link.txt", f"{root}/dir-link/secret.txt",
+        f"{root}-evil/x.jpg", "/etc/passwd", f"{root}/../nothing-here.jpg",
+    ):  # fmt: skip
+        error = refused(PathNotAllowedError, path, policy)
+        assert "resolves outside the allowed roots" in error.message
+
+
+def test_missing_files_under_a_root_are_not_found(root: Path) -> None:
+    error = refused(
+        SourceNotFoundError,
+        str(root / "missing.jpg"),
+        SourcePolicy(allowed_roots=(root,)),
+    )
+    assert error.message == f"path {str(root / 'missing.jpg')!r} does not exist"
+    refused(
+        SourceNotFoundError,
+        str(root / "sub" / "a.jpg" / "x"),
+        SourcePolicy(allowed_roots=(root,)),
+    )
+
+
+def test_only_regular_files_are_read(root: Path) -> None:
+    os.mkfifo(root / "pipe")
+    policy = SourcePolicy(allowed_roots=(root, Path("/dev"), Path("/proc")))
+    for path in (str(root / "pipe"), str(root / "sub"), str(root)):
+        error = refused(PathNotAllowedError, path, policy)
+        assert "not a regular file" in error.message
+    for path in ("/dev/zero", "/dev/null", "/proc/self/environ", "/proc/self/cmdline"):
+        error = refused(PathNotAllowedError, path, policy)
+        assert "kernel pseudo-filesystem" in error.message
+    refused(PathNotAllowedError, "/dev/zero", SourcePolicy(allowed_roots=(Path("/"),)))
+
+
+def test_files_over_the_cap_are_refused(root: Path) -> None:
+    (root / "exact.bin").write_bytes(b"e" * 100)
+    (root / "over.bin").write_bytes(b"o" * 101)
+    policy = SourcePolicy(allowed_roots=(root,), max_bytes=100)
+    assert read_source(str(root / "exact.bin"), policy) == b"e" * 100
+    error = refused(TooLargeError, str(root / "over.bin"), policy)
+    assert error.message == f"file {str(root / 'over.bin')!r} has 101 bytes, more than the 100-byte limit"
+
+
+def test_a_symlink_swapped_in_after_the_check_is_refused(root: Path) -> None:
+    # _open_beneath gets the already-resolved path; a symlink there means one was swapped in since.
+    (root / "sub" / "swapped.jpg").symlink_to(root.parent / "secret.txt")
+    (root / "linkdir").symlink_to(root / "sub")
+    for real in (
+        root / "sub" / "swapped.jpg",
+        root / "sub" / "swapped.jpg" / "x",
+        root / "linkdir" / "a.jpg",
+    ):
+        with pytest.raises(PathNotAllowedError) as info:
+            sources._open_beneath(str(root), str(real), "img.jpg")
+        assert info.value.message == "refused path 'img.jpg': a symlink appeared while opening it"
+
+
+@pytest.mark.parametrize("source", ["file:///etc/passwd", "file://" + "/tmp/x.jpg", "", "   ", "gopher://x/"])
+def test_non_http_urls_and_empty_sources_are_unsupported(source: str) -> None:
+    policy = SourcePolicy(allowed_roots=(Path("/"),))
+    error = refused(UnsupportedSourceError, source, policy)
+    assert error.code == "UNSUPPORTED_SOURCE"

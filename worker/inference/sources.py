@@ -1,0 +1,392 @@
+"""Read an untrusted image source: an http(s) URL or a file under an allowed root, as bytes.
+
+URLs: every hop is checked (``urlguard``), the host is resolved once and every address it resolves
+to must be public (or allow-listed); the connection then goes to that very checked address, with
+the original name in ``Host:`` and, for https, in SNI and the certificate check, so DNS rebinding
+cannot swap the address between check and connect. Redirects are followed by hand, each re-checked.
+A watchdog shuts the socket down at the total deadline, so slow DNS, a trickled header or a
+trickled body all end as FETCH_TIMEOUT. Bodies are streamed under a byte cap; a declared
+Content-Length over the cap is refused before the body is read. Content-Encoding is refused
+(``Accept-Encoding: identity``) so the cap counts the bytes the decoder will see. Credentials in a
+URL are never sent and never appear in messages; nor do query strings or response bodies.
+
+A body shorter than its Content-Length is FETCH_FAILED (transient): the bytes we hold are not the
+image the server meant, and the usual cause is a dropped connection that a retry heals. A server
+that always truncates fails the job with FETCH_FAILED once its attempts run out.
+
+Paths: resolved with ``realpath`` (relative ones against the cwd) and refused unless inside an
+allowed root and outside /proc, /sys and /dev. The file is then opened component by component
+from the root with ``O_NOFOLLOW`` (a symlink swapped in after the check is refused) and checked
+with ``fstat`` on the open descriptor: only regular files are read, at most ``max_bytes + 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import stat
+import threading
+import time
+from http.client import HTTPException, IncompleteRead
+from urllib.parse import urljoin
+
+import urllib3
+import urllib3.util.ssl_match_hostname
+from urllib3.connection import HTTPConnection, HTTPSConnection
+
+from dfscan.exceptions import (
+    DfscanError,
+    FetchError,
+    FetchTimeoutError,
+    HttpStatusError,
+    PathNotAllowedError,
+    SourceNotFoundError,
+    TooLargeError,
+    TooManyRedirectsError,
+    UnsupportedSourceError,
+)
+from worker.inference.urlguard import (
+    IPAddress,
+    SourcePolicy,
+    Target,
+    check_address,
+    check_url,
+    host_allowed,
+    is_url,
+    parse_url,
+)
+
+__all__ = ["SourcePolicy", "check_url", "is_url", "read_source"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
+_DNS_NOT_FOUND = {
+    getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY") if hasattr(socket, n)
+}
+
+
+def read_source(source: str, policy: SourcePolicy) -> bytes:
+    """http(s) URL or local path -> bytes, or raise a dfscan.exceptions.DfscanError subclass."""
+    if not source or not source.strip():
+        raise UnsupportedSourceError("refused an empty source: give an http(s) URL or a file path")
+    if is_url(source):
+        return _fetch(source, policy)
+    return _read_path(source, policy)
+
+
+# --- URLs ----------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """The total deadline of one fetch."""
+
+    def __init__(self, seconds: float, display: str) -> None:
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+        self.display = display
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> FetchTimeoutError:
+        return FetchTimeoutError(f"gave up on {self.display}: no complete answer within {self.seconds:g}s")
+
+
+def _fetch(url: str, policy: SourcePolicy) -> bytes:
+    target = parse_url(url, policy)
+    clock = _Clock(policy.deadline, target.display)
+    hops = 0
+    while True:
+        ip = _resolve(target, policy, clock)
+        answer = _fetch_once(target, ip, policy, clock)
+        if isinstance(answer, bytes):
+            return answer
+        hops += 1
+        if hops > policy.max_redirects:
+            raise TooManyRedirectsError(
+                f"gave up on {clock.display}: more than {policy.max_redirects} redirects"
+            )
+        target = _follow(target, answer, policy)
+
+
+def _follow(target: Target, location: str, policy: SourcePolicy) -> Target:
+    here = f"{target.scheme}://{target.host_header}{target.request_path}"
+    try:
+        return parse_url(urljoin(here, location.strip()), policy)
+    except (UnsupportedSourceError, ValueError) as exc:
+        message = exc.message if isinstance(exc, DfscanError) else str(exc)
+        raise UnsupportedSourceError(f"{target.display} redirected to a refused URL: {message}") from None
+    except DfscanError as exc:
+        raise type(exc)(f"{target.display} redirected to a refused URL: {exc.message}") from None
+
+
+def _resolve(target: Target, policy: SourcePolicy, clock: _Clock) -> IPAddress:
+    """The one address to connect to, after checking every address the host resolves to."""
+    if target.ip is not None:
+        return target.ip  # a literal, checked by parse_url
+    infos = _getaddrinfo(target, clock)
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise SourceNotFoundError(f"host of {target.display} has no addresses")
+    if not host_allowed(target.host, policy):
+        for address in addresses:
+            check_address(address, target, policy)
+    return addresses[0]
+
+
+def _getaddrinfo(target: Target, clock: _Clock) -> list[tuple]:  # type: ignore[type-arg]
+    """One DNS lookup, bounded by the deadline (the lookup thread is abandoned if it is late)."""
+    result: list[object] = []
+
+    def lookup() -> None:
+        try:
+            result.append(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
+        except Exception as exc:  # handed to the caller below
+            result.append(exc)
+
+    worker = threading.Thread(target=lookup, name="dfscan-dns", daemon=True)
+    worker.start()
+    worker.join(clock.remaining())
+    if not result:
+        raise clock.expired()
+    outcome = result[0]
+    if isinstance(outcome, socket.gaierror):
+        if outcome.errno in _DNS_NOT_FOUND:
+            raise SourceNotFoundError(f"host of {target.display} does not resolve ({outcome.strerror})")
+        raise FetchError(f"DNS lookup for {target.display} failed ({outcome.strerror})")
+    if isinstance(outcome, BaseException):
+        raise FetchError(f"DNS lookup for {target.display} failed ({type(outcome).__name__})")
+    return outcome  # type: ignore[return-value]
+
+
+def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock) -> bytes | str:
+    """GET ``target`` from ``ip``: the body, or the Location of a redirect."""
+    conn: HTTPConnection
+    timeout = min(policy.connect_timeout, clock.remaining())
+    if target.scheme == "https":
+        named = target.ip is None
+        conn = HTTPSConnection(
+            str(ip),
+            target.port,
+            timeout=timeout,
+            cert_reqs="CERT_REQUIRED",
+            server_hostname=target.host if named else None,
+            assert_hostname=target.host if named else None,
+        )
+    else:
+        conn = HTTPConnection(str(ip), target.port, timeout=timeout)
+    fired = threading.Event()
+    watchdog = threading.Timer(clock.remaining(), _cut, args=(conn, fired))
+    watchdog.daemon = True
+    watchdog.start()
+    log.debug("fetching %s from %s", target.display, ip)
+    try:
+        conn.connect()
+        conn.timeout = min(policy.read_timeout, clock.remaining())
+        conn.request(
+            "GET",
+            target.request_path,
+            headers={
+                "Host": target.host_header,
+                "User-Agent": "dfscan",
+                "Accept": "image/*, */*;q=0.5",
+                "Accept-Encoding": "identity",
+                "Connection": "close",
+            },
+            preload_content=False,
+            decode_content=False,
+        )
+        response = conn.getresponse()
+        return _handle(target, response, policy, fired, clock)
+    except DfscanError:
+        raise
+    except Exception as exc:
+        if fired.is_set():
+            raise clock.expired() from None
+        raise _network_error(target, ip, exc) from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def _handle(
+    target: Target,
+    response: urllib3.HTTPResponse,
+    policy: SourcePolicy,
+    fired: threading.Event,
+    clock: _Clock,
+) -> bytes | str:
+    status = response.status
+    if status in _REDIRECT_STATUSES and response.headers.get("Location"):
+        return str(response.headers["Location"])
+    if not 200 <= status < 300:
+        raise HttpStatusError(
+            f"{target.display} answered HTTP {status} {response.reason or ''}".strip(), status=status
+        )
+    declared = response.length_remaining
+    if declared is not None and declared > policy.max_bytes:
+        raise TooLargeError(
+            f"{target.display} declares {declared} bytes, more than the {policy.max_bytes}-byte limit"
+        )
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        data = response.read1(min(_CHUNK, policy.max_bytes + 1 - total))
+        if fired.is_set():
+            raise clock.expired()
+        if not data:
+            return b"".join(chunks)
+        total += len(data)
+        if total > policy.max_bytes:
+            raise TooLargeError(f"{target.display} sent more than the {policy.max_bytes}-byte limit")
+        chunks.append(data)
+
+
+def _cut(conn: HTTPConnection, fired: threading.Event) -> None:
+    """Watchdog: at the deadline, shut the socket down so any blocked connect or read returns."""
+    fired.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _network_error(target: Target, ip: IPAddress, exc: Exception) -> DfscanError:
+    where = f"{target.display}" + ("" if target.ip is not None else f" ({ip})")
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return FetchError(f"could not connect to {where}: {_reason(exc)}")
+    if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
+        return FetchTimeoutError(f"timed out talking to {where}")
+    incomplete = _find_cause(exc, IncompleteRead)
+    if isinstance(incomplete, IncompleteRead):
+        got = len(incomplete.partial) if isinstance(incomplete.partial, bytes) else incomplete.partial
+        return FetchError(
+            f"{where} closed the connection early: body ended after {got} bytes, short of its length"
+        )
+    tls = _find_cause(
+        exc, (ssl.SSLError, ssl.CertificateError, urllib3.util.ssl_match_hostname.CertificateError)
+    )
+    if tls is not None:
+        return FetchError(f"TLS with {where} failed: {str(tls)[:200]}")
+    if isinstance(exc, HTTPException | urllib3.exceptions.HTTPError) and _find_cause(exc, OSError) is None:
+        return FetchError(f"bad HTTP answer from {where}: {type(exc).__name__}")
+    return FetchError(f"fetching {where} failed: {_reason(exc)}")
+
+
+def _find_cause(
+    exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kind):
+            return exc
+        nested = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+        exc = exc.__cause__ or exc.__context__ or (nested[0] if nested else None)
+        seen += 1
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    error = _find_cause(exc, OSError)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return type(exc).__name__
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def _read_path(source: str, policy: SourcePolicy) -> bytes:
+    if "\x00" in source:
+        raise UnsupportedSourceError("refused a path containing a NUL byte")
+    if not policy.allowed_roots:
+        raise PathNotAllowedError(
+            f"refused path {source!r}: reading local files is disabled (no allowed roots)"
+        )
+    real = os.path.realpath(os.path.abspath(source))
+    root = next((r for r in map(os.path.realpath, policy.allowed_roots) if _within(real, r)), None)
+    if root is None:
+        raise PathNotAllowedError(f"refused path {source!r}: it resolves outside the allowed roots")
+    if any(_within(real, pseudo) for pseudo in _PSEUDO_FILESYSTEMS):
+        raise PathNotAllowedError(f"refused path {source!r}: it is on a kernel pseudo-filesystem")
+    fd = _open_beneath(root, real, source)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
+            raise PathNotAllowedError(f"refused path {source!r}: it is {kind}, not a regular file")
+        if info.st_size > policy.max_bytes:
+            raise TooLargeError(
+                f"file {source!r} has {info.st_size} bytes, more than the {policy.max_bytes}-byte limit"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while data := os.read(fd, min(_CHUNK, policy.max_bytes + 1 - total)):
+            total += len(data)
+            if total > policy.max_bytes:
+                raise TooLargeError(f"file {source!r} is larger than the {policy.max_bytes}-byte limit")
+            chunks.append(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _open_beneath(root: str, real: str, source: str) -> int:
+    """Open ``real`` walking down from ``root`` one component at a time, following no symlink."""
+    relative = os.path.relpath(real, root)
+    parts = [] if relative == os.curdir else relative.split(os.sep)
+    base = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError as exc:
+        raise _path_error(source, exc) from None
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        flags = base | (os.O_NONBLOCK | os.O_NOCTTY if last else os.O_DIRECTORY)
+        try:
+            child = os.open(part, flags, dir_fd=fd)
+        except OSError as exc:
+            swapped = exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(part, fd)
+            os.close(fd)
+            if swapped:
+                raise PathNotAllowedError(
+                    f"refused path {source!r}: a symlink appeared while opening it"
+                ) from None
+            raise _path_error(source, exc) from None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _path_error(source: str, exc: OSError) -> DfscanError:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return SourceNotFoundError(f"path {source!r} does not exist")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PathNotAllowedError(f"refused path {source!r}: permission denied")
+    return FetchError(f"could not open path {source!r}: {(exc.strerror or type(exc).__name__).lower()}")
