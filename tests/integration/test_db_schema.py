@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +267,30 @@ def test_racing_submissions_with_one_idempotency_key_create_one(pg_engine: Engin
     assert len({sid for sid, _ in outcomes}) == 1
     with session_scope(factory) as s:
         assert s.scalar(text("SELECT count(*) FROM scan_jobs")) == 2
+
+
+def test_claim_and_sweep_on_postgres(pg_engine: Engine) -> None:
+    factory = new_session_factory(pg_engine)
+    job_id = _job(factory)
+    with session_scope(factory) as s:
+        jobs.mark_enqueued(s, [job_id])
+        job = jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=2)
+        assert job is not None and job.lease_until is not None and job.lease_until.tzinfo is not None
+        lease_until = job.lease_until
+    with session_scope(factory) as s:
+        assert jobs.sweep_stale(
+            s, now=lease_until - timedelta(seconds=1), lease_seconds=60, max_attempts=2
+        ) == ([], [])
+        assert jobs.sweep_stale(
+            s, now=lease_until + timedelta(seconds=1), lease_seconds=60, max_attempts=2
+        ) == (
+            [job_id],
+            [],
+        )
+    with session_scope(factory) as s:
+        assert jobs.claim_job(s, job_id, worker="w2", lease_seconds=60, max_attempts=2) is not None
+    with session_scope(factory) as s:
+        later = datetime.now(timezone.utc) + timedelta(seconds=120)
+        assert jobs.sweep_stale(s, now=later, lease_seconds=60, max_attempts=2) == ([], [job_id])
+        job = jobs.get_job(s, job_id)
+        assert job is not None and (job.state, job.error_code, job.attempts) == ("failed", "MAX_ATTEMPTS", 2)
