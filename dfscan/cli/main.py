@@ -298,3 +298,7 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+if __name__ == "__main__":
+    app()
