@@ -1,0 +1,301 @@
+"""Load a deepfake classifier checkpoint and score batches of preprocessed images with it.
+
+A checkpoint is a Hugging Face image classifier (ViTForImageClassification) with its saved image
+processor, either a hub id (optionally pinned to a revision) or a local ``save_pretrained``
+directory. Its classes are mapped to fake/real by *name* (``labels.fake_real_indices``), never by
+index, because public checkpoints disagree on the order.
+
+Every detector carries a ``version`` that identifies the exact weights it runs, so stored verdicts
+(and the exact-duplicate cache keyed on image bytes) never mix two models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig
+from transformers.utils.hub import cached_file, extract_commit_hash
+
+from dfscan.exceptions import InferenceError, LabelMappingError, ModelLoadError
+from worker.inference.labels import fake_real_indices
+from worker.inference.preprocess import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+# Files whose bytes decide what a local checkpoint computes: weights (single or sharded), the model
+# config (labels, architecture) and the preprocessing config (size, normalisation).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_DECISIVE_JSON = ("config.json", "preprocessor_config.json", "model.safetensors.index.json")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+_HUB_HINT = (
+    "If this machine cannot reach huggingface.co, download the checkpoint elsewhere "
+    "(e.g. `huggingface-cli download {ref} --local-dir ./model`), copy the directory here and set "
+    "DFSCAN_MODEL to that local directory."
+)
+
+
+@dataclass
+class Detector:
+    """A loaded classifier, ready to score batches. Build it with :func:`load_detector`."""
+
+    version: str
+    source: str
+    device: torch.device
+    preprocess: PreprocessConfig
+    fake_index: int
+    real_index: int
+    id2label: dict[int, str]
+    int8: bool
+    model: torch.nn.Module = field(repr=False)
+    # Largest chunk the device managed after an out-of-memory error; later batches start there.
+    max_chunk: int | None = field(default=None, repr=False)
+
+    def predict(self, pixels: torch.Tensor) -> list[float]:
+        """Score a batch: ``(N, 3, H, W)`` float32 pixels -> N p(fake) values in [0, 1].
+
+        p(fake) is the softmax over the two classes, read at the fake column. Runs under
+        ``torch.inference_mode()``. On CUDA the input moves from pinned memory with
+        ``non_blocking=True`` and the forward autocasts to bf16 (fp16 where bf16 is unsupported); on
+        CPU it is always fp32 (no bf16 units on common server CPUs: emulated bf16 is ~6x slower).
+
+        On ``torch.cuda.OutOfMemoryError`` the batch is split in halves and retried, down to one
+        image; the smaller size is remembered for later calls. Raises InferenceError when even one
+        image does not fit, or when the output breaks an invariant (not N finite values).
+        """
+        self._check_input(pixels)
+        n = int(pixels.shape[0])
+        if n == 0:
+            return []
+        scores: list[float] = []
+        chunk = min(n, self.max_chunk or n)
+        start = 0
+        while start < n:
+            piece = pixels[start : start + chunk]
+            try:
+                scores.extend(self._forward(piece))
+            except torch.cuda.OutOfMemoryError as exc:
+                if chunk == 1:
+                    raise InferenceError(
+                        f"out of device memory on a single image with model {self.version} on "
+                        f"{self.device}: free GPU memory (fewer worker processes per GPU) or run on CPU"
+                    ) from exc
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                chunk = max(1, chunk // 2)
+                self.max_chunk = chunk
+                logger.warning(
+                    "out of memory on %s; retrying in chunks of %d",
+                    self.device,
+                    chunk,
+                    extra={"model_version": self.version},
+                )
+                continue
+            start += len(piece)
+        if len(scores) != n or not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores):
+            raise InferenceError(
+                f"model {self.version} returned {len(scores)} scores for {n} images, or a non-finite "
+                f"score: {scores[:8]}; the checkpoint is broken (NaN weights?) or the input is not "
+                "normalised pixels; check the model with `dfscan scan` on a known image"
+            )
+        return scores
+
+    def _check_input(self, pixels: torch.Tensor) -> None:
+        height, width = self.preprocess.size
+        expected = f"(N, 3, {height}, {width}) float32"
+        if not isinstance(pixels, torch.Tensor):
+            raise InferenceError(f"predict() takes a tensor {expected}, got {type(pixels).__name__}")
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, height, width):
+            raise InferenceError(
+                f"predict() expected pixels of shape {expected}, got {tuple(pixels.shape)}; build "
+                "batches with preprocess.load_pixels(data, detector.preprocess, ...) so that the "
+                "image size matches this checkpoint's saved preprocessor"
+            )
+        if pixels.dtype != torch.float32:
+            raise InferenceError(
+                f"predict() expected float32 pixels, got {pixels.dtype}; autocast is applied inside "
+                "predict(), do not cast the input"
+            )
+
+    def _forward(self, piece: torch.Tensor) -> list[float]:
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                if not piece.is_pinned():
+                    piece = piece.pin_memory()
+                piece = piece.to(self.device, non_blocking=True)
+                amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                with torch.autocast("cuda", dtype=amp):
+                    logits = self.model(pixel_values=piece).logits
+            else:
+                logits = self.model(pixel_values=piece).logits
+            pair = logits.float()[:, [self.fake_index, self.real_index]]
+            p_fake = torch.softmax(pair, dim=-1)[:, 0]
+            result: list[float] = p_fake.cpu().tolist()
+        return result
+
+
+def load_detector(
+    ref: str,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    int8: bool = False,
+    threads: int | None = None,
+) -> Detector:
+    """Load the checkpoint ``ref`` (hub id or local directory) onto ``device``.
+
+    ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``. ``threads`` sets
+    torch's intra-op threads (a worker passes cores // processes so processes do not oversubscribe).
+
+    ``int8`` (CPU only) applies dynamic int8 quantisation to the Linear layers
+    (``torch.ao.quantization.quantize_dynamic``). Dynamic quantisation computes one activation scale
+    per batch, so an image's int8 score depends slightly on the other images in its batch; fp32
+    scores do not.
+
+    Raises ModelLoadError (unreachable hub, missing directory, not an image classifier, device not
+    available) or LabelMappingError (classes that are not real/fake).
+    """
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    target = _pick_device(device)
+    if int8 and target.type != "cpu":
+        raise ModelLoadError(f"int8 quantisation is CPU only, but the device is {target}; unset DFSCAN_INT8")
+
+    location, version, revision = _locate(ref, revision)
+    config = _load_config(ref, location, revision)
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    fake_index, real_index = fake_real_indices({k: v for k, v in id2label.items()})
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            location, revision=revision, dtype=torch.float32, local_files_only=hub_offline()
+        )
+        preprocess = PreprocessConfig.from_pretrained(location, revision=revision)
+    except (LabelMappingError, ModelLoadError):
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load checkpoint {ref!r}: {exc}") from exc
+    model.eval()
+    model.to(target)
+    if int8:
+        model = _quantise_int8(model)
+        version += "+int8"
+    logger.info(
+        "loaded model %s on %s (fake=%d real=%d, int8=%s, threads=%d)",
+        version,
+        target,
+        fake_index,
+        real_index,
+        int8,
+        torch.get_num_threads(),
+        extra={"model_version": version},
+    )
+    return Detector(
+        version=version,
+        source=ref,
+        device=target,
+        preprocess=preprocess,
+        fake_index=fake_index,
+        real_index=real_index,
+        id2label=id2label,
+        int8=int8,
+        model=model,
+    )
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("DFSCAN_DEVICE=cuda but no CUDA device is available; use auto or cpu")
+    if device not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def _locate(ref: str, revision: str | None) -> tuple[str, str, str | None]:
+    """Return ``(location, version, revision)``; for the hub, revision becomes the resolved commit."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return str(path), f"{path.resolve().name}@sha256:{checkpoint_digest(path)[:12]}", None
+    if path.exists() or not _HUB_ID.match(ref):
+        raise ModelLoadError(
+            f"model {ref!r} is neither a checkpoint directory nor a hub id; point DFSCAN_MODEL at a "
+            "directory written by save_pretrained (config.json, weights, preprocessor_config.json)"
+        )
+    try:
+        # HF_HUB_OFFLINE is read here, at load time (huggingface_hub reads it once, at import).
+        config_file = cached_file(ref, "config.json", revision=revision, local_files_only=hub_offline())
+    except Exception as exc:  # hub and network errors come in many classes (OSError, HTTP, offline)
+        raise ModelLoadError(
+            f"cannot fetch model {ref!r}"
+            + (f" at revision {revision!r}" if revision else "")
+            + f" from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            + ("No local directory of that name exists either. " if "/" in ref else "")
+            + _HUB_HINT.format(ref=ref)
+        ) from exc
+    commit = extract_commit_hash(config_file, revision if revision and _COMMIT.match(revision) else None)
+    if commit is None:
+        raise ModelLoadError(f"cannot tell which commit of {ref!r} was loaded; pin DFSCAN_MODEL_REVISION")
+    return ref, f"hub:{ref}@{commit}", commit
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for cache-only hub access."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+def _load_config(ref: str, location: str, revision: str | None) -> PretrainedConfig:
+    try:
+        config = AutoConfig.from_pretrained(location, revision=revision, local_files_only=hub_offline())
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot read the config of checkpoint {ref!r}: {exc}") from exc
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(name.endswith("ForImageClassification") for name in architectures):
+        raise ModelLoadError(
+            f"checkpoint {ref!r} is not an image classifier (architectures={architectures}, "
+            f"model_type={config.model_type!r}); dfscan needs a *ForImageClassification checkpoint "
+            "such as ViTForImageClassification"
+        )
+    return config
+
+
+def checkpoint_digest(path: Path) -> str:
+    """sha256 over the names and bytes of the files that decide what a local checkpoint computes."""
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _DECISIVE_JSON)
+    )
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
+        raise ModelLoadError(
+            f"no weight file (*.safetensors, *.bin) in {path}; point DFSCAN_MODEL at a directory "
+            "written by save_pretrained"
+        )
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        with p.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _quantise_int8(model: torch.nn.Module) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, but still works in torch 2.x and
+        # torchao is not a dependency; the warnings would repeat at every load.
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        quantised: torch.nn.Module = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return quantised
