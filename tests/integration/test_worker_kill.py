@@ -1,0 +1,91 @@
+"""Killing workers loses nothing and duplicates nothing: SIGKILL mid-batch, SIGTERM drain, two workers."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+
+from db.models import ScanJob, Verdict
+from db.session import new_engine, new_session_factory
+from producer.client import ScanClient
+from tests.fixtures.service import Service, save_slow_vit
+from tests.integration.test_service import settings_for, write_images
+
+
+def state_counts(svc: Service) -> dict[str, int]:
+    sessions = new_session_factory(new_engine(svc.database_url))
+    with sessions() as session:
+        rows = session.execute(select(ScanJob.state, func.count()).group_by(ScanJob.state)).all()
+        verdicts = session.scalar(select(func.count()).select_from(Verdict)) or 0
+    return {**{state: n for state, n in rows}, "verdicts": verdicts}
+
+
+def wait_for(svc: Service, predicate, timeout: float) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    counts = state_counts(svc)
+    while time.monotonic() < deadline:
+        counts = state_counts(svc)
+        if predicate(counts):
+            return counts
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; counts are {counts}")
+
+
+def slow_service(svc: Service, n: int) -> ScanClient:
+    model = save_slow_vit(svc.tmp / "slow-model")
+    svc.env["DFSCAN_MODEL"] = str(model)
+    write_images(svc.images, n, size=(320, 240))
+    return ScanClient(settings_for(svc))
+
+
+def test_sigkill_mid_batch_then_restart_every_job_done_once(service: Service) -> None:
+    client = slow_service(service, 64)
+    sub = client.submit(sorted(str(p) for p in service.images.iterdir()))
+    worker = service.start_worker()
+    wait_for(service, lambda c: c.get("done", 0) >= 8, 120)
+    worker.kill()
+    at_kill = state_counts(service)
+    assert at_kill.get("done", 0) < 64, f"the worker finished before it was killed: {at_kill}"
+    assert at_kill.get("running", 0) > 0, f"no job was in flight when the worker was killed: {at_kill}"
+
+    service.start_worker("--sweeper")
+    counts = sub.wait(180)
+    assert counts["done"] == 64 and counts["failed"] == 0
+    assert state_counts(service)["verdicts"] == 64
+    check = service.cli("check", str(sub.id))
+    assert check.returncode == 0 and "lost=0 duplicated=0" in check.stdout, check.stdout
+
+
+def test_sigterm_drains_running_work_and_requeues_the_rest(service: Service) -> None:
+    client = slow_service(service, 48)
+    sub = client.submit(sorted(str(p) for p in service.images.iterdir()))
+    worker = service.start_worker()
+    wait_for(service, lambda c: c.get("done", 0) >= 4, 120)
+    assert worker.terminate(timeout=120) == 0, worker.text()[-3000:]
+    after = state_counts(service)
+    assert after.get("running", 0) == 0, f"warm shutdown left jobs running: {after}"
+    assert after.get("failed", 0) == 0
+
+    service.start_worker()  # no sweeper: the drained messages themselves must still be there
+    counts = sub.wait(180)
+    assert counts["done"] == 48
+    assert state_counts(service)["verdicts"] == 48
+
+
+def test_two_workers_share_one_queue_and_never_judge_a_job_twice(service: Service) -> None:
+    client = slow_service(service, 48)
+    first = service.start_worker("--concurrency=8", "--name=w1@test")
+    second = service.start_worker("--concurrency=8", "--name=w2@test")
+    sub = client.submit(sorted(str(p) for p in service.images.iterdir()))
+    assert sub.wait(180)["done"] == 48
+    sessions = new_session_factory(new_engine(service.database_url))
+    with sessions() as session:
+        per_worker = dict(
+            session.execute(select(Verdict.worker, func.count()).group_by(Verdict.worker)).all()
+        )
+        total = session.scalar(select(func.count()).select_from(Verdict))
+    assert total == 48
+    assert len(per_worker) == 2, f"one worker did everything: {per_worker}"
+    assert min(per_worker.values()) >= 8, per_worker
+    assert first.proc.poll() is None and second.proc.poll() is None
