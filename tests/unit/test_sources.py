@@ -186,6 +186,16 @@ def test_connection_refused_is_a_fetch_failure() -> None:
     assert error.message == f"could not connect to http://127.0.0.1:{port}/x.jpg: connection refused"
 
 
+def test_a_reset_connection_is_a_fetch_failure(server: LocalHttpServer) -> None:
+    error = refused(FetchError, server.url("/reset"), LOCAL)
+    assert (error.code, error.permanent) == ("FETCH_FAILED", False)
+    assert error.message in {
+        f"fetching http://127.0.0.1:{server.port}/reset failed: {reason}"
+        for reason in ("remote end closed connection without response", "connection reset by peer")
+    }
+    assert server.hits["/reset"] == 1
+
+
 def test_dns_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_dns(monkeypatch, {
         "gone.test": [socket.gaierror(socket.EAI_NONAME, "Name or service not known")],

@@ -236,7 +236,7 @@ def _handle(
         return str(response.headers["Location"])
     if not 200 <= status < 300:
         raise HttpStatusError(
-            f"{target.display} answered HTTP {status} {response.reason or ''}".strip(), status=status
+            f"{target.display} answered HTTP {status} {(response.reason or '')[:60]}".strip(), status=status
         )
     declared = response.length_remaining
     if declared is not None and declared > policy.max_bytes:
@@ -305,7 +305,8 @@ def _reason(exc: BaseException) -> str:
     error = _find_cause(exc, OSError)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
-    return type(exc).__name__
+    text = str(error or exc)[:120]
+    return text.lower() if text else type(exc).__name__
 
 
 # --- paths ---------------------------------------------------------------------------------------
