@@ -1,0 +1,23 @@
+"""Hostile sources mixed into a normal submission: each ends with its exact code, the canary on
+127.0.0.1 and ::1 is never contacted, and the worker's memory stays bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.fixtures.service import Service, service  # noqa: F401
+from tests.integration.faults import scenarios
+
+
+def test_hostile_sources_fail_with_their_codes_and_touch_nothing(
+    service: Service,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    outcome, expected, stored = scenarios.hostile_sources(service, tmp_path)
+    report = outcome.report
+    assert report.ok, report.summary()
+    assert stored == expected
+    assert report.done == sum(1 for code in expected.values() if code is None)
+    assert outcome.notes["canary_hits"] == 0
+    assert outcome.notes["rss_samples"] > 10  # type: ignore[operator]
+    assert outcome.notes["peak_rss_mib"] * 1024 * 1024 < scenarios.RSS_BOUND  # type: ignore[operator]

@@ -1,0 +1,28 @@
+"""Hostile and repeated messages: duplicates give one verdict, malformed ones fail with BAD_MESSAGE."""
+
+from __future__ import annotations
+
+from tests.fixtures.service import Service, service  # noqa: F401
+from tests.integration.faults import scenarios
+
+
+def test_a_message_delivered_three_times_gives_one_verdict_per_job(service: Service) -> None:  # noqa: F811
+    outcome = scenarios.duplicate_delivery(service)
+    report = outcome.report
+    assert report.ok, report.summary()
+    assert (report.submitted, report.done, report.failed) == (8, 8, 0), report.summary()
+    assert not report.duplicated
+
+
+def test_malformed_messages_fail_their_job_with_a_code_and_the_worker_keeps_going(
+    service: Service,  # noqa: F811
+) -> None:
+    outcome = scenarios.malformed_messages(service)
+    report = outcome.report
+    assert report.ok, report.summary()
+    assert (report.submitted, report.done, report.failed) == (6, 5, 1), report.summary()
+    assert report.failed_codes == {"BAD_MESSAGE": 1}
+    # Each malformed message is logged as rejected; the undecodable body by kombu/celery.
+    assert outcome.log.count("rejected message") >= len(scenarios.MALFORMED_KINDS) - 1, outcome.log[-4000:]
+    check = service.cli("check", str(report.submission_id))
+    assert check.returncode == 0 and "submitted=6 done=5 failed=1 lost=0 duplicated=0" in check.stdout
