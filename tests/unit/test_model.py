@@ -84,6 +84,27 @@ def test_unreachable_hub_says_to_use_a_local_directory(monkeypatch: pytest.Monke
     assert "DFSCAN_MODEL" in info.value.message
 
 
+def test_cached_hub_checkpoint_loads_offline_with_its_commit_as_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id already in the Hugging Face cache (the layout hf_hub_download writes) loads offline."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--deepfake-vit"
+    save_tiny_vit(repo / "snapshots" / commit, REALISM_DEEPFAKE)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    detector = load_detector("someone/deepfake-vit")
+    assert detector.version == f"hub:someone/deepfake-vit@{commit}"
+    assert detector.source == "someone/deepfake-vit"
+    assert (detector.fake_index, detector.real_index) == (1, 0)
+    assert len(detector.predict(_pixels(2))) == 2
+
+
 def test_missing_directory_and_non_classifier_fail_to_load(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="neither a checkpoint directory nor a hub id"):
         load_detector(str(tmp_path / "missing" / "dir"))
