@@ -262,20 +262,30 @@ def release_job(session: Session, job_id: uuid.UUID) -> None:
 
 
 def sweep_stale(
-    session: Session, *, now: datetime | None = None, lease_seconds: int, max_attempts: int
+    session: Session,
+    *,
+    now: datetime | None = None,
+    lease_seconds: int,
+    max_attempts: int,
+    include_queued: bool = True,
 ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     """Recover jobs whose message or worker was lost. Returns ``(to_resend, failed)``.
 
     Stale: queued with a sent message and no change for ``lease_seconds``, or running past its
     lease. Stale jobs that used all their attempts fail with ``MAX_ATTEMPTS``; the others go back to
     queued with ``enqueued_at = now``, and the caller sends a message for each id in ``to_resend``.
+    ``include_queued=False`` leaves queued jobs alone: a long backlog is not a lost message, and the
+    sweeper only looks at queued jobs when the broker holds fewer messages than there are queued jobs.
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=lease_seconds)
-    stale = or_(
-        and_(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None), ScanJob.updated_at < cutoff),
-        and_(ScanJob.state == "running", or_(ScanJob.lease_until.is_(None), ScanJob.lease_until < now)),
+    stale_running = and_(
+        ScanJob.state == "running", or_(ScanJob.lease_until.is_(None), ScanJob.lease_until < now)
     )
+    stale_queued = and_(
+        ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None), ScanJob.updated_at < cutoff
+    )
+    stale = or_(stale_queued, stale_running) if include_queued else stale_running
     failed = session.scalars(
         update(ScanJob)
         .where(stale, ScanJob.attempts >= max_attempts)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import FINAL_RUN_STATES, TrainingRun, utcnow
@@ -63,13 +64,27 @@ def _guarded(session: Session, run_id: uuid.UUID, states: Sequence[str], *where:
     return result.first() is not None
 
 
-def claim_run(session: Session, run_id: uuid.UUID, *, worker: str) -> TrainingRun | None:
-    """Mark a queued run running for ``worker``; None if it is not queued (a redelivery)."""
+def claim_run(
+    session: Session, run_id: uuid.UUID, *, worker: str, lease_seconds: int | None = None
+) -> TrainingRun | None:
+    """Mark a run running for ``worker``; None if someone else holds it or it is final (a redelivery).
+
+    A queued run is claimed. With ``lease_seconds``, so is a running run whose worker has not
+    shown a sign of life (``heartbeat``) for that long: the worker died and this one resumes it
+    from its last checkpoint.
+    """
     now = utcnow()
+    claimable = TrainingRun.state == "queued"
+    states: tuple[str, ...] = ("queued",)
+    if lease_seconds is not None:
+        states = ("queued", "running")
+        stale = now - timedelta(seconds=lease_seconds)
+        claimable = or_(claimable, and_(TrainingRun.state == "running", TrainingRun.updated_at < stale))
     claimed = _guarded(
         session,
         run_id,
-        ("queued",),
+        states,
+        claimable,
         TrainingRun.cancel_requested.is_(False),
         state="running",
         worker=worker,
@@ -77,6 +92,20 @@ def claim_run(session: Session, run_id: uuid.UUID, *, worker: str) -> TrainingRu
         attempts=TrainingRun.attempts + 1,
     )
     return get_run(session, run_id) if claimed else None
+
+
+def heartbeat(session: Session, run_id: uuid.UUID) -> bool:
+    """The running run's worker is alive (refreshes ``updated_at``); False if the run is not running."""
+    return _guarded(session, run_id, ("running",))
+
+
+def stale_runs(session: Session, *, lease_seconds: int) -> list[uuid.UUID]:
+    """Runs whose message or worker was lost: queued or running with no change for ``lease_seconds``."""
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    query = select(TrainingRun.id).where(
+        TrainingRun.state.in_(ACTIVE), TrainingRun.updated_at < cutoff, TrainingRun.cancel_requested.is_(False)
+    )
+    return list(session.scalars(query))
 
 
 def update_progress(session: Session, run_id: uuid.UUID, progress: dict[str, Any]) -> bool:

@@ -61,10 +61,12 @@ def relay_unsent(app: Celery, sessions: sessionmaker[Session], *, limit: int = 5
     return send_jobs(app, sessions, pending)
 
 
-def queue_depth(broker_url: str, queues: Iterable[str] = (INFERENCE_QUEUE, INTERACTIVE_QUEUE)) -> int:
-    """Messages waiting in the inference queues (not counting those reserved by workers)."""
+def queue_depth(broker_url: str, *, include_reserved: bool = False) -> int:
+    """Scan messages waiting in the inference queues; with ``include_reserved``, plus those workers
+    hold unacknowledged (kombu's ``unacked`` hash), i.e. every scan message the broker still has."""
     client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        return int(sum(client.llen(queue) for queue in queues))
+        depth = sum(int(client.llen(queue)) for queue in (INFERENCE_QUEUE, INTERACTIVE_QUEUE))
+        return depth + (int(client.hlen("unacked")) if include_reserved else 0)
     finally:
         client.close()

@@ -19,7 +19,7 @@ from worker.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 app = new_celery_app(get_settings())
-app.conf.imports = ("worker.tasks",)
+app.conf.imports = ("worker.tasks", "worker.training_tasks")
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
@@ -35,15 +35,15 @@ def runtime() -> WorkerRuntime:
         return _runtime
 
 
-def consumes_inference(sender: object) -> bool:
-    consumer = getattr(sender, "consumer", None)
+def consumes_inference(consumer: object) -> bool:
+    """Whether this worker's consumer (Celery's ``Consumer``) takes inference queues."""
     queues = getattr(getattr(consumer, "task_consumer", None), "queues", None) or []
     return any(queue.name.startswith("inference") for queue in queues)
 
 
 @worker_ready.connect
 def _warm_up(sender: object = None, **_: object) -> None:
-    """Load the model before the first task needs it, off the consumer's thread."""
+    """Load the model before the first task needs it, off the consumer's thread (sender: the Consumer)."""
     if consumes_inference(sender):
         threading.Thread(target=runtime().lane, name="dfscan-warm-up", daemon=True).start()
 
@@ -59,6 +59,8 @@ def _drain(**_: object) -> None:
 @control_command(name=RELOAD_COMMAND)  # type: ignore[misc]
 def reload_model(state: object) -> dict[str, str]:
     """Broadcast by `dfscan models promote`: swap in the promoted version without a restart."""
+    if not consumes_inference(getattr(state, "consumer", None)):
+        return {"ok": "not an inference worker"}
 
     def _reload() -> None:
         try:

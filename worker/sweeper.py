@@ -19,14 +19,15 @@ import uuid
 from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs
+from db import jobs, training
 from db.models import ScanJob
+from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE
 from dfscan.settings import Settings
-from producer.outbox import relay_unsent, send_jobs
+from producer.outbox import queue_depth, relay_unsent, send_jobs
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,45 @@ class SweepReport:
     relayed: int
     resent: int
     failed: int
+    runs: int = 0
+
+
+def messages_missing(session: Session, broker_url: str) -> bool:
+    """Whether the broker holds fewer scan messages (waiting or reserved) than Postgres has queued jobs.
+
+    A deep, healthy backlog keeps jobs queued far past any lease; re-sending them all would only
+    double the queue. When messages really are gone (a flushed or restarted Redis without
+    persistence), the broker's count falls below the database's, and queued jobs are re-sent.
+    """
+    queued = session.scalar(
+        select(func.count())
+        .select_from(ScanJob)
+        .where(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None))
+    )
+    if not queued:
+        return False
+    return queue_depth(broker_url, include_reserved=True) < queued
 
 
 def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings) -> SweepReport:
     relayed = relay_unsent(app, sessions)
     with sessions.begin() as session:
         resend_ids, failed_ids = jobs.sweep_stale(
-            session, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
+            session,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            include_queued=messages_missing(session, settings.broker_url),
         )
         pending: list[tuple[uuid.UUID, int]] = []
         if resend_ids:
             rows = session.execute(select(ScanJob.id, ScanJob.priority).where(ScanJob.id.in_(resend_ids)))
             pending = [(row.id, row.priority) for row in rows]
     resent = send_jobs(app, sessions, pending) if pending else 0
-    report = SweepReport(relayed=relayed, resent=resent, failed=len(failed_ids))
+    with sessions() as session:
+        runs = training.stale_runs(session, lease_seconds=settings.lease_seconds)
+    for run_id in runs:  # the training task claims a stale run only once its heartbeat is old
+        app.send_task(TRAIN_TASK, kwargs={"run_id": str(run_id)}, queue=TRAINING_QUEUE, task_id=str(run_id))
+    report = SweepReport(relayed=relayed, resent=resent, failed=len(failed_ids), runs=len(runs))
     if relayed or resent or failed_ids:
         log.info("sweep: relayed %d unsent, re-sent %d stale, failed %d", relayed, resent, len(failed_ids))
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Annotated
 
@@ -11,6 +13,7 @@ import typer
 from rich.console import Console
 
 from dfscan.cli.output import Format, emit_json, print_rows, summary
+from dfscan.cli.training import evaluate, models_app, train_app
 from dfscan.exceptions import DfscanError
 from dfscan.settings import get_settings
 
@@ -21,6 +24,9 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
+app.command("evaluate")(evaluate)
 err = Console(stderr=True)
 
 
@@ -271,33 +277,25 @@ def _redact(url: str) -> str:
         return url
 
 
-class _progress:
-    """A rich progress bar on stderr when asked for, else a no-op; yields an advance() callable."""
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr when enabled, else a no-op; yields an advance() callable."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self._bar = None
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-        )
-        self._bar.start()
-        task = self._bar.add_task("scanning", total=self.total)
-        return lambda: self._bar.advance(task)  # type: ignore[union-attr]
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("scanning", total=total)
+    with bar:
+        yield lambda: bar.advance(task)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,251 @@
+"""`dfscan train`, `dfscan evaluate` and `dfscan models`: fine-tuning runs, reports and the registry."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from db import registry, training
+from db.session import new_engine, new_session_factory
+from dfscan.exceptions import DfscanError
+from dfscan.queueing import RELOAD_COMMAND, TRAIN_TASK, TRAINING_QUEUE, new_celery_app
+from dfscan.settings import Settings, get_settings
+
+train_app = typer.Typer(help="Fine-tuning runs on the training queue.")
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    return new_session_factory(new_engine(settings.database_url))
+
+
+def _run_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a run id") from exc
+
+
+@train_app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None, typer.Option(help="Image folder (one sub-folder per class) or save_to_disk dataset.")
+    ] = None,
+    base: Annotated[str | None, typer.Option(help="Base checkpoint: hub id or local directory.")] = None,
+    epochs: Annotated[float, typer.Option(help="Upper bound; early stopping usually ends sooner.")] = 100,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the seed used 1e-6).")] = 1e-6,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Train and eval batch size (the seed used 32).")
+    ] = 32,
+    seed: Annotated[int, typer.Option()] = 42,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = 5,
+) -> None:
+    """Queue a fine-tuning run: `dfscan train --data PATH --base MODEL`; `dfscan worker --queues training` runs it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None or base is None:
+        raise typer.BadParameter("give --data PATH and --base MODEL (or a subcommand: status, list, cancel)")
+    if not data.exists():
+        raise typer.BadParameter(f"{data} does not exist")
+    settings = get_settings()
+    params = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "patience": patience}
+    with _sessions(settings).begin() as session:
+        run = training.create_run(session, data_path=str(data.resolve()), base_model=base, params=params)
+        run.output_dir = str((settings.model_store / "runs" / run.id.hex).resolve())
+        run_id = run.id
+    new_celery_app(settings).send_task(
+        TRAIN_TASK, kwargs={"run_id": str(run_id)}, queue=TRAINING_QUEUE, task_id=str(run_id)
+    )
+    err.print(f"training run {run_id} queued; follow it with `dfscan train status {run_id}`")
+    print(run_id)
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": str(run.id),
+        "state": run.state,
+        "base_model": run.base_model,
+        "data_path": run.data_path,
+        "params": run.params,
+        "progress": run.progress,
+        "attempts": run.attempts,
+        "model_version": run.model_version,
+        "report_path": run.report_path,
+        "error_code": run.error_code,
+        "error": run.error_message,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+@train_app.command("status")
+def train_status(
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A run's state, progress (epoch, step, loss, eval metrics) and outcome."""
+    with _sessions(get_settings())() as session:
+        row = training.get_run(session, _run_id(run))
+        if row is None:
+            err.print(f"no training run {run}")
+            raise typer.Exit(1)
+        info = _run_dict(row)
+    if as_json:
+        print(json.dumps(info, default=str))
+        return
+    for key, value in info.items():
+        if value is not None:
+            print(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict) else value}")
+
+
+@train_app.command("list")
+def train_list(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """Recent runs, newest first."""
+    with _sessions(get_settings())() as session:
+        rows = [_run_dict(run) for run in training.list_runs(session, limit=limit)]
+    table = Table("run", "state", "base", "epoch", "model version", "error")
+    for row in rows:
+        progress = row["progress"] or {}
+        table.add_row(
+            row["run_id"],
+            row["state"],
+            row["base_model"],
+            str(progress.get("epoch", "")),
+            row["model_version"] or "",
+            row["error_code"] or "",
+        )
+    Console().print(table)
+
+
+@train_app.command("cancel")
+def train_cancel(run: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+    """Stop a run: a queued run at once, a running one at its next step (a checkpoint is kept)."""
+    with _sessions(get_settings()).begin() as session:
+        asked = training.request_cancel(session, _run_id(run))
+    if not asked:
+        err.print(f"run {run} is already finished (or does not exist)")
+        raise typer.Exit(1)
+    err.print(f"cancel requested for {run}")
+
+
+def evaluate(
+    model: Annotated[str, typer.Option(help="Checkpoint: hub id or local directory.")],
+    data: Annotated[Path, typer.Option(help="Labelled images (folder per class, or save_to_disk dataset).")],
+    split: Annotated[
+        str | None, typer.Option(help="Split to score (default: test if present, else all).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where report.json and the PNGs go.")] = Path("evaluation"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    threshold: Annotated[float, typer.Option(help="Threshold for the confusion matrix.")] = 0.5,
+) -> None:
+    """The seed's evaluation report (plus ROC-AUC, AP, EER, a threshold at DFSCAN_TARGET_FPR) for any checkpoint."""
+    from worker.training.data import load_evaluation_data
+    from worker.training.evaluate import score_examples
+    from worker.training.metrics import evaluate_scores
+    from worker.training.report import format_classification_report, write_report
+
+    settings = get_settings()
+    try:
+        examples = load_evaluation_data(data, split=split)
+        split_name = split or ("test" if examples.test else "train")
+        labels, scores, skipped, version = score_examples(
+            model, examples.split(split_name), batch_size=batch_size, device=settings.device
+        )
+    except DfscanError as exc:
+        err.print(f"[red]error[/red] {exc.code}: {exc}")
+        raise typer.Exit(2) from exc
+    metrics = evaluate_scores(labels, scores, threshold=threshold, target_fpr=settings.target_fpr)
+    metrics["model_version"] = version
+    metrics["skipped"] = len(skipped)
+    paths = write_report(metrics, out, y_true=labels, p_fake=scores)
+    print(format_classification_report(metrics))
+    chosen = metrics.get("threshold_at_fpr")
+    err.print(
+        f"model {version}: ROC-AUC {metrics.get('roc_auc')}, EER {metrics.get('eer')}, "
+        f"threshold at FPR<={settings.target_fpr}: {chosen}; {len(skipped)} images skipped"
+    )
+    err.print("report: " + ", ".join(str(p) for p in paths.values()))
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version.")] = False,
+) -> None:
+    """Registered versions; the serving one is marked."""
+    with _sessions(get_settings())() as session:
+        current = registry.current_version(session)
+        rows = registry.list_versions(session)
+        if as_json:
+            for row in rows:
+                print(
+                    json.dumps(
+                        {
+                            "version": row.version,
+                            "serving": current is not None and row.version == current.version,
+                            "path": row.path,
+                            "base_model": row.base_model,
+                            "threshold": row.threshold,
+                            "training_run_id": str(row.training_run_id) if row.training_run_id else None,
+                            "data_fingerprint": row.data_fingerprint,
+                            "metrics": row.metrics,
+                            "created_at": row.created_at.isoformat(),
+                        }
+                    )
+                )
+            return
+        table = Table("", "version", "base", "threshold", "test ROC-AUC", "created")
+        for row in rows:
+            test = (row.metrics or {}).get("test", {})
+            table.add_row(
+                "*" if current is not None and row.version == current.version else "",
+                row.version,
+                row.base_model or "",
+                "" if row.threshold is None else f"{row.threshold:.4f}",
+                "" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}",
+                row.created_at.isoformat(timespec="seconds"),
+            )
+    Console().print(table)
+
+
+def _broadcast_reload(settings: Settings) -> None:
+    app = new_celery_app(settings)
+    replies = app.control.broadcast(RELOAD_COMMAND, reply=True, timeout=2.0)
+    reloading = [r for reply in replies for r in reply.values() if r.get("ok") == "reloading"]
+    err.print(f"{len(reloading)} running inference worker(s) told to reload")
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="A registered version.")]) -> None:
+    """Serve VERSION: running inference workers switch without a restart (batches in flight finish first)."""
+    settings = get_settings()
+    try:
+        with _sessions(settings).begin() as session:
+            registry.promote(session, version)
+    except LookupError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from exc
+    _broadcast_reload(settings)
+    err.print(f"promoted {version}")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Serve the version that served before the current one."""
+    settings = get_settings()
+    try:
+        with _sessions(settings).begin() as session:
+            row = registry.rollback(session)
+            version = row.version
+    except LookupError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from exc
+    _broadcast_reload(settings)
+    err.print(f"rolled back to {version}")

@@ -1,0 +1,133 @@
+"""Training through the real queue: `dfscan train` -> Redis -> a training worker -> registry -> promote."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from producer.client import ScanClient
+from tests.fixtures.datasets import write_split_folder
+from tests.fixtures.service import Service
+from tests.integration.test_service import settings_for
+
+
+def train_status(svc: Service, run_id: str) -> dict[str, Any]:
+    out = svc.cli("train", "status", run_id, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_run(svc: Service, run_id: str, predicate, timeout: float = 180) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    info = train_status(svc, run_id)
+    while time.monotonic() < deadline:
+        info = train_status(svc, run_id)
+        if predicate(info):
+            return info
+        time.sleep(0.5)
+    logs = "\n".join(w.text()[-3000:] for w in svc.workers)
+    raise AssertionError(f"run {run_id} timed out in {info}\n{logs}")
+
+
+def queue_run(svc: Service, data: Path, *extra: str) -> str:
+    out = svc.cli(
+        "train",
+        "--data",
+        str(data),
+        "--base",
+        str(svc.model_dir),
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        *extra,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(service: Service) -> None:
+    service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
+    data = write_split_folder(service.tmp / "data", {"train": 24, "validation": 8, "test": 8})
+    run_id = queue_run(service, data, "--epochs", "3")
+    service.start_worker("--queues=training", "--name=trainer@test")
+    info = wait_run(service, run_id, lambda i: i["state"] in ("done", "failed", "cancelled"))
+    assert info["state"] == "done", info
+    version = info["model_version"]
+    assert version.startswith("dfscan-") and "@sha256:" in version
+    assert info["progress"]["event"] == "done" and info["progress"]["epoch"] >= 1
+    report = Path(info["report_path"])
+    metrics = json.loads((report / "report.json").read_text())
+    assert {"accuracy", "roc_auc", "average_precision", "eer", "confusion_matrix"} <= set(metrics)
+    for png in ("confusion_matrix.png", "roc.png"):
+        with Image.open(report / png) as img:
+            assert img.format == "PNG" and img.width > 100
+
+    listing = [json.loads(line) for line in service.cli("models", "list", "--json").stdout.splitlines()]
+    assert [row["version"] for row in listing] == [version]
+    assert listing[0]["serving"] is False and listing[0]["threshold"] is not None
+
+    # A running inference worker serves the default model, then the promoted one without a restart.
+    (service.images / "a.png").write_bytes(next((data / "test" / "fake").glob("*.png")).read_bytes())
+    inference = service.start_worker("--name=scanner@test")
+    client = ScanClient(settings_for(service))
+    before = client.submit([str(service.images / "a.png")])
+    before.wait(60)
+    (old,) = before.results()
+    assert old.model_version is not None and old.model_version.startswith("model@sha256:")
+
+    promoted = service.cli("models", "promote", version)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "1 running inference worker(s) told to reload" in promoted.stderr
+    deadline = time.monotonic() + 60
+    new = old
+    while time.monotonic() < deadline:
+        sub = client.submit([str(service.images / "a.png")])
+        sub.wait(60)
+        (new,) = sub.results()
+        if new.model_version == version:
+            break
+        time.sleep(0.5)
+    assert new.model_version == version, inference.text()[-3000:]
+    assert new.threshold == listing[0]["threshold"], "the promoted version's threshold labels verdicts"
+    registered = json.loads(service.cli("train", "status", run_id, "--json").stdout)
+    assert registered["model_version"] == version
+    assert inference.proc.poll() is None
+
+    rolled = service.cli("models", "rollback")
+    assert rolled.returncode == 1 and "nothing to roll back to" in rolled.stderr
+
+
+def test_cancel_stops_a_running_run(service: Service) -> None:
+    service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
+    data = write_split_folder(service.tmp / "data", {"train": 64, "validation": 8, "test": 8})
+    run_id = queue_run(service, data, "--epochs", "200", "--patience", "200")
+    service.start_worker("--queues=training")
+    wait_run(service, run_id, lambda i: i["state"] == "running" and (i["progress"] or {}).get("step", 0) > 0)
+    cancel = service.cli("train", "cancel", run_id)
+    assert cancel.returncode == 0, cancel.stderr
+    info = wait_run(service, run_id, lambda i: i["state"] != "running", timeout=60)
+    assert info["state"] == "cancelled" and info["model_version"] is None
+    assert service.cli("train", "cancel", run_id).returncode == 1
+
+
+def test_a_killed_training_worker_is_resumed_from_its_checkpoint(service: Service) -> None:
+    service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
+    service.env["DFSCAN_LEASE_SECONDS"] = "4"
+    data = write_split_folder(service.tmp / "data", {"train": 48, "validation": 8, "test": 8})
+    run_id = queue_run(service, data, "--epochs", "4", "--patience", "10")
+    first = service.start_worker("--queues=training")
+    wait_run(service, run_id, lambda i: (i["progress"] or {}).get("epoch", 0) >= 1.5)
+    first.kill()
+    killed_at = train_status(service, run_id)
+    assert killed_at["state"] == "running"
+
+    second = service.start_worker("--queues=training", "--sweeper")
+    info = wait_run(service, run_id, lambda i: i["state"] in ("done", "failed"), timeout=240)
+    assert info["state"] == "done", info
+    assert info["attempts"] == 2
+    assert "checkpoint-" in second.text() and "resume from" in second.text()
