@@ -14,7 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import func, select
+
+from db.models import ScanJob
 from db.results import CheckReport
+from db.session import new_engine, new_session_factory
 from dfscan.queueing import SCAN_TASK, new_celery_app
 from producer.check import check_submission
 from producer.client import ScanClient, Submission
@@ -109,17 +113,35 @@ def sigterm_under_load(svc: Service) -> Outcome:
 
 def one_of_two_killed_repeatedly(svc: Service, kills: int = 3) -> Outcome:
     """Two workers on one queue; one is SIGKILLed ``kills`` times (and restarted) while the other runs."""
-    client, paths = _slow_client(svc, 96)
+    client, paths = _slow_client(svc, 128)
     svc.start_worker("--concurrency=4", "--name=steady@faults", "--sweeper")
     victim = svc.start_worker("--concurrency=4", "--name=victim@faults")
     sub = client.submit(paths)
     for _ in range(kills):
-        done = state_counts(svc).get("done", 0)
-        wait_for(svc, lambda c, d=done: c.get("done", 0) >= d + 6, 120)
+        _wait_running_on(svc, f":{victim.proc.pid}", 120)  # killed while it holds claimed work
         victim.kill()
         victim = svc.start_worker("--concurrency=4", "--name=victim@faults")
-    assert state_counts(svc).get("done", 0) < 96, "everything was done before the last kill"
+    assert state_counts(svc).get("done", 0) < 128, "everything was done before the last kill"
     return finish(f"2 workers, one SIGKILLed {kills}x", svc, sub, 240, kills=kills)
+
+
+def _wait_running_on(svc: Service, worker_suffix: str, timeout: float) -> None:
+    """Wait until a job is running on the worker whose runtime name (host:pid) ends with the suffix."""
+    sessions = new_session_factory(new_engine(svc.database_url))
+    query = (
+        select(func.count())
+        .select_from(ScanJob)
+        .where(ScanJob.state == "running", ScanJob.worker.like(f"%{worker_suffix}"))
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            if session.scalar(query):
+                return
+        time.sleep(0.1)
+    raise AssertionError(
+        f"no job ran on a worker named *{worker_suffix} within {timeout}s: {state_counts(svc)}"
+    )
 
 
 # --- broker and database outages ----------------------------------------------------------------

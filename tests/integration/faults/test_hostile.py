@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fixtures.service import Service, service  # noqa: F401
+from tests.fixtures.faults import fault_service  # noqa: F401
+from tests.fixtures.service import Service
 from tests.integration.faults import scenarios
 
 
 def test_hostile_sources_fail_with_their_codes_and_touch_nothing(
-    service: Service,  # noqa: F811
+    fault_service: Service,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    outcome, expected, stored = scenarios.hostile_sources(service, tmp_path)
+    outcome, expected, stored = scenarios.hostile_sources(fault_service, tmp_path)
     report = outcome.report
     assert report.ok, report.summary()
     assert stored == expected

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.service import Service, service  # noqa: F401
+from tests.fixtures.faults import fault_service  # noqa: F401
+from tests.fixtures.service import Service
 from tests.integration.faults import scenarios
 from tests.integration.faults.scenarios import Outcome
 
@@ -16,20 +17,20 @@ def assert_all_done(outcome: Outcome, n: int) -> None:
     assert (report.submitted, report.done, report.failed) == (n, n, 0), report.summary()
 
 
-def test_sigkill_while_jobs_wait_in_the_batcher(service: Service) -> None:  # noqa: F811
-    outcome = scenarios.kill_while_buffering(service)
+def test_sigkill_while_jobs_wait_in_the_batcher(fault_service: Service) -> None:  # noqa: F811
+    outcome = scenarios.kill_while_buffering(fault_service)
     assert outcome.notes["buffered_at_kill"] >= 8  # type: ignore[operator]
     assert_all_done(outcome, 24)
 
 
-def test_sigkill_while_the_model_runs(service: Service) -> None:  # noqa: F811
-    assert_all_done(scenarios.kill_mid_model(service), 48)
+def test_sigkill_while_the_model_runs(fault_service: Service) -> None:  # noqa: F811
+    assert_all_done(scenarios.kill_mid_model(fault_service), 48)
 
 
-def test_sigterm_under_load_drains(service: Service) -> None:  # noqa: F811
-    assert_all_done(scenarios.sigterm_under_load(service), 40)
+def test_sigterm_under_load_drains(fault_service: Service) -> None:  # noqa: F811
+    assert_all_done(scenarios.sigterm_under_load(fault_service), 40)
 
 
 @pytest.mark.slow
-def test_one_of_two_workers_killed_three_times(service: Service) -> None:  # noqa: F811
-    assert_all_done(scenarios.one_of_two_killed_repeatedly(service, kills=3), 96)
+def test_one_of_two_workers_killed_three_times(fault_service: Service) -> None:  # noqa: F811
+    assert_all_done(scenarios.one_of_two_killed_repeatedly(fault_service, kills=3), 128)
