@@ -20,10 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import ScanJob, Submission, Verdict, utcnow
+from dfscan.exceptions import MaxAttemptsError
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS_CODE = "MAX_ATTEMPTS"  # dfscan.exceptions.MaxAttemptsError.code
+MAX_ATTEMPTS_CODE = MaxAttemptsError.code
 ACTIVE = ("queued", "running")
 
 

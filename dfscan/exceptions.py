@@ -159,23 +159,22 @@ class QueueFullError(DfscanError):
     permanent = False
 
 
-class DatabaseUnavailableError(DfscanError):
-    """The database could not be reached; the job is retried."""
-
-    code = "DATABASE_UNAVAILABLE"
-    permanent = False
-
-
 class TrainingDataError(DfscanError):
     """Training or evaluation data that cannot be used (empty class, unknown labels, ...)."""
 
     code = "BAD_TRAINING_DATA"
 
 
-class CancelledError(DfscanError):
-    """A training run cancelled by an operator."""
+class TrainingFailedError(DfscanError):
+    """A training run that crashed (the message says how); its checkpoints are kept."""
 
-    code = "CANCELLED"
+    code = "TRAINING_FAILED"
+
+
+class ConfigError(DfscanError):
+    """A setting that is missing or wrong for the command (e.g. Flower without a password)."""
+
+    code = "CONFIG_ERROR"
 
 
 def error_codes() -> dict[str, str]:

@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     )
     threads: int | None = Field(
         None,
-        description="torch threads per worker process; unset means cores / worker processes, so "
-        "concurrency x threads never oversubscribes the CPU.",
+        description="torch threads per process; unset means every core (one inference worker per "
+        "machine). Running N worker processes on one machine? Set cores / N, so they never oversubscribe.",
     )
     batch_size: int = Field(8, ge=1, description="Images per forward pass. 4-16 is fastest on CPU.")
     batch_wait_ms: int = Field(

@@ -19,7 +19,7 @@ from typing import Any
 from celery import Task
 
 from db import registry, training
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import DfscanError, MaxAttemptsError, TrainingFailedError
 from dfscan.queueing import TRAIN_TASK
 from worker.app import app, runtime
 
@@ -42,10 +42,10 @@ def train(self: Task, run_id: str) -> dict[str, Any]:
                 session,
                 rid,
                 state="failed",
-                error_code="MAX_ATTEMPTS",
+                error_code=MaxAttemptsError.code,
                 error_message=f"the run was started {run.attempts} times; the limit is {settings.max_attempts}",
             )
-            return {"status": "failed", "run_id": run_id, "error_code": "MAX_ATTEMPTS"}
+            return {"status": "failed", "run_id": run_id, "error_code": MaxAttemptsError.code}
         data_path, base_model = run.data_path, run.base_model
         params = dict(run.params or {})
         output_dir = Path(run.output_dir or settings.model_store / "runs" / rid.hex)
@@ -61,8 +61,8 @@ def train(self: Task, run_id: str) -> dict[str, Any]:
         return {"status": "failed", "run_id": run_id, "error_code": exc.code}
     except Exception as exc:
         log.exception("training run crashed", extra=extra)
-        _finish(rt, rid, state="failed", error_code="TRAINING_FAILED", error_message=repr(exc)[:2000])
-        return {"status": "failed", "run_id": run_id, "error_code": "TRAINING_FAILED"}
+        _finish(rt, rid, state="failed", error_code=TrainingFailedError.code, error_message=repr(exc)[:2000])
+        return {"status": "failed", "run_id": run_id, "error_code": TrainingFailedError.code}
     finally:
         stop.set()
 

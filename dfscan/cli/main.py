@@ -259,7 +259,8 @@ def config(markdown: Annotated[bool, typer.Option("--markdown", help="The README
         print("| variable | default | meaning |\n|---|---|---|")
         for name, field in Settings.model_fields.items():
             default = field.default
-            shown = "" if default is None or hasattr(default, "get_secret_value") else default
+            hidden = default is None or default == () or hasattr(default, "get_secret_value")
+            shown = "" if hidden else default
             print(f"| `DFSCAN_{name.upper()}` | `{shown}` | {field.description or ''} |")
         return
     settings = get_settings()

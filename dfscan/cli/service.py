@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import ConfigError
 from dfscan.queueing import expand_queues
 from dfscan.settings import Settings
 
@@ -87,10 +87,9 @@ def run_flower(settings: Settings, *, port: int | None) -> None:
     """Flower with basic auth; its API answers 401 without auth, so auth is required, not optional."""
     password = settings.flower_password.get_secret_value()
     if not password:
-        raise DfscanError(
+        raise ConfigError(
             "set DFSCAN_FLOWER_PASSWORD (and DFSCAN_FLOWER_USER, default admin): Flower is not started "
-            "without authentication",
-            code="CONFIG_ERROR",
+            "without authentication"
         )
     from dfscan.queueing import new_celery_app
 
