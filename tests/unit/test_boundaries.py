@@ -1,0 +1,59 @@
+"""The shape of the system, checked: a light producer, a pure core, and a README that documents it."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfscan.exceptions import error_codes
+from dfscan.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "module", ["producer.client", "producer.check", "producer.sources", "dfscan.cli.main", "worker.messages"]
+)
+def test_the_producer_side_imports_no_torch(module: str) -> None:
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'transformers', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"{module} imports {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("core", ["worker/inference", "worker/training"])
+def test_the_cores_import_no_celery_sql_or_redis(core: str) -> None:
+    banned = {"celery", "kombu", "redis", "sqlalchemy", "db", "producer", "psycopg2", "alembic"}
+    for path in (ROOT / core).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in banned, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_every_error_code_is_in_the_readme_table() -> None:
+    missing = [code for code in error_codes() if f"| `{code}` |" not in README and code != "INTERNAL_ERROR"]
+    assert not missing, f"README's error-code table lacks {missing}"
+    assert "| `INTERNAL_ERROR` |" in README
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    missing = [name for name in Settings.model_fields if f"`DFSCAN_{name.upper()}`" not in README]
+    assert not missing, (
+        f"README's settings table lacks {missing}; regenerate it with `dfscan config --markdown`"
+    )
+
+
+def test_the_readme_names_the_commands_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in ("make setup", "make test"):
+        assert command in README and command in ci
