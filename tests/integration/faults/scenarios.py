@@ -120,8 +120,9 @@ def one_of_two_killed_repeatedly(svc: Service, kills: int = 3) -> Outcome:
     for _ in range(kills):
         _wait_running_on(svc, f":{victim.proc.pid}", 120)  # killed while it holds claimed work
         victim.kill()
+        at_kill = state_counts(svc)
         victim = svc.start_worker("--concurrency=4", "--name=victim@faults")
-    assert state_counts(svc).get("done", 0) < 128, "everything was done before the last kill"
+    assert at_kill.get("done", 0) < 128, f"everything was done before the last kill: {at_kill}"
     return finish(f"2 workers, one SIGKILLed {kills}x", svc, sub, 240, kills=kills)
 
 
