@@ -20,6 +20,17 @@ def _lines(lines: Iterable[str]) -> list[str]:
     return out
 
 
+def list_folder(folder: Path, *, recursive: bool) -> list[str]:
+    """The files in ``folder`` (sorted; with ``recursive``, also in its sub-folders, depth first)."""
+    if not recursive:
+        return [str(child) for child in sorted(folder.iterdir()) if not child.is_dir()]
+    files: list[str] = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        files.extend(str(Path(root) / name) for name in sorted(names))
+    return files
+
+
 def expand_targets(targets: Iterable[str], *, recursive: bool = False) -> list[str]:
     sources: list[str] = []
     for target in targets:
@@ -30,13 +41,7 @@ def expand_targets(targets: Iterable[str], *, recursive: bool = False) -> list[s
         elif "://" in target:
             sources.append(target)
         elif os.path.isdir(target):
-            folder = Path(target).absolute()
-            if recursive:
-                for root, dirs, files in os.walk(folder):
-                    dirs.sort()
-                    sources.extend(str(Path(root) / name) for name in sorted(files))
-            else:
-                sources.extend(str(child) for child in sorted(folder.iterdir()) if not child.is_dir())
+            sources.extend(list_folder(Path(target).absolute(), recursive=recursive))
         else:
             sources.append(str(Path(target).absolute()))
     return sources

@@ -17,6 +17,7 @@ from db import jobs
 from db.migrate import upgrade
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings
+from producer.sources import list_folder
 
 
 def collect_sources(targets: list[str], *, recursive: bool) -> tuple[list[str], tuple[Path, ...]]:
@@ -32,14 +33,8 @@ def collect_sources(targets: list[str], *, recursive: bool) -> tuple[list[str], 
             continue
         path = Path(target)
         if path.is_dir():
-            root = Path(os.path.realpath(path))
-            roots.append(root)
-            if recursive:
-                for folder, dirs, files in os.walk(path):
-                    dirs.sort()
-                    sources.extend(str(Path(folder) / name) for name in sorted(files))
-            else:
-                sources.extend(str(child) for child in sorted(path.iterdir()) if not child.is_dir())
+            roots.append(Path(os.path.realpath(path)))
+            sources.extend(list_folder(path, recursive=recursive))
         else:
             roots.append(Path(os.path.realpath(path.parent)))
             sources.append(str(path))
