@@ -150,6 +150,8 @@ def load_detector(
     device: str = "auto",
     int8: bool = False,
     threads: int | None = None,
+    runtime: str = "torch",
+    onnx_cache: Path | None = None,
 ) -> Detector:
     """Load the checkpoint ``ref`` (hub id or local directory) onto ``device``.
 
@@ -161,12 +163,24 @@ def load_detector(
     per batch, so an image's int8 score depends slightly on the other images in its batch; fp32
     scores do not.
 
+    ``runtime="onnx"`` (CPU only) runs the model with ONNX Runtime instead of torch, from an export
+    cached per model version under ``onnx_cache`` (see :mod:`worker.inference.onnx_runtime`); fp32
+    scores match torch's within 1e-5, so the version is the same. With ``int8`` the export is
+    quantised by ONNX Runtime and the version gains ``+int8-onnx`` (other int8 weights than torch's).
+
     Raises ModelLoadError (unreachable hub, missing directory, not an image classifier, device not
     available) or LabelMappingError (classes that are not real/fake).
     """
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-    target = _pick_device(device)
+    if runtime not in ("torch", "onnx"):
+        raise ModelLoadError(f"unknown runtime {runtime!r}; use torch or onnx")
+    if runtime == "onnx" and device == "cuda":
+        raise ModelLoadError(
+            "the onnx runtime is CPU only, but DFSCAN_DEVICE=cuda; set DFSCAN_DEVICE=cpu (or auto) to use "
+            "it, or unset DFSCAN_RUNTIME to run torch on the GPU"
+        )
+    target = _pick_device("cpu" if runtime == "onnx" else device)
     if int8 and target.type != "cpu":
         raise ModelLoadError(f"int8 quantisation is CPU only, but the device is {target}; unset DFSCAN_INT8")
 
@@ -185,13 +199,26 @@ def load_detector(
         raise ModelLoadError(f"cannot load checkpoint {ref!r}: {exc}") from exc
     model.eval()
     model.to(target)
-    if int8:
+    if runtime == "onnx":
+        from worker.inference.onnx_runtime import onnx_classifier
+
+        model = onnx_classifier(
+            model,
+            version=version,
+            image_size=preprocess.size,
+            int8=int8,
+            threads=torch.get_num_threads(),
+            cache_dir=onnx_cache,
+        )
+        version += "+int8-onnx" if int8 else ""
+    elif int8:
         model = _quantise_int8(model)
         version += "+int8"
     logger.info(
-        "loaded model %s on %s (fake=%d real=%d, int8=%s, threads=%d)",
+        "loaded model %s on %s with %s (fake=%d real=%d, int8=%s, threads=%d)",
         version,
         target,
+        runtime,
         fake_index,
         real_index,
         int8,
