@@ -85,7 +85,11 @@ class WorkerRuntime:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.sessions: sessionmaker[Session] = new_session_factory(new_engine(self.settings.database_url))
+        # One pooled connection per task thread (`dfscan worker` runs 2 x batch size threads): with
+        # SQLAlchemy's default 5 + 10 overflow, busy threads opened and closed a connection per query.
+        pool_size = max(5, 2 * self.settings.batch_size)
+        engine = new_engine(self.settings.database_url, pool_size=pool_size, max_overflow=10)
+        self.sessions: sessionmaker[Session] = new_session_factory(engine)
         self.sources = source_policy(self.settings)
         self.images = image_policy(self.settings)
         self._lane: Lane | None = None
@@ -134,6 +138,8 @@ class WorkerRuntime:
             device=self.settings.device,
             int8=self.settings.int8,
             threads=default_threads(self.settings),
+            runtime=self.settings.runtime,
+            onnx_cache=self.settings.onnx_cache,
         )
         log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
         batcher = DynamicBatcher(
