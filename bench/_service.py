@@ -170,6 +170,11 @@ class WorkerProcess:
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {timeout:.0f}s:\n{self.text()[-4000:]}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker process so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (Celery's warm shutdown), then SIGKILL of the group if it does not exit."""
         if self.proc.poll() is not None:

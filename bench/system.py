@@ -115,14 +115,18 @@ def wait_final(
         time.sleep(0.1)
 
 
-def timed_batch(client: ScanClient, paths: Sequence[Path], timeout: float) -> tuple[float, float, int]:
-    """Submit ``paths`` in one call; (seconds to submit, seconds first submit -> last final, failed)."""
+def timed_batch(
+    client: ScanClient, paths: Sequence[Path], timeout: float, worker: _service.WorkerProcess
+) -> tuple[float, float, int, float]:
+    """Submit ``paths`` in one call; (seconds to submit, seconds first submit -> last final, failed,
+    worker CPU seconds meanwhile)."""
+    cpu0 = worker.cpu_seconds()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     submission = client.submit([str(p) for p in paths])
     submit_s = time.perf_counter() - t0
     failed, last = wait_final(client.engine, [submission.id], len(paths), timeout)
-    return submit_s, (last - started).total_seconds(), failed
+    return submit_s, (last - started).total_seconds(), failed, worker.cpu_seconds() - cpu0
 
 
 def warm_up(client: ScanClient, paths: Sequence[Path], timeout: float = 300.0) -> None:
@@ -226,10 +230,10 @@ def bench_tiny(
         warm = _service.write_small_images(images, 2 * batch, size=(128, 96), prefix="warm", seed=batch)
         paths = _service.write_small_images(images, n, size=(128, 96), prefix="img", seed=1000 + batch)
         env = _service.worker_env(db_url, broker, model, images, threads=threads, batch_size=batch)
-        with _service.running_worker(env, OUT / f"worker-tiny-b{batch}.log", concurrency=2 * batch):
+        with _service.running_worker(env, OUT / f"worker-tiny-b{batch}.log", concurrency=2 * batch) as worker:
             client = ScanClient(client_settings(db_url, broker))
             warm_up(client, warm)
-            submit_s, seconds, failed = timed_batch(client, paths, timeout=600)
+            submit_s, seconds, failed, cpu = timed_batch(client, paths, 600, worker)
             client.engine.dispose()
         rate = n / seconds
         best = max(best, rate)
@@ -242,10 +246,11 @@ def bench_tiny(
                 rate,
                 target=f">= {TINY_TARGET:.0f} img/s",
                 ok=rate >= TINY_TARGET and failed == 0,
-                notes=f"submit {n / submit_s:.0f} jobs/s" + (f", {failed} FAILED" if failed else ""),
+                notes=f"worker CPU {cpu / n * 1000:.1f} ms/img, submit {n / submit_s:.0f} jobs/s"
+                + (f", {failed} FAILED" if failed else ""),
             )
         )
-        log.info("tiny batch %d: %.1f img/s", batch, rate)
+        log.info("tiny batch %d: %.1f img/s, worker CPU %.2f ms/img", batch, rate, cpu / n * 1000)
     return best
 
 
@@ -291,10 +296,10 @@ def bench_vit(report: Report, tmp: Path, db_url: str, broker: str, n: int, batch
     core = core_rate(model, paths, warm, batch=batch, threads=threads)
     log.info("in-process core: %.2f img/s", core)
     env = _service.worker_env(db_url, broker, model, images, threads=threads, batch_size=batch)
-    with _service.running_worker(env, OUT / "worker-vit.log", concurrency=2 * batch):
+    with _service.running_worker(env, OUT / "worker-vit.log", concurrency=2 * batch) as worker:
         client = ScanClient(client_settings(db_url, broker))
         warm_up(client, warm)
-        _, seconds, failed = timed_batch(client, paths, timeout=900)
+        _, seconds, failed, _ = timed_batch(client, paths, 900, worker)
         client.engine.dispose()
     rate = n / seconds
     report.rows.append(
