@@ -9,12 +9,16 @@ One run, the same JPEGs and the same checkpoint for every variant:
 2. dfscan end to end: ``scan()`` reads, decodes, preprocesses and runs the model, decode overlapped
    with the forward;
 3. dfscan model only: ``Detector.predict`` on tensors made beforehand (the ceiling for 2);
-4. optionally the same forward with dynamic int8 (``--int8``).
+4. optionally the same forward with dynamic int8 (``--int8``);
+5. optionally the ONNX Runtime backend (``--onnx``, ``DFSCAN_RUNTIME=onnx``): end to end and model
+   only in fp32, and model only with ONNX Runtime's dynamic int8 (with ``--int8``). The first run
+   exports the checkpoint to ONNX under the cache directory; the export is not timed.
 
 Targets: end-to-end >= 0.9 x model-only (decode is hidden behind compute) and end-to-end >= 1.0 x
 the best seed pipeline. Without ``--model`` a randomly initialised ViT-B/16 (224 px, 86 M
 parameters: the size of the public deepfake checkpoints) is saved once to a cache directory; speed
-does not depend on the weights.
+does not depend on the weights. The last column compares every variant with the torch fp32 forward,
+and a last table how far each other model-only variant's scores are from its, on the same tensors.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +58,8 @@ class Variant:
     name: str
     images: int
     seconds: float
+    # p(fake) per image in input order (model-only variants), to compare runtimes on the same tensors.
+    scores: list[float] = field(default_factory=list, repr=False)
 
     @property
     def img_per_s(self) -> float:
@@ -98,7 +104,9 @@ def bench_seed_pipeline(model_dir: Path, paths: list[Path], batch_size: int, war
     return Variant(f"seed pipeline(), batch_size={batch_size}", count, seconds)
 
 
-def bench_scan(detector: Detector, paths: list[Path], batch_size: int, workers: int) -> Variant:
+def bench_scan(
+    detector: Detector, paths: list[Path], batch_size: int, workers: int, runtime: str = "torch"
+) -> Variant:
     """dfscan end to end: read + decode + preprocess (overlapped) + forward."""
     sources = SourcePolicy(allowed_roots=(paths[0].parent,))
     images = ImagePolicy()
@@ -114,7 +122,8 @@ def bench_scan(detector: Detector, paths: list[Path], batch_size: int, workers: 
 
     run(items[:batch_size])
     count, seconds = timed(lambda: run(items))
-    return Variant(f"dfscan scan() end to end, batch {batch_size}", count, seconds)
+    suffix = "" if runtime == "torch" else f" ({runtime})"
+    return Variant(f"dfscan scan() end to end{suffix}, batch {batch_size}", count, seconds)
 
 
 def bench_model_only(detector: Detector, paths: list[Path], batch_size: int, label: str) -> Variant:
@@ -123,11 +132,54 @@ def bench_model_only(detector: Detector, paths: list[Path], batch_size: int, lab
     batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
     detector.predict(batches[0])
 
+    scores: list[float] = []
+
     def run() -> int:
-        return sum(len(detector.predict(batch)) for batch in batches)
+        scores.clear()
+        for batch in batches:
+            scores.extend(detector.predict(batch))
+        return len(scores)
 
     count, seconds = timed(run)
-    return Variant(f"{label}, batch {batch_size}", count, seconds)
+    return Variant(f"{label}, batch {batch_size}", count, seconds, scores)
+
+
+def bench_onnx(model_dir: Path, paths: list[Path], args: argparse.Namespace, cores: int) -> list[Variant]:
+    """The ONNX Runtime backend: end to end and model only in fp32, and model only in int8."""
+    cache = CACHE / "onnx"
+    detector = load_detector(str(model_dir), device="cpu", threads=cores, runtime="onnx", onnx_cache=cache)
+    variants = [
+        bench_scan(detector, paths, args.batch_size, args.workers, "onnx"),
+        bench_model_only(detector, paths, args.batch_size, "dfscan model only (onnx fp32)"),
+    ]
+    del detector
+    if args.int8:
+        int8 = load_detector(
+            str(model_dir), device="cpu", int8=True, threads=cores, runtime="onnx", onnx_cache=cache
+        )
+        variants.append(bench_model_only(int8, paths, args.batch_size, "dfscan model only (onnx int8)"))
+    return variants
+
+
+def score_agreement(reference: Variant, others: list[Variant]) -> list[dict[str, object]]:
+    """How far each variant's p(fake) is from the reference's, image by image.
+
+    A random ViT-B puts every image near one score, so agreement is counted at the reference's median
+    (which image sits above it), not at 0.5, where it would be trivially 100%.
+    """
+    ref = torch.tensor(reference.scores, dtype=torch.float64)
+    median = ref.median()
+    rows: list[dict[str, object]] = []
+    for v in others:
+        got = torch.tensor(v.scores, dtype=torch.float64)
+        rows.append(
+            {
+                "variant": v.name,
+                "max_abs_diff": (got - ref).abs().max().item(),
+                "median_agreement": ((got >= median) == (ref >= median)).double().mean().item(),
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="dfscan batch size (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="scan() decode threads (default 2)")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also time int8")
+    parser.add_argument(
+        "--onnx", action=argparse.BooleanOptionalAction, default=True, help="also time the onnx runtime"
+    )
     parser.add_argument("--json", type=Path, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -162,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8:
             int8 = load_detector(str(model_dir), device="cpu", int8=True, threads=cores)
             variants.append(bench_model_only(int8, paths, args.batch_size, "dfscan model only (int8)"))
+            del int8
+        if args.onnx:
+            variants.extend(bench_onnx(model_dir, paths, args, cores))
 
     seed_best = max(variants[0].img_per_s, variants[1].img_per_s)
     e2e, model_only = variants[2].img_per_s, variants[3].img_per_s
@@ -175,9 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("seconds", justify="right")
     table.add_column("img/s", justify="right")
     table.add_column("x best seed", justify="right")
+    table.add_column("x torch fp32 model only", justify="right")
     for v in variants:
         table.add_row(
-            v.name, str(v.images), f"{v.seconds:.1f}", f"{v.img_per_s:.2f}", f"{v.img_per_s / seed_best:.2f}"
+            v.name,
+            str(v.images),
+            f"{v.seconds:.1f}",
+            f"{v.img_per_s:.2f}",
+            f"{v.img_per_s / seed_best:.2f}",
+            f"{v.img_per_s / model_only:.2f}",
         )
     console.print(table)
     ratios = Table(title="targets")
@@ -187,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "[green]PASS[/]" if value >= target else "[red]FAIL[/]"
         ratios.add_row(name, f"{value:.2f}", f">= {target}", verdict)
     console.print(ratios)
+    agreement = score_agreement(variants[3], [v for v in variants[4:] if v.scores])
+    if agreement:
+        same = Table(title="scores vs torch fp32 model only (same tensors)")
+        for column in ("variant", "max |delta p(fake)|", "same side of the fp32 median"):
+            same.add_column(column)
+        for row in agreement:
+            same.add_row(str(row["variant"]), f"{row['max_abs_diff']:.2e}", f"{row['median_agreement']:.1%}")
+        console.print(same)
     if args.json:
         report = {
             "model_version": detector.version,
@@ -195,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "threads": cores,
             "torch": torch.__version__,
-            "variants": [{**asdict(v), "img_per_s": v.img_per_s} for v in variants],
+            "variants": [
+                {"name": v.name, "images": v.images, "seconds": v.seconds, "img_per_s": v.img_per_s}
+                for v in variants
+            ],
+            "agreement": agreement,
             "checks": [
                 {"name": n, "value": value, "target": target, "pass": value >= target}
                 for n, value, target in checks
