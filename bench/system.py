@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if not args.skip_vit:
             bench_vit(report, tmp, db_url, broker, args.vit_images, args.vit_batch, threads)
-    render(report, Console())
+    render(report, Console(width=max(160, Console().width)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2))
