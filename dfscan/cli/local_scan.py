@@ -63,6 +63,8 @@ def run_local_scan(
         device=settings.device,
         int8=settings.int8,
         threads=default_threads(settings),
+        runtime=settings.runtime,
+        onnx_cache=settings.onnx_cache,
     )
     with sessions.begin() as session:
         _, rows, _ = jobs.create_submission(session, sources, client_ref="dfscan scan")

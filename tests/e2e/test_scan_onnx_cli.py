@@ -1,0 +1,84 @@
+"""`dfscan scan` with DFSCAN_RUNTIME=onnx: the setting reaches the model, same verdicts and versions as torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.images import write_images
+from tests.fixtures.models import REAL_FAKE, save_tiny_vit
+
+
+def dfscan(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DFSCAN_")}
+    base.update({"HF_HUB_OFFLINE": "1", "DFSCAN_THREADS": "1", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "dfscan.cli.main", *args],
+        cwd=cwd,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_onnx_scan_matches_torch_and_caches_its_export(tmp_path: Path) -> None:
+    model = save_tiny_vit(tmp_path / "tiny", REAL_FAKE, seed=3, head_scale=20.0)
+    write_images(tmp_path / "images", 6, seed=0)
+    cache = tmp_path / "onnx-cache"
+    rows: dict[str, dict[str, dict[str, object]]] = {}
+    for runtime in ("torch", "onnx"):
+        run = dfscan(
+            "scan",
+            "images",
+            "--model",
+            str(model),
+            "--format",
+            "json",
+            cwd=tmp_path,
+            env={
+                "DFSCAN_RUNTIME": runtime,
+                "DFSCAN_ONNX_CACHE": str(cache),
+                "DFSCAN_DATABASE_URL": f"sqlite:///{tmp_path / runtime}.db",
+            },
+        )
+        assert run.returncode == 0, run.stderr
+        lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+        rows[runtime] = {Path(str(row["source"])).name: row for row in lines}
+    assert len(rows["onnx"]) == 6 and rows["onnx"].keys() == rows["torch"].keys()
+    scores = []
+    for name, expected in rows["torch"].items():
+        got = rows["onnx"][name]
+        assert got["status"] == expected["status"] == "done"
+        assert got["model_version"] == expected["model_version"]
+        assert got["fake_score"] == pytest.approx(expected["fake_score"], abs=1e-5)
+        assert got["label"] == expected["label"]
+        scores.append(float(str(expected["fake_score"])))
+    assert max(scores) - min(scores) > 1e-3  # different images, different scores: the match is not trivial
+    assert len(list(cache.glob("*.onnx"))) == 1  # the setting reached the loader: the export is there
+
+
+def test_onnx_on_cuda_is_refused_with_its_code(tmp_path: Path) -> None:
+    model = save_tiny_vit(tmp_path / "tiny", REAL_FAKE)
+    write_images(tmp_path / "images", 1, seed=0)
+    run = dfscan(
+        "scan",
+        "images",
+        "--model",
+        str(model),
+        cwd=tmp_path,
+        env={
+            "DFSCAN_RUNTIME": "onnx",
+            "DFSCAN_DEVICE": "cuda",
+            "DFSCAN_ONNX_CACHE": str(tmp_path / "cache"),
+            "DFSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'scan.db'}",
+        },
+    )
+    assert run.returncode != 0
+    assert "MODEL_LOAD_FAILED" in run.stderr and "onnx runtime is CPU only" in run.stderr
+    assert not (tmp_path / "cache").exists()
