@@ -57,6 +57,7 @@ def test_the_export_is_cached_per_version(tmp_path: Path, caplog: pytest.LogCapt
     assert len(exports) == 1 and first.version in exports[0].getMessage()
     (onnx_file,) = cache.glob("*.onnx")
     stamp = onnx_file.stat().st_mtime_ns
+    assert onnx_file.stat().st_mode & 0o777 == 0o644 and not list(cache.glob(".*"))  # no temporaries left
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="worker.inference.onnx_runtime"):
         second = load_detector(path, runtime="onnx", onnx_cache=cache)

@@ -182,6 +182,7 @@ def _temporary(path: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        tmp.chmod(0o644)  # mkstemp makes it 0600; other users' workers may share the cache
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
