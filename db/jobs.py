@@ -127,18 +127,22 @@ def _guarded_update(session: Session, job_id: uuid.UUID, states: Sequence[str], 
     return result.first() is not None
 
 
-def claim_job(
-    session: Session, job_id: uuid.UUID, *, worker: str, lease_seconds: int, max_attempts: int
-) -> ScanJob | None:
-    """Mark the job running for ``worker`` and count an attempt; None means: ack and do nothing.
+def claim_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], *, worker: str, lease_seconds: int, max_attempts: int
+) -> dict[uuid.UUID, tuple[str, int]]:
+    """Mark each job running for ``worker`` and count an attempt, in two statements for the lot.
 
-    None when the job is missing or already final (a redelivery), or when this attempt would exceed
-    ``max_attempts``, in which case the job is failed with ``MAX_ATTEMPTS`` first.
+    Returns ``{job_id: (source, attempts)}`` for the jobs claimed. A job left out means: ack and do
+    nothing. It is missing or already final (a redelivery), or this attempt would exceed
+    ``max_attempts``, in which case it is failed with ``MAX_ATTEMPTS`` first.
     """
+    ids = sorted(set(job_ids))  # one lock order for every batch
+    if not ids:
+        return {}
     now = utcnow()
     claimed = session.execute(
         update(ScanJob)
-        .where(ScanJob.id == job_id, ScanJob.state.in_(ACTIVE), ScanJob.attempts < max_attempts)
+        .where(ScanJob.id.in_(ids), ScanJob.state.in_(ACTIVE), ScanJob.attempts < max_attempts)
         .values(
             state="running",
             attempts=ScanJob.attempts + 1,
@@ -147,93 +151,116 @@ def claim_job(
             lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
+        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts),
+        execution_options={"synchronize_session": False},
+    ).all()
+    out = {row.id: (row.source, row.attempts) for row in claimed}
+    rest = [job_id for job_id in ids if job_id not in out]
+    if rest:
+        message = f"job was tried {max_attempts} times (the limit) without finishing"
+        failed = session.execute(
+            update(ScanJob)
+            .where(ScanJob.id.in_(rest), ScanJob.state.in_(ACTIVE))
+            .values(
+                state="failed",
+                error_code=MAX_ATTEMPTS_CODE,
+                error_message=message,
+                finished_at=now,
+                updated_at=now,
+                lease_until=None,
+            )
+            .returning(ScanJob.id),
+            execution_options={"synchronize_session": False},
+        ).all()
+        for row in failed:
+            log.warning("job %s failed: %s", row.id, message, extra={"job_id": str(row.id)})
+    return out
+
+
+def claim_job(
+    session: Session, job_id: uuid.UUID, *, worker: str, lease_seconds: int, max_attempts: int
+) -> ScanJob | None:
+    """``claim_jobs`` for one job, returning its row (None means: ack and do nothing)."""
+    if not claim_jobs(
+        session, [job_id], worker=worker, lease_seconds=lease_seconds, max_attempts=max_attempts
+    ):
+        return None
+    return session.get(ScanJob, job_id, populate_existing=True)
+
+
+VERDICT_FIELDS = (
+    "label",
+    "fake_score",
+    "threshold",
+    "model_version",
+    "image_sha256",
+    "n_bytes",
+    "width",
+    "height",
+    "fetch_ms",
+    "decode_ms",
+    "infer_ms",
+    "cached",
+    "worker",
+)
+
+
+def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
+    """Mark jobs done and store their verdicts (one UPDATE and one INSERT for the lot).
+
+    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS``. Returns the ids this call
+    finished. The job rows are updated first, guarded on a non-final state: on PostgreSQL the row
+    locks make a concurrent redelivery wait, then see ``done`` and write nothing. The verdict insert
+    is ``ON CONFLICT (job_id) DO NOTHING`` as a second line of defence. A job that already failed
+    keeps its failure and gets no verdict.
+    """
+    by_id = {v["job_id"]: v for v in verdicts}
+    if not by_id:
+        return set()
+    now = utcnow()
+    done = session.scalars(
+        update(ScanJob)
+        .where(ScanJob.id.in_(sorted(by_id)), ScanJob.state.in_(ACTIVE))
+        .values(
+            state="done",
+            error_code=None,
+            error_message=None,
+            finished_at=now,
+            updated_at=now,
+            lease_until=None,
+            worker=_single_worker(by_id),
+        )
         .returning(ScanJob.id),
         execution_options={"synchronize_session": False},
-    ).first()
-    if claimed is not None:
-        return session.get(ScanJob, job_id, populate_existing=True)
-    message = f"job was tried {max_attempts} times (the limit) without finishing"
-    if _guarded_update(
-        session,
-        job_id,
-        ACTIVE,
-        state="failed",
-        error_code=MAX_ATTEMPTS_CODE,
-        error_message=message,
-        finished_at=now,
-        updated_at=now,
-        lease_until=None,
-    ):
-        log.warning("job %s failed: %s", job_id, message, extra={"job_id": str(job_id)})
-    return None
+    ).all()
+    rows = [{"job_id": job_id, **{k: by_id[job_id][k] for k in VERDICT_FIELDS}} for job_id in done]
+    if rows:
+        session.execute(_insert_ignoring_duplicate(session), rows)
+    return set(done)
 
 
-def finish_done(
-    session: Session,
-    job_id: uuid.UUID,
-    *,
-    label: str,
-    fake_score: float,
-    threshold: float,
-    model_version: str,
-    image_sha256: str,
-    n_bytes: int | None,
-    width: int | None,
-    height: int | None,
-    fetch_ms: float | None,
-    decode_ms: float | None,
-    infer_ms: float | None,
-    cached: bool,
-    worker: str | None,
-) -> bool:
-    """Mark the job done and store its verdict; True if this call made the outcome.
-
-    The job row is updated first, guarded on a non-final state: on PostgreSQL the row lock makes a
-    concurrent redelivery wait, then see ``done`` and write nothing. The verdict insert is
-    ``ON CONFLICT (job_id) DO NOTHING`` as a second line of defence. A job that already failed keeps
-    its failure and gets no verdict.
-    """
-    now = utcnow()
-    if not _guarded_update(
-        session,
-        job_id,
-        ACTIVE,
-        state="done",
-        error_code=None,
-        error_message=None,
-        finished_at=now,
-        updated_at=now,
-        lease_until=None,
-        worker=worker,
-    ):
-        return False
-    values = {
-        "job_id": job_id,
-        "label": label,
-        "fake_score": fake_score,
-        "threshold": threshold,
-        "model_version": model_version,
-        "image_sha256": image_sha256,
-        "n_bytes": n_bytes,
-        "width": width,
-        "height": height,
-        "fetch_ms": fetch_ms,
-        "decode_ms": decode_ms,
-        "infer_ms": infer_ms,
-        "cached": cached,
-        "worker": worker,
-    }
-    session.execute(_insert_ignoring_duplicate(session, values))
-    return True
+def _single_worker(by_id: dict[uuid.UUID, dict[str, Any]]) -> str | None:
+    """The worker recorded on the job rows (every verdict of one call comes from one worker)."""
+    workers = {v.get("worker") for v in by_id.values()}
+    return workers.pop() if len(workers) == 1 else None
 
 
-def _insert_ignoring_duplicate(session: Session, values: dict[str, Any]) -> Any:
+def finish_done(session: Session, job_id: uuid.UUID, **verdict: Any) -> bool:
+    """``finish_done_many`` for one job (keywords: ``VERDICT_FIELDS``); True if this call made the outcome."""
+    missing = set(VERDICT_FIELDS) - set(verdict)
+    if missing:
+        raise TypeError(f"finish_done needs {sorted(missing)}")
+    return job_id in finish_done_many(session, [{"job_id": job_id, **verdict}])
+
+
+def _insert_ignoring_duplicate(session: Session) -> Any:
+    """``INSERT INTO verdicts ... ON CONFLICT (job_id) DO NOTHING``, to execute with a list of rows."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(Verdict).values(**values).on_conflict_do_nothing(index_elements=["job_id"])
+        return postgresql.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
     if dialect == "sqlite":
-        return sqlite.insert(Verdict).values(**values).on_conflict_do_nothing(index_elements=["job_id"])
-    return insert(Verdict).values(**values)
+        return sqlite.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
+    return insert(Verdict)
 
 
 def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
@@ -313,15 +340,22 @@ def sweep_stale(
     return list(resend), list(failed)
 
 
-def cached_score(session: Session, image_sha256: str, model_version: str) -> float | None:
-    """The fake score an earlier verdict gave the same image bytes with the same model, if any."""
+def cached_scores(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, float]:
+    """The fake score an earlier verdict gave the same image bytes with the same model, per sha256."""
+    shas = sorted(set(image_sha256s))
+    if not shas:
+        return {}
     query = (
-        select(Verdict.fake_score)
-        .where(Verdict.image_sha256 == image_sha256, Verdict.model_version == model_version)
-        .order_by(Verdict.id.desc())
-        .limit(1)
+        select(Verdict.image_sha256, Verdict.fake_score)
+        .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
+        .order_by(Verdict.id)
     )
-    return session.scalars(query).first()
+    return {row.image_sha256: row.fake_score for row in session.execute(query)}  # the newest wins
+
+
+def cached_score(session: Session, image_sha256: str, model_version: str) -> float | None:
+    """``cached_scores`` for one image."""
+    return cached_scores(session, [image_sha256], model_version).get(image_sha256)
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> ScanJob | None:

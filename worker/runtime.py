@@ -13,21 +13,26 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, registry
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings, get_settings
-from worker.inference.batcher import DynamicBatcher
+from worker.inference.batcher import DynamicBatcher, MicroBatcher
 from worker.inference.images import ImagePolicy, image_sha256
 from worker.inference.model import Detector, load_detector
 from worker.inference.preprocess import load_pixels
 from worker.inference.sources import SourcePolicy, read_source
 
 log = logging.getLogger(__name__)
+
+# Most job rows one database statement claims, looks up or finishes.
+_DB_BATCH = 64
 
 # How long a replaced batcher stays open for tasks that took it just before a promotion.
 _RETIRE_AFTER = 30.0
@@ -94,6 +99,64 @@ class WorkerRuntime:
         self.images = image_policy(self.settings)
         self._lane: Lane | None = None
         self._lock = threading.Lock()
+        # The database round trips of concurrent tasks share statements: a batch is whatever queued
+        # up while the previous statement ran (max_wait 0), so a lone task never waits for company.
+        self._claims: MicroBatcher[uuid.UUID, tuple[str, int] | None] = MicroBatcher(
+            self._claim_batch, max_batch=_DB_BATCH, max_wait=0.0, name="claim"
+        )
+        self._lookups: MicroBatcher[tuple[str, str], float | None] = MicroBatcher(
+            self._lookup_batch, max_batch=_DB_BATCH, max_wait=0.0, name="cache lookup"
+        )
+        self._finishes: MicroBatcher[dict[str, Any], bool] = MicroBatcher(
+            self._finish_batch, max_batch=_DB_BATCH, max_wait=0.0, name="verdict write"
+        )
+
+    # --- the job rows, batched across concurrent tasks ------------------------------------------
+
+    def claim(self, job_id: uuid.UUID) -> tuple[str, int] | None:
+        """Claim the job for this worker: ``(source, attempts)``, or None (final, missing, out of attempts)."""
+        return self._claims.submit(job_id).result()
+
+    def finish(self, job_id: uuid.UUID, judgement: Judgement) -> bool:
+        """Store the verdict and mark the job done; True if this call made the outcome."""
+        verdict = {
+            "job_id": job_id,
+            **{k: getattr(judgement, k) for k in jobs.VERDICT_FIELDS if k != "worker"},
+        }
+        return self._finishes.submit({**verdict, "worker": self.name}).result()
+
+    def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[tuple[str, int] | None]:
+        with self.sessions.begin() as session:
+            claimed = jobs.claim_jobs(
+                session,
+                job_ids,
+                worker=self.name,
+                lease_seconds=self.settings.lease_seconds,
+                max_attempts=self.settings.max_attempts,
+            )
+        # A message delivered twice at once: only its first copy gets the claim.
+        return [claimed.pop(job_id, None) for job_id in job_ids]
+
+    def _lookup_batch(self, keys: list[tuple[str, str]]) -> list[float | None]:
+        by_version: dict[str, list[str]] = {}
+        for sha, version in keys:
+            by_version.setdefault(version, []).append(sha)
+        with self.sessions() as session:
+            found = {
+                (sha, version): score
+                for version, shas in by_version.items()
+                for sha, score in jobs.cached_scores(session, shas, version).items()
+            }
+        return [found.get(key) for key in keys]
+
+    def _finish_batch(self, verdicts: list[dict[str, Any]]) -> list[bool]:
+        with self.sessions.begin() as session:
+            done = jobs.finish_done_many(session, verdicts)
+        out = []
+        for verdict in verdicts:
+            out.append(verdict["job_id"] in done)
+            done.discard(verdict["job_id"])  # a duplicate in the same batch did not make the outcome
+        return out
 
     # --- the model ---------------------------------------------------------------------------
 
@@ -154,6 +217,8 @@ class WorkerRuntime:
             lane, self._lane = self._lane, None
         if lane is not None:
             lane.batcher.close(timeout=60)
+        for batcher in (self._claims, self._lookups, self._finishes):
+            batcher.close(timeout=30)
 
     # --- one image ---------------------------------------------------------------------------
 
@@ -164,8 +229,7 @@ class WorkerRuntime:
         data = read_source(source, self.sources)
         t1 = time.perf_counter()
         sha = image_sha256(data)
-        with self.sessions() as session:
-            known = jobs.cached_score(session, sha, lane.detector.version)
+        known = self._lookups.submit((sha, lane.detector.version)).result()
         if known is not None:
             return self._judgement(lane, known, sha, len(data), None, (t1 - t0, 0.0, 0.0), cached=True)
         pixels, (width, height) = load_pixels(data, lane.detector.preprocess, self.images)

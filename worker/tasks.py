@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from db import jobs
 from dfscan.exceptions import BadMessageError, DfscanError
@@ -25,6 +27,7 @@ from worker.messages import JobMessage, SourcesMessage, job_id_of, parse_scan_me
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A database outage is retried this many times (backoff capped at 30 s: ~10 minutes), then the
 # message is dropped and the sweeper re-sends the job from its row once the database is back.
@@ -53,15 +56,29 @@ def scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _process(self, rt, message.job_id)
 
 
-def _with_db(task: Task, rt: WorkerRuntime, work: Any) -> Any:
-    """Run ``work(session)`` in a transaction; a database outage retries the message with backoff."""
+def _db_retry(task: Task, exc: SQLAlchemyError) -> Exception:
+    """Retry the message with backoff because the database is unavailable."""
+    retries = task.request.retries
+    log.warning("database unavailable (retry %d of %d): %s", retries + 1, DB_RETRIES, exc)
+    return task.retry(exc=exc, countdown=backoff(retries + 1), max_retries=DB_RETRIES)
+
+
+def _db_call(task: Task, call: Callable[[], T]) -> T:
+    """Run a database call; an outage retries the message with backoff."""
     try:
+        return call()
+    except SQLAlchemyError as exc:
+        raise _db_retry(task, exc) from exc
+
+
+def _with_db(task: Task, rt: WorkerRuntime, work: Callable[[Session], T]) -> T:
+    """Run ``work(session)`` in a transaction of its own; an outage retries the message with backoff."""
+
+    def run() -> T:
         with rt.sessions.begin() as session:
             return work(session)
-    except SQLAlchemyError as exc:
-        retries = task.request.retries
-        log.warning("database unavailable (retry %d of %d): %s", retries + 1, DB_RETRIES, exc)
-        raise task.retry(exc=exc, countdown=backoff(retries + 1), max_retries=DB_RETRIES) from exc
+
+    return _db_call(task, run)
 
 
 def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str, Any]:
@@ -85,17 +102,15 @@ def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str
 
 def _process(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> dict[str, Any]:
     settings = rt.settings
-    claimed = _with_db(
-        task,
-        rt,
-        lambda s: _claim(s, job_id, rt.name, settings.lease_seconds, settings.max_attempts),
-    )
+    claimed = _db_call(task, lambda: rt.claim(job_id))
     if claimed is None:
         return {"status": "skipped", "job_id": str(job_id)}
     source, attempts = claimed
     extra = {"job_id": str(job_id), "attempt": attempts}
     try:
         judgement = rt.judge(source)
+    except SQLAlchemyError as exc:  # the duplicate-cache look-up: the database is down
+        raise _db_retry(task, exc) from exc
     except DfscanError as exc:
         code, text = exc.code, exc.message
         if exc.permanent or attempts >= settings.max_attempts:
@@ -113,27 +128,7 @@ def _process(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> dict[str, Any]
             return {"status": "failed", "job_id": str(job_id), "error_code": "INTERNAL_ERROR"}
         _with_db(task, rt, lambda s: jobs.release_job(s, job_id))
         raise task.retry(exc=exc, countdown=backoff(attempts)) from exc
-    recorded = _with_db(
-        task,
-        rt,
-        lambda s: jobs.finish_done(
-            s,
-            job_id,
-            label=judgement.label,
-            fake_score=judgement.fake_score,
-            threshold=judgement.threshold,
-            model_version=judgement.model_version,
-            image_sha256=judgement.image_sha256,
-            n_bytes=judgement.n_bytes,
-            width=judgement.width,
-            height=judgement.height,
-            fetch_ms=judgement.fetch_ms,
-            decode_ms=judgement.decode_ms,
-            infer_ms=judgement.infer_ms,
-            cached=judgement.cached,
-            worker=rt.name,
-        ),
-    )
+    recorded = _db_call(task, lambda: rt.finish(job_id, judgement))
     return {
         "status": "done" if recorded else "skipped",
         "job_id": str(job_id),
@@ -141,12 +136,3 @@ def _process(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> dict[str, Any]
         "fake_score": round(judgement.fake_score, 6),
         "model_version": judgement.model_version,
     }
-
-
-def _claim(
-    session: Any, job_id: uuid.UUID, worker: str, lease_seconds: int, max_attempts: int
-) -> tuple[str, int] | None:
-    job = jobs.claim_job(
-        session, job_id, worker=worker, lease_seconds=lease_seconds, max_attempts=max_attempts
-    )
-    return None if job is None else (job.source, job.attempts)

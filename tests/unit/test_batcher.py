@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -56,7 +57,7 @@ def test_model_fault_fails_every_item_of_the_batch_with_inference_error() -> Non
 def test_wrong_number_of_scores_is_caught() -> None:
     batcher = DynamicBatcher(lambda pixels: [0.5], max_batch=4, max_wait=0.2)
     futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(2)]
-    with pytest.raises(InferenceError, match="returned 1 scores for a batch of 2"):
+    with pytest.raises(InferenceError, match="returned 1 results for a batch of 2"):
         futures[1].result(timeout=5)
     batcher.close(timeout=5)
 
@@ -84,6 +85,34 @@ def test_close_drains_submitted_items_and_refuses_new_ones() -> None:
 def test_swap_changes_the_model_for_later_batches() -> None:
     batcher = DynamicBatcher(lambda p: [0.1] * p.shape[0], max_batch=1, max_wait=0.0)
     assert batcher.submit(torch.zeros(3, 2, 2)).result(timeout=5) == pytest.approx(0.1)
-    batcher.swap(lambda p: [0.9] * p.shape[0])
+    batcher.swap_model(lambda p: [0.9] * p.shape[0])
     assert batcher.submit(torch.zeros(3, 2, 2)).result(timeout=5) == pytest.approx(0.9)
+    batcher.close(timeout=5)
+
+
+def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> None:
+    from worker.inference.batcher import MicroBatcher
+
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def double(items: list[int]) -> list[int]:
+        gate.wait(5)
+        seen.append(items)
+        return [2 * i for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(double, max_batch=64, max_wait=0.0, name="db")
+    first = batcher.submit(0)  # the thread takes this one alone and blocks on the gate
+    time.sleep(0.1)
+    rest = [batcher.submit(i) for i in range(1, 6)]  # these queue up while the first batch runs
+    gate.set()
+    assert [f.result(timeout=5) for f in [first, *rest]] == [0, 2, 4, 6, 8, 10]
+    assert seen == [[0], [1, 2, 3, 4, 5]]
+
+    def broken(items: list[int]) -> list[int]:
+        raise ConnectionError("database is down")
+
+    batcher.swap(broken)
+    with pytest.raises(ConnectionError, match="database is down"):
+        batcher.submit(7).result(timeout=5)
     batcher.close(timeout=5)

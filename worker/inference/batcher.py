@@ -1,4 +1,6 @@
-"""A dynamic batcher: many threads submit one image each, one model thread runs them in batches.
+"""Micro-batching across threads: many threads submit one item each, one thread runs them in batches.
+
+:class:`MicroBatcher` is the generic mechanism; :class:`DynamicBatcher` feeds a model with it.
 
 This is how the worker keeps Celery's per-task meaning (acks, retries, time limits, task events)
 while still running the model on micro-batches: each Celery task, on a thread of the ``threads``
@@ -7,9 +9,13 @@ and waits for its score. The model thread takes whatever is waiting, up to ``max
 waiting at most ``max_wait`` seconds for a batch to fill (Triton's dynamic batcher, Ray Serve's
 ``@serve.batch`` and LitServe work the same way).
 
-A fault of the model fails every item of that batch with the same exception, so each task can put
-its own job back on the queue; one bad *image* never reaches this point (decode errors happen in
-the task thread). ``close()`` drains: items already submitted are still run.
+A fault of the batch function fails every item of that batch with the same exception, so each task
+can put its own job back on the queue; one bad *image* never reaches this point (decode errors
+happen in the task thread). ``close()`` drains: items already submitted are still run.
+
+The worker uses the same mechanism for its database round trips (claims, cache look-ups and verdict
+writes of concurrent tasks share one statement each), with ``max_wait=0``: a batch is whatever
+queued up while the previous one ran, so a lone task never waits.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 
@@ -28,13 +35,15 @@ from dfscan.exceptions import InferenceError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
 PredictFn = Callable[[torch.Tensor], Sequence[float]]
 
 
 @dataclass
-class _Pending:
-    pixels: torch.Tensor
-    future: Future[float] = field(default_factory=Future)
+class _Pending(Generic[T, R]):
+    item: T
+    future: Future[R] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -50,34 +59,50 @@ class BatchStats:
         return self.items / self.batches if self.batches else 0.0
 
 
-class DynamicBatcher:
-    """Collects single images from many threads into batches for one model thread."""
+class MicroBatcher(Generic[T, R]):
+    """Collects single items from many threads into batches for one thread running ``run_batch``.
 
-    def __init__(self, predict: PredictFn, *, max_batch: int, max_wait: float, name: str = "model") -> None:
+    ``run_batch(items)`` returns one result per item, in order. ``wrap_error`` turns an exception of
+    the batch function into the exception each item's future gets.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch: int,
+        max_wait: float,
+        name: str,
+        wrap_error: Callable[[Exception], Exception] = lambda exc: exc,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self._predict = predict
+        self._run_batch_fn = run_batch
+        self._wrap_error = wrap_error
+        self.name = name
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._queue: queue.Queue[_Pending[T, R] | None] = queue.Queue()
         self._closed = threading.Event()
-        self._lock = threading.Lock()  # swap of the predict function (model promotion)
+        self._lock = threading.Lock()  # swap of the batch function (model promotion)
         self._thread = threading.Thread(target=self._run, name=f"dfscan-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, pixels: torch.Tensor) -> Future[float]:
-        """Queue one (3, H, W) tensor; the future resolves to its p(fake)."""
+    def submit(self, item: T) -> Future[R]:
+        """Queue one item; the future resolves to its result (or the batch's exception)."""
         if self._closed.is_set():
-            raise InferenceError("the model batcher is shut down; the job goes back to the queue")
-        item = _Pending(pixels)
-        self._queue.put(item)
-        return item.future
+            raise self._wrap_error(
+                RuntimeError(f"the {self.name} batcher is shut down; the job goes back to the queue")
+            )
+        pending: _Pending[T, R] = _Pending(item)
+        self._queue.put(pending)
+        return pending.future
 
-    def swap(self, predict: PredictFn) -> None:
-        """Use another model from the next batch on; the batch in flight finishes on the old one."""
+    def swap(self, run_batch: Callable[[list[T]], Sequence[R]]) -> None:
+        """Use another batch function from the next batch on; the batch in flight finishes on the old one."""
         with self._lock:
-            self._predict = predict
+            self._run_batch_fn = run_batch
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking items, run those already submitted, then stop the model thread."""
@@ -85,7 +110,7 @@ class DynamicBatcher:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def _collect(self) -> tuple[list[_Pending], bool]:
+    def _collect(self) -> tuple[list[_Pending[T, R]], bool]:
         first = self._queue.get()
         if first is None:
             return [], True
@@ -111,7 +136,7 @@ class DynamicBatcher:
                 self._run_batch(batch)
             if stop:
                 # Drain whatever was submitted before close() was seen.
-                rest: list[_Pending] = []
+                rest: list[_Pending[T, R]] = []
                 while True:
                     try:
                         item = self._queue.get_nowait()
@@ -123,25 +148,46 @@ class DynamicBatcher:
                     self._run_batch(rest[start : start + self.max_batch])
                 return
 
-    def _run_batch(self, batch: list[_Pending]) -> None:
+    def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
         with self._lock:
-            predict = self._predict
+            run_batch = self._run_batch_fn
         try:
-            scores = list(predict(torch.stack([item.pixels for item in batch])))
-            if len(scores) != len(batch):
-                raise InferenceError(
-                    f"the model returned {len(scores)} scores for a batch of {len(batch)}; "
-                    "check that the checkpoint is a two-class image classifier"
+            results = list(run_batch([pending.item for pending in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"the {self.name} returned {len(results)} results for a batch of {len(batch)}; "
+                    "every item must get exactly one"
                 )
-        except Exception as exc:  # a model or device fault: every item of the batch goes back
+        except Exception as exc:  # a model, device or database fault: every item of the batch goes back
             self.stats.failed_batches += 1
-            log.exception("batch of %d failed", len(batch))
-            error = exc if isinstance(exc, InferenceError) else InferenceError(f"model fault: {exc!r}")
-            for item in batch:
-                item.future.set_exception(error)
+            log.warning("%s batch of %d failed: %r", self.name, len(batch), exc)
+            error = self._wrap_error(exc)
+            for pending in batch:
+                pending.future.set_exception(error)
             return
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
-        for item, score in zip(batch, scores, strict=True):
-            item.future.set_result(float(score))
+        for pending, result in zip(batch, results, strict=True):
+            pending.future.set_result(result)
+
+
+def _model_error(exc: Exception) -> Exception:
+    return exc if isinstance(exc, InferenceError) else InferenceError(f"model fault: {exc}")
+
+
+def _stacked(predict: PredictFn) -> Callable[[list[torch.Tensor]], list[float]]:
+    return lambda items: [float(score) for score in predict(torch.stack(items))]
+
+
+class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
+    """Feeds one model thread: each item is a (3, H, W) tensor, each result its p(fake)."""
+
+    def __init__(self, predict: PredictFn, *, max_batch: int, max_wait: float, name: str = "model") -> None:
+        super().__init__(
+            _stacked(predict), max_batch=max_batch, max_wait=max_wait, name=name, wrap_error=_model_error
+        )
+
+    def swap_model(self, predict: PredictFn) -> None:
+        """Use another model from the next batch on; the batch in flight finishes on the old one."""
+        self.swap(_stacked(predict))
