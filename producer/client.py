@@ -109,7 +109,7 @@ class ScanClient:
             submission_id = submission.id
             job_ids = [job.id for job in new_jobs]
             unsent = [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
-        send_jobs(self.app, self.sessions, unsent)
+        send_jobs(self.app, self.sessions, unsent, per_message=self.settings.jobs_per_message)
         return Submission(submission_id, job_ids, created, self.sessions)
 
     def submission(self, submission_id: uuid.UUID | str) -> Submission:
@@ -134,7 +134,7 @@ class ScanClient:
 
     def relay_unsent(self) -> int:
         """Send messages for jobs whose first send failed."""
-        return relay_unsent(self.app, self.sessions)
+        return relay_unsent(self.app, self.sessions, per_message=self.settings.jobs_per_message)
 
     def _check_capacity(self, n: int, wait_for_capacity: float | None) -> None:
         limit = self.settings.queue_max_depth

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import redis
 from celery import Celery
@@ -24,27 +24,53 @@ log = logging.getLogger(__name__)
 _SEND_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 
-def send_job(app: Celery, job_id: uuid.UUID, priority: int) -> None:
-    """Publish one ``dfscan.scan`` message; the Celery task id is the job id, so Flower shows job ids."""
+def send_chunk(
+    app: Celery, job_ids: Sequence[uuid.UUID], queue: str, *, countdown: float | None = None
+) -> None:
+    """Publish one ``dfscan.scan`` message for ``job_ids``.
+
+    A message of one job has kwargs ``{"job_id": ...}`` and the job id as its Celery task id, so
+    Flower lists it under the job id; a message of several has ``{"job_ids": [...]}``.
+    """
+    single = len(job_ids) == 1
     app.send_task(
         SCAN_TASK,
-        kwargs={"job_id": str(job_id)},
-        queue=queue_for_priority(priority),
-        task_id=str(job_id),
+        kwargs={"job_id": str(job_ids[0])} if single else {"job_ids": [str(job_id) for job_id in job_ids]},
+        queue=queue,
+        task_id=str(job_ids[0]) if single else str(uuid.uuid4()),
+        countdown=countdown,
         retry=True,
         retry_policy=_SEND_RETRY,
     )
 
 
-def send_jobs(app: Celery, sessions: sessionmaker[Session], pending: Iterable[tuple[uuid.UUID, int]]) -> int:
-    """Send each (job id, priority) and mark the sent ones; stop at the first broker failure."""
+def send_job(app: Celery, job_id: uuid.UUID, priority: int, *, countdown: float | None = None) -> None:
+    """Publish the message of one job (its Celery task id is the job id)."""
+    send_chunk(app, [job_id], queue_for_priority(priority), countdown=countdown)
+
+
+def send_jobs(
+    app: Celery,
+    sessions: sessionmaker[Session],
+    pending: Iterable[tuple[uuid.UUID, int]],
+    *,
+    per_message: int = 1,
+) -> int:
+    """Send (job id, priority) pairs, ``per_message`` jobs a message on the bulk lane (one on the
+    interactive lane, where latency matters), and mark the sent ones; stop at the first broker failure."""
+    lanes: dict[str, list[uuid.UUID]] = {}
+    for job_id, priority in pending:
+        lanes.setdefault(queue_for_priority(priority), []).append(job_id)
     sent: list[uuid.UUID] = []
     try:
-        for job_id, priority in pending:
-            send_job(app, job_id, priority)
-            sent.append(job_id)
+        for queue, ids in lanes.items():
+            size = 1 if queue == INTERACTIVE_QUEUE else max(1, per_message)
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
+                send_chunk(app, chunk, queue)
+                sent.extend(chunk)
     except (KombuOperationalError, redis.RedisError, OSError) as exc:
-        log.warning("broker unavailable after %d messages; the rest stay in the outbox: %s", len(sent), exc)
+        log.warning("broker unavailable after %d jobs; the rest stay in the outbox: %s", len(sent), exc)
     finally:
         if sent:
             with sessions.begin() as session:
@@ -52,13 +78,15 @@ def send_jobs(app: Celery, sessions: sessionmaker[Session], pending: Iterable[tu
     return len(sent)
 
 
-def relay_unsent(app: Celery, sessions: sessionmaker[Session], *, limit: int = 500) -> int:
+def relay_unsent(
+    app: Celery, sessions: sessionmaker[Session], *, limit: int = 500, per_message: int = 1
+) -> int:
     """Send up to ``limit`` jobs whose message was never sent. Returns how many were sent."""
     with sessions() as session:
         pending = [(job.id, job.priority) for job in jobs.unsent_jobs(session, limit=limit)]
     if not pending:
         return 0
-    return send_jobs(app, sessions, pending)
+    return send_jobs(app, sessions, pending, per_message=per_message)
 
 
 def queue_depth(broker_url: str, *, include_reserved: bool = False) -> int:

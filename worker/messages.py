@@ -15,14 +15,15 @@ from typing import Any
 from dfscan.exceptions import BadMessageError
 
 MAX_SOURCES_PER_MESSAGE = 1000
+MAX_JOBS_PER_MESSAGE = 64
 MAX_SOURCE_LENGTH = 4096
-_JOB_KEYS = {"job_id"}
+_JOB_KEYS = {"job_id", "job_ids"}
 _SOURCES_KEYS = {"sources", "client_ref", "priority"}
 
 
 @dataclass(frozen=True)
 class JobMessage:
-    job_id: uuid.UUID
+    job_ids: tuple[uuid.UUID, ...]
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,19 @@ class SourcesMessage:
     priority: int
 
 
-def job_id_of(kwargs: Mapping[str, Any]) -> uuid.UUID | None:
-    """The job a (possibly malformed) message names, if it names one validly."""
+def _uuid(value: object) -> uuid.UUID | None:
     try:
-        return uuid.UUID(str(kwargs["job_id"]))
-    except (KeyError, ValueError, TypeError, AttributeError):
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
         return None
+
+
+def job_ids_of(kwargs: Mapping[str, Any]) -> list[uuid.UUID]:
+    """The jobs a (possibly malformed) message names validly."""
+    named = [kwargs["job_id"]] if "job_id" in kwargs else []
+    if isinstance(kwargs.get("job_ids"), list):
+        named += kwargs["job_ids"][:MAX_JOBS_PER_MESSAGE]
+    return [job_id for job_id in map(_uuid, named) if job_id is not None]
 
 
 def parse_scan_message(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobMessage | SourcesMessage:
@@ -45,14 +53,20 @@ def parse_scan_message(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobMes
         kwargs = {"sources": args[0]}  # celery-node style: task.applyAsync([["https://..."]])
     elif args:
         raise BadMessageError(f"unexpected positional arguments {list(args)[:3]!r}; send JSON kwargs")
-    if "job_id" in kwargs:
+    if "job_id" in kwargs or "job_ids" in kwargs:
         unknown = set(kwargs) - _JOB_KEYS
         if unknown:
-            raise BadMessageError(f"unknown fields {sorted(unknown)} beside job_id")
-        job_id = job_id_of(kwargs)
-        if job_id is None:
-            raise BadMessageError(f"job_id {kwargs['job_id']!r} is not a UUID")
-        return JobMessage(job_id)
+            raise BadMessageError(f"unknown fields {sorted(unknown)} beside job_id(s)")
+        if "job_id" in kwargs and "job_ids" in kwargs:
+            raise BadMessageError("send job_id or job_ids, not both")
+        named = [kwargs["job_id"]] if "job_id" in kwargs else kwargs["job_ids"]
+        if not isinstance(named, list) or not 1 <= len(named) <= MAX_JOBS_PER_MESSAGE:
+            raise BadMessageError(f"job_ids must be a list of 1 to {MAX_JOBS_PER_MESSAGE} UUIDs")
+        ids = [_uuid(value) for value in named]
+        bad = [value for value, job_id in zip(named, ids, strict=True) if job_id is None]
+        if bad:
+            raise BadMessageError(f"job id {bad[0]!r} is not a UUID")
+        return JobMessage(tuple(dict.fromkeys(job_id for job_id in ids if job_id is not None)))
     if "sources" in kwargs:
         unknown = set(kwargs) - _SOURCES_KEYS
         if unknown:

@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,13 @@ class Lane:
     threshold: float
 
 
+def _outcome(judge: Callable[[str], Judgement], source: str) -> Judgement | Exception:
+    try:
+        return judge(source)
+    except Exception as exc:  # carried back to the task, which decides per job
+        return exc
+
+
 def source_policy(settings: Settings) -> SourcePolicy:
     return SourcePolicy(
         allowed_roots=tuple(Path(root) for root in settings.allowed_roots),
@@ -107,23 +116,36 @@ class WorkerRuntime:
         self._lookups: MicroBatcher[tuple[str, str], float | None] = MicroBatcher(
             self._lookup_batch, max_batch=_DB_BATCH, max_wait=0.0, name="cache lookup"
         )
+        # Judges the images of a message of several jobs side by side (one thread per image in flight).
+        self._judge_pool = ThreadPoolExecutor(
+            max_workers=max(4, 2 * self.settings.batch_size), thread_name_prefix="dfscan-judge"
+        )
         self._finishes: MicroBatcher[dict[str, Any], bool] = MicroBatcher(
             self._finish_batch, max_batch=_DB_BATCH, max_wait=0.0, name="verdict write"
         )
 
     # --- the job rows, batched across concurrent tasks ------------------------------------------
 
-    def claim(self, job_id: uuid.UUID) -> tuple[str, int] | None:
-        """Claim the job for this worker: ``(source, attempts)``, or None (final, missing, out of attempts)."""
-        return self._claims.submit(job_id).result()
+    def claim(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
+        """Claim jobs for this worker: ``{job_id: (source, attempts)}`` for those claimed (the others
+        are final, missing or out of attempts: nothing to do)."""
+        futures = [(job_id, self._claims.submit(job_id)) for job_id in job_ids]
+        claimed = {job_id: future.result() for job_id, future in futures}
+        return {job_id: got for job_id, got in claimed.items() if got is not None}
 
-    def finish(self, job_id: uuid.UUID, judgement: Judgement) -> bool:
-        """Store the verdict and mark the job done; True if this call made the outcome."""
-        verdict = {
-            "job_id": job_id,
-            **{k: getattr(judgement, k) for k in jobs.VERDICT_FIELDS if k != "worker"},
-        }
-        return self._finishes.submit({**verdict, "worker": self.name}).result()
+    def finish(self, done: Sequence[tuple[uuid.UUID, Judgement]]) -> list[bool]:
+        """Store the verdicts and mark the jobs done; True where this call made the outcome."""
+        futures = []
+        for job_id, judgement in done:
+            fields = {k: getattr(judgement, k) for k in jobs.VERDICT_FIELDS if k != "worker"}
+            futures.append(self._finishes.submit({"job_id": job_id, **fields, "worker": self.name}))
+        return [future.result() for future in futures]
+
+    def judge_many(self, sources: Sequence[str]) -> list[Judgement | Exception]:
+        """``judge`` each source, concurrently (fetch and decode overlap); an error is returned, not raised."""
+        if len(sources) == 1:
+            return [_outcome(self.judge, sources[0])]
+        return list(self._judge_pool.map(lambda source: _outcome(self.judge, source), sources))
 
     def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[tuple[str, int] | None]:
         with self.sessions.begin() as session:
@@ -217,6 +239,7 @@ class WorkerRuntime:
             lane, self._lane = self._lane, None
         if lane is not None:
             lane.batcher.close(timeout=60)
+        self._judge_pool.shutdown(wait=True)
         for batcher in (self._claims, self._lookups, self._finishes):
             batcher.close(timeout=30)
 

@@ -58,7 +58,7 @@ def messages_missing(session: Session, broker_url: str) -> bool:
 
 
 def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings) -> SweepReport:
-    relayed = relay_unsent(app, sessions)
+    relayed = relay_unsent(app, sessions, per_message=settings.jobs_per_message)
     with sessions.begin() as session:
         resend_ids, failed_ids = jobs.sweep_stale(
             session,
@@ -70,7 +70,7 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
         if resend_ids:
             rows = session.execute(select(ScanJob.id, ScanJob.priority).where(ScanJob.id.in_(resend_ids)))
             pending = [(row.id, row.priority) for row in rows]
-    resent = send_jobs(app, sessions, pending) if pending else 0
+    resent = send_jobs(app, sessions, pending, per_message=settings.jobs_per_message) if pending else 0
     with sessions() as session:
         runs = training.stale_runs(session, lease_seconds=settings.lease_seconds)
     for run_id in runs:  # the training task claims a stale run only once its heartbeat is old

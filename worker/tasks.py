@@ -1,9 +1,11 @@
-"""Celery tasks of the inference lane: one task per image, the model batched behind them.
+"""Celery tasks of the inference lane: one image per task (or a few, ``DFSCAN_JOBS_PER_MESSAGE``),
+the model batched behind them.
 
-Each task claims its job row (a guarded UPDATE: a redelivered message for a finished job does
-nothing), judges the image through the runtime, and records exactly one outcome. Permanent errors
-fail the job at once with their code; transient ones put it back with backoff until
-``DFSCAN_MAX_ATTEMPTS``; a database outage retries the message and leaves the row for the sweeper.
+Each task claims its job rows (a guarded UPDATE: a redelivered message for a finished job does
+nothing), judges the images through the runtime, and records exactly one outcome per job. Permanent
+errors fail the job at once with their code; transient ones put the job back and send it again with
+backoff until ``DFSCAN_MAX_ATTEMPTS``; a database outage retries the message and leaves the rows for
+the sweeper.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from sqlalchemy.orm import Session
 
 from db import jobs
 from dfscan.exceptions import BadMessageError, DfscanError
-from dfscan.queueing import SCAN_TASK
-from producer.outbox import send_jobs
+from dfscan.queueing import INFERENCE_QUEUE, SCAN_TASK
+from producer.outbox import send_chunk, send_jobs
 from worker.app import app, runtime
-from worker.messages import JobMessage, SourcesMessage, job_id_of, parse_scan_message
-from worker.runtime import WorkerRuntime
+from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
+from worker.runtime import Judgement, WorkerRuntime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,16 +46,18 @@ def scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         message = parse_scan_message(args, kwargs)
     except BadMessageError as exc:
-        job_id = job_id_of(kwargs)
-        log.warning("rejected message %s: %s", self.request.id, exc, extra={"job_id": str(job_id)})
+        named = job_ids_of(kwargs)
+        log.warning(
+            "rejected message %s: %s", self.request.id, exc, extra={"job_ids": [str(i) for i in named]}
+        )
         code, text = exc.code, exc.message
-        if job_id is not None:
-            _with_db(self, rt, lambda s: jobs.finish_failed(s, job_id, code=code, message=text))
+        if named:
+            _with_db(self, rt, lambda s: [jobs.finish_failed(s, i, code=code, message=text) for i in named])
         return {"status": "rejected", "error_code": code, "error": text}
     if isinstance(message, SourcesMessage):
         return _fan_out(self, rt, message)
     assert isinstance(message, JobMessage)
-    return _process(self, rt, message.job_id)
+    return _process(self, rt, message.job_ids)
 
 
 def _db_retry(task: Task, exc: SQLAlchemyError) -> Exception:
@@ -95,44 +99,65 @@ def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str
         return submission.id, [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
 
     submission_id, unsent = _with_db(task, rt, create)
-    sent = send_jobs(task.app, rt.sessions, unsent)
+    sent = send_jobs(task.app, rt.sessions, unsent, per_message=rt.settings.jobs_per_message)
     log.info("foreign message %s became submission %s (%d jobs)", task.request.id, submission_id, sent)
     return {"status": "accepted", "submission_id": str(submission_id), "jobs": len(unsent)}
 
 
-def _process(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> dict[str, Any]:
+def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
+    """Claim the message's jobs, judge them side by side, and record one outcome for each."""
+    claimed = _db_call(task, lambda: rt.claim(job_ids))
+    if not claimed:
+        return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
+    order = list(claimed)
+    outcomes = rt.judge_many([claimed[job_id][0] for job_id in order])
+    db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError)), None)
+    if db_down is not None:  # the duplicate-cache look-up failed: the database is down
+        raise _db_retry(task, db_down)
+    done = [(job_id, out) for job_id, out in zip(order, outcomes, strict=True) if isinstance(out, Judgement)]
+    summary: dict[str, Any] = {"status": "done", "jobs": {}}
+    for job_id, out in zip(order, outcomes, strict=True):
+        if isinstance(out, Exception):
+            summary["jobs"][str(job_id)] = _settle_error(
+                task, rt, job_id, claimed[job_id][1], claimed[job_id][0], out
+            )
+    recorded = _db_call(task, lambda: rt.finish(done))
+    for (job_id, judgement), made in zip(done, recorded, strict=True):
+        summary["jobs"][str(job_id)] = (
+            {
+                "label": judgement.label,
+                "fake_score": round(judgement.fake_score, 6),
+                "model_version": judgement.model_version,
+            }
+            if made
+            else "skipped"
+        )
+    if len(job_ids) == 1:  # Flower shows one image per task: flatten
+        (only,) = summary["jobs"].values() if summary["jobs"] else ("skipped",)
+        return {"job_id": str(job_ids[0]), **(only if isinstance(only, dict) else {"status": only})}
+    return summary
+
+
+def _settle_error(
+    task: Task, rt: WorkerRuntime, job_id: uuid.UUID, attempts: int, source: str, exc: Exception
+) -> dict[str, Any] | str:
+    """Fail the job (a permanent error, or out of attempts) or send it again later with backoff."""
     settings = rt.settings
-    claimed = _db_call(task, lambda: rt.claim(job_id))
-    if claimed is None:
-        return {"status": "skipped", "job_id": str(job_id)}
-    source, attempts = claimed
     extra = {"job_id": str(job_id), "attempt": attempts}
+    if isinstance(exc, DfscanError):
+        code, text, permanent = exc.code, exc.message, exc.permanent
+    else:  # a bug, not an input problem: retry, then fail with the message kept
+        log.error("unexpected error judging %s: %r", source, exc, exc_info=exc, extra=extra)
+        code, text, permanent = "INTERNAL_ERROR", f"unexpected error: {exc!r}", False
+    if permanent or attempts >= settings.max_attempts:
+        _with_db(task, rt, lambda s: jobs.finish_failed(s, job_id, code=code, message=text))
+        log.info("job failed %s: %s", code, text, extra=extra)
+        return {"status": "failed", "error_code": code}
+    _with_db(task, rt, lambda s: jobs.release_job(s, job_id))
+    delay = backoff(attempts)
+    log.info("job will retry in %.1fs after %s: %s", delay, code, text, extra=extra)
     try:
-        judgement = rt.judge(source)
-    except SQLAlchemyError as exc:  # the duplicate-cache look-up: the database is down
-        raise _db_retry(task, exc) from exc
-    except DfscanError as exc:
-        code, text = exc.code, exc.message
-        if exc.permanent or attempts >= settings.max_attempts:
-            _with_db(task, rt, lambda s: jobs.finish_failed(s, job_id, code=code, message=text))
-            log.info("job failed %s: %s", code, text, extra=extra)
-            return {"status": "failed", "job_id": str(job_id), "error_code": code}
-        _with_db(task, rt, lambda s: jobs.release_job(s, job_id))
-        log.info("job will retry after %s: %s", exc.code, exc.message, extra=extra)
-        raise task.retry(exc=exc, countdown=backoff(attempts)) from exc
-    except Exception as exc:  # a bug, not an input problem: retry, then fail with the message kept
-        log.exception("unexpected error judging %s", source, extra=extra)
-        if attempts >= settings.max_attempts:
-            text = f"unexpected error: {exc!r}"
-            _with_db(task, rt, lambda s: jobs.finish_failed(s, job_id, code="INTERNAL_ERROR", message=text))
-            return {"status": "failed", "job_id": str(job_id), "error_code": "INTERNAL_ERROR"}
-        _with_db(task, rt, lambda s: jobs.release_job(s, job_id))
-        raise task.retry(exc=exc, countdown=backoff(attempts)) from exc
-    recorded = _db_call(task, lambda: rt.finish(job_id, judgement))
-    return {
-        "status": "done" if recorded else "skipped",
-        "job_id": str(job_id),
-        "label": judgement.label,
-        "fake_score": round(judgement.fake_score, 6),
-        "model_version": judgement.model_version,
-    }
+        send_chunk(task.app, [job_id], INFERENCE_QUEUE, countdown=delay)
+    except Exception as send_exc:  # the broker is down too: the sweeper re-sends it after the lease
+        log.warning("could not re-send job %s, the sweeper will: %s", job_id, send_exc, extra=extra)
+    return {"status": "retrying", "error_code": code}

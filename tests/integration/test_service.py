@@ -185,3 +185,24 @@ def test_messages_that_could_not_be_sent_are_sent_later_by_the_sweeper(service: 
     service.start_worker("--sweeper")
     sub.wait(60)
     assert sub.status()["done"] == 3
+
+
+def test_several_jobs_per_message_each_get_their_own_outcome(service: Service) -> None:
+    write_images(service.images, 18)
+    (service.images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (service.images / "empty.png").write_bytes(b"")
+    service.env["DFSCAN_JOBS_PER_MESSAGE"] = "8"
+    settings = settings_for(service).model_copy(update={"jobs_per_message": 8})
+    client = ScanClient(settings)
+    sub = client.submit(sorted(str(p) for p in service.images.iterdir()))
+    assert service.redis().llen("inference") == 3  # 20 jobs in messages of 8, 8 and 4
+    app = new_celery_app(settings)
+    for job_id in sub.job_ids[:3]:  # and a few single-job duplicates on top
+        send_job(app, job_id, 0)
+    service.start_worker()
+    sub.wait(60)
+    codes = {Path(row.source).name: row.error_code for row in sub.results() if row.status == "failed"}
+    assert codes == {"broken.jpg": "CORRUPT_IMAGE", "empty.png": "CORRUPT_IMAGE"}
+    assert counts(service) == (20, 18, 18)
+    check = service.cli("check", str(sub.id))
+    assert check.returncode == 0 and "done=18 failed=2 lost=0 duplicated=0" in check.stdout, check.stdout
