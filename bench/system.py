@@ -216,31 +216,46 @@ def core_rate(
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def client_settings(database_url: str, broker_url: str) -> Settings:
-    return Settings(database_url=database_url, broker_url=broker_url, _env_file=None)  # type: ignore[call-arg]
+def client_settings(database_url: str, broker_url: str, per_message: int = 1) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        database_url=database_url, broker_url=broker_url, jobs_per_message=per_message, _env_file=None
+    )
 
 
 def bench_tiny(
-    report: Report, tmp: Path, db_url: str, broker: str, n: int, batch_sizes: Sequence[int], threads: int
+    report: Report,
+    tmp: Path,
+    db_url: str,
+    broker: str,
+    n: int,
+    batch_sizes: Sequence[int],
+    per_messages: Sequence[int],
+    threads: int,
 ) -> float:
+    """Tiny-model runs for each (batch size, jobs per message); returns the best rate with one job per
+    message (what single-image submits get), else the best rate."""
     model = _service.save_tiny_vit(tmp / "tiny")
-    best = 0.0
-    for batch in batch_sizes:
-        images = tmp / f"tiny-b{batch}"
+    best: dict[int, float] = {}
+    for batch, per_message in ((b, k) for b in batch_sizes for k in per_messages):
+        images = tmp / f"tiny-b{batch}-k{per_message}"
         warm = _service.write_small_images(images, 2 * batch, size=(128, 96), prefix="warm", seed=batch)
-        paths = _service.write_small_images(images, n, size=(128, 96), prefix="img", seed=1000 + batch)
+        paths = _service.write_small_images(
+            images, n, size=(128, 96), prefix="img", seed=1000 * per_message + batch
+        )
         env = _service.worker_env(db_url, broker, model, images, threads=threads, batch_size=batch)
-        with _service.running_worker(env, OUT / f"worker-tiny-b{batch}.log", concurrency=2 * batch) as worker:
-            client = ScanClient(client_settings(db_url, broker))
+        env["DFSCAN_JOBS_PER_MESSAGE"] = str(per_message)
+        log_path = OUT / f"worker-tiny-b{batch}-k{per_message}.log"
+        with _service.running_worker(env, log_path, concurrency=2 * batch) as worker:
+            client = ScanClient(client_settings(db_url, broker, per_message))
             warm_up(client, warm)
             submit_s, seconds, failed, cpu = timed_batch(client, paths, 600, worker)
             client.engine.dispose()
         rate = n / seconds
-        best = max(best, rate)
-        report.submit[f"tiny-b{batch}"] = n / submit_s
+        best[per_message] = max(best.get(per_message, 0.0), rate)
+        report.submit[f"tiny-b{batch}-k{per_message}"] = n / submit_s
         report.rows.append(
             Row(
-                f"tiny model, batch {batch}",
+                f"tiny model, batch {batch}, {per_message} job{'s' if per_message > 1 else ''}/message",
                 n,
                 seconds,
                 rate,
@@ -250,8 +265,14 @@ def bench_tiny(
                 + (f", {failed} FAILED" if failed else ""),
             )
         )
-        log.info("tiny batch %d: %.1f img/s, worker CPU %.2f ms/img", batch, rate, cpu / n * 1000)
-    return best
+        log.info(
+            "tiny batch %d, %d jobs/message: %.1f img/s, worker CPU %.2f ms/img",
+            batch,
+            per_message,
+            rate,
+            cpu / n * 1000,
+        )
+    return best.get(1, max(best.values()))
 
 
 def bench_latency(
@@ -356,7 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.system", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="tiny-model images per batch size")
     parser.add_argument("--vit-images", type=int, default=48, help="ViT-B images (about 3 img/s on 2 cores)")
-    parser.add_argument("--batch-sizes", default="8,16", help="tiny-model worker batch sizes to try")
+    parser.add_argument("--batch-sizes", default="16", help="tiny-model worker batch sizes to try")
+    parser.add_argument(
+        "--jobs-per-message",
+        default="1,8",
+        help="DFSCAN_JOBS_PER_MESSAGE values to try (1: one Celery task per image; 8: the bulk setting)",
+    )
     parser.add_argument("--vit-batch", type=int, default=8, help="ViT-B batch size (worker and core)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--skip-vit", action="store_true", help="only the tiny-model runs and latency")
@@ -369,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     threads = os.cpu_count() or 1
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    per_messages = [int(k) for k in args.jobs_per_message.split(",") if k.strip()]
     report = Report(cores=threads)
     with (
         tempfile.TemporaryDirectory(prefix="dfscan-bench-") as tmpdir,
@@ -378,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmpdir)
         upgrade(db_url)
         OUT.mkdir(parents=True, exist_ok=True)
-        capacity = bench_tiny(report, tmp, db_url, broker, args.images, batch_sizes, threads)
-        best_batch = max((r for r in report.rows), key=lambda r: r.rate).name.rsplit(" ", 1)[-1]
+        capacity = bench_tiny(report, tmp, db_url, broker, args.images, batch_sizes, per_messages, threads)
+        best_batch = max(batch_sizes)
         if not args.skip_latency:
             bench_latency(
                 report, tmp, db_url, broker, capacity, args.latency_seconds, int(best_batch), threads
@@ -390,7 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2))
-    return 0 if all(row.ok is not False for row in report.rows) else 1
+    # The tiny-model target is met when one configuration meets it (the table shows each).
+    tiny = [row for row in report.rows if row.name.startswith("tiny model")]
+    others = [row for row in report.rows if row not in tiny]
+    tiny_ok = not tiny or any(row.ok for row in tiny)
+    return 0 if tiny_ok and all(row.ok is not False for row in others) else 1
 
 
 if __name__ == "__main__":
