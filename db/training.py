@@ -103,7 +103,9 @@ def stale_runs(session: Session, *, lease_seconds: int) -> list[uuid.UUID]:
     """Runs whose message or worker was lost: queued or running with no change for ``lease_seconds``."""
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
     query = select(TrainingRun.id).where(
-        TrainingRun.state.in_(ACTIVE), TrainingRun.updated_at < cutoff, TrainingRun.cancel_requested.is_(False)
+        TrainingRun.state.in_(ACTIVE),
+        TrainingRun.updated_at < cutoff,
+        TrainingRun.cancel_requested.is_(False),
     )
     return list(session.scalars(query))
 
