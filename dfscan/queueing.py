@@ -55,6 +55,8 @@ def expand_queues(names: str) -> list[str]:
 def new_celery_app(settings: Settings) -> Celery:
     app = Celery("dfscan", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
+        # kombu's Redis transport, with a race on connection loss closed (see dfscan/broker.py).
+        broker_transport="dfscan.broker:Transport",
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,  # Postgres holds the outcome; Celery results would be a second truth

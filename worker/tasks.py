@@ -125,6 +125,7 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
     for (job_id, judgement), made in zip(done, recorded, strict=True):
         summary["jobs"][str(job_id)] = (
             {
+                "status": "done",
                 "label": judgement.label,
                 "fake_score": round(judgement.fake_score, 6),
                 "model_version": judgement.model_version,

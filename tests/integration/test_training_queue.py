@@ -119,7 +119,7 @@ def test_a_killed_training_worker_is_resumed_from_its_checkpoint(service: Servic
     service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
     service.env["DFSCAN_LEASE_SECONDS"] = "4"
     data = write_split_folder(service.tmp / "data", {"train": 48, "validation": 8, "test": 8})
-    run_id = queue_run(service, data, "--epochs", "4", "--patience", "10")
+    run_id = queue_run(service, data, "--epochs", "30", "--patience", "100")
     first = service.start_worker("--queues=training")
     wait_run(service, run_id, lambda i: (i["progress"] or {}).get("epoch", 0) >= 1.5)
     first.kill()
