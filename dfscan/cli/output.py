@@ -46,7 +46,12 @@ def print_rows(rows: list[dict[str, Any]], fmt: Format, *, extra_keys: tuple[str
 
 def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
     table = Table(show_lines=False)
-    for name, justify in (("source", "left"), ("label", "left"), ("p(fake)", "right"), ("model", "left")):
+    for name, justify in (
+        ("source", "left"),
+        ("label", "left"),
+        ("p(fake)", "right"),
+        ("model or error", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         if row["status"] == "done":
