@@ -158,9 +158,20 @@ def claim_jobs(
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:
         message = f"job was tried {max_attempts} times (the limit) without finishing"
-        failed = session.execute(
+        failed = _fail_max_attempts(
+            session, and_(ScanJob.id.in_(rest), ScanJob.state.in_(ACTIVE)), message, now
+        )
+        for job_id in failed:
+            log.warning("job %s failed: %s", job_id, message, extra={"job_id": str(job_id)})
+    return out
+
+
+def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime) -> list[uuid.UUID]:
+    """Fail the jobs matching ``where`` with ``MAX_ATTEMPTS``; return their ids."""
+    return list(
+        session.scalars(
             update(ScanJob)
-            .where(ScanJob.id.in_(rest), ScanJob.state.in_(ACTIVE))
+            .where(where)
             .values(
                 state="failed",
                 error_code=MAX_ATTEMPTS_CODE,
@@ -171,10 +182,8 @@ def claim_jobs(
             )
             .returning(ScanJob.id),
             execution_options={"synchronize_session": False},
-        ).all()
-        for row in failed:
-            log.warning("job %s failed: %s", row.id, message, extra={"job_id": str(row.id)})
-    return out
+        )
+    )
 
 
 def claim_job(
@@ -314,20 +323,12 @@ def sweep_stale(
         ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None), ScanJob.updated_at < cutoff
     )
     stale = or_(stale_queued, stale_running) if include_queued else stale_running
-    failed = session.scalars(
-        update(ScanJob)
-        .where(stale, ScanJob.attempts >= max_attempts)
-        .values(
-            state="failed",
-            error_code=MAX_ATTEMPTS_CODE,
-            error_message=f"job was lost or timed out after {max_attempts} attempts (the limit)",
-            finished_at=now,
-            updated_at=now,
-            lease_until=None,
-        )
-        .returning(ScanJob.id),
-        execution_options={"synchronize_session": False},
-    ).all()
+    failed = _fail_max_attempts(
+        session,
+        and_(stale, ScanJob.attempts >= max_attempts),
+        f"job was lost or timed out after {max_attempts} attempts (the limit)",
+        now,
+    )
     resend = session.scalars(
         update(ScanJob)
         .where(stale)
