@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -127,12 +127,20 @@ def _guarded_update(session: Session, job_id: uuid.UUID, states: Sequence[str], 
     return result.first() is not None
 
 
+class Claim(NamedTuple):
+    """What a worker needs of a job it claimed."""
+
+    source: str
+    attempts: int
+    priority: int
+
+
 def claim_jobs(
     session: Session, job_ids: Sequence[uuid.UUID], *, worker: str, lease_seconds: int, max_attempts: int
-) -> dict[uuid.UUID, tuple[str, int]]:
+) -> dict[uuid.UUID, Claim]:
     """Mark each job running for ``worker`` and count an attempt, in two statements for the lot.
 
-    Returns ``{job_id: (source, attempts)}`` for the jobs claimed. A job left out means: ack and do
+    Returns ``{job_id: Claim(source, attempts, priority)}`` for the jobs claimed. A job left out means: ack and do
     nothing. It is missing or already final (a redelivery), or this attempt would exceed
     ``max_attempts``, in which case it is failed with ``MAX_ATTEMPTS`` first.
     """
@@ -151,10 +159,10 @@ def claim_jobs(
             lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts),
+        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts, ScanJob.priority),
         execution_options={"synchronize_session": False},
     ).all()
-    out = {row.id: (row.source, row.attempts) for row in claimed}
+    out = {row.id: Claim(row.source, row.attempts, row.priority) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:
         message = f"job was tried {max_attempts} times (the limit) without finishing"

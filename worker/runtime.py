@@ -110,7 +110,7 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         # The database round trips of concurrent tasks share statements: a batch is whatever queued
         # up while the previous statement ran (max_wait 0), so a lone task never waits for company.
-        self._claims: MicroBatcher[uuid.UUID, tuple[str, int] | None] = MicroBatcher(
+        self._claims: MicroBatcher[uuid.UUID, jobs.Claim | None] = MicroBatcher(
             self._claim_batch, max_batch=_DB_BATCH, max_wait=0.0, name="claim"
         )
         self._lookups: MicroBatcher[tuple[str, str], float | None] = MicroBatcher(
@@ -126,8 +126,8 @@ class WorkerRuntime:
 
     # --- the job rows, batched across concurrent tasks ------------------------------------------
 
-    def claim(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
-        """Claim jobs for this worker: ``{job_id: (source, attempts)}`` for those claimed (the others
+    def claim(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, jobs.Claim]:
+        """Claim jobs for this worker: ``{job_id: Claim(source, attempts, priority)}`` for those claimed (the others
         are final, missing or out of attempts: nothing to do)."""
         futures = [(job_id, self._claims.submit(job_id)) for job_id in job_ids]
         claimed = {job_id: future.result() for job_id, future in futures}
@@ -147,7 +147,7 @@ class WorkerRuntime:
             return [_outcome(self.judge, sources[0])]
         return list(self._judge_pool.map(lambda source: _outcome(self.judge, source), sources))
 
-    def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[tuple[str, int] | None]:
+    def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[jobs.Claim | None]:
         with self.sessions.begin() as session:
             claimed = jobs.claim_jobs(
                 session,

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from db import jobs
 from dfscan.exceptions import BadMessageError, DfscanError
-from dfscan.queueing import INFERENCE_QUEUE, SCAN_TASK
-from producer.outbox import send_chunk, send_jobs
+from dfscan.queueing import SCAN_TASK
+from producer.outbox import send_job, send_jobs
 from worker.app import app, runtime
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
 from worker.runtime import Judgement, WorkerRuntime
@@ -110,7 +110,7 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
     if not claimed:
         return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
     order = list(claimed)
-    outcomes = rt.judge_many([claimed[job_id][0] for job_id in order])
+    outcomes = rt.judge_many([claimed[job_id].source for job_id in order])
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
         raise _db_retry(task, db_down)
@@ -118,9 +118,7 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
     summary: dict[str, Any] = {"status": "done", "jobs": {}}
     for job_id, out in zip(order, outcomes, strict=True):
         if isinstance(out, Exception):
-            summary["jobs"][str(job_id)] = _settle_error(
-                task, rt, job_id, claimed[job_id][1], claimed[job_id][0], out
-            )
+            summary["jobs"][str(job_id)] = _settle_error(task, rt, job_id, claimed[job_id], out)
     recorded = _db_call(task, lambda: rt.finish(done))
     for (job_id, judgement), made in zip(done, recorded, strict=True):
         summary["jobs"][str(job_id)] = (
@@ -140,10 +138,12 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
 
 
 def _settle_error(
-    task: Task, rt: WorkerRuntime, job_id: uuid.UUID, attempts: int, source: str, exc: Exception
+    task: Task, rt: WorkerRuntime, job_id: uuid.UUID, claim: jobs.Claim, exc: Exception
 ) -> dict[str, Any] | str:
-    """Fail the job (a permanent error, or out of attempts) or send it again later with backoff."""
+    """Fail the job (a permanent error, or out of attempts) or send it again later with backoff,
+    on its own lane."""
     settings = rt.settings
+    attempts, source = claim.attempts, claim.source
     extra = {"job_id": str(job_id), "attempt": attempts}
     if isinstance(exc, DfscanError):
         code, text, permanent = exc.code, exc.message, exc.permanent
@@ -158,7 +158,7 @@ def _settle_error(
     delay = backoff(attempts)
     log.info("job will retry in %.1fs after %s: %s", delay, code, text, extra=extra)
     try:
-        send_chunk(task.app, [job_id], INFERENCE_QUEUE, countdown=delay)
+        send_job(task.app, job_id, claim.priority, countdown=delay)
     except Exception as send_exc:  # the broker is down too: the sweeper re-sends it after the lease
         log.warning("could not re-send job %s, the sweeper will: %s", job_id, send_exc, extra=extra)
     return {"status": "retrying", "error_code": code}
