@@ -206,3 +206,18 @@ def test_several_jobs_per_message_each_get_their_own_outcome(service: Service) -
     assert counts(service) == (20, 18, 18)
     check = service.cli("check", str(sub.id))
     assert check.returncode == 0 and "done=18 failed=2 lost=0 duplicated=0" in check.stdout, check.stdout
+
+
+def test_transient_http_errors_are_retried_then_fail_with_their_code(service: Service) -> None:
+    from tests.fixtures.http_server import serve_http
+
+    with serve_http() as server:
+        service.env.update({"DFSCAN_URL_ALLOWLIST": "127.0.0.1", "DFSCAN_MAX_ATTEMPTS": "3"})
+        service.start_worker()
+        client = ScanClient(settings_for(service))
+        sub = client.submit([server.url("/status/503"), server.url("/status/404")])
+        sub.wait(90)
+        rows = {row.source.rsplit("/", 1)[-1]: row for row in sub.results()}
+        assert rows["503"].error_code == "HTTP_STATUS" and rows["503"].attempts == 3
+        assert rows["404"].error_code == "HTTP_STATUS" and rows["404"].attempts == 1
+        assert server.hits["/status/503"] == 3 and server.hits["/status/404"] == 1
