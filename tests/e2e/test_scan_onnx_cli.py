@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.images import write_images
+from tests.e2e.test_scan_cli import dfscan
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
-
-
-def dfscan(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DFSCAN_")}
-    base.update({"HF_HUB_OFFLINE": "1", "DFSCAN_THREADS": "1", **env})
-    return subprocess.run(
-        [sys.executable, "-m", "dfscan.cli.main", *args],
-        cwd=cwd,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_onnx_scan_matches_torch_and_caches_its_export(tmp_path: Path) -> None:
