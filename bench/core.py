@@ -41,8 +41,8 @@ from rich.table import Table
 
 from bench.images import write_images
 from worker.inference.images import ImagePolicy
+from worker.inference.judge import Judge, judge_stream
 from worker.inference.model import Detector, load_detector
-from worker.inference.pipeline import ScanItem, scan
 from worker.inference.preprocess import load_pixels
 from worker.inference.sources import SourcePolicy
 
@@ -108,20 +108,24 @@ def bench_scan(
     detector: Detector, paths: list[Path], batch_size: int, workers: int, runtime: str = "torch"
 ) -> Variant:
     """dfscan end to end: read + decode + preprocess (overlapped) + forward."""
-    sources = SourcePolicy(allowed_roots=(paths[0].parent,))
-    images = ImagePolicy()
-    items = [ScanItem(str(i), str(p)) for i, p in enumerate(paths)]
+    judge = Judge(
+        detector,
+        sources=SourcePolicy(allowed_roots=(paths[0].parent,)),
+        images=ImagePolicy(),
+        batch_size=batch_size,
+    )
+    items = [str(p) for p in paths]
 
-    def run(subset: list[ScanItem]) -> int:
-        results = list(
-            scan(subset, detector, sources=sources, images=images, batch_size=batch_size, workers=workers)
-        )
+    def run(subset: list[str]) -> int:
+        results = list(judge_stream(judge, subset, threads=workers))
         failed = [r for r in results if r.status != "done"]
         assert len(results) == len(subset) and not failed, f"scan failed items: {failed[:3]}"
         return len(results)
 
     run(items[:batch_size])
+    judge._memo.clear()  # the warm-up's scores must not answer the timed run
     count, seconds = timed(lambda: run(items))
+    judge.close()
     suffix = "" if runtime == "torch" else f" ({runtime})"
     return Variant(f"dfscan scan() end to end{suffix}, batch {batch_size}", count, seconds)
 

@@ -7,7 +7,7 @@ and a flushed Redis database:
   figure is the system's own overhead per image (task, claim UPDATE, verdict INSERT, ack, Redis
   round trips). Target: >= 300 img/s for one worker process. Run at each ``--batch-sizes``.
 - **vit-b**: a ViT-B/16-sized random model on photo-sized JPEGs through the system, against the
-  in-process core (``worker.inference.pipeline.scan``) on the same images, batch size and threads,
+  in-process core (``worker.inference.judge.judge_stream``) on the same images, batch size and threads,
   measured in the same run. Target: >= 0.9x the core.
 - **latency**: single-image submissions at a steady rate (half the tiny capacity) for
   ``--latency-seconds``; latency is ``verdicts.created_at - scan_jobs.created_at`` (submit to verdict).
@@ -184,24 +184,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 def core_rate(
     model_dir: Path, paths: Sequence[Path], warm: Sequence[Path], *, batch: int, threads: int
 ) -> float:
-    """img/s of ``pipeline.scan`` in this process on ``paths`` (after a warm-up on ``warm``)."""
+    """img/s of the in-process judge (``judge_stream``) on ``paths`` (after a warm-up on ``warm``)."""
     from worker.inference.images import ImagePolicy
+    from worker.inference.judge import Judge, judge_stream
     from worker.inference.model import load_detector
-    from worker.inference.pipeline import ScanItem, scan
     from worker.inference.sources import SourcePolicy
 
     detector = load_detector(str(model_dir), device="cpu", threads=threads)
-    sources = SourcePolicy(allowed_roots=(paths[0].parent,))
-    images = ImagePolicy()
+    judge = Judge(
+        detector,
+        sources=SourcePolicy(allowed_roots=(paths[0].parent,)),
+        images=ImagePolicy(),
+        batch_size=batch,
+    )
 
     def run(items: Sequence[Path]) -> int:
-        results = scan(
-            (ScanItem(str(p), str(p)) for p in items),
-            detector,
-            sources=sources,
-            images=images,
-            batch_size=batch,
-        )
+        results = judge_stream(judge, [str(p) for p in items], threads=max(2, threads))
         return sum(1 for r in results if r.status == "done")
 
     run(warm)

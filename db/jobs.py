@@ -3,7 +3,7 @@
 Every state change is one guarded ``UPDATE ... WHERE state IN (...)``, so a redelivered message, a
 second worker or a sweeper racing a worker can never move a final job (done/failed) again, and a
 job gets at most one verdict (``verdicts.job_id`` is unique besides). Functions take a Session and
-never commit: the caller owns the transaction (see ``db.session.session_scope``).
+never commit: the caller owns the transaction (``with sessions.begin() as session: ...``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import ScanJob, Submission, Verdict, utcnow
 from dfscan.exceptions import MaxAttemptsError
+from dfscan.verdicts import STORED
+from dfscan.verdicts import Verdict as VerdictResult
 
 log = logging.getLogger(__name__)
 
@@ -205,27 +207,14 @@ def claim_job(
     return session.get(ScanJob, job_id, populate_existing=True)
 
 
-VERDICT_FIELDS = (
-    "label",
-    "fake_score",
-    "threshold",
-    "model_version",
-    "image_sha256",
-    "n_bytes",
-    "width",
-    "height",
-    "fetch_ms",
-    "decode_ms",
-    "infer_ms",
-    "cached",
-    "worker",
-)
+# The columns of a verdict row: the verdict's stored fields (one mapper: dfscan.verdicts) and the worker.
+VERDICT_FIELDS = (*STORED, "worker")
 
 
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
     """Mark jobs done and store their verdicts (one UPDATE and one INSERT for the lot).
 
-    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS``. Returns the ids this call
+    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS`` (``Verdict.row()`` plus ``worker``). Returns the ids this call
     finished. The job rows are updated first, guarded on a non-final state: on PostgreSQL the row
     locks make a concurrent redelivery wait, then see ``done`` and write nothing. The verdict insert
     is ``ON CONFLICT (job_id) DO NOTHING`` as a second line of defence. A job that already failed
@@ -278,6 +267,16 @@ def _insert_ignoring_duplicate(session: Session) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
     return insert(Verdict)
+
+
+def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:
+    """Store the final outcome ``verdict`` of a job: done with its verdict row, or failed with its code.
+    True if this call made the outcome (False: the job was already final)."""
+    if verdict.done:
+        return finish_done(session, job_id, **verdict.row(), worker=worker)
+    return finish_failed(
+        session, job_id, code=verdict.error_code or "INTERNAL_ERROR", message=verdict.error or ""
+    )
 
 
 def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
@@ -347,6 +346,26 @@ def sweep_stale(
     if failed or resend:
         log.info("sweep: %d jobs to re-send, %d failed with %s", len(resend), len(failed), MAX_ATTEMPTS_CODE)
     return list(resend), list(failed)
+
+
+def count_sent_queued(session: Session) -> int:
+    """Queued jobs whose message was sent: what the broker should be holding for them."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(ScanJob)
+            .where(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None))
+        )
+        or 0
+    )
+
+
+def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
+    """``(job id, priority)`` of each job, to send its message to its own lane."""
+    if not job_ids:
+        return []
+    rows = session.execute(select(ScanJob.id, ScanJob.priority).where(ScanJob.id.in_(list(job_ids))))
+    return [(row.id, row.priority) for row in rows]
 
 
 def cached_scores(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, float]:

@@ -175,6 +175,8 @@ class Verdict(Base):
     threshold: Mapped[float] = mapped_column(Float)
     model_version: Mapped[str] = mapped_column(String(255), index=True)
     image_sha256: Mapped[str] = mapped_column(String(64))
+    # The format the bytes were decoded as (Pillow's name: JPEG, PNG, WEBP, ...); NULL before 0002.
+    image_format: Mapped[str | None] = mapped_column(String(16))
     n_bytes: Mapped[int | None] = mapped_column(BigInteger)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)

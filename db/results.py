@@ -10,32 +10,76 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import JOB_STATES, ScanJob, Submission, Verdict
+from db.models import JOB_STATES, ScanJob, Submission
+from db.models import Verdict as VerdictRow
+from dfscan.verdicts import STORED, Verdict
 
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One job and its verdict (verdict fields are None unless the job is done)."""
+    """One job and its outcome: ``verdict`` carries the source, the job's state and, once the job is
+    done, its stored verdict (``dfscan.verdicts.Verdict``, the same type the judge returns)."""
 
     job_id: uuid.UUID
     submission_id: uuid.UUID
     seq: int
-    source: str
-    status: str
-    label: str | None
-    fake_score: float | None
-    threshold: float | None
-    model_version: str | None
-    error_code: str | None
-    error: str | None
-    image_sha256: str | None
     attempts: int
     created_at: datetime
     finished_at: datetime | None
+    verdict: Verdict
+
+    @property
+    def source(self) -> str:
+        return self.verdict.source
+
+    @property
+    def status(self) -> str:
+        return self.verdict.status
+
+    @property
+    def label(self) -> str | None:
+        return self.verdict.label
+
+    @property
+    def fake_score(self) -> float | None:
+        return self.verdict.fake_score
+
+    @property
+    def model_version(self) -> str | None:
+        return self.verdict.model_version
+
+    @property
+    def threshold(self) -> float | None:
+        return self.verdict.threshold
+
+    @property
+    def image_sha256(self) -> str | None:
+        return self.verdict.image_sha256
+
+    @property
+    def error_code(self) -> str | None:
+        return self.verdict.error_code
+
+    @property
+    def error(self) -> str | None:
+        return self.verdict.error
+
+    def output(self) -> dict[str, Any]:
+        """The public JSON object of this job (what `dfscan results --format json` prints)."""
+        return {
+            "job_id": self.job_id,
+            "submission_id": self.submission_id,
+            "seq": self.seq,
+            **self.verdict.output(),
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+        }
 
 
 def submission_counts(session: Session, submission_id: uuid.UUID) -> dict[str, int]:
@@ -64,11 +108,11 @@ def results(
 
     ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it.
     """
-    query = select(ScanJob, Verdict).outerjoin(Verdict, Verdict.job_id == ScanJob.id)
+    query = select(ScanJob, VerdictRow).outerjoin(VerdictRow, VerdictRow.job_id == ScanJob.id)
     if submission_id is not None:
         query = query.where(ScanJob.submission_id == submission_id)
     if label is not None:
-        query = query.where(Verdict.label == label)
+        query = query.where(VerdictRow.label == label)
     if since is not None:
         query = query.where(ScanJob.finished_at >= since)
     query = query.order_by(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq)
@@ -77,23 +121,22 @@ def results(
     return [_row(job, verdict) for job, verdict in session.execute(query)]
 
 
-def _row(job: ScanJob, verdict: Verdict | None) -> ResultRow:
+def _row(job: ScanJob, verdict: VerdictRow | None) -> ResultRow:
+    stored = None if verdict is None else {name: getattr(verdict, name) for name in STORED}
     return ResultRow(
         job_id=job.id,
         submission_id=job.submission_id,
         seq=job.seq,
-        source=job.source,
-        status=job.state,
-        label=verdict.label if verdict else None,
-        fake_score=verdict.fake_score if verdict else None,
-        threshold=verdict.threshold if verdict else None,
-        model_version=verdict.model_version if verdict else None,
-        error_code=job.error_code,
-        error=job.error_message,
-        image_sha256=verdict.image_sha256 if verdict else None,
         attempts=job.attempts,
         created_at=job.created_at,
         finished_at=job.finished_at,
+        verdict=Verdict.from_stored(
+            source=job.source,
+            status=job.state,
+            error_code=job.error_code,
+            error=job.error_message,
+            row=stored,
+        ),
     )
 
 
@@ -138,7 +181,9 @@ def check_submission(session: Session, submission_id: uuid.UUID, *, max_attempts
         raise LookupError(f"no submission {submission_id}")
     report = CheckReport(submission_id=submission_id, submitted=submission.n_jobs)
     verdict_counts = (
-        select(Verdict.job_id, func.count().label("n")).group_by(Verdict.job_id).subquery("verdict_counts")
+        select(VerdictRow.job_id, func.count().label("n"))
+        .group_by(VerdictRow.job_id)
+        .subquery("verdict_counts")
     )
     rows = session.execute(
         select(

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -62,17 +60,3 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
 def new_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to ``engine``. Objects stay readable after commit (``expire_on_commit=False``)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit if the block returns, roll back (and re-raise) if it raises."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

@@ -24,11 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs, results
 from db.session import new_engine, new_session_factory
 from dfscan.exceptions import QueueFullError
+from dfscan.outbox import queue_depth, send_jobs
 from dfscan.queueing import new_celery_app
 from dfscan.settings import Settings, get_settings
-from producer.outbox import queue_depth, relay_unsent, send_jobs
-
-FINAL_STATES = ("done", "failed")
 
 
 @dataclass
@@ -131,10 +129,6 @@ class ScanClient:
         sid = uuid.UUID(str(submission_id)) if submission_id else None
         with self.sessions() as session:
             return results.results(session, submission_id=sid, label=label, since=since, limit=limit)
-
-    def relay_unsent(self) -> int:
-        """Send messages for jobs whose first send failed."""
-        return relay_unsent(self.app, self.sessions, per_message=self.settings.jobs_per_message)
 
     def _check_capacity(self, n: int, wait_for_capacity: float | None) -> None:
         limit = self.settings.queue_max_depth

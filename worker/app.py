@@ -14,25 +14,36 @@ from celery.worker.control import control_command
 
 from dfscan.queueing import RELOAD_COMMAND, new_celery_app
 from dfscan.settings import get_settings
-from worker.runtime import WorkerRuntime
+from worker.runtime import InferenceRuntime, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 app = new_celery_app(get_settings())
 app.conf.imports = ("worker.tasks", "worker.training_tasks")
 
-_runtime: WorkerRuntime | None = None
+_runtimes: dict[str, WorkerRuntime] = {}
 _runtime_lock = threading.Lock()
-_stop_sweeper = threading.Event()
+# Set on worker shutdown: stops the sweeper thread of `dfscan worker --sweeper`.
+stop_sweeper = threading.Event()
 
 
-def runtime() -> WorkerRuntime:
-    """This process's runtime, built on first use (after any fork, never before)."""
-    global _runtime
+def inference_runtime() -> InferenceRuntime:
+    """This process's inference runtime (model, batchers), built on first use (after any fork)."""
     with _runtime_lock:
-        if _runtime is None:
-            _runtime = WorkerRuntime(get_settings())
-        return _runtime
+        rt = _runtimes.get("inference")
+        if rt is None:
+            rt = _runtimes["inference"] = InferenceRuntime(get_settings())
+        assert isinstance(rt, InferenceRuntime)
+        return rt
+
+
+def training_runtime() -> WorkerRuntime:
+    """This process's runtime for training tasks: settings and sessions only, no model."""
+    with _runtime_lock:
+        rt = _runtimes.get("training")
+        if rt is None:
+            rt = _runtimes["training"] = WorkerRuntime(get_settings())
+        return rt
 
 
 def consumes_inference(consumer: object) -> bool:
@@ -45,15 +56,18 @@ def consumes_inference(consumer: object) -> bool:
 def _warm_up(sender: object = None, **_: object) -> None:
     """Load the model before the first task needs it, off the consumer's thread (sender: the Consumer)."""
     if consumes_inference(sender):
-        threading.Thread(target=runtime().lane, name="dfscan-warm-up", daemon=True).start()
+        threading.Thread(target=inference_runtime().judge, name="dfscan-warm-up", daemon=True).start()
 
 
 @worker_shutdown.connect
 def _drain(**_: object) -> None:
     """Tasks have finished (warm shutdown); run what is left in the batcher, then stop."""
-    _stop_sweeper.set()
-    if _runtime is not None:
-        _runtime.close()
+    stop_sweeper.set()
+    with _runtime_lock:
+        runtimes = list(_runtimes.values())
+        _runtimes.clear()
+    for rt in runtimes:
+        rt.close()
 
 
 @control_command(name=RELOAD_COMMAND)  # type: ignore[misc]
@@ -64,7 +78,7 @@ def reload_model(state: object) -> dict[str, str]:
 
     def _reload() -> None:
         try:
-            runtime().reload()
+            inference_runtime().reload()
         except Exception:
             log.exception("reloading the promoted model failed; the current model stays in service")
 

@@ -1,9 +1,12 @@
-"""What one inference worker process holds: settings, database sessions, the model and its batcher.
+"""What one worker process holds: settings and database sessions (every worker), plus, for an
+inference worker, the serving :class:`~worker.inference.judge.Judge` and the micro-batchers that share
+database statements between concurrent tasks.
 
 Built once per process, lazily, on the first task (or at worker start-up), never before a fork.
-Promotion of a new model version swaps ``(detector, batcher)`` as one pair: a task takes the pair
-at its start, so its image is preprocessed for, scored by, and recorded under one model version.
-The old batcher keeps running until its in-flight items are done.
+Promotion of a new model version swaps the judge (model, batcher, threshold) as one: a task takes the
+judge at its start, so its image is preprocessed for, scored by, and recorded under one model version.
+The old batcher keeps running until its in-flight items are done. A training worker builds only the
+sessions: no model, no batchers.
 """
 
 from __future__ import annotations
@@ -14,10 +17,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,11 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs, registry
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings, get_settings
-from worker.inference.batcher import DynamicBatcher, MicroBatcher
-from worker.inference.images import ImagePolicy, image_sha256
-from worker.inference.model import Detector, load_detector
-from worker.inference.preprocess import load_pixels
-from worker.inference.sources import SourcePolicy, read_source
+from dfscan.verdicts import Verdict
+from worker.inference.batcher import MicroBatcher
+from worker.inference.factory import new_detector, new_judge
+from worker.inference.judge import Judge
 
 log = logging.getLogger(__name__)
 
@@ -40,73 +40,35 @@ _DB_BATCH = 64
 _RETIRE_AFTER = 30.0
 
 
-@dataclass(frozen=True)
-class Judgement:
-    """The outcome of one image, ready for ``jobs.finish_done``."""
-
-    fake_score: float
-    label: str
-    threshold: float
-    model_version: str
-    image_sha256: str
-    n_bytes: int
-    width: int | None
-    height: int | None
-    fetch_ms: float
-    decode_ms: float
-    infer_ms: float
-    cached: bool
-
-
-@dataclass(frozen=True)
-class Lane:
-    """A model and the batcher that feeds it, swapped together on promotion."""
-
-    detector: Detector
-    batcher: DynamicBatcher
-    threshold: float
-
-
-def _outcome(judge: Callable[[str], Judgement], source: str) -> Judgement | Exception:
+def _outcome(judge: Judge, source: str) -> Verdict | Exception:
     try:
-        return judge(source)
-    except Exception as exc:  # carried back to the task, which decides per job
+        return judge.judge(source)
+    except Exception as exc:  # only the duplicate-cache look-up raises: the database is down
         return exc
 
 
-def source_policy(settings: Settings) -> SourcePolicy:
-    return SourcePolicy(
-        allowed_roots=tuple(Path(root) for root in settings.allowed_roots),
-        url_allowlist=settings.url_allowlist,
-        max_bytes=settings.max_bytes,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        deadline=settings.fetch_deadline,
-        max_redirects=settings.max_redirects,
-    )
-
-
-def image_policy(settings: Settings) -> ImagePolicy:
-    return ImagePolicy(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
-
-
-def default_threads(settings: Settings) -> int:
-    """torch threads for this process: the setting, else every core (one model thread per process)."""
-    return settings.threads or max(1, os.cpu_count() or 1)
-
-
 class WorkerRuntime:
-    def __init__(self, settings: Settings | None = None) -> None:
+    """Settings, a name for this process, and database sessions."""
+
+    def __init__(self, settings: Settings | None = None, *, pool_size: int = 5) -> None:
         self.settings = settings or get_settings()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.engine = new_engine(self.settings.database_url, pool_size=pool_size, max_overflow=10)
+        self.sessions: sessionmaker[Session] = new_session_factory(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class InferenceRuntime(WorkerRuntime):
+    """An inference worker: the serving judge and batched claims, cache look-ups and verdict writes."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
         # One pooled connection per task thread (`dfscan worker` runs 2 x batch size threads): with
         # SQLAlchemy's default 5 + 10 overflow, busy threads opened and closed a connection per query.
-        pool_size = max(5, 2 * self.settings.batch_size)
-        engine = new_engine(self.settings.database_url, pool_size=pool_size, max_overflow=10)
-        self.sessions: sessionmaker[Session] = new_session_factory(engine)
-        self.sources = source_policy(self.settings)
-        self.images = image_policy(self.settings)
-        self._lane: Lane | None = None
+        super().__init__(settings, pool_size=max(5, 2 * settings.batch_size))
+        self._judge: Judge | None = None
         self._lock = threading.Lock()
         # The database round trips of concurrent tasks share statements: a batch is whatever queued
         # up while the previous statement ran (max_wait 0), so a lone task never waits for company.
@@ -133,19 +95,25 @@ class WorkerRuntime:
         claimed = {job_id: future.result() for job_id, future in futures}
         return {job_id: got for job_id, got in claimed.items() if got is not None}
 
-    def finish(self, done: Sequence[tuple[uuid.UUID, Judgement]]) -> list[bool]:
-        """Store the verdicts and mark the jobs done; True where this call made the outcome."""
-        futures = []
-        for job_id, judgement in done:
-            fields = {k: getattr(judgement, k) for k in jobs.VERDICT_FIELDS if k != "worker"}
-            futures.append(self._finishes.submit({"job_id": job_id, **fields, "worker": self.name}))
+    def finish(self, done: Sequence[tuple[uuid.UUID, Verdict]]) -> list[bool]:
+        """Store done verdicts and mark their jobs done; True where this call made the outcome."""
+        futures = [
+            self._finishes.submit({"job_id": job_id, **verdict.row(), "worker": self.name})
+            for job_id, verdict in done
+        ]
         return [future.result() for future in futures]
 
-    def judge_many(self, sources: Sequence[str]) -> list[Judgement | Exception]:
-        """``judge`` each source, concurrently (fetch and decode overlap); an error is returned, not raised."""
+    def judge_many(self, sources: Sequence[str]) -> list[Verdict | Exception]:
+        """Judge each source with the serving model, concurrently (fetch and decode overlap). A verdict
+        per source, done or failed; an exception only where the duplicate-cache look-up failed."""
+        judge = self.judge()  # one model version for the whole message
         if len(sources) == 1:
-            return [_outcome(self.judge, sources[0])]
-        return list(self._judge_pool.map(lambda source: _outcome(self.judge, source), sources))
+            return [_outcome(judge, sources[0])]
+        return list(self._judge_pool.map(lambda source: _outcome(judge, source), sources))
+
+    def known(self, sha256: str, version: str) -> float | None:
+        """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""
+        return self._lookups.submit((sha256, version)).result()
 
     def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[jobs.Claim | None]:
         with self.sessions.begin() as session:
@@ -182,30 +150,37 @@ class WorkerRuntime:
 
     # --- the model ---------------------------------------------------------------------------
 
-    def lane(self) -> Lane:
+    def judge(self) -> Judge:
+        """The serving judge (model, batcher, threshold), loaded on first use."""
         with self._lock:
-            if self._lane is None:
-                self._lane = self._load_lane()
-            return self._lane
+            if self._judge is None:
+                self._judge = self._load_judge()
+            return self._judge
 
     def reload(self) -> str:
-        """Load the promoted version (or DFSCAN_MODEL) and swap it in if it differs. Returns the version."""
-        new = self._load_lane()
+        """Load the promoted version (or DFSCAN_MODEL) and swap it in if it differs. Returns the version.
+
+        A task takes the judge at its start, so its image is preprocessed for, scored by and recorded
+        under one model version; the replaced judge keeps running until its in-flight images are done.
+        """
+        new = self._load_judge()
         with self._lock:
-            old, self._lane = self._lane, new
-        if old is not None and old.detector.version == new.detector.version:
-            # Same weights: keep the old batcher, drop the new one (threshold may have changed).
-            with self._lock:
-                self._lane = Lane(old.detector, old.batcher, new.threshold)
-            new.batcher.close()
+            old = self._judge
+            if old is not None and old.version == new.version:
+                # Same weights: keep the running batcher, take the new threshold.
+                self._judge = old.with_threshold(new.threshold)
+            else:
+                self._judge = new
+        if old is not None and old.version == new.version:
+            new.close()
         elif old is not None:
-            timer = threading.Timer(_RETIRE_AFTER, old.batcher.close)
+            timer = threading.Timer(_RETIRE_AFTER, old.close)
             timer.daemon = True
             timer.start()
-        log.info("model lane is %s (threshold %.4f)", new.detector.version, new.threshold)
-        return new.detector.version
+        log.info("serving %s (threshold %.4f)", new.version, new.threshold)
+        return new.version
 
-    def _load_lane(self) -> Lane:
+    def _load_judge(self) -> Judge:
         ref, revision, threshold = self.settings.model, self.settings.model_revision, self.settings.threshold
         try:
             with self.sessions() as session:
@@ -217,74 +192,16 @@ class WorkerRuntime:
         except Exception as exc:  # the registry is optional: no promotion table yet, DB down at start
             log.warning("could not read the promoted model version, using DFSCAN_MODEL: %s", exc)
         started = time.monotonic()
-        detector = load_detector(
-            ref,
-            revision=revision,
-            device=self.settings.device,
-            int8=self.settings.int8,
-            threads=default_threads(self.settings),
-            runtime=self.settings.runtime,
-            onnx_cache=self.settings.onnx_cache,
-        )
+        detector = new_detector(self.settings, model=ref, revision=revision)
         log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
-        batcher = DynamicBatcher(
-            detector.predict,
-            max_batch=self.settings.batch_size,
-            max_wait=self.settings.batch_wait_ms / 1000,
-        )
-        return Lane(detector, batcher, threshold)
+        return new_judge(self.settings, detector, threshold=threshold, known=self.known)
 
     def close(self) -> None:
         with self._lock:
-            lane, self._lane = self._lane, None
-        if lane is not None:
-            lane.batcher.close(timeout=60)
+            judge, self._judge = self._judge, None
+        if judge is not None:
+            judge.close(timeout=60)
         self._judge_pool.shutdown(wait=True)
         for batcher in (self._claims, self._lookups, self._finishes):
             batcher.close(timeout=30)
-
-    # --- one image ---------------------------------------------------------------------------
-
-    def judge(self, source: str) -> Judgement:
-        """Fetch, decode, preprocess and score one source. Raises DfscanError subclasses."""
-        lane = self.lane()
-        t0 = time.perf_counter()
-        data = read_source(source, self.sources)
-        t1 = time.perf_counter()
-        sha = image_sha256(data)
-        known = self._lookups.submit((sha, lane.detector.version)).result()
-        if known is not None:
-            return self._judgement(lane, known, sha, len(data), None, (t1 - t0, 0.0, 0.0), cached=True)
-        pixels, (width, height) = load_pixels(data, lane.detector.preprocess, self.images)
-        t2 = time.perf_counter()
-        score = lane.batcher.submit(pixels).result(timeout=600)
-        t3 = time.perf_counter()
-        return self._judgement(
-            lane, score, sha, len(data), (width, height), (t1 - t0, t2 - t1, t3 - t2), cached=False
-        )
-
-    @staticmethod
-    def _judgement(
-        lane: Lane,
-        score: float,
-        sha: str,
-        n_bytes: int,
-        size: tuple[int, int] | None,
-        seconds: tuple[float, float, float],
-        *,
-        cached: bool,
-    ) -> Judgement:
-        return Judgement(
-            fake_score=score,
-            label="fake" if score >= lane.threshold else "real",
-            threshold=lane.threshold,
-            model_version=lane.detector.version,
-            image_sha256=sha,
-            n_bytes=n_bytes,
-            width=size[0] if size else None,
-            height=size[1] if size else None,
-            fetch_ms=seconds[0] * 1000,
-            decode_ms=seconds[1] * 1000,
-            infer_ms=seconds[2] * 1000,
-            cached=cached,
-        )
+        super().close()

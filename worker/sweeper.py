@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, training
-from db.models import ScanJob
+from dfscan.outbox import queue_depth, relay_unsent, send_jobs
 from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE
 from dfscan.settings import Settings
-from producer.outbox import queue_depth, relay_unsent, send_jobs
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +44,7 @@ def messages_missing(session: Session, broker_url: str) -> bool:
     double the queue. When messages really are gone (a flushed or restarted Redis without
     persistence), the broker's count falls below the database's, and queued jobs are re-sent.
     """
-    queued = session.scalar(
-        select(func.count())
-        .select_from(ScanJob)
-        .where(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None))
-    )
+    queued = jobs.count_sent_queued(session)
     if not queued:
         return False
     return queue_depth(broker_url, include_reserved=True) < queued
@@ -66,10 +59,7 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
             max_attempts=settings.max_attempts,
             include_queued=messages_missing(session, settings.broker_url),
         )
-        pending: list[tuple[uuid.UUID, int]] = []
-        if resend_ids:
-            rows = session.execute(select(ScanJob.id, ScanJob.priority).where(ScanJob.id.in_(resend_ids)))
-            pending = [(row.id, row.priority) for row in rows]
+        pending = jobs.priorities(session, resend_ids)
     resent = send_jobs(app, sessions, pending, per_message=settings.jobs_per_message) if pending else 0
     with sessions() as session:
         runs = training.stale_runs(session, lease_seconds=settings.lease_seconds)

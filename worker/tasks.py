@@ -21,12 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import jobs
-from dfscan.exceptions import BadMessageError, DfscanError
+from dfscan.exceptions import BadMessageError
+from dfscan.outbox import send_job, send_jobs
 from dfscan.queueing import SCAN_TASK
-from producer.outbox import send_job, send_jobs
-from worker.app import app, runtime
+from dfscan.verdicts import Verdict
+from worker.app import app, inference_runtime
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
-from worker.runtime import Judgement, WorkerRuntime
+from worker.runtime import InferenceRuntime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +43,7 @@ def backoff(attempt: int) -> float:
 
 @app.task(name=SCAN_TASK, bind=True, max_retries=None)
 def scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    rt = runtime()
+    rt = inference_runtime()
     try:
         message = parse_scan_message(args, kwargs)
     except BadMessageError as exc:
@@ -75,7 +76,7 @@ def _db_call(task: Task, call: Callable[[], T]) -> T:
         raise _db_retry(task, exc) from exc
 
 
-def _with_db(task: Task, rt: WorkerRuntime, work: Callable[[Session], T]) -> T:
+def _with_db(task: Task, rt: InferenceRuntime, work: Callable[[Session], T]) -> T:
     """Run ``work(session)`` in a transaction of its own; an outage retries the message with backoff."""
 
     def run() -> T:
@@ -85,7 +86,7 @@ def _with_db(task: Task, rt: WorkerRuntime, work: Callable[[Session], T]) -> T:
     return _db_call(task, run)
 
 
-def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str, Any]:
+def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[str, Any]:
     """A foreign client sent sources: write their job rows (idempotent on the message id), then send."""
 
     def create(session: Any) -> tuple[uuid.UUID, list[tuple[uuid.UUID, int]]]:
@@ -104,7 +105,7 @@ def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str
     return {"status": "accepted", "submission_id": str(submission_id), "jobs": len(unsent)}
 
 
-def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
+def _process(task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
     """Claim the message's jobs, judge them side by side, and record one outcome for each."""
     claimed = _db_call(task, lambda: rt.claim(job_ids))
     if not claimed:
@@ -114,19 +115,23 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
         raise _db_retry(task, db_down)
-    done = [(job_id, out) for job_id, out in zip(order, outcomes, strict=True) if isinstance(out, Judgement)]
+    verdicts = [
+        out if isinstance(out, Verdict) else _unexpected(claimed[job_id].source, out)
+        for job_id, out in zip(order, outcomes, strict=True)
+    ]
+    done = [(job_id, verdict) for job_id, verdict in zip(order, verdicts, strict=True) if verdict.done]
     summary: dict[str, Any] = {"status": "done", "jobs": {}}
-    for job_id, out in zip(order, outcomes, strict=True):
-        if isinstance(out, Exception):
-            summary["jobs"][str(job_id)] = _settle_error(task, rt, job_id, claimed[job_id], out)
+    for job_id, verdict in zip(order, verdicts, strict=True):
+        if not verdict.done:
+            summary["jobs"][str(job_id)] = _settle_failure(task, rt, job_id, claimed[job_id], verdict)
     recorded = _db_call(task, lambda: rt.finish(done))
-    for (job_id, judgement), made in zip(done, recorded, strict=True):
+    for (job_id, verdict), made in zip(done, recorded, strict=True):
         summary["jobs"][str(job_id)] = (
             {
                 "status": "done",
-                "label": judgement.label,
-                "fake_score": round(judgement.fake_score, 6),
-                "model_version": judgement.model_version,
+                "label": verdict.label,
+                "fake_score": round(verdict.fake_score or 0.0, 6),
+                "model_version": verdict.model_version,
             }
             if made
             else "skipped"
@@ -137,20 +142,27 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
     return summary
 
 
-def _settle_error(
-    task: Task, rt: WorkerRuntime, job_id: uuid.UUID, claim: jobs.Claim, exc: Exception
+def _unexpected(source: str, exc: Exception) -> Verdict:
+    """A failed verdict for an exception that escaped the judge (a bug): retried, then failed."""
+    log.error("unexpected error judging %s: %r", source, exc, exc_info=exc)
+    return Verdict(
+        source=source,
+        status="failed",
+        error_code="INTERNAL_ERROR",
+        error=f"unexpected error: {exc!r}",
+        retryable=True,
+    )
+
+
+def _settle_failure(
+    task: Task, rt: InferenceRuntime, job_id: uuid.UUID, claim: jobs.Claim, verdict: Verdict
 ) -> dict[str, Any] | str:
     """Fail the job (a permanent error, or out of attempts) or send it again later with backoff,
     on its own lane."""
-    settings = rt.settings
-    attempts, source = claim.attempts, claim.source
+    attempts = claim.attempts
     extra = {"job_id": str(job_id), "attempt": attempts}
-    if isinstance(exc, DfscanError):
-        code, text, permanent = exc.code, exc.message, exc.permanent
-    else:  # a bug, not an input problem: retry, then fail with the message kept
-        log.error("unexpected error judging %s: %r", source, exc, exc_info=exc, extra=extra)
-        code, text, permanent = "INTERNAL_ERROR", f"unexpected error: {exc!r}", False
-    if permanent or attempts >= settings.max_attempts:
+    code, text = verdict.error_code or "INTERNAL_ERROR", verdict.error or ""
+    if not verdict.retryable or attempts >= rt.settings.max_attempts:
         _with_db(task, rt, lambda s: jobs.finish_failed(s, job_id, code=code, message=text))
         log.info("job failed %s: %s", code, text, extra=extra)
         return {"status": "failed", "error_code": code}

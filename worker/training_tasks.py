@@ -21,7 +21,7 @@ from celery import Task
 from db import registry, training
 from dfscan.exceptions import DfscanError, MaxAttemptsError, TrainingFailedError
 from dfscan.queueing import TRAIN_TASK
-from worker.app import app, runtime
+from worker.app import app, training_runtime
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _CANCEL_POLL = 2.0  # seconds between two reads of the cancel flag
 
 @app.task(name=TRAIN_TASK, bind=True, acks_late=False, max_retries=None)
 def train(self: Task, run_id: str) -> dict[str, Any]:
-    rt = runtime()
+    rt = training_runtime()
     settings = rt.settings
     rid = uuid.UUID(str(run_id))
     with rt.sessions.begin() as session:

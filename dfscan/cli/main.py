@@ -6,7 +6,6 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -75,7 +74,7 @@ def scan(
             sources,
             roots,
             settings,
-            model=model or settings.model,
+            model=model,
             batch_size=batch_size or settings.batch_size,
         )
         show_bar = fmt is not Format.json and len(sources) > 8 and err.is_terminal
@@ -151,7 +150,7 @@ def submit(
             sub.wait(timeout, on_progress=on_progress)
         except TimeoutError as exc:
             raise _fail(exc, 3) from exc
-    rows = [asdict(row) for row in sub.results()]
+    rows = [row.output() for row in sub.results()]
     print_rows(rows, fmt, extra_keys=("job_id",))
     err.print(summary(rows))
 
@@ -185,7 +184,7 @@ def results(
         raise typer.BadParameter("--label must be fake or real")
     when = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
     rows = ScanClient(get_settings()).results(submission_id=submission, label=label, since=when, limit=limit)
-    print_rows([asdict(row) for row in rows], fmt, extra_keys=("job_id",))
+    print_rows([row.output() for row in rows], fmt, extra_keys=("job_id",))
 
 
 @app.command()
@@ -265,17 +264,30 @@ def config(markdown: Annotated[bool, typer.Option("--markdown", help="The README
         return
     settings = get_settings()
     for name in Settings.model_fields:
-        value = getattr(settings, name)
-        print(f"DFSCAN_{name.upper()}={value}")
+        print(f"DFSCAN_{name.upper()}={_shown(name, getattr(settings, name))}")
+
+
+def _shown(name: str, value: object) -> object:
+    """A setting's value as `dfscan config` prints it: secrets masked, passwords cut out of URLs."""
+    if hasattr(value, "get_secret_value"):
+        return "**********" if value.get_secret_value() else ""  # type: ignore[attr-defined]
+    if name.endswith("_url") and isinstance(value, str):
+        return _redact(value)
+    return value
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    """``url`` with its password replaced by ``***`` (any scheme: SQLAlchemy, redis://, amqp://)."""
+    from urllib.parse import urlsplit, urlunsplit
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL hidden>"
+    if parts.password is None:
         return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 @contextmanager

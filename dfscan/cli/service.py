@@ -38,13 +38,13 @@ def run_worker(
         log.warning("one process serves inference and training: a training run will slow inference")
     if sweeper:
         from db.session import new_engine, new_session_factory
-        from worker.app import _stop_sweeper
+        from worker.app import stop_sweeper
         from worker.sweeper import run_sweeper
 
         sessions = new_session_factory(new_engine(settings.database_url))
         thread = threading.Thread(
             target=run_sweeper,
-            args=(app, sessions, settings, _stop_sweeper),
+            args=(app, sessions, settings, stop_sweeper),
             name="dfscan-sweeper",
             daemon=True,
         )

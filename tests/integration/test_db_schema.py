@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, migrate
 from db.models import Verdict
-from db.session import new_engine, new_session_factory, session_scope
+from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -34,6 +34,7 @@ VERDICT: dict[str, Any] = dict(
     threshold=0.5,
     model_version="m1",
     image_sha256=SHA,
+    image_format="PNG",
     n_bytes=10,
     width=4,
     height=4,
@@ -110,7 +111,7 @@ def test_alembic_cli_upgrades_from_the_environment_url(pg_url: str) -> None:  # 
 
 
 def _job(factory: sessionmaker[Session]) -> uuid.UUID:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         _, rows, _ = jobs.create_submission(s, ["a.png"])
         return rows[0].id
 
@@ -118,9 +119,9 @@ def _job(factory: sessionmaker[Session]) -> uuid.UUID:
 def test_constraints_hold_on_postgres(pg_engine: Engine) -> None:
     factory = new_session_factory(pg_engine)
     job_id = _job(factory)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.finish_done(s, job_id, worker="w1", **VERDICT) is True
-    with pytest.raises(IntegrityError, match="uq_verdicts_job_id"), session_scope(factory) as s:
+    with pytest.raises(IntegrityError, match="uq_verdicts_job_id"), factory.begin() as s:
         s.add(Verdict(job_id=job_id, worker="w2", **VERDICT))
     other = _job(factory)
     bad_rows = {
@@ -130,16 +131,16 @@ def test_constraints_hold_on_postgres(pg_engine: Engine) -> None:
         "ck_scan_jobs_attempts_nonnegative": "UPDATE scan_jobs SET attempts=-1 WHERE id=:id",
     }
     for name, statement in bad_rows.items():
-        with pytest.raises(IntegrityError, match=name), session_scope(factory) as s:
+        with pytest.raises(IntegrityError, match=name), factory.begin() as s:
             s.execute(text(statement), {"id": str(other)})
     with (
         pytest.raises(IntegrityError, match="ck_scan_jobs_failed_iff_error_code"),
-        session_scope(factory) as s,
+        factory.begin() as s,
     ):
         s.execute(text("UPDATE scan_jobs SET error_code='X' WHERE id=:id"), {"id": str(other)})
-    with pytest.raises(IntegrityError, match="ck_verdicts_fake_score_range"), session_scope(factory) as s:
+    with pytest.raises(IntegrityError, match="ck_verdicts_fake_score_range"), factory.begin() as s:
         s.add(Verdict(job_id=other, **{**VERDICT, "fake_score": 1.5}))
-    with pytest.raises(IntegrityError, match="fk_verdicts_job_id_scan_jobs"), session_scope(factory) as s:
+    with pytest.raises(IntegrityError, match="fk_verdicts_job_id_scan_jobs"), factory.begin() as s:
         s.add(Verdict(job_id=uuid.uuid4(), **VERDICT))
 
 
@@ -148,17 +149,17 @@ def test_constraints_hold_on_sqlite(sqlite_url: str) -> None:  # noqa: F811
     engine = new_engine(sqlite_url)
     factory = new_session_factory(engine)
     job_id = _job(factory)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.finish_done(s, job_id, worker="w1", **VERDICT)
-    with pytest.raises(IntegrityError, match="UNIQUE"), session_scope(factory) as s:
+    with pytest.raises(IntegrityError, match="UNIQUE"), factory.begin() as s:
         s.add(Verdict(job_id=job_id, **VERDICT))
     other = _job(factory)
-    with pytest.raises(IntegrityError, match="failed_iff_error_code"), session_scope(factory) as s:
+    with pytest.raises(IntegrityError, match="failed_iff_error_code"), factory.begin() as s:
         s.execute(
             text("UPDATE scan_jobs SET state='failed', finished_at='2030-01-01' WHERE id=:id"),
             {"id": other.hex},
         )
-    with pytest.raises(IntegrityError, match="FOREIGN KEY"), session_scope(factory) as s:
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), factory.begin() as s:
         s.add(Verdict(job_id=uuid.uuid4(), **VERDICT))
     engine.dispose()
 
@@ -167,7 +168,7 @@ def test_timestamps_are_timezone_aware_on_postgres(pg_engine: Engine) -> None:
     factory = new_session_factory(pg_engine)
     before = datetime.now(timezone.utc)
     job_id = _job(factory)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         job = jobs.get_job(s, job_id)
         assert job is not None and job.created_at.tzinfo is not None
         assert abs((job.created_at - before).total_seconds()) < 60
@@ -182,7 +183,7 @@ def test_concurrent_finish_done_blocks_then_writes_nothing(pg_engine: Engine) ->
     outcome: dict[str, object] = {}
 
     def second() -> None:
-        with session_scope(factory) as s:
+        with factory.begin() as s:
             outcome["made"] = jobs.finish_done(
                 s, job_id, worker="w2", **{**VERDICT, "label": "real", "fake_score": 0.1}
             )
@@ -198,7 +199,7 @@ def test_concurrent_finish_done_blocks_then_writes_nothing(pg_engine: Engine) ->
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert outcome["made"] is False and outcome["at"] >= committed_at  # type: ignore[operator]
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         rows = s.execute(select(Verdict.worker, Verdict.label).where(Verdict.job_id == job_id)).all()
     assert [tuple(r) for r in rows] == [("w1", "fake")]
 
@@ -213,7 +214,7 @@ def test_racing_redeliveries_store_exactly_one_verdict(pg_engine: Engine) -> Non
     def deliver(job_id: uuid.UUID, worker: str, barrier: threading.Barrier) -> None:
         try:
             barrier.wait(timeout=10)
-            with session_scope(factory) as s:
+            with factory.begin() as s:
                 if jobs.finish_done(s, job_id, worker=worker, **VERDICT):
                     with lock:
                         made.append((job_id, worker))
@@ -229,7 +230,7 @@ def test_racing_redeliveries_store_exactly_one_verdict(pg_engine: Engine) -> Non
             t.join(timeout=10)
     assert errors == []
     assert sorted(j for j, _ in made) == sorted(job_ids)  # exactly one winner per job
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         counts = {
             row[0]: row[1] for row in s.execute(select(Verdict.job_id, func.count()).group_by(Verdict.job_id))
         }
@@ -248,7 +249,7 @@ def test_racing_submissions_with_one_idempotency_key_create_one(pg_engine: Engin
     def submit() -> None:
         try:
             barrier.wait(timeout=10)
-            with session_scope(factory) as s:
+            with factory.begin() as s:
                 submission, _, created = jobs.create_submission(
                     s, ["a.png", "b.png"], idempotency_key="same-key"
                 )
@@ -265,19 +266,19 @@ def test_racing_submissions_with_one_idempotency_key_create_one(pg_engine: Engin
     assert errors == []
     assert sorted(created for _, created in outcomes) == [False, False, False, True]
     assert len({sid for sid, _ in outcomes}) == 1
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert s.scalar(text("SELECT count(*) FROM scan_jobs")) == 2
 
 
 def test_claim_and_sweep_on_postgres(pg_engine: Engine) -> None:
     factory = new_session_factory(pg_engine)
     job_id = _job(factory)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.mark_enqueued(s, [job_id])
         job = jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=2)
         assert job is not None and job.lease_until is not None and job.lease_until.tzinfo is not None
         lease_until = job.lease_until
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.sweep_stale(
             s, now=lease_until - timedelta(seconds=1), lease_seconds=60, max_attempts=2
         ) == ([], [])
@@ -287,9 +288,9 @@ def test_claim_and_sweep_on_postgres(pg_engine: Engine) -> None:
             [job_id],
             [],
         )
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.claim_job(s, job_id, worker="w2", lease_seconds=60, max_attempts=2) is not None
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         later = datetime.now(timezone.utc) + timedelta(seconds=120)
         assert jobs.sweep_stale(s, now=later, lease_seconds=60, max_attempts=2) == ([], [job_id])
         job = jobs.get_job(s, job_id)

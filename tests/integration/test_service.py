@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 
 from db.models import ScanJob, Verdict
 from db.session import new_engine, new_session_factory
+from dfscan.outbox import send_job
 from dfscan.queueing import SCAN_TASK, new_celery_app
 from dfscan.settings import Settings
 from producer.client import ScanClient
-from producer.outbox import send_job
 from tests.fixtures.service import Service
 
 

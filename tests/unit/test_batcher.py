@@ -82,14 +82,6 @@ def test_close_drains_submitted_items_and_refuses_new_ones() -> None:
         batcher.submit(torch.zeros(3, 2, 2))
 
 
-def test_swap_changes_the_model_for_later_batches() -> None:
-    batcher = DynamicBatcher(lambda p: [0.1] * p.shape[0], max_batch=1, max_wait=0.0)
-    assert batcher.submit(torch.zeros(3, 2, 2)).result(timeout=5) == pytest.approx(0.1)
-    batcher.swap_model(lambda p: [0.9] * p.shape[0])
-    assert batcher.submit(torch.zeros(3, 2, 2)).result(timeout=5) == pytest.approx(0.9)
-    batcher.close(timeout=5)
-
-
 def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> None:
     from worker.inference.batcher import MicroBatcher
 
@@ -112,7 +104,8 @@ def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> No
     def broken(items: list[int]) -> list[int]:
         raise ConnectionError("database is down")
 
-    batcher.swap(broken)
-    with pytest.raises(ConnectionError, match="database is down"):
-        batcher.submit(7).result(timeout=5)
     batcher.close(timeout=5)
+    failing: MicroBatcher[int, int] = MicroBatcher(broken, max_batch=64, max_wait=0.0, name="db")
+    with pytest.raises(ConnectionError, match="database is down"):
+        failing.submit(7).result(timeout=5)
+    failing.close(timeout=5)

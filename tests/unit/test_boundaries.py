@@ -57,3 +57,80 @@ def test_the_readme_names_the_commands_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     for command in ("make setup", "make test"):
         assert command in README and command in ci
+
+
+# The layers of the system and what each may import (besides itself and third-party packages). The
+# graph is a tree rooted at the contract: the core knows no database, the database layer knows no
+# core, the worker edge and the producer do not know each other, and only the CLI sees everything.
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "contract": (
+        "dfscan.exceptions",
+        "dfscan.settings",
+        "dfscan.queueing",
+        "dfscan.verdicts",
+        "dfscan.broker",
+    ),
+    "db": ("db",),
+    "core": ("worker.inference", "worker.training"),
+    "outbox": ("dfscan.outbox",),
+    "producer": ("producer",),
+    "edge": (
+        "worker.app",
+        "worker.tasks",
+        "worker.runtime",
+        "worker.sweeper",
+        "worker.messages",
+        "worker.training_tasks",
+    ),
+    "cli": ("dfscan.cli",),
+}
+MAY_IMPORT: dict[str, set[str]] = {
+    "contract": set(),
+    "db": {"contract"},
+    "core": {"contract"},
+    "outbox": {"contract", "db"},
+    "producer": {"contract", "db", "outbox"},
+    "edge": {"contract", "db", "core", "outbox"},
+    "cli": {"contract", "db", "core", "outbox", "producer", "edge"},
+}
+
+
+def _component(module: str) -> str | None:
+    best: tuple[int, str] | None = None
+    for name, prefixes in COMPONENTS.items():
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (
+                best is None or len(prefix) > best[0]
+            ):
+                best = (len(prefix), name)
+    return best[1] if best else None
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):  # function-level (lazy) imports count too
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_import_graph_is_a_tree_of_layers() -> None:
+    violations = []
+    for package in ("dfscan", "db", "producer", "worker"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            imports = _imports(path)
+            source = _component(module)
+            if source is None and not imports:
+                continue  # an empty package __init__
+            assert source is not None, f"{module} belongs to no layer: add it to COMPONENTS"
+            for imported in imports:
+                target = _component(imported)
+                if target is None or target == source:
+                    continue
+                if target not in MAY_IMPORT[source]:
+                    violations.append(f"{module} ({source}) imports {imported} ({target})")
+    assert not violations, "layering broken:\n" + "\n".join(sorted(set(violations)))

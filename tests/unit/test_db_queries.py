@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs, registry, results, training
 from db.migrate import upgrade
 from db.models import ScanJob, Verdict
-from db.session import new_engine, new_session_factory, session_scope
+from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import sqlite_url  # noqa: F401
 
 SHA = "ab" * 32
@@ -37,6 +37,7 @@ def _verdict(**overrides: Any) -> dict[str, Any]:
         threshold=0.5,
         model_version="m1",
         image_sha256=SHA,
+        image_format="JPEG",
         n_bytes=1234,
         width=32,
         height=24,
@@ -51,25 +52,25 @@ def _verdict(**overrides: Any) -> dict[str, Any]:
 
 
 def _submit(factory: sessionmaker[Session], sources: list[str], **kwargs: Any) -> list[uuid.UUID]:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         _, job_rows, _ = jobs.create_submission(s, sources, **kwargs)
         return [job.id for job in job_rows]
 
 
 def _job(factory: sessionmaker[Session], job_id: uuid.UUID) -> ScanJob:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         job = jobs.get_job(s, job_id)
         assert job is not None
         return job
 
 
 def _n_verdicts(factory: sessionmaker[Session], job_id: uuid.UUID) -> int:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         return s.scalar(select(func.count()).select_from(Verdict).where(Verdict.job_id == job_id)) or 0
 
 
 def test_submission_is_idempotent_per_key(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         sub, first_jobs, created = jobs.create_submission(
             s, ["a.png", "b.png"], client_ref="c1", priority=5, idempotency_key="k1"
         )
@@ -77,15 +78,15 @@ def test_submission_is_idempotent_per_key(factory: sessionmaker[Session]) -> Non
     assert created is True
     assert [job.seq for job in first_jobs] == [0, 1]
     assert sub.n_jobs == 2 and sub.priority == 5
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         again, again_jobs, created_again = jobs.create_submission(s, ["a.png", "b.png"], idempotency_key="k1")
         assert created_again is False
         assert again.id == sub.id
         assert [job.id for job in again_jobs] == first_ids
         assert again.created_at.tzinfo is not None
-    with session_scope(factory) as s, pytest.raises(ValueError, match="different sources"):
+    with factory.begin() as s, pytest.raises(ValueError, match="different sources"):
         jobs.create_submission(s, ["other.png"], idempotency_key="k1")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         _, _, created_plain = jobs.create_submission(s, ["a.png"])
         _, _, created_plain2 = jobs.create_submission(s, ["a.png"])
         assert created_plain and created_plain2
@@ -94,11 +95,11 @@ def test_submission_is_idempotent_per_key(factory: sessionmaker[Session]) -> Non
 
 def test_outbox_lists_unsent_jobs_until_marked(factory: sessionmaker[Session]) -> None:
     ids = _submit(factory, ["a", "b", "c"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert [job.id for job in jobs.unsent_jobs(s)] == ids
         assert [job.id for job in jobs.unsent_jobs(s, limit=2)] == ids[:2]
         jobs.mark_enqueued(s, ids[:2])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert [job.id for job in jobs.unsent_jobs(s)] == ids[2:]
     assert _job(factory, ids[0]).enqueued_at is not None
 
@@ -106,15 +107,15 @@ def test_outbox_lists_unsent_jobs_until_marked(factory: sessionmaker[Session]) -
 def test_claim_runs_the_job_and_refuses_final_or_missing_jobs(factory: sessionmaker[Session]) -> None:
     job_id, other_id = _submit(factory, ["a", "b"])
     before = datetime.now(timezone.utc)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         job = jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
         assert job is not None
         assert (job.state, job.attempts, job.worker) == ("running", 1, "w1")
         assert job.lease_until is not None and job.lease_until >= before + timedelta(seconds=59)
         assert jobs.finish_failed(s, other_id, code="CORRUPT_IMAGE", message="truncated") is True
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.finish_done(s, job_id, **_verdict()) is True
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.claim_job(s, job_id, worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
         assert jobs.claim_job(s, other_id, worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
         assert (
@@ -128,11 +129,11 @@ def test_claim_runs_the_job_and_refuses_final_or_missing_jobs(factory: sessionma
 def test_claim_beyond_max_attempts_fails_the_job(factory: sessionmaker[Session]) -> None:
     (job_id,) = _submit(factory, ["a"])
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        with session_scope(factory) as s:
+        with factory.begin() as s:
             job = jobs.claim_job(s, job_id, worker="w", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
             assert job is not None and job.attempts == attempt
             jobs.release_job(s, job_id)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.claim_job(s, job_id, worker="w", lease_seconds=60, max_attempts=MAX_ATTEMPTS) is None
     job = _job(factory, job_id)
     assert (job.state, job.error_code, job.attempts) == ("failed", "MAX_ATTEMPTS", MAX_ATTEMPTS)
@@ -142,25 +143,25 @@ def test_claim_beyond_max_attempts_fails_the_job(factory: sessionmaker[Session])
 
 def test_finish_done_twice_stores_one_verdict(factory: sessionmaker[Session]) -> None:
     (job_id,) = _submit(factory, ["a"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
         assert jobs.finish_done(s, job_id, **_verdict(fake_score=0.9)) is True
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.finish_done(s, job_id, **_verdict(fake_score=0.1, label="real")) is False
         assert jobs.finish_failed(s, job_id, code="FETCH_TIMEOUT", message="late") is False
     assert _n_verdicts(factory, job_id) == 1
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         (row,) = results.results(s)
     assert (row.status, row.label, row.fake_score, row.error_code) == ("done", "fake", 0.9, None)
 
 
 def test_finish_done_after_failure_keeps_the_failure(factory: sessionmaker[Session]) -> None:
     (job_id,) = _submit(factory, ["a"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert (
             jobs.finish_failed(s, job_id, code="BLOCKED_DESTINATION", message="10.0.0.1 is private") is True
         )
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.finish_done(s, job_id, **_verdict()) is False
     assert _n_verdicts(factory, job_id) == 0
     job = _job(factory, job_id)
@@ -173,14 +174,14 @@ def test_finish_done_after_failure_keeps_the_failure(factory: sessionmaker[Sessi
 
 def test_release_puts_a_running_job_back_and_keeps_enqueued_at(factory: sessionmaker[Session]) -> None:
     (job_id,) = _submit(factory, ["a"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.mark_enqueued(s, [job_id])
         jobs.claim_job(s, job_id, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
         jobs.release_job(s, job_id)
     job = _job(factory, job_id)
     assert (job.state, job.worker, job.lease_until, job.attempts) == ("queued", None, None, 1)
     assert job.enqueued_at is not None
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.unsent_jobs(s) == []
 
 
@@ -188,7 +189,7 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmake
     stuck_queued, stuck_running, exhausted, lease_expired, unsent = _submit(
         factory, ["a", "b", "c", "d", "e"]
     )
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.mark_enqueued(s, [stuck_queued, stuck_running, exhausted, lease_expired])
         for job_id in (stuck_running, exhausted, lease_expired):
             jobs.claim_job(s, job_id, worker="w", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
@@ -197,7 +198,7 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmake
             {"n": MAX_ATTEMPTS, "id": exhausted.hex},
         )
     now = datetime.now(timezone.utc)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.sweep_stale(
             s, now=now + timedelta(seconds=30), lease_seconds=60, max_attempts=MAX_ATTEMPTS
         ) == (
@@ -205,7 +206,7 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmake
             [],
         )
     later = now + timedelta(seconds=61)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         resend, failed = jobs.sweep_stale(s, now=later, lease_seconds=60, max_attempts=MAX_ATTEMPTS)
     assert sorted(resend) == sorted([stuck_queued, stuck_running, lease_expired])
     assert failed == [exhausted]
@@ -215,7 +216,7 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmake
     gone = _job(factory, exhausted)
     assert (gone.state, gone.error_code, gone.finished_at) == ("failed", "MAX_ATTEMPTS", later)
     assert _job(factory, unsent).enqueued_at is None  # the outbox relay sends it, not the sweeper
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         again = jobs.sweep_stale(
             s, now=later + timedelta(seconds=1), lease_seconds=60, max_attempts=MAX_ATTEMPTS
         )
@@ -224,23 +225,23 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmake
 
 def test_cached_score_matches_bytes_and_model_version(factory: sessionmaker[Session]) -> None:
     (job_id,) = _submit(factory, ["a"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.cached_score(s, SHA, "m1") is None
         jobs.finish_done(s, job_id, **_verdict(fake_score=0.25, label="real"))
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.cached_score(s, SHA, "m1") == 0.25
         assert jobs.cached_score(s, SHA, "m2") is None
         assert jobs.cached_score(s, "cd" * 32, "m1") is None
 
 
 def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         sub, rows, _ = jobs.create_submission(s, ["a", "b", "c", "d"])
         a, b, c, _d = (job.id for job in rows)
         jobs.finish_done(s, a, **_verdict(label="fake"))
         jobs.finish_done(s, b, **_verdict(label="real", fake_score=0.1))
         jobs.finish_failed(s, c, code="NOT_FOUND", message="no such file")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert results.submission_counts(s, sub.id) == {
             "queued": 1,
             "running": 0,
@@ -264,7 +265,7 @@ def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:
 
 
 def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         sub, rows, _ = jobs.create_submission(s, [f"s{i}" for i in range(7)])
         ok_done, ok_failed, still_queued, done_no_verdict, failed_with_verdict, over, missing = (
             j.id for j in rows
@@ -273,7 +274,7 @@ def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[
         jobs.finish_failed(s, ok_failed, code="TOO_LARGE", message="21 MiB")
         jobs.finish_failed(s, failed_with_verdict, code="FETCH_TIMEOUT", message="slow")
         jobs.finish_done(s, over, **_verdict())
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         report = results.check_submission(s, sub.id, max_attempts=MAX_ATTEMPTS)
         assert (report.submitted, report.done, report.failed, report.lost) == (
             7,
@@ -283,7 +284,7 @@ def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[
         )
         assert report.ok is False
     # Break the rest with raw SQL, bypassing the guarded functions where the schema allows it.
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         s.execute(
             text("UPDATE scan_jobs SET state = 'done', finished_at = :now WHERE id = :id"),
@@ -298,7 +299,7 @@ def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[
         )
         s.execute(text("UPDATE scan_jobs SET attempts = 9 WHERE id = :id"), {"id": over.hex})
         s.execute(text("DELETE FROM scan_jobs WHERE id = :id"), {"id": missing.hex})
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         report = results.check_submission(s, sub.id, max_attempts=MAX_ATTEMPTS)
     assert report.lost == [still_queued, done_no_verdict]
     assert report.missing_seqs == [6]
@@ -308,25 +309,25 @@ def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[
     assert report.failed_codes == {"TOO_LARGE": 1, "FETCH_TIMEOUT": 1}
     assert "lost=3 duplicated=1 over_attempts=1" in report.summary()
     # A second verdict for one job is not even representable.
-    with pytest.raises(IntegrityError), session_scope(factory) as s:
+    with pytest.raises(IntegrityError), factory.begin() as s:
         s.add(Verdict(job_id=ok_done, **_verdict()))
         s.flush()
-    with session_scope(factory) as s, pytest.raises(LookupError):
+    with factory.begin() as s, pytest.raises(LookupError):
         results.check_submission(s, uuid.uuid4(), max_attempts=MAX_ATTEMPTS)
 
 
 def test_clean_submission_checks_ok(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         sub, rows, _ = jobs.create_submission(s, ["a", "b"])
         jobs.finish_done(s, rows[0].id, **_verdict())
         jobs.finish_failed(s, rows[1].id, code="CORRUPT_IMAGE", message="bad")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         report = results.check_submission(s, sub.id, max_attempts=MAX_ATTEMPTS)
     assert report.ok and (report.done, report.failed) == (1, 1)
 
 
 def test_registry_promotes_and_rolls_back_through_history(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert registry.current_version(s) is None
         for name in ("A", "B", "C"):
             registry.register_version(s, name, source=f"/store/{name}", threshold=0.4, metrics={"auc": 0.9})
@@ -340,7 +341,7 @@ def test_registry_promotes_and_rolls_back_through_history(factory: sessionmaker[
         registry.promote(s, "B")
         third = registry.promote(s, "C")
         assert (third.version, third.previous_version, third.reason) == ("C", "B", "promote")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         back = registry.rollback(s)
         assert (back.version, back.previous_version, back.reason) == ("B", "C", "rollback")
         assert registry.rollback(s).version == "A"
@@ -355,10 +356,10 @@ def test_registry_promotes_and_rolls_back_through_history(factory: sessionmaker[
 
 
 def test_training_run_lifecycle(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         run = training.create_run(s, data_path="/data", base_model="vit-tiny", params={"epochs": 2})
         queued_then_cancelled = training.create_run(s, data_path="/data", base_model="vit-tiny")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         claimed = training.claim_run(s, run.id, worker="t1")
         assert claimed is not None and (claimed.state, claimed.attempts, claimed.worker) == (
             "running",
@@ -377,7 +378,7 @@ def test_training_run_lifecycle(factory: sessionmaker[Session]) -> None:
         assert training.finish_run(s, run.id, state="cancelled", error_message="operator") is True
         assert training.finish_run(s, run.id, state="done") is False
         assert training.update_progress(s, run.id, {"epoch": 2}) is False
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         got = training.get_run(s, run.id)
         assert got is not None
         assert (got.state, got.progress, got.params) == (
@@ -393,17 +394,17 @@ def test_training_run_lifecycle(factory: sessionmaker[Session]) -> None:
 
 
 def test_training_run_failure_records_its_code(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         run = training.create_run(s, data_path="/d", base_model="b")
         training.claim_run(s, run.id, worker="t1")
         assert training.finish_run(
             s, run.id, state="failed", error_code="BAD_TRAINING_DATA", error_message="no fake images"
         )
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         got = training.get_run(s, run.id)
         assert got is not None and (got.state, got.error_code) == ("failed", "BAD_TRAINING_DATA")
 
 
 def test_naive_datetimes_are_refused(factory: sessionmaker[Session]) -> None:
-    with session_scope(factory) as s, pytest.raises(Exception, match="naive datetime"):
+    with factory.begin() as s, pytest.raises(Exception, match="naive datetime"):
         jobs.sweep_stale(s, now=datetime(2030, 1, 1), lease_seconds=60, max_attempts=MAX_ATTEMPTS)

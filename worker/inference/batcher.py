@@ -54,10 +54,6 @@ class BatchStats:
     largest: int = 0
     failed_batches: int = 0
 
-    @property
-    def mean_batch(self) -> float:
-        return self.items / self.batches if self.batches else 0.0
-
 
 class MicroBatcher(Generic[T, R]):
     """Collects single items from many threads into batches for one thread running ``run_batch``.
@@ -85,7 +81,6 @@ class MicroBatcher(Generic[T, R]):
         self.stats = BatchStats()
         self._queue: queue.Queue[_Pending[T, R] | None] = queue.Queue()
         self._closed = threading.Event()
-        self._lock = threading.Lock()  # swap of the batch function (model promotion)
         self._thread = threading.Thread(target=self._run, name=f"dfscan-{name}", daemon=True)
         self._thread.start()
 
@@ -98,11 +93,6 @@ class MicroBatcher(Generic[T, R]):
         pending: _Pending[T, R] = _Pending(item)
         self._queue.put(pending)
         return pending.future
-
-    def swap(self, run_batch: Callable[[list[T]], Sequence[R]]) -> None:
-        """Use another batch function from the next batch on; the batch in flight finishes on the old one."""
-        with self._lock:
-            self._run_batch_fn = run_batch
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking items, run those already submitted, then stop the model thread."""
@@ -149,10 +139,8 @@ class MicroBatcher(Generic[T, R]):
                 return
 
     def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
-        with self._lock:
-            run_batch = self._run_batch_fn
         try:
-            results = list(run_batch([pending.item for pending in batch]))
+            results = list(self._run_batch_fn([pending.item for pending in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"the {self.name} returned {len(results)} results for a batch of {len(batch)}; "
@@ -187,7 +175,3 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
         super().__init__(
             _stacked(predict), max_batch=max_batch, max_wait=max_wait, name=name, wrap_error=_model_error
         )
-
-    def swap_model(self, predict: PredictFn) -> None:
-        """Use another model from the next batch on; the batch in flight finishes on the old one."""
-        self.swap(_stacked(predict))

@@ -138,6 +138,11 @@ def _open(data: bytes, policy: ImagePolicy) -> Image.Image:
         ) from exc
 
 
+def sniff_format(data: bytes, policy: ImagePolicy) -> str | None:
+    """The allowed format ``data`` starts like (by its magic number), e.g. ``"JPEG"``; None if none."""
+    return _claimed_format(data, policy.formats)
+
+
 def _claimed_format(data: bytes, formats: frozenset[str]) -> str | None:
     if "WEBP" in formats and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"

@@ -10,7 +10,7 @@ file and renamed into place, so worker processes that start together never read 
 the softmax over the fake and real columns, the output invariants) is the same code for both runtimes.
 fp32 ONNX computes the same logits as torch (within 1e-5), which is why the model version does not
 change. ``int8`` quantises the exported graph with ONNX Runtime's dynamic quantisation (int8 weights,
-one activation scale per batch, like torch's dynamic int8) and the version gains ``+int8``.
+one activation scale per batch, like torch's dynamic int8) and the version gains ``+int8-onnx``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Backs ``dfscan evaluate --model M --data D``: ``M`` is any checkpoint ``load_detector`` accepts (a local
 ``save_pretrained`` folder or a public hub id), ``D`` any layout ``worker.training.data`` reads. Images
-go through the serving path (``load_pixels``: decode, JPEG draft, the checkpoint's preprocessing) and
-``Detector.predict``, so the numbers describe what production would answer. An image that fails to
+go through the serving path (``Judge.judge_bytes``: the same decode, draft, preprocessing and batched
+model as `dfscan scan` and the worker), so the numbers describe what production would answer. An image that fails to
 decode is skipped and counted in ``skipped``, not fatal.
 """
 
@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
-
-from dfscan.exceptions import DfscanError, TrainingDataError
+from dfscan.exceptions import InferenceError, TrainingDataError
+from dfscan.verdicts import Verdict
 from worker.inference.images import ImagePolicy
+from worker.inference.judge import Judge
 from worker.inference.model import load_detector
-from worker.inference.preprocess import load_pixels
+from worker.inference.sources import SourcePolicy
 from worker.training.data import Example
 from worker.training.metrics import evaluate_scores
 
@@ -33,37 +34,40 @@ def score_examples(
     device: str = "auto",
     revision: str | None = None,
     policy: ImagePolicy | None = None,
+    threads: int = 2,
 ) -> tuple[list[int], list[float], list[str], str]:
-    """p(fake) for each decodable example: ``(labels, scores, skipped names, model version)``."""
+    """p(fake) for each decodable example: ``(labels, scores, skipped names, model version)``.
+
+    Every example goes through :meth:`Judge.judge_bytes`, the road `dfscan scan` and the worker take.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     detector = load_detector(ref, revision=revision, device=device)
-    policy = policy or ImagePolicy()
+    judge = Judge(detector, sources=SourcePolicy(), images=policy or ImagePolicy(), batch_size=batch_size)
     labels: list[int] = []
     scores: list[float] = []
     skipped: list[str] = []
-    batch: list[torch.Tensor] = []
-    batch_labels: list[int] = []
 
-    def flush() -> None:
-        if batch:
-            scores.extend(detector.predict(torch.stack(batch)))
-            labels.extend(batch_labels)
-            batch.clear()
-            batch_labels.clear()
-
-    for example in examples:
+    def one(example: Example) -> Verdict:
         try:
-            pixels, _ = load_pixels(example.read(), detector.preprocess, policy)
-        except (DfscanError, OSError) as exc:
-            log.warning("skipping %s: %s", example.name, exc)
-            skipped.append(example.name)
-            continue
-        batch.append(pixels)
-        batch_labels.append(example.label)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+            data = example.read()
+        except OSError as exc:
+            return Verdict(source=example.name, status="failed", error_code="NOT_FOUND", error=str(exc))
+        return judge.judge_bytes(data, source=example.name)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="dfscan-evaluate") as pool:
+            for example, verdict in zip(examples, pool.map(one, examples), strict=True):
+                if verdict.error_code == InferenceError.code:
+                    raise InferenceError(f"model fault on {example.name}: {verdict.error}")
+                if not verdict.done or verdict.fake_score is None:
+                    log.warning("skipping %s: %s %s", example.name, verdict.error_code, verdict.error)
+                    skipped.append(example.name)
+                    continue
+                labels.append(example.label)
+                scores.append(verdict.fake_score)
+    finally:
+        judge.close()
     return labels, scores, skipped, detector.version
 
 

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from db.models import ScanJob
 from db.results import CheckReport
 from db.session import new_engine, new_session_factory
+from dfscan.outbox import send_job
 from dfscan.queueing import SCAN_TASK, new_celery_app
 from producer.check import check_submission
 from producer.client import ScanClient, Submission
-from producer.outbox import send_job
 from tests.fixtures import faults
 from tests.fixtures.service import Service, save_slow_vit
 from tests.integration.test_service import raw_celery_message, settings_for, write_images

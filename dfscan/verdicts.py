@@ -1,0 +1,123 @@
+"""The one result type of judging a source, and the one place it maps to database rows and to output.
+
+:class:`Verdict` is what the core (``worker.inference.judge.Judge``) returns for every source, done or
+failed, whoever asked: ``dfscan scan``, a Celery worker, ``dfscan evaluate``. This module imports only
+the standard library, so the producer and the database layer can use it without torch.
+
+Adding a verdict field touches three places: the field here (with its entry in :data:`STORED`, if
+it is stored), the column in ``db/models.py`` with its migration, and nothing else: the worker and
+``dfscan scan`` store :meth:`Verdict.row`, ``dfscan results`` and ``dfscan scan`` print
+:meth:`Verdict.output`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+DONE = "done"
+FAILED = "failed"
+FAKE = "fake"
+REAL = "real"
+
+# Verdict fields stored in the ``verdicts`` table (besides ``job_id`` and ``worker``), in column order.
+STORED = (
+    "label",
+    "fake_score",
+    "threshold",
+    "model_version",
+    "image_sha256",
+    "image_format",
+    "n_bytes",
+    "width",
+    "height",
+    "fetch_ms",
+    "decode_ms",
+    "infer_ms",
+    "cached",
+)
+
+# What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
+OUTPUT = (
+    "source",
+    "status",
+    "label",
+    "fake_score",
+    "threshold",
+    "model_version",
+    "image_sha256",
+    "image_format",
+    "n_bytes",
+    "width",
+    "height",
+    "cached",
+    "error_code",
+    "error",
+)
+
+
+def label_for(fake_score: float, threshold: float) -> str:
+    """The real/fake rule, written once: fake when p(fake) reaches the threshold."""
+    return FAKE if fake_score >= threshold else REAL
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of judging one source: ``status`` is ``done`` (a label and p(fake)) or ``failed``
+    (a stable ``error_code``, a message, and whether a retry may help). Times are milliseconds spent on
+    this source; ``cached`` means the score came from an earlier verdict on the same bytes and model."""
+
+    source: str
+    status: str
+    label: str | None = None
+    fake_score: float | None = None
+    threshold: float | None = None
+    model_version: str | None = None
+    image_sha256: str | None = None
+    image_format: str | None = None
+    n_bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    fetch_ms: float = 0.0
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    cached: bool = False
+    error_code: str | None = None
+    error: str | None = None
+    retryable: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.status == DONE
+
+    def row(self) -> dict[str, Any]:
+        """The ``verdicts`` columns of a done verdict (the caller adds ``job_id`` and ``worker``)."""
+        if not self.done:
+            raise ValueError(f"a {self.status} verdict has no verdict row ({self.error_code})")
+        return {name: getattr(self, name) for name in STORED}
+
+    def output(self) -> dict[str, Any]:
+        """The public JSON object of this verdict (keys :data:`OUTPUT`)."""
+        return {name: getattr(self, name) for name in OUTPUT}
+
+    def with_source(self, source: str) -> Verdict:
+        return replace(self, source=source)
+
+    @classmethod
+    def from_stored(
+        cls,
+        *,
+        source: str,
+        status: str,
+        error_code: str | None,
+        error: str | None,
+        row: Mapping[str, Any] | None,
+    ) -> Verdict:
+        """Rebuild a verdict from a job's state and its stored ``verdicts`` row (None unless done)."""
+        stored = {name: row[name] for name in STORED} if row is not None else {}
+        stored = {k: v for k, v in stored.items() if v is not None}
+        return cls(source=source, status=status, error_code=error_code, error=error, **stored)
+
+
+VERDICT_FIELDS = tuple(field.name for field in fields(Verdict))

@@ -1,0 +1,76 @@
+"""Build the core's objects from settings: the one place `dfscan scan`, the worker and `dfscan evaluate`
+take their policies from, so the three judge every source under the same rules."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from dfscan.settings import Settings
+from worker.inference.images import ImagePolicy
+from worker.inference.judge import Judge, Known
+from worker.inference.model import Detector, load_detector
+from worker.inference.sources import SourcePolicy
+
+
+def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> SourcePolicy:
+    """What may be read: URLs under the SSRF guard, paths under ``DFSCAN_ALLOWED_ROOTS`` (plus
+    ``extra_roots``: `dfscan scan` allows exactly what the user named)."""
+    roots = tuple(Path(root) for root in settings.allowed_roots)
+    policy = SourcePolicy(
+        allowed_roots=roots,
+        url_allowlist=settings.url_allowlist,
+        max_bytes=settings.max_bytes,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        deadline=settings.fetch_deadline,
+        max_redirects=settings.max_redirects,
+    )
+    if extra_roots:
+        policy = replace(policy, allowed_roots=tuple(dict.fromkeys((*roots, *extra_roots))))
+    return policy
+
+
+def image_policy(settings: Settings) -> ImagePolicy:
+    return ImagePolicy(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+
+
+def default_threads(settings: Settings) -> int:
+    """torch threads for this process: the setting, else every core (one model thread per process)."""
+    return settings.threads or max(1, os.cpu_count() or 1)
+
+
+def new_detector(settings: Settings, *, model: str | None = None, revision: str | None = None) -> Detector:
+    """Load ``model`` (default ``DFSCAN_MODEL`` at ``DFSCAN_MODEL_REVISION``) as the settings say."""
+    return load_detector(
+        model or settings.model,
+        revision=revision if model else settings.model_revision,
+        device=settings.device,
+        int8=settings.int8,
+        threads=default_threads(settings),
+        runtime=settings.runtime,
+        onnx_cache=settings.onnx_cache,
+    )
+
+
+def new_judge(
+    settings: Settings,
+    detector: Detector,
+    *,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    extra_roots: Sequence[Path] = (),
+    known: Known | None = None,
+) -> Judge:
+    """A :class:`Judge` for ``detector`` under the settings' source and image policies."""
+    return Judge(
+        detector,
+        sources=source_policy(settings, extra_roots=extra_roots),
+        images=image_policy(settings),
+        threshold=settings.threshold if threshold is None else threshold,
+        batch_size=batch_size or settings.batch_size,
+        batch_wait=settings.batch_wait_ms / 1000,
+        known=known,
+    )

@@ -1,0 +1,215 @@
+"""Judge a source: the one road every image takes, whoever asked for it.
+
+``dfscan scan`` (in-process), the Celery worker and ``dfscan evaluate`` all call :meth:`Judge.judge`
+(or :meth:`Judge.judge_bytes`) and get a :class:`dfscan.verdicts.Verdict`; the edges only move data
+in and out (rows, messages, output). Pure: no database, no broker.
+
+One source, on the calling thread::
+
+    read (URL or confined path) -> sha256 -> duplicate cache -> decode (bounded) -> preprocess
+        -> the model's DynamicBatcher (one model thread, micro-batches across callers) -> verdict
+
+Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
+decode of one image overlap the model running on others, and the model sees batches of whatever is
+waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``).
+
+Errors never escape as exceptions, with one exception: a failure of the caller's ``known`` look-up
+(its database is down) propagates, so the caller can treat it as an outage. Every other problem is a
+failed verdict with a stable code: the input's own (``DfscanError``, permanent or not), a model
+fault (``INFERENCE_FAILED``, retryable), or an unexpected bug (``INTERNAL_ERROR``, retryable: the
+worker tries again up to ``DFSCAN_MAX_ATTEMPTS``; ``dfscan scan`` has one attempt).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from dfscan.exceptions import DfscanError, InferenceError
+from dfscan.verdicts import DONE, FAILED, Verdict, label_for
+from worker.inference.batcher import DynamicBatcher
+from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
+from worker.inference.model import Detector
+from worker.inference.preprocess import to_tensor
+from worker.inference.sources import SourcePolicy, read_source
+
+log = logging.getLogger(__name__)
+
+# ``known(sha256, model_version)``: p(fake) an earlier verdict gave the same bytes with the same model.
+Known = Callable[[str, str], float | None]
+
+# How long a caller waits for the model thread before its image counts as a model fault.
+MODEL_TIMEOUT_S = 600.0
+# Scores remembered by sha256, so repeats of the same bytes in flight or just judged skip the model.
+_MEMO_SIZE = 4096
+
+
+class Judge:
+    """A detector, the batcher that feeds it, and the policies every source is judged under."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        sources: SourcePolicy,
+        images: ImagePolicy,
+        threshold: float = 0.5,
+        batch_size: int = 8,
+        batch_wait: float = 0.01,
+        known: Known | None = None,
+    ) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        self.detector = detector
+        self.sources = sources
+        self.images = images
+        self.threshold = threshold
+        self.known = known
+        self.batcher = DynamicBatcher(detector.predict, max_batch=batch_size, max_wait=batch_wait)
+        self._memo: OrderedDict[str, Future[float]] = OrderedDict()
+        self._memo_lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self.detector.version
+
+    def with_threshold(self, threshold: float) -> Judge:
+        """The same model and batcher under another threshold (a promotion that only moved it)."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        twin = copy.copy(self)
+        twin.threshold = threshold
+        return twin
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking images; those already submitted to the model are still judged."""
+        self.batcher.close(timeout)
+
+    # --- one source ------------------------------------------------------------------------------
+
+    def judge(self, source: str) -> Verdict:
+        """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it."""
+        started = time.perf_counter()
+        try:
+            data = read_source(source, self.sources)
+        except Exception as exc:
+            return self._failed(source, exc, fetch_ms=_ms(started))
+        return self.judge_bytes(data, source=source, fetch_ms=_ms(started))
+
+    def judge_bytes(self, data: bytes, *, source: str = "<bytes>", fetch_ms: float = 0.0) -> Verdict:
+        """Judge image bytes already read (``source`` names them in the verdict)."""
+        sha = image_sha256(data)
+        facts = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
+        facts["image_format"] = sniff_format(data, self.images)
+        stored = self.known(sha, self.version) if self.known is not None else None
+        if stored is not None:
+            return self._done(source, stored, cached=True, **facts)
+        started = time.perf_counter()
+        try:
+            image, (width, height) = decode_with_size(
+                data, self.images, draft_size=self.detector.preprocess.draft_size
+            )
+            pixels = to_tensor(image, self.detector.preprocess)
+        except Exception as exc:
+            return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        facts.update(width=width, height=height, decode_ms=_ms(started))
+        started = time.perf_counter()
+        future, first = self._score(sha, pixels)
+        try:
+            score = future.result(timeout=MODEL_TIMEOUT_S)
+        except TimeoutError:
+            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
+            return self._failed(source, late, **facts, infer_ms=_ms(started))
+        except Exception as exc:
+            return self._failed(source, exc, **facts, infer_ms=_ms(started))
+        return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)
+
+    def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
+        """The model's score for these bytes: a future shared by every caller with the same sha256
+        while it is in flight or remembered. Returns ``(future, True)`` for the caller that runs it."""
+        with self._memo_lock:
+            future = self._memo.get(sha)
+            if future is not None:
+                self._memo.move_to_end(sha)
+                return future, False
+            future = self.batcher.submit(pixels)  # type: ignore[arg-type]
+            self._memo[sha] = future
+            while len(self._memo) > _MEMO_SIZE:
+                self._memo.popitem(last=False)
+        future.add_done_callback(lambda f: self._forget_failure(sha, f))
+        return future, True
+
+    def _forget_failure(self, sha: str, future: Future[float]) -> None:
+        if future.exception() is not None:  # a model fault is not remembered: the retry runs again
+            with self._memo_lock:
+                if self._memo.get(sha) is future:
+                    del self._memo[sha]
+
+    # --- verdicts --------------------------------------------------------------------------------
+
+    def _done(self, source: str, score: float, *, cached: bool, **facts: object) -> Verdict:
+        return Verdict(
+            source=source,
+            status=DONE,
+            label=label_for(score, self.threshold),
+            fake_score=score,
+            threshold=self.threshold,
+            model_version=self.version,
+            cached=cached,
+            **facts,  # type: ignore[arg-type]
+        )
+
+    def _failed(self, source: str, exc: Exception, **facts: object) -> Verdict:
+        if not isinstance(exc, DfscanError):
+            log.error("unexpected error judging %s: %r", source, exc, exc_info=exc, extra={"source": source})
+            exc = DfscanError(f"unexpected {type(exc).__name__}: {exc}", code="INTERNAL_ERROR")
+            retryable = True
+        else:
+            retryable = not exc.permanent
+            if type(exc) is DfscanError:  # the base class is an internal error: worth another try
+                retryable = True
+        if isinstance(exc, InferenceError):
+            log.error("model fault judging %s: %s", source, exc, extra={"model_version": self.version})
+        return Verdict(
+            source=source,
+            status=FAILED,
+            threshold=self.threshold,
+            model_version=self.version,
+            error_code=exc.code,
+            error=exc.message,
+            retryable=retryable,
+            **facts,  # type: ignore[arg-type]
+        )
+
+
+def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Iterator[Verdict]:
+    """Judge ``sources`` on ``threads`` threads and yield one verdict per source, **in input order**.
+
+    At most ``2 * threads`` sources are in flight, so memory stays bounded for any number of sources
+    and the batcher always has the next images decoded. Closing the generator early waits for those
+    in flight.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    iterator = iter(sources)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dfscan-judge") as pool:
+        window: deque[Future[Verdict]] = deque()
+        try:
+            for source in iterator:
+                window.append(pool.submit(judge.judge, source))
+                if len(window) >= 2 * threads:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
