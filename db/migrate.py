@@ -21,18 +21,21 @@ from db.models import Base
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_DIR = REPO_ROOT / "alembic"
-ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+# An installed wheel carries the migrations inside this package (setup.py copies them there); a
+# checkout (and an editable install) has them at the top of the repository.
+_PACKAGED = Path(__file__).resolve().parent / "_alembic"
+_CHECKOUT = Path(__file__).resolve().parent.parent / "alembic"
+ALEMBIC_DIR = _PACKAGED if (_PACKAGED / "env.py").is_file() else _CHECKOUT
+ALEMBIC_INI = ALEMBIC_DIR / "alembic.ini" if ALEMBIC_DIR == _PACKAGED else _CHECKOUT.parent / "alembic.ini"
 # Alembic's default comparators plus CHECK constraints compared by name (alembic >= 1.18).
 AUTOGENERATE_PLUGINS = ["alembic.autogenerate.*", "alembic.ext.checkconstraint_byname"]
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic Config for ``url`` that finds the repo's ``alembic/`` from any working directory."""
-    if not ALEMBIC_DIR.is_dir():
+    """An Alembic Config for ``url`` that finds the migrations from any working directory."""
+    if not (ALEMBIC_DIR / "env.py").is_file():
         raise FileNotFoundError(
-            f"no Alembic directory at {ALEMBIC_DIR}; is dfscan installed from a checkout?"
+            f"no Alembic migrations at {ALEMBIC_DIR}; reinstall dfscan (the wheel carries them in db/_alembic)"
         )
     config = Config(str(ALEMBIC_INI) if ALEMBIC_INI.is_file() else None)
     config.set_main_option("script_location", str(ALEMBIC_DIR))

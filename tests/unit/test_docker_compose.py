@@ -242,7 +242,7 @@ def dockerignored(path: str) -> bool:
 def test_dockerfile_copies_files_that_exist_and_are_not_ignored(dockerfile: str) -> None:
     copies = re.findall(r"^COPY\s+(?!--from)(.+)$", DOCKERFILES[dockerfile], flags=re.M)
     sources = [src for line in copies for src in line.split()[:-1]]
-    assert {"pyproject.toml", "alembic", "dfscan", "worker", "producer", "db"} <= set(sources)
+    assert {"pyproject.toml", "setup.py", "alembic", "dfscan", "worker", "producer", "db"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), f"{dockerfile}: COPY {src}: no such file in the repository"
         assert not dockerignored(src), f"{dockerfile}: COPY {src} is excluded by .dockerignore"
@@ -254,8 +254,10 @@ def test_dockerfile_pins_the_tested_torch_and_runs_as_a_user_with_a_healthcheck(
     pins = re.findall(r"\btorch==([0-9][0-9a-z.]*)", text)
     tested = importlib.metadata.version("torch").split("+")[0]
     assert pins == [tested], f"{dockerfile}: torch pins {pins}, the tests run torch {tested}"
-    # Editable: db/migrate.py finds alembic/ next to the db package, so `dfscan db upgrade` needs /app.
-    assert re.search(r'pip install -e "\.\[worker\]"', text)
+    # The image installs the wheel built in its first stage (migrations inside), never an editable tree.
+    assert re.search(r"^RUN pip wheel --no-deps .* -w /dist \.$", text, flags=re.M)
+    assert re.search(r'pip install "\$\{wheel\}\[worker\]"', text)
+    assert "pip install -e" not in text
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in ("root", "0"), f"{dockerfile}: runs as {users or 'root'}"
     assert re.search(r"^HEALTHCHECK .*\n?.*docker/healthcheck\.py", text, flags=re.M)
