@@ -1,0 +1,168 @@
+"""The backstop: decode in child processes with an address-space limit and a wall deadline.
+
+The checks in :mod:`worker.inference.headers` and :mod:`worker.inference.images` bound what a header can
+declare; a parser bug or a hostile stream inside a valid structure can still spin or balloon in C code that
+no thread can interrupt. A child process can be stopped: each decode runs in one of
+``ImagePolicy.decode_processes`` children, each with ``RLIMIT_AS`` set to its start-up size plus
+``ImagePolicy.decode_memory`` (an allocation beyond it fails as ``MemoryError`` -> ``IMAGE_TOO_LARGE``),
+and a decode still running after ``ImagePolicy.decode_timeout`` seconds has its child killed and replaced
+(``IMAGE_TOO_COMPLEX``). A child that dies on its own (a crash in a decoder) gives ``CORRUPT_IMAGE``.
+The calling process never holds the decoded image, only the (small) result.
+
+Children come from the ``forkserver`` context: the fork server is a fresh interpreter that imports only
+this module's dependencies (Pillow, numpy; never torch or CUDA state), so it is safe to start after the
+model is loaded, and each child forks from it in milliseconds. The pool is built lazily, on the first
+isolated decode, once per process and settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import resource
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooComplexError, ImageTooLargeError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Imported once by the fork server, so that each child starts with them loaded.
+_PRELOAD = ["worker.inference.images", "worker.inference.resizing", "worker.inference.decode_pool"]
+
+
+def _address_space() -> int:
+    """This process's current virtual memory size in bytes (from /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# Address space a child may take beyond the decode budget: thread stacks and malloc arenas of decoder
+# threads (libavif, libheif) reserve virtual memory they mostly never touch.
+_SLACK = 256 * 1024 * 1024
+
+
+def _serve(conn: Connection, allowance: int) -> None:
+    """A child's loop: limit the address space, then run (function, args) requests until the pipe closes."""
+    limit = _address_space() + allowance + _SLACK
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", fn(*args))
+        except MemoryError:
+            reply = ("error", ImageTooLargeError("image too large: over the decode memory limit"))
+        except DfscanError as exc:
+            reply = ("error", exc)
+        except Exception as exc:  # a bug in a decoder: reported, the child lives on
+            reply = ("error", CorruptImageError(f"decoder failed: {type(exc).__name__}: {exc}"))
+        try:
+            conn.send(reply)
+        except MemoryError:
+            conn.send(("error", ImageTooLargeError("image too large: over the decode memory limit")))
+
+
+class _Child:
+    def __init__(self, ctx: Any, allowance: int) -> None:
+        self.conn, child_end = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_serve, args=(child_end, allowance), name="dfscan-decode", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class DecodePool:
+    """``processes`` decode children, started on demand; :meth:`run` blocks until one is free."""
+
+    def __init__(self, processes: int, memory: int, timeout: float) -> None:
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        self.timeout = timeout
+        self.memory = memory
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(_PRELOAD)
+        self._idle: queue.Queue[_Child | None] = queue.Queue()
+        for _ in range(processes):
+            self._idle.put(None)  # a slot whose child is started when first taken
+        self._closed = False
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a child: its result, or the DfscanError it raised, or IMAGE_TOO_COMPLEX past the
+        deadline, IMAGE_TOO_LARGE past the memory limit, CORRUPT_IMAGE if the child died."""
+        if self._closed:
+            raise RuntimeError("decode pool is closed")
+        child = self._idle.get()
+        try:
+            if child is None or not child.process.is_alive():
+                child = _Child(self._ctx, self.memory)
+            child.conn.send((fn, args))
+            if not child.conn.poll(self.timeout):
+                pid = child.process.pid
+                child.kill()
+                child = None
+                logger.warning("decode child %s killed after the %.1f s deadline", pid, self.timeout)
+                raise ImageTooComplexError(
+                    f"decoding took longer than the deadline of {self.timeout:g} s (DFSCAN_DECODE_TIMEOUT)"
+                )
+            try:
+                status, value = child.conn.recv()
+            except (EOFError, OSError):
+                child.process.join(5)
+                code = child.process.exitcode
+                child.kill()
+                child = None
+                raise CorruptImageError(f"the decoder process died on this image (exit code {code})") from None
+        finally:
+            self._idle.put(child)
+        if status == "error":
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop every child (tests; the worker's children die with it, they are daemons)."""
+        self._closed = True
+        while True:
+            try:
+                child = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            if child is not None:
+                child.kill()
+
+
+_pools: dict[tuple[int, int, float], DecodePool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool_for(processes: int, memory: int, timeout: float) -> DecodePool:
+    """The process's pool for these settings, built on first use."""
+    key = (processes, memory, timeout)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = DecodePool(processes, memory, timeout)
+        return pool
+
+
+def run_isolated(policy: Any, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the decode pool that ``policy`` (an ImagePolicy) asks for."""
+    pool = pool_for(policy.decode_processes, policy.decode_memory, policy.decode_timeout)
+    return pool.run(fn, *args)
