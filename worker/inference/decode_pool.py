@@ -9,19 +9,23 @@ and a decode still running after ``ImagePolicy.decode_timeout`` seconds has its 
 (``IMAGE_TOO_COMPLEX``). A child that dies on its own (a crash in a decoder) gives ``CORRUPT_IMAGE``.
 The calling process never holds the decoded image, only the (small) result.
 
-Children come from the ``forkserver`` context: the fork server is a fresh interpreter that imports only
-this module's dependencies (Pillow, numpy; never torch or CUDA state), so it is safe to start after the
-model is loaded, and each child forks from it in milliseconds. The pool is built lazily, on the first
-isolated decode, once per process and settings.
+Each child is a fresh interpreter (``python -m worker.inference.decode_pool FD``, never a fork), talking
+over a socket pair with ``multiprocessing.connection``: it imports Pillow and numpy only (no torch, no CUDA
+state, and not the parent's ``__main__``, which multiprocessing's spawn and forkserver would re-import:
+for the ``dfscan`` script that means torch), so it is safe to start after the model is loaded. A child
+starts in about half a second, on the first isolated decode and after a kill; the pool is built lazily,
+once per process and settings, and children exit when the parent's end of their socket closes.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
 import resource
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -33,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Imported once by the fork server, so that each child starts with them loaded.
-_PRELOAD = ["worker.inference.images", "worker.inference.resizing", "worker.inference.decode_pool"]
+# Imported by each child at start, so that its first decode does not pay for them.
+_PRELOAD = ("worker.inference.images", "worker.inference.resizing")
 
 
 def _address_space() -> int:
@@ -43,6 +47,9 @@ def _address_space() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+# Seconds a new child may take to start (the first one also starts the fork server).
+_STARTUP_TIMEOUT = 120.0
+
 # Address space a child may take beyond the decode budget: thread stacks and malloc arenas of decoder
 # threads (libavif, libheif) reserve virtual memory they mostly never touch.
 _SLACK = 256 * 1024 * 1024
@@ -50,11 +57,14 @@ _SLACK = 256 * 1024 * 1024
 
 def _serve(conn: Connection, allowance: int) -> None:
     """A child's loop: limit the address space, then run (function, args) requests until the pipe closes."""
+    for name in _PRELOAD:
+        __import__(name)
     limit = _address_space() + allowance + _SLACK
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    conn.send("ready")
     while True:
         try:
             fn, args = conn.recv()
@@ -75,17 +85,22 @@ def _serve(conn: Connection, allowance: int) -> None:
 
 
 class _Child:
-    def __init__(self, ctx: Any, allowance: int) -> None:
-        self.conn, child_end = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_serve, args=(child_end, allowance), name="dfscan-decode", daemon=True
+    def __init__(self, allowance: int) -> None:
+        ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(fd), str(allowance)], pass_fds=(fd,), close_fds=True
         )
-        self.process.start()
-        child_end.close()
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        # Start-up (the fork server's first start imports Pillow and numpy) is not part of any deadline.
+        if not self.conn.poll(_STARTUP_TIMEOUT) or self.conn.recv() != "ready":
+            self.kill()
+            raise RuntimeError(f"decode child did not start within {_STARTUP_TIMEOUT:g} s")
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(5)
+        self.process.wait(5)
         self.conn.close()
 
 
@@ -97,8 +112,6 @@ class DecodePool:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.timeout = timeout
         self.memory = memory
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(_PRELOAD)
         self._idle: queue.Queue[_Child | None] = queue.Queue()
         for _ in range(processes):
             self._idle.put(None)  # a slot whose child is started when first taken
@@ -111,8 +124,8 @@ class DecodePool:
             raise RuntimeError("decode pool is closed")
         child = self._idle.get()
         try:
-            if child is None or not child.process.is_alive():
-                child = _Child(self._ctx, self.memory)
+            if child is None or child.process.poll() is not None:
+                child = _Child(self.memory)
             child.conn.send((fn, args))
             if not child.conn.poll(self.timeout):
                 pid = child.process.pid
@@ -125,8 +138,7 @@ class DecodePool:
             try:
                 status, value = child.conn.recv()
             except (EOFError, OSError):
-                child.process.join(5)
-                code = child.process.exitcode
+                code = child.process.wait(5)
                 child.kill()
                 child = None
                 raise CorruptImageError(f"the decoder process died on this image (exit code {code})") from None
@@ -166,3 +178,7 @@ def run_isolated(policy: Any, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in the decode pool that ``policy`` (an ImagePolicy) asks for."""
     pool = pool_for(policy.decode_processes, policy.decode_memory, policy.decode_timeout)
     return pool.run(fn, *args)
+
+
+if __name__ == "__main__":  # a decode child: python -m worker.inference.decode_pool FD ALLOWANCE
+    _serve(Connection(int(sys.argv[1])), int(sys.argv[2]))

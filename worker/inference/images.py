@@ -227,7 +227,8 @@ _heif_lock = threading.Lock()
 def _open(data: bytes, policy: ImagePolicy) -> Image.Image:
     if "HEIF" in policy.formats:
         _ensure_heif()
-    formats = sorted(f for f in policy.formats if f in Image.OPEN)
+    Image.init()  # load every plugin's registration once, so the filter below sees them all
+    formats = sorted(f for f in policy.formats if f in Image.OPEN)  # HEIF without pillow-heif: absent
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError:
@@ -352,22 +353,33 @@ def _budget(total: int) -> _MemoryBudget:
 
 
 def to_rgb_reduced(img: Image.Image, factor: int = 1) -> Image.Image:
-    """:func:`to_rgb` then ``reduce(factor)``, computed in strips of rows so that no second full-size copy
-    of a large image exists (the result is the same as converting the whole image, then reducing it)."""
+    """:func:`to_rgb` then ``reduce(factor)``, computed in tiles of about a megapixel so that no second
+    full-size copy of a large image exists (the result is the same as converting the whole image, then
+    reducing it: tile edges are multiples of ``factor``)."""
     width, height = img.size
     if width * height <= _STRIP_PIXELS:
         rgb = to_rgb(img)
         return rgb.reduce(factor) if factor > 1 else rgb
-    rows = max(factor, (_STRIP_PIXELS // width) // factor * factor)
-    span = _float_range(img, rows) if img.mode == "F" else None
+    boxes = list(_tiles(width, height, factor))
+    span = _float_range(img, boxes) if img.mode == "F" else None
     out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
-    for top in range(0, height, rows):
-        strip = img.crop((0, top, width, min(height, top + rows)))
-        rgb = _float_to_rgb(strip, *span) if span is not None else to_rgb(strip)
+    for box in boxes:
+        tile = img.crop(box)
+        rgb = _float_to_rgb(tile, *span) if span is not None else to_rgb(tile)
         if factor > 1:
             rgb = rgb.reduce(factor)
-        out.paste(rgb, (0, top // factor))
+        out.paste(rgb, (box[0] // factor, box[1] // factor))
     return out
+
+
+def _tiles(width: int, height: int, factor: int) -> Iterator[tuple[int, int, int, int]]:
+    """Boxes of about ``_STRIP_PIXELS`` covering the image: whole rows when a row is short enough, else
+    pieces of rows; every edge but the last is a multiple of ``factor``."""
+    cols = min(width, max(factor, _STRIP_PIXELS // factor * factor))
+    rows = max(factor, (_STRIP_PIXELS // cols) // factor * factor)
+    for top in range(0, height, rows):
+        for left in range(0, width, cols):
+            yield left, top, min(width, left + cols), min(height, top + rows)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -380,7 +392,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = (np.clip(arr, 0, 65535) * 255 + 32767) // 65535
         return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     if mode == "F":
-        return _float_to_rgb(img, *_float_range(img, img.height))
+        return _float_to_rgb(img, *_float_range(img, [(0, 0, img.width, img.height)]))
     has_alpha = "A" in img.getbands() or "a" in img.getbands() or img.info.get("transparency") is not None
     if has_alpha:
         rgba = img.convert("RGBA")
@@ -389,11 +401,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _float_range(img: Image.Image, rows: int) -> tuple[float, float]:
+def _float_range(img: Image.Image, boxes: list[tuple[int, int, int, int]]) -> tuple[float, float]:
     """(lo, hi) to stretch an F image over 0..255: 0..1 when every finite value is in it, else min..max."""
     lo, hi = np.inf, -np.inf
-    for top in range(0, img.height, rows):
-        farr = np.asarray(img.crop((0, top, img.width, min(img.height, top + rows))), dtype=np.float64)
+    for box in boxes:
+        farr = np.asarray(img.crop(box), dtype=np.float64)
         finite = farr[np.isfinite(farr)]
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
