@@ -205,10 +205,17 @@ def _baseline_tree(ref: str, into: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small corpus, one pair")
-    parser.add_argument("--pairs", type=int, default=3, help="alternating throughput runs per variant")
+    parser.add_argument(
+        "--pairs", type=int, help="alternating throughput runs per variant (3; 1 with --quick)"
+    )
     parser.add_argument("--baseline-ref", default="", help="git ref whose decoder is the 'main' baseline")
+    parser.add_argument("--parts", default="files,flight,throughput", help="which measurements to run")
+    parser.add_argument(
+        "--no-pool", action="store_true", help="leave the decode pool out of the throughput runs"
+    )
     args = parser.parse_args(argv)
-    pairs = 1 if args.quick else args.pairs
+    parts = set(args.parts.split(","))
+    pairs = args.pairs or (1 if args.quick else 3)
     failures = []
     with tempfile.TemporaryDirectory(prefix="dfscan-hostile-") as tmp:
         directory = Path(tmp) / "files"
@@ -216,61 +223,80 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         build(directory, full=not args.quick)
         manifest = json.loads((directory / "manifest.json").read_text())
-        print(f"corpus built in {time.perf_counter() - started:.1f} s: {len(manifest['hostile'])} hostile files\n")
+        print(
+            f"corpus built in {time.perf_counter() - started:.1f} s: {len(manifest['hostile'])} hostile files\n"
+        )
 
-        files = {mode: _child("_files", directory, mode, ROOT) for mode in ("checks", "pool")}
-        print(f"{'file':28} {'bytes':>10} {'code':18} {'checks s':>8} {'cpu s':>6} {'pool s':>7} {'cpu s':>6}")
-        for here, there in zip(files["checks"], files["pool"], strict=True):
-            name = here["name"]
-            want = manifest["expected"][name]
-            mark = "" if here["code"] == there["code"] == want else f"  WRONG (want {want}, pool {there['code']})"
-            if mark or max(here["wall"], there["wall"]) > FILE_TARGET_S:
-                failures.append(name)
-            print(
-                f"{name:28} {manifest['sizes'][name]:>10} {here['code']:18} {here['wall']:8.3f} "
-                f"{here['cpu']:6.2f} {there['wall']:7.3f} {there['cpu']:6.2f}{mark}"
-            )
-        slowest = {m: max(rows, key=lambda r: r["wall"]) for m, rows in files.items()}
-        for mode, row in slowest.items():
-            print(f"longest per file ({mode}): {row['wall']:.2f} s wall ({row['name']}), target {FILE_TARGET_S:g} s")
-
-        print("\n16 hostile files in flight at once, one process (threads):")
-        for mode in ("checks", "pool"):
-            flight = _child("_flight", directory, mode, ROOT)
-            wrong = {n: c for n, c in flight["codes"].items() if c != manifest["expected"][n]}
-            if wrong or flight["peak_rss"] >= RSS_TARGET:
-                failures.append(f"flight {mode}")
-            extra = f", largest decode child {flight['peak_child_rss'] / MiB:.0f} MiB" if mode == "pool" else ""
-            print(
-                f"  {mode:6}: peak RSS {flight['peak_rss'] / MiB:.0f} MiB (before: {flight['rss_before'] / MiB:.0f} MiB)"
-                f"{extra}, all done in {flight['seconds']:.1f} s, wrong codes {wrong or 'none'}"
-            )
-
-        variants = ["checks", "pool"]
-        trees = {"checks": ROOT, "pool": ROOT}
-        if args.baseline_ref:
-            variants.insert(0, "main")
-            trees["main"] = _baseline_tree(args.baseline_ref, Path(tmp) / "baseline")
-        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-        for _ in range(pairs):
-            for variant in variants:
-                mode = "checks" if variant == "main" else variant
-                runs[variant].append(_child("_throughput", directory, mode, trees[variant]))
-        reference = "main" if args.baseline_ref else "checks"
-        ref_rate = statistics.median(r["images_per_s"] for r in runs[reference])
-        ref_cpu = statistics.median(r["cpu"] for r in runs[reference])
-        print(f"\nnormal images (48 JPEGs x 3 rounds, 4 threads), {pairs} alternating runs each; ratios vs {reference}:")
-        print(f"{'variant':8} {'img/s':>7} {'spread':>13} {'ratio':>6} {'cpu s':>6} {'cpu ratio':>9}")
-        for variant in variants:
-            rates = [r["images_per_s"] for r in runs[variant]]
-            cpus = [r["cpu"] for r in runs[variant]]
-            rate, cpu = statistics.median(rates), statistics.median(cpus)
-            print(
-                f"{variant:8} {rate:7.1f} {min(rates):6.1f}-{max(rates):<6.1f} {rate / ref_rate:6.3f} "
-                f"{cpu:6.2f} {cpu / ref_cpu:9.3f}"
-            )
+        if "files" in parts:
+            _print_files(directory, manifest, failures)
+        if "flight" in parts:
+            _print_flight(directory, manifest, failures)
+        if "throughput" in parts:
+            _print_throughput(directory, Path(tmp), args, pairs)
     print("\nFAILED: " + ", ".join(failures) if failures else "\nall hostile files within target")
     return 1 if failures else 0
+
+
+def _print_files(directory: Path, manifest: dict[str, Any], failures: list[str]) -> None:
+    files = {mode: _child("_files", directory, mode, ROOT) for mode in ("checks", "pool")}
+    print(f"{'file':28} {'bytes':>10} {'code':18} {'checks s':>8} {'cpu s':>6} {'pool s':>7} {'cpu s':>6}")
+    for here, there in zip(files["checks"], files["pool"], strict=True):
+        name = here["name"]
+        want = manifest["expected"][name]
+        mark = "" if here["code"] == there["code"] == want else f"  WRONG (want {want}, pool {there['code']})"
+        if mark or max(here["wall"], there["wall"]) > FILE_TARGET_S:
+            failures.append(name)
+        print(
+            f"{name:28} {manifest['sizes'][name]:>10} {here['code']:18} {here['wall']:8.3f} "
+            f"{here['cpu']:6.2f} {there['wall']:7.3f} {there['cpu']:6.2f}{mark}"
+        )
+    slowest = {m: max(rows, key=lambda r: r["wall"]) for m, rows in files.items()}
+    for mode, row in slowest.items():
+        print(
+            f"longest per file ({mode}): {row['wall']:.2f} s wall ({row['name']}), target {FILE_TARGET_S:g} s"
+        )
+
+
+def _print_flight(directory: Path, manifest: dict[str, Any], failures: list[str]) -> None:
+    print("\n16 hostile files in flight at once, one process (threads):")
+    for mode in ("checks", "pool"):
+        flight = _child("_flight", directory, mode, ROOT)
+        wrong = {n: c for n, c in flight["codes"].items() if c != manifest["expected"][n]}
+        if wrong or flight["peak_rss"] >= RSS_TARGET:
+            failures.append(f"flight {mode}")
+        extra = f", largest decode child {flight['peak_child_rss'] / MiB:.0f} MiB" if mode == "pool" else ""
+        print(
+            f"  {mode:6}: peak RSS {flight['peak_rss'] / MiB:.0f} MiB (before: {flight['rss_before'] / MiB:.0f} MiB)"
+            f"{extra}, all done in {flight['seconds']:.1f} s, wrong codes {wrong or 'none'}"
+        )
+
+
+def _print_throughput(directory: Path, tmp: Path, args: argparse.Namespace, pairs: int) -> None:
+    variants = ["checks"] if args.no_pool else ["checks", "pool"]
+    trees = {"checks": ROOT, "pool": ROOT}
+    if args.baseline_ref:
+        variants.insert(0, "main")
+        trees["main"] = _baseline_tree(args.baseline_ref, tmp / "baseline")
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for i in range(pairs):
+        for variant in variants if i % 2 == 0 else variants[::-1]:  # A B A B ..., order flipped each round
+            mode = "checks" if variant == "main" else variant
+            runs[variant].append(_child("_throughput", directory, mode, trees[variant]))
+    reference = "main" if args.baseline_ref else "checks"
+    ref_rate = statistics.median(r["images_per_s"] for r in runs[reference])
+    ref_cpu = statistics.median(r["cpu"] for r in runs[reference])
+    print(
+        f"\nnormal images (48 JPEGs x 3 rounds, 4 threads), {pairs} alternating runs each; ratios vs {reference}:"
+    )
+    print(f"{'variant':8} {'img/s':>7} {'spread':>13} {'ratio':>6} {'cpu s':>6} {'cpu ratio':>9}")
+    for variant in variants:
+        rates = [r["images_per_s"] for r in runs[variant]]
+        cpus = [r["cpu"] for r in runs[variant]]
+        rate, cpu = statistics.median(rates), statistics.median(cpus)
+        print(
+            f"{variant:8} {rate:7.1f} {min(rates):6.1f}-{max(rates):<6.1f} {rate / ref_rate:6.3f} "
+            f"{cpu:6.2f} {cpu / ref_cpu:9.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,19 +22,25 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[DecodePool]:
-    pool = DecodePool(1, 256 * MiB, timeout=1.0)
+    pool = DecodePool(1, 256 * MiB, timeout=0.5)
     yield pool
     pool.close()
 
 
 def test_a_hanging_decoder_is_killed_at_the_deadline_and_replaced(pool: DecodePool) -> None:
     first = pool.run(parsers.pid)
-    with pytest.raises(ImageTooComplexError, match="deadline of 1 s"):
-        pool.run(parsers.hang, 60.0)
+    with pytest.raises(ImageTooComplexError, match=r"or 1.5 s of wall time"):
+        pool.run(parsers.hang, 60.0)  # sleeps: no CPU, so the wall limit (3 x the deadline) stops it
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
     second = pool.run(parsers.pid)
     assert second != first
     assert pool.run(parsers.hang, 0.0) == "woke up"
+
+
+def test_a_spinning_decoder_is_stopped_by_its_cpu_time(pool: DecodePool) -> None:
+    with pytest.raises(ImageTooComplexError, match="more than 0.5 s of CPU"):
+        pool.run(parsers.spin, 60.0)
+    assert pool.run(parsers.spin, 0.0) == "done"
 
 
 def test_a_ballooning_decoder_hits_the_memory_limit_not_the_caller(pool: DecodePool) -> None:

@@ -184,7 +184,9 @@ def _count_gif_frames(data: bytes, max_frames: int) -> int | None:
         elif introducer == 0x2C:  # image descriptor (9 bytes), local colour table, LZW code size
             frames += 1
             if frames > max_frames:
-                raise ImageTooLargeError(f"image has more than {max_frames} frames, over the cap of {max_frames}")
+                raise ImageTooLargeError(
+                    f"image has more than {max_frames} frames, over the cap of {max_frames}"
+                )
             if pos + 10 > n:
                 return frames
             local = data[pos + 9]
@@ -204,7 +206,24 @@ def _count_gif_frames(data: bytes, max_frames: int) -> int | None:
 
 # --- TIFF ---------------------------------------------------------------------------------------
 
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 _IMAGE_WIDTH, _IMAGE_LENGTH, _ROWS_PER_STRIP = 256, 257, 278
 _STRIP_OFFSETS, _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS = 273, 322, 323, 324
 

@@ -265,10 +265,10 @@ def _check_caps(img: Image.Image, declared: headers.Declared, policy: ImagePolic
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, over the cap of {policy.max_pixels}"
         )
-    if img.format in ("GIF", "TIFF"):  # Pillow's own count walks every frame
-        frames = declared.frames or 1
-    else:  # PNG (acTL), WebP (libwebp demux), AVIF, HEIF, MPO: declared in a header, cheap
-        frames = int(getattr(img, "n_frames", 1))
+    # GIF, TIFF: counted by the walk (Pillow's own count walks every frame); PNG (acTL), WebP (libwebp's
+    # demuxer), AVIF, HEIF, MPO: declared in a header, so Pillow's count is cheap.
+    cheap = img.format not in ("GIF", "TIFF")
+    frames = int(getattr(img, "n_frames", 1)) if cheap else declared.frames or 1
     if frames > policy.max_frames:
         raise ImageTooLargeError(f"image has {frames} frames, over the cap of {policy.max_frames}")
 

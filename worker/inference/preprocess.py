@@ -224,4 +224,3 @@ def load_pixels(
         return _from_resized(image, cfg), original
     image, original = decode_with_size(data, policy, draft_size=draft_size)
     return to_tensor(image, cfg), original
-

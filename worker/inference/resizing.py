@@ -21,7 +21,6 @@ from PIL import Image
 
 from worker.inference.images import ImagePolicy, decode_in_process
 
-
 # Largest resized-but-not-yet-cropped image made on the exact path (3 MiB of RGB).
 MAX_INTERMEDIATE_PIXELS = 1 << 20
 
