@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     pairs = args.pairs or (1 if args.quick else 3)
-    failures = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dfscan-hostile-") as tmp:
         directory = Path(tmp) / "files"
         directory.mkdir()

@@ -101,8 +101,8 @@ class Settings(BaseSettings):
     decode_timeout: float = Field(
         4.0,
         gt=0,
-        description="Seconds one decode may take in a decode child (needs DFSCAN_DECODE_PROCESSES > 0); "
-        "the slowest real image at the 40 Mpx cap takes about 2.5 s on a loaded 2-core machine.",
+        description="CPU seconds one decode may use in a decode child, or 3x that in wall time (needs "
+        "DFSCAN_DECODE_PROCESSES > 0); the costliest real image at the 40 Mpx cap used 0.8 s of CPU.",
     )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a URL's host.")
     read_timeout: float = Field(10.0, gt=0, description="Seconds between two reads of a body.")

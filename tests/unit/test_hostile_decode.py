@@ -13,7 +13,7 @@ from PIL import Image
 
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, UnsupportedFormatError
 from tests.fixtures.corpus import MARKER, _rotated_jpeg, make_image
-from tests.fixtures.hostile import gif_with_frames, hostile_cases, jpeg_scans, png_raw, tiff_pages
+from tests.fixtures.hostile import Case, gif_with_frames, hostile_cases, jpeg_scans, png_raw, tiff_pages
 from worker.inference import headers, resizing
 from worker.inference.images import (
     ImagePolicy,
@@ -32,25 +32,26 @@ FIXED = PreprocessConfig.from_dict({})
 
 
 @pytest.fixture(scope="module")
-def cases() -> dict[str, object]:
-    return dict(hostile_cases(full=False))
+def cases() -> dict[str, Case]:
+    return hostile_cases(full=False)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_every_hostile_case_ends_with_its_code(cases: dict) -> None:  # type: ignore[type-arg]
-    outcomes, expected = {}, {}
+def test_every_hostile_case_ends_with_its_code(cases: dict[str, Case]) -> None:
+    outcomes: dict[tuple[str, str], str | None] = {}
+    expected: dict[tuple[str, str], str | None] = {}
     for name, case in cases.items():
-        expected[name] = case.code
-        for cfg in (SHORTEST_EDGE, FIXED):
+        for label, cfg in (("shortest_edge", SHORTEST_EDGE), ("fixed", FIXED)):
+            expected[name, label] = case.code
             try:
                 pixels, _ = load_pixels(case.data, cfg, POLICY)
             except DfscanError as exc:
                 assert exc.permanent, name
-                outcomes[name] = exc.code
+                outcomes[name, label] = exc.code
             else:
                 assert pixels.shape == (3, 224, 224), name
                 assert bool(pixels.isfinite().all()), name
-                outcomes[name] = None
+                outcomes[name, label] = None
     assert outcomes == expected
     assert {"IMAGE_TOO_LARGE", "IMAGE_TOO_COMPLEX", "UNSUPPORTED_FORMAT", None} == set(expected.values())
 
@@ -148,7 +149,7 @@ def test_decode_memory_budget_refuses_what_cannot_fit_and_queues_the_rest() -> N
     assert budget.used == 0
 
 
-def test_tiff_tile_larger_than_the_image_counts_against_the_pixel_cap(cases: dict) -> None:  # type: ignore[type-arg]
+def test_tiff_tile_larger_than_the_image_counts_against_the_pixel_cap(cases: dict[str, Case]) -> None:
     with pytest.raises(ImageTooLargeError, match="TIFF tile is 46000x46000"):
         decode_with_size(cases["tiff_46000_tile"].data, POLICY)
 
