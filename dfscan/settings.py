@@ -84,12 +84,12 @@ class Settings(BaseSettings):
     )
     max_frames: int = Field(1000, ge=1, description="Animations with more frames are refused.")
     decode_memory: int = Field(
-        768 * MiB,
+        512 * MiB,
         ge=64 * MiB,
         description="Bytes that the image decodes in flight in one process may hold together (decoded "
         "pixels, TIFF tile, RGB result, estimated from the header before decoding); more waits, and one "
         "image that would not fit alone is IMAGE_TOO_LARGE. With DFSCAN_DECODE_PROCESSES, also each decode "
-        "child's address-space limit (plus 256 MiB). 768 MiB: four 40 Mpx RGBA images at once.",
+        "child's address-space limit (plus 256 MiB). 512 MiB: any one image at the 40 Mpx cap even without a draft (a float TIFF needs ~370 MiB), and a worker's RSS stays under 1.5 GiB with 16 hostile files in flight.",
     )
     decode_processes: int = Field(
         0,

@@ -52,7 +52,7 @@ import hashlib
 import io
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +118,7 @@ class ImagePolicy:
     max_pixels: int = 40_000_000
     max_frames: int = 1000
     formats: frozenset[str] = ALLOWED_FORMATS
-    decode_memory: int = 768 * MiB
+    decode_memory: int = 512 * MiB
     decode_processes: int = 0
     decode_timeout: float = 4.0
 
@@ -155,9 +155,16 @@ def decode_with_size(
 
 
 def decode_in_process(
-    data: bytes, policy: ImagePolicy, draft_size: tuple[int, int] | None = None
+    data: bytes,
+    policy: ImagePolicy,
+    draft_size: tuple[int, int] | None = None,
+    finish: Callable[[Image.Image], Image.Image] | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """:func:`decode_with_size` in the calling thread, whatever ``policy.decode_processes`` says."""
+    """:func:`decode_with_size` in the calling thread, whatever ``policy.decode_processes`` says.
+
+    ``finish`` (e.g. the model's resize) runs on the RGB image while the decode still holds its share
+    of the memory budget, and its result is returned instead: a full-size RGB image (160 MB for a
+    40,000,000x1 PNG) then never lives outside the budget."""
     if not data:
         raise CorruptImageError("empty image data (0 bytes)")
     try:
@@ -167,7 +174,7 @@ def decode_in_process(
             declared = headers.inspect(data, fmt, max_pixels=policy.max_pixels, max_frames=policy.max_frames)
         img = _open(data, policy)
         with img:
-            return _decode_opened(img, declared, policy, draft_size)
+            return _decode_opened(img, declared, policy, draft_size, finish)
     except DfscanError:
         raise
     except Image.DecompressionBombError as exc:
@@ -179,7 +186,11 @@ def decode_in_process(
 
 
 def _decode_opened(
-    img: Image.Image, declared: headers.Declared, policy: ImagePolicy, draft_size: tuple[int, int] | None
+    img: Image.Image,
+    declared: headers.Declared,
+    policy: ImagePolicy,
+    draft_size: tuple[int, int] | None,
+    finish: Callable[[Image.Image], Image.Image] | None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     width, height = img.size
     _check_caps(img, declared, policy)
@@ -196,9 +207,11 @@ def _decode_opened(
             factor = _reduction(img.size, draft_size, swap=orientation in _SWAPPING_ORIENTATIONS)
         img.load()
         rgb = to_rgb_reduced(img, factor)
-    method = _TRANSPOSE.get(orientation)
-    if method is not None:
-        rgb = rgb.transpose(method)
+        method = _TRANSPOSE.get(orientation)
+        if method is not None:
+            rgb = rgb.transpose(method)
+        if finish is not None:
+            rgb = finish(rgb)
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return rgb, (width, height)
@@ -309,7 +322,7 @@ def _estimate(img: Image.Image, declared: headers.Declared, factor: int, policy:
     native = max(pixels, declared.work_pixels) * _STORAGE.get(img.mode, 4)
     library = pixels * 4 if img.format in _LIBRARY_COPY else declared.work_pixels * 4
     result = -(-width // factor) * -(-height // factor) * 4
-    need = native + library + result + min(pixels, _STRIP_PIXELS) * 16
+    need = native + library + result + min(pixels, _STRIP_PIXELS) * 48  # float64 arrays of one F tile
     if need > policy.decode_memory:
         raise ImageTooLargeError(
             f"decoding this {width}x{height} {img.mode} image needs about {need // MiB} MiB, over the "

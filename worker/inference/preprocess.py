@@ -35,7 +35,7 @@ from PIL import Image
 
 from dfscan.exceptions import ModelLoadError
 from worker.inference import resizing
-from worker.inference.images import ImagePolicy, decode_with_size, to_rgb
+from worker.inference.images import ImagePolicy, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -214,13 +214,14 @@ def load_pixels(
     """Decode ``data`` (JPEGs drafted down towards the model size unless ``draft`` is False) and turn it
     into model input. Returns the tensor and the original (width, height) as displayed.
 
-    With ``policy.decode_processes`` the decode and the resize run in the decode pool (see
-    :mod:`worker.inference.decode_pool`) and only the model-sized RGB image comes back."""
+    The resize runs inside the decode's memory reservation; with ``policy.decode_processes`` decode and
+    resize run in the decode pool (see :mod:`worker.inference.decode_pool`) and only the model-sized RGB
+    image comes back."""
     draft_size = cfg.draft_size if draft else None
     if policy.decode_processes > 0:
         from worker.inference.decode_pool import run_isolated
 
         image, original = run_isolated(policy, resizing.decode_resized, data, policy, cfg.resize, draft_size)
-        return _from_resized(image, cfg), original
-    image, original = decode_with_size(data, policy, draft_size=draft_size)
-    return to_tensor(image, cfg), original
+    else:
+        image, original = resizing.decode_resized(data, policy, cfg.resize, draft_size)
+    return _from_resized(image, cfg), original

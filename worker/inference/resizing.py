@@ -10,7 +10,9 @@ it, a 1,000,000x40 image is not resized to 6,400,000x256 (6.5 GB and 25 s on mai
 crop's window in the source is resized straight to the crop size with Pillow's ``resize(box=...)``, which
 samples the same positions with the same filter (measured: at most 1 grey level of 255 apart, from
 Pillow's 8-bit rounding between its two passes). So the cost of this step is bounded by the output size
-whatever the aspect ratio, and no aspect-ratio cap is needed.
+whatever the aspect ratio, and no aspect-ratio cap is needed. With a fixed ``{height, width}`` size, a side
+longer than ``MAX_RESAMPLED_SIDE`` is box-reduced first (Pillow's filter coefficients grow with the input:
+a 40,000,000x1 PNG took 800 MB to resize to 224x224).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from worker.inference.images import ImagePolicy, decode_in_process
 
 # Largest resized-but-not-yet-cropped image made on the exact path (3 MiB of RGB).
 MAX_INTERMEDIATE_PIXELS = 1 << 20
+# Longest side resampled directly. Pillow's resize builds filter coefficients for every output pixel over
+# its whole support, about 32 bytes per input pixel along an axis: 1.3 GB for a 40,000,000x1 image.
+# Longer sides are first reduced (box average) by the integer factor that brings them under this.
+MAX_RESAMPLED_SIDE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ def apply(image: Image.Image, spec: Resize) -> Image.Image:
     if spec.shortest_edge is None:
         if spec.do_resize:
             height, width = spec.size
+            factors = (-(-image.width // MAX_RESAMPLED_SIDE), -(-image.height // MAX_RESAMPLED_SIDE))
+            if factors != (1, 1):  # only sides over 65,536 pixels: normal images stay exact
+                image = image.reduce(factors)
             image = image.resize((width, height), resample=resample)
         return image
     crop_height, crop_width = spec.size
@@ -86,5 +95,4 @@ def decode_resized(
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode in the calling process and resize: what a decode child runs for ``load_pixels``. Returns the
     model-sized RGB image and the original (width, height) as displayed."""
-    image, original = decode_in_process(data, policy, draft_size)
-    return apply(image, spec), original
+    return decode_in_process(data, policy, draft_size, finish=lambda image: apply(image, spec))
