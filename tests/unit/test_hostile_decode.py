@@ -200,3 +200,16 @@ def test_heif_is_registered_for_the_allow_list_only() -> None:
     assert decode_with_size(data, ImagePolicy(formats=frozenset({"HEIF"})))[1] == (64, 48)
     with pytest.raises(UnsupportedFormatError, match=r"allowed format \(AVIF, JPEG\)"):
         decode_with_size(data, ImagePolicy(formats=frozenset({"JPEG", "AVIF"})))
+
+
+def test_a_side_over_65536_is_box_reduced_before_a_fixed_size_resize() -> None:
+    ramp = np.tile(np.linspace(0, 255, 1000).astype(np.uint8), 200)[None, :].repeat(3, axis=0)
+    image = Image.fromarray(np.stack([ramp] * 3, axis=-1))
+    assert image.width == 200_000 > resizing.MAX_RESAMPLED_SIDE
+    spec = FIXED.resize
+    got = np.asarray(resizing.apply(image, spec), dtype=int)
+    direct = np.asarray(image.resize((224, 224), resample=Image.Resampling(spec.resample)), dtype=int)
+    assert got.shape == direct.shape == (224, 224, 3)
+    assert int(np.abs(got - direct).max()) <= 2
+    small = make_image((640, 480), seed=8)  # normal images take the exact path
+    assert resizing.apply(small, spec).tobytes() == small.resize((224, 224), spec.resample).tobytes()
