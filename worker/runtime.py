@@ -87,13 +87,7 @@ def source_policy(settings: Settings) -> SourcePolicy:
 
 
 def image_policy(settings: Settings) -> ImagePolicy:
-    return ImagePolicy(
-        max_pixels=settings.max_pixels,
-        max_frames=settings.max_frames,
-        decode_memory=settings.decode_memory,
-        decode_processes=settings.decode_processes,
-        decode_timeout=settings.decode_timeout,
-    )
+    return ImagePolicy(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
 
 
 def default_threads(settings: Settings) -> int:
