@@ -41,6 +41,19 @@ def _hostile(svc: Service) -> Outcome:
     return outcome
 
 
+def _hostile_decode(svc: Service) -> Outcome:
+    outcome, expected, stored = scenarios.hostile_decode(svc)
+    wrong = {
+        source: (code, stored.get(source)) for source, code in expected.items() if stored.get(source) != code
+    }
+    outcome.notes["wrong_codes"] = len(wrong)
+    peak = outcome.notes["peak_rss_mib"]
+    assert isinstance(peak, int)
+    if wrong or peak * 2**20 >= scenarios.RSS_BOUND:
+        raise AssertionError(f"hostile decode: wrong codes {wrong}, notes {outcome.notes}")
+    return outcome
+
+
 def all_scenarios(quick: bool) -> list[tuple[str, Callable[[Service], Outcome]]]:
     runs: list[tuple[str, Callable[[Service], Outcome]]] = [
         ("SIGKILL while buffering", scenarios.kill_while_buffering),
@@ -52,6 +65,7 @@ def all_scenarios(quick: bool) -> list[tuple[str, Callable[[Service], Outcome]]]
         ("same message delivered 3x", scenarios.duplicate_delivery),
         ("malformed messages", scenarios.malformed_messages),
         ("hostile sources", _hostile),
+        ("hostile decode costs (16 threads)", _hostile_decode),
     ]
     if not quick:
         runs.insert(3, ("2 workers, one SIGKILLed 3x", scenarios.one_of_two_killed_repeatedly))

@@ -110,9 +110,15 @@ class CorruptImageError(DfscanError):
 
 
 class ImageTooLargeError(DfscanError):
-    """Too many pixels (decompression bomb) or too many animation frames."""
+    """Too many pixels (decompression bomb), frames, pages or tile pixels, or over the decode memory limit."""
 
     code = "IMAGE_TOO_LARGE"
+
+
+class ImageTooComplexError(DfscanError):
+    """Structure no real image has and whose parsing cost grows with it (scans, chunks, tags), or over the decode deadline."""
+
+    code = "IMAGE_TOO_COMPLEX"
 
 
 # --- models ----------------------------------------------------------------------------------

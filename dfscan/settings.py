@@ -83,6 +83,27 @@ class Settings(BaseSettings):
         description="Pixel cap per image, well under Pillow's bomb threshold (~89 Mpx).",
     )
     max_frames: int = Field(1000, ge=1, description="Animations with more frames are refused.")
+    decode_memory: int = Field(
+        512 * MiB,
+        ge=64 * MiB,
+        description="Bytes that the image decodes in flight in one process may hold together (decoded "
+        "pixels, TIFF tile, RGB result, estimated from the header before decoding); more waits, and one "
+        "image that would not fit alone is IMAGE_TOO_LARGE. With DFSCAN_DECODE_PROCESSES, also each decode "
+        "child's address-space limit (plus 256 MiB). 512 MiB: any one image at the 40 Mpx cap even without a draft (a float TIFF needs ~370 MiB), and a worker's RSS stays under 1.5 GiB with 16 hostile files in flight.",
+    )
+    decode_processes: int = Field(
+        0,
+        ge=0,
+        description="Decode child processes (0: decode in the calling thread). The backstop for parser "
+        "bugs: a child past DFSCAN_DECODE_TIMEOUT is killed (IMAGE_TOO_COMPLEX), one past "
+        "DFSCAN_DECODE_MEMORY gets IMAGE_TOO_LARGE. Off by default: see README, 'Hostile images'.",
+    )
+    decode_timeout: float = Field(
+        4.0,
+        gt=0,
+        description="CPU seconds one decode may use in a decode child, or 3x that in wall time (needs "
+        "DFSCAN_DECODE_PROCESSES > 0); the costliest real image at the 40 Mpx cap used 0.8 s of CPU.",
+    )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a URL's host.")
     read_timeout: float = Field(10.0, gt=0, description="Seconds between two reads of a body.")
     fetch_deadline: float = Field(30.0, gt=0, description="Seconds for a whole fetch, redirects included.")

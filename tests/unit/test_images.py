@@ -145,7 +145,7 @@ def test_frame_cap() -> None:
     data = gif_with_frames(12)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 12
     assert decode_image(data, ImagePolicy(max_frames=12)).size == (1, 1)
-    with pytest.raises(ImageTooLargeError, match="12 frames, over the cap of 11"):
+    with pytest.raises(ImageTooLargeError, match="more than 11 frames, over the cap of 11"):
         decode_image(data, ImagePolicy(max_frames=11))
 
 
@@ -175,11 +175,16 @@ def test_draft_decodes_large_jpeg_smaller_but_never_below_the_target() -> None:
     assert decode_image(data, POLICY, draft_size=(224, 224)).size == (600, 400)  # 1/4 would be 200 high
     assert decode_image(data, POLICY, draft_size=(500, 300)).size == (600, 400)  # 1/2: 1/4 would be below
     assert decode_image(data, POLICY, draft_size=(2000, 2000)).size == (1200, 800)  # never upscales
-    # Non-JPEG formats ignore the draft.
+    # Other formats are reduced by an integer factor that leaves at least twice the target (Pillow's
+    # reducing_gap=2): 800 // 448 = 1 keeps 1200x800 whole; 2000x1000 halves to 1000x500.
     assert decode_image(make_image_bytes("PNG", size=(1200, 800)), POLICY, draft_size=(224, 224)).size == (
         1200,
         800,
     )
+    png = make_image_bytes("PNG", size=(2000, 1000))
+    reduced = decode_image(png, POLICY, draft_size=(224, 224))
+    assert reduced.size == (1000, 500)
+    assert reduced.tobytes() == decode_image(png, POLICY).reduce(2).tobytes()
 
 
 def test_draft_respects_exif_rotation_and_reports_the_original_size() -> None:

@@ -11,7 +11,9 @@ Two resize schemes are supported, the ones ViT-style checkpoints use:
 
 - ``size: {height, width}`` (ViTImageProcessor's default, 224x224): resize to exactly that;
 - ``size: {shortest_edge}`` with ``do_center_crop`` and ``crop_size: {height, width}`` (DeiT, BEiT and
-  other timm-style processors): resize keeping the aspect ratio, then crop the centre.
+  other timm-style processors): resize keeping the aspect ratio, then crop the centre. Only the crop's
+  window of the source is resampled (:mod:`worker.inference.resizing`), so an extreme aspect ratio costs
+  no more than a square image.
 
 Anything else (``shortest_edge`` without a crop gives every image its own shape and cannot be batched;
 ``crop_pct``, ``longest_edge``, padding) is refused with MODEL_LOAD_FAILED rather than served differently
@@ -32,7 +34,8 @@ import torch
 from PIL import Image
 
 from dfscan.exceptions import ModelLoadError
-from worker.inference.images import ImagePolicy, decode_with_size, to_rgb
+from worker.inference import resizing
+from worker.inference.images import ImagePolicy, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +145,13 @@ class PreprocessConfig:
         return cfg
 
     @property
+    def resize(self) -> resizing.Resize:
+        """The geometric half of this config (torch-free, for decode children)."""
+        return resizing.Resize(
+            size=self.size, resample=self.resample, do_resize=self.do_resize, shortest_edge=self.shortest_edge
+        )
+
+    @property
     def draft_size(self) -> tuple[int, int] | None:
         """The smallest (width, height) a JPEG may be drafted to without changing what resize sees much."""
         if not self.do_resize:
@@ -158,25 +168,6 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ModelLoadError(f"{CONFIG_NAME}: {name} needs 3 values (RGB), got {list(values)}")
     return values[0], values[1], values[2]
-
-
-def _resized(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    resample = Image.Resampling(cfg.resample)
-    if cfg.shortest_edge is None:
-        if cfg.do_resize:
-            height, width = cfg.size
-            image = image.resize((width, height), resample=resample)
-        return image
-    if cfg.do_resize:
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = cfg.shortest_edge, int(cfg.shortest_edge * long / short)  # as transformers
-        new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-        image = image.resize(new_size, resample=resample)
-    crop_height, crop_width = cfg.size
-    left = (image.width - crop_width) // 2
-    top = (image.height - crop_height) // 2
-    return image.crop((left, top, left + crop_width, top + crop_height))  # pads with black if smaller
 
 
 @functools.lru_cache(maxsize=16)
@@ -200,7 +191,10 @@ def to_tensor(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     """An image (any mode; RGB expected) to a contiguous float32 tensor of shape (3, H, W)."""
     if image.mode != "RGB":
         image = to_rgb(image)
-    image = _resized(image, cfg)
+    return _from_resized(resizing.apply(image, cfg.resize), cfg)
+
+
+def _from_resized(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     width, height = image.size
     if cfg.shortest_edge is None and cfg.do_resize and (height, width) != cfg.size:
         raise RuntimeError(f"resize gave {height}x{width}, expected {cfg.size[0]}x{cfg.size[1]}")
@@ -218,6 +212,16 @@ def load_pixels(
     data: bytes, cfg: PreprocessConfig, policy: ImagePolicy, *, draft: bool = True
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Decode ``data`` (JPEGs drafted down towards the model size unless ``draft`` is False) and turn it
-    into model input. Returns the tensor and the original (width, height) as displayed."""
-    image, original = decode_with_size(data, policy, draft_size=cfg.draft_size if draft else None)
-    return to_tensor(image, cfg), original
+    into model input. Returns the tensor and the original (width, height) as displayed.
+
+    The resize runs inside the decode's memory reservation; with ``policy.decode_processes`` decode and
+    resize run in the decode pool (see :mod:`worker.inference.decode_pool`) and only the model-sized RGB
+    image comes back."""
+    draft_size = cfg.draft_size if draft else None
+    if policy.decode_processes > 0:
+        from worker.inference.decode_pool import run_isolated
+
+        image, original = run_isolated(policy, resizing.decode_resized, data, policy, cfg.resize, draft_size)
+    else:
+        image, original = resizing.decode_resized(data, policy, cfg.resize, draft_size)
+    return _from_resized(image, cfg), original

@@ -335,3 +335,45 @@ def hostile_sources(svc: Service, tmp: Path) -> tuple[Outcome, dict[str, str | N
 
 def _jpeg(corpus: dict[str, tuple[Path, str | None]]) -> bytes:
     return corpus["jpeg"][0].read_bytes()
+
+
+def hostile_decode(
+    svc: Service, *, full: bool = True
+) -> tuple[Outcome, dict[str, str | None], dict[str, str | None]]:
+    """The decode-cost attacks of tests/fixtures/hostile.py (``full``: the sizes measured on the old main) on
+    one worker with 16 task threads. Returns the outcome (notes: the worker's peak RSS, the longest job
+    from started to finished among those refused with a code and among those decoded and judged), the
+    expected code per source (None: must succeed) and the stored one."""
+    from tests.fixtures.hostile import hostile_cases
+
+    folder = svc.images / "hostile"
+    folder.mkdir()
+    expected: dict[str, str | None] = {}
+    for name, case in hostile_cases(full=full).items():
+        path = folder / name
+        path.write_bytes(case.data)
+        expected[str(path)] = case.code
+    worker = svc.start_worker("--concurrency=16")
+    with faults.RssSampler(worker.proc.pid) as rss:
+        sub = ScanClient(settings_for(svc)).submit(list(expected))
+        outcome = finish("hostile decode", svc, sub, 300)
+    assert worker.proc.poll() is None, worker.text()[-3000:]
+    stored = {row.source: row.error_code for row in sub.results()}
+    sessions = new_session_factory(new_engine(svc.database_url))
+    with sessions() as session:
+        spans = session.execute(
+            select(ScanJob.started_at, ScanJob.finished_at, ScanJob.error_code).where(
+                ScanJob.submission_id == sub.id
+            )
+        ).all()
+    seconds = {True: [0.0], False: [0.0]}  # refused (has a code) / decoded
+    for start, end, code in spans:
+        if start and end:
+            seconds[code is not None].append((end - start).total_seconds())
+    outcome.notes.update(
+        peak_rss_mib=rss.peak // (1024 * 1024),
+        longest_refused_s=round(max(seconds[True]), 2),
+        longest_decoded_s=round(max(seconds[False]), 2),
+    )
+    outcome.notes["rss_samples"] = rss.samples
+    return outcome, expected, stored

@@ -22,3 +22,13 @@ def test_hostile_sources_fail_with_their_codes_and_touch_nothing(
     assert outcome.notes["canary_hits"] == 0
     assert outcome.notes["rss_samples"] > 10  # type: ignore[operator]
     assert outcome.notes["peak_rss_mib"] * 1024 * 1024 < scenarios.RSS_BOUND  # type: ignore[operator]
+
+
+def test_hostile_decodes_end_with_their_codes_in_bounded_memory(
+    fault_service: Service,  # noqa: F811
+) -> None:
+    outcome, expected, stored = scenarios.hostile_decode(fault_service, full=False)
+    assert outcome.report.ok, outcome.report.summary()
+    assert stored == expected
+    assert outcome.report.done == sum(1 for code in expected.values() if code is None)
+    assert outcome.notes["peak_rss_mib"] * 1024 * 1024 < scenarios.RSS_BOUND  # type: ignore[operator]

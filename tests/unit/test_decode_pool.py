@@ -1,0 +1,95 @@
+"""The backstop: a decode child that hangs, balloons or crashes ends with a stable code, and the pool and
+the calling process carry on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooComplexError, ImageTooLargeError
+from tests.fixtures import parsers
+from tests.fixtures.corpus import EXPECTED_SIZES, make_corpus
+from tests.fixtures.hostile import hostile_cases
+from worker.inference.decode_pool import DecodePool
+from worker.inference.images import ImagePolicy, decode_with_size
+from worker.inference.preprocess import PreprocessConfig, load_pixels
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[DecodePool]:
+    pool = DecodePool(1, 256 * MiB, timeout=0.5)
+    yield pool
+    pool.close()
+
+
+def test_a_hanging_decoder_is_killed_at_the_deadline_and_replaced(pool: DecodePool) -> None:
+    first = pool.run(parsers.pid)
+    with pytest.raises(ImageTooComplexError, match=r"or 1.5 s of wall time"):
+        pool.run(parsers.hang, 60.0)  # sleeps: no CPU, so the wall limit (3 x the deadline) stops it
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    second = pool.run(parsers.pid)
+    assert second != first
+    assert pool.run(parsers.hang, 0.0) == "woke up"
+
+
+def test_a_spinning_decoder_is_stopped_by_its_cpu_time(pool: DecodePool) -> None:
+    with pytest.raises(ImageTooComplexError, match="more than 0.5 s of CPU"):
+        pool.run(parsers.spin, 60.0)
+    assert pool.run(parsers.spin, 0.0) == "done"
+
+
+def test_a_ballooning_decoder_hits_the_memory_limit_not_the_caller(pool: DecodePool) -> None:
+    caller = psutil.Process(os.getpid()).memory_info().rss
+    child = pool.run(parsers.pid)
+    with pytest.raises(ImageTooLargeError, match="decode memory limit"):
+        pool.run(parsers.balloon, 4)
+    assert pool.run(parsers.pid) == child  # a MemoryError is reported; the child lives on
+    assert psutil.Process(os.getpid()).memory_info().rss < caller + 64 * MiB
+
+
+def test_a_crashing_decoder_is_a_corrupt_image_and_the_pool_recovers(pool: DecodePool) -> None:
+    with pytest.raises(CorruptImageError, match="decoder process died"):
+        pool.run(parsers.crash)
+    assert pool.run(parsers.hang, 0.0) == "woke up"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_isolated_decoding_gives_the_same_images_and_codes(tmp_path: Path) -> None:
+    isolated = ImagePolicy(decode_processes=1)
+    corpus = make_corpus(tmp_path)
+    for name, (path, code) in corpus.items():
+        data = path.read_bytes()
+        outcomes: list[object] = []
+        for policy in (ImagePolicy(), isolated):
+            try:
+                img, size = decode_with_size(data, policy)
+            except DfscanError as exc:
+                outcomes.append(exc.code)
+            else:
+                outcomes.append((img.tobytes(), size))
+        assert outcomes[0] == outcomes[1], name
+        assert outcomes[0] == (code or outcomes[0]), name
+        if code is None:
+            assert isinstance(outcomes[0], tuple) and outcomes[0][1] == EXPECTED_SIZES[name], name
+    for name, case in hostile_cases(full=False).items():
+        if case.code is not None:
+            with pytest.raises(DfscanError) as caught:
+                decode_with_size(case.data, isolated)
+            assert caught.value.code == case.code, name
+
+
+def test_isolated_load_pixels_equals_in_process(tmp_path: Path) -> None:
+    cfg = PreprocessConfig.from_dict(
+        {"size": {"shortest_edge": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224}}
+    )
+    data = make_corpus(tmp_path)["jpeg_exif_rotated"][0].read_bytes()
+    here, size_here = load_pixels(data, cfg, ImagePolicy())
+    there, size_there = load_pixels(data, cfg, ImagePolicy(decode_processes=1))
+    assert size_here == size_there == (48, 64)
+    assert bool((here == there).all())

@@ -1,0 +1,222 @@
+"""The backstop: decode in child processes with an address-space limit and a wall deadline.
+
+The checks in :mod:`worker.inference.headers` and :mod:`worker.inference.images` bound what a header can
+declare; a parser bug or a hostile stream inside a valid structure can still spin or balloon in C code that
+no thread can interrupt. A child process can be stopped: each decode runs in one of
+``ImagePolicy.decode_processes`` children, each with ``RLIMIT_AS`` set to its start-up size plus
+``ImagePolicy.decode_memory`` (an allocation beyond it fails as ``MemoryError`` -> ``IMAGE_TOO_LARGE``),
+and a decode that has used ``ImagePolicy.decode_timeout`` seconds of CPU (or three times that in wall
+time, for a parser that blocks) has its child killed and replaced (``IMAGE_TOO_COMPLEX``). CPU time is the
+measure because on a loaded machine a legitimate 40 Mpx image decoding beside 15 others took over 4 s of
+wall time for 0.6 s of CPU (bench/hostile.py). A child that dies on its own (a crash in a decoder) gives ``CORRUPT_IMAGE``.
+The calling process never holds the decoded image, only the (small) result.
+
+Each child is a fresh interpreter (``python -m worker.inference.decode_pool FD``, never a fork), talking
+over a socket pair with ``multiprocessing.connection``: it imports Pillow and numpy only (no torch, no CUDA
+state, and not the parent's ``__main__``, which multiprocessing's spawn and forkserver would re-import:
+for the ``dfscan`` script that means torch), so it is safe to start after the model is loaded. A child
+starts in about half a second, on the first isolated decode and after a kill; the pool is built lazily,
+once per process and settings, and children exit when the parent's end of their socket closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooComplexError, ImageTooLargeError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Imported by each child at start, so that its first decode does not pay for them.
+_PRELOAD = ("worker.inference.images", "worker.inference.resizing")
+
+
+def _address_space() -> int:
+    """This process's current virtual memory size in bytes (from /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# The deadline: DFSCAN_DECODE_TIMEOUT seconds of the child's CPU, or this many times it in wall time;
+# checked every _POLL seconds (a reply wakes the caller at once).
+_WALL_FACTOR = 3.0
+_POLL = 0.2
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+# Seconds a new child may take to start (the first one also starts the fork server).
+_STARTUP_TIMEOUT = 120.0
+
+# Address space a child may take beyond the decode budget: thread stacks and malloc arenas of decoder
+# threads (libavif, libheif) reserve virtual memory they mostly never touch.
+_SLACK = 256 * 1024 * 1024
+
+
+def _serve(conn: Connection, allowance: int) -> None:
+    """A child's loop: limit the address space, then run (function, args) requests until the pipe closes."""
+    for name in _PRELOAD:
+        __import__(name)
+    limit = _address_space() + allowance + _SLACK
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    conn.send("ready")
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", fn(*args))
+        except MemoryError:
+            reply = ("error", ImageTooLargeError("image too large: over the decode memory limit"))
+        except DfscanError as exc:
+            reply = ("error", exc)
+        except Exception as exc:  # a bug in a decoder: reported, the child lives on
+            reply = ("error", CorruptImageError(f"decoder failed: {type(exc).__name__}: {exc}"))
+        try:
+            conn.send(reply)
+        except MemoryError:
+            conn.send(("error", ImageTooLargeError("image too large: over the decode memory limit")))
+
+
+class _Child:
+    def __init__(self, allowance: int) -> None:
+        ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(fd), str(allowance)], pass_fds=(fd,), close_fds=True
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        # Start-up (the fork server's first start imports Pillow and numpy) is not part of any deadline.
+        if not self.conn.poll(_STARTUP_TIMEOUT) or self.conn.recv() != "ready":
+            self.kill()
+            raise RuntimeError(f"decode child did not start within {_STARTUP_TIMEOUT:g} s")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(5)
+        self.conn.close()
+
+
+class DecodePool:
+    """``processes`` decode children, started on demand; :meth:`run` blocks until one is free."""
+
+    def __init__(self, processes: int, memory: int, timeout: float) -> None:
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        self.timeout = timeout
+        self.memory = memory
+        self._idle: queue.Queue[_Child | None] = queue.Queue()
+        for _ in range(processes):
+            self._idle.put(None)  # a slot whose child is started when first taken
+        self._closed = False
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a child: its result, or the DfscanError it raised, or IMAGE_TOO_COMPLEX past the
+        deadline, IMAGE_TOO_LARGE past the memory limit, CORRUPT_IMAGE if the child died."""
+        if self._closed:
+            raise RuntimeError("decode pool is closed")
+        child = self._idle.get()
+        try:
+            if child is None or child.process.poll() is not None:
+                child = _Child(self.memory)
+            child.conn.send((fn, args))
+            if not self._wait(child):
+                pid = child.process.pid
+                child.kill()
+                child = None
+                logger.warning("decode child %s killed past the %.1f s deadline", pid, self.timeout)
+                raise ImageTooComplexError(
+                    f"decoding took more than {self.timeout:g} s of CPU (or {_WALL_FACTOR * self.timeout:g} s "
+                    "of wall time); DFSCAN_DECODE_TIMEOUT"
+                )
+            try:
+                status, value = child.conn.recv()
+            except (EOFError, OSError):
+                code = child.process.wait(5)
+                child.kill()
+                child = None
+                raise CorruptImageError(
+                    f"the decoder process died on this image (exit code {code})"
+                ) from None
+        finally:
+            self._idle.put(child)
+        if status == "error":
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _wait(self, child: _Child) -> bool:
+        """Wait for the child's reply: False once it has used ``timeout`` CPU seconds, or ``_WALL_FACTOR``
+        times that in wall time (a parser that blocks). CPU time, because on a loaded machine wall time
+        says more about the neighbours than about the image."""
+        start_cpu = _cpu_seconds(child.process.pid)
+        wall_deadline = time.monotonic() + _WALL_FACTOR * self.timeout
+        while True:
+            remaining = wall_deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if child.conn.poll(min(_POLL, remaining)):
+                return True
+            if _cpu_seconds(child.process.pid) - start_cpu > self.timeout:
+                return False
+
+    def close(self) -> None:
+        """Stop every child (tests; the worker's children die with it, they are daemons)."""
+        self._closed = True
+        while True:
+            try:
+                child = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            if child is not None:
+                child.kill()
+
+
+_pools: dict[tuple[int, int, float], DecodePool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool_for(processes: int, memory: int, timeout: float) -> DecodePool:
+    """The process's pool for these settings, built on first use."""
+    key = (processes, memory, timeout)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = DecodePool(processes, memory, timeout)
+        return pool
+
+
+def run_isolated(policy: Any, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the decode pool that ``policy`` (an ImagePolicy) asks for."""
+    pool = pool_for(policy.decode_processes, policy.decode_memory, policy.decode_timeout)
+    return pool.run(fn, *args)
+
+
+if __name__ == "__main__":  # a decode child: python -m worker.inference.decode_pool FD ALLOWANCE
+    _serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
