@@ -191,10 +191,10 @@ def test_wrong_number_of_scores_is_caught(
 def test_an_unexpected_error_is_an_internal_error_worth_a_retry(
     tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def buggy(image: Image.Image, cfg: object) -> torch.Tensor:
+    def buggy(data: bytes, cfg: object, policy: object) -> torch.Tensor:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(judge_module, "to_tensor", buggy)
+    monkeypatch.setattr(judge_module, "load_pixels", buggy)
     (verdict,) = _run(_judge(detector, tmp_path), [_write_image(tmp_path / "a.jpg", 1)])
     assert verdict.error_code == "INTERNAL_ERROR" and verdict.retryable
     assert "ZeroDivisionError" in (verdict.error or "")

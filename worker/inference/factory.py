@@ -34,7 +34,13 @@ def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> So
 
 
 def image_policy(settings: Settings) -> ImagePolicy:
-    return ImagePolicy(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+    return ImagePolicy(
+        max_pixels=settings.max_pixels,
+        max_frames=settings.max_frames,
+        decode_memory=settings.decode_memory,
+        decode_processes=settings.decode_processes,
+        decode_timeout=settings.decode_timeout,
+    )
 
 
 def default_threads(settings: Settings) -> int:

@@ -33,9 +33,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dfscan.exceptions import DfscanError, InferenceError
 from dfscan.verdicts import DONE, FAILED, Verdict, label_for
 from worker.inference.batcher import DynamicBatcher
-from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
+from worker.inference.images import ImagePolicy, image_sha256, sniff_format
 from worker.inference.model import Detector
-from worker.inference.preprocess import to_tensor
+from worker.inference.preprocess import load_pixels
 from worker.inference.sources import SourcePolicy, read_source
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,9 @@ class Judge:
             return self._done(source, stored, cached=True, **facts)
         started = time.perf_counter()
         try:
-            image, (width, height) = decode_with_size(
-                data, self.images, draft_size=self.detector.preprocess.draft_size
-            )
-            pixels = to_tensor(image, self.detector.preprocess)
+            # Decode, reduce and preprocess inside the decode memory budget (and, with
+            # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
+            pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
         facts.update(width=width, height=height, decode_ms=_ms(started))
