@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -152,7 +152,7 @@ def claim_jobs(
     now = utcnow()
     claimed = session.execute(
         update(ScanJob)
-        .where(ScanJob.id.in_(ids), ScanJob.state.in_(ACTIVE), ScanJob.attempts < max_attempts)
+        .where(ScanJob.id.in_(ids), _claimable(now), ScanJob.attempts < max_attempts)
         .values(
             state="running",
             attempts=ScanJob.attempts + 1,
@@ -166,14 +166,53 @@ def claim_jobs(
     ).all()
     out = {row.id: Claim(row.source, row.attempts, row.priority) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
-    if rest:
+    if rest:  # out of attempts (fail it), or held by a live worker's lease (leave it to that worker)
         message = f"job was tried {max_attempts} times (the limit) without finishing"
         failed = _fail_max_attempts(
-            session, and_(ScanJob.id.in_(rest), ScanJob.state.in_(ACTIVE)), message, now
+            session,
+            and_(ScanJob.id.in_(rest), _claimable(now), ScanJob.attempts >= max_attempts),
+            message,
+            now,
         )
         for job_id in failed:
             log.warning("job %s failed: %s", job_id, message, extra={"job_id": str(job_id)})
     return out
+
+
+def _claimable(now: datetime) -> Any:
+    """Queued, or running for a worker that is gone (its lease ran out: live workers renew theirs).
+
+    A redelivered message (Redis' visibility timeout, a sweeper's re-send) of a job that a live
+    worker holds is acknowledged and does nothing: one job is never judged by two workers at once.
+    """
+    return or_(
+        ScanJob.state == "queued",
+        and_(ScanJob.state == "running", or_(ScanJob.lease_until.is_(None), ScanJob.lease_until < now)),
+    )
+
+
+def renew_leases(
+    session: Session, job_ids: Sequence[uuid.UUID], *, worker: str, lease_seconds: int
+) -> list[uuid.UUID]:
+    """Push the lease of ``worker``'s running jobs ``lease_seconds`` into the future (one UPDATE).
+
+    Guarded on ``state = 'running' AND worker = worker``: a job that finished, was released, or was
+    taken over after this worker lost it (lease expired during a pause) is left alone. Returns the
+    ids renewed.
+    """
+    ids = sorted(set(job_ids))
+    if not ids:
+        return []
+    now = utcnow()
+    return list(
+        session.scalars(
+            update(ScanJob)
+            .where(ScanJob.id.in_(ids), ScanJob.state == "running", ScanJob.worker == worker)
+            .values(lease_until=now + timedelta(seconds=lease_seconds))
+            .returning(ScanJob.id),
+            execution_options={"synchronize_session": False},
+        )
+    )
 
 
 def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime) -> list[uuid.UUID]:
@@ -311,15 +350,16 @@ def sweep_stale(
     now: datetime | None = None,
     lease_seconds: int,
     max_attempts: int,
-    include_queued: bool = True,
+    include_queued: bool | Collection[uuid.UUID] = True,
 ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     """Recover jobs whose message or worker was lost. Returns ``(to_resend, failed)``.
 
     Stale: queued with a sent message and no change for ``lease_seconds``, or running past its
     lease. Stale jobs that used all their attempts fail with ``MAX_ATTEMPTS``; the others go back to
     queued with ``enqueued_at = now``, and the caller sends a message for each id in ``to_resend``.
-    ``include_queued=False`` leaves queued jobs alone: a long backlog is not a lost message, and the
-    sweeper only looks at queued jobs when the broker holds fewer messages than there are queued jobs.
+    ``include_queued=False`` leaves queued jobs alone: a long backlog is not a lost message. A
+    collection of ids limits the queued jobs considered to those (the sweeper passes the stale queued
+    jobs that no message in the broker names, see ``worker.sweeper.lost_queued_jobs``).
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=lease_seconds)
@@ -329,7 +369,12 @@ def sweep_stale(
     stale_queued = and_(
         ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None), ScanJob.updated_at < cutoff
     )
-    stale = or_(stale_queued, stale_running) if include_queued else stale_running
+    if include_queued is True:
+        stale = or_(stale_queued, stale_running)
+    elif include_queued is False or not include_queued:
+        stale = stale_running
+    else:
+        stale = or_(and_(stale_queued, ScanJob.id.in_(sorted(set(include_queued)))), stale_running)
     failed = _fail_max_attempts(
         session,
         and_(stale, ScanJob.attempts >= max_attempts),
@@ -348,16 +393,20 @@ def sweep_stale(
     return list(resend), list(failed)
 
 
-def count_sent_queued(session: Session) -> int:
-    """Queued jobs whose message was sent: what the broker should be holding for them."""
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(ScanJob)
-            .where(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None))
-        )
-        or 0
-    )
+def count_sent_queued(session: Session, *, older_than: datetime | None = None) -> int:
+    """Queued jobs whose message was sent (and, with ``older_than``, that have not changed since):
+    what the broker should be holding for them."""
+    return int(session.scalar(select(func.count()).select_from(ScanJob).where(_sent_queued(older_than))) or 0)
+
+
+def sent_queued_ids(session: Session, *, older_than: datetime) -> list[uuid.UUID]:
+    """The ids ``count_sent_queued(older_than=...)`` counts."""
+    return list(session.scalars(select(ScanJob.id).where(_sent_queued(older_than))))
+
+
+def _sent_queued(older_than: datetime | None) -> Any:
+    sent = and_(ScanJob.state == "queued", ScanJob.enqueued_at.is_not(None))
+    return sent if older_than is None else and_(sent, ScanJob.updated_at < older_than)
 
 
 def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:

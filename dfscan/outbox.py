@@ -7,9 +7,12 @@ the sweeper, so no job stays queued forever.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 from celery import Celery
@@ -98,3 +101,51 @@ def queue_depth(broker_url: str, *, include_reserved: bool = False) -> int:
         return depth + (int(client.hlen("unacked")) if include_reserved else 0)
     finally:
         client.close()
+
+
+_PAGE = 1000
+
+
+def queued_job_ids(broker_url: str) -> set[uuid.UUID]:
+    """Every job id named by a scan message the broker still holds: waiting in an inference queue,
+    or delivered to a worker and not yet acknowledged (kombu's ``unacked`` hash).
+
+    Reads the messages in pages (``LRANGE``/``HSCAN``), so it costs one pass over the backlog; the
+    sweeper calls it only when queued jobs are older than a lease. The queues are read before the
+    hash: a message moving from one to the other in between is seen twice, not missed.
+    """
+    client = redis.Redis.from_url(broker_url, socket_timeout=30, socket_connect_timeout=5)
+    found: set[uuid.UUID] = set()
+    try:
+        for queue in (INFERENCE_QUEUE, INTERACTIVE_QUEUE):
+            start = 0
+            while page := client.lrange(queue, start, start + _PAGE - 1):
+                for raw in page:
+                    found.update(_message_job_ids(raw))
+                start += len(page)
+        for _, raw in client.hscan_iter("unacked", count=_PAGE):
+            try:
+                envelope = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(envelope, list) and envelope:
+                found.update(_message_job_ids(envelope[0]))
+    finally:
+        client.close()
+    return found
+
+
+def _message_job_ids(raw: bytes | str | dict[str, Any]) -> list[uuid.UUID]:
+    """The job ids of one kombu Redis message (protocol 2, JSON body); [] for anything else."""
+    try:
+        message = raw if isinstance(raw, dict) else json.loads(raw)
+        if message.get("headers", {}).get("task") != SCAN_TASK:
+            return []
+        body: Any = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, *_ = json.loads(body)
+        named = [kwargs["job_id"]] if "job_id" in kwargs else list(kwargs.get("job_ids") or [])
+        return [uuid.UUID(str(job_id)) for job_id in named]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []

@@ -30,6 +30,7 @@ from dfscan.verdicts import Verdict
 from worker.inference.batcher import MicroBatcher
 from worker.inference.factory import new_detector, new_judge
 from worker.inference.judge import Judge
+from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class InferenceRuntime(WorkerRuntime):
         self._finishes: MicroBatcher[dict[str, Any], bool] = MicroBatcher(
             self._finish_batch, max_batch=_DB_BATCH, max_wait=0.0, name="verdict write"
         )
+        self.leases = LeaseKeeper(self.sessions, self.name, self.settings.lease_seconds)
 
     # --- the job rows, batched across concurrent tasks ------------------------------------------
 
@@ -202,6 +204,7 @@ class InferenceRuntime(WorkerRuntime):
         if judge is not None:
             judge.close(timeout=60)
         self._judge_pool.shutdown(wait=True)
+        self.leases.close()
         for batcher in (self._claims, self._lookups, self._finishes):
             batcher.close(timeout=30)
         super().close()

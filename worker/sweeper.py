@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, training
-from dfscan.outbox import queue_depth, relay_unsent, send_jobs
+from db.models import utcnow
+from dfscan.outbox import queued_job_ids, relay_unsent, send_jobs
 from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE
 from dfscan.settings import Settings
 
@@ -37,17 +40,26 @@ class SweepReport:
     runs: int = 0
 
 
-def messages_missing(session: Session, broker_url: str) -> bool:
-    """Whether the broker holds fewer scan messages (waiting or reserved) than Postgres has queued jobs.
+def lost_queued_jobs(session: Session, broker_url: str, *, lease_seconds: int) -> list[uuid.UUID] | bool:
+    """The queued jobs, sent at least ``lease_seconds`` ago, that no scan message in the broker names.
 
-    A deep, healthy backlog keeps jobs queued far past any lease; re-sending them all would only
-    double the queue. When messages really are gone (a flushed or restarted Redis without
-    persistence), the broker's count falls below the database's, and queued jobs are re-sent.
+    Compared per job, not per message: a message may carry up to ``DFSCAN_JOBS_PER_MESSAGE`` jobs,
+    so a healthy backlog of 400 jobs in 50 messages must not look like 350 lost messages (it did:
+    the backlog was re-sent every lease and doubled). A deep, healthy backlog keeps jobs queued far
+    past any lease; only jobs whose message really is gone (a flushed Redis, a restart without
+    persistence) come back. Returns their ids, or True when every stale queued job is lost (for
+    ``jobs.sweep_stale``'s ``include_queued``). The broker is read before Postgres, so a message
+    consumed in between shows up as a job that is running, not as a lost one; the remaining races
+    only cost a duplicate message, which the claim guard turns into a no-op.
     """
-    queued = jobs.count_sent_queued(session)
-    if not queued:
-        return False
-    return queue_depth(broker_url, include_reserved=True) < queued
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    if not jobs.count_sent_queued(session, older_than=cutoff):
+        return []  # the common case costs one count, not a read of the broker
+    held = queued_job_ids(broker_url)
+    stale = jobs.sent_queued_ids(session, older_than=cutoff)
+    lost = [job_id for job_id in stale if job_id not in held]
+    # All of them (a flushed Redis): let the sweep select them itself rather than send a huge IN list.
+    return True if lost and len(lost) == len(stale) else lost
 
 
 def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings) -> SweepReport:
@@ -57,7 +69,9 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
             session,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
-            include_queued=messages_missing(session, settings.broker_url),
+            include_queued=lost_queued_jobs(
+                session, settings.broker_url, lease_seconds=settings.lease_seconds
+            ),
         )
         pending = jobs.priorities(session, resend_ids)
     resent = send_jobs(app, sessions, pending, per_message=settings.jobs_per_message) if pending else 0

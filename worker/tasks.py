@@ -110,6 +110,13 @@ def _process(task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...]) -
     claimed = _db_call(task, lambda: rt.claim(job_ids))
     if not claimed:
         return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
+    with rt.leases.holding(claimed):  # the claim lasts while this worker is alive (worker/leases.py)
+        return _judge_claimed(task, rt, job_ids, claimed)
+
+
+def _judge_claimed(
+    task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...], claimed: dict[uuid.UUID, jobs.Claim]
+) -> dict[str, Any]:
     order = list(claimed)
     outcomes = rt.judge_many([claimed[job_id].source for job_id in order])
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError)), None)

@@ -408,3 +408,58 @@ def test_training_run_failure_records_its_code(factory: sessionmaker[Session]) -
 def test_naive_datetimes_are_refused(factory: sessionmaker[Session]) -> None:
     with factory.begin() as s, pytest.raises(Exception, match="naive datetime"):
         jobs.sweep_stale(s, now=datetime(2030, 1, 1), lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+
+
+def test_a_live_lease_is_renewed_and_keeps_its_claim_against_a_redelivery(
+    factory: sessionmaker[Session],
+) -> None:
+    held, other = _submit(factory, ["a", "b"])
+    with factory.begin() as s:
+        assert set(
+            jobs.claim_jobs(s, [held, other], worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+        ) == {
+            held,
+            other,
+        }
+    first = _job(factory, held).lease_until
+    assert first is not None
+    with factory.begin() as s:
+        # w2 renews nothing it does not hold; w1 renews only its running jobs.
+        assert jobs.renew_leases(s, [held], worker="w2", lease_seconds=600) == []
+        jobs.finish_failed(s, other, code="NOT_FOUND", message="gone")
+        assert jobs.renew_leases(s, [held, other], worker="w1", lease_seconds=600) == [held]
+    renewed = _job(factory, held).lease_until
+    assert renewed is not None and renewed > first + timedelta(seconds=500)
+    # A redelivered message while the lease is live: not claimed, not failed, attempts unchanged.
+    with factory.begin() as s:
+        assert jobs.claim_jobs(s, [held], worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) == {}
+    job = _job(factory, held)
+    assert (job.state, job.worker, job.attempts, job.error_code) == ("running", "w1", 1, None)
+    # Even on its last attempt, a live claim is not failed with MAX_ATTEMPTS by a redelivery.
+    with factory.begin() as s:
+        s.execute(
+            text("UPDATE scan_jobs SET attempts = :n WHERE id = :id"), {"n": MAX_ATTEMPTS, "id": held.hex}
+        )
+        assert jobs.claim_jobs(s, [held], worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS) == {}
+    assert _job(factory, held).state == "running"
+    # Once the lease has run out (the worker is gone), a redelivery takes it over.
+    with factory.begin() as s:
+        s.execute(text("UPDATE scan_jobs SET attempts = 1, lease_until = :t WHERE id = :id"),
+                  {"t": datetime(2000, 1, 1, tzinfo=timezone.utc), "id": held.hex})  # fmt: skip
+        claimed = jobs.claim_jobs(s, [held], worker="w2", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+    assert claimed[held].attempts == 2 and _job(factory, held).worker == "w2"
+
+
+def test_sweep_resends_only_the_queued_jobs_it_is_given(factory: sessionmaker[Session]) -> None:
+    lost, held = _submit(factory, ["a", "b"])
+    with factory.begin() as s:
+        jobs.mark_enqueued(s, [lost, held])
+    later = datetime.now(timezone.utc) + timedelta(seconds=61)
+    with factory.begin() as s:
+        assert jobs.sweep_stale(
+            s, now=later, lease_seconds=60, max_attempts=MAX_ATTEMPTS, include_queued=[]
+        ) == ([], [])
+        resend, failed = jobs.sweep_stale(
+            s, now=later, lease_seconds=60, max_attempts=MAX_ATTEMPTS, include_queued=[lost]
+        )
+    assert (resend, failed) == ([lost], [])

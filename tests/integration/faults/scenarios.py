@@ -190,6 +190,94 @@ def redis_flush(svc: Service) -> Outcome:
     return finish("Redis db flushed", svc, sub, 180, unfinished_at_flush=left)
 
 
+# --- leases and the sweeper ---------------------------------------------------------------------
+
+SLOW_SECONDS = 7.0  # the slow origin's answer time: over 3 leases, under the visibility timeout (10 s)
+
+
+def _job_rows(svc: Service, sub: Submission) -> list[ScanJob]:
+    sessions = new_session_factory(new_engine(svc.database_url))
+    with sessions() as session:
+        return list(session.scalars(select(ScanJob).where(ScanJob.submission_id == sub.id)))
+
+
+def slow_job_vs_lease(svc: Service) -> Outcome:
+    """A job that takes 3.5 leases (a slow origin) beside quick ones, with the sweeper sweeping every
+    second: its worker renews the lease, so it is fetched once, claimed once and judged once."""
+    lease = 2
+    paths = [str(p) for p in write_images(svc.images, 4)]
+    with faults.serve_http_on("127.0.0.2", {"/slow.png": Path(paths[0]).read_bytes()}) as web:
+        web.delays["/slow.png"] = SLOW_SECONDS
+        slow_url = web.url("/slow.png", host="127.0.0.2")
+        worker = svc.start_worker(
+            "--sweeper",
+            env={
+                "DFSCAN_URL_ALLOWLIST": "127.0.0.2/32",
+                "DFSCAN_LEASE_SECONDS": str(lease),
+                "DFSCAN_SWEEP_INTERVAL": "1",
+            },
+        )
+        sub = ScanClient(settings_for(svc)).submit([slow_url, *paths])
+        outcome = finish("slow job vs lease", svc, sub, 60)
+        time.sleep(2 * lease)  # a late duplicate would show up here
+        outcome.report = check_submission(settings_for(svc), sub.id)
+        requests = web.hits["/slow.png"]
+    (slow,) = [row for row in _job_rows(svc, sub) if row.source == slow_url]
+    outcome.notes.update(lease_s=lease, job_s=SLOW_SECONDS, requests=requests, attempts=slow.attempts)
+    outcome.log = worker.text()
+    assert slow.state == "done", (slow.state, slow.error_code, slow.error_message)
+    return outcome
+
+
+def _backlog_jobs(svc: Service) -> int:
+    from dfscan.outbox import queued_job_ids
+
+    return len(queued_job_ids(svc.broker_url))
+
+
+def bulk_backlog_vs_sweeper(svc: Service, n: int = 400, per_message: int = 8) -> Outcome:
+    """A bulk backlog (``n`` jobs, ``per_message`` a message) with no worker consuming, a 2 s lease and a
+    sweep every second: its message count holds over several leases (the sweeper counts jobs, not
+    messages). Then Redis is flushed: the sweeper re-sends every job, once. Then a worker drains it."""
+    lease = 2
+    messages = -(-n // per_message)
+    env = {"DFSCAN_JOBS_PER_MESSAGE": str(per_message), "DFSCAN_LEASE_SECONDS": str(lease)}
+    svc.env.update({**env, "DFSCAN_SWEEP_INTERVAL": "1"})
+    paths = [str(p) for p in write_images(svc.images, n, size=(16, 16))]
+    client = ScanClient(settings_for(svc).model_copy(update={"jobs_per_message": per_message}))
+    sub = client.submit(paths)
+    r = svc.redis()
+    assert r.llen("inference") == messages, r.llen("inference")
+    sweeper = faults.start_process(svc, "sweeper", "sweeper")
+    try:
+        counts: list[int] = []
+        for _ in range(4 * lease):  # four leases of sweeps, each of which judged the backlog stale
+            time.sleep(1.0)
+            counts.append(int(r.llen("inference")))
+        assert counts == [messages] * len(counts), f"backlog messages changed under the sweeper: {counts}"
+        faults.flush_own_db(svc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _backlog_jobs(svc) < n:
+            time.sleep(0.5)
+        recovered = _backlog_jobs(svc)
+        assert recovered == n, f"after the flush the broker names {recovered} of {n} jobs"
+        time.sleep(2 * lease)  # and the re-sent backlog does not grow either
+        after = int(r.llen("inference"))
+        assert after == messages, f"{after} messages after the re-send, expected {messages}"
+    finally:
+        sweeper.kill()
+    svc.start_worker(env=env)
+    return finish(
+        "bulk backlog vs sweeper",
+        svc,
+        sub,
+        180,
+        messages=messages,
+        llen_per_sweep=counts[-1],
+        after_flush=after,
+    )
+
+
 # --- messages ------------------------------------------------------------------------------------
 
 

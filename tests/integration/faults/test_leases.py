@@ -1,0 +1,28 @@
+"""Leases and the sweeper: a job slower than its lease is judged once; a bulk backlog is not re-sent."""
+
+from __future__ import annotations
+
+from tests.fixtures.faults import fault_service  # noqa: F401
+from tests.fixtures.service import Service
+from tests.integration.faults import scenarios
+
+
+def test_a_job_slower_than_its_lease_is_fetched_claimed_and_judged_once(fault_service: Service) -> None:  # noqa: F811
+    outcome = scenarios.slow_job_vs_lease(fault_service)
+    report = outcome.report
+    assert report.ok, report.summary()
+    assert (report.submitted, report.done, report.failed) == (5, 5, 0), report.summary()
+    assert not report.duplicated
+    # The origin saw one request and the row one attempt: no second claim while the first ran.
+    assert outcome.notes["requests"] == 1, outcome.notes
+    assert outcome.notes["attempts"] == 1, outcome.notes
+    assert "re-send" not in outcome.log and "re-sent" not in outcome.log, outcome.log[-3000:]
+
+
+def test_a_bulk_backlog_keeps_its_message_count_and_a_flush_is_recovered_once(fault_service: Service) -> None:  # noqa: F811
+    outcome = scenarios.bulk_backlog_vs_sweeper(fault_service)
+    report = outcome.report
+    assert report.ok, report.summary()
+    assert (report.submitted, report.done, report.failed) == (400, 400, 0), report.summary()
+    assert not report.duplicated
+    assert outcome.notes["llen_per_sweep"] == 50 and outcome.notes["after_flush"] == 50, outcome.notes
