@@ -16,12 +16,27 @@ import logging
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a laptop scan has a few writer threads; 30 s outlasts any one commit
+
+# A database that cannot be reached or answered (the world may heal: retry), as opposed to a statement
+# it refused (DataError, IntegrityError, ProgrammingError: the same statement fails again: permanent).
+# psycopg2 classes a refused connection, a restart, a deadlock and a statement timeout as
+# OperationalError; InterfaceError is a connection already closed; DisconnectionError and the pool's
+# TimeoutError come from SQLAlchemy's pool.
+_OUTAGES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unavailable, not that it refused the data."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _OUTAGES)
 
 
 def new_engine(url: str, **kwargs: Any) -> Engine:

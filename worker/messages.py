@@ -81,11 +81,27 @@ def parse_scan_message(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobMes
         for source in sources:
             if not isinstance(source, str) or not source.strip() or len(source) > MAX_SOURCE_LENGTH:
                 raise BadMessageError(f"source {str(source)[:80]!r} is not a non-empty string of sane length")
+            _storable("source", source)
         client_ref = kwargs.get("client_ref")
         if client_ref is not None and not isinstance(client_ref, str):
             raise BadMessageError("client_ref must be a string")
+        if client_ref is not None:
+            _storable("client_ref", client_ref)
         priority = kwargs.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             raise BadMessageError("priority must be an integer from 0 to 9")
         return SourcesMessage(tuple(sources), client_ref, priority)
     raise BadMessageError(f"message has neither job_id nor sources (fields: {sorted(kwargs)[:10]})")
+
+
+def _storable(field: str, text: str) -> None:
+    """Refuse text that no database text column can hold: a lone surrogate (``"\\ud800"`` in the
+    JSON; not encodable as UTF-8) or a NUL character (PostgreSQL text refuses it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadMessageError(
+            f"{field} {ascii(text[:80])} is not valid Unicode text (a lone surrogate at {exc.start})"
+        ) from None
+    if "\x00" in text:
+        raise BadMessageError(f"{field} {ascii(text[:80])} contains a NUL character")

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import jobs
+from db.session import is_outage
 from dfscan.exceptions import BadMessageError
 from dfscan.outbox import send_job, send_jobs
 from dfscan.queueing import SCAN_TASK
@@ -69,10 +70,13 @@ def _db_retry(task: Task, exc: SQLAlchemyError) -> Exception:
 
 
 def _db_call(task: Task, call: Callable[[], T]) -> T:
-    """Run a database call; an outage retries the message with backoff."""
+    """Run a database call; an outage retries the message with backoff. A statement the database
+    refuses (``DataError``, ``IntegrityError``: see ``db.session.is_outage``) is raised as it is."""
     try:
         return call()
     except SQLAlchemyError as exc:
+        if not is_outage(exc):
+            raise
         raise _db_retry(task, exc) from exc
 
 
@@ -99,7 +103,14 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
         )
         return submission.id, [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
 
-    submission_id, unsent = _with_db(task, rt, create)
+    try:
+        submission_id, unsent = _with_db(task, rt, create)
+    except SQLAlchemyError as exc:  # not an outage: the database refused the message's data for good
+        cause = getattr(exc, "orig", None) or exc
+        first_line = (str(cause).strip().splitlines() or [""])[0][:200]
+        text = f"the database refused the message's data ({type(cause).__name__}): {first_line}"
+        log.warning("rejected message %s: %s", task.request.id, text)
+        return {"status": "rejected", "error_code": BadMessageError.code, "error": text}
     sent = send_jobs(task.app, rt.sessions, unsent, per_message=rt.settings.jobs_per_message)
     log.info("foreign message %s became submission %s (%d jobs)", task.request.id, submission_id, sent)
     return {"status": "accepted", "submission_id": str(submission_id), "jobs": len(unsent)}
@@ -119,7 +130,7 @@ def _judge_claimed(
 ) -> dict[str, Any]:
     order = list(claimed)
     outcomes = rt.judge_many([claimed[job_id].source for job_id in order])
-    db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError)), None)
+    db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError) and is_outage(out)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
         raise _db_retry(task, db_down)
     verdicts = [
