@@ -1,6 +1,13 @@
 """Turn `dfscan submit` arguments into sources: URLs, paths, folders, ``@FILE`` lists and stdin.
 
 Paths are sent as absolute paths; a worker reads them only under its own ``DFSCAN_ALLOWED_ROOTS``.
+
+A source is text (a database ``text`` column, a JSON message), but a Linux file name is bytes and
+need not be UTF-8. Such a name (Python reads it with lone surrogates, which no database or JSON
+encoder accepts) is spelled as a ``file:`` URL with every byte outside ``[A-Za-z0-9-._~/]``
+percent-escaped (``file:///srv/up/bad%FF.png``, RFC 8089): unambiguous, ASCII, and exactly
+reversible. Every other name is sent as the path itself, unchanged. Workers read such URLs as paths,
+under every path rule (``worker/inference/sources.py``), and refuse any other ``file:`` URL.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 
 def _lines(lines: Iterable[str]) -> list[str]:
@@ -20,14 +28,25 @@ def _lines(lines: Iterable[str]) -> list[str]:
     return out
 
 
+def path_source(path: str | os.PathLike[str]) -> str:
+    """The source text for a local path: the path itself, or (a name that is not UTF-8) its
+    percent-escaped absolute ``file:`` URL."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogateescape: the name has bytes that are not UTF-8
+        return "file://" + quote(os.fsencode(os.path.abspath(text)), safe="/")
+    return text
+
+
 def list_folder(folder: Path, *, recursive: bool) -> list[str]:
     """The files in ``folder`` (sorted; with ``recursive``, also in its sub-folders, depth first)."""
     if not recursive:
-        return [str(child) for child in sorted(folder.iterdir()) if not child.is_dir()]
+        return [path_source(child) for child in sorted(folder.iterdir()) if not child.is_dir()]
     files: list[str] = []
     for root, dirs, names in os.walk(folder):
         dirs.sort()
-        files.extend(str(Path(root) / name) for name in sorted(names))
+        files.extend(path_source(Path(root) / name) for name in sorted(names))
     return files
 
 
@@ -43,5 +62,5 @@ def expand_targets(targets: Iterable[str], *, recursive: bool = False) -> list[s
         elif os.path.isdir(target):
             sources.extend(list_folder(Path(target).absolute(), recursive=recursive))
         else:
-            sources.append(str(Path(target).absolute()))
+            sources.append(path_source(Path(target).absolute()))
     return sources

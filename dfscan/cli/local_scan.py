@@ -16,7 +16,7 @@ from db import jobs
 from db.migrate import upgrade
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings
-from producer.sources import list_folder
+from producer.sources import list_folder, path_source
 
 log = logging.getLogger(__name__)
 WORKER = "dfscan scan"
@@ -34,12 +34,12 @@ def collect_sources(targets: list[str], *, recursive: bool) -> tuple[list[str], 
             sources.append(target)
             continue
         path = Path(target)
-        if path.is_dir():
+        if os.path.isdir(path):  # False, not OSError, for a name too long to exist
             roots.append(Path(os.path.realpath(path)))
             sources.extend(list_folder(path, recursive=recursive))
         else:
             roots.append(Path(os.path.realpath(path.parent)))
-            sources.append(str(path))
+            sources.append(path_source(path))
     return sources, tuple(dict.fromkeys(roots))
 
 

@@ -394,3 +394,62 @@ def test_non_http_urls_and_empty_sources_are_unsupported(source: str) -> None:
     policy = SourcePolicy(allowed_roots=(Path("/"),))
     error = refused(UnsupportedSourceError, source, policy)
     assert error.code == "UNSUPPORTED_SOURCE"
+
+
+# --- names that are not UTF-8, sockets, over-long names ------------------------------------------
+
+
+def test_a_non_utf8_name_travels_as_a_file_url_and_is_read_under_the_path_rules(root: Path) -> None:
+    from producer.sources import list_folder, path_source
+
+    raw = os.fsencode(root) + b"/sub/bad\xff\xe9 name?.jpg"
+    Path(os.fsdecode(raw)).write_bytes(b"latin-bytes")
+    (root / "sub" / "100%FF.jpg").write_bytes(b"percent")  # a UTF-8 name with '%' stays a plain path
+    listed = list_folder(root / "sub", recursive=False)
+    url = f"file://{root}/sub/bad%FF%E9%20name%3F.jpg"
+    assert listed == [str(root / "sub" / "100%FF.jpg"), str(root / "sub" / "a.jpg"), url]
+    assert path_source(os.fsdecode(raw)) == url
+    for source in listed:
+        source.encode("utf-8")  # storable in a text column and a JSON message
+    policy = SourcePolicy(allowed_roots=(root,))
+    assert read_source(url, policy) == b"latin-bytes"
+    assert read_source(url.replace("file://", "file://localhost"), policy) == b"latin-bytes"
+    assert read_source(str(root / "sub" / "100%FF.jpg"), policy) == b"percent"
+    # The path rules hold for the URL spelling too: a root elsewhere refuses it, and messages show the URL.
+    error = refused(PathNotAllowedError, url, SourcePolicy(allowed_roots=(root.parent / "elsewhere",)))
+    assert url in error.message
+    error = refused(SourceNotFoundError, f"file://{root}/sub/gone%FF.jpg", policy)
+    assert f"file://{root}/sub/gone%FF.jpg" in error.message
+    Path(os.fsdecode(os.fsencode(root) + b"/out\xff")).symlink_to(root.parent / "secret.txt")
+    refused(PathNotAllowedError, f"file://{root}/out%FF", policy)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "file:///etc/passwd",  # spells a UTF-8 name: give the path itself
+        "file:///tmp/100%25FF.jpg",
+        "file://other-host/x%FF.jpg",
+        "file:///x%FF.jpg?q=1",
+        "file:x%FF.jpg",  # relative
+        "file:///x%FF%00.jpg",  # a NUL byte
+    ],
+)
+def test_file_urls_other_than_a_non_utf8_name_are_unsupported(source: str) -> None:
+    refused(UnsupportedSourceError, source, SourcePolicy(allowed_roots=(Path("/"),)))
+
+
+def test_a_unix_socket_is_refused_for_good(root: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(root / "sock.jpg"))
+    try:
+        error = refused(PathNotAllowedError, str(root / "sock.jpg"), SourcePolicy(allowed_roots=(root,)))
+    finally:
+        listener.close()
+    assert error.permanent and "not regular" in error.message
+
+
+def test_an_over_long_name_is_not_found_for_good(root: Path) -> None:
+    for path in (root / ("n" * 256 + ".jpg"), root / ("d" * 300) / "a.jpg"):
+        error = refused(SourceNotFoundError, str(path), SourcePolicy(allowed_roots=(root,)))
+        assert error.permanent and "too long" in error.message

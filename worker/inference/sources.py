@@ -33,7 +33,7 @@ import stat
 import threading
 import time
 from http.client import HTTPException, IncompleteRead
-from urllib.parse import urljoin
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import urllib3
 import urllib3.util.ssl_match_hostname
@@ -77,6 +77,8 @@ def read_source(source: str, policy: SourcePolicy) -> bytes:
     """http(s) URL or local path -> bytes, or raise a dfscan.exceptions.DfscanError subclass."""
     if not source or not source.strip():
         raise UnsupportedSourceError("refused an empty source: give an http(s) URL or a file path")
+    if source[:5].lower() == "file:":
+        return _read_path(_non_utf8_path(source), policy, shown=source)
     if is_url(source):
         return _fetch(source, policy)
     return _read_path(source, policy)
@@ -312,35 +314,59 @@ def _reason(exc: BaseException) -> str:
 # --- paths ---------------------------------------------------------------------------------------
 
 
-def _read_path(source: str, policy: SourcePolicy) -> bytes:
+def _non_utf8_path(url: str) -> str:
+    """The path a ``file:`` URL spells, when it spells a name that is not UTF-8 (the only ``file:``
+    URLs dfscan reads: see ``producer.sources.path_source``); any other is UNSUPPORTED_SOURCE."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise UnsupportedSourceError("refused the file: scheme: only http and https URLs can be fetched")
+    raw = unquote_to_bytes(parts.path)
+    if b"\x00" in raw:
+        raise UnsupportedSourceError("refused a path containing a NUL byte")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if raw.startswith(b"/"):
+            return os.fsdecode(raw)  # surrogateescape: os.open gets the very bytes back
+    raise UnsupportedSourceError(
+        "refused the file: scheme: give the path itself (file: URLs only spell file names that are not UTF-8)"
+    )
+
+
+def _read_path(source: str, policy: SourcePolicy, *, shown: str | None = None) -> bytes:
+    """Read a local file; messages name it as ``shown`` (the source text) when that differs."""
     if "\x00" in source:
         raise UnsupportedSourceError("refused a path containing a NUL byte")
+    name = source if shown is None else shown
     if not policy.allowed_roots:
         raise PathNotAllowedError(
-            f"refused path {source!r}: reading local files is disabled (no allowed roots)"
+            f"refused path {name!r}: reading local files is disabled (no allowed roots)"
         )
     real = os.path.realpath(os.path.abspath(source))
     root = next((r for r in map(os.path.realpath, policy.allowed_roots) if _within(real, r)), None)
     if root is None:
-        raise PathNotAllowedError(f"refused path {source!r}: it resolves outside the allowed roots")
+        raise PathNotAllowedError(f"refused path {name!r}: it resolves outside the allowed roots")
     if any(_within(real, pseudo) for pseudo in _PSEUDO_FILESYSTEMS):
-        raise PathNotAllowedError(f"refused path {source!r}: it is on a kernel pseudo-filesystem")
-    fd = _open_beneath(root, real, source)
+        raise PathNotAllowedError(f"refused path {name!r}: it is on a kernel pseudo-filesystem")
+    fd = _open_beneath(root, real, name)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
-            raise PathNotAllowedError(f"refused path {source!r}: it is {kind}, not a regular file")
+            raise PathNotAllowedError(f"refused path {name!r}: it is {kind}, not a regular file")
         if info.st_size > policy.max_bytes:
             raise TooLargeError(
-                f"file {source!r} has {info.st_size} bytes, more than the {policy.max_bytes}-byte limit"
+                f"file {name!r} has {info.st_size} bytes, more than the {policy.max_bytes}-byte limit"
             )
         chunks: list[bytes] = []
         total = 0
         while data := os.read(fd, min(_CHUNK, policy.max_bytes + 1 - total)):
             total += len(data)
             if total > policy.max_bytes:
-                raise TooLargeError(f"file {source!r} is larger than the {policy.max_bytes}-byte limit")
+                raise TooLargeError(f"file {name!r} is larger than the {policy.max_bytes}-byte limit")
             chunks.append(data)
         return b"".join(chunks)
     finally:
@@ -385,9 +411,21 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
         return False
 
 
+# open(2) errors that no retry can heal, beside ENOENT/EACCES: a socket (ENXIO), a device without a
+# driver (ENODEV), something that cannot be opened for reading (EOPNOTSUPP, EISDIR), a symlink (ELOOP).
+_NOT_A_FILE = {errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP, errno.EISDIR, errno.ELOOP}
+
+
 def _path_error(source: str, exc: OSError) -> DfscanError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return SourceNotFoundError(f"path {source!r} does not exist")
+    if exc.errno == errno.ENAMETOOLONG:
+        return SourceNotFoundError(f"path {source!r} does not exist: a name in it is too long for any file")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PathNotAllowedError(f"refused path {source!r}: permission denied")
+    if exc.errno in _NOT_A_FILE:
+        reason = (
+            "a symlink" if exc.errno == errno.ELOOP else "a socket, device or other file that is not regular"
+        )
+        return PathNotAllowedError(f"refused path {source!r}: it is {reason}")
     return FetchError(f"could not open path {source!r}: {(exc.strerror or type(exc).__name__).lower()}")
