@@ -453,3 +453,61 @@ def test_an_over_long_name_is_not_found_for_good(root: Path) -> None:
     for path in (root / ("n" * 256 + ".jpg"), root / ("d" * 300) / "a.jpg"):
         error = refused(SourceNotFoundError, str(path), SourcePolicy(allowed_roots=(root,)))
         assert error.permanent and "too long" in error.message
+
+
+# --- IRIs: non-ASCII paths, hosts and redirects, fetched as a browser would ------------------------
+
+PHOTO = "/%D1%84%D0%BE%D1%82%D0%BE.jpg"  # /фото.jpg, percent-encoded UTF-8
+
+
+def test_a_non_ascii_path_and_query_are_requested_percent_encoded() -> None:
+    with serve_http({PHOTO: b"photo-bytes"}) as server:
+        assert read_source(server.url("/фото.jpg") + "?size=große&x=%20", LOCAL) == b"photo-bytes"
+        assert read_source(server.url(PHOTO), LOCAL) == b"photo-bytes"  # already encoded: kept as it is
+        assert server.hits[PHOTO] == 2
+        assert server.total_hits == 2
+
+
+def test_a_utf8_location_header_is_followed_like_a_browser() -> None:
+    from urllib.parse import quote
+
+    with serve_http({"/caf%C3%A9.jpg": b"cafe-utf8", "/caf%E9.jpg": b"cafe-latin1"}) as server:
+        assert read_source(server.url("/redirect-utf8?to=" + quote("/café.jpg")), LOCAL) == b"cafe-utf8"
+        absolute = server.url("/café.jpg")
+        assert read_source(server.url("/redirect-utf8?to=" + quote(absolute)), LOCAL) == b"cafe-utf8"
+        # A Location in Latin-1 bytes (not UTF-8): the byte is percent-escaped as it is.
+        assert read_source(server.url("/redirect?to=" + quote("/café.jpg")), LOCAL) == b"cafe-latin1"
+        assert server.hits["/caf%C3%A9.jpg"] == 2 and server.hits["/caf%E9.jpg"] == 1
+
+
+def test_a_non_ascii_host_is_resolved_and_sent_as_its_idna_a_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = fake_dns(monkeypatch, {"xn--bcher-kva.test": [["127.0.0.1"]]})
+    with serve_http({PHOTO: b"photo-bytes"}) as server:
+        for spelling in (
+            "bücher.test",
+            "BÜCHER.test",
+            "ｂüｃｈｅｒ。test",
+        ):  # case and full-width forms map too
+            url = f"http://{spelling}:{server.port}/фото.jpg"
+            policy = SourcePolicy(
+                url_allowlist=("bücher.test",), deadline=2.0
+            )  # Unicode in the allow-list too
+            assert read_source(url, policy) == b"photo-bytes"
+            assert server.last_headers[PHOTO]["Host"] == f"xn--bcher-kva.test:{server.port}"
+    assert asked == ["xn--bcher-kva.test"] * 3
+
+
+def test_idna_is_uts46_non_transitional_and_bad_names_are_unsupported() -> None:
+    from worker.inference.urlguard import parse_url
+
+    policy = SourcePolicy(url_allowlist=("0.0.0.0/0",))
+    assert parse_url("http://faß.de/x", policy).host == "xn--fa-hia.de"  # not fass.de (IDNA 2003)
+    assert parse_url("https://пример.рф/", policy).host == "xn--e1afmkfd.xn--p1ai"
+    assert parse_url('http://example.com/ü?ü="x"#frag', policy).request_path == "/%C3%BC?%C3%BC=%22x%22"
+    for url in (
+        "http://example.com/a b",
+        "http://a\ud800b.com/",
+        "http://example.com/\ud800",
+        "http://bü.my_host/",
+    ):
+        refused(UnsupportedSourceError, url, policy)

@@ -235,7 +235,7 @@ def _handle(
 ) -> bytes | str:
     status = response.status
     if status in _REDIRECT_STATUSES and response.headers.get("Location"):
-        return str(response.headers["Location"])
+        return _location(str(response.headers["Location"]))
     if not 200 <= status < 300:
         raise HttpStatusError(
             f"{target.display} answered HTTP {status} {(response.reason or '')[:60]}".strip(), status=status
@@ -257,6 +257,17 @@ def _handle(
         if total > policy.max_bytes:
             raise TooLargeError(f"{target.display} sent more than the {policy.max_bytes}-byte limit")
         chunks.append(data)
+
+
+def _location(header: str) -> str:
+    """A Location header as text. http.client hands header bytes over as Latin-1; servers send UTF-8
+    (``Location: /café.jpg``), which becomes text again here and is percent-encoded by ``parse_url``
+    like any IRI. Bytes that are not UTF-8 are percent-escaped as they are."""
+    raw = header.encode("latin-1", errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(chr(byte) if byte < 0x80 else f"%{byte:02X}" for byte in raw)
 
 
 def _cut(conn: HTTPConnection, fired: threading.Event) -> None:

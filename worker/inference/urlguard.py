@@ -9,6 +9,12 @@ link-local, multicast, reserved, unspecified, shared (100.64.0.0/10), and IPv6 a
 embed one of those (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``).
 Teredo (``2001::/32``) is always blocked. Hosts are read the way browsers read them (WHATWG URL
 IPv4 parser), so ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` all mean 127.0.0.1.
+
+IRIs are fetched as a browser fetches them (RFC 3987, WHATWG URL): a non-ASCII host becomes its
+IDNA A-label (UTS #46, non-transitional, as current browsers do: ``bücher.example`` is
+``xn--bcher-kva.example``, ``faß.de`` is ``xn--fa-hia.de``), and the path and query are
+percent-encoded as UTF-8 (``/фото.jpg`` is requested as ``/%D1%84%D0%BE%D1%82%D0%BE.jpg``);
+existing ``%XX`` escapes are kept as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import idna
 
 from dfscan.exceptions import BlockedDestinationError, UnsupportedSourceError
 
@@ -30,6 +38,10 @@ _FORBIDDEN_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Beside non-ASCII, what the WHATWG URL standard percent-encodes in a path and in a special URL's
+# query (controls and spaces are refused before: see _FORBIDDEN_URL_CHARS).
+_PATH_ESCAPES = frozenset('"<>`{}')
+_QUERY_ESCAPES = frozenset("\"<>'")
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,9 @@ def parse_url(url: str, policy: SourcePolicy) -> Target:
     host, ip = _parse_host(raw_host)
     shown_host = f"[{host}]" if ip is not None and ip.version == 6 else host
     host_header = shown_host if port == _DEFAULT_PORTS[scheme] else f"{shown_host}:{port}"
-    path = parts.path or "/"
-    target = Target(scheme, host, port, ip, path + (f"?{parts.query}" if parts.query else ""), host_header)
+    path = _percent_encode(parts.path or "/", _PATH_ESCAPES)
+    query = f"?{_percent_encode(parts.query, _QUERY_ESCAPES)}" if parts.query else ""
+    target = Target(scheme, host, port, ip, path + query, host_header)
     if host_allowed(host, policy):
         return target
     if ip is not None:
@@ -109,9 +122,44 @@ def parse_url(url: str, policy: SourcePolicy) -> Target:
 
 
 def host_allowed(host: str, policy: SourcePolicy) -> bool:
-    """True when ``host`` is named in the allow-list (case-insensitive, trailing dot ignored)."""
-    names = {entry.strip().lower().rstrip(".") for entry in policy.url_allowlist}
-    return host in names
+    """True when ``host`` is named in the allow-list (case-insensitive, trailing dot ignored; an entry
+    written in Unicode matches its IDNA A-label)."""
+    return host in {_allow_name(entry) for entry in policy.url_allowlist}
+
+
+def _allow_name(entry: str) -> str:
+    name = entry.strip().lower().rstrip(".")
+    try:
+        return name if name.isascii() else idna_host(name)
+    except UnicodeError:
+        return name
+
+
+def idna_host(name: str) -> str:
+    """A host name as browsers send it: ASCII lower case, non-ASCII labels as IDNA A-labels (UTS #46
+    non-transitional processing, which also maps full-width letters and dots). Raises UnicodeError."""
+    if name.isascii():
+        return name.lower()
+    try:
+        return idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
+    except idna.IDNAError as exc:
+        raise UnicodeError(str(exc)) from None
+
+
+def _percent_encode(text: str, escapes: frozenset[str]) -> str:
+    """Percent-encode, as UTF-8, every non-ASCII character and the ASCII ones in ``escapes``."""
+    if text.isascii() and not escapes.intersection(text):
+        return text
+    out = []
+    for char in text:
+        if char in escapes or not char.isascii():
+            try:
+                out.append("".join(f"%{byte:02X}" for byte in char.encode("utf-8")))
+            except UnicodeEncodeError:
+                raise UnsupportedSourceError("refused a URL that is not valid Unicode text") from None
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def check_address(ip: IPAddress, target: Target, policy: SourcePolicy) -> None:
@@ -184,7 +232,7 @@ def _parse_host(raw: str) -> tuple[str, IPAddress | None]:
             raise UnsupportedSourceError(f"refused a malformed IPv6 URL host {_shorten(raw)!r}") from None
         return str(address), address
     try:
-        host = raw.encode("idna").decode("ascii").lower().rstrip(".")
+        host = idna_host(raw).rstrip(".")
     except UnicodeError:
         raise UnsupportedSourceError(f"refused a malformed URL host {_shorten(raw)!r}") from None
     if not host or len(host) > 253 or not _HOSTNAME.match(host):
