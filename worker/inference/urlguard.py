@@ -4,10 +4,21 @@ Everything here is static and cheap (standard library only, no DNS), so the prod
 bad URL before it is queued. The fetcher in ``sources.py`` runs the same checks again on every
 address the host resolves to and on every redirect hop.
 
-Blocked destinations are every address that is not globally routable: loopback, private,
-link-local, multicast, reserved, unspecified, shared (100.64.0.0/10), and IPv6 addresses that
-embed one of those (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``).
-Teredo (``2001::/32``) is always blocked. Hosts are read the way browsers read them (WHATWG URL
+Blocked destinations are decided by the IANA special-purpose address registries (RFC 6890), which
+are written out below as tables, not by Python's ``ipaddress`` flags (those miss most of
+192.0.0.0/24, 192.31.196.0/24, 192.52.193.0/24, 192.175.48.0/24, 3fff::/20, 2620:4f:8000::/48 ...):
+every address inside any registry entry is refused, plus IPv4 multicast (224.0.0.0/4, its own
+registry) and, for IPv6, everything outside the global unicast space 2000::/3 (the IPv6 address
+space registry: multicast ff00::/8, the deprecated site-local fec0::/10, ...). IPv6 addresses that
+embed an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``)
+are judged by the address they embed; Teredo (``2001::/32``) is always blocked. Python's flags stay
+as a last, stricter-only check.
+
+Some registry entries are marked *globally reachable* (anycast PCP and TURN servers 192.0.0.9/32 and
+192.0.0.10/32, AS112 DNS sinks, AMT relays, ORCHIDv2 and DET identifiers, ...). dfscan refuses them
+too: no image is served from them, and an anycast service address is exactly the kind of
+infrastructure a server-side fetcher must not be steered at. ``DFSCAN_URL_ALLOWLIST`` opens one on
+purpose. Hosts are read the way browsers read them (WHATWG URL
 IPv4 parser), so ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` all mean 127.0.0.1.
 
 IRIs are fetched as a browser fetches them (RFC 3987, WHATWG URL): a non-ASCII host becomes its
@@ -36,7 +47,108 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
 _HOSTNAME = re.compile(r"^[a-z0-9_\-]+(\.[a-z0-9_\-]+)*$")
 _FORBIDDEN_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+_IPV4_MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+
+
+@dataclass(frozen=True)
+class SpecialRange:
+    """One entry of an IANA special-purpose address registry."""
+
+    network: IPNetwork
+    name: str  # the registry's name for the block
+    rfc: str
+    globally_reachable: bool | None  # the registry's column; None: N/A or blank (terminated)
+    label: str = ""  # dfscan's short reason, where messages have always used one
+
+    @property
+    def reason(self) -> str:
+        return self.label or f"{self.name}, {self.rfc}, IANA special-purpose"
+
+
+def _ranges(rows: tuple[tuple[str, str, str, bool | None, str], ...]) -> tuple[SpecialRange, ...]:
+    out = [
+        SpecialRange(ipaddress.ip_network(cidr), name, rfc, reach, label)
+        for cidr, name, rfc, reach, label in rows
+    ]
+    return tuple(sorted(out, key=lambda r: -r.network.prefixlen))  # the most specific entry names the reason
+
+
+# IANA IPv4 Special-Purpose Address Registry (iana-ipv4-special-registry, RFC 6890), every entry, with
+# its "Globally Reachable" column. Newest entry: 192.0.0.10/32 (2017-02). 192.88.99.0/24 was terminated
+# 2015-03 (its columns are blank) and must not be reassigned (RFC 7526): refused.
+IPV4_SPECIAL = _ranges(
+    (
+        ("0.0.0.0/8", '"This network"', "RFC 791", False, "this network"),
+        ("0.0.0.0/32", '"This host on this network"', "RFC 1122", False, "unspecified"),
+        ("10.0.0.0/8", "Private-Use", "RFC 1918", False, "private"),
+        ("100.64.0.0/10", "Shared Address Space", "RFC 6598", False, "shared, carrier-grade NAT"),
+        ("127.0.0.0/8", "Loopback", "RFC 1122", False, "loopback"),
+        ("169.254.0.0/16", "Link Local", "RFC 3927", False, "link-local"),
+        ("172.16.0.0/12", "Private-Use", "RFC 1918", False, "private"),
+        ("192.0.0.0/24", "IETF Protocol Assignments", "RFC 6890", False, ""),
+        ("192.0.0.0/29", "IPv4 Service Continuity Prefix", "RFC 7335", False, ""),
+        ("192.0.0.8/32", "IPv4 dummy address", "RFC 7600", False, ""),
+        ("192.0.0.9/32", "Port Control Protocol Anycast", "RFC 7723", True, ""),
+        ("192.0.0.10/32", "Traversal Using Relays around NAT Anycast", "RFC 8155", True, ""),
+        ("192.0.0.170/32", "NAT64/DNS64 Discovery", "RFC 8880", False, ""),
+        ("192.0.0.171/32", "NAT64/DNS64 Discovery", "RFC 8880", False, ""),
+        ("192.0.2.0/24", "Documentation (TEST-NET-1)", "RFC 5737", False, ""),
+        ("192.31.196.0/24", "AS112-v4", "RFC 7535", True, ""),
+        ("192.52.193.0/24", "AMT", "RFC 7450", True, ""),
+        ("192.88.99.0/24", "Deprecated (6to4 Relay Anycast)", "RFC 7526", None, ""),
+        ("192.88.99.2/32", "6a44-relay anycast address", "RFC 6751", False, ""),
+        ("192.168.0.0/16", "Private-Use", "RFC 1918", False, "private"),
+        ("192.175.48.0/24", "Direct Delegation AS112 Service", "RFC 7534", True, ""),
+        ("198.18.0.0/15", "Benchmarking", "RFC 2544", False, ""),
+        ("198.51.100.0/24", "Documentation (TEST-NET-2)", "RFC 5737", False, ""),
+        ("203.0.113.0/24", "Documentation (TEST-NET-3)", "RFC 5737", False, ""),
+        ("240.0.0.0/4", "Reserved", "RFC 1112", False, "reserved"),
+        ("255.255.255.255/32", "Limited Broadcast", "RFC 919", False, "broadcast"),
+    )
+)
+
+# IANA IPv6 Special-Purpose Address Registry (iana-ipv6-special-registry, RFC 6890), every entry.
+# Newest entry: 100:0:0:1::/64 (RFC 9780, 2025-04). The IPv4-mapped, NAT64 and 6to4 blocks are
+# judged by the address they embed before this table is consulted (see blocked_reason);
+# 2001:10::/28 was terminated 2014-03 (blank columns): refused.
+IPV6_SPECIAL = _ranges(
+    (
+        ("::1/128", "Loopback Address", "RFC 4291", False, "loopback"),
+        ("::/128", "Unspecified Address", "RFC 4291", False, "unspecified"),
+        ("::ffff:0:0/96", "IPv4-mapped Address", "RFC 4291", False, ""),
+        ("64:ff9b::/96", "IPv4-IPv6 Translat.", "RFC 6052", True, ""),
+        ("64:ff9b:1::/48", "IPv4-IPv6 Translat.", "RFC 8215", False, ""),
+        ("100::/64", "Discard-Only Address Block", "RFC 6666", False, ""),
+        ("100:0:0:1::/64", "Dummy IPv6 Prefix", "RFC 9780", False, ""),
+        ("2001::/23", "IETF Protocol Assignments", "RFC 2928", False, ""),
+        ("2001::/32", "TEREDO", "RFC 4380", None, "Teredo tunnel"),
+        ("2001:1::1/128", "Port Control Protocol Anycast", "RFC 7723", True, ""),
+        ("2001:1::2/128", "Traversal Using Relays around NAT Anycast", "RFC 8155", True, ""),
+        ("2001:1::3/128", "DNS-SD Service Registration Protocol Anycast", "RFC 9665", True, ""),
+        ("2001:2::/48", "Benchmarking", "RFC 5180", False, ""),
+        ("2001:3::/32", "AMT", "RFC 7450", True, ""),
+        ("2001:4:112::/48", "AS112-v6", "RFC 7535", True, ""),
+        ("2001:10::/28", "Deprecated (previously ORCHID)", "RFC 4843", None, ""),
+        ("2001:20::/28", "ORCHIDv2", "RFC 7343", True, ""),
+        ("2001:30::/28", "Drone Remote ID Protocol Entity Tags (DETs) Prefix", "RFC 9374", True, ""),
+        ("2001:db8::/32", "Documentation", "RFC 3849", False, ""),
+        ("2002::/16", "6to4", "RFC 3056", None, ""),
+        ("2620:4f:8000::/48", "Direct Delegation AS112 Service", "RFC 7534", True, ""),
+        ("3fff::/20", "Documentation", "RFC 9637", False, ""),
+        ("5f00::/16", "Segment Routing (SRv6) SIDs", "RFC 9602", False, ""),
+        ("fc00::/7", "Unique-Local", "RFC 4193", False, "private"),
+        ("fe80::/10", "Link-Local Unicast", "RFC 4291", False, "link-local"),
+    )
+)
+
+
+def special_range(ip: IPAddress) -> SpecialRange | None:
+    """The most specific IANA special-purpose registry entry holding ``ip``, if any."""
+    table = IPV4_SPECIAL if ip.version == 4 else IPV6_SPECIAL
+    return next((entry for entry in table if ip in entry.network), None)
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Beside non-ASCII, what the WHATWG URL standard percent-encodes in a path and in a special URL's
 # query (controls and spaces are refused before: see _FORBIDDEN_URL_CHARS).
@@ -186,14 +298,15 @@ def blocked_reason(ip: IPAddress) -> str | None:
         if ip.sixtofour is not None:
             inner = blocked_reason(ip.sixtofour)
             return None if inner is None else f"6to4 of {inner}"
-        if ip.teredo is not None:
-            return "Teredo tunnel"
+    entry = special_range(ip)
+    if entry is not None:
+        return entry.reason
+    if ip in _IPV4_MULTICAST or ip.is_multicast:
+        return "multicast"
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _IPV6_GLOBAL_UNICAST:
+        return "deprecated site-local" if ip.is_site_local else "reserved"
+    # Stricter only: Python's own tables (a newer Python may know an entry this table lacks).
     for test, name in (
-        (ip.is_unspecified, "unspecified"),
-        (ip.is_loopback, "loopback"),
-        (ip.is_link_local, "link-local"),
-        (ip.is_multicast, "multicast"),
-        (ip in _SHARED, "shared, carrier-grade NAT"),
         (ip.is_private, "private"),
         (ip.is_reserved, "reserved"),
         (not ip.is_global, "not globally routable"),
