@@ -131,7 +131,11 @@ class Settings(BaseSettings):
         description="Seconds before Redis redelivers an unacknowledged message (kombu's default is 1 h).",
     )
     lease_seconds: int = Field(
-        120, ge=1, description="Sweeper: a job queued or running this long without progress is re-sent."
+        120,
+        ge=1,
+        description="A claim's lease. A live worker renews the leases of the jobs it holds every lease/3 s; "
+        "the sweeper re-sends a running job whose lease ran out (its worker is gone) and a queued job no "
+        "broker message names after this long.",
     )
     max_attempts: int = Field(5, ge=1, description="Attempts before a job fails with MAX_ATTEMPTS.")
     sweep_interval: float = Field(30.0, gt=0, description="Seconds between two sweeps.")
@@ -145,9 +149,17 @@ class Settings(BaseSettings):
     # --- flower --------------------------------------------------------------------------------
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: SecretStr = Field(
-        SecretStr(""), description="Flower basic-auth password; Flower refuses to start without one."
+        SecretStr(""),
+        description="Flower basic-auth password; Flower refuses to start without one, or with a blank one. "
+        "Printable ASCII; commas are fine.",
     )
     flower_port: int = Field(5555, description="Flower's HTTP port.")
+    flower_address: str = Field(
+        "127.0.0.1",
+        description="Address Flower listens on. Loopback by default: Flower speaks plain HTTP with basic "
+        "auth, so expose it through a TLS proxy; 0.0.0.0 (or ::) listens on every interface, as in a "
+        "container whose port is published.",
+    )
 
     @field_validator("allowed_roots", "url_allowlist", mode="before")
     @classmethod

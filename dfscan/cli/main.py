@@ -229,12 +229,15 @@ def sweeper_cmd(once: Annotated[bool, typer.Option("--once", help="Sweep once an
 @app.command()
 def flower(
     port: Annotated[int | None, typer.Option(help="HTTP port (default DFSCAN_FLOWER_PORT).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Listen address (default DFSCAN_FLOWER_ADDRESS, 127.0.0.1).")
+    ] = None,
 ) -> None:
-    """Start Flower against the broker, with basic auth from DFSCAN_FLOWER_USER/PASSWORD."""
+    """Start Flower against the broker, with basic auth from DFSCAN_FLOWER_USER/PASSWORD on every path."""
     from dfscan.cli.service import run_flower
 
     try:
-        run_flower(get_settings(), port=port)
+        run_flower(get_settings(), port=port, address=address)
     except DfscanError as exc:
         raise _fail(exc) from exc
 

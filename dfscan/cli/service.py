@@ -7,7 +7,6 @@ import os
 import socket
 import threading
 
-from dfscan.exceptions import ConfigError
 from dfscan.queueing import expand_queues
 from dfscan.settings import Settings
 
@@ -83,22 +82,8 @@ def run_sweeper_process(settings: Settings, *, once: bool) -> None:
         stop.set()
 
 
-def run_flower(settings: Settings, *, port: int | None) -> None:
-    """Flower with basic auth; its API answers 401 without auth, so auth is required, not optional."""
-    password = settings.flower_password.get_secret_value()
-    if not password:
-        raise ConfigError(
-            "set DFSCAN_FLOWER_PASSWORD (and DFSCAN_FLOWER_USER, default admin): Flower is not started "
-            "without authentication"
-        )
-    from dfscan.queueing import new_celery_app
+def run_flower(settings: Settings, *, port: int | None, address: str | None = None) -> None:
+    """Flower with basic auth on every path, on loopback by default (see dfscan/cli/flower.py)."""
+    from dfscan.cli.flower import run_flower as run
 
-    app = new_celery_app(settings)
-    app.start(
-        [
-            "flower",
-            f"--port={port or settings.flower_port}",
-            f"--basic-auth={settings.flower_user}:{password}",
-            "--persistent=False",
-        ]
-    )
+    run(settings, port=port, address=address)

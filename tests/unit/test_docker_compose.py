@@ -217,6 +217,10 @@ def test_flower_requires_its_password_and_listens_on_loopback_only() -> None:
     assert env["DFSCAN_FLOWER_PASSWORD"].startswith("${DFSCAN_FLOWER_PASSWORD:?")
     assert all(str(port).startswith("127.0.0.1:") for port in SERVICES["flower"]["ports"])
     assert "/healthcheck" in " ".join(SERVICES["flower"]["healthcheck"]["test"])
+    # /healthcheck needs the credential too, and the container listens on every interface behind
+    # the loopback-only published port.
+    assert "Authorization" in " ".join(SERVICES["flower"]["healthcheck"]["test"])
+    assert env["DFSCAN_FLOWER_ADDRESS"] == "0.0.0.0"
 
 
 def test_builds_point_at_existing_dockerfiles_in_the_repository_context() -> None:
