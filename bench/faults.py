@@ -54,6 +54,13 @@ def _hostile_decode(svc: Service) -> Outcome:
     return outcome
 
 
+def _slow_job(svc: Service) -> Outcome:
+    outcome = scenarios.slow_job_vs_lease(svc)
+    if outcome.notes["requests"] != 1 or outcome.notes["attempts"] != 1:
+        raise AssertionError(f"slow job judged more than once: {outcome.notes}")
+    return outcome
+
+
 def all_scenarios(quick: bool) -> list[tuple[str, Callable[[Service], Outcome]]]:
     runs: list[tuple[str, Callable[[Service], Outcome]]] = [
         ("SIGKILL while buffering", scenarios.kill_while_buffering),
@@ -66,6 +73,8 @@ def all_scenarios(quick: bool) -> list[tuple[str, Callable[[Service], Outcome]]]
         ("malformed messages", scenarios.malformed_messages),
         ("hostile sources", _hostile),
         ("hostile decode costs (16 threads)", _hostile_decode),
+        ("slow job vs lease", _slow_job),
+        ("bulk backlog vs sweeper", scenarios.bulk_backlog_vs_sweeper),
     ]
     if not quick:
         runs.insert(3, ("2 workers, one SIGKILLed 3x", scenarios.one_of_two_killed_repeatedly))
