@@ -19,13 +19,28 @@ from pathlib import Path
 from urllib.parse import quote
 
 
-def _lines(lines: Iterable[str]) -> list[str]:
+def _lines(lines: Iterable[bytes]) -> list[str]:
+    """Sources from a list, one a line. Lines are bytes: a path that is not UTF-8 becomes its ``file:``
+    URL (``path_source``), and the bytes of a URL that are not UTF-8 are percent-escaped."""
     out = []
-    for line in lines:
-        text = line.strip()
-        if text and not text.startswith("#"):
-            out.append(text)
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        if b"://" not in line:
+            out.append(path_source(os.fsdecode(line)))
+        else:
+            out.append("".join(chr(byte) if byte < 0x80 else f"%{byte:02X}" for byte in line)
+                       if not _is_utf8(line) else line.decode("utf-8"))  # fmt: skip
     return out
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def path_source(path: str | os.PathLike[str]) -> str:
@@ -54,9 +69,9 @@ def expand_targets(targets: Iterable[str], *, recursive: bool = False) -> list[s
     sources: list[str] = []
     for target in targets:
         if target == "-":
-            sources.extend(_lines(sys.stdin))
+            sources.extend(_lines(sys.stdin.buffer))
         elif target.startswith("@"):
-            sources.extend(_lines(Path(target[1:]).read_text(encoding="utf-8").splitlines()))
+            sources.extend(_lines(Path(target[1:]).read_bytes().splitlines()))
         elif "://" in target:
             sources.append(target)
         elif os.path.isdir(target):

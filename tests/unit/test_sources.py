@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import time
@@ -511,3 +512,24 @@ def test_idna_is_uts46_non_transitional_and_bad_names_are_unsupported() -> None:
         "http://bü.my_host/",
     ):
         refused(UnsupportedSourceError, url, policy)
+
+
+def test_submit_lists_with_names_that_are_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.sources import expand_targets
+
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(
+        b"# a comment\n/srv/up/caf\xe9.png\n/srv/up/ok.png\nhttps://img.example/caf\xe9.jpg\n"
+        b"https://img.example/\xd1\x84.jpg\n\n"
+    )
+    expected = [
+        "file:///srv/up/caf%E9.png",
+        "/srv/up/ok.png",
+        "https://img.example/caf%E9.jpg",
+        "https://img.example/\u0444.jpg",
+    ]
+    assert expand_targets([f"@{listing}"]) == expected
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(listing.read_bytes())))
+    assert expand_targets(["-"]) == expected
+    for source in expected:
+        source.encode("utf-8")
