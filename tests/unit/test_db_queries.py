@@ -463,3 +463,33 @@ def test_sweep_resends_only_the_queued_jobs_it_is_given(factory: sessionmaker[Se
             s, now=later, lease_seconds=60, max_attempts=MAX_ATTEMPTS, include_queued=[lost]
         )
     assert (resend, failed) == ([lost], [])
+
+
+def test_the_lease_keeper_renews_held_jobs_until_the_task_lets_go(factory: sessionmaker[Session]) -> None:
+    import time
+
+    from worker.leases import LeaseKeeper
+
+    held, idle = _submit(factory, ["a", "b"])
+    with session_scope(factory) as s:
+        jobs.claim_jobs(s, [held, idle], worker="w1", lease_seconds=1, max_attempts=MAX_ATTEMPTS)
+    keeper = LeaseKeeper(factory, "w1", lease_seconds=1)
+    try:
+        with keeper.holding([held]):
+            time.sleep(2.5)  # 2.5 leases: without renewal both would have expired
+            now = datetime.now(timezone.utc)
+            lease = _job(factory, held).lease_until
+            assert lease is not None and lease > now, (lease, now)
+            with session_scope(
+                factory
+            ) as s:  # a redelivery cannot take the held job, but can take the idle one
+                taken = jobs.claim_jobs(
+                    s, [held, idle], worker="w2", lease_seconds=1, max_attempts=MAX_ATTEMPTS
+                )
+            assert set(taken) == {idle}
+        assert keeper.held() == [] and keeper.renewals >= 5
+        renewals = keeper.renewals
+        time.sleep(1.0)
+        assert keeper.renewals == renewals  # nothing held: no statement runs
+    finally:
+        keeper.close()
