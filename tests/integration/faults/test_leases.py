@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dfscan.queueing import SCAN_TASK
 from tests.fixtures.faults import fault_service  # noqa: F401
 from tests.fixtures.service import Service
 from tests.integration.faults import scenarios
@@ -26,3 +27,29 @@ def test_a_bulk_backlog_keeps_its_message_count_and_a_flush_is_recovered_once(fa
     assert (report.submitted, report.done, report.failed) == (400, 400, 0), report.summary()
     assert not report.duplicated
     assert outcome.notes["llen_per_sweep"] == 50 and outcome.notes["after_flush"] == 50, outcome.notes
+
+
+def test_the_sweeper_reads_job_ids_from_waiting_and_unacknowledged_messages(fault_service: Service) -> None:  # noqa: F811
+    import json
+    import uuid
+
+    from producer.outbox import queued_job_ids
+    from tests.integration.test_service import raw_celery_message
+
+    a, b, c, d = (uuid.uuid4() for _ in range(4))
+    r = fault_service.redis()
+    r.lpush("inference", raw_celery_message(SCAN_TASK, "inference", [], {"job_ids": [str(a), str(b)]}))
+    r.lpush(
+        "inference.interactive",
+        raw_celery_message(SCAN_TASK, "inference.interactive", [], {"job_id": str(c)}),
+    )
+    r.lpush(
+        "inference", raw_celery_message(SCAN_TASK, "inference", [], {"sources": ["/x.png"]})
+    )  # names no job
+    r.lpush("inference", b"not json")
+    r.lpush("inference", raw_celery_message("dfscan.train", "inference", [], {"job_id": str(uuid.uuid4())}))
+    # kombu's Redis transport keeps a delivered, unacknowledged message as [payload, exchange, routing key].
+    payload = json.loads(raw_celery_message(SCAN_TASK, "inference", [], {"job_id": str(d)}))
+    r.hset("unacked", "tag-1", json.dumps([payload, "", "inference"]))
+    r.hset("unacked", "tag-2", "garbage")
+    assert queued_job_ids(fault_service.broker_url) == {a, b, c, d}
