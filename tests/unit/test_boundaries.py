@@ -79,6 +79,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "worker.tasks",
         "worker.runtime",
         "worker.sweeper",
+        "worker.leases",
         "worker.messages",
         "worker.training_tasks",
     ),

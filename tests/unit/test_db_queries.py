@@ -471,7 +471,7 @@ def test_the_lease_keeper_renews_held_jobs_until_the_task_lets_go(factory: sessi
     from worker.leases import LeaseKeeper
 
     held, idle = _submit(factory, ["a", "b"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.claim_jobs(s, [held, idle], worker="w1", lease_seconds=1, max_attempts=MAX_ATTEMPTS)
     keeper = LeaseKeeper(factory, "w1", lease_seconds=1)
     try:
@@ -480,9 +480,8 @@ def test_the_lease_keeper_renews_held_jobs_until_the_task_lets_go(factory: sessi
             now = datetime.now(timezone.utc)
             lease = _job(factory, held).lease_until
             assert lease is not None and lease > now, (lease, now)
-            with session_scope(
-                factory
-            ) as s:  # a redelivery cannot take the held job, but can take the idle one
+            # A redelivery cannot take the held job, but can take the idle one.
+            with factory.begin() as s:
                 taken = jobs.claim_jobs(
                     s, [held, idle], worker="w2", lease_seconds=1, max_attempts=MAX_ATTEMPTS
                 )

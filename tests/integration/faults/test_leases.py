@@ -33,7 +33,7 @@ def test_the_sweeper_reads_job_ids_from_waiting_and_unacknowledged_messages(faul
     import json
     import uuid
 
-    from producer.outbox import queued_job_ids
+    from dfscan.outbox import queued_job_ids
     from tests.integration.test_service import raw_celery_message
 
     a, b, c, d = (uuid.uuid4() for _ in range(4))
