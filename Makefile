@@ -12,6 +12,7 @@ setup:  ## create .venv with torch 2.13.0 (CPU, from local disk) and dfscan in e
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[worker,dev]'
+	$(VENV)/bin/pip install -q --no-deps facenet-pytorch==2.6.0  # MTCNN weights only (see pyproject.toml)
 
 test:  ## lint, type-check and run the default suite (unit, integration, e2e; not the slow scenarios)
 	$(VENV)/bin/ruff check .

@@ -66,6 +66,39 @@ class Settings(BaseSettings):
         "version carries its own calibrated threshold.",
     )
 
+    # --- faces -----------------------------------------------------------------------------------
+    faces: Literal["auto", "require", "off"] = Field(
+        "auto",
+        description="What an image is judged on. auto: its faces when any are found (the checkpoints were "
+        "trained on face crops), else the whole image; require: no face means done with label "
+        "not_applicable and fake_score null; off: the whole image only.",
+    )
+    face_detector: str = Field(
+        "mtcnn",
+        description="Face detector by registered name. mtcnn: its weights ship inside the facenet-pytorch "
+        "wheel (nothing downloads) and it had the best recall with no false hits (README, Faces).",
+    )
+    face_margin: float = Field(
+        0.3,
+        ge=0.0,
+        le=2.0,
+        description="Margin added on each side of a face box, as a fraction of its size, before the square "
+        "crop: 0.3 as the DFDC winner cropped its training faces.",
+    )
+    max_faces: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="At most this many faces per image are judged, largest first: each face costs one model "
+        "input, so this bounds the cost of a crowd photo; 8 covers group photos and video-call grids.",
+    )
+    min_face_px: int = Field(
+        32,
+        ge=1,
+        description="Faces whose shorter side is under this many pixels are not judged: the checkpoints "
+        "saw 256 px faces, and 32 px is the smallest size measured with full detector recall.",
+    )
+
     # --- sources (untrusted by default) --------------------------------------------------------
     allowed_roots: CommaList = Field(
         (),

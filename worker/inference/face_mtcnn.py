@@ -1,0 +1,397 @@
+"""MTCNN face detection in plain torch, with the weights that ship inside the ``facenet-pytorch`` wheel.
+
+MTCNN (Zhang et al. 2016) is the detector the DFDC winner cropped faces with. ``facenet-pytorch`` ships its
+three small networks' weights (``data/pnet.pt``, ``rnet.pt``, ``onet.pt``, 2 MB together) in its wheel, so
+nothing downloads at run time. Its Python package cannot be imported beside dfscan's torch: its
+``__init__`` imports ``requests`` and its detection code imports torchvision (which does not import beside
+torch 2.13 on these machines) for one NMS call, and its metadata pins ``torch<2.3``. So dfscan installs it
+with ``--no-deps``, never imports it, finds its data folder with ``importlib.util.find_spec`` (which does not
+run the package) and re-states the three networks and the cascade here, with a plain-torch NMS.
+
+The cascade is facenet-pytorch's ``detect_face`` with these changes:
+
+- each image is first shrunk so its longest side is at most ``detect_side`` pixels (the cost then no
+  longer grows with the photo's resolution); boxes are mapped back to the original's pixels;
+- the P-net runs per image (images differ in size), the R-net and O-net run once for all candidate boxes
+  of all images of a call (batched on the detector's device);
+- the facial landmarks are not returned (dfscan crops boxes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from dfscan.exceptions import ModelLoadError
+from worker.inference.faces import Face, register_face_detector
+
+logger = logging.getLogger(__name__)
+
+# facenet-pytorch's defaults, which its authors tuned on WIDER FACE: the P-net/R-net/O-net score
+# thresholds and the image pyramid's scale step.
+THRESHOLDS = (0.6, 0.7, 0.7)
+PYRAMID_FACTOR = 0.709
+# Smallest face (in pixels of the shrunk copy) the pyramid looks for; 12 px is the P-net's window, so 20
+# is the usual lower bound (facenet-pytorch's default).
+MIN_FACE = 20
+# Longest side of the copy the cascade runs on. Measured (README, Faces): at 640 px a 1024x768 photo is
+# shrunk 0.625x, faces of 32 px become 20 px and are still found, and detection costs a fraction of a
+# ViT-B forward on 2 CPU threads.
+DETECT_SIDE = 640
+# A candidate list larger than this after the P-net (pathological textures, hundreds of tiny faces) is cut
+# to its best-scoring boxes, so the R-net/O-net stages stay bounded.
+MAX_CANDIDATES = 2000
+
+
+def _weights_dir() -> Path:
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the mtcnn face detector needs the weights in the facenet-pytorch package: "
+            "`pip install --no-deps facenet-pytorch==2.6.0` (no dependencies: it pins an old torch), "
+            "or set DFSCAN_FACES=off"
+        )
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    missing = [n for n in ("pnet.pt", "rnet.pt", "onet.pt") if not (data / n).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"facenet-pytorch is installed but {missing} are missing from {data}; reinstall it"
+        )
+    return data
+
+
+class PNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
+        self.prelu1 = nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
+        self.prelu2 = nn.PReLU(16)
+        self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
+        self.prelu3 = nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
+        self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.prelu1(self.conv1(x))
+        x = self.pool1(x)
+        x = self.prelu2(self.conv2(x))
+        x = self.prelu3(self.conv3(x))
+        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+
+
+class RNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        x = x.permute(0, 3, 2, 1).contiguous()
+        x = self.prelu4(self.dense4(x.view(x.shape[0], -1)))
+        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
+
+
+class ONet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)  # landmarks: loaded with the weights, not used
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = x.permute(0, 3, 2, 1).contiguous()
+        x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
+        return self.dense6_2(x), torch.softmax(self.dense6_1(x), dim=1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression; indices of the kept boxes, best first.
+
+    ``boxes`` are ``(N, 4)`` x1, y1, x2, y2. ``method`` ``"union"`` compares intersection over union,
+    ``"min"`` intersection over the smaller box (MTCNN's last stage, which drops a box inside another).
+    """
+    if len(boxes) == 0:
+        return np.empty((0,), dtype=np.int64)
+    x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        denom = np.minimum(area[i], area[rest]) if method == "min" else area[i] + area[rest] - inter
+        order = rest[inter / denom <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, method: str = "union"
+) -> np.ndarray:
+    """NMS within each group (image, or image and scale): groups are shifted apart so they never overlap."""
+    if len(boxes) == 0:
+        return np.empty((0,), dtype=np.int64)
+    offset = (boxes[:, :4].max() + 1) * groups.astype(np.float64)
+    return nms(boxes[:, :4] + offset[:, None], scores, threshold, method)
+
+
+def _rerec(boxes: np.ndarray) -> np.ndarray:
+    """Make boxes square around their centre (side = the longer side)."""
+    out = boxes.copy()
+    w = out[:, 2] - out[:, 0]
+    h = out[:, 3] - out[:, 1]
+    side = np.maximum(w, h)
+    out[:, 0] = out[:, 0] + w * 0.5 - side * 0.5
+    out[:, 1] = out[:, 1] + h * 0.5 - side * 0.5
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def _bbreg(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    out = boxes.copy()
+    w = out[:, 2] - out[:, 0] + 1
+    h = out[:, 3] - out[:, 1] + 1
+    out[:, 0] += reg[:, 0] * w
+    out[:, 1] += reg[:, 1] * h
+    out[:, 2] += reg[:, 2] * w
+    out[:, 3] += reg[:, 3] * h
+    return out
+
+
+class MtcnnDetector:
+    """The MTCNN cascade on one device. Build it with :func:`load_mtcnn`."""
+
+    def __init__(
+        self, device: torch.device, *, detect_side: int = DETECT_SIDE, min_face: int = MIN_FACE
+    ) -> None:
+        data = _weights_dir()
+        self.device = device
+        self.detect_side = detect_side
+        self.min_face = min_face
+        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        for net, name in ((self.pnet, "pnet"), (self.rnet, "rnet"), (self.onet, "onet")):
+            state = torch.load(data / f"{name}.pt", map_location="cpu", weights_only=True)
+            # facenet-pytorch's Softmax modules hold no weights; its state dict matches these modules.
+            net.load_state_dict(state)
+            # channels_last: the HWC pixels need no transpose, and max pooling and the small
+            # convolutions ran ~1.8x faster in that layout on CPU here (55 vs 95 ms CPU per 1024x768 scene).
+            net.eval().to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        t = "/".join(f"{x:g}" for x in THRESHOLDS)
+        self.version = f"mtcnn-facenet-pytorch-2.6(side={detect_side},min={min_face},thr={t})"
+
+    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        """Faces in each image, boxes in that image's pixels, best score first."""
+        with torch.inference_mode():
+            return self._detect(images)
+
+    def _detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        smalls: list[Image.Image] = []
+        scales: list[float] = []
+        for image in images:
+            small, scale = self._shrink(image)
+            smalls.append(small)
+            scales.append(scale)
+        # Stage 1: the P-net over each image's pyramid.
+        boxes_all: list[np.ndarray] = []
+        for index, small in enumerate(smalls):
+            found = self._stage_one(small)
+            if len(found):
+                boxes_all.append(np.concatenate([found, np.full((len(found), 1), index, np.float64)], axis=1))
+        result: list[list[Face]] = [[] for _ in images]
+        if not boxes_all:
+            return result
+        boxes = np.concatenate(boxes_all)  # x1 y1 x2 y2 score image
+        # Stage 2 (R-net) and 3 (O-net), each once over the candidates of every image.
+        boxes = self._refine(smalls, boxes, self.rnet, 24, THRESHOLDS[1], "union")
+        boxes = self._refine(smalls, boxes, self.onet, 48, THRESHOLDS[2], "min")
+        for x1, y1, x2, y2, score, index in boxes:
+            i = int(index)
+            face = _to_face(x1, y1, x2, y2, float(score), scales[i], images[i].size)
+            if face is not None:
+                result[i].append(face)
+        for faces in result:
+            faces.sort(key=lambda f: -f.score)
+        return result
+
+    def _shrink(self, image: Image.Image) -> tuple[Image.Image, float]:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        longest = max(image.size)
+        if longest <= self.detect_side:
+            return image, 1.0
+        scale = self.detect_side / longest
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        # reducing_gap: Pillow first shrinks by an integer factor in the decoder-friendly box filter,
+        # then resamples; several times faster than a plain resize of a large photo, same result at 12 px.
+        return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), scale
+
+    def _tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """uint8 HWC arrays to the nets' normalised NCHW float input (channels_last memory), on the device."""
+        batch = torch.from_numpy(np.stack(arrays)).to(self.device)
+        return ((batch.float() - 127.5) * 0.0078125).permute(0, 3, 1, 2)
+
+    def _stage_one(self, img: Image.Image) -> np.ndarray:
+        w, h = img.size
+        m = 12.0 / self.min_face
+        minl = min(h, w) * m
+        scale = m
+        found: list[np.ndarray] = []
+        while minl >= 12:
+            # Pillow's BOX filter is the area average facenet-pytorch resamples with, several times faster
+            # on CPU than torch's adaptive pooling at these ratios.
+            level_img = img.resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
+            reg, probs = self.pnet(self._tensor([np.asarray(level_img)]))
+            boxes = _generate(reg[0].cpu().numpy(), probs[0, 1].cpu().numpy(), scale, THRESHOLDS[0])
+            if len(boxes):
+                keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
+                found.append(boxes[keep])
+            scale *= PYRAMID_FACTOR
+            minl *= PYRAMID_FACTOR
+        if not found:
+            return np.empty((0, 5))
+        boxes = np.concatenate(found)
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        boxes = boxes[:MAX_CANDIDATES]
+        regw = boxes[:, 2] - boxes[:, 0]
+        regh = boxes[:, 3] - boxes[:, 1]
+        out = np.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * regw,
+                boxes[:, 1] + boxes[:, 6] * regh,
+                boxes[:, 2] + boxes[:, 7] * regw,
+                boxes[:, 3] + boxes[:, 8] * regh,
+                boxes[:, 4],
+            ],
+            axis=1,
+        )
+        return _rerec(out)
+
+    def _refine(
+        self,
+        smalls: list[Image.Image],
+        boxes: np.ndarray,
+        net: nn.Module,
+        size: int,
+        threshold: float,
+        method: str,
+    ) -> np.ndarray:
+        if len(boxes) == 0:
+            return boxes
+        patches: list[np.ndarray] = []
+        kept: list[int] = []
+        for k, (x1, y1, x2, y2, _, index) in enumerate(boxes):
+            img = smalls[int(index)]
+            w, h = img.size
+            # facenet-pytorch's pad(): 1-based inclusive corners clipped to the image.
+            x = max(int(math.trunc(x1)), 1)
+            y = max(int(math.trunc(y1)), 1)
+            ex = min(int(math.trunc(x2)), w)
+            ey = min(int(math.trunc(y2)), h)
+            if ey > y - 1 and ex > x - 1:
+                patch = img.resize((size, size), Image.Resampling.BOX, box=(x - 1, y - 1, ex, ey))
+                patches.append(np.asarray(patch))
+                kept.append(k)
+        if not patches:
+            return boxes[:0]
+        boxes = boxes[kept]
+        data = self._tensor(patches)
+        regs: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for start in range(0, len(data), 512):  # bounded device memory per forward
+            reg, probs = net(data[start : start + 512])
+            regs.append(reg.cpu().numpy())
+            scores.append(probs[:, 1].cpu().numpy())
+        reg_all = np.concatenate(regs)
+        score = np.concatenate(scores)
+        passed = score > threshold
+        boxes, reg_all, score = boxes[passed], reg_all[passed], score[passed]
+        boxes[:, 4] = score
+        if method == "union":
+            keep = _batched_nms(boxes, score, boxes[:, 5], 0.7)
+            boxes, reg_all = boxes[keep], reg_all[keep]
+            out = _bbreg(boxes, reg_all)
+            out[:, :4] = _rerec(out[:, :4])
+            return out
+        out = _bbreg(boxes, reg_all)
+        keep = _batched_nms(out, score, out[:, 5], 0.7, "min")
+        return out[keep]
+
+
+def _generate(reg: np.ndarray, probs: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+    """P-net output map to candidate boxes ``x1 y1 x2 y2 score dx1 dy1 dx2 dy2`` in the shrunk image."""
+    ys, xs = np.nonzero(probs >= threshold)
+    if len(ys) == 0:
+        return np.empty((0, 9))
+    score = probs[ys, xs]
+    q1x = np.floor((2 * xs + 1) / scale)
+    q1y = np.floor((2 * ys + 1) / scale)
+    q2x = np.floor((2 * xs + 12) / scale)
+    q2y = np.floor((2 * ys + 12) / scale)
+    return np.stack(
+        [q1x, q1y, q2x, q2y, score, reg[0, ys, xs], reg[1, ys, xs], reg[2, ys, xs], reg[3, ys, xs]], axis=1
+    )
+
+
+def _to_face(
+    x1: float, y1: float, x2: float, y2: float, score: float, scale: float, size: tuple[int, int]
+) -> Face | None:
+    """A box of the shrunk copy as a Face in the original's pixels, clipped to the image."""
+    width, height = size
+    left = max(0, min(width, math.floor(x1 / scale)))
+    top = max(0, min(height, math.floor(y1 / scale)))
+    right = max(0, min(width, math.ceil(x2 / scale)))
+    bottom = max(0, min(height, math.ceil(y2 / scale)))
+    if right - left < 1 or bottom - top < 1 or not math.isfinite(score):
+        return None
+    return Face(box=(left, top, right - left, bottom - top), score=score)
+
+
+@register_face_detector("mtcnn")
+def load_mtcnn(device: torch.device, threads: int | None = None) -> MtcnnDetector:
+    """MTCNN on ``device``; ``threads`` sets torch's intra-op threads (shared with the model in a worker)."""
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    return MtcnnDetector(device)
