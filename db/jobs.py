@@ -19,9 +19,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import ScanJob, Submission, Verdict, utcnow
+from db.models import ScanJob, Submission, Verdict, VerdictFace, utcnow
 from dfscan.exceptions import MaxAttemptsError
-from dfscan.verdicts import STORED
+from dfscan.verdicts import STORED, FaceVerdict, Stored
 from dfscan.verdicts import Verdict as VerdictResult
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,9 @@ def claim_job(
 
 # The columns of a verdict row: the verdict's stored fields (one mapper: dfscan.verdicts) and the worker.
 VERDICT_FIELDS = (*STORED, "worker")
+# May be left out of a verdict dict: ``judged_on`` ("image" when absent) and ``faces``, a list of
+# ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows.
+OPTIONAL_VERDICT_FIELDS = ("judged_on", "faces")
 
 
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
@@ -278,10 +281,37 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
         .returning(ScanJob.id),
         execution_options={"synchronize_session": False},
     ).all()
-    rows = [{"job_id": job_id, **{k: by_id[job_id][k] for k in VERDICT_FIELDS}} for job_id in done]
+    rows = [
+        {
+            "job_id": job_id,
+            **{k: by_id[job_id].get(k) for k in VERDICT_FIELDS},
+            "judged_on": by_id[job_id].get("judged_on") or "image",
+        }
+        for job_id in done
+    ]
     if rows:
-        session.execute(_insert_ignoring_duplicate(session), rows)
+        session.execute(_insert_ignoring_duplicate(session, Verdict, ["job_id"]), rows)
+    faces = [
+        face_row(job_id, seq, face) for job_id in done for seq, face in enumerate(by_id[job_id].get("faces") or ())
+    ]
+    if faces:  # one row per judged face beside the verdict, in the same transaction
+        session.execute(_insert_ignoring_duplicate(session, VerdictFace, ["job_id", "seq"]), faces)
     return set(done)
+
+
+def face_row(job_id: uuid.UUID, seq: int, face: dict[str, Any]) -> dict[str, Any]:
+    """A verdict_faces row from a verdict's face dict (``box`` is ``(x, y, w, h)``)."""
+    x, y, w, h = (int(v) for v in face["box"])
+    return {
+        "job_id": job_id,
+        "seq": seq,
+        "x": x,
+        "y": y,
+        "w": w,
+        "h": h,
+        "score": float(face["score"]),
+        "fake_score": float(face["fake_score"]),
+    }
 
 
 def _single_worker(by_id: dict[uuid.UUID, dict[str, Any]]) -> str | None:
@@ -292,27 +322,27 @@ def _single_worker(by_id: dict[uuid.UUID, dict[str, Any]]) -> str | None:
 
 def finish_done(session: Session, job_id: uuid.UUID, **verdict: Any) -> bool:
     """``finish_done_many`` for one job (keywords: ``VERDICT_FIELDS``); True if this call made the outcome."""
-    missing = set(VERDICT_FIELDS) - set(verdict)
+    missing = set(VERDICT_FIELDS) - set(verdict) - set(OPTIONAL_VERDICT_FIELDS)
     if missing:
         raise TypeError(f"finish_done needs {sorted(missing)}")
     return job_id in finish_done_many(session, [{"job_id": job_id, **verdict}])
 
 
-def _insert_ignoring_duplicate(session: Session) -> Any:
-    """``INSERT INTO verdicts ... ON CONFLICT (job_id) DO NOTHING``, to execute with a list of rows."""
+def _insert_ignoring_duplicate(session: Session, model: Any, keys: list[str]) -> Any:
+    """``INSERT INTO <model> ... ON CONFLICT (keys) DO NOTHING``, to execute with a list of rows."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
+        return postgresql.insert(model).on_conflict_do_nothing(index_elements=keys)
     if dialect == "sqlite":
-        return sqlite.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
-    return insert(Verdict)
+        return sqlite.insert(model).on_conflict_do_nothing(index_elements=keys)
+    return insert(model)
 
 
 def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:
     """Store the final outcome ``verdict`` of a job: done with its verdict row, or failed with its code.
     True if this call made the outcome (False: the job was already final)."""
     if verdict.done:
-        return finish_done(session, job_id, **verdict.row(), worker=worker)
+        return finish_done(session, job_id, **verdict.row(), faces=verdict.face_rows(), worker=worker)
     return finish_failed(
         session, job_id, code=verdict.error_code or "INTERNAL_ERROR", message=verdict.error or ""
     )
@@ -418,21 +448,60 @@ def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uui
 
 
 def cached_scores(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, float]:
-    """The fake score an earlier verdict gave the same image bytes with the same model, per sha256."""
-    shas = sorted(set(image_sha256s))
-    if not shas:
-        return {}
-    query = (
-        select(Verdict.image_sha256, Verdict.fake_score)
-        .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
-        .order_by(Verdict.id)
-    )
-    return {row.image_sha256: row.fake_score for row in session.execute(query)}  # the newest wins
+    """The fake score an earlier verdict gave the same image bytes with the same model, per sha256
+    (verdicts without a score, not_applicable, are left out: see :func:`cached_verdicts`)."""
+    return {
+        sha: stored.fake_score
+        for sha, stored in cached_verdicts(session, image_sha256s, model_version).items()
+        if stored.fake_score is not None
+    }
 
 
 def cached_score(session: Session, image_sha256: str, model_version: str) -> float | None:
     """``cached_scores`` for one image."""
     return cached_scores(session, [image_sha256], model_version).get(image_sha256)
+
+
+def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, Stored]:
+    """What an earlier verdict said about the same bytes with the same model version, per sha256: its
+    score, what it was judged on and its faces (the duplicate cache; the newest verdict wins).
+
+    The model version is the key: a verdict judged with faces on carries the face detector and its
+    settings in its version (``<model>+faces:<detector>``), so a faces request never gets a
+    whole-image answer, nor the reverse."""
+    shas = sorted(set(image_sha256s))
+    if not shas:
+        return {}
+    query = (
+        select(Verdict.job_id, Verdict.image_sha256, Verdict.fake_score, Verdict.judged_on)
+        .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
+        .order_by(Verdict.id)
+    )
+    newest = {row.image_sha256: row for row in session.execute(query)}
+    faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
+    return {
+        sha: Stored(
+            row.fake_score, row.judged_on, tuple(FaceVerdict.from_stored(f) for f in faces.get(row.job_id, []))
+        )
+        for sha, row in newest.items()
+    }
+
+
+def faces_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """The stored faces of these jobs' verdicts, largest first: ``{"box": [x, y, w, h], "score", "fake_score"}``."""
+    out: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    if not job_ids:
+        return out
+    query = (
+        select(VerdictFace)
+        .where(VerdictFace.job_id.in_(sorted(set(job_ids))))
+        .order_by(VerdictFace.job_id, VerdictFace.seq)
+    )
+    for face in session.scalars(query):
+        out.setdefault(face.job_id, []).append(
+            {"box": [face.x, face.y, face.w, face.h], "score": face.score, "fake_score": face.fake_score}
+        )
+    return out
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> ScanJob | None:

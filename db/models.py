@@ -45,7 +45,8 @@ JOB_STATES = ("queued", "running", "done", "failed")
 FINAL_JOB_STATES = ("done", "failed")
 RUN_STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_RUN_STATES = ("done", "failed", "cancelled")
-LABELS = ("real", "fake")
+LABELS = ("real", "fake", "not_applicable")  # not_applicable: DFSCAN_FACES=require and no face
+JUDGED_ON = ("faces", "image")
 PROMOTION_REASONS = ("promote", "rollback")
 
 # Constraint names are stable and predictable, so migrations can name what they drop or alter
@@ -170,9 +171,12 @@ class Verdict(Base):
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"), unique=True)
-    label: Mapped[str] = mapped_column(String(8))
-    fake_score: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(16))
+    # NULL exactly when the label is not_applicable (faces required, none found).
+    fake_score: Mapped[float | None] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
+    # What the model saw: the face crops (rows in verdict_faces; fake_score is their maximum) or the image.
+    judged_on: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
     model_version: Mapped[str] = mapped_column(String(255), index=True)
     image_sha256: Mapped[str] = mapped_column(String(64))
     # The format the bytes were decoded as (Pillow's name: JPEG, PNG, WEBP, ...); NULL before 0002.
@@ -190,10 +194,39 @@ class Verdict(Base):
     __table_args__ = (
         CheckConstraint(_in("label", LABELS), name="label_valid"),
         CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
+        CheckConstraint(
+            "(label = 'not_applicable') = (fake_score IS NULL)", name="not_applicable_iff_no_score"
+        ),
+        CheckConstraint(_in("judged_on", JUDGED_ON), name="judged_on_valid"),
         CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold_range"),
         CheckConstraint("length(image_sha256) = 64", name="image_sha256_length"),
         Index("ix_verdicts_image_sha256_model_version", "image_sha256", "model_version"),
         Index("ix_verdicts_label_created_at", "label", "created_at"),
+    )
+
+
+class VerdictFace(Base):
+    """One judged face of a verdict made on faces: its box (pixels of the EXIF-oriented image), the face
+    detector's confidence and the model's p(fake) for its crop. ``seq`` orders them largest first."""
+
+    __tablename__ = "verdict_faces"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("verdicts.job_id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    fake_score: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint("seq >= 0", name="seq_nonnegative"),
+        CheckConstraint("x >= 0 AND y >= 0 AND w > 0 AND h > 0", name="box_valid"),
+        CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
+        CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.jobs import faces_of
 from db.models import JOB_STATES, ScanJob, Submission
 from db.models import Verdict as VerdictRow
 from dfscan.verdicts import STORED, Verdict
@@ -118,10 +119,12 @@ def results(
     query = query.order_by(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq)
     if limit is not None:
         query = query.limit(limit)
-    return [_row(job, verdict) for job, verdict in session.execute(query)]
+    pairs = list(session.execute(query))
+    faces = faces_of(session, [v.job_id for _, v in pairs if v is not None and v.judged_on == "faces"])
+    return [_row(job, verdict, faces.get(job.id, [])) for job, verdict in pairs]
 
 
-def _row(job: ScanJob, verdict: VerdictRow | None) -> ResultRow:
+def _row(job: ScanJob, verdict: VerdictRow | None, faces: list[dict[str, Any]] | None = None) -> ResultRow:
     stored = None if verdict is None else {name: getattr(verdict, name) for name in STORED}
     return ResultRow(
         job_id=job.id,
@@ -136,6 +139,7 @@ def _row(job: ScanJob, verdict: VerdictRow | None) -> ResultRow:
             error_code=job.error_code,
             error=job.error_message,
             row=stored,
+            faces=faces or (),
         ),
     )
 

@@ -12,7 +12,7 @@ it is stored), the column in ``db/models.py`` with its migration, and nothing el
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -20,6 +20,10 @@ DONE = "done"
 FAILED = "failed"
 FAKE = "fake"
 REAL = "real"
+# DFSCAN_FACES=require and no face found: the job is done, but there was nothing to judge.
+NOT_APPLICABLE = "not_applicable"
+FACES = "faces"
+IMAGE = "image"
 
 # Verdict fields stored in the ``verdicts`` table (besides ``job_id`` and ``worker``), in column order.
 STORED = (
@@ -36,6 +40,7 @@ STORED = (
     "decode_ms",
     "infer_ms",
     "cached",
+    "judged_on",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -52,6 +57,8 @@ OUTPUT = (
     "width",
     "height",
     "cached",
+    "judged_on",
+    "faces",
     "error_code",
     "error",
 )
@@ -60,6 +67,39 @@ OUTPUT = (
 def label_for(fake_score: float, threshold: float) -> str:
     """The real/fake rule, written once: fake when p(fake) reaches the threshold."""
     return FAKE if fake_score >= threshold else REAL
+
+
+@dataclass(frozen=True)
+class FaceVerdict:
+    """One judged face: ``box`` ``(x, y, w, h)`` in pixels of the EXIF-oriented image, the face
+    detector's confidence ``score``, and the model's p(fake) for its crop."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    fake_score: float
+
+    def row(self) -> dict[str, Any]:
+        """As stored (``verdict_faces``; the caller adds ``job_id`` and ``seq``)."""
+        return {"box": self.box, "score": self.score, "fake_score": self.fake_score}
+
+    def output(self, threshold: float | None) -> dict[str, Any]:
+        label = label_for(self.fake_score, threshold) if threshold is not None else None
+        return {"box": list(self.box), "score": self.score, "fake_score": self.fake_score, "label": label}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> FaceVerdict:
+        x, y, w, h = (int(v) for v in stored["box"])
+        return cls((x, y, w, h), float(stored["score"]), float(stored["fake_score"]))
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the duplicate cache answers for bytes already judged with the same model version: the
+    score (None for not_applicable), what it was judged on, and its faces."""
+
+    fake_score: float | None
+    judged_on: str = IMAGE
+    faces: tuple[FaceVerdict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +123,9 @@ class Verdict:
     decode_ms: float = 0.0
     infer_ms: float = 0.0
     cached: bool = False
+    # "faces": fake_score is the maximum over ``faces``; "image": the whole image was judged.
+    judged_on: str | None = None
+    faces: tuple[FaceVerdict, ...] = ()
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -97,9 +140,15 @@ class Verdict:
             raise ValueError(f"a {self.status} verdict has no verdict row ({self.error_code})")
         return {name: getattr(self, name) for name in STORED}
 
+    def face_rows(self) -> list[dict[str, Any]]:
+        """The ``verdict_faces`` rows of this verdict, largest face first."""
+        return [face.row() for face in self.faces]
+
     def output(self) -> dict[str, Any]:
         """The public JSON object of this verdict (keys :data:`OUTPUT`)."""
-        return {name: getattr(self, name) for name in OUTPUT}
+        out = {name: getattr(self, name) for name in OUTPUT}
+        out["faces"] = [face.output(self.threshold) for face in self.faces]
+        return out
 
     def with_source(self, source: str) -> Verdict:
         return replace(self, source=source)
@@ -113,11 +162,14 @@ class Verdict:
         error_code: str | None,
         error: str | None,
         row: Mapping[str, Any] | None,
+        faces: Sequence[Mapping[str, Any]] = (),
     ) -> Verdict:
-        """Rebuild a verdict from a job's state and its stored ``verdicts`` row (None unless done)."""
+        """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done) and its
+        stored faces."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
-        return cls(source=source, status=status, error_code=error_code, error=error, **stored)
+        judged = tuple(FaceVerdict.from_stored(f) for f in faces)
+        return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 
 
 VERDICT_FIELDS = tuple(field.name for field in fields(Verdict))
