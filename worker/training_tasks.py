@@ -79,6 +79,7 @@ def _run(
     # The training core is imported here: an inference worker never loads Trainer and datasets.
     from worker.inference.model import load_detector
     from worker.training.data import load_labelled_data
+    from worker.training.faces import FaceCropConfig
     from worker.training.train import TrainConfig, TrainHooks, fine_tune
 
     settings = rt.settings
@@ -94,6 +95,7 @@ def _run(
         seed=int(params.get("seed", 42)),
         target_fpr=float(params.get("target_fpr", settings.target_fpr)),
         device=settings.device,
+        faces=FaceCropConfig(**params["faces"]) if params.get("faces") else None,
     )
     last_poll = [0.0, False]
 
@@ -139,7 +141,9 @@ def _run(
                 path=str(published.resolve()),
                 training_run_id=rid,
                 data_fingerprint=data.fingerprint,
-                params=params,
+                # params["faces"] (crop settings and the detector's version) tells serving that this
+                # version judges face crops.
+                params={**params, "faces": result.faces} if result.faces else params,
                 metrics=result.metrics,
                 threshold=result.threshold,
             )

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from db import registry, training
 from db.session import new_engine, new_session_factory
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import DfscanError, TrainingDataError
 from dfscan.queueing import RELOAD_COMMAND, TRAIN_TASK, TRAINING_QUEUE, new_celery_app
 from dfscan.settings import Settings, get_settings
 
@@ -47,6 +47,14 @@ def train(
     ] = 32,
     seed: Annotated[int, typer.Option()] = 42,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = 5,
+    faces: Annotated[
+        bool,
+        typer.Option(
+            "--faces",
+            help="Train on face crops (DFSCAN_FACE_DETECTOR, DFSCAN_FACE_MARGIN, DFSCAN_MIN_FACE_PX), as serving "
+            "crops them; images without a face are counted and skipped, and the version serves on faces.",
+        ),
+    ] = False,
 ) -> None:
     """Queue a fine-tuning run: `dfscan train --data PATH --base MODEL`; `dfscan worker --queues training` runs it."""
     if ctx.invoked_subcommand is not None:
@@ -56,7 +64,15 @@ def train(
     if not data.exists():
         raise typer.BadParameter(f"{data} does not exist")
     settings = get_settings()
-    params = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "patience": patience}
+    params: dict[str, Any] = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "patience": patience,
+    }
+    if faces:
+        params["faces"] = _face_crop_params(settings)
     with _sessions(settings).begin() as session:
         run = training.create_run(session, data_path=str(data.resolve()), base_model=base, params=params)
         run.output_dir = str((settings.model_store / "runs" / run.id.hex).resolve())
@@ -145,10 +161,19 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Where report.json and the PNGs go.")] = Path("evaluation"),
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     threshold: Annotated[float, typer.Option(help="Threshold for the confusion matrix.")] = 0.5,
+    faces: Annotated[
+        bool,
+        typer.Option(
+            "--faces",
+            help="Judge each image on its face crops as serving does (max p(fake) over faces); images "
+            "without a face are counted and skipped.",
+        ),
+    ] = False,
 ) -> None:
     """The seed's evaluation report (plus ROC-AUC, AP, EER, a threshold at DFSCAN_TARGET_FPR) for any checkpoint."""
     from worker.training.data import load_evaluation_data
-    from worker.training.evaluate import score_examples
+    from worker.training.evaluate import score_examples, score_face_examples
+    from worker.training.faces import FaceCropConfig
     from worker.training.metrics import evaluate_scores
     from worker.training.report import format_classification_report, write_report
 
@@ -156,23 +181,48 @@ def evaluate(
     try:
         examples = load_evaluation_data(data, split=split)
         split_name = split or ("test" if examples.test else "train")
-        labels, scores, skipped, version = score_examples(
-            model, examples.split(split_name), batch_size=batch_size, device=settings.device
-        )
+        no_face: list[str] = []
+        if faces:
+            crop = FaceCropConfig(**_face_crop_params(settings))
+            labels, scores, skipped, no_face, version = score_face_examples(
+                model, examples.split(split_name), crop, batch_size=batch_size, device=settings.device
+            )
+        else:
+            labels, scores, skipped, version = score_examples(
+                model, examples.split(split_name), batch_size=batch_size, device=settings.device
+            )
+        if not labels:
+            raise TrainingDataError(
+                f"no image of {data} could be scored ({len(skipped)} undecodable, {len(no_face)} without a face)"
+            )
     except DfscanError as exc:
         err.print(f"[red]error[/red] {exc.code}: {exc}")
         raise typer.Exit(2) from exc
     metrics = evaluate_scores(labels, scores, threshold=threshold, target_fpr=settings.target_fpr)
     metrics["model_version"] = version
     metrics["skipped"] = len(skipped)
+    if faces:
+        metrics["no_face"] = len(no_face)
+        metrics["no_face_examples"] = no_face[:10]
     paths = write_report(metrics, out, y_true=labels, p_fake=scores)
     print(format_classification_report(metrics))
     chosen = metrics.get("threshold_at_fpr")
     err.print(
         f"model {version}: ROC-AUC {metrics.get('roc_auc')}, EER {metrics.get('eer')}, "
         f"threshold at FPR<={settings.target_fpr}: {chosen}; {len(skipped)} images skipped"
+        + (f", {len(no_face)} without a face (skipped)" if faces else "")
     )
     err.print("report: " + ", ".join(str(p) for p in paths.values()))
+
+
+def _face_crop_params(settings: Any) -> dict[str, Any]:
+    """The serving face settings, as a training run's or an evaluation's crop settings."""
+    return {
+        "detector": settings.face_detector,
+        "margin": settings.face_margin,
+        "min_face_px": settings.min_face_px,
+        "max_faces": settings.max_faces,
+    }
 
 
 @models_app.command("list")

@@ -24,7 +24,7 @@ import math
 import platform
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -45,11 +45,13 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from dfscan.exceptions import LabelMappingError, TrainingDataError
+from worker.inference.faces import load_face_detector
 from worker.inference.labels import fake_real_indices
 from worker.inference.preprocess import PreprocessConfig
 from worker.training.augment import AugmentConfig
-from worker.training.data import ID2LABEL, LABEL2ID, LabelledData
+from worker.training.data import ID2LABEL, LABEL2ID, Example, LabelledData
 from worker.training.dataset import ImageDataset
+from worker.training.faces import FaceCropConfig, face_examples
 from worker.training.metrics import evaluate_scores
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class TrainConfig:
     target_fpr: float = 0.05  # the threshold recommended is the lowest with FPR <= this on validation
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     logging_steps: int = 10
+    # Train on face crops made as serving makes them (worker/training/faces.py); None: whole images.
+    faces: FaceCropConfig | None = None
 
 
 @dataclass
@@ -101,6 +105,9 @@ class TrainResult:
     metrics: dict[str, Any]  # {"validation": evaluate_scores(...), "test": ...}; empty when cancelled
     threshold: float | None  # validation threshold at target_fpr
     undecodable: int  # images skipped while training (beyond data.unreadable)
+    # With cfg.faces: the crop settings, the detector's version and per split the crops made and the
+    # images without a face (skipped); serving reads this from the registry to judge on faces.
+    faces: dict[str, Any] | None = None
 
 
 def fine_tune(
@@ -115,6 +122,9 @@ def fine_tune(
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / "checkpoints"
     last = _prepare_output(cfg, data, ckpt_dir, resume)
+    faces = None
+    if cfg.faces is not None:
+        data, faces = face_data(cfg.faces, data, device=cfg.device)
 
     preprocess = PreprocessConfig.from_pretrained(cfg.base_model, revision=cfg.base_revision)
     train_ds = ImageDataset(data.train, preprocess, augment_cfg=cfg.augment, seed=cfg.seed)
@@ -147,7 +157,13 @@ def fine_tune(
         hooks.on_progress({"event": "cancelled", "step": state.global_step, "epoch": common["epoch"]})
         failed = len(train_ds.failed | val_ds.failed)
         return TrainResult(
-            model_dir=None, cancelled=True, metrics={}, threshold=None, undecodable=failed, **common
+            model_dir=None,
+            cancelled=True,
+            metrics={},
+            threshold=None,
+            undecodable=failed,
+            faces=faces,
+            **common,
         )
 
     test_ds = ImageDataset(data.test, preprocess, seed=cfg.seed)
@@ -166,6 +182,7 @@ def fine_tune(
     write_report(metrics["test"], output_dir / "report", y_true=y_test, p_fake=p_test)
     failed = len(train_ds.failed | val_ds.failed | test_ds.failed)
     manifest = _manifest(cfg, data, metrics, threshold, state, output.training_loss, failed)
+    manifest["faces"] = faces
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     hooks.on_progress(
         {"event": "done", "step": state.global_step, "epoch": common["epoch"], "metrics": metrics}
@@ -176,8 +193,41 @@ def fine_tune(
         metrics=metrics,
         threshold=threshold,
         undecodable=failed,
+        faces=faces,
         **common,
     )
+
+
+def face_data(
+    faces: FaceCropConfig, data: LabelledData, *, device: str = "auto"
+) -> tuple[LabelledData, dict[str, Any]]:
+    """Every split as the largest face crop of each image (images without a face skipped and counted).
+
+    Raises TrainingDataError when a split is left without both classes."""
+    target = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    detector = load_face_detector(faces.detector, target)
+    splits: dict[str, list[Example]] = {}
+    info: dict[str, Any] = {
+        **faces.to_params(detector.version),
+        "crops": {},
+        "no_face": {},
+        "undecodable": {},
+    }
+    for name, examples in data.splits.items():
+        crops = face_examples(examples, detector, faces, largest_only=True)
+        have = {e.label for e in crops.examples}
+        if have != set(ID2LABEL):
+            raise TrainingDataError(
+                f"{data.source} {name} split: after face cropping only classes "
+                f"{sorted(ID2LABEL[i] for i in have)} remain ({len(crops.no_face)} of {len(examples)} images "
+                f"had no face of at least {faces.min_face_px} px); train without --faces or add face images"
+            )
+        splits[name] = crops.examples
+        info["crops"][name] = len(crops.examples)
+        info["no_face"][name] = len(crops.no_face)
+        info["undecodable"][name] = len(crops.undecodable)
+    log.info("training on face crops: %s, no face: %s", info["crops"], info["no_face"])
+    return replace(data, splits=splits), info
 
 
 def load_base_model(base: str, *, revision: str | None = None) -> PreTrainedModel:
