@@ -292,7 +292,9 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     if rows:
         session.execute(_insert_ignoring_duplicate(session, Verdict, ["job_id"]), rows)
     faces = [
-        face_row(job_id, seq, face) for job_id in done for seq, face in enumerate(by_id[job_id].get("faces") or ())
+        face_row(job_id, seq, face)
+        for job_id in done
+        for seq, face in enumerate(by_id[job_id].get("faces") or ())
     ]
     if faces:  # one row per judged face beside the verdict, in the same transaction
         session.execute(_insert_ignoring_duplicate(session, VerdictFace, ["job_id", "seq"]), faces)
@@ -481,7 +483,9 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
     faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
     return {
         sha: Stored(
-            row.fake_score, row.judged_on, tuple(FaceVerdict.from_stored(f) for f in faces.get(row.job_id, []))
+            row.fake_score,
+            row.judged_on,
+            tuple(FaceVerdict.from_stored(f) for f in faces.get(row.job_id, [])),
         )
         for sha, row in newest.items()
     }

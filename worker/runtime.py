@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs, registry
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings, get_settings
-from dfscan.verdicts import Verdict
+from dfscan.verdicts import Stored, Verdict
 from worker.inference.batcher import MicroBatcher
-from worker.inference.factory import new_detector, new_judge
+from worker.inference.factory import face_policy, new_detector, new_judge
 from worker.inference.judge import Judge
 from worker.leases import LeaseKeeper
 
@@ -76,7 +76,7 @@ class InferenceRuntime(WorkerRuntime):
         self._claims: MicroBatcher[uuid.UUID, jobs.Claim | None] = MicroBatcher(
             self._claim_batch, max_batch=_DB_BATCH, max_wait=0.0, name="claim"
         )
-        self._lookups: MicroBatcher[tuple[str, str], float | None] = MicroBatcher(
+        self._lookups: MicroBatcher[tuple[str, str], Stored | None] = MicroBatcher(
             self._lookup_batch, max_batch=_DB_BATCH, max_wait=0.0, name="cache lookup"
         )
         # Judges the images of a message of several jobs side by side (one thread per image in flight).
@@ -113,7 +113,7 @@ class InferenceRuntime(WorkerRuntime):
             return [_outcome(judge, sources[0])]
         return list(self._judge_pool.map(lambda source: _outcome(judge, source), sources))
 
-    def known(self, sha256: str, version: str) -> float | None:
+    def known(self, sha256: str, version: str) -> Stored | None:
         """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""
         return self._lookups.submit((sha256, version)).result()
 
@@ -129,7 +129,7 @@ class InferenceRuntime(WorkerRuntime):
         # A message delivered twice at once: only its first copy gets the claim.
         return [claimed.pop(job_id, None) for job_id in job_ids]
 
-    def _lookup_batch(self, keys: list[tuple[str, str]]) -> list[float | None]:
+    def _lookup_batch(self, keys: list[tuple[str, str]]) -> list[Stored | None]:
         by_version: dict[str, list[str]] = {}
         for sha, version in keys:
             by_version.setdefault(version, []).append(sha)
@@ -137,7 +137,7 @@ class InferenceRuntime(WorkerRuntime):
             found = {
                 (sha, version): score
                 for version, shas in by_version.items()
-                for sha, score in jobs.cached_scores(session, shas, version).items()
+                for sha, score in jobs.cached_verdicts(session, shas, version).items()
             }
         return [found.get(key) for key in keys]
 
@@ -184,6 +184,7 @@ class InferenceRuntime(WorkerRuntime):
 
     def _load_judge(self) -> Judge:
         ref, revision, threshold = self.settings.model, self.settings.model_revision, self.settings.threshold
+        trained_on_faces = None
         try:
             with self.sessions() as session:
                 promoted = registry.current_version(session)
@@ -191,12 +192,14 @@ class InferenceRuntime(WorkerRuntime):
                     ref, revision = promoted.path or promoted.source, None
                     if promoted.threshold is not None:
                         threshold = promoted.threshold
+                    trained_on_faces = (promoted.params or {}).get("faces")
         except Exception as exc:  # the registry is optional: no promotion table yet, DB down at start
             log.warning("could not read the promoted model version, using DFSCAN_MODEL: %s", exc)
         started = time.monotonic()
         detector = new_detector(self.settings, model=ref, revision=revision)
         log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
-        return new_judge(self.settings, detector, threshold=threshold, known=self.known)
+        faces = face_policy(self.settings, detector, trained_on=trained_on_faces)
+        return new_judge(self.settings, detector, threshold=threshold, known=self.known, faces=faces)
 
     def close(self) -> None:
         with self._lock:

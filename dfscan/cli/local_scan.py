@@ -16,6 +16,7 @@ from db import jobs
 from db.migrate import upgrade
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings
+from dfscan.verdicts import Stored, Verdict, label_for
 from producer.sources import list_folder, path_source
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def run_local_scan(
     *,
     model: str | None,
     batch_size: int,
+    annotate: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one output row per source (:meth:`Verdict.output` plus ``job_id``), after storing it."""
     # The core is imported here so that `dfscan submit` and friends never import torch.
@@ -63,10 +65,10 @@ def run_local_scan(
         _, rows, _ = jobs.create_submission(session, sources, client_ref="dfscan scan")
         job_ids = [job.id for job in rows]
 
-    def known(sha256: str, version: str) -> float | None:
+    def known(sha256: str, version: str) -> Stored | None:
         try:
             with sessions() as session:
-                return jobs.cached_score(session, sha256, version)
+                return jobs.cached_verdicts(session, [sha256], version).get(sha256)
         except Exception:  # a laptop scan goes on without its cache
             log.warning("duplicate-cache look-up failed for %s; judging anyway", sha256, exc_info=True)
             return None
@@ -78,6 +80,40 @@ def run_local_scan(
             with sessions.begin() as session:
                 jobs.claim_job(session, job_id, worker=WORKER, lease_seconds=3600, max_attempts=1)
                 jobs.record_verdict(session, job_id, verdict, worker=WORKER)
+            if annotate is not None and verdict.done:
+                write_annotated(verdict, annotate, settings, roots)
             yield {"job_id": str(job_id), **verdict.output()}
     finally:
         judge.close()
+
+
+def write_annotated(
+    verdict: Verdict, folder: Path, settings: Settings, roots: tuple[Path, ...]
+) -> Path | None:
+    """Save a copy of the judged image into ``folder`` with its boxes drawn (the whole image framed when
+    it was judged whole); named after the source and its sha256 prefix, so equal names never collide."""
+    from worker.inference.annotate import Mark, annotate
+    from worker.inference.factory import image_policy, source_policy
+    from worker.inference.images import decode_image
+    from worker.inference.sources import read_source
+
+    try:
+        image = decode_image(
+            read_source(verdict.source, source_policy(settings, extra_roots=roots)),
+            image_policy(settings),
+        )
+    except Exception as exc:  # the verdict stands; only its picture is missing
+        log.warning("cannot annotate %s: %s", verdict.source, exc)
+        return None
+    if verdict.faces:
+        marks = [
+            Mark(f.box, f.fake_score, label_for(f.fake_score, verdict.threshold or 0.5))
+            for f in verdict.faces
+        ]
+    else:
+        marks = [Mark((0, 0, image.width, image.height), verdict.fake_score, str(verdict.label))]
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(verdict.source.rstrip("/")).stem or "image"
+    out = folder / f"{stem}-{(verdict.image_sha256 or '')[:8]}.png"
+    annotate(image, marks).save(out)
+    return out

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -59,11 +60,25 @@ def scan(
     fmt: Annotated[Format, typer.Option("--format", help="table, json (one object per line) or csv.")] = (
         Format.table
     ),
+    faces: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, require or off: judge the faces (default DFSCAN_FACES; see the README, Faces)."
+        ),
+    ] = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(help="Write a copy of each judged image here, its face boxes drawn with p(fake)."),
+    ] = None,
 ) -> None:
     """Scan images in this process (no servers) and store every result (SQLite by default)."""
     from dfscan.cli.local_scan import collect_sources, run_local_scan
 
     settings = get_settings()
+    if faces is not None:
+        if faces not in ("auto", "require", "off"):
+            raise typer.BadParameter(f"--faces must be auto, require or off, not {faces!r}")
+        settings = settings.model_copy(update={"faces": faces})
     sources, roots = collect_sources(targets, recursive=recursive)
     if not sources:
         err.print("nothing to scan: no files found in " + ", ".join(targets))
@@ -76,6 +91,7 @@ def scan(
             settings,
             model=model,
             batch_size=batch_size or settings.batch_size,
+            annotate=annotate,
         )
         show_bar = fmt is not Format.json and len(sources) > 8 and err.is_terminal
         with _progress(len(sources), show_bar) as advance:

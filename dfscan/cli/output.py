@@ -17,7 +17,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-KEYS = ("source", "status", "label", "fake_score", "model_version", "error_code", "error")
+KEYS = (
+    "source",
+    "status",
+    "label",
+    "fake_score",
+    "judged_on",
+    "n_faces",
+    "model_version",
+    "error_code",
+    "error",
+)
+
+
+def n_faces(row: Mapping[str, Any]) -> int | None:
+    """How many faces a done row was judged on (0 when judged on the whole image)."""
+    if row.get("status") != "done":
+        return None
+    return len(row.get("faces") or ())
 
 
 class Format(str, Enum):
@@ -39,7 +56,7 @@ def print_rows(rows: list[dict[str, Any]], fmt: Format, *, extra_keys: tuple[str
     elif fmt is Format.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(keys), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "n_faces": n_faces(row)} for row in rows)
     else:
         print_table(rows)
 
@@ -50,22 +67,27 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
         ("source", "left"),
         ("label", "left"),
         ("p(fake)", "right"),
+        ("faces", "right"),
         ("model or error", "left"),
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         if row["status"] == "done":
-            colour = "red" if row["label"] == "fake" else "green"
+            colour = {"fake": "red", "real": "green"}.get(str(row["label"]), "dim")
+            score = row.get("fake_score")
             table.add_row(
                 str(row["source"]),
                 f"[{colour}]{row['label']}[/{colour}]",
-                f"{row['fake_score']:.4f}",
+                "" if score is None else f"{score:.4f}",
+                str(n_faces(row)) if row.get("judged_on") == "faces" else "-",
                 str(row["model_version"]),
             )
         elif row["status"] == "failed":
-            table.add_row(str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", str(row["error"]))
+            table.add_row(
+                str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", "", str(row["error"])
+            )
         else:
-            table.add_row(str(row["source"]), str(row["status"]), "", "")
+            table.add_row(str(row["source"]), str(row["status"]), "", "", "")
     Console(soft_wrap=False).print(table)
 
 
@@ -80,6 +102,8 @@ def summary(rows: Iterable[Mapping[str, Any]]) -> str:
         elif row.get("error_code"):
             codes[str(row["error_code"])] += 1
     parts = [f"{counts['total']} images", f"{counts['fake']} fake", f"{counts['real']} real"]
+    if counts["not_applicable"]:
+        parts.append(f"{counts['not_applicable']} without a face (not_applicable)")
     parts.append(f"{counts['failed']} failed")
     if codes:
         parts[-1] += " (" + ", ".join(f"{code} {n}" for code, n in codes.most_common()) + ")"

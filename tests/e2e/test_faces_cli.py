@@ -23,5 +23,5 @@ def test_evaluate_on_faces_reports_the_images_without_a_face(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["n"] == 4 and report["no_face"] == 2
-    assert "+faces:mtcnn-facenet-pytorch-2.6(" in report["model_version"]
+    assert "+faces:require:mtcnn-facenet-pytorch-2.6(" in report["model_version"]
     assert "2 without a face (skipped)" in out.stderr

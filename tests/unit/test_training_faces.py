@@ -88,7 +88,7 @@ def test_evaluate_on_faces_scores_images_with_a_face_and_counts_the_rest(
     labels, scores, skipped, no_face, version = score_face_examples(str(model), test, CROP, device="cpu")
     assert len(test) == 5 and len(labels) == len(scores) == 4
     assert no_face == ["test/real/noface-0.png"] and skipped == []
-    assert "+faces:mtcnn-facenet-pytorch-2.6(" in version
+    assert "+faces:require:mtcnn-facenet-pytorch-2.6(" in version
     metrics = evaluate_model(str(model), test, device="cpu", faces=CROP)
     assert metrics["n"] == 4 and metrics["no_face"] == 1
     assert metrics["model_version"] == version

@@ -119,3 +119,31 @@ def crop_box(size: tuple[int, int], face: Face, margin: float = 0.3) -> tuple[in
 def square_crop(image: Image.Image, face: Face, margin: float = 0.3) -> Image.Image:
     """The crop of ``image`` around ``face`` (see :func:`crop_box`), a new image."""
     return image.crop(crop_box(image.size, face, margin))
+
+
+FACE_MODES = ("auto", "require", "off")
+
+
+@dataclass(frozen=True)
+class FacePolicy:
+    """How a Judge uses faces (``DFSCAN_FACES`` auto or require; off means no FacePolicy at all):
+    the loaded detector, the crop margin, how many faces at most and how small at least."""
+
+    mode: str
+    detector: FaceDetector
+    margin: float = 0.3
+    max_faces: int = 8
+    min_face_px: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "require"):
+            raise ValueError(f"a FacePolicy's mode is auto or require, got {self.mode!r} (off: no policy)")
+
+    @property
+    def version(self) -> str:
+        """Appended to the model version of every verdict made under this policy (``+faces:...``), so
+        the duplicate cache never answers across modes, detectors or crop settings."""
+        return (
+            f"faces:{self.mode}:{self.detector.version}"
+            f":margin={self.margin:g},min={self.min_face_px},max={self.max_faces}"
+        )

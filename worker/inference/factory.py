@@ -7,8 +7,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from dfscan.settings import Settings
+from worker.inference.faces import FacePolicy, load_face_detector
 from worker.inference.images import ImagePolicy
 from worker.inference.judge import Judge, Known
 from worker.inference.model import Detector, load_detector
@@ -69,8 +71,10 @@ def new_judge(
     batch_size: int | None = None,
     extra_roots: Sequence[Path] = (),
     known: Known | None = None,
+    faces: FacePolicy | None | str = "settings",
 ) -> Judge:
-    """A :class:`Judge` for ``detector`` under the settings' source and image policies."""
+    """A :class:`Judge` for ``detector`` under the settings' source, image and face policies
+    (``faces``: a FacePolicy or None to override ``DFSCAN_FACES``)."""
     return Judge(
         detector,
         sources=source_policy(settings, extra_roots=extra_roots),
@@ -79,4 +83,29 @@ def new_judge(
         batch_size=batch_size or settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,
         known=known,
+        faces=face_policy(settings, detector) if faces == "settings" else faces,  # type: ignore[arg-type]
+    )
+
+
+def face_policy(
+    settings: Settings, detector: Detector, *, trained_on: dict[str, Any] | None = None
+) -> FacePolicy | None:
+    """The face policy of ``DFSCAN_FACES`` (None when off), its detector loaded on the model's device.
+
+    ``trained_on``: a registry version's ``params["faces"]`` (it was trained on face crops): it is then
+    served on faces with the detector and margin it was trained with, even when DFSCAN_FACES is off."""
+    mode = settings.faces
+    name, margin = settings.face_detector, settings.face_margin
+    if trained_on:
+        mode = "auto" if mode == "off" else mode
+        name = str(trained_on.get("detector", name))
+        margin = float(trained_on.get("margin", margin))
+    if mode == "off":
+        return None
+    return FacePolicy(
+        mode,
+        load_face_detector(name, detector.device, default_threads(settings)),
+        margin=margin,
+        max_faces=settings.max_faces,
+        min_face_px=settings.min_face_px,
     )

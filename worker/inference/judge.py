@@ -9,6 +9,14 @@ One source, on the calling thread::
     read (URL or confined path) -> sha256 -> duplicate cache -> decode (bounded) -> preprocess
         -> the model's DynamicBatcher (one model thread, micro-batches across callers) -> verdict
 
+With faces on (a :class:`~worker.inference.faces.FacePolicy`, ``DFSCAN_FACES`` auto or require) the
+image is decoded at full size and its faces are found by the face detector (its own micro-batcher:
+one detection thread on the model's device, batches across callers); each chosen face is cropped
+(square, with the margin) and preprocessed by the checkpoint's processor, and every crop goes to the
+same model batcher (one image, several model inputs). The image's p(fake) is the maximum over its
+faces. No face: ``auto`` judges the whole image (``judged_on`` "image"), ``require`` answers done
+with label ``not_applicable`` and no score.
+
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
 waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``).
@@ -30,18 +38,32 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from PIL import Image
+
 from dfscan.exceptions import DfscanError, InferenceError
-from dfscan.verdicts import DONE, FAILED, Verdict, label_for
-from worker.inference.batcher import DynamicBatcher
-from worker.inference.images import ImagePolicy, image_sha256, sniff_format
+from dfscan.verdicts import (
+    DONE,
+    FACES,
+    FAILED,
+    IMAGE,
+    NOT_APPLICABLE,
+    FaceVerdict,
+    Stored,
+    Verdict,
+    label_for,
+)
+from worker.inference.batcher import DynamicBatcher, MicroBatcher
+from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
+from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
 from worker.inference.model import Detector
-from worker.inference.preprocess import load_pixels
+from worker.inference.preprocess import load_pixels, to_tensor
 from worker.inference.sources import SourcePolicy, read_source
 
 log = logging.getLogger(__name__)
 
-# ``known(sha256, model_version)``: p(fake) an earlier verdict gave the same bytes with the same model.
-Known = Callable[[str, str], float | None]
+# ``known(sha256, model_version)``: p(fake) an earlier verdict gave the same bytes with the same model
+# (a float), or what it said in full (a Stored: score or none, judged_on, faces).
+Known = Callable[[str, str], "float | Stored | None"]
 
 # How long a caller waits for the model thread before its image counts as a model fault.
 MODEL_TIMEOUT_S = 600.0
@@ -62,6 +84,7 @@ class Judge:
         batch_size: int = 8,
         batch_wait: float = 0.01,
         known: Known | None = None,
+        faces: FacePolicy | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -71,12 +94,26 @@ class Judge:
         self.threshold = threshold
         self.known = known
         self.batcher = DynamicBatcher(detector.predict, max_batch=batch_size, max_wait=batch_wait)
+        self.faces = faces
+        self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
+        if faces is not None:
+            self._face_batcher = MicroBatcher(
+                faces.detector.detect,
+                max_batch=batch_size,
+                max_wait=batch_wait,
+                name="dfscan-faces",
+                wrap_error=lambda exc: InferenceError(f"face detector fault: {type(exc).__name__}: {exc}"),
+            )
         self._memo: OrderedDict[str, Future[float]] = OrderedDict()
         self._memo_lock = threading.Lock()
 
     @property
     def version(self) -> str:
-        return self.detector.version
+        """The model version verdicts record (and the duplicate cache is keyed on): the detector's,
+        plus ``+faces:...`` naming the face detector and its settings when faces are on."""
+        if self.faces is None:
+            return self.detector.version
+        return f"{self.detector.version}+{self.faces.version}"
 
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
@@ -88,6 +125,8 @@ class Judge:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking images; those already submitted to the model are still judged."""
+        if self._face_batcher is not None:
+            self._face_batcher.close(timeout)
         self.batcher.close(timeout)
 
     # --- one source ------------------------------------------------------------------------------
@@ -108,7 +147,9 @@ class Judge:
         facts["image_format"] = sniff_format(data, self.images)
         stored = self.known(sha, self.version) if self.known is not None else None
         if stored is not None:
-            return self._done(source, stored, cached=True, **facts)
+            return self._from_stored(source, stored, **facts)
+        if self.faces is not None:
+            return self._judge_faces(data, source, self.faces, facts)
         started = time.perf_counter()
         try:
             # Decode, reduce and preprocess inside the decode memory budget (and, with
@@ -126,7 +167,48 @@ class Judge:
             return self._failed(source, late, **facts, infer_ms=_ms(started))
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
-        return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)
+        return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)  # type: ignore[arg-type]
+
+    def _judge_faces(self, data: bytes, source: str, policy: FacePolicy, facts: dict[str, object]) -> Verdict:
+        started = time.perf_counter()
+        try:
+            # Full size: a face is cropped from the original pixels (no JPEG draft).
+            image, (width, height) = decode_with_size(data, self.images)
+        except Exception as exc:
+            return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        facts.update(width=width, height=height, decode_ms=_ms(started))
+        started = time.perf_counter()
+        try:
+            assert self._face_batcher is not None
+            found = self._face_batcher.submit(image).result(timeout=MODEL_TIMEOUT_S)
+            chosen = select_faces(found, policy.max_faces, policy.min_face_px)
+            if not chosen and policy.mode == "require":
+                return Verdict(
+                    source=source,
+                    status=DONE,
+                    label=NOT_APPLICABLE,
+                    threshold=self.threshold,
+                    model_version=self.version,
+                    judged_on=IMAGE,
+                    infer_ms=_ms(started),
+                    **facts,  # type: ignore[arg-type]
+                )
+            crops = [square_crop(image, face, policy.margin) for face in chosen] or [image]
+            futures = [self.batcher.submit(to_tensor(crop, self.detector.preprocess)) for crop in crops]
+            scores = [future.result(timeout=MODEL_TIMEOUT_S) for future in futures]
+        except TimeoutError:
+            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
+            return self._failed(source, late, **facts, infer_ms=_ms(started))
+        except Exception as exc:
+            return self._failed(source, exc, **facts, infer_ms=_ms(started))
+        if not chosen:  # auto, no face: the whole image was judged
+            return self._done(source, scores[0], cached=False, infer_ms=_ms(started), **facts)  # type: ignore[arg-type]
+        judged = tuple(
+            FaceVerdict(face.box, face.score, score) for face, score in zip(chosen, scores, strict=True)
+        )
+        return self._done(
+            source, max(scores), cached=False, infer_ms=_ms(started), judged_on=FACES, faces=judged, **facts
+        )
 
     def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
         """The model's score for these bytes: a future shared by every caller with the same sha256
@@ -151,7 +233,16 @@ class Judge:
 
     # --- verdicts --------------------------------------------------------------------------------
 
-    def _done(self, source: str, score: float, *, cached: bool, **facts: object) -> Verdict:
+    def _done(
+        self,
+        source: str,
+        score: float,
+        *,
+        cached: bool,
+        judged_on: str = IMAGE,
+        faces: tuple[FaceVerdict, ...] = (),
+        **facts: object,
+    ) -> Verdict:
         return Verdict(
             source=source,
             status=DONE,
@@ -160,7 +251,28 @@ class Judge:
             threshold=self.threshold,
             model_version=self.version,
             cached=cached,
+            judged_on=judged_on,
+            faces=faces,
             **facts,  # type: ignore[arg-type]
+        )
+
+    def _from_stored(self, source: str, stored: float | Stored, **facts: object) -> Verdict:
+        """The duplicate cache's answer as this judge's verdict (its threshold labels the score)."""
+        if not isinstance(stored, Stored):
+            stored = Stored(float(stored))
+        if stored.fake_score is None:
+            return Verdict(
+                source=source,
+                status=DONE,
+                label=NOT_APPLICABLE,
+                threshold=self.threshold,
+                model_version=self.version,
+                cached=True,
+                judged_on=stored.judged_on,
+                **facts,  # type: ignore[arg-type]
+            )
+        return self._done(
+            source, stored.fake_score, cached=True, judged_on=stored.judged_on, faces=stored.faces, **facts
         )
 
     def _failed(self, source: str, exc: Exception, **facts: object) -> Verdict:

@@ -5,6 +5,10 @@ Backs ``dfscan evaluate --model M --data D``: ``M`` is any checkpoint ``load_det
 go through the serving path (``Judge.judge_bytes``: the same decode, draft, preprocessing and batched
 model as `dfscan scan` and the worker), so the numbers describe what production would answer. An image that fails to
 decode is skipped and counted in ``skipped``, not fatal.
+
+With ``faces`` (``dfscan evaluate --faces``) the Judge judges on faces as serving does with
+``DFSCAN_FACES=require``: the serving detector and margin, every chosen face scored, the image's score
+their maximum. Images without a face (``not_applicable``) are counted in ``no_face`` and skipped.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dfscan.exceptions import InferenceError, TrainingDataError
-from dfscan.verdicts import Verdict
+from dfscan.verdicts import NOT_APPLICABLE, Verdict
+from worker.inference.faces import FacePolicy, load_face_detector
 from worker.inference.images import ImagePolicy
 from worker.inference.judge import Judge
 from worker.inference.model import load_detector
 from worker.inference.sources import SourcePolicy
 from worker.training.data import Example
+from worker.training.faces import FaceCropConfig
 from worker.training.metrics import evaluate_scores
 
 log = logging.getLogger(__name__)
@@ -40,13 +46,55 @@ def score_examples(
 
     Every example goes through :meth:`Judge.judge_bytes`, the road `dfscan scan` and the worker take.
     """
+    labels, scores, skipped, _, version = score_face_examples(
+        ref,
+        examples,
+        None,
+        batch_size=batch_size,
+        device=device,
+        revision=revision,
+        policy=policy,
+        threads=threads,
+    )
+    return labels, scores, skipped, version
+
+
+def score_face_examples(
+    ref: str,
+    examples: Sequence[Example],
+    faces: FaceCropConfig | None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    revision: str | None = None,
+    policy: ImagePolicy | None = None,
+    threads: int = 2,
+) -> tuple[list[int], list[float], list[str], list[str], str]:
+    """Like :func:`score_examples`, on faces when ``faces`` is given: ``(labels, scores, skipped names,
+    names without a face, model version)``; the version then names the face detector and its settings."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     detector = load_detector(ref, revision=revision, device=device)
-    judge = Judge(detector, sources=SourcePolicy(), images=policy or ImagePolicy(), batch_size=batch_size)
+    face_policy = None
+    if faces is not None:
+        face_policy = FacePolicy(
+            "require",
+            load_face_detector(faces.detector, detector.device),
+            margin=faces.margin,
+            max_faces=faces.max_faces,
+            min_face_px=faces.min_face_px,
+        )
+    judge = Judge(
+        detector,
+        sources=SourcePolicy(),
+        images=policy or ImagePolicy(),
+        batch_size=batch_size,
+        faces=face_policy,
+    )
     labels: list[int] = []
     scores: list[float] = []
     skipped: list[str] = []
+    no_face: list[str] = []
 
     def one(example: Example) -> Verdict:
         try:
@@ -60,6 +108,9 @@ def score_examples(
             for example, verdict in zip(examples, pool.map(one, examples), strict=True):
                 if verdict.error_code == InferenceError.code:
                     raise InferenceError(f"model fault on {example.name}: {verdict.error}")
+                if verdict.label == NOT_APPLICABLE:
+                    no_face.append(example.name)
+                    continue
                 if not verdict.done or verdict.fake_score is None:
                     log.warning("skipping %s: %s %s", example.name, verdict.error_code, verdict.error)
                     skipped.append(example.name)
@@ -68,7 +119,7 @@ def score_examples(
                 scores.append(verdict.fake_score)
     finally:
         judge.close()
-    return labels, scores, skipped, detector.version
+    return labels, scores, skipped, no_face, judge.version
 
 
 def evaluate_model(
@@ -80,17 +131,26 @@ def evaluate_model(
     threshold: float = 0.5,
     device: str = "auto",
     revision: str | None = None,
+    faces: FaceCropConfig | None = None,
 ) -> dict[str, Any]:
-    """``evaluate_scores`` of ``ref`` on ``data_split``, plus ``model_version`` and ``skipped`` (count and names)."""
-    labels, scores, skipped, version = score_examples(
-        ref, data_split, batch_size=batch_size, device=device, revision=revision
+    """``evaluate_scores`` of ``ref`` on ``data_split``, plus ``model_version`` and ``skipped`` (count and
+    names); with ``faces``, judged on face crops, and ``no_face`` (count and names) too."""
+    labels, scores, skipped, no_face, version = score_face_examples(
+        ref, data_split, faces, batch_size=batch_size, device=device, revision=revision
     )
     if not labels:
-        raise TrainingDataError(f"none of the {len(data_split)} images could be decoded; nothing to evaluate")
+        raise TrainingDataError(
+            f"none of the {len(data_split)} images could be decoded"
+            + (f" or showed a face ({len(no_face)} without one)" if faces is not None else "")
+            + "; nothing to evaluate"
+        )
     metrics = evaluate_scores(labels, scores, threshold=threshold, target_fpr=target_fpr)
     metrics["model_version"] = version
     metrics["skipped"] = len(skipped)
     metrics["skipped_examples"] = skipped[:10]
+    if faces is not None:
+        metrics["no_face"] = len(no_face)
+        metrics["no_face_examples"] = no_face[:10]
     log.info(
         "evaluated %s on %d images: accuracy %.4f, ROC-AUC %s (%d skipped)",
         ref,
