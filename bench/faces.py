@@ -164,7 +164,7 @@ def _scene_jpegs(count: int) -> list[bytes]:
     return out
 
 
-def throughput_run(mode: str, images: int, batch: int) -> dict[str, float]:
+def throughput_run(mode: str, images: int, batch: int, side: int = 640) -> dict[str, float]:
     """One measurement (run in its own process): img/s and CPU seconds of ``mode`` over the scenes."""
     from worker.inference.model import load_detector
     from worker.inference.preprocess import load_pixels, to_tensor
@@ -178,7 +178,7 @@ def throughput_run(mode: str, images: int, batch: int) -> dict[str, float]:
     if mode == "faces":
         from worker.inference.face_mtcnn import MtcnnDetector
 
-        faces_det = MtcnnDetector(torch.device("cpu"))
+        faces_det = MtcnnDetector(torch.device("cpu"), detect_side=side)
 
     def inputs(chunk: list[bytes]) -> tuple[list[torch.Tensor], int]:
         if faces_det is None:
@@ -208,7 +208,7 @@ def throughput_run(mode: str, images: int, batch: int) -> dict[str, float]:
     return {"img_per_s": images / wall, "wall_s": wall, "cpu_s": cpu, "faces": faces}
 
 
-def throughput(pairs: int, images: int, batch: int) -> dict[str, object]:
+def throughput(pairs: int, images: int, batch: int, side: int = 640) -> dict[str, object]:
     results: dict[str, list[dict[str, float]]] = {"image": [], "faces": []}
     for _ in range(pairs):
         for mode in ("image", "faces"):
@@ -223,6 +223,8 @@ def throughput(pairs: int, images: int, batch: int) -> dict[str, object]:
                     str(images),
                     "--batch",
                     str(batch),
+                    "--detect-side",
+                    str(side),
                 ],
                 capture_output=True,
                 text=True,
@@ -243,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--detect-side", type=int, default=640, help="MTCNN's detect_side in faces mode")
     parser.add_argument("--run-mode", choices=("image", "faces"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_mode:
-        print(json.dumps(throughput_run(args.run_mode, args.images, args.batch)))
+        print(json.dumps(throughput_run(args.run_mode, args.images, args.batch, args.detect_side)))
         return 0
     torch.set_num_threads(THREADS)
     report: dict[str, object] = {"detectors": {}}
@@ -279,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         cells.append(f"{row['ms_per_1024x768']:.0f} ({row['cpu_ms_per_1024x768']:.0f})")
         print(f"| {version} | " + " | ".join(cells) + " |", flush=True)
     if args.throughput_pairs:
-        t = throughput(args.throughput_pairs, args.images, args.batch)
+        t = throughput(args.throughput_pairs, args.images, args.batch, args.detect_side)
         report["throughput"] = t
+        print(f"\nfaces mode: MTCNN detect_side={args.detect_side}")
         print("\n| mode | runs img/s | median img/s | CPU s per run |")
         print("|---|---|---|---|")
         for mode, runs in t["runs"].items():  # type: ignore[union-attr]

@@ -239,3 +239,39 @@ def test_hostile_shapes_do_not_break_the_faces_road(detector: Detector, mtcnn) -
     finally:
         judge.close()
     assert (thin.status, thin.judged_on, thin.faces) == ("done", "image", ())
+
+
+def test_the_factory_builds_the_face_policy_from_settings_and_from_a_version_trained_on_faces(
+    detector: Detector,
+) -> None:
+    from dfscan.settings import Settings
+    from worker.inference.factory import face_policy, new_judge
+
+    assert face_policy(Settings(faces="off"), detector) is None
+    auto = face_policy(Settings(faces="auto", face_margin=0.2, max_faces=3, min_face_px=40), detector)
+    assert auto is not None and (auto.mode, auto.margin, auto.max_faces, auto.min_face_px) == (
+        "auto",
+        0.2,
+        3,
+        40,
+    )
+    assert auto.detector.version.startswith("mtcnn-")
+    # a version trained on faces is served on faces, with the margin it was trained with
+    trained = {
+        "detector": "mtcnn",
+        "margin": 0.25,
+        "min_face_px": 32,
+        "max_faces": 8,
+        "detector_version": "x",
+    }
+    served = face_policy(Settings(faces="off"), detector, trained_on=trained)
+    assert served is not None and (served.mode, served.margin) == ("auto", 0.25)
+    required = face_policy(Settings(faces="require"), detector, trained_on=trained)
+    assert required is not None and required.mode == "require"
+    judge = new_judge(Settings(faces="require"), detector)
+    try:
+        assert "+faces:require:mtcnn-" in judge.version
+    finally:
+        judge.close()
+    with pytest.raises(Exception, match="unknown face detector 'nope'"):
+        face_policy(Settings(faces="auto", face_detector="nope"), detector)
