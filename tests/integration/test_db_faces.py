@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, migrate, results
 from db.models import Verdict, VerdictFace
-from db.session import new_engine, new_session_factory, session_scope
+from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -60,18 +60,18 @@ def verdict(**overrides: Any) -> dict[str, Any]:
 
 
 def submit(factory: sessionmaker[Session], n: int) -> list[uuid.UUID]:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         _, rows, _ = jobs.create_submission(s, [f"/x/{k}.jpg" for k in range(n)])
         return [r.id for r in rows]
 
 
 def test_a_faces_verdict_stores_one_row_per_face_once(factory: sessionmaker[Session]) -> None:
     (job_id,) = submit(factory, 1)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.finish_done_many(s, [{"job_id": job_id, **verdict()}]) == {job_id}
-    with session_scope(factory) as s:  # a redelivery writes nothing
+    with factory.begin() as s:  # a redelivery writes nothing
         assert jobs.finish_done_many(s, [{"job_id": job_id, **verdict(faces=FACES[:1])}]) == set()
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         row = s.scalars(select(Verdict)).one()
         assert (row.judged_on, row.label, row.fake_score) == ("faces", "fake", 0.91)
         faces = s.scalars(select(VerdictFace).order_by(VerdictFace.seq)).all()
@@ -80,8 +80,8 @@ def test_a_faces_verdict_stores_one_row_per_face_once(factory: sessionmaker[Sess
             (1, 400, 90, 60, 70, 0.98, 0.2),
         ]
         (result,) = results.results(s)
-    assert result.judged_on == "faces"
-    assert result.faces == [
+    assert result.verdict.judged_on == "faces"
+    assert result.output()["faces"] == [
         {"box": [100, 80, 120, 150], "score": 0.999, "fake_score": 0.91, "label": "fake"},
         {"box": [400, 90, 60, 70], "score": 0.98, "fake_score": 0.2, "label": "real"},
     ]
@@ -92,20 +92,20 @@ def test_whole_image_verdicts_default_to_judged_on_image_without_faces(
 ) -> None:
     (job_id,) = submit(factory, 1)
     plain = {k: v for k, v in verdict(model_version="m1").items() if k not in ("judged_on", "faces")}
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert jobs.finish_done(s, job_id, **plain)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         (result,) = results.results(s)
-        assert (result.judged_on, result.faces) == ("image", [])
+        assert (result.verdict.judged_on, result.output()["faces"]) == ("image", [])
         assert s.scalar(select(func.count()).select_from(VerdictFace)) == 0
 
 
 def test_not_applicable_has_no_score_and_the_schema_holds_it(factory: sessionmaker[Session]) -> None:
     a, b, c = submit(factory, 3)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         na = verdict(label="not_applicable", fake_score=None, judged_on="image", faces=[])
         assert jobs.finish_done_many(s, [{"job_id": a, **na}]) == {a}
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         (row, *_) = results.results(s)
         assert (row.status, row.label, row.fake_score) == ("done", "not_applicable", None)
     bad = [
@@ -114,13 +114,13 @@ def test_not_applicable_has_no_score_and_the_schema_holds_it(factory: sessionmak
         verdict(judged_on="crops"),
     ]
     for values in bad:
-        with pytest.raises(IntegrityError), session_scope(factory) as s:
+        with pytest.raises(IntegrityError), factory.begin() as s:
             jobs.finish_done_many(s, [{"job_id": b, **values}])
     for face in (
         {"box": (0, 0, 0, 10), "score": 0.9, "fake_score": 0.5},
         {"box": (0, 0, 5, 5), "score": 0.9, "fake_score": 1.5},
     ):
-        with pytest.raises(IntegrityError), session_scope(factory) as s:
+        with pytest.raises(IntegrityError), factory.begin() as s:
             jobs.finish_done_many(s, [{"job_id": c, **verdict(faces=[face])}])
 
 
@@ -129,21 +129,21 @@ def test_the_cache_never_answers_faces_with_a_whole_image_score_or_the_reverse(
 ) -> None:
     a, b = submit(factory, 2)
     plain = verdict(model_version="m1", label="real", fake_score=0.2, judged_on="image", faces=[])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.finish_done_many(s, [{"job_id": a, **plain}, {"job_id": b, **verdict()}])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         image = jobs.cached_verdicts(s, [SHA], "m1")[SHA]
         faces = jobs.cached_verdicts(s, [SHA], FACES_VERSION)[SHA]
         assert jobs.cached_verdicts(s, [SHA], "m1+faces:other-detector") == {}
         assert jobs.cached_scores(s, [SHA], "m1") == {SHA: 0.2}
-    assert (image.fake_score, image.label, image.judged_on, image.faces) == (0.2, "real", "image", [])
-    assert (faces.fake_score, faces.label, faces.judged_on) == (0.91, "fake", "faces")
-    assert [f["box"] for f in faces.faces] == [[100, 80, 120, 150], [400, 90, 60, 70]]
+    assert (image.fake_score, image.judged_on, image.faces) == (0.2, "image", ())
+    assert (faces.fake_score, faces.judged_on) == (0.91, "faces")
+    assert [f.box for f in faces.faces] == [(100, 80, 120, 150), (400, 90, 60, 70)]
 
 
 def test_the_migration_goes_down_and_up_with_data(factory: sessionmaker[Session]) -> None:
     a, b = submit(factory, 2)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.finish_done_many(
             s,
             [
