@@ -19,8 +19,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db import webhooks
 from db.models import ScanJob, Submission, Verdict, utcnow
 from dfscan.exceptions import MaxAttemptsError
+from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,15 @@ def create_submission(
     client_ref: str | None = None,
     priority: int = 0,
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    callback_events: Sequence[str] | None = None,
 ) -> tuple[Submission, list[ScanJob], bool]:
     """Store a submission and one queued, unsent job per source (``seq`` = position in ``sources``).
 
     Returns ``(submission, jobs, created)``. With an ``idempotency_key`` already used, nothing is
     written and the existing submission and its jobs come back with ``created=False`` (also when two
     callers race on the same key). Reusing a key for different sources raises ``ValueError``.
+    ``callback_url`` asks for webhook events (``callback_events``, default every event) as jobs end.
     """
     if idempotency_key is not None:
         existing = _replay(session, idempotency_key, sources)
@@ -52,6 +57,8 @@ def create_submission(
         idempotency_key=idempotency_key,
         priority=priority,
         n_jobs=len(sources),
+        callback_url=callback_url,
+        callback_events=",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None,
     )
     jobs = [
         ScanJob(submission_id=submission.id, seq=seq, source=source, client_ref=client_ref, priority=priority)
@@ -133,6 +140,7 @@ class Claim(NamedTuple):
     source: str
     attempts: int
     priority: int
+    enqueued_at: datetime | None = None  # when its message was (last) sent: the queue wait starts here
 
 
 def claim_jobs(
@@ -159,10 +167,10 @@ def claim_jobs(
             lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts, ScanJob.priority),
+        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts, ScanJob.priority, ScanJob.enqueued_at),
         execution_options={"synchronize_session": False},
     ).all()
-    out = {row.id: Claim(row.source, row.attempts, row.priority) for row in claimed}
+    out = {row.id: Claim(row.source, row.attempts, row.priority, row.enqueued_at) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:
         message = f"job was tried {max_attempts} times (the limit) without finishing"
@@ -176,7 +184,7 @@ def claim_jobs(
 
 def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime) -> list[uuid.UUID]:
     """Fail the jobs matching ``where`` with ``MAX_ATTEMPTS``; return their ids."""
-    return list(
+    failed = list(
         session.scalars(
             update(ScanJob)
             .where(where)
@@ -192,6 +200,8 @@ def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime
             execution_options={"synchronize_session": False},
         )
     )
+    webhooks.record_final(session, failed)
+    return failed
 
 
 def claim_job(
@@ -253,6 +263,7 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     rows = [{"job_id": job_id, **{k: by_id[job_id][k] for k in VERDICT_FIELDS}} for job_id in done]
     if rows:
         session.execute(_insert_ignoring_duplicate(session), rows)
+        webhooks.record_final(session, done)
     return set(done)
 
 
@@ -283,7 +294,7 @@ def _insert_ignoring_duplicate(session: Session) -> Any:
 def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
     """Mark the job failed with ``code``; True if this call made the outcome (False: already final)."""
     now = utcnow()
-    return _guarded_update(
+    made = _guarded_update(
         session,
         job_id,
         ACTIVE,
@@ -294,6 +305,9 @@ def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: st
         updated_at=now,
         lease_until=None,
     )
+    if made:
+        webhooks.record_final(session, [job_id])
+    return made
 
 
 def release_job(session: Session, job_id: uuid.UUID) -> None:

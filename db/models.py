@@ -308,7 +308,9 @@ class WebhookDelivery(Base):
         CheckConstraint(_in("event", WEBHOOK_EVENTS), name="event_valid"),
         CheckConstraint(_in("state", DELIVERY_STATES), name="state_valid"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
-        CheckConstraint("(state = 'delivered') = (delivered_at IS NOT NULL)", name="delivered_iff_delivered_at"),
+        CheckConstraint(
+            "(state = 'delivered') = (delivered_at IS NOT NULL)", name="delivered_iff_delivered_at"
+        ),
         Index("ix_webhook_deliveries_submission_id", "submission_id"),
         # What the delivery loop scans: due, pending rows. Partial, so it stays small.
         Index(

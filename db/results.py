@@ -8,6 +8,7 @@ nothing lost, nothing duplicated, no job tried more often than allowed.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -59,12 +60,16 @@ def results(
     label: str | None = None,
     since: datetime | None = None,
     limit: int | None = None,
+    job_ids: Sequence[uuid.UUID] | None = None,
 ) -> list[ResultRow]:
     """Jobs with their verdicts, in submission order (by ``seq`` within one submission).
 
-    ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it.
+    ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it;
+    ``job_ids`` keeps those jobs.
     """
     query = select(ScanJob, Verdict).outerjoin(Verdict, Verdict.job_id == ScanJob.id)
+    if job_ids is not None:
+        query = query.where(ScanJob.id.in_(list(job_ids)))
     if submission_id is not None:
         query = query.where(ScanJob.submission_id == submission_id)
     if label is not None:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs, registry
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings, get_settings
+from worker import metrics
 from worker.inference.batcher import DynamicBatcher, MicroBatcher
 from worker.inference.images import ImagePolicy, image_sha256
 from worker.inference.model import Detector, load_detector
@@ -131,6 +132,7 @@ class WorkerRuntime:
         are final, missing or out of attempts: nothing to do)."""
         futures = [(job_id, self._claims.submit(job_id)) for job_id in job_ids]
         claimed = {job_id: future.result() for job_id, future in futures}
+        metrics.observe_claims(got for got in claimed.values() if got is not None)
         return {job_id: got for job_id, got in claimed.items() if got is not None}
 
     def finish(self, done: Sequence[tuple[uuid.UUID, Judgement]]) -> list[bool]:
@@ -231,7 +233,9 @@ class WorkerRuntime:
             detector.predict,
             max_batch=self.settings.batch_size,
             max_wait=self.settings.batch_wait_ms / 1000,
+            on_batch=metrics.model_batch,
         )
+        metrics.serving(detector.version, detector.device)
         return Lane(detector, batcher, threshold)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from db import jobs
 from dfscan.exceptions import BadMessageError, DfscanError
 from dfscan.queueing import SCAN_TASK
 from producer.outbox import send_job, send_jobs
+from worker import metrics
 from worker.app import app, runtime
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
 from worker.runtime import Judgement, WorkerRuntime
@@ -95,6 +96,8 @@ def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str
             client_ref=message.client_ref,
             priority=message.priority,
             idempotency_key=f"celery-task:{task.request.id}",
+            callback_url=message.callback_url,
+            callback_events=message.callback_events,
         )
         return submission.id, [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
 
@@ -104,6 +107,7 @@ def _fan_out(task: Task, rt: WorkerRuntime, message: SourcesMessage) -> dict[str
     return {"status": "accepted", "submission_id": str(submission_id), "jobs": len(unsent)}
 
 
+@metrics.tracked  # jobs in flight, outcomes by lane
 def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
     """Claim the message's jobs, judge them side by side, and record one outcome for each."""
     claimed = _db_call(task, lambda: rt.claim(job_ids))
@@ -111,6 +115,7 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
         return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
     order = list(claimed)
     outcomes = rt.judge_many([claimed[job_id].source for job_id in order])
+    metrics.observe_outcomes(outcomes)
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
         raise _db_retry(task, db_down)
@@ -119,7 +124,8 @@ def _process(task: Task, rt: WorkerRuntime, job_ids: tuple[uuid.UUID, ...]) -> d
     for job_id, out in zip(order, outcomes, strict=True):
         if isinstance(out, Exception):
             summary["jobs"][str(job_id)] = _settle_error(task, rt, job_id, claimed[job_id], out)
-    recorded = _db_call(task, lambda: rt.finish(done))
+    with metrics.stage("db_write"):
+        recorded = _db_call(task, lambda: rt.finish(done))
     for (job_id, judgement), made in zip(done, recorded, strict=True):
         summary["jobs"][str(job_id)] = (
             {
