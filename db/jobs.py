@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -140,7 +140,8 @@ class Claim(NamedTuple):
     source: str
     attempts: int
     priority: int
-    enqueued_at: datetime | None = None  # when its message was (last) sent: the queue wait starts here
+    # When the job was (last) sent, or written if that send is not recorded yet: its queue wait starts here.
+    queued_at: datetime | None = None
 
 
 def claim_jobs(
@@ -167,10 +168,16 @@ def claim_jobs(
             lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts, ScanJob.priority, ScanJob.enqueued_at),
+        .returning(
+            ScanJob.id,
+            ScanJob.source,
+            ScanJob.attempts,
+            ScanJob.priority,
+            func.coalesce(ScanJob.enqueued_at, ScanJob.created_at).label("queued_at"),
+        ),
         execution_options={"synchronize_session": False},
     ).all()
-    out = {row.id: Claim(row.source, row.attempts, row.priority, row.enqueued_at) for row in claimed}
+    out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:
         message = f"job was tried {max_attempts} times (the limit) without finishing"

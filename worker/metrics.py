@@ -86,10 +86,10 @@ def model_batch(size: int, seconds: float) -> None:
 
 
 def observe_claims(claims: Iterable[Any], now: datetime | None = None) -> None:
-    """Queue wait of claimed jobs: from their message's send (``Claim.enqueued_at``) to now."""
+    """Queue wait of claimed jobs: from their message's send (``Claim.queued_at``) to now."""
     now = now or datetime.now(timezone.utc)
     for claim in claims:
-        sent = getattr(claim, "enqueued_at", None)
+        sent = getattr(claim, "queued_at", None)
         if sent is not None:
             STAGE_SECONDS.labels(stage="queue_wait").observe(max(0.0, (now - sent).total_seconds()))
 
