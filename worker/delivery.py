@@ -155,50 +155,63 @@ class Deliverer:
             return report
         with self.sessions.begin() as session:
             due = webhooks.claim_due(session, limit=_CLAIM, lease_seconds=self.lease)
-        for outcome in self._pool.map(lambda d: self._attempt(d, secret), due):
-            setattr(report, outcome, getattr(report, outcome) + 1)
+        if not due:
+            return report
+        outcomes = list(self._pool.map(lambda d: self._attempt(d, secret), due))
+        with self.sessions.begin() as session:  # every outcome of the round in one transaction
+            for item, outcome in zip(due, outcomes, strict=True):
+                kind = self._record(session, item, outcome)
+                setattr(report, kind, getattr(report, kind) + 1)
         return report
 
-    def _attempt(self, due: webhooks.Due, secret: str) -> str:
+    def _attempt(self, due: webhooks.Due, secret: str) -> int | DfscanError:
+        """POST one delivery: its 2xx status, or the error (never raised)."""
         body = due.body.encode()
         headers = {
             SIGNATURE_HEADER: signature_header(secret, body),
             EVENT_ID_HEADER: str(due.id),
             EVENT_HEADER: due.event,
         }
-        extra = {"delivery_id": str(due.id), "attempt": due.attempts}
         try:
-            status = post(due.url, body, headers, self.policy)
+            return post(due.url, body, headers, self.policy)
         except DfscanError as exc:
-            status_code = exc.status if isinstance(exc, HttpStatusError) else None
-            give_up = isinstance(exc, PERMANENT) or due.attempts >= self.settings.webhook_max_attempts
-            delay = None if give_up else self._delay(due.attempts)
-            with self.sessions.begin() as session:
-                webhooks.mark_attempt_failed(
-                    session, due.id, code=exc.code, message=exc.message, status=status_code, retry_in=delay
-                )
-            if give_up:
-                log.warning(
-                    "webhook %s given up after %d attempts: %s %s",
-                    due.id,
-                    due.attempts,
-                    exc.code,
-                    exc.message,
-                    extra=extra,
-                )
-                return "failed"
-            log.info(
-                "webhook %s attempt %d failed (%s), next in %.1fs",
+            return exc
+        except Exception as exc:  # a bug: keep the delivery, try again later
+            log.exception("webhook %s: unexpected error", due.id)
+            return DfscanError(f"unexpected error: {exc!r}")
+
+    def _record(self, session: Session, due: webhooks.Due, outcome: int | DfscanError) -> str:
+        """Store one attempt's outcome; returns delivered, retrying or failed."""
+        if not isinstance(outcome, DfscanError):
+            webhooks.mark_delivered(session, due.id, status=outcome)
+            return "delivered"
+        exc = outcome
+        extra = {"delivery_id": str(due.id), "attempt": due.attempts}
+        status = exc.status if isinstance(exc, HttpStatusError) else None
+        give_up = isinstance(exc, PERMANENT) or due.attempts >= self.settings.webhook_max_attempts
+        delay = None if give_up else self._delay(due.attempts)
+        webhooks.mark_attempt_failed(
+            session, due.id, code=exc.code, message=exc.message, status=status, retry_in=delay
+        )
+        if give_up:
+            log.warning(
+                "webhook %s given up after %d attempts: %s %s",
                 due.id,
                 due.attempts,
                 exc.code,
-                delay,
+                exc.message,
                 extra=extra,
             )
-            return "retrying"
-        with self.sessions.begin() as session:
-            webhooks.mark_delivered(session, due.id, status=status)
-        return "delivered"
+            return "failed"
+        log.info(
+            "webhook %s attempt %d failed (%s), next in %.1fs",
+            due.id,
+            due.attempts,
+            exc.code,
+            delay,
+            extra=extra,
+        )
+        return "retrying"
 
     def _delay(self, attempts: int) -> float:
         return webhooks.retry_delay(
