@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         20,
         ge=1,
         description="Attempts before a delivery is given up (state failed; `dfscan webhooks redeliver` "
-        "revives it). 20 with the defaults above spans ~3.5 hours.",
+        "revives it). 20 with the defaults above spans ~3 hours.",
     )
     webhook_poll_interval: float = Field(
         0.2, gt=0, description="Seconds the delivery loop sleeps when no delivery is due."

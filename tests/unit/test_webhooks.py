@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -236,3 +240,45 @@ def test_retry_delay_doubles_to_its_cap() -> None:
     delays = [webhooks.retry_delay(n, base=5, cap=900) for n in range(1, 12)]
     assert 4 <= delays[0] <= 6 and 8 <= delays[1] <= 12
     assert all(720 <= d <= 1080 for d in delays[-3:])
+
+
+# --- the README's verification snippets ---------------------------------------------------------------
+
+
+def readme_block(language: str, marker: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S):
+        if marker in block:
+            return str(block)
+    raise AssertionError(f"README has no {language} block containing {marker!r}")
+
+
+def test_the_readme_python_snippet_verifies_dfscan_signatures() -> None:
+    namespace: dict[str, object] = {}
+    exec(readme_block("python", "def verify(secret: str, header: str"), namespace)  # noqa: S102
+    snippet = namespace["verify"]
+    assert callable(snippet)
+    body = b'{"id":"e","type":"job.completed"}'
+    header = signature_header(SECRET, body)
+    assert snippet(SECRET, header, body)
+    assert not snippet("wrong", header, body)
+    assert not snippet(SECRET, header, body + b"x")
+    assert not snippet(SECRET, signature_header(SECRET, body, timestamp=1), body)
+
+
+def test_the_readme_node_snippet_verifies_dfscan_signatures() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    body = '{"id":"e","type":"job.completed"}'
+    header = signature_header(SECRET, body.encode())
+    script = readme_block("js", "function verify(") + (
+        "\nconst [s, h, b] = process.argv.slice(1);"
+        "\nconsole.log(JSON.stringify([verify(s, h, Buffer.from(b)), verify('wrong', h, Buffer.from(b)),"
+        " verify(s, h, Buffer.from(b + 'x')), verify(s, 't=1,v1=zz', Buffer.from(b))]));"
+    )
+    out = subprocess.run(
+        [node, "-e", script, SECRET, header, body], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, False, False, False]
