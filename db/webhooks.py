@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db import results
-from db.models import FINAL_JOB_STATES, ScanJob, Submission, WebhookDelivery, utcnow
+from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, Verdict, WebhookDelivery, utcnow
 from dfscan.webhooks import JOB_COMPLETED, SUBMISSION_COMPLETED, parse_events
 
 log = logging.getLogger(__name__)
@@ -57,38 +57,62 @@ def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     if not job_ids:
         return 0
     subscribed = session.execute(
-        select(ScanJob.id, Submission.id, Submission.callback_url, Submission.callback_events)
+        select(*_RESULT_COLUMNS, Submission.callback_url, Submission.callback_events)
         .join(Submission, Submission.id == ScanJob.submission_id)
+        .outerjoin(Verdict, Verdict.job_id == ScanJob.id)
         .where(ScanJob.id.in_(sorted(set(job_ids))), Submission.callback_url.is_not(None))
     ).all()
     if not subscribed:
         return 0
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    per_job = [job_id for job_id, _, _, events in subscribed if JOB_COMPLETED in _events(events)]
-    urls: dict[uuid.UUID, str] = {sub_id: str(url) for _, sub_id, url, _ in subscribed}
-    if per_job:
-        for row in results.results(session, job_ids=per_job):
+    ending: dict[uuid.UUID, str] = {}
+    for row in subscribed:
+        fields = row._mapping
+        events = _events(fields["callback_events"])
+        if JOB_COMPLETED in events:
+            result = results.ResultRow(**{name: fields[name] for name in _RESULT_FIELDS})
             rows.append(
                 _event(
                     JOB_COMPLETED,
-                    row.submission_id,
-                    row.job_id,
-                    urls[row.submission_id],
-                    result_json(row),
+                    result.submission_id,
+                    result.job_id,
+                    fields["callback_url"],
+                    result_json(result),
                     now,
                 )
             )
-    wanting_end = sorted(
-        {sub_id for _, sub_id, _, events in subscribed if SUBMISSION_COMPLETED in _events(events)}
-    )
-    for sub_id in wanting_end:
-        event = _submission_completed(session, sub_id, urls[sub_id], now)
+        if SUBMISSION_COMPLETED in events:
+            ending[fields["submission_id"]] = fields["callback_url"]
+    for sub_id in sorted(ending):  # one lock order
+        event = _submission_completed(session, sub_id, ending[sub_id], now)
         if event is not None:
             rows.append(event)
     if rows:
         session.execute(_insert_ignoring_duplicate(session), rows)
     return len(rows)
+
+
+_RESULT_FIELDS = tuple(results.ResultRow.__dataclass_fields__)
+# The columns of a ResultRow, as `db.results.results` reads them (Core, no ORM objects: this runs in
+# the worker's verdict-write transaction).
+_RESULT_COLUMNS = (
+    ScanJob.id.label("job_id"),
+    ScanJob.submission_id,
+    ScanJob.seq,
+    ScanJob.source,
+    ScanJob.state.label("status"),
+    Verdict.label,
+    Verdict.fake_score,
+    Verdict.threshold,
+    Verdict.model_version,
+    ScanJob.error_code,
+    ScanJob.error_message.label("error"),
+    Verdict.image_sha256,
+    ScanJob.attempts,
+    ScanJob.created_at,
+    ScanJob.finished_at,
+)
 
 
 def _events(value: str | None) -> tuple[str, ...]:
@@ -126,14 +150,9 @@ def _submission_completed(
     submission = session.execute(
         select(Submission).where(Submission.id == sub_id).with_for_update()
     ).scalar_one()  # the lock: concurrent finishers of this submission count one after the other
-    unfinished = session.scalar(
-        select(func.count())
-        .select_from(ScanJob)
-        .where(ScanJob.submission_id == sub_id, ScanJob.state.not_in(FINAL_JOB_STATES))
-    )
-    if unfinished:
-        return None
     counts = results.submission_counts(session, sub_id)
+    if any(counts[state] for state in JOB_STATES if state not in FINAL_JOB_STATES):
+        return None
     data = {
         "submission_id": str(sub_id),
         "client_ref": submission.client_ref,

@@ -34,8 +34,8 @@ from worker.inference.urlguard import SourcePolicy, parse_url
 log = logging.getLogger(__name__)
 
 # Deliveries one claim takes, and POSTs in flight at once per loop.
-_CLAIM = 32
-_THREADS = 8
+_CLAIM = 64
+_THREADS = 16
 # Refused destinations never heal by waiting: the delivery fails at once.
 PERMANENT = (BlockedDestinationError, UnsupportedSourceError)
 
