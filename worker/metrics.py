@@ -97,7 +97,9 @@ def observe_claims(claims: Iterable[Any], now: datetime | None = None) -> None:
 def observe_outcomes(outcomes: Iterable[object]) -> None:
     """Images judged and their stage times, from each judgement (``*_ms`` fields); errors are skipped."""
     for out in outcomes:
-        if isinstance(out, BaseException):
+        if (
+            isinstance(out, BaseException) or getattr(out, "done", True) is False
+        ):  # an error, or a failed verdict
             continue
         IMAGES.labels(cached="true" if getattr(out, "cached", False) else "false").inc()
         for stage in ("fetch", "decode", "detect", "infer"):

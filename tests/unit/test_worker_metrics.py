@@ -87,7 +87,8 @@ def test_stages_come_from_judgements_claims_and_timed_blocks() -> None:
     waited = sample("dfscan_stage_seconds_sum", stage="queue_wait")
     judged = SimpleNamespace(fetch_ms=5.0, decode_ms=2.0, infer_ms=30.0, cached=False)
     cached = SimpleNamespace(fetch_ms=5.0, decode_ms=0.0, infer_ms=0.0, cached=True)
-    metrics.observe_outcomes([judged, cached, ValueError("bad image")])
+    failed = SimpleNamespace(done=False, fetch_ms=5.0, decode_ms=1.0, infer_ms=0.0, cached=False)
+    metrics.observe_outcomes([judged, cached, ValueError("bad image"), failed])
     now = datetime.now(timezone.utc)
     metrics.observe_claims(
         [SimpleNamespace(queued_at=now - timedelta(seconds=2)), SimpleNamespace(queued_at=None)], now
