@@ -70,6 +70,9 @@ def results(
     query = select(ScanJob, Verdict).outerjoin(Verdict, Verdict.job_id == ScanJob.id)
     if job_ids is not None:
         query = query.where(ScanJob.id.in_(list(job_ids)))
+        # Read inside the transaction that just finished them (webhooks): rows the session already
+        # holds must show their new state.
+        query = query.execution_options(populate_existing=True)
     if submission_id is not None:
         query = query.where(ScanJob.submission_id == submission_id)
     if label is not None:

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db import results
-from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, Verdict, WebhookDelivery, utcnow
+from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, WebhookDelivery, utcnow
 from dfscan.webhooks import JOB_COMPLETED, SUBMISSION_COMPLETED, parse_events
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,8 @@ def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     if not job_ids:
         return 0
     subscribed = session.execute(
-        select(*_RESULT_COLUMNS, Submission.callback_url, Submission.callback_events)
+        select(ScanJob.id, ScanJob.submission_id, Submission.callback_url, Submission.callback_events)
         .join(Submission, Submission.id == ScanJob.submission_id)
-        .outerjoin(Verdict, Verdict.job_id == ScanJob.id)
         .where(ScanJob.id.in_(sorted(set(job_ids))), Submission.callback_url.is_not(None))
     ).all()
     if not subscribed:
@@ -67,23 +66,21 @@ def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     now = utcnow()
     rows: list[dict[str, Any]] = []
     ending: dict[uuid.UUID, str] = {}
-    for row in subscribed:
-        fields = row._mapping
-        events = _events(fields["callback_events"])
+    per_job: list[uuid.UUID] = []
+    urls: dict[uuid.UUID, str] = {}
+    for job_id, sub_id, url, names in subscribed:
+        events = _events(names)
+        urls[sub_id] = str(url)
         if JOB_COMPLETED in events:
-            result = results.ResultRow(**{name: fields[name] for name in _RESULT_FIELDS})
-            rows.append(
-                _event(
-                    JOB_COMPLETED,
-                    result.submission_id,
-                    result.job_id,
-                    fields["callback_url"],
-                    result_json(result),
-                    now,
-                )
-            )
+            per_job.append(job_id)
         if SUBMISSION_COMPLETED in events:
-            ending[fields["submission_id"]] = fields["callback_url"]
+            ending[sub_id] = str(url)
+    # The payload is the result row exactly as `dfscan results --format json` prints it: one reader.
+    for result in results.results(session, job_ids=per_job) if per_job else []:
+        data = result_json(result)
+        rows.append(
+            _event(JOB_COMPLETED, result.submission_id, result.job_id, urls[result.submission_id], data, now)
+        )
     for sub_id in sorted(ending):  # one lock order
         event = _submission_completed(session, sub_id, ending[sub_id], now)
         if event is not None:
@@ -91,28 +88,6 @@ def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     if rows:
         session.execute(_insert_ignoring_duplicate(session), rows)
     return len(rows)
-
-
-_RESULT_FIELDS = tuple(results.ResultRow.__dataclass_fields__)
-# The columns of a ResultRow, as `db.results.results` reads them (Core, no ORM objects: this runs in
-# the worker's verdict-write transaction).
-_RESULT_COLUMNS = (
-    ScanJob.id.label("job_id"),
-    ScanJob.submission_id,
-    ScanJob.seq,
-    ScanJob.source,
-    ScanJob.state.label("status"),
-    Verdict.label,
-    Verdict.fake_score,
-    Verdict.threshold,
-    Verdict.model_version,
-    ScanJob.error_code,
-    ScanJob.error_message.label("error"),
-    Verdict.image_sha256,
-    ScanJob.attempts,
-    ScanJob.created_at,
-    ScanJob.finished_at,
-)
 
 
 def _events(value: str | None) -> tuple[str, ...]:

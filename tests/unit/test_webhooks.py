@@ -282,3 +282,16 @@ def test_the_readme_node_snippet_verifies_dfscan_signatures() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [True, False, False, False]
+
+
+def test_the_event_shows_the_final_state_even_when_the_session_holds_the_job(
+    factory: sessionmaker[Session],
+) -> None:
+    ids = _submit(factory, 1, callback_url="http://127.0.0.1/h", callback_events=["job.completed"])
+    with session_scope(factory) as s:  # dfscan scan's pattern: claim_job loads the row into the session
+        held = jobs.claim_job(s, ids[0], worker="w", lease_seconds=60, max_attempts=3)
+        assert held is not None and held.state == "running"
+        jobs.finish_failed(s, ids[0], code="CORRUPT_IMAGE", message="broken")
+        assert held.state == "failed"  # refreshed by the event's read
+    (row,) = _deliveries(factory)
+    assert json.loads(row.body)["data"]["status"] == "failed"
