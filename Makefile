@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup test test-slow lint bench bench-system faults flower
+.PHONY: help setup test test-slow lint bench bench-system bench-observability faults flower
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ bench:  ## in-process benchmark: seed pipeline() vs dfscan scan vs model-only fo
 
 bench-system:  ## whole-system benchmark: submit -> Redis -> worker -> Postgres
 	$(PY) -m bench.system
+
+bench-observability:  ## cost of metrics + webhooks (paired runs) and verdict-to-webhook latency
+	$(PY) -m bench.observability
 
 faults:  ## run every fault scenario and print the README table
 	$(PY) -m bench.faults

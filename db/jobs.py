@@ -19,10 +19,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db import webhooks
 from db.models import ScanJob, Submission, Verdict, VerdictFace, utcnow
+from db.results import faces_of
 from dfscan.exceptions import MaxAttemptsError
 from dfscan.verdicts import STORED, FaceVerdict, Stored
 from dfscan.verdicts import Verdict as VerdictResult
+from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,15 @@ def create_submission(
     client_ref: str | None = None,
     priority: int = 0,
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    callback_events: Sequence[str] | None = None,
 ) -> tuple[Submission, list[ScanJob], bool]:
     """Store a submission and one queued, unsent job per source (``seq`` = position in ``sources``).
 
     Returns ``(submission, jobs, created)``. With an ``idempotency_key`` already used, nothing is
     written and the existing submission and its jobs come back with ``created=False`` (also when two
     callers race on the same key). Reusing a key for different sources raises ``ValueError``.
+    ``callback_url`` asks for webhook events (``callback_events``, default every event) as jobs end.
     """
     if idempotency_key is not None:
         existing = _replay(session, idempotency_key, sources)
@@ -54,6 +60,8 @@ def create_submission(
         idempotency_key=idempotency_key,
         priority=priority,
         n_jobs=len(sources),
+        callback_url=callback_url,
+        callback_events=",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None,
     )
     jobs = [
         ScanJob(submission_id=submission.id, seq=seq, source=source, client_ref=client_ref, priority=priority)
@@ -135,6 +143,8 @@ class Claim(NamedTuple):
     source: str
     attempts: int
     priority: int
+    # When the job was (last) sent, or written if that send is not recorded yet: its queue wait starts here.
+    queued_at: datetime | None = None
 
 
 def claim_jobs(
@@ -161,10 +171,16 @@ def claim_jobs(
             lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(ScanJob.id, ScanJob.source, ScanJob.attempts, ScanJob.priority),
+        .returning(
+            ScanJob.id,
+            ScanJob.source,
+            ScanJob.attempts,
+            ScanJob.priority,
+            func.coalesce(ScanJob.enqueued_at, ScanJob.created_at).label("queued_at"),
+        ),
         execution_options={"synchronize_session": False},
     ).all()
-    out = {row.id: Claim(row.source, row.attempts, row.priority) for row in claimed}
+    out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:  # out of attempts (fail it), or held by a live worker's lease (leave it to that worker)
         message = f"job was tried {max_attempts} times (the limit) without finishing"
@@ -217,7 +233,7 @@ def renew_leases(
 
 def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime) -> list[uuid.UUID]:
     """Fail the jobs matching ``where`` with ``MAX_ATTEMPTS``; return their ids."""
-    return list(
+    failed = list(
         session.scalars(
             update(ScanJob)
             .where(where)
@@ -233,6 +249,8 @@ def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime
             execution_options={"synchronize_session": False},
         )
     )
+    webhooks.record_final(session, failed)
+    return failed
 
 
 def claim_job(
@@ -298,6 +316,8 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     ]
     if faces:  # one row per judged face beside the verdict, in the same transaction
         session.execute(_insert_ignoring_duplicate(session, VerdictFace, ["job_id", "seq"]), faces)
+    if done:  # the job.completed events, written in the transaction that made the jobs final
+        webhooks.record_final(session, done)
     return set(done)
 
 
@@ -353,7 +373,7 @@ def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, 
 def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
     """Mark the job failed with ``code``; True if this call made the outcome (False: already final)."""
     now = utcnow()
-    return _guarded_update(
+    made = _guarded_update(
         session,
         job_id,
         ACTIVE,
@@ -364,6 +384,9 @@ def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: st
         updated_at=now,
         lease_until=None,
     )
+    if made:
+        webhooks.record_final(session, [job_id])
+    return made
 
 
 def release_job(session: Session, job_id: uuid.UUID) -> None:
@@ -489,23 +512,6 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
         )
         for sha, row in newest.items()
     }
-
-
-def faces_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
-    """The stored faces of these jobs' verdicts, largest first: ``{"box": [x, y, w, h], "score", "fake_score"}``."""
-    out: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    if not job_ids:
-        return out
-    query = (
-        select(VerdictFace)
-        .where(VerdictFace.job_id.in_(sorted(set(job_ids))))
-        .order_by(VerdictFace.job_id, VerdictFace.seq)
-    )
-    for face in session.scalars(query):
-        out.setdefault(face.job_id, []).append(
-            {"box": [face.x, face.y, face.w, face.h], "score": face.score, "fake_score": face.fake_score}
-        )
-    return out
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> ScanJob | None:

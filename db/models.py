@@ -48,6 +48,8 @@ FINAL_RUN_STATES = ("done", "failed", "cancelled")
 LABELS = ("real", "fake", "not_applicable")  # not_applicable: DFSCAN_FACES=require and no face
 JUDGED_ON = ("faces", "image")
 PROMOTION_REASONS = ("promote", "rollback")
+WEBHOOK_EVENTS = ("job.completed", "submission.completed")
+DELIVERY_STATES = ("pending", "delivered", "failed")
 
 # Constraint names are stable and predictable, so migrations can name what they drop or alter
 # (SQLite batch mode needs named constraints to recreate tables).
@@ -116,6 +118,10 @@ class Submission(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     n_jobs: Mapped[int] = mapped_column(Integer)
+    # Where to POST events (untrusted: the SSRF guard applies at delivery) and which ones,
+    # comma-separated names from WEBHOOK_EVENTS.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_events: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (CheckConstraint("n_jobs >= 0", name="n_jobs_nonnegative"),)
@@ -301,3 +307,51 @@ class Promotion(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (CheckConstraint(_in("reason", PROMOTION_REASONS), name="reason_valid"),)
+
+
+class WebhookDelivery(Base):
+    """One webhook event and its delivery (the webhook outbox).
+
+    Written in the same transaction as the job's final state, so no event is lost to a crash between
+    the two. ``id`` is the event id the receiver sees (``X-Dfscan-Event-Id``); ``body`` is the exact
+    JSON sent on every attempt, so redeliveries carry the same bytes. ``dedupe_key`` makes a second
+    write of the same event a no-op. A delivery loop claims due rows (``state = 'pending' AND
+    next_attempt_at <= now()``) with ``FOR UPDATE SKIP LOCKED`` and pushes ``next_attempt_at`` past
+    the attempt first: a delivery process killed mid-POST leaves the row to be retried.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    submission_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        CheckConstraint(_in("event", WEBHOOK_EVENTS), name="event_valid"),
+        CheckConstraint(_in("state", DELIVERY_STATES), name="state_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        CheckConstraint(
+            "(state = 'delivered') = (delivered_at IS NOT NULL)", name="delivered_iff_delivered_at"
+        ),
+        Index("ix_webhook_deliveries_submission_id", "submission_id"),
+        # What the delivery loop scans: due, pending rows. Partial, so it stays small.
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+    )

@@ -8,6 +8,7 @@ nothing lost, nothing duplicated, no job tried more often than allowed.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,8 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.jobs import faces_of
-from db.models import JOB_STATES, ScanJob, Submission
+from db.models import JOB_STATES, ScanJob, Submission, VerdictFace
 from db.models import Verdict as VerdictRow
 from dfscan.verdicts import STORED, Verdict
 
@@ -104,12 +104,19 @@ def results(
     label: str | None = None,
     since: datetime | None = None,
     limit: int | None = None,
+    job_ids: Sequence[uuid.UUID] | None = None,
 ) -> list[ResultRow]:
     """Jobs with their verdicts, in submission order (by ``seq`` within one submission).
 
-    ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it.
+    ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it;
+    ``job_ids`` keeps those jobs.
     """
     query = select(ScanJob, VerdictRow).outerjoin(VerdictRow, VerdictRow.job_id == ScanJob.id)
+    if job_ids is not None:
+        query = query.where(ScanJob.id.in_(list(job_ids)))
+        # Read inside the transaction that just finished them (webhooks): rows the session already
+        # holds must show their new state.
+        query = query.execution_options(populate_existing=True)
     if submission_id is not None:
         query = query.where(ScanJob.submission_id == submission_id)
     if label is not None:
@@ -142,6 +149,23 @@ def _row(job: ScanJob, verdict: VerdictRow | None, faces: list[dict[str, Any]] |
             faces=faces or (),
         ),
     )
+
+
+def faces_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """The stored faces of these jobs' verdicts, largest first: ``{"box": [x, y, w, h], "score", "fake_score"}``."""
+    out: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    if not job_ids:
+        return out
+    query = (
+        select(VerdictFace)
+        .where(VerdictFace.job_id.in_(sorted(set(job_ids))))
+        .order_by(VerdictFace.job_id, VerdictFace.seq)
+    )
+    for face in session.scalars(query):
+        out.setdefault(face.job_id, []).append(
+            {"box": [face.x, face.y, face.w, face.h], "score": face.score, "fake_score": face.fake_score}
+        )
+    return out
 
 
 @dataclass

@@ -194,7 +194,57 @@ class Settings(BaseSettings):
         "container whose port is published.",
     )
 
-    @field_validator("allowed_roots", "url_allowlist", mode="before")
+    # --- metrics and the scaling signal ------------------------------------------------------
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Inference worker: serve Prometheus metrics on this port. Unset or 0: off (several "
+        "workers on one host would collide on a fixed default; compose and k8s set 9464).",
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="Address the worker metrics and `dfscan exporter` bind to. Loopback by default: set "
+        "0.0.0.0 in a container so Prometheus can scrape it.",
+    )
+    exporter_port: int = Field(
+        9465, ge=1, le=65535, description="`dfscan exporter`: port of the queue metrics (Postgres, Redis)."
+    )
+
+    # --- webhooks ------------------------------------------------------------------------------
+    webhook_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key of the HMAC-SHA256 signature on every webhook (X-Dfscan-Signature). Deliveries "
+        "wait (and are retried) until it is set.",
+    )
+    webhook_allowlist: CommaList = Field(
+        (),
+        description="Comma-separated hosts or CIDRs a callback URL may reach although they are internal. "
+        "Separate from DFSCAN_URL_ALLOWLIST: an image store that may be fetched is not a place to POST to.",
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Seconds for one webhook POST (connect, send, answer)."
+    )
+    webhook_max_response_bytes: int = Field(
+        65536, ge=1, description="Bytes of a receiver's answer read at most; the rest is ignored."
+    )
+    webhook_retry_base: float = Field(
+        5.0, gt=0, description="Seconds before the first redelivery; doubles each attempt."
+    )
+    webhook_retry_max: float = Field(
+        900.0, gt=0, description="Longest wait between two delivery attempts (15 min)."
+    )
+    webhook_max_attempts: int = Field(
+        20,
+        ge=1,
+        description="Attempts before a delivery is given up (state failed; `dfscan webhooks redeliver` "
+        "revives it). 20 with the defaults above spans ~3 hours.",
+    )
+    webhook_poll_interval: float = Field(
+        0.2, gt=0, description="Seconds the delivery loop sleeps when no delivery is due."
+    )
+
+    @field_validator("allowed_roots", "url_allowlist", "webhook_allowlist", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -27,6 +27,7 @@ from dfscan.exceptions import QueueFullError
 from dfscan.outbox import queue_depth, send_jobs
 from dfscan.queueing import new_celery_app
 from dfscan.settings import Settings, get_settings
+from dfscan.webhooks import check_callback_url, parse_events
 
 
 @dataclass
@@ -87,14 +88,27 @@ class ScanClient:
         priority: int = 0,
         idempotency_key: str | None = None,
         wait_for_capacity: float | None = None,
+        callback_url: str | None = None,
+        callback_events: Sequence[str] | None = None,
     ) -> Submission:
         """Queue one job per source. ``idempotency_key`` makes a retried call return the first one.
+
+        ``callback_url`` receives signed webhook events (``callback_events``: ``job.completed``,
+        ``submission.completed``; default both). It is checked here (BLOCKED_DESTINATION for an
+        internal address not in DFSCAN_WEBHOOK_ALLOWLIST, UNSUPPORTED_SOURCE for a non-http(s) URL)
+        and again, resolved, at every delivery.
 
         Past ``DFSCAN_QUEUE_MAX_DEPTH`` queued messages this raises QueueFullError at once, or, with
         ``wait_for_capacity=SECONDS``, waits up to that long for the queue to drain.
         """
         if not sources:
             raise ValueError("nothing to submit: give at least one source")
+        events = None
+        if callback_url is not None:
+            check_callback_url(callback_url, self.settings.webhook_allowlist)
+            events = parse_events(",".join(callback_events) if callback_events else None)
+        elif callback_events:
+            raise ValueError("callback_events needs a callback_url")
         self._check_capacity(len(sources), wait_for_capacity)
         with self.sessions.begin() as session:
             submission, new_jobs, created = jobs.create_submission(
@@ -103,6 +117,8 @@ class ScanClient:
                 client_ref=client_ref,
                 priority=priority,
                 idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                callback_events=events,
             )
             submission_id = submission.id
             job_ids = [job.id for job in new_jobs]

@@ -14,6 +14,7 @@ from celery.worker.control import control_command
 
 from dfscan.queueing import RELOAD_COMMAND, new_celery_app
 from dfscan.settings import get_settings
+from worker import metrics
 from worker.runtime import InferenceRuntime, WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def consumes_inference(consumer: object) -> bool:
 def _warm_up(sender: object = None, **_: object) -> None:
     """Load the model before the first task needs it, off the consumer's thread (sender: the Consumer)."""
     if consumes_inference(sender):
+        metrics.serve(get_settings())  # DFSCAN_METRICS_PORT; off when unset
         threading.Thread(target=inference_runtime().judge, name="dfscan-warm-up", daemon=True).start()
 
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfscan.exceptions import BadMessageError
+from dfscan.webhooks import parse_events
 
 MAX_SOURCES_PER_MESSAGE = 1000
 MAX_JOBS_PER_MESSAGE = 64
 MAX_SOURCE_LENGTH = 4096
 _JOB_KEYS = {"job_id", "job_ids"}
-_SOURCES_KEYS = {"sources", "client_ref", "priority"}
+MAX_CALLBACK_URL_LENGTH = 2048
+_SOURCES_KEYS = {"sources", "client_ref", "priority", "callback_url", "callback_events"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class SourcesMessage:
     sources: tuple[str, ...]
     client_ref: str | None
     priority: int
+    callback_url: str | None = None
+    callback_events: tuple[str, ...] | None = None
 
 
 def _uuid(value: object) -> uuid.UUID | None:
@@ -90,7 +94,8 @@ def parse_scan_message(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobMes
         priority = kwargs.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             raise BadMessageError("priority must be an integer from 0 to 9")
-        return SourcesMessage(tuple(sources), client_ref, priority)
+        callback_url, events = _callback(kwargs)
+        return SourcesMessage(tuple(sources), client_ref, priority, callback_url, events)
     raise BadMessageError(f"message has neither job_id nor sources (fields: {sorted(kwargs)[:10]})")
 
 
@@ -105,3 +110,26 @@ def _storable(field: str, text: str) -> None:
         ) from None
     if "\x00" in text:
         raise BadMessageError(f"{field} {ascii(text[:80])} contains a NUL character")
+
+
+def _callback(kwargs: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
+    """``callback_url`` (an http(s) URL; the SSRF guard checks it at delivery) and ``callback_events``
+    (a list or comma-separated string of event names; default every event)."""
+    url = kwargs.get("callback_url")
+    events = kwargs.get("callback_events")
+    if url is None:
+        if events is not None:
+            raise BadMessageError("callback_events needs a callback_url")
+        return None, None
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        raise BadMessageError("callback_url must be an http(s) URL string")
+    if len(url) > MAX_CALLBACK_URL_LENGTH:
+        raise BadMessageError(f"callback_url is longer than {MAX_CALLBACK_URL_LENGTH} characters")
+    if isinstance(events, list) and all(isinstance(e, str) for e in events):
+        events = ",".join(events)
+    if events is not None and not isinstance(events, str):
+        raise BadMessageError("callback_events must be a list of event names")
+    try:
+        return url, parse_events(events)
+    except ValueError as exc:
+        raise BadMessageError(str(exc)) from None

@@ -27,6 +27,7 @@ from db import jobs, registry
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings, get_settings
 from dfscan.verdicts import Stored, Verdict
+from worker import metrics
 from worker.inference.batcher import MicroBatcher
 from worker.inference.factory import face_policy, new_detector, new_judge
 from worker.inference.judge import Judge
@@ -95,6 +96,7 @@ class InferenceRuntime(WorkerRuntime):
         are final, missing or out of attempts: nothing to do)."""
         futures = [(job_id, self._claims.submit(job_id)) for job_id in job_ids]
         claimed = {job_id: future.result() for job_id, future in futures}
+        metrics.observe_claims(got for got in claimed.values() if got is not None)
         return {job_id: got for job_id, got in claimed.items() if got is not None}
 
     def finish(self, done: Sequence[tuple[uuid.UUID, Verdict]]) -> list[bool]:
@@ -199,7 +201,15 @@ class InferenceRuntime(WorkerRuntime):
         detector = new_detector(self.settings, model=ref, revision=revision)
         log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
         faces = face_policy(self.settings, detector, trained_on=trained_on_faces)
-        return new_judge(self.settings, detector, threshold=threshold, known=self.known, faces=faces)
+        metrics.serving(detector.version, detector.device)
+        return new_judge(
+            self.settings,
+            detector,
+            threshold=threshold,
+            known=self.known,
+            faces=faces,
+            on_batch=metrics.model_batch,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ from dfscan.exceptions import BadMessageError
 from dfscan.outbox import send_job, send_jobs
 from dfscan.queueing import SCAN_TASK
 from dfscan.verdicts import Verdict
+from worker import metrics
 from worker.app import app, inference_runtime
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
 from worker.runtime import InferenceRuntime
@@ -100,6 +101,8 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
             client_ref=message.client_ref,
             priority=message.priority,
             idempotency_key=f"celery-task:{task.request.id}",
+            callback_url=message.callback_url,
+            callback_events=message.callback_events,
         )
         return submission.id, [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
 
@@ -116,6 +119,7 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
     return {"status": "accepted", "submission_id": str(submission_id), "jobs": len(unsent)}
 
 
+@metrics.tracked  # jobs in flight, outcomes by lane
 def _process(task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
     """Claim the message's jobs, judge them side by side, and record one outcome for each."""
     claimed = _db_call(task, lambda: rt.claim(job_ids))
@@ -130,6 +134,7 @@ def _judge_claimed(
 ) -> dict[str, Any]:
     order = list(claimed)
     outcomes = rt.judge_many([claimed[job_id].source for job_id in order])
+    metrics.observe_outcomes(outcomes)
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError) and is_outage(out)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
         raise _db_retry(task, db_down)
@@ -142,7 +147,8 @@ def _judge_claimed(
     for job_id, verdict in zip(order, verdicts, strict=True):
         if not verdict.done:
             summary["jobs"][str(job_id)] = _settle_failure(task, rt, job_id, claimed[job_id], verdict)
-    recorded = _db_call(task, lambda: rt.finish(done))
+    with metrics.stage("db_write"):
+        recorded = _db_call(task, lambda: rt.finish(done))
     for (job_id, verdict), made in zip(done, recorded, strict=True):
         summary["jobs"][str(job_id)] = (
             {

@@ -9,7 +9,7 @@ Batch mode so SQLite (``dfscan scan``) can take the ALTERs: it rebuilds the tabl
 alters in place.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"  # written against "0001"; chained after 0002, on main since
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from dfscan.cli.output import Format, emit_json, print_rows, summary
 from dfscan.cli.training import evaluate, models_app, train_app
+from dfscan.cli.webhooks import exporter, webhooks_app
 from dfscan.exceptions import DfscanError
 from dfscan.settings import get_settings
 
@@ -27,6 +28,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.command("evaluate")(evaluate)
+app.add_typer(webhooks_app, name="webhooks")
+app.command("exporter")(exporter)
 err = Console(stderr=True)
 
 
@@ -124,6 +127,12 @@ def submit(
         float | None, typer.Option(help="When the queue is full, wait up to this many seconds.")
     ] = None,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+    callback_url: Annotated[
+        str | None, typer.Option(help="POST signed webhook events here (see README, Webhooks).")
+    ] = None,
+    callback_events: Annotated[
+        str | None, typer.Option(help="Comma-separated: job.completed, submission.completed (default both).")
+    ] = None,
 ) -> None:
     """Queue images for the workers (rows in Postgres first, then one message each)."""
     from producer.client import ScanClient
@@ -140,7 +149,11 @@ def submit(
             priority=priority,
             idempotency_key=idempotency_key,
             wait_for_capacity=wait_for_capacity,
+            callback_url=callback_url,
+            callback_events=callback_events.split(",") if callback_events else None,
         )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     except DfscanError as exc:
         raise _fail(exc) from exc
     err.print(

@@ -38,6 +38,7 @@ def run_worker(
     if sweeper:
         from db.session import new_engine, new_session_factory
         from worker.app import stop_sweeper
+        from worker.delivery import start_delivery_thread
         from worker.sweeper import run_sweeper
 
         sessions = new_session_factory(new_engine(settings.database_url))
@@ -48,6 +49,7 @@ def run_worker(
             daemon=True,
         )
         thread.start()
+        start_delivery_thread(sessions, settings, stop_sweeper)  # webhooks ride with the sweeper
     node = name or f"dfscan-{'+'.join(queues.split(','))}@{socket.gethostname()}-{os.getpid()}"
     app.worker_main(
         [
@@ -75,7 +77,10 @@ def run_sweeper_process(settings: Settings, *, once: bool) -> None:
         report = sweep_once(app, sessions, settings)
         print(f"relayed={report.relayed} resent={report.resent} failed={report.failed}")
         return
+    from worker.delivery import start_delivery_thread
+
     stop = threading.Event()
+    start_delivery_thread(sessions, settings, stop)  # webhooks ride with the sweeper
     try:
         run_sweeper(app, sessions, settings, stop)
     except KeyboardInterrupt:

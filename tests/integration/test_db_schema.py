@@ -80,6 +80,7 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
         "model_versions",
         "promotions",
         "training_runs",
+        "webhook_deliveries",
     }
     assert {d[0] for d in diffs} == {"add_table", "add_index"}
     migrate.upgrade(url)

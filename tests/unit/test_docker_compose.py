@@ -26,7 +26,13 @@ COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKERFILES = {name: (DOCKER / name).read_text() for name in ("Dockerfile.cpu", "Dockerfile.cuda")}
 ENV_EXAMPLE = (DOCKER / ".env.example").read_text()
-SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "DFSCAN_FLOWER_PASSWORD")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "DFSCAN_FLOWER_PASSWORD",
+    "DFSCAN_WEBHOOK_SECRET",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 

@@ -499,7 +499,7 @@ def test_a_non_ascii_host_is_resolved_and_sent_as_its_idna_a_label(monkeypatch: 
 
 
 def test_idna_is_uts46_non_transitional_and_bad_names_are_unsupported() -> None:
-    from worker.inference.urlguard import parse_url
+    from dfscan.urlguard import parse_url
 
     policy = SourcePolicy(url_allowlist=("0.0.0.0/0",))
     assert parse_url("http://faß.de/x", policy).host == "xn--fa-hia.de"  # not fass.de (IDNA 2003)

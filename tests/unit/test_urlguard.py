@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dfscan.exceptions import BlockedDestinationError, UnsupportedSourceError
-from worker.inference.urlguard import SourcePolicy, blocked_reason, check_url, is_url, parse_url
+from dfscan.urlguard import SourcePolicy, blocked_reason, check_url, is_url, parse_url
 
 OPEN = SourcePolicy()
 
@@ -198,7 +198,7 @@ def test_is_url(source: str, expected: bool) -> None:
 
 def test_urlguard_imports_nothing_heavy() -> None:
     code = (
-        "import sys, worker.inference.urlguard; "
+        "import sys, dfscan.urlguard; "
         "bad = [m for m in ('torch', 'transformers', 'PIL', 'urllib3', 'celery') if m in sys.modules]; "
         "print(','.join(bad))"
     )

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from dfscan.exceptions import BlockedDestinationError
-from worker.inference.urlguard import (
+from dfscan.urlguard import (
     IPV4_SPECIAL,
     IPV6_SPECIAL,
     SourcePolicy,

@@ -70,11 +70,13 @@ class MicroBatcher(Generic[T, R]):
         max_wait: float,
         name: str,
         wrap_error: Callable[[Exception], Exception] = lambda exc: exc,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._run_batch_fn = run_batch
         self._wrap_error = wrap_error
+        self._on_batch = on_batch  # (size, seconds) after each successful batch: a metrics hook
         self.name = name
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -139,6 +141,7 @@ class MicroBatcher(Generic[T, R]):
                 return
 
     def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
+        started = time.perf_counter()
         try:
             results = list(self._run_batch_fn([pending.item for pending in batch]))
             if len(results) != len(batch):
@@ -156,6 +159,11 @@ class MicroBatcher(Generic[T, R]):
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(batch), time.perf_counter() - started)
+            except Exception:  # a metrics hook must never fail a batch
+                log.exception("the %s batcher's on_batch hook failed", self.name)
         for pending, result in zip(batch, results, strict=True):
             pending.future.set_result(result)
 
@@ -171,7 +179,20 @@ def _stacked(predict: PredictFn) -> Callable[[list[torch.Tensor]], list[float]]:
 class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
     """Feeds one model thread: each item is a (3, H, W) tensor, each result its p(fake)."""
 
-    def __init__(self, predict: PredictFn, *, max_batch: int, max_wait: float, name: str = "model") -> None:
+    def __init__(
+        self,
+        predict: PredictFn,
+        *,
+        max_batch: int,
+        max_wait: float,
+        name: str = "model",
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         super().__init__(
-            _stacked(predict), max_batch=max_batch, max_wait=max_wait, name=name, wrap_error=_model_error
+            _stacked(predict),
+            max_batch=max_batch,
+            max_wait=max_wait,
+            name=name,
+            wrap_error=_model_error,
+            on_batch=on_batch,
         )

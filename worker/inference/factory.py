@@ -4,7 +4,7 @@ take their policies from, so the three judge every source under the same rules."
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ def new_judge(
     extra_roots: Sequence[Path] = (),
     known: Known | None = None,
     faces: FacePolicy | None | str = "settings",
+    on_batch: Callable[[int, float], None] | None = None,
 ) -> Judge:
     """A :class:`Judge` for ``detector`` under the settings' source, image and face policies
     (``faces``: a FacePolicy or None to override ``DFSCAN_FACES``)."""
@@ -84,6 +85,7 @@ def new_judge(
         batch_wait=settings.batch_wait_ms / 1000,
         known=known,
         faces=face_policy(settings, detector) if faces == "settings" else faces,  # type: ignore[arg-type]
+        on_batch=on_batch,
     )
 
 

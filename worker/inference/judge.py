@@ -85,6 +85,7 @@ class Judge:
         batch_wait: float = 0.01,
         known: Known | None = None,
         faces: FacePolicy | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -93,7 +94,10 @@ class Judge:
         self.images = images
         self.threshold = threshold
         self.known = known
-        self.batcher = DynamicBatcher(detector.predict, max_batch=batch_size, max_wait=batch_wait)
+        # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
+        self.batcher = DynamicBatcher(
+            detector.predict, max_batch=batch_size, max_wait=batch_wait, on_batch=on_batch
+        )
         self.faces = faces
         self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
         if faces is not None:

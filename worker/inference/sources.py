@@ -50,7 +50,7 @@ from dfscan.exceptions import (
     TooManyRedirectsError,
     UnsupportedSourceError,
 )
-from worker.inference.urlguard import (
+from dfscan.urlguard import (
     IPAddress,
     SourcePolicy,
     Target,

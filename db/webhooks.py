@@ -1,0 +1,286 @@
+"""The webhook outbox: events written with the job's final state, claimed and settled by a delivery loop.
+
+:func:`record_final` runs inside the transaction that makes jobs final (``db.jobs`` calls it from
+every path: ``finish_done_many``, ``finish_failed``, ``MAX_ATTEMPTS`` failures), so an event exists
+exactly when its job's outcome is committed; a crash between the two cannot lose one. For
+``submission.completed`` it locks the submission row before counting unfinished jobs, so two
+transactions finishing a submission's last two jobs at once cannot both miss the moment (the second
+waits, then sees the first one's commit). ``dedupe_key`` turns a repeated write into a no-op.
+
+Delivery is at least once: :func:`claim_due` takes due rows with ``FOR UPDATE SKIP LOCKED`` (many
+delivery loops never take the same row) and moves ``next_attempt_at`` past the attempt before any
+POST is made, so a delivery process killed mid-POST leaves its rows to be tried again later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db import results
+from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, WebhookDelivery, utcnow
+from dfscan.webhooks import JOB_COMPLETED, SUBMISSION_COMPLETED, parse_events
+
+log = logging.getLogger(__name__)
+
+
+def result_json(row: results.ResultRow) -> dict[str, Any]:
+    """A result row as `dfscan results --format json` prints it (UUIDs and datetimes as strings)."""
+    out: dict[str, Any] = json.loads(json.dumps(asdict(row), default=str))
+    return out
+
+
+def _body(event_id: uuid.UUID, event: str, data: dict[str, Any], now: datetime) -> str:
+    return json.dumps(
+        {"id": str(event_id), "type": event, "created_at": now.isoformat(), "data": data},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+
+
+def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
+    """Write the webhook events that ``job_ids`` becoming final causes. Returns how many were written.
+
+    Call it in the transaction that made the jobs final, after the state change (and the verdict
+    insert). One indexed query when no submission of these jobs asked for callbacks.
+    """
+    if not job_ids:
+        return 0
+    subscribed = session.execute(
+        select(ScanJob.id, ScanJob.submission_id, Submission.callback_url, Submission.callback_events)
+        .join(Submission, Submission.id == ScanJob.submission_id)
+        .where(ScanJob.id.in_(sorted(set(job_ids))), Submission.callback_url.is_not(None))
+    ).all()
+    if not subscribed:
+        return 0
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    ending: dict[uuid.UUID, str] = {}
+    per_job: list[uuid.UUID] = []
+    urls: dict[uuid.UUID, str] = {}
+    for job_id, sub_id, url, names in subscribed:
+        events = _events(names)
+        urls[sub_id] = str(url)
+        if JOB_COMPLETED in events:
+            per_job.append(job_id)
+        if SUBMISSION_COMPLETED in events:
+            ending[sub_id] = str(url)
+    # The payload is the result row exactly as `dfscan results --format json` prints it: one reader.
+    for result in results.results(session, job_ids=per_job) if per_job else []:
+        data = result_json(result)
+        rows.append(
+            _event(JOB_COMPLETED, result.submission_id, result.job_id, urls[result.submission_id], data, now)
+        )
+    for sub_id in sorted(ending):  # one lock order
+        event = _submission_completed(session, sub_id, ending[sub_id], now)
+        if event is not None:
+            rows.append(event)
+    if rows:
+        session.execute(_insert_ignoring_duplicate(session), rows)
+    return len(rows)
+
+
+def _events(value: str | None) -> tuple[str, ...]:
+    try:
+        return parse_events(value)
+    except ValueError:  # written by an older or foreign producer: deliver both rather than none
+        return (JOB_COMPLETED, SUBMISSION_COMPLETED)
+
+
+def _event(
+    event: str, sub_id: uuid.UUID, job_id: uuid.UUID | None, url: str, data: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    event_id = uuid.uuid4()
+    key = f"{event}:{job_id if job_id is not None else sub_id}"
+    return {
+        "id": event_id,
+        "submission_id": sub_id,
+        "job_id": job_id,
+        "event": event,
+        "dedupe_key": key,
+        "url": url,
+        "body": _body(event_id, event, data, now),
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _submission_completed(
+    session: Session, sub_id: uuid.UUID, url: str, now: datetime
+) -> dict[str, Any] | None:
+    """The submission.completed event if every job of the submission is final now, else None."""
+    submission = session.execute(
+        select(Submission).where(Submission.id == sub_id).with_for_update()
+    ).scalar_one()  # the lock: concurrent finishers of this submission count one after the other
+    counts = results.submission_counts(session, sub_id)
+    if any(counts[state] for state in JOB_STATES if state not in FINAL_JOB_STATES):
+        return None
+    data = {
+        "submission_id": str(sub_id),
+        "client_ref": submission.client_ref,
+        "total": counts["total"],
+        "done": counts["done"],
+        "failed": counts["failed"],
+        "n_jobs": submission.n_jobs,
+    }
+    return _event(SUBMISSION_COMPLETED, sub_id, None, url, data, now)
+
+
+def _insert_ignoring_duplicate(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(WebhookDelivery).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    if dialect == "sqlite":
+        return sqlite.insert(WebhookDelivery).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return insert(WebhookDelivery)
+
+
+# --- the delivery loop's queries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Due:
+    """A delivery claimed for one attempt."""
+
+    id: uuid.UUID
+    event: str
+    url: str
+    body: str
+    attempts: int  # including this one
+
+
+def claim_due(
+    session: Session, *, limit: int, lease_seconds: float, now: datetime | None = None
+) -> list[Due]:
+    """Take up to ``limit`` due deliveries for one attempt each (count it, push the next try past the
+    lease). Rows another loop holds are skipped, not waited for."""
+    now = now or utcnow()
+    due = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(due.scalar_subquery()), WebhookDelivery.state == "pending")
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            next_attempt_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(
+            WebhookDelivery.id,
+            WebhookDelivery.event,
+            WebhookDelivery.url,
+            WebhookDelivery.body,
+            WebhookDelivery.attempts,
+        ),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return [Due(row.id, row.event, row.url, row.body, row.attempts) for row in rows]
+
+
+def retry_delay(attempts: int, *, base: float, cap: float) -> float:
+    """Seconds before the next attempt after ``attempts`` tries: ``base * 2**(attempts-1)``, capped,
+    with +-20 % jitter so a receiver that comes back is not hit by every delivery at once."""
+    return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
+
+
+def mark_delivered(session: Session, delivery_id: uuid.UUID, *, status: int) -> bool:
+    now = utcnow()
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending")
+        .values(
+            state="delivered",
+            delivered_at=now,
+            last_status=status,
+            error_code=None,
+            error_message=None,
+            updated_at=now,
+        )
+        .returning(WebhookDelivery.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def mark_attempt_failed(
+    session: Session,
+    delivery_id: uuid.UUID,
+    *,
+    code: str,
+    message: str,
+    status: int | None,
+    retry_in: float | None,
+) -> bool:
+    """Record a failed attempt: try again in ``retry_in`` seconds, or (None) give the delivery up."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "last_status": status,
+        "error_code": code,
+        "error_message": message[:2000],
+        "updated_at": now,
+    }
+    if retry_in is None:
+        values["state"] = "failed"
+    else:
+        values["next_attempt_at"] = now + timedelta(seconds=retry_in)
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending")
+        .values(**values)
+        .returning(WebhookDelivery.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def redeliver(session: Session, delivery_id: uuid.UUID) -> bool:
+    """Send a delivery again now, with a fresh set of attempts (also a delivered or given-up one)."""
+    now = utcnow()
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id)
+        .values(state="pending", attempts=0, next_attempt_at=now, delivered_at=None, updated_at=now)
+        .returning(WebhookDelivery.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    failed_only: bool = False,
+    submission_id: uuid.UUID | None = None,
+    limit: int | None = 100,
+) -> list[WebhookDelivery]:
+    """Deliveries, oldest first; ``failed_only``: given up, or pending after at least one failure."""
+    query = select(WebhookDelivery)
+    if failed_only:
+        query = query.where(
+            (WebhookDelivery.state == "failed")
+            | ((WebhookDelivery.state == "pending") & WebhookDelivery.error_code.is_not(None))
+        )
+    if submission_id is not None:
+        query = query.where(WebhookDelivery.submission_id == submission_id)
+    query = query.order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))

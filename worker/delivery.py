@@ -1,0 +1,248 @@
+"""Deliver webhook events from the outbox (``webhook_deliveries``): sign, POST, record, retry.
+
+A callback URL is untrusted input, handled like an image URL (``dfscan/urlguard.py``,
+``sources.py``): http(s) only; the host is resolved once and every address must be public or in
+``DFSCAN_WEBHOOK_ALLOWLIST``; the connection goes to that very address (no DNS rebinding); no
+redirects are followed; one timeout bounds the whole POST; at most
+``DFSCAN_WEBHOOK_MAX_RESPONSE_BYTES`` of the answer are read. A refused URL
+(``BLOCKED_DESTINATION``, ``UNSUPPORTED_SOURCE``) fails its delivery at once; anything else (no
+answer, a non-2xx status) is tried again with exponential backoff up to ``DFSCAN_WEBHOOK_MAX_ATTEMPTS``.
+
+The loop runs in the sweeper process (``dfscan sweeper``, ``dfscan worker --sweeper``) or alone
+(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from urllib3.connection import HTTPConnection, HTTPSConnection
+
+from db import webhooks
+from dfscan.exceptions import BlockedDestinationError, DfscanError, HttpStatusError, UnsupportedSourceError
+from dfscan.settings import Settings
+from dfscan.urlguard import SourcePolicy, parse_url
+from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
+from worker.inference.sources import _Clock, _cut, _network_error, _resolve
+
+log = logging.getLogger(__name__)
+
+# Deliveries one claim takes, and POSTs in flight at once per loop.
+_CLAIM = 64
+_THREADS = 16
+# Refused destinations never heal by waiting: the delivery fails at once.
+PERMANENT = (BlockedDestinationError, UnsupportedSourceError)
+
+
+def callback_policy(settings: Settings) -> SourcePolicy:
+    """The SSRF policy of callback URLs: the webhook allow-list, one timeout, a cap on the answer."""
+    return SourcePolicy(
+        allowed_roots=(),
+        url_allowlist=settings.webhook_allowlist,
+        max_bytes=settings.webhook_max_response_bytes,
+        connect_timeout=settings.webhook_timeout,
+        read_timeout=settings.webhook_timeout,
+        deadline=settings.webhook_timeout,
+        max_redirects=0,
+    )
+
+
+def check_callback_url(url: str, settings: Settings) -> None:
+    """Refuse a callback URL statically (scheme, host syntax, IP literals, localhost): raises
+    UNSUPPORTED_SOURCE or BLOCKED_DESTINATION. Names are checked again, resolved, at each delivery."""
+    parse_url(url, callback_policy(settings))
+
+
+def post(url: str, body: bytes, headers: dict[str, str], policy: SourcePolicy) -> int:
+    """POST ``body`` to ``url`` through the SSRF guard; the status of a 2xx answer, else raises
+    (HTTP_STATUS for other statuses, FETCH_TIMEOUT, FETCH_FAILED, BLOCKED_DESTINATION, ...)."""
+    target = parse_url(url, policy)
+    clock = _Clock(policy.deadline, target.display)
+    ip = _resolve(target, policy, clock)
+    conn: HTTPConnection
+    timeout = min(policy.connect_timeout, clock.remaining())
+    if target.scheme == "https":
+        named = target.ip is None
+        conn = HTTPSConnection(
+            str(ip),
+            target.port,
+            timeout=timeout,
+            cert_reqs="CERT_REQUIRED",
+            server_hostname=target.host if named else None,
+            assert_hostname=target.host if named else None,
+        )
+    else:
+        conn = HTTPConnection(str(ip), target.port, timeout=timeout)
+    fired = threading.Event()
+    watchdog = threading.Timer(clock.remaining(), _cut, args=(conn, fired))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.connect()
+        conn.timeout = min(policy.read_timeout, clock.remaining())
+        conn.request(
+            "POST",
+            target.request_path,
+            body=body,
+            headers={
+                "Host": target.host_header,
+                "User-Agent": "dfscan-webhooks",
+                "Content-Type": "application/json",
+                "Accept-Encoding": "identity",
+                "Connection": "close",
+                **headers,
+            },
+            preload_content=False,
+            decode_content=False,
+        )
+        response = conn.getresponse()
+        response.read1(policy.max_bytes)  # read (a bounded part of) the answer, then hang up
+        if fired.is_set():
+            raise clock.expired()
+        if not 200 <= response.status < 300:
+            raise HttpStatusError(
+                f"{target.display} answered HTTP {response.status} {(response.reason or '')[:60]}".strip(),
+                status=response.status,
+            )
+        return int(response.status)
+    except DfscanError:
+        raise
+    except Exception as exc:
+        if fired.is_set():
+            raise clock.expired() from None
+        raise _network_error(target, ip, exc) from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+    @property
+    def attempted(self) -> int:
+        return self.delivered + self.retrying + self.failed
+
+
+class Deliverer:
+    """Claims due deliveries, POSTs them (a few at a time), records each outcome."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.policy = callback_policy(settings)
+        # A claimed delivery is retried after this long if its attempt never reported (a killed process).
+        self.lease = 2 * settings.webhook_timeout + 5
+        self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="dfscan-webhook")
+        self._warned = False
+
+    def deliver_once(self) -> DeliveryReport:
+        secret = self.settings.webhook_secret.get_secret_value()
+        report = DeliveryReport()
+        if not secret:
+            if not self._warned:
+                log.warning("DFSCAN_WEBHOOK_SECRET is not set: webhook deliveries wait until it is")
+                self._warned = True
+            return report
+        with self.sessions.begin() as session:
+            due = webhooks.claim_due(session, limit=_CLAIM, lease_seconds=self.lease)
+        if not due:
+            return report
+        outcomes = list(self._pool.map(lambda d: self._attempt(d, secret), due))
+        with self.sessions.begin() as session:  # every outcome of the round in one transaction
+            for item, outcome in zip(due, outcomes, strict=True):
+                kind = self._record(session, item, outcome)
+                setattr(report, kind, getattr(report, kind) + 1)
+        return report
+
+    def _attempt(self, due: webhooks.Due, secret: str) -> int | DfscanError:
+        """POST one delivery: its 2xx status, or the error (never raised)."""
+        body = due.body.encode()
+        headers = {
+            SIGNATURE_HEADER: signature_header(secret, body),
+            EVENT_ID_HEADER: str(due.id),
+            EVENT_HEADER: due.event,
+        }
+        try:
+            return post(due.url, body, headers, self.policy)
+        except DfscanError as exc:
+            return exc
+        except Exception as exc:  # a bug: keep the delivery, try again later
+            log.exception("webhook %s: unexpected error", due.id)
+            return DfscanError(f"unexpected error: {exc!r}")
+
+    def _record(self, session: Session, due: webhooks.Due, outcome: int | DfscanError) -> str:
+        """Store one attempt's outcome; returns delivered, retrying or failed."""
+        if not isinstance(outcome, DfscanError):
+            webhooks.mark_delivered(session, due.id, status=outcome)
+            return "delivered"
+        exc = outcome
+        extra = {"delivery_id": str(due.id), "attempt": due.attempts}
+        status = exc.status if isinstance(exc, HttpStatusError) else None
+        give_up = isinstance(exc, PERMANENT) or due.attempts >= self.settings.webhook_max_attempts
+        delay = None if give_up else self._delay(due.attempts)
+        webhooks.mark_attempt_failed(
+            session, due.id, code=exc.code, message=exc.message, status=status, retry_in=delay
+        )
+        if give_up:
+            log.warning(
+                "webhook %s given up after %d attempts: %s %s",
+                due.id,
+                due.attempts,
+                exc.code,
+                exc.message,
+                extra=extra,
+            )
+            return "failed"
+        log.info(
+            "webhook %s attempt %d failed (%s), next in %.1fs",
+            due.id,
+            due.attempts,
+            exc.code,
+            delay,
+            extra=extra,
+        )
+        return "retrying"
+
+    def _delay(self, attempts: int) -> float:
+        return webhooks.retry_delay(
+            attempts, base=self.settings.webhook_retry_base, cap=self.settings.webhook_retry_max
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until ``stop`` is set; a database outage is logged and tried again."""
+        while not stop.is_set():
+            try:
+                report = self.deliver_once()
+            except SQLAlchemyError as exc:
+                log.warning("webhook delivery paused, will try again: %s", exc)
+                report = DeliveryReport()
+                stop.wait(max(1.0, self.settings.webhook_poll_interval))
+            except Exception:
+                log.exception("webhook delivery loop failed, will try again")
+                report = DeliveryReport()
+                time.sleep(1.0)
+            if not report.attempted:
+                stop.wait(self.settings.webhook_poll_interval)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def start_delivery_thread(
+    sessions: sessionmaker[Session], settings: Settings, stop: threading.Event
+) -> threading.Thread:
+    """Run a :class:`Deliverer` on a daemon thread until ``stop`` is set."""
+    deliverer = Deliverer(sessions, settings)
+    thread = threading.Thread(target=deliverer.run, args=(stop,), name="dfscan-webhooks", daemon=True)
+    thread.start()
+    return thread
