@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import ScanJob, Submission, Verdict, utcnow
+from db.models import ScanJob, Submission, Verdict, VerdictFrame, utcnow
 from dfscan.exceptions import MaxAttemptsError
 from dfscan.verdicts import STORED
 from dfscan.verdicts import Verdict as VerdictResult
@@ -248,12 +248,16 @@ def claim_job(
 
 # The columns of a verdict row: the verdict's stored fields (one mapper: dfscan.verdicts) and the worker.
 VERDICT_FIELDS = (*STORED, "worker")
+# Verdict columns a caller may leave out, with their value then (an image: no video timeline).
+OPTIONAL_FIELDS: dict[str, Any] = {"media": "image", "duration_s": None, "peak_t": None}
 
 
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
     """Mark jobs done and store their verdicts (one UPDATE and one INSERT for the lot).
 
-    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS`` (``Verdict.row()`` plus ``worker``). Returns the ids this call
+    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS`` (``Verdict.row()`` plus ``worker``), and
+    for a video ``frames``: (t, fake_score) pairs written to verdict_frames in the same transaction, for
+    the jobs this call finished only. Returns the ids this call
     finished. The job rows are updated first, guarded on a non-final state: on PostgreSQL the row
     locks make a concurrent redelivery wait, then see ``done`` and write nothing. The verdict insert
     is ``ON CONFLICT (job_id) DO NOTHING`` as a second line of defence. A job that already failed
@@ -278,9 +282,19 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
         .returning(ScanJob.id),
         execution_options={"synchronize_session": False},
     ).all()
-    rows = [{"job_id": job_id, **{k: by_id[job_id][k] for k in VERDICT_FIELDS}} for job_id in done]
+    rows = [
+        {"job_id": job_id, **{k: by_id[job_id].get(k, OPTIONAL_FIELDS.get(k)) for k in VERDICT_FIELDS}}
+        for job_id in done
+    ]
     if rows:
         session.execute(_insert_ignoring_duplicate(session), rows)
+    frames = [
+        {"job_id": job_id, "seq": seq, "t": float(t), "fake_score": float(score)}
+        for job_id in done
+        for seq, (t, score) in enumerate(by_id[job_id].get("frames") or ())
+    ]
+    if frames:
+        session.execute(_insert_ignoring_duplicate(session, VerdictFrame, ("job_id", "seq")), frames)
     return set(done)
 
 
@@ -292,27 +306,30 @@ def _single_worker(by_id: dict[uuid.UUID, dict[str, Any]]) -> str | None:
 
 def finish_done(session: Session, job_id: uuid.UUID, **verdict: Any) -> bool:
     """``finish_done_many`` for one job (keywords: ``VERDICT_FIELDS``); True if this call made the outcome."""
-    missing = set(VERDICT_FIELDS) - set(verdict)
+    missing = set(VERDICT_FIELDS) - set(verdict) - set(OPTIONAL_FIELDS)
     if missing:
         raise TypeError(f"finish_done needs {sorted(missing)}")
     return job_id in finish_done_many(session, [{"job_id": job_id, **verdict}])
 
 
-def _insert_ignoring_duplicate(session: Session) -> Any:
-    """``INSERT INTO verdicts ... ON CONFLICT (job_id) DO NOTHING``, to execute with a list of rows."""
+def _insert_ignoring_duplicate(
+    session: Session, table: Any = Verdict, key: Sequence[str] = ("job_id",)
+) -> Any:
+    """``INSERT INTO verdicts ... ON CONFLICT (job_id) DO NOTHING`` (or another table and key), to execute
+    with a list of rows."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(key))
     if dialect == "sqlite":
-        return sqlite.insert(Verdict).on_conflict_do_nothing(index_elements=["job_id"])
-    return insert(Verdict)
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(key))
+    return insert(table)
 
 
 def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:
     """Store the final outcome ``verdict`` of a job: done with its verdict row, or failed with its code.
     True if this call made the outcome (False: the job was already final)."""
     if verdict.done:
-        return finish_done(session, job_id, **verdict.row(), worker=worker)
+        return finish_done(session, job_id, **verdict.row(), worker=worker, frames=verdict.frame_rows())
     return finish_failed(
         session, job_id, code=verdict.error_code or "INTERNAL_ERROR", message=verdict.error or ""
     )
@@ -433,6 +450,24 @@ def cached_scores(session: Session, image_sha256s: Sequence[str], model_version:
 def cached_score(session: Session, image_sha256: str, model_version: str) -> float | None:
     """``cached_scores`` for one image."""
     return cached_scores(session, [image_sha256], model_version).get(image_sha256)
+
+
+def verdict_frames(
+    session: Session, job_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[float, float]]]:
+    """The stored frames of these jobs' video verdicts as (t_seconds, fake_score) in time order, per job
+    (jobs without frames are absent)."""
+    out: dict[uuid.UUID, list[tuple[float, float]]] = {}
+    if not job_ids:
+        return out
+    query = (
+        select(VerdictFrame.job_id, VerdictFrame.t, VerdictFrame.fake_score)
+        .where(VerdictFrame.job_id.in_(sorted(set(job_ids))))
+        .order_by(VerdictFrame.job_id, VerdictFrame.seq)
+    )
+    for job_id, t, score in session.execute(query):
+        out.setdefault(job_id, []).append((float(t), float(score)))
+    return out
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> ScanJob | None:

@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.jobs import verdict_frames
 from db.models import JOB_STATES, ScanJob, Submission
 from db.models import Verdict as VerdictRow
-from dfscan.verdicts import STORED, Verdict
+from dfscan.verdicts import STORED, VIDEO, Verdict
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,15 @@ def results(
     query = query.order_by(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq)
     if limit is not None:
         query = query.limit(limit)
-    return [_row(job, verdict) for job, verdict in session.execute(query)]
+    pairs = session.execute(query).all()
+    videos = [job.id for job, verdict in pairs if verdict is not None and verdict.media == VIDEO]
+    frames = verdict_frames(session, videos)
+    return [_row(job, verdict, frames.get(job.id)) for job, verdict in pairs]
 
 
-def _row(job: ScanJob, verdict: VerdictRow | None) -> ResultRow:
+def _row(
+    job: ScanJob, verdict: VerdictRow | None, frames: list[tuple[float, float]] | None = None
+) -> ResultRow:
     stored = None if verdict is None else {name: getattr(verdict, name) for name in STORED}
     return ResultRow(
         job_id=job.id,
@@ -136,6 +142,7 @@ def _row(job: ScanJob, verdict: VerdictRow | None) -> ResultRow:
             error_code=job.error_code,
             error=job.error_message,
             row=stored,
+            frames=frames,
         ),
     )
 

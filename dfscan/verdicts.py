@@ -12,7 +12,7 @@ it is stored), the column in ``db/models.py`` with its migration, and nothing el
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -36,6 +36,9 @@ STORED = (
     "decode_ms",
     "infer_ms",
     "cached",
+    "media",
+    "duration_s",
+    "peak_t",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -52,9 +55,30 @@ OUTPUT = (
     "width",
     "height",
     "cached",
+    "media",
+    "duration_s",
+    "peak_t",
+    "frames",
     "error_code",
     "error",
 )
+
+
+IMAGE = "image"
+VIDEO = "video"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame of a video verdict: its time in seconds from the start and its p(fake).
+    ``faces`` as for images (empty while frames are judged whole). Stored as rows of verdict_frames."""
+
+    t: float
+    fake_score: float
+    faces: tuple[Mapping[str, Any], ...] = ()
+
+    def output(self) -> dict[str, Any]:
+        return {"t": self.t, "fake_score": self.fake_score, "faces": [dict(face) for face in self.faces]}
 
 
 def label_for(fake_score: float, threshold: float) -> str:
@@ -83,6 +107,11 @@ class Verdict:
     decode_ms: float = 0.0
     infer_ms: float = 0.0
     cached: bool = False
+    # Videos: media "video", the duration, the most suspicious moment and every sampled frame.
+    media: str = IMAGE
+    duration_s: float | None = None
+    peak_t: float | None = None
+    frames: tuple[Frame, ...] | None = None
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -99,7 +128,13 @@ class Verdict:
 
     def output(self) -> dict[str, Any]:
         """The public JSON object of this verdict (keys :data:`OUTPUT`)."""
-        return {name: getattr(self, name) for name in OUTPUT}
+        out = {name: getattr(self, name) for name in OUTPUT}
+        out["frames"] = None if self.frames is None else [frame.output() for frame in self.frames]
+        return out
+
+    def frame_rows(self) -> list[tuple[float, float]]:
+        """The ``verdict_frames`` of a video verdict as (t, fake_score), in time order; empty for an image."""
+        return [(frame.t, frame.fake_score) for frame in self.frames or ()]
 
     def with_source(self, source: str) -> Verdict:
         return replace(self, source=source)
@@ -113,10 +148,14 @@ class Verdict:
         error_code: str | None,
         error: str | None,
         row: Mapping[str, Any] | None,
+        frames: Sequence[tuple[float, float]] | None = None,
     ) -> Verdict:
-        """Rebuild a verdict from a job's state and its stored ``verdicts`` row (None unless done)."""
+        """Rebuild a verdict from a job's state and its stored ``verdicts`` row (None unless done), and
+        a video's stored frames as (t, fake_score)."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
+        if stored.get("media") == VIDEO:
+            stored["frames"] = tuple(Frame(t=t, fake_score=p) for t, p in frames or ())
         return cls(source=source, status=status, error_code=error_code, error=error, **stored)
 
 

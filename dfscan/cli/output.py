@@ -56,12 +56,10 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
     for row in rows:
         if row["status"] == "done":
             colour = "red" if row["label"] == "fake" else "green"
-            table.add_row(
-                str(row["source"]),
-                f"[{colour}]{row['label']}[/{colour}]",
-                f"{row['fake_score']:.4f}",
-                str(row["model_version"]),
-            )
+            label = f"[{colour}]{row['label']}[/{colour}]"
+            if row.get("media") == "video" and row.get("peak_t") is not None:
+                label += f" video {row.get('duration_s') or 0:.1f} s, peak at {row['peak_t']:.1f} s"
+            table.add_row(str(row["source"]), label, f"{row['fake_score']:.4f}", str(row["model_version"]))
         elif row["status"] == "failed":
             table.add_row(str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", str(row["error"]))
         else:

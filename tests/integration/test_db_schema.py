@@ -72,7 +72,15 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
     assert migrate.current(url) is None
     diffs = migrate.check_drift(url)
     added = {d[1].name for d in diffs if d[0] == "add_table"}
-    assert added == {"submissions", "scan_jobs", "verdicts", "model_versions", "promotions", "training_runs"}
+    assert added == {
+        "submissions",
+        "scan_jobs",
+        "verdicts",
+        "verdict_frames",
+        "model_versions",
+        "promotions",
+        "training_runs",
+    }
     assert {d[0] for d in diffs} == {"add_table", "add_index"}
     migrate.upgrade(url)
     assert migrate.check_drift(url) == []
