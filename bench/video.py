@@ -20,8 +20,8 @@
     (whole frames, faces ``off``).
 
 ``python -m bench.video aggregation [--trials 2000]``
-    Flag rates at threshold 0.5 of four rules (mean, max, the DFDC winner's confident mean, dfscan's max of
-    a 5-sample moving median (and 3-mean, 5-mean, 3-median)) on generated sequences of 32 frame scores: real frames ~ Beta(2, 8), fake
+    Flag rates at threshold 0.5 of several rules (mean, max, the DFDC winner's confident mean, the max of
+    a 3- or 5-sample moving mean or median; dfscan's is the 5-median) on generated sequences of 32 frame scores: real frames ~ Beta(2, 8), fake
     frames ~ Beta(8, 2); clips all real, all real with one noisy frame at 0.95, a fake stretch of 3, 5 or
     8 samples (10-25% of the clip), and all fake.
 
@@ -279,9 +279,12 @@ def bench_job(pairs: int, gop: int, model: Path | None) -> None:
     console.print(table)
     frames = runs[0]["frames"]
     sample = statistics.median(r["sample (index+decode+scale)"] for r in runs)
+    sample_cpu = statistics.median(r["sample cpu"] for r in runs)
+    job_cpu = statistics.median(r["sample cpu"] + r["preprocess cpu"] + r["model cpu"] for r in runs)
     console.print(
-        f"sampled frames per second: decode alone {frames / sample:.1f}, whole job {frames / statistics.median(jobs):.1f}"
-        f" (detection: not yet, whole frames)"
+        f"sampled frames per wall second: decode alone {frames / sample:.1f}, whole job {frames / statistics.median(jobs):.1f}; "
+        f"per CPU second: decode alone {frames / sample_cpu:.1f}, whole job {frames / job_cpu:.1f} "
+        f"(detection: none yet, whole frames)"
     )
 
 

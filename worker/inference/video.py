@@ -54,6 +54,17 @@ from dfscan.exceptions import (
     VideoTooLargeError,
     VideoTooLongError,
 )
+from worker.inference.media import is_video, video_container
+
+__all__ = [
+    "CONTAINERS",
+    "SampledFrame",
+    "VideoInfo",
+    "VideoPolicy",
+    "is_video",
+    "probe_video",
+    "sample_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +75,6 @@ CONTAINERS: dict[str, tuple[str, frozenset[str]]] = {
     "mp4": ("mov", frozenset({"h264", "hevc"})),
     "matroska": ("matroska", frozenset({"vp8", "vp9", "av1", "libdav1d"})),
 }
-_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
-# ftyp major brands that are still images (AVIF, HEIF/HEIC), not videos: left to the image decoder.
-_IMAGE_BRANDS = frozenset(
-    {
-        b"avif",
-        b"avis",
-        b"heic",
-        b"heix",
-        b"heim",
-        b"heis",
-        b"hevc",
-        b"hevx",
-        b"hevm",
-        b"hevs",
-        b"mif1",
-        b"msf1",
-    }
-)
-# First boxes of QuickTime files written without an ftyp.
-_QUICKTIME_BOXES = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip"})
 
 
 @dataclass(frozen=True)
@@ -149,21 +140,6 @@ class _Run:
     wanted: list[int] = field(default_factory=list)
 
 
-def is_video(data: bytes) -> bool:
-    """True when the bytes start like MP4/MOV (a non-image ftyp) or Matroska/WebM (EBML)."""
-    return _sniff(data) is not None
-
-
-def _sniff(data: bytes) -> str | None:
-    if data[:4] == _EBML_MAGIC:
-        return "matroska"
-    if len(data) >= 12 and data[4:8] == b"ftyp":
-        return None if data[8:12] in _IMAGE_BRANDS else "mp4"
-    if len(data) >= 8 and data[4:8] in _QUICKTIME_BOXES and int.from_bytes(data[:4], "big") >= 8:
-        return "mp4"
-    return None
-
-
 def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
     """Check every cap that the headers and the packet index can answer; no frame is decoded."""
     with _open(data, policy) as container:
@@ -198,7 +174,7 @@ def sample_frames(data: bytes, policy: VideoPolicy) -> Iterator[SampledFrame]:
 
 
 def _open(data: bytes, policy: VideoPolicy) -> av.container.InputContainer:
-    kind = _sniff(data)
+    kind = video_container(data)
     if kind is None:
         raise UnsupportedFormatError(
             f"not a video in an allowed container (MP4/MOV, WebM/MKV); starts with {data[:8]!r}"
@@ -349,7 +325,9 @@ def _index(
         if durations
         else (ordered[-1] - ordered[-2] if len(ordered) > 1 else 1)
     )
-    return _Index(pts=ordered, key=[entries[p] for p in ordered], time_base=tb, start=lo, end=hi + max(step, 1))
+    return _Index(
+        pts=ordered, key=[entries[p] for p in ordered], time_base=tb, start=lo, end=hi + max(step, 1)
+    )
 
 
 def _info(
