@@ -304,3 +304,46 @@ def test_a_decode_bomb_under_the_pixel_cap_stays_within_a_memory_bound(tmp_path:
     with pytest.raises(DfscanError) as err:
         list(sample_frames(data, VideoPolicy(deadline_s=0.05)))
     assert err.value.code == "VIDEO_TOO_LARGE"
+
+
+def test_the_decoder_refuses_frames_over_the_cap_even_when_the_header_check_is_passed(
+    corpus: dict[str, tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg's max_pixels is the backstop for a stream whose frames grow past what its header said."""
+    import dataclasses
+
+    from worker.inference import video
+
+    original = video._check_headers
+
+    def lenient(
+        container: av.container.InputContainer, kind: str, codecs: frozenset[str], policy: VideoPolicy
+    ) -> None:
+        original(container, kind, codecs, dataclasses.replace(policy, max_frame_pixels=10**9))
+        container.streams.video[0].codec_context.options = {"max_pixels": str(policy.max_frame_pixels)}
+
+    monkeypatch.setattr(video, "_check_headers", lenient)
+    with pytest.raises(DfscanError) as err:
+        list(sample_frames(corpus["huge_dimensions"][0], POLICY))
+    assert err.value.code == "CORRUPT_VIDEO" and "0 of" in err.value.message  # no 4096x4096 frame came out
+
+
+def _ftyp(data: bytes) -> int:
+    return int.from_bytes(data[:4], "big")  # the offset of the box after ftyp
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d + b"\x00\x00\x00", "stray bytes"),
+        (lambda d: d[: _ftyp(d)] + b"\x00\x00\x00\x04" + d[_ftyp(d) + 4 :], "impossible size"),
+    ],
+    ids=["stray-tail", "box-size-4"],
+)
+def test_broken_mp4_box_structure_is_corrupt(mutate: object, message: str) -> None:
+    data = make_clip(seconds=0.5)
+    assert data[4:8] == b"ftyp" and int.from_bytes(data[:4], "big") in (24, 28, 32)
+    broken = mutate(data)  # type: ignore[operator]
+    with pytest.raises(DfscanError) as err:
+        probe_video(broken, POLICY)
+    assert err.value.code == "CORRUPT_VIDEO" and message in err.value.message
