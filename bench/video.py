@@ -19,6 +19,11 @@
     8. Prints seconds per stage, sampled frames per second and whole-job seconds. Detection: none yet
     (whole frames, faces ``off``).
 
+``python -m bench.video fairness [--pairs 3] [--gop 50] [--images 6]``
+    Fair sharing: the latency of single images submitted one after another to the model batcher (ViT-B/16,
+    batch 8, CPU), with no video, while a 32-frame video job keeps at most 8 frames in flight (dfscan's
+    default), and while it may queue all 32 at once. Each variant in its own process, alternated.
+
 ``python -m bench.video aggregation [--trials 2000]``
     Flag rates at threshold 0.5 of several rules (mean, max, the DFDC winner's confident mean, the max of
     a 3- or 5-sample moving mean or median; dfscan's is the 5-median) on generated sequences of 32 frame scores: real frames ~ Beta(2, 8), fake
@@ -288,6 +293,92 @@ def bench_job(pairs: int, gop: int, model: Path | None) -> None:
     )
 
 
+# --- fair sharing ---------------------------------------------------------------------------------
+
+
+def run_fairness(path: Path, in_flight: int, images: int) -> dict[str, float]:
+    """Latency of single images submitted to the batcher while one video job runs (or none: in_flight 0)."""
+    import threading
+
+    from bench.core import CACHE as CORE_CACHE
+    from bench.core import random_vit_base
+    from worker.inference.batcher import DynamicBatcher
+    from worker.inference.model import load_detector
+    from worker.inference.preprocess import to_tensor
+    from worker.inference.video import VideoPolicy
+    from worker.inference.video_scoring import score_video
+
+    detector = load_detector(str(random_vit_base(CORE_CACHE / "vit-base-random")), device="cpu")
+    image = to_tensor(np_image(224), detector.preprocess)
+    batcher = DynamicBatcher(detector.predict, max_batch=8, max_wait=0.02)
+    batcher.submit(image).result()  # warm up
+    data = path.read_bytes()
+    done = threading.Event()
+    video_s = 0.0
+
+    def video() -> None:
+        nonlocal video_s
+        started = time.perf_counter()
+        score_video(
+            data, VideoPolicy(frames=FRAMES), detector.preprocess, batcher.submit, max_in_flight=in_flight
+        )
+        video_s = time.perf_counter() - started
+        done.set()
+
+    thread = threading.Thread(target=video) if in_flight else None
+    if thread:
+        thread.start()
+        time.sleep(1.0)  # the video is decoding and has frames waiting
+    latencies = []
+    for _ in range(images):
+        started = time.perf_counter()
+        batcher.submit(image).result()
+        latencies.append(time.perf_counter() - started)
+        if thread and done.is_set():
+            break
+    if thread:
+        thread.join()
+    batcher.close()
+    return {
+        "median": statistics.median(latencies),
+        "max": max(latencies),
+        "n": len(latencies),
+        "video_s": video_s,
+        "cpu": _cpu(),
+    }
+
+
+def bench_fairness(pairs: int, gop: int, images: int) -> None:
+    path = clip_path(gop)
+    variants = {"no video": 0, "video, 8 frames in flight (dfscan)": 8, "video, 32 in flight (unbounded)": 32}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for r in range(pairs):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            results[name].append(_child(["fair", str(path), str(variants[name]), str(images)]))
+    table = Table(
+        title=f"latency of single images while a {FRAMES}-frame video job runs, ViT-B/16 CPU, batch 8, {pairs} rounds"
+    )
+    for col in (
+        "variant",
+        "image latency median s (min-max of rounds)",
+        "worst image s",
+        "images timed",
+        "video job s",
+    ):
+        table.add_column(col, justify="right")
+    for name, rows in results.items():
+        medians = [x["median"] for x in rows]
+        table.add_row(
+            name,
+            f"{statistics.median(medians):.2f} ({_spread(medians)})",
+            f"{max(x['max'] for x in rows):.2f}",
+            f"{sum(x['n'] for x in rows):.0f}",
+            f"{statistics.median(x['video_s'] for x in rows):.1f}" if variants[name] else "-",
+        )
+    console.print(table)
+
+
 # --- aggregation ---------------------------------------------------------------------------------
 
 
@@ -346,8 +437,16 @@ def main() -> None:
     j.add_argument("--pairs", type=int, default=3)
     j.add_argument("--gop", type=int, default=50)
     j.add_argument("--model", type=Path)
+    f = sub.add_parser("fairness")
+    f.add_argument("--pairs", type=int, default=3)
+    f.add_argument("--gop", type=int, default=50)
+    f.add_argument("--images", type=int, default=6)
     a = sub.add_parser("aggregation")
     a.add_argument("--trials", type=int, default=2000)
+    fo = sub.add_parser("fair")  # internal: one fairness variant in this process, JSON on stdout
+    fo.add_argument("path")
+    fo.add_argument("in_flight", type=int)
+    fo.add_argument("images", type=int)
     o = sub.add_parser("one")  # internal: one strategy in this process, JSON on stdout
     o.add_argument("strategy")
     o.add_argument("path")
@@ -361,6 +460,10 @@ def main() -> None:
         print(json.dumps(run_job(Path(args.path), args.model)))
     elif args.cmd == "job":
         bench_job(args.pairs, args.gop, args.model)
+    elif args.cmd == "fairness":
+        bench_fairness(args.pairs, args.gop, args.images)
+    elif args.cmd == "fair":
+        print(json.dumps(run_fairness(Path(args.path), args.in_flight, args.images)))
     else:
         bench_aggregation(args.trials)
 
