@@ -9,6 +9,12 @@ One source, on the calling thread::
     read (URL or confined path) -> sha256 -> duplicate cache -> decode (bounded) -> preprocess
         -> the model's DynamicBatcher (one model thread, micro-batches across callers) -> verdict
 
+A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes the same road with
+many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
+:data:`~worker.inference.video_scoring.MAX_IN_FLIGHT` at a time, and aggregated into one verdict with
+``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). Videos
+skip the duplicate cache: a cached score carries no frames.
+
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
 waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``).
@@ -31,12 +37,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dfscan.exceptions import DfscanError, InferenceError
-from dfscan.verdicts import DONE, FAILED, Verdict, label_for
+from dfscan.verdicts import DONE, FAILED, VIDEO, Frame, Verdict, label_for
 from worker.inference.batcher import DynamicBatcher
 from worker.inference.images import ImagePolicy, image_sha256, sniff_format
+from worker.inference.media import video_container
 from worker.inference.model import Detector
 from worker.inference.preprocess import load_pixels
 from worker.inference.sources import SourcePolicy, read_source
+from worker.inference.video import VideoPolicy
+from worker.inference.video_scoring import score_video
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,7 @@ class Judge:
         *,
         sources: SourcePolicy,
         images: ImagePolicy,
+        videos: VideoPolicy | None = None,
         threshold: float = 0.5,
         batch_size: int = 8,
         batch_wait: float = 0.01,
@@ -68,6 +78,7 @@ class Judge:
         self.detector = detector
         self.sources = sources
         self.images = images
+        self.videos = videos or VideoPolicy()
         self.threshold = threshold
         self.known = known
         self.batcher = DynamicBatcher(detector.predict, max_batch=batch_size, max_wait=batch_wait)
@@ -102,7 +113,10 @@ class Judge:
         return self.judge_bytes(data, source=source, fetch_ms=_ms(started))
 
     def judge_bytes(self, data: bytes, *, source: str = "<bytes>", fetch_ms: float = 0.0) -> Verdict:
-        """Judge image bytes already read (``source`` names them in the verdict)."""
+        """Judge image or video bytes already read (``source`` names them in the verdict)."""
+        container = video_container(data)
+        if container is not None:
+            return self._judge_video(data, container, source=source, fetch_ms=fetch_ms)
         sha = image_sha256(data)
         facts = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
         facts["image_format"] = sniff_format(data, self.images)
@@ -127,6 +141,38 @@ class Judge:
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
         return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)
+
+    def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+        facts: dict[str, object] = {
+            "image_sha256": image_sha256(data),
+            "n_bytes": len(data),
+            "fetch_ms": fetch_ms,
+            "image_format": container.upper(),
+            "media": VIDEO,
+        }
+        started = time.perf_counter()
+        try:
+            video = score_video(
+                data, self.videos, self.detector.preprocess, self.batcher.submit, timeout=MODEL_TIMEOUT_S
+            )
+        except TimeoutError:
+            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
+            return self._failed(source, late, **facts, decode_ms=_ms(started))
+        except Exception as exc:
+            return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        return self._done(
+            source,
+            video.fake_score,
+            cached=False,
+            width=video.info.width,
+            height=video.info.height,
+            decode_ms=video.decode_ms,
+            infer_ms=video.infer_ms,
+            duration_s=video.duration_s,
+            peak_t=video.peak_t,
+            frames=tuple(Frame(t=f.t, fake_score=f.fake_score) for f in video.frames),
+            **facts,
+        )
 
     def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
         """The model's score for these bytes: a future shared by every caller with the same sha256

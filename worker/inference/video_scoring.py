@@ -64,11 +64,13 @@ def score_video(
     submit: Submit,
     *,
     max_in_flight: int = MAX_IN_FLIGHT,
+    timeout: float | None = None,
 ) -> VideoScore:
     """Sample ``data``, score every frame through ``submit`` (a batcher's), aggregate.
 
-    Raises the video errors of :mod:`worker.inference.video` and whatever a frame's future raises (an
-    ``InferenceError`` from the model: the job goes back to the queue).
+    Raises the video errors of :mod:`worker.inference.video`, whatever a frame's future raises (an
+    ``InferenceError`` from the model: the job goes back to the queue), and ``TimeoutError`` when one
+    frame waits longer than ``timeout`` seconds for the model.
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -84,7 +86,7 @@ def score_video(
         t, futures = pending.popleft()
         before = time.perf_counter()
         # A frame's score is its most suspicious input (one input while frames are judged whole).
-        scores.append(FrameScore(t=t, fake_score=max(float(f.result()) for f in futures)))
+        scores.append(FrameScore(t=t, fake_score=max(float(f.result(timeout=timeout)) for f in futures)))
         waited += time.perf_counter() - before
         in_flight -= len(futures)
 
