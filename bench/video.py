@@ -348,9 +348,14 @@ def run_fairness(path: Path, in_flight: int, images: int) -> dict[str, float]:
     }
 
 
-def bench_fairness(pairs: int, gop: int, images: int) -> None:
+def bench_fairness(pairs: int, gop: int, images: int, in_flight: list[int]) -> None:
+    from worker.inference.video_scoring import MAX_IN_FLIGHT
+
     path = clip_path(gop)
-    variants = {"no video": 0, "video, 8 frames in flight (dfscan)": 8, "video, 32 in flight (unbounded)": 32}
+    variants = {"no video": 0}
+    for n in in_flight:
+        tag = " (dfscan)" if n == MAX_IN_FLIGHT else " (unbounded)" if n >= FRAMES else ""
+        variants[f"video, {n} frames in flight{tag}"] = n
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for r in range(pairs):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
@@ -441,6 +446,7 @@ def main() -> None:
     f.add_argument("--pairs", type=int, default=3)
     f.add_argument("--gop", type=int, default=50)
     f.add_argument("--images", type=int, default=6)
+    f.add_argument("--in-flight", default="8,32", help="comma-separated max_in_flight values to compare")
     a = sub.add_parser("aggregation")
     a.add_argument("--trials", type=int, default=2000)
     fo = sub.add_parser("fair")  # internal: one fairness variant in this process, JSON on stdout
@@ -461,7 +467,7 @@ def main() -> None:
     elif args.cmd == "job":
         bench_job(args.pairs, args.gop, args.model)
     elif args.cmd == "fairness":
-        bench_fairness(args.pairs, args.gop, args.images)
+        bench_fairness(args.pairs, args.gop, args.images, [int(n) for n in args.in_flight.split(",")])
     elif args.cmd == "fair":
         print(json.dumps(run_fairness(Path(args.path), args.in_flight, args.images)))
     else:
