@@ -21,8 +21,8 @@
 
 ``python -m bench.video fairness [--pairs 3] [--gop 50] [--images 6]``
     Fair sharing: the latency of single images submitted one after another to the model batcher (ViT-B/16,
-    batch 8, CPU), with no video, while a 32-frame video job keeps at most 8 frames in flight (dfscan's
-    default), and while it may queue all 32 at once. Each variant in its own process, alternated.
+    batch 8, CPU), with no video, and while a 32-frame video job keeps at most N frames in flight
+    (``--in-flight``: 2, dfscan's default, 8, and 32, i.e. all at once). Each variant in its own process, alternated.
 
 ``python -m bench.video aggregation [--trials 2000]``
     Flag rates at threshold 0.5 of several rules (mean, max, the DFDC winner's confident mean, the max of
@@ -349,12 +349,12 @@ def run_fairness(path: Path, in_flight: int, images: int) -> dict[str, float]:
 
 
 def bench_fairness(pairs: int, gop: int, images: int, in_flight: list[int]) -> None:
-    from worker.inference.video_scoring import MAX_IN_FLIGHT
+    from worker.inference.video import VideoPolicy
 
     path = clip_path(gop)
     variants = {"no video": 0}
     for n in in_flight:
-        tag = " (dfscan)" if n == MAX_IN_FLIGHT else " (unbounded)" if n >= FRAMES else ""
+        tag = " (dfscan)" if n == VideoPolicy().in_flight else " (unbounded)" if n >= FRAMES else ""
         variants[f"video, {n} frames in flight{tag}"] = n
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for r in range(pairs):
@@ -446,7 +446,7 @@ def main() -> None:
     f.add_argument("--pairs", type=int, default=3)
     f.add_argument("--gop", type=int, default=50)
     f.add_argument("--images", type=int, default=6)
-    f.add_argument("--in-flight", default="8,32", help="comma-separated max_in_flight values to compare")
+    f.add_argument("--in-flight", default="2,8,32", help="comma-separated max_in_flight values to compare")
     a = sub.add_parser("aggregation")
     a.add_argument("--trials", type=int, default=2000)
     fo = sub.add_parser("fair")  # internal: one fairness variant in this process, JSON on stdout

@@ -53,6 +53,7 @@ def video_policy(settings: Settings) -> VideoPolicy:
         frames=settings.video_frames,
         fps=settings.video_fps,
         deadline_s=settings.video_deadline,
+        in_flight=settings.video_in_flight,
     )
 
 

@@ -11,7 +11,7 @@ One source, on the calling thread::
 
 A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes the same road with
 many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
-:data:`~worker.inference.video_scoring.MAX_IN_FLIGHT` at a time, and aggregated into one verdict with
+``VideoPolicy.in_flight`` at a time, and aggregated into one verdict with
 ``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). Videos
 skip the duplicate cache: a cached score carries no frames.
 

@@ -86,7 +86,8 @@ class VideoPolicy:
     frame admits DCI 4K and UHD; 16 streams is more than any upload has (video, audio tracks, subtitles);
     32 frames as the DFDC winner; frames scaled to a longest side of 640 px, enough for the model's 224 px
     input and for face detection on a whole frame; 60 s of decoding per job; one decoder thread per job
-    (a worker judges many jobs side by side); 240 frames per second bounds the packet index.
+    (a worker judges many jobs side by side); 240 frames per second bounds the packet index; 2 frames of a
+    video in the model batcher at a time (see :mod:`worker.inference.video_scoring`).
     """
 
     max_bytes: int = 200 * MiB
@@ -100,6 +101,7 @@ class VideoPolicy:
     deadline_s: float = 60.0
     decode_threads: int = 1
     max_fps: float = 240.0
+    in_flight: int = 2
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@
 :func:`score_video` is what the judging path calls for bytes that :func:`~worker.inference.media.is_video`
 says are a video. Each sampled frame is preprocessed (the checkpoint's own processor config, as for
 images) and submitted to the same batcher as images, as soon as it is decoded, so decoding later frames
-overlaps the model on earlier ones. At most ``max_in_flight`` frames of one video wait in the batcher at a
-time (default 8, one CPU batch): a 32-frame video never puts more than that in front of an image queued
-behind it, and never holds more than that many tensors (600 KB each at 224 px).
+overlaps the model on earlier ones. At most ``VideoPolicy.in_flight`` frames of one video wait in the
+batcher at a time (``DFSCAN_VIDEO_IN_FLIGHT``, default 2): a 32-frame video never puts more than that in
+front of an image queued behind it, and never holds more than that many tensors (600 KB each at 224 px).
+Measured with ``python -m bench.video fairness`` (ViT-B/16 on CPU, batch 8): an image's latency beside a
+video was 1.8x its latency alone with 2 in flight, 7x with 8 and 13x with all 32 queued, and the video
+itself was not slower with 2.
 
 Faces: frames are judged whole (the faces ``off`` mode). The face path of issue 10 plugs in where a
 frame becomes model inputs (:func:`frame_inputs`), and each frame's ``faces`` list is then filled.
@@ -27,7 +30,6 @@ from worker.inference.preprocess import PreprocessConfig, to_tensor
 from worker.inference.video import VideoInfo, VideoPolicy, probe_video, sample_frames
 
 Submit = Callable[[torch.Tensor], "Future[float]"]
-MAX_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def score_video(
     cfg: PreprocessConfig,
     submit: Submit,
     *,
-    max_in_flight: int = MAX_IN_FLIGHT,
+    max_in_flight: int | None = None,
     timeout: float | None = None,
 ) -> VideoScore:
     """Sample ``data``, score every frame through ``submit`` (a batcher's), aggregate.
@@ -72,6 +74,7 @@ def score_video(
     ``InferenceError`` from the model: the job goes back to the queue), and ``TimeoutError`` when one
     frame waits longer than ``timeout`` seconds for the model.
     """
+    max_in_flight = policy.in_flight if max_in_flight is None else max_in_flight
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
     started = time.perf_counter()
