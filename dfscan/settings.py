@@ -143,8 +143,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Frames of one video waiting in the model batcher at a time. 2 keeps an image queued "
-        "behind a video at ~1.8x its latency alone on CPU (8: ~7x) without slowing the video; raise it on "
-        "a GPU to fill batches from a lone video.",
+        "behind a video at ~2-2.5x its latency alone on CPU (8: ~8x), the video at most ~15% slower; raise "
+        "it on a GPU to fill batches from a lone video.",
     )
     video_deadline: float = Field(
         60.0,

@@ -7,8 +7,8 @@ overlaps the model on earlier ones. At most ``VideoPolicy.in_flight`` frames of 
 batcher at a time (``DFSCAN_VIDEO_IN_FLIGHT``, default 2): a 32-frame video never puts more than that in
 front of an image queued behind it, and never holds more than that many tensors (600 KB each at 224 px).
 Measured with ``python -m bench.video fairness`` (ViT-B/16 on CPU, batch 8): an image's latency beside a
-video was 1.8x its latency alone with 2 in flight, 7x with 8 and 13x with all 32 queued, and the video
-itself was not slower with 2.
+video was 2-2.5x its latency alone with 2 in flight, ~8x with 8 and ~15x with all 32 queued; the video
+itself was at most ~15% slower with 2.
 
 Faces: frames are judged whole (the faces ``off`` mode). The face path of issue 10 plugs in where a
 frame becomes model inputs (:func:`frame_inputs`), and each frame's ``faces`` list is then filled.
