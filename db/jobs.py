@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import webhooks
-from db.models import ScanJob, Submission, Verdict, VerdictFace, utcnow
+from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, utcnow
 from db.results import faces_of
 from dfscan.exceptions import MaxAttemptsError
 from dfscan.verdicts import STORED, FaceVerdict, Stored
@@ -266,15 +266,19 @@ def claim_job(
 
 # The columns of a verdict row: the verdict's stored fields (one mapper: dfscan.verdicts) and the worker.
 VERDICT_FIELDS = (*STORED, "worker")
-# May be left out of a verdict dict: ``judged_on`` ("image" when absent) and ``faces``, a list of
-# ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows.
-OPTIONAL_VERDICT_FIELDS = ("judged_on", "faces")
+# Verdict columns a caller may leave out, with their value then (an image judged whole: no video
+# timeline). Besides the columns, a verdict dict may carry ``faces``, a list of
+# ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows, and
+# ``frames``, a video's ``(t, fake_score)`` pairs stored as verdict_frames rows.
+OPTIONAL_FIELDS: dict[str, Any] = {"judged_on": "image", "media": "image", "duration_s": None, "peak_t": None}
 
 
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
     """Mark jobs done and store their verdicts (one UPDATE and one INSERT for the lot).
 
-    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS`` (``Verdict.row()`` plus ``worker``). Returns the ids this call
+    Each dict has ``job_id`` and every name in ``VERDICT_FIELDS`` (``Verdict.row()`` plus ``worker``), and
+    for a video ``frames``: (t, fake_score) pairs written to verdict_frames in the same transaction, for
+    the jobs this call finished only. Returns the ids this call
     finished. The job rows are updated first, guarded on a non-final state: on PostgreSQL the row
     locks make a concurrent redelivery wait, then see ``done`` and write nothing. The verdict insert
     is ``ON CONFLICT (job_id) DO NOTHING`` as a second line of defence. A job that already failed
@@ -302,8 +306,9 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     rows = [
         {
             "job_id": job_id,
-            **{k: by_id[job_id].get(k) for k in VERDICT_FIELDS},
+            **{k: by_id[job_id].get(k, OPTIONAL_FIELDS.get(k)) for k in VERDICT_FIELDS},
             "judged_on": by_id[job_id].get("judged_on") or "image",
+            "media": by_id[job_id].get("media") or "image",
         }
         for job_id in done
     ]
@@ -316,6 +321,13 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     ]
     if faces:  # one row per judged face beside the verdict, in the same transaction
         session.execute(_insert_ignoring_duplicate(session, VerdictFace, ["job_id", "seq"]), faces)
+    frames = [
+        {"job_id": job_id, "seq": seq, "t": float(t), "fake_score": float(score)}
+        for job_id in done
+        for seq, (t, score) in enumerate(by_id[job_id].get("frames") or ())
+    ]
+    if frames:  # a video's timeline beside its verdict, in the same transaction
+        session.execute(_insert_ignoring_duplicate(session, VerdictFrame, ("job_id", "seq")), frames)
     if done:  # the job.completed events, written in the transaction that made the jobs final
         webhooks.record_final(session, done)
     return set(done)
@@ -344,27 +356,37 @@ def _single_worker(by_id: dict[uuid.UUID, dict[str, Any]]) -> str | None:
 
 def finish_done(session: Session, job_id: uuid.UUID, **verdict: Any) -> bool:
     """``finish_done_many`` for one job (keywords: ``VERDICT_FIELDS``); True if this call made the outcome."""
-    missing = set(VERDICT_FIELDS) - set(verdict) - set(OPTIONAL_VERDICT_FIELDS)
+    missing = set(VERDICT_FIELDS) - set(verdict) - set(OPTIONAL_FIELDS)
     if missing:
         raise TypeError(f"finish_done needs {sorted(missing)}")
     return job_id in finish_done_many(session, [{"job_id": job_id, **verdict}])
 
 
-def _insert_ignoring_duplicate(session: Session, model: Any, keys: list[str]) -> Any:
-    """``INSERT INTO <model> ... ON CONFLICT (keys) DO NOTHING``, to execute with a list of rows."""
+def _insert_ignoring_duplicate(
+    session: Session, table: Any = Verdict, key: Sequence[str] = ("job_id",)
+) -> Any:
+    """``INSERT INTO verdicts ... ON CONFLICT (job_id) DO NOTHING`` (or another table and key), to execute
+    with a list of rows."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(model).on_conflict_do_nothing(index_elements=keys)
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(key))
     if dialect == "sqlite":
-        return sqlite.insert(model).on_conflict_do_nothing(index_elements=keys)
-    return insert(model)
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(key))
+    return insert(table)
 
 
 def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:
     """Store the final outcome ``verdict`` of a job: done with its verdict row, or failed with its code.
     True if this call made the outcome (False: the job was already final)."""
     if verdict.done:
-        return finish_done(session, job_id, **verdict.row(), faces=verdict.face_rows(), worker=worker)
+        return finish_done(
+            session,
+            job_id,
+            **verdict.row(),
+            faces=verdict.face_rows(),
+            frames=verdict.frame_rows(),
+            worker=worker,
+        )
     return finish_failed(
         session, job_id, code=verdict.error_code or "INTERNAL_ERROR", message=verdict.error or ""
     )

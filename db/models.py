@@ -47,6 +47,7 @@ RUN_STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_RUN_STATES = ("done", "failed", "cancelled")
 LABELS = ("real", "fake", "not_applicable")  # not_applicable: DFSCAN_FACES=require and no face
 JUDGED_ON = ("faces", "image")
+MEDIA = ("image", "video")
 PROMOTION_REASONS = ("promote", "rollback")
 WEBHOOK_EVENTS = ("job.completed", "submission.completed")
 DELIVERY_STATES = ("pending", "delivered", "failed")
@@ -196,6 +197,11 @@ class Verdict(Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Videos (issue 11): what was judged, how long it runs, and its most suspicious moment. The per-frame
+    # scores are rows of verdict_frames.
+    media: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    peak_t: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         CheckConstraint(_in("label", LABELS), name="label_valid"),
@@ -206,6 +212,10 @@ class Verdict(Base):
         CheckConstraint(_in("judged_on", JUDGED_ON), name="judged_on_valid"),
         CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold_range"),
         CheckConstraint("length(image_sha256) = 64", name="image_sha256_length"),
+        CheckConstraint(_in("media", MEDIA), name="media_valid"),
+        CheckConstraint(
+            "media = 'video' OR (duration_s IS NULL AND peak_t IS NULL)", name="image_has_no_timeline"
+        ),
         Index("ix_verdicts_image_sha256_model_version", "image_sha256", "model_version"),
         Index("ix_verdicts_label_created_at", "label", "created_at"),
     )
@@ -232,6 +242,25 @@ class VerdictFace(Base):
         CheckConstraint("seq >= 0", name="seq_nonnegative"),
         CheckConstraint("x >= 0 AND y >= 0 AND w > 0 AND h > 0", name="box_valid"),
         CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
+        CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
+    )
+
+
+class VerdictFrame(Base):
+    """One sampled frame of a video verdict: its time in the video and its p(fake)."""
+
+    __tablename__ = "verdict_frames"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("verdicts.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    t: Mapped[float] = mapped_column(Float)
+    fake_score: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        CheckConstraint("seq >= 0", name="seq_nonnegative"),
+        CheckConstraint("t >= 0", name="t_nonnegative"),
         CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
     )
 

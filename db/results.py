@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import JOB_STATES, ScanJob, Submission, VerdictFace
+from db.models import JOB_STATES, ScanJob, Submission, VerdictFace, VerdictFrame
 from db.models import Verdict as VerdictRow
-from dfscan.verdicts import STORED, Verdict
+from dfscan.verdicts import STORED, VIDEO, Verdict
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,17 @@ def results(
         query = query.limit(limit)
     pairs = list(session.execute(query))
     faces = faces_of(session, [v.job_id for _, v in pairs if v is not None and v.judged_on == "faces"])
-    return [_row(job, verdict, faces.get(job.id, [])) for job, verdict in pairs]
+    videos = [job.id for job, verdict in pairs if verdict is not None and verdict.media == VIDEO]
+    frames = verdict_frames(session, videos)
+    return [_row(job, verdict, faces.get(job.id, []), frames.get(job.id)) for job, verdict in pairs]
 
 
-def _row(job: ScanJob, verdict: VerdictRow | None, faces: list[dict[str, Any]] | None = None) -> ResultRow:
+def _row(
+    job: ScanJob,
+    verdict: VerdictRow | None,
+    faces: list[dict[str, Any]] | None = None,
+    frames: list[tuple[float, float]] | None = None,
+) -> ResultRow:
     stored = None if verdict is None else {name: getattr(verdict, name) for name in STORED}
     return ResultRow(
         job_id=job.id,
@@ -147,6 +154,7 @@ def _row(job: ScanJob, verdict: VerdictRow | None, faces: list[dict[str, Any]] |
             error=job.error_message,
             row=stored,
             faces=faces or (),
+            frames=frames,
         ),
     )
 
@@ -165,6 +173,24 @@ def faces_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, 
         out.setdefault(face.job_id, []).append(
             {"box": [face.x, face.y, face.w, face.h], "score": face.score, "fake_score": face.fake_score}
         )
+    return out
+
+
+def verdict_frames(
+    session: Session, job_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[float, float]]]:
+    """The stored frames of these jobs' video verdicts as (t_seconds, fake_score) in time order, per job
+    (jobs without frames are absent)."""
+    out: dict[uuid.UUID, list[tuple[float, float]]] = {}
+    if not job_ids:
+        return out
+    query = (
+        select(VerdictFrame.job_id, VerdictFrame.t, VerdictFrame.fake_score)
+        .where(VerdictFrame.job_id.in_(sorted(set(job_ids))))
+        .order_by(VerdictFrame.job_id, VerdictFrame.seq)
+    )
+    for job_id, t, score in session.execute(query):
+        out.setdefault(job_id, []).append((float(t), float(score)))
     return out
 
 

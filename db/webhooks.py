@@ -19,7 +19,7 @@ import logging
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def result_json(row: results.ResultRow) -> dict[str, Any]:
     """A result row as `dfscan results --format json` prints it (UUIDs and datetimes as strings)."""
-    out: dict[str, Any] = json.loads(json.dumps(asdict(row), default=str))
+    out: dict[str, Any] = json.loads(json.dumps(row.output(), default=str))
     return out
 
 

@@ -121,6 +121,27 @@ class ImageTooComplexError(DfscanError):
     code = "IMAGE_TOO_COMPLEX"
 
 
+# --- videos ----------------------------------------------------------------------------------
+
+
+class CorruptVideoError(DfscanError):
+    """An allowed video container whose data is truncated or broken, or whose sampled frames do not decode."""
+
+    code = "CORRUPT_VIDEO"
+
+
+class VideoTooLongError(DfscanError):
+    """A video longer than DFSCAN_MAX_VIDEO_SECONDS, by its header or by its timestamps."""
+
+    code = "VIDEO_TOO_LONG"
+
+
+class VideoTooLargeError(DfscanError):
+    """Frames over the pixel cap, too many streams, or more decoding than the per-job deadline allows."""
+
+    code = "VIDEO_TOO_LARGE"
+
+
 # --- models ----------------------------------------------------------------------------------
 
 

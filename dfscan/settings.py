@@ -142,6 +142,49 @@ class Settings(BaseSettings):
     fetch_deadline: float = Field(30.0, gt=0, description="Seconds for a whole fetch, redirects included.")
     max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each checked again.")
 
+    # --- videos (worker/inference/video.py) ------------------------------------------------------
+    max_video_bytes: int = Field(
+        200 * MiB,
+        ge=1,
+        description="Byte cap on one video (body or file): a few minutes of phone video at 1080p. Applies "
+        "only to bytes sniffed as a video; everything else keeps DFSCAN_MAX_BYTES.",
+    )
+    max_video_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest video judged, by its header and by its timestamps (VIDEO_TOO_LONG).",
+    )
+    max_video_pixels: int = Field(
+        4096 * 2304,
+        ge=1,
+        description="Pixel cap per video frame, checked from the stream headers before decoding and "
+        "enforced by the decoder (FFmpeg max_pixels): DCI 4K and UHD fit.",
+    )
+    video_frames: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="Frames sampled per video, spread over its duration (the DFDC winner's 32).",
+    )
+    video_fps: float | None = Field(
+        None,
+        gt=0,
+        description="Sample this many frames per second instead of DFSCAN_VIDEO_FRAMES (at most 256 a video).",
+    )
+    video_in_flight: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Frames of one video waiting in the model batcher at a time. 2 keeps an image queued "
+        "behind a video at ~2-2.5x its latency alone on CPU (8: ~8x), the video at most ~15% slower; raise "
+        "it on a GPU to fill batches from a lone video.",
+    )
+    video_deadline: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one video may spend being indexed and decoded before it fails with VIDEO_TOO_LARGE.",
+    )
+
     # --- storage and broker --------------------------------------------------------------------
     database_url: str = Field(
         "sqlite:///dfscan.db",

@@ -165,6 +165,8 @@ class SourcePolicy:
         str, ...
     ] = ()  # hosts or CIDRs allowed even if internal ("img.internal", "10.0.0.0/8")
     max_bytes: int = 20 * 1024 * 1024
+    # A larger cap for bodies whose first bytes are a video (MP4/MOV, WebM/MKV); None: videos get max_bytes.
+    max_video_bytes: int | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     deadline: float = 30.0  # whole fetch incl. redirects, DNS and slow bodies

@@ -41,6 +41,9 @@ STORED = (
     "infer_ms",
     "cached",
     "judged_on",
+    "media",
+    "duration_s",
+    "peak_t",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -59,9 +62,30 @@ OUTPUT = (
     "cached",
     "judged_on",
     "faces",
+    "media",
+    "duration_s",
+    "peak_t",
+    "frames",
     "error_code",
     "error",
 )
+
+
+IMAGE = "image"
+VIDEO = "video"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame of a video verdict: its time in seconds from the start and its p(fake).
+    ``faces`` as for images (empty while frames are judged whole). Stored as rows of verdict_frames."""
+
+    t: float
+    fake_score: float
+    faces: tuple[Mapping[str, Any], ...] = ()
+
+    def output(self) -> dict[str, Any]:
+        return {"t": self.t, "fake_score": self.fake_score, "faces": [dict(face) for face in self.faces]}
 
 
 def label_for(fake_score: float, threshold: float) -> str:
@@ -126,6 +150,11 @@ class Verdict:
     # "faces": fake_score is the maximum over ``faces``; "image": the whole image was judged.
     judged_on: str | None = None
     faces: tuple[FaceVerdict, ...] = ()
+    # Videos: media "video", the duration, the most suspicious moment and every sampled frame.
+    media: str = IMAGE
+    duration_s: float | None = None
+    peak_t: float | None = None
+    frames: tuple[Frame, ...] | None = None
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -148,7 +177,12 @@ class Verdict:
         """The public JSON object of this verdict (keys :data:`OUTPUT`)."""
         out = {name: getattr(self, name) for name in OUTPUT}
         out["faces"] = [face.output(self.threshold) for face in self.faces]
+        out["frames"] = None if self.frames is None else [frame.output() for frame in self.frames]
         return out
+
+    def frame_rows(self) -> list[tuple[float, float]]:
+        """The ``verdict_frames`` of a video verdict as (t, fake_score), in time order; empty for an image."""
+        return [(frame.t, frame.fake_score) for frame in self.frames or ()]
 
     def with_source(self, source: str) -> Verdict:
         return replace(self, source=source)
@@ -163,11 +197,14 @@ class Verdict:
         error: str | None,
         row: Mapping[str, Any] | None,
         faces: Sequence[Mapping[str, Any]] = (),
+        frames: Sequence[tuple[float, float]] | None = None,
     ) -> Verdict:
-        """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done) and its
-        stored faces."""
+        """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done), its
+        stored faces, and a video's stored frames as (t, fake_score)."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
+        if stored.get("media") == VIDEO:
+            stored["frames"] = tuple(Frame(t=t, fake_score=p) for t, p in frames or ())
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

@@ -102,7 +102,9 @@ class InferenceRuntime(WorkerRuntime):
     def finish(self, done: Sequence[tuple[uuid.UUID, Verdict]]) -> list[bool]:
         """Store done verdicts and mark their jobs done; True where this call made the outcome."""
         futures = [
-            self._finishes.submit({"job_id": job_id, **verdict.row(), "worker": self.name})
+            self._finishes.submit(
+                {"job_id": job_id, **verdict.row(), "worker": self.name, "frames": verdict.frame_rows()}
+            )
             for job_id, verdict in done
         ]
         return [future.result() for future in futures]

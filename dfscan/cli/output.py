@@ -75,9 +75,12 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
         if row["status"] == "done":
             colour = {"fake": "red", "real": "green"}.get(str(row["label"]), "dim")
             score = row.get("fake_score")
+            label = f"[{colour}]{row['label']}[/{colour}]"
+            if row.get("media") == "video" and row.get("peak_t") is not None:
+                label += f" video {row.get('duration_s') or 0:.1f} s, peak at {row['peak_t']:.1f} s"
             table.add_row(
                 str(row["source"]),
-                f"[{colour}]{row['label']}[/{colour}]",
+                label,
                 "" if score is None else f"{score:.4f}",
                 str(n_faces(row)) if row.get("judged_on") == "faces" else "-",
                 str(row["model_version"]),

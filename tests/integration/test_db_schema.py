@@ -77,6 +77,7 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
         "scan_jobs",
         "verdicts",
         "verdict_faces",
+        "verdict_frames",
         "model_versions",
         "promotions",
         "training_runs",

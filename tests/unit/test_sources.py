@@ -533,3 +533,57 @@ def test_submit_lists_with_names_that_are_not_utf8(tmp_path: Path, monkeypatch: 
     assert expand_targets(["-"]) == expected
     for source in expected:
         source.encode("utf-8")
+
+
+# --- videos: a larger byte cap, only for bytes that are a video ------------------------------------
+
+
+def _video_and_lookalike() -> tuple[bytes, bytes]:
+    from tests.fixtures.videos import make_clip
+
+    video = make_clip(seconds=1.0)
+    return video, b"\xff\xd8\xff\xe0" + b"j" * (len(video) - 4)  # a 'JPEG' of the same size
+
+
+def test_a_video_file_may_use_the_video_cap_and_nothing_else_may(root: Path) -> None:
+    video, other = _video_and_lookalike()
+    (root / "clip.jpg").write_bytes(video)  # the name says nothing: the bytes say video
+    (root / "big.mp4").write_bytes(other)  # nor here: the bytes say not video
+    (root / "avif.mp4").write_bytes(b"\x00\x00\x00\x1cftypavif" + b"a" * len(video))  # an image brand
+    policy = SourcePolicy(allowed_roots=(root,), max_bytes=1000, max_video_bytes=len(video))
+    assert read_source(str(root / "clip.jpg"), policy) == video
+    error = refused(TooLargeError, str(root / "big.mp4"), policy)
+    assert error.message.endswith("more than the 1000-byte limit")
+    refused(TooLargeError, str(root / "avif.mp4"), policy)
+    error = refused(
+        TooLargeError,
+        str(root / "clip.jpg"),
+        SourcePolicy(allowed_roots=(root,), max_bytes=1000, max_video_bytes=len(video) - 1),
+    )
+    assert error.message.endswith(f"more than the {len(video) - 1}-byte limit for videos")
+    # without a video cap, videos get max_bytes like everything else
+    refused(TooLargeError, str(root / "clip.jpg"), SourcePolicy(allowed_roots=(root,), max_bytes=1000))
+
+
+def test_a_video_body_may_use_the_video_cap_and_nothing_else_may() -> None:
+    video, other = _video_and_lookalike()
+    with serve_http({"/v": video, "/o": other}) as server:
+        policy = SourcePolicy(
+            url_allowlist=("127.0.0.1",), deadline=5.0, max_bytes=1000, max_video_bytes=len(video)
+        )
+        assert read_source(server.url("/v"), policy) == video
+        error = refused(TooLargeError, server.url("/o"), policy)  # its Content-Length is under the video cap
+        assert f"declares {len(other)} bytes, more than the 1000-byte limit" in error.message
+        small = SourcePolicy(
+            url_allowlist=("127.0.0.1",), deadline=5.0, max_bytes=1000, max_video_bytes=len(video) - 1
+        )
+        error = refused(TooLargeError, server.url("/v"), small)
+        assert "limit for videos" in error.message
+
+
+def test_a_body_without_a_length_is_cut_at_max_bytes_once_it_is_not_a_video(server: LocalHttpServer) -> None:
+    policy = SourcePolicy(
+        url_allowlist=("127.0.0.1",), deadline=5.0, max_bytes=1024 * 1024, max_video_bytes=40 * 1024 * 1024
+    )
+    error = refused(TooLargeError, server.url("/nolength"), policy)
+    assert error.message.endswith("more than the 1048576-byte limit")

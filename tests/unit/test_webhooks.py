@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import jobs, webhooks
 from db.migrate import upgrade
 from db.models import WebhookDelivery, utcnow
-from db.session import new_engine, new_session_factory, session_scope
+from db.session import new_engine, new_session_factory
 from dfscan.exceptions import BadMessageError, BlockedDestinationError, UnsupportedSourceError
 from dfscan.settings import Settings
 from dfscan.webhooks import check_callback_url, parse_events, signature_header, verify
@@ -148,7 +148,7 @@ def factory(sqlite_url: str) -> Iterator[sessionmaker[Session]]:  # noqa: F811
 
 
 def _submit(factory: sessionmaker[Session], n: int, **kwargs: object) -> list[uuid.UUID]:
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         _, rows, _ = jobs.create_submission(s, [f"/img/{i}.jpg" for i in range(n)], **kwargs)  # type: ignore[arg-type]
         return [job.id for job in rows]
 
@@ -162,13 +162,13 @@ def test_events_are_written_with_the_final_state_and_the_submission_event_once(
     factory: sessionmaker[Session],
 ) -> None:
     ids = _submit(factory, 3, callback_url="http://127.0.0.1/h", client_ref="post-9")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.claim_jobs(s, ids, worker="w", lease_seconds=60, max_attempts=3)
         assert jobs.finish_done_many(s, [{"job_id": ids[0], **_verdict()}]) == {ids[0]}
         assert jobs.finish_failed(s, ids[1], code="CORRUPT_IMAGE", message="broken")
     rows = _deliveries(factory)
     assert sorted(r.event for r in rows) == ["job.completed", "job.completed"]
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert not jobs.finish_failed(s, ids[1], code="CORRUPT_IMAGE", message="again")  # already final
         jobs.finish_done_many(s, [{"job_id": ids[2], **_verdict(image_sha256="cd" * 32)}])
     rows = _deliveries(factory)
@@ -189,7 +189,7 @@ def test_events_are_written_with_the_final_state_and_the_submission_event_once(
         failed["status"] == "failed" and failed["error_code"] == "CORRUPT_IMAGE" and failed["label"] is None
     )
     # a write of the same event again is a no-op (dedupe_key)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         assert webhooks.record_final(s, ids) >= 1
     assert len(_deliveries(factory)) == 4
 
@@ -197,9 +197,10 @@ def test_events_are_written_with_the_final_state_and_the_submission_event_once(
 def test_no_callback_no_events_and_max_attempts_failures_notify(factory: sessionmaker[Session]) -> None:
     quiet = _submit(factory, 1)
     loud = _submit(factory, 1, callback_url="http://127.0.0.1/h", callback_events=["submission.completed"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.finish_failed(s, quiet[0], code="BAD_MESSAGE", message="x")
-        jobs.claim_jobs(s, loud, worker="w", lease_seconds=60, max_attempts=1)
+        # The first claim's lease has run out (a live lease is left alone): the next claim is over the limit.
+        jobs.claim_jobs(s, loud, worker="w", lease_seconds=0, max_attempts=1)
         assert jobs.claim_jobs(s, loud, worker="w", lease_seconds=60, max_attempts=1) == {}  # MAX_ATTEMPTS
     (only,) = _deliveries(factory)
     assert only.event == "submission.completed" and json.loads(only.body)["data"]["failed"] == 1
@@ -207,27 +208,27 @@ def test_no_callback_no_events_and_max_attempts_failures_notify(factory: session
 
 def test_claims_leases_retries_give_up_and_redeliver(factory: sessionmaker[Session]) -> None:
     ids = _submit(factory, 1, callback_url="http://127.0.0.1/h", callback_events=["job.completed"])
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         jobs.finish_failed(s, ids[0], code="CORRUPT_IMAGE", message="broken")
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         (due,) = webhooks.claim_due(s, limit=10, lease_seconds=30)
         assert due.attempts == 1 and due.event == "job.completed"
         assert webhooks.claim_due(s, limit=10, lease_seconds=30) == []  # leased
     later = utcnow() + timedelta(seconds=31)
-    with session_scope(factory) as s:  # the attempt never reported (a killed process): due again
+    with factory.begin() as s:  # the attempt never reported (a killed process): due again
         (again,) = webhooks.claim_due(s, limit=10, lease_seconds=30, now=later)
         assert again.id == due.id and again.attempts == 2 and again.body == due.body
         webhooks.mark_attempt_failed(s, due.id, code="HTTP_STATUS", message="503", status=503, retry_in=5)
     (row,) = _deliveries(factory)
     assert (row.state, row.error_code, row.last_status) == ("pending", "HTTP_STATUS", 503)
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         webhooks.mark_attempt_failed(
             s, due.id, code="FETCH_FAILED", message="refused", status=None, retry_in=None
         )
         assert [d.state for d in webhooks.list_deliveries(s, failed_only=True)] == ["failed"]
         assert webhooks.redeliver(s, due.id)
         assert not webhooks.redeliver(s, uuid.uuid4())
-    with session_scope(factory) as s:
+    with factory.begin() as s:
         (fresh,) = webhooks.claim_due(s, limit=10, lease_seconds=30)
         assert fresh.attempts == 1
         assert webhooks.mark_delivered(s, fresh.id, status=204)
@@ -288,7 +289,7 @@ def test_the_event_shows_the_final_state_even_when_the_session_holds_the_job(
     factory: sessionmaker[Session],
 ) -> None:
     ids = _submit(factory, 1, callback_url="http://127.0.0.1/h", callback_events=["job.completed"])
-    with session_scope(factory) as s:  # dfscan scan's pattern: claim_job loads the row into the session
+    with factory.begin() as s:  # dfscan scan's pattern: claim_job loads the row into the session
         held = jobs.claim_job(s, ids[0], worker="w", lease_seconds=60, max_attempts=3)
         assert held is not None and held.state == "running"
         jobs.finish_failed(s, ids[0], code="CORRUPT_IMAGE", message="broken")

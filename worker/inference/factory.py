@@ -15,6 +15,7 @@ from worker.inference.images import ImagePolicy
 from worker.inference.judge import Judge, Known
 from worker.inference.model import Detector, load_detector
 from worker.inference.sources import SourcePolicy
+from worker.inference.video import VideoPolicy
 
 
 def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> SourcePolicy:
@@ -25,6 +26,7 @@ def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> So
         allowed_roots=roots,
         url_allowlist=settings.url_allowlist,
         max_bytes=settings.max_bytes,
+        max_video_bytes=settings.max_video_bytes,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         deadline=settings.fetch_deadline,
@@ -42,6 +44,18 @@ def image_policy(settings: Settings) -> ImagePolicy:
         decode_memory=settings.decode_memory,
         decode_processes=settings.decode_processes,
         decode_timeout=settings.decode_timeout,
+    )
+
+
+def video_policy(settings: Settings) -> VideoPolicy:
+    return VideoPolicy(
+        max_bytes=settings.max_video_bytes,
+        max_seconds=settings.max_video_seconds,
+        max_frame_pixels=settings.max_video_pixels,
+        frames=settings.video_frames,
+        fps=settings.video_fps,
+        deadline_s=settings.video_deadline,
+        in_flight=settings.video_in_flight,
     )
 
 
@@ -80,6 +94,7 @@ def new_judge(
         detector,
         sources=source_policy(settings, extra_roots=extra_roots),
         images=image_policy(settings),
+        videos=video_policy(settings),
         threshold=settings.threshold if threshold is None else threshold,
         batch_size=batch_size or settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,

@@ -17,6 +17,12 @@ same model batcher (one image, several model inputs). The image's p(fake) is the
 faces. No face: ``auto`` judges the whole image (``judged_on`` "image"), ``require`` answers done
 with label ``not_applicable`` and no score.
 
+A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes the same road with
+many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
+``VideoPolicy.in_flight`` at a time, and aggregated into one verdict with
+``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). Videos
+skip the duplicate cache: a cached score carries no frames.
+
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
 waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``).
@@ -47,7 +53,9 @@ from dfscan.verdicts import (
     FAILED,
     IMAGE,
     NOT_APPLICABLE,
+    VIDEO,
     FaceVerdict,
+    Frame,
     Stored,
     Verdict,
     label_for,
@@ -55,9 +63,12 @@ from dfscan.verdicts import (
 from worker.inference.batcher import DynamicBatcher, MicroBatcher
 from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
 from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
+from worker.inference.media import video_container
 from worker.inference.model import Detector
 from worker.inference.preprocess import load_pixels, to_tensor
 from worker.inference.sources import SourcePolicy, read_source
+from worker.inference.video import VideoPolicy
+from worker.inference.video_scoring import score_video
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,7 @@ class Judge:
         *,
         sources: SourcePolicy,
         images: ImagePolicy,
+        videos: VideoPolicy | None = None,
         threshold: float = 0.5,
         batch_size: int = 8,
         batch_wait: float = 0.01,
@@ -92,6 +104,7 @@ class Judge:
         self.detector = detector
         self.sources = sources
         self.images = images
+        self.videos = videos or VideoPolicy()
         self.threshold = threshold
         self.known = known
         # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
@@ -145,7 +158,10 @@ class Judge:
         return self.judge_bytes(data, source=source, fetch_ms=_ms(started))
 
     def judge_bytes(self, data: bytes, *, source: str = "<bytes>", fetch_ms: float = 0.0) -> Verdict:
-        """Judge image bytes already read (``source`` names them in the verdict)."""
+        """Judge image or video bytes already read (``source`` names them in the verdict)."""
+        container = video_container(data)
+        if container is not None:
+            return self._judge_video(data, container, source=source, fetch_ms=fetch_ms)
         sha = image_sha256(data)
         facts = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
         facts["image_format"] = sniff_format(data, self.images)
@@ -212,6 +228,38 @@ class Judge:
         )
         return self._done(
             source, max(scores), cached=False, infer_ms=_ms(started), judged_on=FACES, faces=judged, **facts
+        )
+
+    def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+        facts: dict[str, object] = {
+            "image_sha256": image_sha256(data),
+            "n_bytes": len(data),
+            "fetch_ms": fetch_ms,
+            "image_format": container.upper(),
+            "media": VIDEO,
+        }
+        started = time.perf_counter()
+        try:
+            video = score_video(
+                data, self.videos, self.detector.preprocess, self.batcher.submit, timeout=MODEL_TIMEOUT_S
+            )
+        except TimeoutError:
+            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
+            return self._failed(source, late, **facts, decode_ms=_ms(started))
+        except Exception as exc:
+            return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        return self._done(
+            source,
+            video.fake_score,
+            cached=False,
+            width=video.info.width,
+            height=video.info.height,
+            decode_ms=video.decode_ms,
+            infer_ms=video.infer_ms,
+            duration_s=video.duration_s,
+            peak_t=video.peak_t,
+            frames=tuple(Frame(t=f.t, fake_score=f.fake_score) for f in video.frames),
+            **facts,  # type: ignore[arg-type]
         )
 
     def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:

@@ -14,6 +14,12 @@ A body shorter than its Content-Length is FETCH_FAILED (transient): the bytes we
 image the server meant, and the usual cause is a dropped connection that a retry heals. A server
 that always truncates fails the job with FETCH_FAILED once its attempts run out.
 
+Byte caps: ``max_bytes``, or ``max_video_bytes`` for a body whose first 16 bytes are a video container
+(:mod:`worker.inference.media`). The kind is decided from the bytes as they arrive, never from a name or
+a Content-Type: until 16 bytes are in, the larger cap holds; from then on the cap of that kind does, and
+a declared Content-Length or file size over it is refused before more is read. So a video can be as
+large as its cap while anything else claiming to be big is cut at ``max_bytes``.
+
 Paths: resolved with ``realpath`` (relative ones against the cwd) and refused unless inside an
 allowed root and outside /proc, /sys and /dev. The file is then opened component by component
 from the root with ``O_NOFOLLOW`` (a symlink swapped in after the check is refused) and checked
@@ -60,6 +66,7 @@ from dfscan.urlguard import (
     is_url,
     parse_url,
 )
+from worker.inference.media import SNIFF_BYTES, video_container
 
 __all__ = ["SourcePolicy", "check_url", "is_url", "read_source"]
 
@@ -241,22 +248,52 @@ def _handle(
             f"{target.display} answered HTTP {status} {(response.reason or '')[:60]}".strip(), status=status
         )
     declared = response.length_remaining
-    if declared is not None and declared > policy.max_bytes:
-        raise TooLargeError(
-            f"{target.display} declares {declared} bytes, more than the {policy.max_bytes}-byte limit"
-        )
+    cap = _Cap(policy, target.display)
+    cap.check_declared(declared)
     chunks: list[bytes] = []
     total = 0
     while True:
-        data = response.read1(min(_CHUNK, policy.max_bytes + 1 - total))
+        data = response.read1(min(_CHUNK, cap.limit + 1 - total))
         if fired.is_set():
             raise clock.expired()
         if not data:
             return b"".join(chunks)
         total += len(data)
-        if total > policy.max_bytes:
-            raise TooLargeError(f"{target.display} sent more than the {policy.max_bytes}-byte limit")
         chunks.append(data)
+        if not cap.decided and total >= SNIFF_BYTES:
+            cap.decide(b"".join(chunks)[:SNIFF_BYTES])
+            cap.check_declared(declared)
+        if total > cap.limit:
+            raise TooLargeError(f"{target.display} sent more than the {cap.describe()}")
+
+
+class _Cap:
+    """The byte cap of one body: the larger of the two caps until its first bytes tell its kind."""
+
+    def __init__(self, policy: SourcePolicy, display: str) -> None:
+        self.policy = policy
+        self.display = display
+        video = policy.max_video_bytes
+        self.decided = video is None or video <= policy.max_bytes
+        self.limit = policy.max_bytes if self.decided else int(video or 0)
+        self.video = False
+
+    def decide(self, head: bytes) -> None:
+        self.video = video_container(head) is not None
+        if not self.video:
+            self.limit = self.policy.max_bytes
+        self.decided = True
+
+    def describe(self) -> str:
+        if not self.decided:
+            return f"{self.limit}-byte limit for videos ({self.policy.max_bytes} for anything else)"
+        if self.video:
+            return f"{self.limit}-byte limit for videos"
+        return f"{self.limit}-byte limit"
+
+    def check_declared(self, declared: int | None) -> None:
+        if declared is not None and declared > self.limit:
+            raise TooLargeError(f"{self.display} declares {declared} bytes, more than the {self.describe()}")
 
 
 def _location(header: str) -> str:
@@ -368,17 +405,20 @@ def _read_path(source: str, policy: SourcePolicy, *, shown: str | None = None) -
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
             raise PathNotAllowedError(f"refused path {name!r}: it is {kind}, not a regular file")
-        if info.st_size > policy.max_bytes:
-            raise TooLargeError(
-                f"file {name!r} has {info.st_size} bytes, more than the {policy.max_bytes}-byte limit"
-            )
+        cap = _Cap(policy, f"file {name!r}")
+        if not cap.decided and info.st_size > policy.max_bytes:
+            cap.decide(os.pread(fd, SNIFF_BYTES, 0))
+        if info.st_size > cap.limit:
+            raise TooLargeError(f"file {name!r} has {info.st_size} bytes, more than the {cap.describe()}")
         chunks: list[bytes] = []
         total = 0
-        while data := os.read(fd, min(_CHUNK, policy.max_bytes + 1 - total)):
+        while data := os.read(fd, min(_CHUNK, cap.limit + 1 - total)):
             total += len(data)
-            if total > policy.max_bytes:
-                raise TooLargeError(f"file {name!r} is larger than the {policy.max_bytes}-byte limit")
             chunks.append(data)
+            if not cap.decided and total >= SNIFF_BYTES:
+                cap.decide(b"".join(chunks)[:SNIFF_BYTES])
+            if total > cap.limit:
+                raise TooLargeError(f"file {name!r} is larger than the {cap.describe()}")
         return b"".join(chunks)
     finally:
         os.close(fd)

@@ -367,6 +367,7 @@ def hostile_sources(svc: Service, tmp: Path) -> tuple[Outcome, dict[str, str | N
     expected: dict[str, str | None] = {p: None for p in normal}
     expected.update({str(corpus[name][0]): None for name in SUCCEEDS})
     expected.update({str(corpus[name][0]): corpus[name][1] for name in CORPUS_FAILS})
+    expected.update(_hostile_videos(svc.images / "videos"))
     expected.update(
         {
             f"{svc.images}/../outside/{secret.name}": "PATH_NOT_ALLOWED",
@@ -419,6 +420,20 @@ def hostile_sources(svc: Service, tmp: Path) -> tuple[Outcome, dict[str, str | N
     outcome.notes.update(canary_hits=hits, peak_rss_mib=rss.peak // (1024 * 1024))
     outcome.notes["rss_samples"] = rss.samples
     return outcome, expected, stored
+
+
+def _hostile_videos(folder: Path) -> dict[str, str | None]:
+    """Every hostile video of tests/fixtures/videos.py with its code, and one ordinary clip that must pass."""
+    from tests.fixtures.videos import hostile_corpus, make_clip
+
+    folder.mkdir()
+    expected: dict[str, str | None] = {}
+    for name, (data, code) in hostile_corpus().items():
+        (folder / f"{name}.mp4").write_bytes(data)
+        expected[str(folder / f"{name}.mp4")] = code
+    (folder / "ordinary.webm").write_bytes(make_clip(container="webm", codec="libvpx-vp9", seconds=2.0))
+    expected[str(folder / "ordinary.webm")] = None
+    return expected
 
 
 def _jpeg(corpus: dict[str, tuple[Path, str | None]]) -> bytes:

@@ -1,0 +1,73 @@
+"""`dfscan scan clip.mp4` end to end: the video's verdict, its frames and peak time in the JSON contract,
+the table, and the SQLite database (verdicts.media/duration_s/peak_t and verdict_frames)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_scan_cli import dfscan, json_rows
+from tests.fixtures.models import REAL_FAKE, save_tiny_vit
+from tests.fixtures.videos import hostile_corpus, make_clip
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_vit(tmp_path_factory.mktemp("models") / "tiny", REAL_FAKE, seed=3)
+
+
+def test_scan_a_video_prints_and_stores_its_timeline(tmp_path: Path, model: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(make_clip(width=64, height=48, fps=10, seconds=6.0, gop=10, fake_spans=((2.0, 3.0),)))
+    webm = tmp_path / "clip.webm"
+    webm.write_bytes(make_clip(container="webm", codec="libvpx-vp9", seconds=2.0))
+    bad = tmp_path / "long.mp4"
+    bad.write_bytes(hostile_corpus()["ten_hours_16x16"][0])
+    env = {"DFSCAN_VIDEO_FRAMES": "12", "DFSCAN_MAX_BYTES": "1000"}  # videos use DFSCAN_MAX_VIDEO_BYTES
+    run = dfscan(
+        "scan",
+        "clip.mp4",
+        "clip.webm",
+        "long.mp4",
+        "--model",
+        str(model),
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = {Path(row["source"]).name: row for row in json_rows(run.stdout)}
+    row = rows["clip.mp4"]
+    assert row["status"] == "done", row
+    assert row["media"] == "video" and row["duration_s"] == pytest.approx(6.0, abs=0.01)
+    assert len(row["frames"]) == 12
+    assert [set(f) for f in row["frames"]] == [{"t", "fake_score", "faces"}] * 12
+    times = [f["t"] for f in row["frames"]]
+    assert times == sorted(times) and times[0] < 0.6 and times[-1] > 5.4
+    assert row["peak_t"] in times
+    assert 0 <= row["fake_score"] <= 1 and row["label"] in ("real", "fake")
+    assert rows["clip.webm"]["status"] == "done" and rows["clip.webm"]["image_format"] == "MATROSKA"
+    assert rows["long.mp4"]["error_code"] == "VIDEO_TOO_LONG" and rows["long.mp4"]["media"] == "video"
+
+    db = sqlite3.connect(tmp_path / "dfscan.db")
+    stored = db.execute(
+        "select v.media, v.duration_s, v.peak_t, v.fake_score, v.job_id from verdicts v"
+        " join scan_jobs j on j.id = v.job_id where j.source like '%clip.mp4'"
+    ).fetchone()
+    assert stored[:4] == ("video", row["duration_s"], row["peak_t"], row["fake_score"])
+    frames = db.execute(
+        "select t, fake_score from verdict_frames where job_id = ? order by seq", (stored[4],)
+    ).fetchall()
+    assert frames == [(f["t"], f["fake_score"]) for f in row["frames"]]
+    assert db.execute("select count(*) from verdict_frames").fetchone()[0] == 12 + len(
+        rows["clip.webm"]["frames"]
+    )
+
+    table = dfscan("scan", "clip.mp4", "--model", str(model), cwd=tmp_path, env=env)
+    assert table.returncode == 0, table.stderr
+    assert "video 6.0 s, peak at" in table.stdout

@@ -1,0 +1,46 @@
+"""What kind of media some bytes are, from their first bytes only (never a name): no decoder imported.
+
+Used twice: by ``sources`` to pick the byte cap of a body while it streams in (a video may be larger
+than an image), and by ``video`` to force the demuxer it opens. 16 bytes are enough to decide.
+"""
+
+from __future__ import annotations
+
+SNIFF_BYTES = 16
+
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+# ftyp major brands that are still images (AVIF, HEIF/HEIC), not videos: left to the image decoder.
+_IMAGE_BRANDS = frozenset(
+    {
+        b"avif",
+        b"avis",
+        b"heic",
+        b"heix",
+        b"heim",
+        b"heis",
+        b"hevc",
+        b"hevx",
+        b"hevm",
+        b"hevs",
+        b"mif1",
+        b"msf1",
+    }
+)
+# First boxes of QuickTime files written without an ftyp.
+_QUICKTIME_BOXES = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip"})
+
+
+def video_container(head: bytes) -> str | None:
+    """``"mp4"`` (ISO-BMFF/QuickTime with a non-image brand), ``"matroska"`` (EBML: MKV, WebM) or None."""
+    if head[:4] == _EBML_MAGIC:
+        return "matroska"
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return None if head[8:12] in _IMAGE_BRANDS else "mp4"
+    if len(head) >= 8 and head[4:8] in _QUICKTIME_BOXES and int.from_bytes(head[:4], "big") >= 8:
+        return "mp4"
+    return None
+
+
+def is_video(data: bytes) -> bool:
+    """True when the bytes start like MP4/MOV (a non-image ftyp) or Matroska/WebM (EBML)."""
+    return video_container(data) is not None
