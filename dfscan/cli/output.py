@@ -91,7 +91,9 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
             )
         else:
             table.add_row(str(row["source"]), str(row["status"]), "", "", "")
-    Console(soft_wrap=False).print(table)
+    # Piped or redirected output is read by programs and people alike: do not fold it at 80 columns.
+    width = None if sys.stdout.isatty() else 240
+    Console(soft_wrap=False, width=width).print(table)
 
 
 def summary(rows: Iterable[Mapping[str, Any]]) -> str:
