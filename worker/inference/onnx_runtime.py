@@ -44,6 +44,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "dfscan" / "onnx"
 
 
+def export_paths(version: str, cache_dir: Path | None = None) -> tuple[Path, Path]:
+    """Where the fp32 and int8 exports of ``version`` live: named by a sha256 over the version, the torch
+    version and the opset, so a new model version or a torch upgrade exports again."""
+    directory = (cache_dir or default_cache_dir()).expanduser()
+    key = hashlib.sha256(f"{version}|torch {torch.__version__}|opset {OPSET}".encode()).hexdigest()[:32]
+    return directory / f"{key}.onnx", directory / f"{key}.int8.onnx"
+
+
+def cached_export(version: str, *, int8: bool, cache_dir: Path | None = None) -> Path | None:
+    """The export :func:`onnx_classifier` would run for ``version``, if it is already in the cache."""
+    fp32_path, int8_path = export_paths(version, cache_dir)
+    path = int8_path if int8 else fp32_path
+    return path if path.is_file() else None
+
+
 @dataclass(frozen=True)
 class _Output:
     logits: torch.Tensor
@@ -91,16 +106,15 @@ def onnx_classifier(
     model version or a torch upgrade exports again. With ``int8`` the fp32 export is quantised (also
     cached). Raises ModelLoadError when the model cannot be exported or the cache is not writable.
     """
-    directory = (cache_dir or default_cache_dir()).expanduser()
-    key = hashlib.sha256(f"{version}|torch {torch.__version__}|opset {OPSET}".encode()).hexdigest()[:32]
-    fp32_path = directory / f"{key}.onnx"
+    fp32_path, int8_path = export_paths(version, cache_dir)
+    directory = fp32_path.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not fp32_path.exists():
             _export(model, fp32_path, image_size, version)
         path = fp32_path
         if int8:
-            path = directory / f"{key}.int8.onnx"
+            path = int8_path
             if not path.exists():
                 _quantise(fp32_path, path, version)
     except OSError as exc:
