@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup test test-slow lint bench bench-system bench-observability faults flower
+.PHONY: help setup test test-slow lint bench bench-scan bench-system bench-observability faults flower
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ lint:  ## ruff and mypy only
 
 bench:  ## in-process benchmark: seed pipeline() vs dfscan scan vs model-only forward
 	$(PY) -m bench.core
+
+bench-scan:  ## whole-process benchmark: `dfscan scan FOLDER` vs the seed pipeline, A B A B pairs
+	$(PY) -m bench.scan_vs_seed
 
 bench-system:  ## whole-system benchmark: submit -> Redis -> worker -> Postgres
 	$(PY) -m bench.system

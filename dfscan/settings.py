@@ -37,17 +37,20 @@ class Settings(BaseSettings):
         description="CPU only: dynamic int8 quantisation (~1.8x faster, ~99% agreement). Off by default "
         "because a score then depends on the other images in its batch.",
     )
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch",
-        description="CPU only: onnx runs the model with ONNX Runtime from an export made once per model "
-        "version (same scores within 1e-5 and same version as torch; forward ~1.1-1.2x faster in fp32, "
-        "~2-3x with DFSCAN_INT8). Opt-in because the first load exports (seconds) into DFSCAN_ONNX_CACHE "
-        "and torch stays the reference (GPU, training).",
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="auto (default) runs the model with ONNX Runtime on CPU in fp32 and with torch on CUDA "
+        "or with DFSCAN_INT8. Why: on CPU, ONNX Runtime computes torch's scores (within 1e-5; same model "
+        "version) with about half of torch's CPU seconds for ViT-B, and a warm start skips loading the torch "
+        "weights. The first load of a model version exports it (~5-10 s for ViT-B, once) into "
+        "DFSCAN_ONNX_CACHE. torch: always torch. onnx: always ONNX Runtime (CPU only; also with DFSCAN_INT8, "
+        "version +int8-onnx).",
     )
     onnx_cache: Path | None = Field(
         None,
-        description="Directory for ONNX exports (one file per model version); unset means "
-        "$XDG_CACHE_HOME/dfscan/onnx, i.e. ~/.cache/dfscan/onnx.",
+        description="Directory for ONNX exports (one file per model version) and the weight-digest cache "
+        "(digests.json: a local checkpoint's sha256 by path, size and mtime, so a start need not re-read "
+        "the weights); unset means $XDG_CACHE_HOME/dfscan/onnx, i.e. ~/.cache/dfscan/onnx.",
     )
     threads: int | None = Field(
         None,

@@ -74,7 +74,9 @@ def run_local_scan(
             return None
 
     judge = new_judge(settings, detector, batch_size=batch_size, extra_roots=roots, known=known)
-    threads = max(2, default_threads(settings))
+    # A full batch waits at the batcher while the next images decode: with 2 threads the model saw
+    # batches of <= 2 and ~7% more CPU seconds (96 photos, ViT-B, ONNX Runtime, 2 cores: 21.9 s vs 20.4 s).
+    threads = batch_size + default_threads(settings)
     try:
         for job_id, verdict in zip(job_ids, judge_stream(judge, sources, threads=threads), strict=True):
             with sessions.begin() as session:

@@ -14,7 +14,6 @@ from rich.table import Table
 from db import registry, training
 from db.session import new_engine, new_session_factory
 from dfscan.exceptions import DfscanError, TrainingDataError
-from dfscan.queueing import RELOAD_COMMAND, TRAIN_TASK, TRAINING_QUEUE, new_celery_app
 from dfscan.settings import Settings, get_settings
 
 train_app = typer.Typer(help="Fine-tuning runs on the training queue.")
@@ -77,6 +76,8 @@ def train(
         run = training.create_run(session, data_path=str(data.resolve()), base_model=base, params=params)
         run.output_dir = str((settings.model_store / "runs" / run.id.hex).resolve())
         run_id = run.id
+    from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE, new_celery_app  # not on `dfscan scan`'s path
+
     new_celery_app(settings).send_task(
         TRAIN_TASK, kwargs={"run_id": str(run_id)}, queue=TRAINING_QUEUE, task_id=str(run_id)
     )
@@ -266,6 +267,8 @@ def models_list(
 
 
 def _broadcast_reload(settings: Settings) -> None:
+    from dfscan.queueing import RELOAD_COMMAND, new_celery_app  # not on `dfscan scan`'s path
+
     app = new_celery_app(settings)
     replies = app.control.broadcast(RELOAD_COMMAND, reply=True, timeout=2.0)
     reloading = [r for reply in replies for r in reply.values() if r.get("ok") == "reloading"]

@@ -67,3 +67,40 @@ def test_onnx_on_cuda_is_refused_with_its_code(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "MODEL_LOAD_FAILED" in run.stderr and "onnx runtime is CPU only" in run.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_default_runtime_on_cpu_is_onnx_with_torch_scores_and_a_reused_cache(tmp_path: Path) -> None:
+    """No DFSCAN_RUNTIME: the export and the digest cache go to $XDG_CACHE_HOME/dfscan/onnx, the verdicts
+    equal torch's, and a second run reuses both (no second export)."""
+    model = save_tiny_vit(tmp_path / "tiny", REAL_FAKE, seed=3, head_scale=20.0)
+    write_images(tmp_path / "images", 4, seed=0)
+    xdg = tmp_path / "xdg"
+    runs: dict[str, dict[str, dict[str, object]]] = {}
+    for name, env in (
+        ("torch", {"DFSCAN_RUNTIME": "torch", "DFSCAN_ONNX_CACHE": str(tmp_path / "elsewhere")}),
+        ("default", {"XDG_CACHE_HOME": str(xdg)}),
+        ("again", {"XDG_CACHE_HOME": str(xdg)}),
+    ):
+        run = dfscan(
+            "scan",
+            "images",
+            "--model",
+            str(model),
+            "--format",
+            "json",
+            cwd=tmp_path,
+            env={**env, "DFSCAN_DATABASE_URL": f"sqlite:///{tmp_path / name}.db"},
+        )
+        assert run.returncode == 0, run.stderr
+        runs[name] = {Path(str(r["source"])).name: r for r in map(json.loads, run.stdout.splitlines())}
+        if name == "default":
+            (export,) = (xdg / "dfscan" / "onnx").glob("*.onnx")
+            stamp = export.stat().st_mtime_ns
+            assert (xdg / "dfscan" / "onnx" / "digests.json").is_file()
+    assert export.stat().st_mtime_ns == stamp and len(list(export.parent.glob("*.onnx"))) == 1
+    assert len(runs["torch"]) == 4
+    for name, expected in runs["torch"].items():
+        for other in ("default", "again"):
+            got = runs[other][name]
+            assert got["status"] == "done" and got["model_version"] == expected["model_version"]
+            assert got["fake_score"] == pytest.approx(expected["fake_score"], abs=1e-5)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from dfscan.exceptions import InferenceError
 from dfscan.verdicts import Verdict
-from tests.fixtures.models import DEEPFAKE_REAL, save_tiny_vit
+from tests.fixtures.corpus import make_image_bytes
+from tests.fixtures.models import DEEPFAKE_REAL, REAL_FAKE, save_tiny_vit
 from worker.inference import judge as judge_module
 from worker.inference.images import ImagePolicy, image_sha256
 from worker.inference.judge import Judge, Known, judge_stream
@@ -258,3 +259,22 @@ def test_a_verdict_maps_to_its_row_and_back(tmp_path: Path, detector: Detector) 
         source=verdict.source, status="done", error_code=None, error=None, row=verdict.row()
     )
     assert back.output() == verdict.output()
+
+
+def test_a_large_jpeg_is_judged_on_its_full_decode_unless_the_policy_drafts(tmp_path: Path) -> None:
+    """Exact by default: the score is the one the full decode gives (as the checkpoint's own image
+    processor and the seed's pipeline compute it); ImagePolicy(jpeg_draft=True) opts into the draft."""
+    detector = load_detector(str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0)))
+    path = tmp_path / "big.jpg"
+    path.write_bytes(make_image_bytes("JPEG", size=(3000, 2000), seed=1))
+    full, _ = load_pixels(path.read_bytes(), detector.preprocess, IMAGES, draft=False)
+    drafted, _ = load_pixels(path.read_bytes(), detector.preprocess, IMAGES, draft=True)
+    full_score = detector.predict(full.unsqueeze(0))[0]
+    drafted_score = detector.predict(drafted.unsqueeze(0))[0]
+    assert abs(full_score - drafted_score) > 1e-4  # the draft really gives another score (2.9e-4)
+    exact = _run(_judge(detector, tmp_path), [path])[0]
+    assert exact.fake_score == pytest.approx(full_score, abs=1e-6)
+    policy = ImagePolicy(jpeg_draft=True)
+    opted = Judge(detector, sources=SourcePolicy(allowed_roots=(tmp_path,)), images=policy)
+    (verdict,) = _run(opted, [path])
+    assert verdict.fake_score == pytest.approx(drafted_score, abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def test_the_export_is_cached_per_version(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level(logging.INFO, logger="worker.inference.onnx_runtime"):
         second = load_detector(path, runtime="onnx", onnx_cache=cache)
     assert not [r for r in caplog.records if r.getMessage().startswith("exported ")]
-    assert onnx_file.stat().st_mtime_ns == stamp and list(cache.iterdir()) == [onnx_file]
+    assert onnx_file.stat().st_mtime_ns == stamp and list(cache.glob("*.onnx")) == [onnx_file]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([onnx_file.name, "digests.json"])
     assert isinstance(second.model, OnnxClassifier) and second.model.path == onnx_file
     assert second.predict(_pixels(3)) == first.predict(_pixels(3))
     # Other weights are another version, hence another export next to the first.
@@ -103,7 +105,7 @@ def test_cuda_with_onnx_is_refused_with_a_hint(tmp_path: Path) -> None:
         load_detector(path, device="cuda", runtime="onnx", onnx_cache=tmp_path / "c")
     assert info.value.code == "MODEL_LOAD_FAILED"
     assert "onnx runtime is CPU only" in info.value.message and "DFSCAN_DEVICE=cpu" in info.value.message
-    with pytest.raises(ModelLoadError, match="unknown runtime 'tensorrt'; use torch or onnx"):
+    with pytest.raises(ModelLoadError, match="unknown runtime 'tensorrt'; use auto, torch or onnx"):
         load_detector(path, runtime="tensorrt")
     assert not (tmp_path / "c").exists()  # refused before anything was exported
 
@@ -119,3 +121,75 @@ def test_reversed_twin_gives_the_same_p_fake_under_onnx(tmp_path: Path, id2label
     scores_a, scores_b = a.predict(x), b.predict(x)
     assert max(scores_a) - min(scores_a) > 1e-3
     assert scores_a == pytest.approx(scores_b, abs=1e-5)
+
+
+def test_auto_is_onnx_on_cpu_in_fp32_and_torch_with_int8(tmp_path: Path) -> None:
+    path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0))
+    reference = load_detector(path, device="cpu", runtime="torch", onnx_cache=tmp_path / "c")
+    auto = load_detector(path, device="auto", runtime="auto", onnx_cache=tmp_path / "c")
+    assert isinstance(auto.model, OnnxClassifier) and auto.device == torch.device("cpu")
+    assert auto.version == reference.version
+    x = _pixels(6)
+    assert auto.predict(x) == pytest.approx(reference.predict(x), abs=1e-5)
+    int8 = load_detector(path, runtime="auto", int8=True, onnx_cache=tmp_path / "c")
+    assert not isinstance(int8.model, OnnxClassifier) and int8.version == reference.version + "+int8"
+
+
+def test_a_warm_onnx_start_neither_loads_the_torch_weights_nor_rehashes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.inference import model as model_module
+
+    path = save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0)
+    cache = tmp_path / "c"
+    first = load_detector(str(path), runtime="auto", onnx_cache=cache)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a warm start must not do this")
+
+    monkeypatch.setattr(model_module, "_load_torch", forbidden)
+    monkeypatch.setattr(model_module, "checkpoint_digest", forbidden)
+    warm = load_detector(str(path), runtime="auto", onnx_cache=cache)
+    assert isinstance(warm.model, OnnxClassifier) and warm.version == first.version
+    assert warm.id2label == first.id2label and warm.preprocess == first.preprocess
+    assert (warm.fake_index, warm.real_index) == (first.fake_index, first.real_index)
+    assert warm.predict(_pixels(3)) == first.predict(_pixels(3))
+
+
+def test_the_digest_cache_misses_when_the_weights_change(tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    path = save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=0)
+    first = load_detector(str(path), onnx_cache=cache)
+    # Other weights written in place under the same name: size and mtime may even match; ctime does not.
+    save_tiny_vit(tmp_path / "other", REAL_FAKE, seed=1)
+    for name in ("model.safetensors", "config.json"):
+        (path / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    changed = load_detector(str(path), onnx_cache=cache)
+    assert changed.version != first.version
+    assert changed.version == load_detector(
+        str(tmp_path / "other"), onnx_cache=tmp_path / "fresh"
+    ).version.replace("other@", "m@")
+    # A torn or foreign cache file is ignored, then replaced.
+    (cache / "digests.json").write_text("{not json")
+    assert load_detector(str(path), onnx_cache=cache).version == changed.version
+    assert json.loads((cache / "digests.json").read_text())[str(path.resolve())]["sha256"]
+
+
+def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.inference import onnx_runtime
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ModelLoadError("cannot export model m to ONNX (RuntimeError: unsupported op)")
+
+    monkeypatch.setattr(onnx_runtime, "_export", broken)
+    path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
+    with caplog.at_level(logging.WARNING, logger="worker.inference.model"):
+        detector = load_detector(path, runtime="auto", onnx_cache=tmp_path / "c")
+    assert not isinstance(detector.model, OnnxClassifier) and len(detector.predict(_pixels(2))) == 2
+    assert any(
+        "unsupported op" in r.getMessage() and "torch instead" in r.getMessage() for r in caplog.records
+    )
+    with pytest.raises(ModelLoadError, match="unsupported op"):
+        load_detector(path, runtime="onnx", onnx_cache=tmp_path / "c")

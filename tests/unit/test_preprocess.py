@@ -96,10 +96,24 @@ def test_every_decodable_corpus_file_preprocesses(tmp_path: Path) -> None:
         assert float(np.abs(pixels.numpy() - ref).max()) <= HF_TOLERANCE, name
 
 
+def test_large_jpeg_is_fully_decoded_by_default_as_the_image_processor_does() -> None:
+    """The default policy gives exactly what transformers' processor gives on the full decode (no draft),
+    so dfscan's p(fake) equals the seed pipeline's on large photos too."""
+    data = make_image_bytes("JPEG", size=(3000, 2000), seed=1)
+    cfg = PreprocessConfig.from_dict({})
+    assert not POLICY.jpeg_draft
+    pixels, original = load_pixels(data, cfg, POLICY)
+    assert original == (3000, 2000)
+    reference = _reference(ViTImageProcessorPil(), decode_image(data, POLICY))
+    assert float(np.abs(pixels.numpy() - reference).max()) <= HF_TOLERANCE
+    drafted, _ = load_pixels(data, cfg, ImagePolicy(jpeg_draft=True))
+    assert float((drafted - pixels).abs().max()) > 0.0  # the opt-in draft path is a different decode
+
+
 def test_drafted_large_jpeg_is_close_to_the_full_decode() -> None:
     data = make_image_bytes("JPEG", size=(3000, 2000), seed=1)
     cfg = PreprocessConfig.from_dict({})
-    drafted, original = load_pixels(data, cfg, POLICY)
+    drafted, original = load_pixels(data, cfg, ImagePolicy(jpeg_draft=True))
     full, original_full = load_pixels(data, cfg, POLICY, draft=False)
     assert original == original_full == (3000, 2000)
     assert decode_image(data, POLICY, draft_size=cfg.draft_size).size == (375, 250)  # 1/8 scale, >= 224

@@ -12,20 +12,23 @@ Every detector carries a ``version`` that identifies the exact weights it runs, 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import math
 import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig
-from transformers.utils.hub import cached_file, extract_commit_hash
 
 from dfscan.exceptions import InferenceError, LabelMappingError, ModelLoadError
 from worker.inference.labels import fake_real_indices
+from worker.inference.onnx_runtime import default_cache_dir
 from worker.inference.preprocess import PreprocessConfig
 
 logger = logging.getLogger(__name__)
@@ -143,6 +146,10 @@ class Detector:
         return result
 
 
+RUNTIMES = ("auto", "torch", "onnx")
+DIGESTS_FILE = "digests.json"
+
+
 def load_detector(
     ref: str,
     *,
@@ -167,14 +174,24 @@ def load_detector(
     cached per model version under ``onnx_cache`` (see :mod:`worker.inference.onnx_runtime`); fp32
     scores match torch's within 1e-5, so the version is the same. With ``int8`` the export is
     quantised by ONNX Runtime and the version gains ``+int8-onnx`` (other int8 weights than torch's).
+    When the export is already cached, the torch weights are not loaded at all (nor ``transformers``'
+    modelling code imported): the start-up of a warm ``dfscan scan`` is mostly importing torch.
+
+    ``runtime="auto"`` (the settings' default) is ``onnx`` on CPU in fp32, where its scores and version
+    are torch's, and ``torch`` otherwise (CUDA, ``int8``, ``onnxruntime`` not installed). If the ONNX
+    path fails under ``auto`` (an architecture the exporter cannot trace, a cache that cannot be
+    written), the model runs with torch and a warning says why.
+
+    A local directory's version hashes its weights; the hash is cached in ``onnx_cache``
+    (``digests.json``) by path, size, mtime and inode, so a warm start does not read the weights.
 
     Raises ModelLoadError (unreachable hub, missing directory, not an image classifier, device not
     available) or LabelMappingError (classes that are not real/fake).
     """
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-    if runtime not in ("torch", "onnx"):
-        raise ModelLoadError(f"unknown runtime {runtime!r}; use torch or onnx")
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(f"unknown runtime {runtime!r}; use auto, torch or onnx")
     if runtime == "onnx" and device == "cuda":
         raise ModelLoadError(
             "the onnx runtime is CPU only, but DFSCAN_DEVICE=cuda; set DFSCAN_DEVICE=cpu (or auto) to use "
@@ -183,33 +200,37 @@ def load_detector(
     target = _pick_device("cpu" if runtime == "onnx" else device)
     if int8 and target.type != "cpu":
         raise ModelLoadError(f"int8 quantisation is CPU only, but the device is {target}; unset DFSCAN_INT8")
+    chosen = _resolve_runtime(runtime, target, int8)
+    cache_dir = (onnx_cache or default_cache_dir()).expanduser()
 
-    location, version, revision = _locate(ref, revision)
-    config = _load_config(ref, location, revision)
-    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    location, version, revision = _locate(ref, revision, cache_dir)
+    architectures, model_type, id2label = _load_config(ref, location, revision)
+    if not any(name.endswith("ForImageClassification") for name in architectures):
+        raise ModelLoadError(
+            f"checkpoint {ref!r} is not an image classifier (architectures={architectures}, "
+            f"model_type={model_type!r}); dfscan needs a *ForImageClassification checkpoint "
+            "such as ViTForImageClassification"
+        )
     fake_index, real_index = fake_real_indices({k: v for k, v in id2label.items()})
     try:
-        model = AutoModelForImageClassification.from_pretrained(
-            location, revision=revision, dtype=torch.float32, local_files_only=hub_offline()
-        )
         preprocess = PreprocessConfig.from_pretrained(location, revision=revision)
     except (LabelMappingError, ModelLoadError):
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load checkpoint {ref!r}: {exc}") from exc
-    model.eval()
-    model.to(target)
-    if runtime == "onnx":
-        from worker.inference.onnx_runtime import onnx_classifier
 
-        model = onnx_classifier(
-            model,
-            version=version,
-            image_size=preprocess.size,
-            int8=int8,
-            threads=torch.get_num_threads(),
-            cache_dir=onnx_cache,
-        )
+    model: torch.nn.Module | None = None
+    if chosen == "onnx":
+        model = _cached_onnx(version, int8, cache_dir, fallback=runtime == "auto")
+    if model is None:
+        model = _load_torch(ref, location, revision, target)
+        if chosen == "onnx":
+            onnx_model = _export_onnx(model, version, preprocess, int8, cache_dir, fallback=runtime == "auto")
+            if onnx_model is None:
+                chosen = "torch"
+            else:
+                model = onnx_model
+    if chosen == "onnx":
         version += "+int8-onnx" if int8 else ""
     elif int8:
         model = _quantise_int8(model)
@@ -218,7 +239,7 @@ def load_detector(
         "loaded model %s on %s with %s (fake=%d real=%d, int8=%s, threads=%d)",
         version,
         target,
-        runtime,
+        chosen,
         fake_index,
         real_index,
         int8,
@@ -238,6 +259,78 @@ def load_detector(
     )
 
 
+def _resolve_runtime(runtime: str, target: torch.device, int8: bool) -> str:
+    """``auto`` is onnx where it computes what torch computes (CPU, fp32) and is installed; else torch."""
+    if runtime != "auto":
+        return runtime
+    if target.type != "cpu" or int8:
+        return "torch"
+    if importlib.util.find_spec("onnxruntime") is None:
+        logger.info("onnxruntime is not installed; running the model with torch")
+        return "torch"
+    return "onnx"
+
+
+def _cached_onnx(version: str, int8: bool, cache_dir: Path, *, fallback: bool) -> torch.nn.Module | None:
+    """A session on this version's cached export, or None when there is none (or, under auto, a bad one)."""
+    from worker.inference.onnx_runtime import OnnxClassifier, cached_export
+
+    path = cached_export(version, int8=int8, cache_dir=cache_dir)
+    if path is None:
+        return None
+    try:
+        return OnnxClassifier(path, torch.get_num_threads())
+    except ModelLoadError as exc:
+        if not fallback:
+            raise
+        logger.warning("%s; running with torch instead", exc, extra={"model_version": version})
+        return None
+
+
+def _export_onnx(
+    model: torch.nn.Module,
+    version: str,
+    preprocess: PreprocessConfig,
+    int8: bool,
+    cache_dir: Path,
+    *,
+    fallback: bool,
+) -> torch.nn.Module | None:
+    from worker.inference.onnx_runtime import onnx_classifier
+
+    try:
+        return onnx_classifier(
+            model,
+            version=version,
+            image_size=preprocess.size,
+            int8=int8,
+            threads=torch.get_num_threads(),
+            cache_dir=cache_dir,
+        )
+    except ModelLoadError as exc:
+        if not fallback:
+            raise
+        logger.warning("%s; running with torch instead", exc, extra={"model_version": version})
+        return None
+
+
+def _load_torch(ref: str, location: str, revision: str | None, target: torch.device) -> torch.nn.Module:
+    # Imported here: a warm ONNX start never needs transformers' modelling code (~1.5 s of imports).
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model: torch.nn.Module = AutoModelForImageClassification.from_pretrained(
+            location, revision=revision, dtype=torch.float32, local_files_only=hub_offline()
+        )
+    except (LabelMappingError, ModelLoadError):
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load checkpoint {ref!r}: {exc}") from exc
+    model.eval()
+    model.to(target)
+    return model
+
+
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -248,16 +341,19 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _locate(ref: str, revision: str | None) -> tuple[str, str, str | None]:
+def _locate(ref: str, revision: str | None, cache_dir: Path | None = None) -> tuple[str, str, str | None]:
     """Return ``(location, version, revision)``; for the hub, revision becomes the resolved commit."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        return str(path), f"{path.resolve().name}@sha256:{checkpoint_digest(path)[:12]}", None
+        digest = cached_checkpoint_digest(path, cache_dir) if cache_dir else checkpoint_digest(path)
+        return str(path), f"{path.resolve().name}@sha256:{digest[:12]}", None
     if path.exists() or not _HUB_ID.match(ref):
         raise ModelLoadError(
             f"model {ref!r} is neither a checkpoint directory nor a hub id; point DFSCAN_MODEL at a "
             "directory written by save_pretrained (config.json, weights, preprocessor_config.json)"
         )
+    from transformers.utils.hub import cached_file, extract_commit_hash
+
     try:
         # HF_HUB_OFFLINE is read here, at load time (huggingface_hub reads it once, at import).
         config_file = cached_file(ref, "config.json", revision=revision, local_files_only=hub_offline())
@@ -281,23 +377,97 @@ def hub_offline() -> bool:
     return any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
 
 
-def _load_config(ref: str, location: str, revision: str | None) -> PretrainedConfig:
+def _load_config(ref: str, location: str, revision: str | None) -> tuple[list[str], str, dict[int, str]]:
+    """``(architectures, model_type, id2label)`` of the checkpoint.
+
+    A local directory's ``config.json`` is read as JSON (what ``AutoConfig`` reads, without importing
+    transformers, ~0.7 s of a warm start); ``id2label`` defaults as ``PretrainedConfig`` does. A hub
+    id goes through ``AutoConfig`` and the transformers file cache.
+    """
+    local = Path(location)
+    if local.is_dir():
+        config_path = local / "config.json"
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"{config_path} does not hold a JSON object")
+            raw = data.get("id2label") or {i: f"LABEL_{i}" for i in range(int(data.get("num_labels", 2)))}
+            id2label = {int(k): str(v) for k, v in raw.items()}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"cannot read the config of checkpoint {ref!r}: {exc}") from exc
+        return list(data.get("architectures") or []), str(data.get("model_type")), id2label
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(location, revision=revision, local_files_only=hub_offline())
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot read the config of checkpoint {ref!r}: {exc}") from exc
     architectures = list(getattr(config, "architectures", None) or [])
-    if not any(name.endswith("ForImageClassification") for name in architectures):
-        raise ModelLoadError(
-            f"checkpoint {ref!r} is not an image classifier (architectures={architectures}, "
-            f"model_type={config.model_type!r}); dfscan needs a *ForImageClassification checkpoint "
-            "such as ViTForImageClassification"
-        )
-    return config
+    return architectures, config.model_type, {int(k): str(v) for k, v in (config.id2label or {}).items()}
 
 
 def checkpoint_digest(path: Path) -> str:
     """sha256 over the names and bytes of the files that decide what a local checkpoint computes."""
+    files = _decisive_files(path)
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        with p.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_checkpoint_digest(path: Path, cache_dir: Path) -> str:
+    """:func:`checkpoint_digest`, remembered in ``cache_dir/digests.json`` by path and file stats.
+
+    An entry is used only when every decisive file still has the same name, size, mtime, ctime, inode
+    and device (``ctime`` cannot be set back by ``touch``, so rewriting a file always misses). Writers
+    replace the file atomically (temporary file + rename): concurrent processes never read a torn file,
+    and at worst one's entry is lost, which costs a re-hash, never a wrong version. A cache that cannot
+    be read or written is ignored.
+    """
+    key = str(path.resolve())
+    files = _decisive_files(path)
+    stamp = [[p.name, *_stat_key(p)] for p in files]
+    cache_file = cache_dir / DIGESTS_FILE
+    entries = _read_digests(cache_file)
+    entry = entries.get(key)
+    if isinstance(entry, dict) and entry.get("files") == stamp and isinstance(entry.get("sha256"), str):
+        return str(entry["sha256"])
+    digest = checkpoint_digest(path)
+    # Read again (another process may have written meanwhile) and drop checkpoints that are gone.
+    entries = {k: v for k, v in _read_digests(cache_file).items() if Path(k).is_dir()}
+    entries[key] = {"files": stamp, "sha256": digest}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".digests-", suffix=".tmp", dir=cache_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(entries, fh)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, cache_file)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        logger.debug("cannot write the digest cache %s: %s", cache_file, exc)
+    return digest
+
+
+def _stat_key(p: Path) -> list[int]:
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _read_digests(cache_file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _decisive_files(path: Path) -> list[Path]:
     files = sorted(
         p
         for p in path.iterdir()
@@ -308,13 +478,7 @@ def checkpoint_digest(path: Path) -> str:
             f"no weight file (*.safetensors, *.bin) in {path}; point DFSCAN_MODEL at a directory "
             "written by save_pretrained"
         )
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(p.name.encode() + b"\0")
-        with p.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
+    return files
 
 
 def _quantise_int8(model: torch.nn.Module) -> torch.nn.Module:

@@ -209,15 +209,17 @@ def _from_resized(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
 
 
 def load_pixels(
-    data: bytes, cfg: PreprocessConfig, policy: ImagePolicy, *, draft: bool = True
+    data: bytes, cfg: PreprocessConfig, policy: ImagePolicy, *, draft: bool | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Decode ``data`` (JPEGs drafted down towards the model size unless ``draft`` is False) and turn it
-    into model input. Returns the tensor and the original (width, height) as displayed.
+    """Decode ``data`` and turn it into model input. Returns the tensor and the original (width, height)
+    as displayed. JPEGs are drafted down towards the model size when ``draft`` is True, or, with
+    ``draft=None``, when ``policy.jpeg_draft`` says so (off by default: exact scores).
 
     The resize runs inside the decode's memory reservation; with ``policy.decode_processes`` decode and
     resize run in the decode pool (see :mod:`worker.inference.decode_pool`) and only the model-sized RGB
     image comes back."""
-    draft_size = cfg.draft_size if draft else None
+    use_draft = policy.jpeg_draft if draft is None else draft
+    draft_size = cfg.draft_size if use_draft else None
     if policy.decode_processes > 0:
         from worker.inference.decode_pool import run_isolated
 
