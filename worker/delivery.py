@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from db import webhooks
 from dfscan.exceptions import BlockedDestinationError, DfscanError, HttpStatusError, UnsupportedSourceError
 from dfscan.settings import Settings
 from dfscan.urlguard import SourcePolicy, parse_url
 from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
-from worker.inference.sources import _Clock, _cut, _network_error, _resolve
+from worker.inference.sources import open_target, pinned_connection
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +61,8 @@ def check_callback_url(url: str, settings: Settings) -> None:
 def post(url: str, body: bytes, headers: dict[str, str], policy: SourcePolicy) -> int:
     """POST ``body`` to ``url`` through the SSRF guard; the status of a 2xx answer, else raises
     (HTTP_STATUS for other statuses, FETCH_TIMEOUT, FETCH_FAILED, BLOCKED_DESTINATION, ...)."""
-    target = parse_url(url, policy)
-    clock = _Clock(policy.deadline, target.display)
-    ip = _resolve(target, policy, clock)
-    conn: HTTPConnection
-    timeout = min(policy.connect_timeout, clock.remaining())
-    if target.scheme == "https":
-        named = target.ip is None
-        conn = HTTPSConnection(
-            str(ip),
-            target.port,
-            timeout=timeout,
-            cert_reqs="CERT_REQUIRED",
-            server_hostname=target.host if named else None,
-            assert_hostname=target.host if named else None,
-        )
-    else:
-        conn = HTTPConnection(str(ip), target.port, timeout=timeout)
-    fired = threading.Event()
-    watchdog = threading.Timer(clock.remaining(), _cut, args=(conn, fired))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        conn.connect()
-        conn.timeout = min(policy.read_timeout, clock.remaining())
+    target, ip, clock = open_target(url, policy)
+    with pinned_connection(target, ip, policy, clock) as (conn, fired):
         conn.request(
             "POST",
             target.request_path,
@@ -111,15 +88,6 @@ def post(url: str, body: bytes, headers: dict[str, str], policy: SourcePolicy) -
                 status=response.status,
             )
         return int(response.status)
-    except DfscanError:
-        raise
-    except Exception as exc:
-        if fired.is_set():
-            raise clock.expired() from None
-        raise _network_error(target, ip, exc) from None
-    finally:
-        watchdog.cancel()
-        conn.close()
 
 
 @dataclass

@@ -38,6 +38,7 @@ import ssl
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from http.client import HTTPException, IncompleteRead
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
@@ -183,8 +184,14 @@ def _getaddrinfo(target: Target, clock: _Clock) -> list[tuple]:  # type: ignore[
     return outcome  # type: ignore[return-value]
 
 
-def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock) -> bytes | str:
-    """GET ``target`` from ``ip``: the body, or the Location of a redirect."""
+@contextlib.contextmanager
+def pinned_connection(
+    target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock
+) -> Iterator[tuple[HTTPConnection, threading.Event]]:
+    """An open HTTP(S) connection to ``ip``, the very address the SSRF guard checked (``target``'s
+    name goes in ``Host:`` and TLS SNI), with connect and read timeouts and a watchdog that cuts it
+    at ``clock``'s deadline (the event is set when it did). Network errors inside the block become
+    stable dfscan errors (FETCH_TIMEOUT, FETCH_FAILED, ...). Shared by image fetches and webhooks."""
     conn: HTTPConnection
     timeout = min(policy.connect_timeout, clock.remaining())
     if target.scheme == "https":
@@ -203,10 +210,33 @@ def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clo
     watchdog = threading.Timer(clock.remaining(), _cut, args=(conn, fired))
     watchdog.daemon = True
     watchdog.start()
-    log.debug("fetching %s from %s", target.display, ip)
     try:
         conn.connect()
         conn.timeout = min(policy.read_timeout, clock.remaining())
+        yield conn, fired
+    except DfscanError:
+        raise
+    except Exception as exc:
+        if fired.is_set():
+            raise clock.expired() from None
+        raise _network_error(target, ip, exc) from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def open_target(url: str, policy: SourcePolicy) -> tuple[Target, IPAddress, _Clock]:
+    """Check ``url`` with the SSRF guard and resolve it once: the target, the checked address to
+    connect to (with :func:`pinned_connection`), and the clock of its total deadline."""
+    target = parse_url(url, policy)
+    clock = _Clock(policy.deadline, target.display)
+    return target, _resolve(target, policy, clock), clock
+
+
+def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock) -> bytes | str:
+    """GET ``target`` from ``ip``: the body, or the Location of a redirect."""
+    log.debug("fetching %s from %s", target.display, ip)
+    with pinned_connection(target, ip, policy, clock) as (conn, fired):
         conn.request(
             "GET",
             target.request_path,
@@ -222,15 +252,6 @@ def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clo
         )
         response = conn.getresponse()
         return _handle(target, response, policy, fired, clock)
-    except DfscanError:
-        raise
-    except Exception as exc:
-        if fired.is_set():
-            raise clock.expired() from None
-        raise _network_error(target, ip, exc) from None
-    finally:
-        watchdog.cancel()
-        conn.close()
 
 
 def _handle(
