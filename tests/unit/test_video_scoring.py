@@ -13,12 +13,12 @@ from PIL import Image
 
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
+from worker.inference.aggregate import aggregate_frames
 from worker.inference.batcher import DynamicBatcher
+from worker.inference.faces import Face, FacePolicy, square_crop
 from worker.inference.model import load_detector
 from worker.inference.preprocess import PreprocessConfig, to_tensor
 from worker.inference.video import VideoPolicy, sample_frames
-from worker.inference.aggregate import aggregate_frames
-from worker.inference.faces import Face, FacePolicy, square_crop
 from worker.inference.video_scoring import FrameFaces, scale_box, score_video
 
 IMAGE_MARK = -7.0  # an 'image' tensor in the fairness test is filled with this value
