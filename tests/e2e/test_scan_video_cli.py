@@ -71,3 +71,50 @@ def test_scan_a_video_prints_and_stores_its_timeline(tmp_path: Path, model: Path
     table = dfscan("scan", "clip.mp4", "--model", str(model), cwd=tmp_path, env=env)
     assert table.returncode == 0, table.stderr
     assert "video 6.0 s, peak at" in table.stdout
+
+
+def test_scan_a_video_on_faces_shows_each_frames_faces_and_draws_a_contact_sheet(
+    tmp_path: Path, model: Path
+) -> None:
+    pytest.importorskip("skimage", reason="the clip needs scikit-image's astronaut photo (dev extra)")
+    from PIL import Image
+
+    from tests.fixtures.faces import face_clip, matches
+    from worker.inference.annotate import sheet_size
+
+    with_face = [True, True, False, True, False, True]
+    data, truth = face_clip(with_face, size=(400, 300), face_px=110)
+    (tmp_path / "faces.mp4").write_bytes(data)
+    env = {"DFSCAN_VIDEO_FRAMES": str(len(with_face))}
+    args = ("scan", "faces.mp4", "--model", str(model), "--format", "json", "--faces")
+    run = dfscan(*args, "auto", "--annotate", "drawn", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    (row,) = json_rows(run.stdout)
+    assert row["status"] == "done" and row["media"] == "video" and row["judged_on"] == "faces"
+    assert "+faces:auto:" in row["model_version"]
+    assert len(row["frames"]) == len(with_face)
+    for frame, box in zip(row["frames"], truth, strict=True):
+        if box is None:  # auto: judged whole
+            assert frame["faces"] == [] and 0 <= frame["fake_score"] <= 1
+        else:
+            assert len(frame["faces"]) == 1 and matches(tuple(frame["faces"][0]["box"]), box)
+            assert frame["fake_score"] == frame["faces"][0]["fake_score"]
+            assert frame["faces"][0]["label"] in ("real", "fake")
+    (sheet,) = list((tmp_path / "drawn").iterdir())
+    assert sheet.name == f"faces-{row['image_sha256'][:8]}.png"
+    with Image.open(sheet) as img:
+        assert img.size == sheet_size(len(with_face))
+
+    run = dfscan(*args, "require", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    (row,) = json_rows(run.stdout)
+    assert [f["fake_score"] is not None for f in row["frames"]] == with_face
+    assert "+faces:require:" in row["model_version"]
+    db = sqlite3.connect(tmp_path / "dfscan.db")
+    counts = db.execute(
+        "select v.model_version, count(f.seq) from verdicts v join verdict_frames f on f.job_id = v.job_id"
+        " group by v.job_id order by v.model_version"
+    ).fetchall()
+    db.close()
+    # auto stored every frame; require only the frames that had a face
+    assert [n for _, n in counts] == [len(with_face), sum(with_face)]
