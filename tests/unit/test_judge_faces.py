@@ -78,6 +78,7 @@ def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: D
     finally:
         judge.close()
     assert verdict.done and verdict.judged_on == "faces" and len(verdict.faces) == 2
+    assert verdict.detect_ms > 0 and verdict.infer_ms > 0  # detection timed apart from the model
     assert verdict.model_version == f"{detector.version}+faces:auto:{mtcnn.version}:margin=0.3,min=32,max=8"
     chosen = select_faces(mtcnn.detect([scene.image])[0], 8, 32)
     assert [f.box for f in verdict.faces] == [f.box for f in chosen]  # largest first, in original pixels
@@ -139,6 +140,7 @@ def test_off_judges_the_whole_image_under_the_plain_version(detector: Detector) 
     finally:
         judge.close()
     assert (verdict.judged_on, verdict.faces, verdict.model_version) == ("image", (), detector.version)
+    assert verdict.detect_ms == 0.0  # no detector ran
 
 
 def test_exif_oriented_boxes(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
