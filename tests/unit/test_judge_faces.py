@@ -94,8 +94,8 @@ def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: D
     assert out["faces"][0]["box"] == list(verdict.faces[0].box)
     assert {f["label"] for f in out["faces"]} <= {"real", "fake"}
     assert [f["label"] for f in out["faces"]] == [
-        "fake" if f.fake_score >= verdict.threshold else "real"
-        for f in verdict.faces  # type: ignore[operator]
+        "fake" if f.fake_score >= verdict.threshold else "real"  # type: ignore[operator]
+        for f in verdict.faces
     ]
 
 
