@@ -68,7 +68,8 @@ def test_scan_a_video_prints_and_stores_its_timeline(tmp_path: Path, model: Path
         rows["clip.webm"]["frames"]
     )
 
-    table = dfscan("scan", "clip.mp4", "--model", str(model), cwd=tmp_path, env=env)
+    # wide enough that rich does not fold the label column (the +faces model version is long)
+    table = dfscan("scan", "clip.mp4", "--model", str(model), cwd=tmp_path, env={**env, "COLUMNS": "250"})
     assert table.returncode == 0, table.stderr
     assert "video 6.0 s, peak at" in table.stdout
 
