@@ -106,16 +106,30 @@ def test_scan_a_video_on_faces_shows_each_frames_faces_and_draws_a_contact_sheet
     with Image.open(sheet) as img:
         assert img.size == sheet_size(len(with_face))
 
-    run = dfscan(*args, "require", cwd=tmp_path, env=env)
+    (tmp_path / "empty.mp4").write_bytes(face_clip([False] * 3, size=(400, 300))[0])
+    run = dfscan(*args, "require", "empty.mp4", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
-    (row,) = json_rows(run.stdout)
+    row, empty = json_rows(run.stdout)
     assert [f["fake_score"] is not None for f in row["frames"]] == with_face
     assert "+faces:require:" in row["model_version"]
+    # no face in any frame: done, not_applicable, no score, every frame unjudged
+    assert (empty["status"], empty["label"], empty["fake_score"], empty["peak_t"]) == (
+        "done",
+        "not_applicable",
+        None,
+        None,
+    )
+    assert [f["fake_score"] for f in empty["frames"]] == [None] * 3
     db = sqlite3.connect(tmp_path / "dfscan.db")
     counts = db.execute(
         "select v.model_version, count(f.seq) from verdicts v join verdict_frames f on f.job_id = v.job_id"
         " group by v.job_id order by v.model_version"
     ).fetchall()
+    stored = db.execute(
+        "select v.label, v.fake_score, v.media from verdicts v join scan_jobs j on j.id = v.job_id"
+        " where j.source like '%empty.mp4'"
+    ).fetchall()
     db.close()
-    # auto stored every frame; require only the frames that had a face
+    # auto stored every frame; require only the frames that had a face (the empty video: none)
     assert [n for _, n in counts] == [len(with_face), sum(with_face)]
+    assert stored == [("not_applicable", None, "video")]
