@@ -191,10 +191,17 @@ class Verdict:
         )
         return out
 
-    def frame_rows(self) -> list[tuple[float, float]]:
+    def frame_rows(self) -> list[tuple[Any, ...]]:
         """The ``verdict_frames`` of a video verdict as (t, fake_score), in time order; empty for an image.
+        A frame judged on faces is (t, fake_score, faces) with its faces' rows (:meth:`FaceVerdict.row`).
         Frames that were not judged (faces ``require``, no face in the frame) have no row."""
-        return [(frame.t, frame.fake_score) for frame in self.frames or () if frame.fake_score is not None]
+        return [
+            (frame.t, frame.fake_score, [face.row() for face in frame.faces])
+            if frame.faces
+            else (frame.t, frame.fake_score)
+            for frame in self.frames or ()
+            if frame.fake_score is not None
+        ]
 
     def with_source(self, source: str) -> Verdict:
         return replace(self, source=source)
@@ -209,14 +216,21 @@ class Verdict:
         error: str | None,
         row: Mapping[str, Any] | None,
         faces: Sequence[Mapping[str, Any]] = (),
-        frames: Sequence[tuple[float, float]] | None = None,
+        frames: Sequence[tuple[Any, ...]] | None = None,
     ) -> Verdict:
         """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done), its
-        stored faces, and a video's stored frames as (t, fake_score)."""
+        stored faces, and a video's stored frames as (t, fake_score) or (t, fake_score, faces)."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
         if stored.get("media") == VIDEO:
-            stored["frames"] = tuple(Frame(t=t, fake_score=p) for t, p in frames or ())
+            stored["frames"] = tuple(
+                Frame(
+                    t=t,
+                    fake_score=p,
+                    faces=tuple(FaceVerdict.from_stored(f) for f in rest[0] or ()) if rest else (),
+                )
+                for t, p, *rest in frames or ()
+            )
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

@@ -3,6 +3,7 @@ the table, and the SQLite database (verdicts.media/duration_s/peak_t and verdict
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def test_scan_a_video_on_faces_shows_each_frames_faces_and_draws_a_contact_sheet
     run = dfscan(*args, "auto", "--annotate", "drawn", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     (row,) = json_rows(run.stdout)
+    auto_row = row
     assert row["status"] == "done" and row["media"] == "video" and row["judged_on"] == "faces"
     assert "+faces:auto:" in row["model_version"]
     assert len(row["frames"]) == len(with_face)
@@ -125,6 +127,10 @@ def test_scan_a_video_on_faces_shows_each_frames_faces_and_draws_a_contact_sheet
         "select v.model_version, count(f.seq) from verdicts v join verdict_frames f on f.job_id = v.job_id"
         " group by v.job_id order by v.model_version"
     ).fetchall()
+    faces = db.execute(
+        "select f.faces from verdict_frames f join verdicts v on v.job_id = f.job_id"
+        " where v.model_version like '%+faces:auto:%' order by f.seq"
+    ).fetchall()
     stored = db.execute(
         "select v.label, v.fake_score, v.media from verdicts v join scan_jobs j on j.id = v.job_id"
         " where j.source like '%empty.mp4'"
@@ -133,3 +139,7 @@ def test_scan_a_video_on_faces_shows_each_frames_faces_and_draws_a_contact_sheet
     # auto stored every frame; require only the frames that had a face (the empty video: none)
     assert [n for _, n in counts] == [len(with_face), sum(with_face)]
     assert stored == [("not_applicable", None, "video")]
+    # each frame's faces stored beside its score (migration 0006); a frame judged whole has none
+    assert [None if f is None else json.loads(f)[0]["box"] for (f,) in faces] == [
+        None if not f["faces"] else f["faces"][0]["box"] for f in auto_row["frames"]
+    ]

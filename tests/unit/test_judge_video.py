@@ -195,7 +195,12 @@ def test_require_leaves_faceless_frames_unjudged_and_a_faceless_video_not_applic
     assert [f.fake_score is not None for f in verdict.frames] == WITH_FACE
     assert all(f.faces == () for f in verdict.frames if f.fake_score is None)
     judged = [(f.t, f.fake_score) for f in verdict.frames if f.fake_score is not None]
-    assert verdict.frame_rows() == judged  # unjudged frames have no verdict_frames row
+    rows = verdict.frame_rows()
+    assert [row[:2] for row in rows] == judged  # unjudged frames have no verdict_frames row
+    assert all(
+        row[2] == [face.row() for face in f.faces]
+        for row, f in zip(rows, [f for f in verdict.frames if f.faces], strict=True)
+    )
     expected = aggregate_frames(judged)  # the video score aggregates judged frames only
     assert (verdict.fake_score, verdict.peak_t) == (expected.fake_score, expected.peak_t)
     assert "+faces:require:" in str(verdict.model_version)
