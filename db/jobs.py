@@ -269,8 +269,15 @@ VERDICT_FIELDS = (*STORED, "worker")
 # Verdict columns a caller may leave out, with their value then (an image judged whole: no video
 # timeline). Besides the columns, a verdict dict may carry ``faces``, a list of
 # ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows, and
-# ``frames``, a video's ``(t, fake_score)`` pairs stored as verdict_frames rows.
+# ``frames``, a video's ``(t, fake_score)`` pairs stored as verdict_frames rows (``(t, fake_score, faces)``
+# for a frame judged on faces: its faces as above, stored in verdict_frames.faces).
 OPTIONAL_FIELDS: dict[str, Any] = {"judged_on": "image", "media": "image", "duration_s": None, "peak_t": None}
+
+
+def _face_json(face: dict[str, Any]) -> dict[str, Any]:
+    """A frame's face as stored in verdict_frames.faces."""
+    x, y, w, h = (int(v) for v in face["box"])
+    return {"box": [x, y, w, h], "score": float(face["score"]), "fake_score": float(face["fake_score"])}
 
 
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
@@ -322,9 +329,15 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     if faces:  # one row per judged face beside the verdict, in the same transaction
         session.execute(_insert_ignoring_duplicate(session, VerdictFace, ["job_id", "seq"]), faces)
     frames = [
-        {"job_id": job_id, "seq": seq, "t": float(t), "fake_score": float(score)}
+        {
+            "job_id": job_id,
+            "seq": seq,
+            "t": float(t),
+            "fake_score": float(score),
+            "faces": [_face_json(face) for face in rest[0]] if rest and rest[0] else None,
+        }
         for job_id in done
-        for seq, (t, score) in enumerate(by_id[job_id].get("frames") or ())
+        for seq, (t, score, *rest) in enumerate(by_id[job_id].get("frames") or ())
     ]
     if frames:  # a video's timeline beside its verdict, in the same transaction
         session.execute(_insert_ignoring_duplicate(session, VerdictFrame, ("job_id", "seq")), frames)

@@ -247,7 +247,9 @@ class VerdictFace(Base):
 
 
 class VerdictFrame(Base):
-    """One sampled frame of a video verdict: its time in the video and its p(fake)."""
+    """One sampled frame of a video verdict: its time in the video and its p(fake); ``faces`` the faces
+    it was judged on (``[{"box": [x, y, w, h], "score", "fake_score"}]``, migration 0006), null when the
+    frame was judged whole."""
 
     __tablename__ = "verdict_frames"
 
@@ -257,6 +259,10 @@ class VerdictFrame(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     t: Mapped[float] = mapped_column(Float)
     fake_score: Mapped[float] = mapped_column(Float)
+    # none_as_null: a frame judged whole is SQL NULL, not the JSON value null
+    faces: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"), nullable=True
+    )
 
     __table_args__ = (
         CheckConstraint("seq >= 0", name="seq_nonnegative"),

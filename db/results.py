@@ -137,7 +137,7 @@ def _row(
     job: ScanJob,
     verdict: VerdictRow | None,
     faces: list[dict[str, Any]] | None = None,
-    frames: list[tuple[float, float]] | None = None,
+    frames: list[tuple[Any, ...]] | None = None,
 ) -> ResultRow:
     stored = None if verdict is None else {name: getattr(verdict, name) for name in STORED}
     return ResultRow(
@@ -176,21 +176,20 @@ def faces_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, 
     return out
 
 
-def verdict_frames(
-    session: Session, job_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[tuple[float, float]]]:
+def verdict_frames(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[Any, ...]]]:
     """The stored frames of these jobs' video verdicts as (t_seconds, fake_score) in time order, per job
-    (jobs without frames are absent)."""
-    out: dict[uuid.UUID, list[tuple[float, float]]] = {}
+    (jobs without frames are absent); (t_seconds, fake_score, faces) for a frame judged on faces."""
+    out: dict[uuid.UUID, list[tuple[Any, ...]]] = {}
     if not job_ids:
         return out
     query = (
-        select(VerdictFrame.job_id, VerdictFrame.t, VerdictFrame.fake_score)
+        select(VerdictFrame.job_id, VerdictFrame.t, VerdictFrame.fake_score, VerdictFrame.faces)
         .where(VerdictFrame.job_id.in_(sorted(set(job_ids))))
         .order_by(VerdictFrame.job_id, VerdictFrame.seq)
     )
-    for job_id, t, score in session.execute(query):
-        out.setdefault(job_id, []).append((float(t), float(score)))
+    for job_id, t, score, faces in session.execute(query):
+        frame = (float(t), float(score), faces) if faces else (float(t), float(score))
+        out.setdefault(job_id, []).append(frame)
     return out
 
 

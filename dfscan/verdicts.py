@@ -75,19 +75,6 @@ IMAGE = "image"
 VIDEO = "video"
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One sampled frame of a video verdict: its time in seconds from the start and its p(fake).
-    ``faces`` as for images (empty while frames are judged whole). Stored as rows of verdict_frames."""
-
-    t: float
-    fake_score: float
-    faces: tuple[Mapping[str, Any], ...] = ()
-
-    def output(self) -> dict[str, Any]:
-        return {"t": self.t, "fake_score": self.fake_score, "faces": [dict(face) for face in self.faces]}
-
-
 def label_for(fake_score: float, threshold: float) -> str:
     """The real/fake rule, written once: fake when p(fake) reaches the threshold."""
     return FAKE if fake_score >= threshold else REAL
@@ -114,6 +101,26 @@ class FaceVerdict:
     def from_stored(cls, stored: Mapping[str, Any]) -> FaceVerdict:
         x, y, w, h = (int(v) for v in stored["box"])
         return cls((x, y, w, h), float(stored["score"]), float(stored["fake_score"]))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame of a video verdict: its time in seconds from the start and its p(fake), the
+    maximum over ``faces`` when it was judged on faces (boxes in pixels of the frame as decoded, before
+    any scaling), else of the whole frame. ``fake_score`` is None for a frame that was not judged (faces
+    ``require`` and no face in it). Stored as rows of verdict_frames (t and fake_score of judged frames;
+    the faces of a frame are in the output only)."""
+
+    t: float
+    fake_score: float | None
+    faces: tuple[FaceVerdict, ...] = ()
+
+    def output(self, threshold: float | None = None) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "fake_score": self.fake_score,
+            "faces": [face.output(threshold) for face in self.faces],
+        }
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ class Verdict:
     height: int | None = None
     fetch_ms: float = 0.0
     decode_ms: float = 0.0
+    # Face detection (0 when no detector ran); not stored, read by the worker's stage metrics.
+    detect_ms: float = 0.0
     infer_ms: float = 0.0
     cached: bool = False
     # "faces": fake_score is the maximum over ``faces``; "image": the whole image was judged.
@@ -177,12 +186,22 @@ class Verdict:
         """The public JSON object of this verdict (keys :data:`OUTPUT`)."""
         out = {name: getattr(self, name) for name in OUTPUT}
         out["faces"] = [face.output(self.threshold) for face in self.faces]
-        out["frames"] = None if self.frames is None else [frame.output() for frame in self.frames]
+        out["frames"] = (
+            None if self.frames is None else [frame.output(self.threshold) for frame in self.frames]
+        )
         return out
 
-    def frame_rows(self) -> list[tuple[float, float]]:
-        """The ``verdict_frames`` of a video verdict as (t, fake_score), in time order; empty for an image."""
-        return [(frame.t, frame.fake_score) for frame in self.frames or ()]
+    def frame_rows(self) -> list[tuple[Any, ...]]:
+        """The ``verdict_frames`` of a video verdict as (t, fake_score), in time order; empty for an image.
+        A frame judged on faces is (t, fake_score, faces) with its faces' rows (:meth:`FaceVerdict.row`).
+        Frames that were not judged (faces ``require``, no face in the frame) have no row."""
+        return [
+            (frame.t, frame.fake_score, [face.row() for face in frame.faces])
+            if frame.faces
+            else (frame.t, frame.fake_score)
+            for frame in self.frames or ()
+            if frame.fake_score is not None
+        ]
 
     def with_source(self, source: str) -> Verdict:
         return replace(self, source=source)
@@ -197,14 +216,21 @@ class Verdict:
         error: str | None,
         row: Mapping[str, Any] | None,
         faces: Sequence[Mapping[str, Any]] = (),
-        frames: Sequence[tuple[float, float]] | None = None,
+        frames: Sequence[tuple[Any, ...]] | None = None,
     ) -> Verdict:
         """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done), its
-        stored faces, and a video's stored frames as (t, fake_score)."""
+        stored faces, and a video's stored frames as (t, fake_score) or (t, fake_score, faces)."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
         if stored.get("media") == VIDEO:
-            stored["frames"] = tuple(Frame(t=t, fake_score=p) for t, p in frames or ())
+            stored["frames"] = tuple(
+                Frame(
+                    t=t,
+                    fake_score=p,
+                    faces=tuple(FaceVerdict.from_stored(f) for f in rest[0] or ()) if rest else (),
+                )
+                for t, p, *rest in frames or ()
+            )
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

@@ -16,7 +16,7 @@ and a callback of the batcher, so the pure core never imports prometheus.
   (Triton's ``inference_count`` / ``exec_count``); ``dfscan_model_batch_size`` is its histogram and
   ``dfscan_model_batch_seconds`` the forward time per batch.
 - ``dfscan_stage_seconds{stage}``: per job: ``queue_wait`` (message sent -> claimed), ``fetch``,
-  ``decode``, ``detect`` (observed only when the judging path reports one), ``infer`` (handed to the
+  ``decode``, ``detect`` (face detection: observed only when a detector ran, ``Verdict.detect_ms`` > 0), ``infer`` (handed to the
   batcher -> score, batch wait included), ``db_write`` (verdict written and job marked done).
 - ``dfscan_model_info{version, device}``: the model version being served.
 - ``dfscan_jobs_in_flight``: jobs claimed by tasks of this worker and not yet settled.
@@ -104,6 +104,8 @@ def observe_outcomes(outcomes: Iterable[object]) -> None:
         IMAGES.labels(cached="true" if getattr(out, "cached", False) else "false").inc()
         for stage in ("fetch", "decode", "detect", "infer"):
             ms = getattr(out, f"{stage}_ms", None)
+            if stage == "detect" and not ms:  # 0: no face detector ran for this source
+                continue
             if ms is not None and not (stage != "fetch" and getattr(out, "cached", False)):
                 STAGE_SECONDS.labels(stage=stage).observe(ms / 1000)
 

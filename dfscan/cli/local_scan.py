@@ -16,7 +16,7 @@ from db import jobs
 from db.migrate import upgrade
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings
-from dfscan.verdicts import Stored, Verdict, label_for
+from dfscan.verdicts import NOT_APPLICABLE, VIDEO, Stored, Verdict, label_for
 from producer.sources import list_folder, path_source
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,25 @@ def write_annotated(
     verdict: Verdict, folder: Path, settings: Settings, roots: tuple[Path, ...]
 ) -> Path | None:
     """Save a copy of the judged image into ``folder`` with its boxes drawn (the whole image framed when
-    it was judged whole); named after the source and its sha256 prefix, so equal names never collide."""
+    it was judged whole); named after the source and its sha256 prefix, so equal names never collide.
+    A video gets a contact sheet of its sampled frames instead (:func:`contact_sheet_of`)."""
     from worker.inference.annotate import Mark, annotate
     from worker.inference.factory import image_policy, source_policy
     from worker.inference.images import decode_image
     from worker.inference.sources import read_source
 
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(verdict.source.rstrip("/")).stem or "image"
+    out = folder / f"{stem}-{(verdict.image_sha256 or '')[:8]}.png"
     try:
-        image = decode_image(
-            read_source(verdict.source, source_policy(settings, extra_roots=roots)),
-            image_policy(settings),
-        )
+        data = read_source(verdict.source, source_policy(settings, extra_roots=roots))
+        if verdict.media == VIDEO:
+            sheet = contact_sheet_of(verdict, data, settings)
+            if sheet is None:
+                return None
+            sheet.save(out)
+            return out
+        image = decode_image(data, image_policy(settings))
     except Exception as exc:  # the verdict stands; only its picture is missing
         log.warning("cannot annotate %s: %s", verdict.source, exc)
         return None
@@ -114,8 +122,28 @@ def write_annotated(
         ]
     else:
         marks = [Mark((0, 0, image.width, image.height), verdict.fake_score, str(verdict.label))]
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(verdict.source.rstrip("/")).stem or "image"
-    out = folder / f"{stem}-{(verdict.image_sha256 or '')[:8]}.png"
     annotate(image, marks).save(out)
     return out
+
+
+def contact_sheet_of(verdict: Verdict, data: bytes, settings: Settings) -> Any:
+    """The contact sheet of a video verdict: its sampled frames decoded again (the sampling plan is
+    deterministic: the same frames the judge saw), each with its faces and p(fake); None without frames."""
+    from worker.inference.annotate import THUMB, Mark, Tile, contact_sheet
+    from worker.inference.factory import video_policy
+    from worker.inference.video import sample_frames
+
+    threshold = 0.5 if verdict.threshold is None else verdict.threshold
+    judged = {frame.t: frame for frame in verdict.frames or ()}
+    tiles = []
+    for sampled in sample_frames(data, video_policy(settings)):
+        frame = judged.get(sampled.t)
+        if frame is None:
+            continue
+        label = NOT_APPLICABLE if frame.fake_score is None else label_for(frame.fake_score, threshold)
+        marks = [Mark(f.box, f.fake_score, label_for(f.fake_score, threshold)) for f in frame.faces]
+        thumb = sampled.image.copy()
+        thumb.thumbnail((THUMB, THUMB))  # only thumbnails are kept while the rest decode
+        size = sampled.size or sampled.image.size
+        tiles.append(Tile(thumb, frame.t, frame.fake_score, label, marks, size))
+    return contact_sheet(tiles) if tiles else None

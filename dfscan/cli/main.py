@@ -71,7 +71,9 @@ def scan(
     ] = None,
     annotate: Annotated[
         Path | None,
-        typer.Option(help="Write a copy of each judged image here, its face boxes drawn with p(fake)."),
+        typer.Option(
+            help="Write a copy of each judged image here, its face boxes drawn with p(fake); for a video, a contact sheet of its sampled frames."
+        ),
     ] = None,
 ) -> None:
     """Scan images in this process (no servers) and store every result (SQLite by default)."""

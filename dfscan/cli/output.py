@@ -31,9 +31,12 @@ KEYS = (
 
 
 def n_faces(row: Mapping[str, Any]) -> int | None:
-    """How many faces a done row was judged on (0 when judged on the whole image)."""
+    """How many faces a done row was judged on (0 when judged on the whole image); for a video, the
+    faces of all its sampled frames together."""
     if row.get("status") != "done":
         return None
+    if row.get("frames"):
+        return sum(len(frame.get("faces") or ()) for frame in row["frames"])
     return len(row.get("faces") or ())
 
 

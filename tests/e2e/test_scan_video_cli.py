@@ -3,6 +3,7 @@ the table, and the SQLite database (verdicts.media/duration_s/peak_t and verdict
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -68,6 +69,77 @@ def test_scan_a_video_prints_and_stores_its_timeline(tmp_path: Path, model: Path
         rows["clip.webm"]["frames"]
     )
 
-    table = dfscan("scan", "clip.mp4", "--model", str(model), cwd=tmp_path, env=env)
+    # wide enough that rich does not fold the label column (the +faces model version is long)
+    table = dfscan("scan", "clip.mp4", "--model", str(model), cwd=tmp_path, env={**env, "COLUMNS": "250"})
     assert table.returncode == 0, table.stderr
     assert "video 6.0 s, peak at" in table.stdout
+
+
+def test_scan_a_video_on_faces_shows_each_frames_faces_and_draws_a_contact_sheet(
+    tmp_path: Path, model: Path
+) -> None:
+    pytest.importorskip("skimage", reason="the clip needs scikit-image's astronaut photo (dev extra)")
+    from PIL import Image
+
+    from tests.fixtures.faces import face_clip, matches
+    from worker.inference.annotate import sheet_size
+
+    with_face = [True, True, False, True, False, True]
+    data, truth = face_clip(with_face, size=(400, 300), face_px=110)
+    (tmp_path / "faces.mp4").write_bytes(data)
+    env = {"DFSCAN_VIDEO_FRAMES": str(len(with_face))}
+    args = ("scan", "faces.mp4", "--model", str(model), "--format", "json", "--faces")
+    run = dfscan(*args, "auto", "--annotate", "drawn", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    (row,) = json_rows(run.stdout)
+    auto_row = row
+    assert row["status"] == "done" and row["media"] == "video" and row["judged_on"] == "faces"
+    assert "+faces:auto:" in row["model_version"]
+    assert len(row["frames"]) == len(with_face)
+    for frame, box in zip(row["frames"], truth, strict=True):
+        if box is None:  # auto: judged whole
+            assert frame["faces"] == [] and 0 <= frame["fake_score"] <= 1
+        else:
+            assert len(frame["faces"]) == 1 and matches(tuple(frame["faces"][0]["box"]), box)
+            assert frame["fake_score"] == frame["faces"][0]["fake_score"]
+            assert frame["faces"][0]["label"] in ("real", "fake")
+    (sheet,) = list((tmp_path / "drawn").iterdir())
+    assert sheet.name == f"faces-{row['image_sha256'][:8]}.png"
+    with Image.open(sheet) as img:
+        assert img.size == sheet_size(len(with_face))
+
+    (tmp_path / "empty.mp4").write_bytes(face_clip([False] * 3, size=(400, 300))[0])
+    run = dfscan(*args, "require", "empty.mp4", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    row, empty = json_rows(run.stdout)
+    assert [f["fake_score"] is not None for f in row["frames"]] == with_face
+    assert "+faces:require:" in row["model_version"]
+    # no face in any frame: done, not_applicable, no score, every frame unjudged
+    assert (empty["status"], empty["label"], empty["fake_score"], empty["peak_t"]) == (
+        "done",
+        "not_applicable",
+        None,
+        None,
+    )
+    assert [f["fake_score"] for f in empty["frames"]] == [None] * 3
+    db = sqlite3.connect(tmp_path / "dfscan.db")
+    counts = db.execute(
+        "select v.model_version, count(f.seq) from verdicts v join verdict_frames f on f.job_id = v.job_id"
+        " group by v.job_id order by v.model_version"
+    ).fetchall()
+    faces = db.execute(
+        "select f.faces from verdict_frames f join verdicts v on v.job_id = f.job_id"
+        " where v.model_version like '%+faces:auto:%' order by f.seq"
+    ).fetchall()
+    stored = db.execute(
+        "select v.label, v.fake_score, v.media from verdicts v join scan_jobs j on j.id = v.job_id"
+        " where j.source like '%empty.mp4'"
+    ).fetchall()
+    db.close()
+    # auto stored every frame; require only the frames that had a face (the empty video: none)
+    assert [n for _, n in counts] == [len(with_face), sum(with_face)]
+    assert stored == [("not_applicable", None, "video")]
+    # each frame's faces stored beside its score (migration 0006); a frame judged whole has none
+    assert [None if f is None else json.loads(f)[0]["box"] for (f,) in faces] == [
+        None if not f["faces"] else f["faces"][0]["box"] for f in auto_row["frames"]
+    ]

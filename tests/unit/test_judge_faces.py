@@ -78,6 +78,7 @@ def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: D
     finally:
         judge.close()
     assert verdict.done and verdict.judged_on == "faces" and len(verdict.faces) == 2
+    assert verdict.detect_ms > 0 and verdict.infer_ms > 0  # detection timed apart from the model
     assert verdict.model_version == f"{detector.version}+faces:auto:{mtcnn.version}:margin=0.3,min=32,max=8"
     chosen = select_faces(mtcnn.detect([scene.image])[0], 8, 32)
     assert [f.box for f in verdict.faces] == [f.box for f in chosen]  # largest first, in original pixels
@@ -93,8 +94,8 @@ def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: D
     assert out["faces"][0]["box"] == list(verdict.faces[0].box)
     assert {f["label"] for f in out["faces"]} <= {"real", "fake"}
     assert [f["label"] for f in out["faces"]] == [
-        "fake" if f.fake_score >= verdict.threshold else "real"
-        for f in verdict.faces  # type: ignore[operator]
+        "fake" if f.fake_score >= verdict.threshold else "real"  # type: ignore[operator]
+        for f in verdict.faces
     ]
 
 
@@ -139,6 +140,7 @@ def test_off_judges_the_whole_image_under_the_plain_version(detector: Detector) 
     finally:
         judge.close()
     assert (verdict.judged_on, verdict.faces, verdict.model_version) == ("image", (), detector.version)
+    assert verdict.detect_ms == 0.0  # no detector ran
 
 
 def test_exif_oriented_boxes(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]

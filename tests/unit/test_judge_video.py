@@ -95,3 +95,117 @@ def test_a_video_over_the_video_byte_cap_is_too_large(detector: Detector, tmp_pa
     finally:
         judge.close()
     assert verdict.error_code == "TOO_LARGE" and "for videos" in (verdict.error or "")
+
+
+# --- frames on faces (issue 11 through the faces path of issue 10) --------------------------------
+
+WITH_FACE = [True, True, False, True, False, False, True, True]  # 8 frames, one sampled each
+
+
+@pytest.fixture(scope="module")
+def mtcnn():  # type: ignore[no-untyped-def]
+    pytest.importorskip("skimage", reason="the clips need scikit-image's astronaut photo (dev extra)")
+    from worker.inference.faces import load_face_detector
+
+    return load_face_detector("mtcnn", "cpu")
+
+
+@pytest.fixture(scope="module")
+def face_clip_data() -> tuple[bytes, list[tuple[int, int, int, int] | None]]:
+    pytest.importorskip("skimage", reason="the clips need scikit-image's astronaut photo (dev extra)")
+    from tests.fixtures.faces import face_clip
+
+    return face_clip(WITH_FACE, size=(400, 300), face_px=110)
+
+
+def _faces_judge(detector: Detector, mtcnn, mode: str) -> Judge:  # type: ignore[no-untyped-def]
+    from worker.inference.faces import FacePolicy
+
+    return Judge(
+        detector,
+        sources=SourcePolicy(),
+        images=ImagePolicy(),
+        # frame_side 200: frames are sampled at half size, so boxes must be mapped back by 2
+        videos=VideoPolicy(frames=len(WITH_FACE), frame_side=200),
+        batch_size=4,
+        faces=FacePolicy(mode, mtcnn, margin=0.3, max_faces=8, min_face_px=32),
+    )
+
+
+def test_video_frames_are_judged_on_their_faces_and_faceless_frames_whole_in_auto(  # type: ignore[no-untyped-def]
+    detector: Detector, mtcnn, face_clip_data
+) -> None:
+    from tests.fixtures.faces import matches
+    from worker.inference.faces import select_faces, square_crop
+
+    data, truth = face_clip_data
+    judge = _faces_judge(detector, mtcnn, "auto")
+    try:
+        verdict = judge.judge_bytes(data, source="clip.mp4")
+    finally:
+        judge.close()
+    assert verdict.done, verdict.error
+    assert verdict.judged_on == "faces" and verdict.media == "video"
+    assert "+faces:auto:" in str(verdict.model_version)
+    assert verdict.detect_ms > 0
+    assert verdict.frames is not None and len(verdict.frames) == len(WITH_FACE)
+    sampled = list(sample_frames(data, VideoPolicy(frames=len(WITH_FACE), frame_side=200)))
+    assert all(f.image.size == (200, 150) and f.size == (400, 300) for f in sampled)
+    n_inputs = 0
+    for frame, sample, box in zip(verdict.frames, sampled, truth, strict=True):
+        if box is None:  # auto: no face, the whole frame is judged
+            assert frame.faces == ()
+            whole = detector.predict(to_tensor(sample.image, detector.preprocess).unsqueeze(0))[0]
+            assert frame.fake_score == pytest.approx(whole, abs=1e-5)
+            n_inputs += 1
+            continue
+        assert len(frame.faces) == 1 and matches(frame.faces[0].box, box), (frame.faces, box)
+        chosen = select_faces(mtcnn.detect([sample.image])[0], 8, 32)
+        crops = torch.stack(
+            [to_tensor(square_crop(sample.image, f, 0.3), detector.preprocess) for f in chosen]
+        )
+        expected = detector.predict(crops)
+        assert [f.fake_score for f in frame.faces] == pytest.approx(expected, abs=1e-5)
+        assert frame.fake_score == max(f.fake_score for f in frame.faces)  # the max rule
+        n_inputs += len(chosen)
+    assert judge.batcher.stats.items == n_inputs  # crops and whole frames: one model batcher
+    out = verdict.output()
+    faced = [f for f in out["frames"] if f["faces"]]
+    assert len(faced) == sum(WITH_FACE)
+    assert set(faced[0]["faces"][0]) == {"box", "score", "fake_score", "label"}
+    assert faced[0]["faces"][0]["label"] == label_for(faced[0]["faces"][0]["fake_score"], 0.5)
+    assert len(verdict.frame_rows()) == len(WITH_FACE)
+
+
+def test_require_leaves_faceless_frames_unjudged_and_a_faceless_video_not_applicable(  # type: ignore[no-untyped-def]
+    detector: Detector, mtcnn, face_clip_data
+) -> None:
+    from tests.fixtures.faces import face_clip
+    from worker.inference.aggregate import aggregate_frames
+
+    data, truth = face_clip_data
+    faceless, _ = face_clip([False] * 4, size=(400, 300))
+    judge = _faces_judge(detector, mtcnn, "require")
+    try:
+        verdict = judge.judge_bytes(data, source="clip.mp4")
+        empty = judge.judge_bytes(faceless, source="empty.mp4")
+    finally:
+        judge.close()
+    assert verdict.done and verdict.judged_on == "faces" and verdict.frames is not None
+    assert [f.fake_score is not None for f in verdict.frames] == WITH_FACE
+    assert all(f.faces == () for f in verdict.frames if f.fake_score is None)
+    judged = [(f.t, f.fake_score) for f in verdict.frames if f.fake_score is not None]
+    rows = verdict.frame_rows()
+    assert [row[:2] for row in rows] == judged  # unjudged frames have no verdict_frames row
+    assert all(
+        row[2] == [face.row() for face in f.faces]
+        for row, f in zip(rows, [f for f in verdict.frames if f.faces], strict=True)
+    )
+    expected = aggregate_frames(judged)  # the video score aggregates judged frames only
+    assert (verdict.fake_score, verdict.peak_t) == (expected.fake_score, expected.peak_t)
+    assert "+faces:require:" in str(verdict.model_version)
+
+    assert empty.status == "done" and empty.label == "not_applicable" and empty.fake_score is None
+    assert empty.media == "video" and empty.peak_t is None and empty.frames is not None
+    assert [f.fake_score for f in empty.frames] == [None] * 4 and empty.frame_rows() == []
+    assert empty.output()["frames"][0] == {"t": 0.0, "fake_score": None, "faces": []}

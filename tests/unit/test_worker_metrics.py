@@ -101,3 +101,17 @@ def test_stages_come_from_judgements_claims_and_timed_blocks() -> None:
     assert count("queue_wait") == before["queue_wait"] + 1
     assert count("db_write") == before["db_write"] + 1
     assert 2.0 <= sample("dfscan_stage_seconds_sum", stage="queue_wait") - waited < 3.0
+
+
+def test_detect_is_observed_only_when_a_face_detector_ran() -> None:
+    from dfscan.verdicts import Verdict
+
+    def count() -> float:
+        return sample("dfscan_stage_seconds_count", stage="detect")
+
+    before, total = count(), sample("dfscan_stage_seconds_sum", stage="detect")
+    on_faces = Verdict(source="a", status="done", fetch_ms=1.0, decode_ms=1.0, detect_ms=12.0, infer_ms=3.0)
+    whole = Verdict(source="b", status="done", fetch_ms=1.0, decode_ms=1.0, infer_ms=3.0)  # detect_ms 0
+    metrics.observe_outcomes([on_faces, whole])
+    assert count() == before + 1
+    assert abs(sample("dfscan_stage_seconds_sum", stage="detect") - total - 0.012) < 1e-9

@@ -57,3 +57,86 @@ def annotate(image: Image.Image, marks: Sequence[Mark]) -> Image.Image:
         draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
         draw.text((tx + line - tl, ty + line - tt), text, fill=(255, 255, 255), font=font)
     return out
+
+
+# --- videos: a contact sheet of the sampled frames -------------------------------------------------
+
+THUMB = 240  # a frame's thumbnail fits in THUMB x THUMB pixels
+CAPTION_H = 22  # the strip under each thumbnail: time, label, p(fake)
+PAD = 6  # between cells and around the sheet
+_BACKDROP = (24, 24, 24)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One sampled frame on a contact sheet: the frame as sampled, its time in seconds, its p(fake)
+    (None: not judged) and label, and its marks with boxes in pixels of ``size``, the frame as decoded
+    (None: the image's own size), which may be larger than the sampled image."""
+
+    image: Image.Image
+    t: float
+    fake_score: float | None
+    label: str
+    marks: Sequence[Mark] = ()
+    size: tuple[int, int] | None = None
+
+
+def sheet_size(n: int, *, columns: int = 4, thumb: int = THUMB) -> tuple[int, int]:
+    """The contact sheet's (width, height) for ``n`` tiles: ``columns`` a row (fewer when fewer tiles),
+    each cell ``thumb`` wide and ``thumb + CAPTION_H`` high, ``PAD`` between cells and around them."""
+    if n < 1 or columns < 1 or thumb < 16:
+        raise ValueError(
+            f"a contact sheet needs n >= 1, columns >= 1, thumb >= 16; got {n}, {columns}, {thumb}"
+        )
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    return PAD + cols * (thumb + PAD), PAD + rows * (thumb + CAPTION_H + PAD)
+
+
+def tile_caption(tile: Tile) -> str:
+    score = "" if tile.fake_score is None else f" {tile.fake_score:.2f}"
+    return f"{tile.t:.2f}s {tile.label}{score}"
+
+
+def contact_sheet(tiles: Sequence[Tile], *, columns: int = 4, thumb: int = THUMB) -> Image.Image:
+    """A grid of ``tiles`` in the given order (time order for a verdict's frames): each frame scaled to
+    fit ``thumb`` x ``thumb``, its marks drawn (boxes scaled from the decoded size, coloured and captioned
+    like :func:`annotate`), framed in its own verdict's colour, with ``"<t>s <label> <p(fake)>"`` in a
+    strip of that colour under it. Size: :func:`sheet_size`."""
+    width, height = sheet_size(len(tiles), columns=columns, thumb=thumb)
+    cols = min(columns, len(tiles))
+    sheet = Image.new("RGB", (width, height), _BACKDROP)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=max(10, CAPTION_H - 8))
+    for k, tile in enumerate(tiles):
+        left = PAD + (k % cols) * (thumb + PAD)
+        top = PAD + (k // cols) * (thumb + CAPTION_H + PAD)
+        colour = COLOURS.get(tile.label, _OTHER)
+        scale = thumb / max(tile.image.width, tile.image.height)
+        size = (max(1, round(tile.image.width * scale)), max(1, round(tile.image.height * scale)))
+        small = tile.image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+        src_w, src_h = tile.size or tile.image.size
+        sx, sy = size[0] / src_w, size[1] / src_h
+        marks = [
+            Mark(
+                (round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy))),
+                m.fake_score,
+                m.label,
+            )
+            for m in tile.marks
+            for x, y, w, h in [m.box]
+        ]
+        if marks:
+            small = annotate(small, marks)
+        sheet.paste(small, (left + (thumb - size[0]) // 2, top + (thumb - size[1]) // 2))
+        draw.rectangle((left, top, left + thumb - 1, top + thumb - 1), outline=colour, width=2)
+        draw.rectangle((left, top + thumb, left + thumb - 1, top + thumb + CAPTION_H - 1), fill=colour)
+        text = tile_caption(tile)
+        tl, tt, _, tb = draw.textbbox((0, 0), text, font=font)
+        draw.text(
+            (left + 4 - tl, top + thumb + (CAPTION_H - (tb - tt)) // 2 - tt),
+            text,
+            fill=(255, 255, 255),
+            font=font,
+        )
+    return sheet

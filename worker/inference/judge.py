@@ -21,7 +21,11 @@ A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes
 many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
 ``VideoPolicy.in_flight`` at a time, and aggregated into one verdict with
 ``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). Videos
-skip the duplicate cache: a cached score carries no frames.
+skip the duplicate cache: a cached score carries no frames. With faces on, each sampled frame goes
+through the faces path above (the same face micro-batcher, crops to the same model batcher; a frame's
+p(fake) is the max over its faces; no face: ``auto`` judges the whole frame, ``require`` leaves the
+frame unjudged); the video is ``judged_on`` "faces" when any frame was, and a video with no face in
+any frame under ``require`` is done with label ``not_applicable`` and no score, like an image.
 
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
@@ -68,7 +72,7 @@ from worker.inference.model import Detector
 from worker.inference.preprocess import load_pixels, to_tensor
 from worker.inference.sources import SourcePolicy, read_source
 from worker.inference.video import VideoPolicy
-from worker.inference.video_scoring import score_video
+from worker.inference.video_scoring import FrameFaces, score_video
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +203,8 @@ class Judge:
         facts.update(width=width, height=height, decode_ms=_ms(started))
         started = time.perf_counter()
         try:
-            assert self._face_batcher is not None
-            found = self._face_batcher.submit(image).result(timeout=MODEL_TIMEOUT_S)
+            found = self._find_faces(image)
+            facts["detect_ms"] = _ms(started)
             chosen = select_faces(found, policy.max_faces, policy.min_face_px)
             if not chosen and policy.mode == "require":
                 return Verdict(
@@ -210,7 +214,7 @@ class Judge:
                     threshold=self.threshold,
                     model_version=self.version,
                     judged_on=IMAGE,
-                    infer_ms=_ms(started),
+                    infer_ms=_ms(started) - facts["detect_ms"],  # type: ignore[operator]
                     **facts,  # type: ignore[arg-type]
                 )
             crops = [square_crop(image, face, policy.margin) for face in chosen] or [image]
@@ -221,14 +225,20 @@ class Judge:
             return self._failed(source, late, **facts, infer_ms=_ms(started))
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
+        infer_ms = _ms(started) - facts["detect_ms"]  # type: ignore[operator]
         if not chosen:  # auto, no face: the whole image was judged
-            return self._done(source, scores[0], cached=False, infer_ms=_ms(started), **facts)  # type: ignore[arg-type]
+            return self._done(source, scores[0], cached=False, infer_ms=infer_ms, **facts)  # type: ignore[arg-type]
         judged = tuple(
             FaceVerdict(face.box, face.score, score) for face, score in zip(chosen, scores, strict=True)
         )
         return self._done(
-            source, max(scores), cached=False, infer_ms=_ms(started), judged_on=FACES, faces=judged, **facts
+            source, max(scores), cached=False, infer_ms=infer_ms, judged_on=FACES, faces=judged, **facts
         )
+
+    def _find_faces(self, image: Image.Image) -> list[Face]:
+        """The faces of one image or video frame, from the face micro-batcher (waited on)."""
+        assert self._face_batcher is not None
+        return self._face_batcher.submit(image).result(timeout=MODEL_TIMEOUT_S)
 
     def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
         facts: dict[str, object] = {
@@ -241,24 +251,43 @@ class Judge:
         started = time.perf_counter()
         try:
             video = score_video(
-                data, self.videos, self.detector.preprocess, self.batcher.submit, timeout=MODEL_TIMEOUT_S
+                data,
+                self.videos,
+                self.detector.preprocess,
+                self.batcher.submit,
+                timeout=MODEL_TIMEOUT_S,
+                faces=None if self.faces is None else FrameFaces(self._find_faces, self.faces),
             )
         except TimeoutError:
             late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
             return self._failed(source, late, **facts, decode_ms=_ms(started))
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        facts.update(
+            width=video.info.width,
+            height=video.info.height,
+            decode_ms=video.decode_ms,
+            detect_ms=video.detect_ms,
+            infer_ms=video.infer_ms,
+            duration_s=video.duration_s,
+            frames=tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in video.frames),
+        )
+        if video.fake_score is None:  # require, and no face in any frame: nothing was judged
+            return Verdict(
+                source=source,
+                status=DONE,
+                label=NOT_APPLICABLE,
+                threshold=self.threshold,
+                model_version=self.version,
+                judged_on=IMAGE,
+                **facts,  # type: ignore[arg-type]
+            )
         return self._done(
             source,
             video.fake_score,
             cached=False,
-            width=video.info.width,
-            height=video.info.height,
-            decode_ms=video.decode_ms,
-            infer_ms=video.infer_ms,
-            duration_s=video.duration_s,
+            judged_on=FACES if video.on_faces else IMAGE,
             peak_t=video.peak_t,
-            frames=tuple(Frame(t=f.t, fake_score=f.fake_score) for f in video.frames),
             **facts,  # type: ignore[arg-type]
         )
 

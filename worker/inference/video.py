@@ -121,10 +121,13 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class SampledFrame:
-    """One sampled frame: its presentation time in seconds from the start and the RGB image."""
+    """One sampled frame: its presentation time in seconds from the start, the RGB image (scaled down to
+    ``frame_side``) and ``size``, the frame's width and height as decoded, before that scaling (None:
+    the image's own size)."""
 
     t: float
     image: Image.Image
+    size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -482,7 +485,9 @@ def _decode_runs(
                     rgb = reformatter.reformat(frame, width, height, "rgb24", interpolation="AREA")
                     yielded += 1
                     yield SampledFrame(
-                        t=float((frame.pts - index.start) * index.time_base), image=rgb.to_image()
+                        t=float((frame.pts - index.start) * index.time_base),
+                        image=rgb.to_image(),
+                        size=(frame.width, frame.height),
                     )
                 if not remaining or frame.pts >= last:
                     done = True
