@@ -11,9 +11,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs, migrate, results
+from db import jobs, migrate
 from db.models import Verdict, VerdictFrame
-from db.results import results
+from db.results import results, verdict_frames
 from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
 
@@ -62,7 +62,7 @@ def test_a_video_verdict_keeps_its_frames_and_a_redelivery_writes_nothing(
     with factory.begin() as s:  # a redelivered message with other scores changes nothing
         assert jobs.finish_done(s, job_id, **dict(VIDEO, frames=[(0.0, 0.5)], peak_t=0.0)) is False
     with factory.begin() as s:
-        assert results.verdict_frames(s, [job_id]) == {job_id: FRAMES}
+        assert verdict_frames(s, [job_id]) == {job_id: FRAMES}
         assert s.scalar(select(func.count()).select_from(VerdictFrame)) == len(FRAMES)
         (row,) = results(s, submission_id=sub_id)
     verdict = row.verdict
@@ -81,7 +81,7 @@ def test_a_video_verdict_keeps_its_frames_and_a_redelivery_writes_nothing(
         old_way = {k: v for k, v in BASE.items() if k not in ("media", "duration_s", "peak_t")}
         assert jobs.finish_done(s, image_job, **old_way) is True
         (image_row,) = results(s, submission_id=sub2)
-        assert results.verdict_frames(s, [image_job]) == {}
+        assert verdict_frames(s, [image_job]) == {}
     image = image_row.verdict
     assert (image.media, image.duration_s, image.peak_t, image.frames) == ("image", None, None, None)
     assert image_row.output()["frames"] is None
@@ -112,5 +112,5 @@ def test_constraints_guard_video_verdicts(backend: str, request: pytest.FixtureR
         with factory.begin() as s:
             s.execute(text("DELETE FROM verdicts WHERE job_id = :id"), {"id": job_id})
         with factory.begin() as s:
-            assert results.verdict_frames(s, [job_id]) == {}
+            assert verdict_frames(s, [job_id]) == {}
     engine.dispose()
