@@ -203,8 +203,7 @@ class InferenceRuntime(WorkerRuntime):
         detector = new_detector(self.settings, model=ref, revision=revision)
         log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
         faces = face_policy(self.settings, detector, trained_on=trained_on_faces)
-        metrics.serving(detector.version, detector.device)
-        return new_judge(
+        judge = new_judge(
             self.settings,
             detector,
             threshold=threshold,
@@ -212,6 +211,8 @@ class InferenceRuntime(WorkerRuntime):
             faces=faces,
             on_batch=metrics.model_batch,
         )
+        metrics.serving(judge.version, detector.device)  # the version its verdicts carry
+        return judge
 
     def close(self) -> None:
         with self._lock:

@@ -82,7 +82,8 @@ def test_a_worker_serves_job_batch_stage_model_and_memory_metrics(service: Servi
         assert value(samples, "dfscan_stage_seconds_count", stage=stage) == n, stage
         assert value(samples, "dfscan_stage_seconds_bucket", stage=stage, le="+Inf") == n
     assert value(samples, "dfscan_stage_seconds_count", stage="db_write") >= 2
-    assert value(samples, "dfscan_stage_seconds_count", stage="detect") == 0  # no face stage yet
+    # Faces are on by default (auto): the face detector ran once on each of the 11 judged images.
+    assert value(samples, "dfscan_stage_seconds_count", stage="detect") == 11
     version = next(row["model_version"] for row in rows if row["status"] == "done")
     assert value(samples, "dfscan_model_info", version=version, device="cpu") == 1
     assert value(samples, "dfscan_jobs_in_flight") == 0
