@@ -388,18 +388,17 @@ def _insert_ignoring_duplicate(
     return insert(table)
 
 
+def done_fields(verdict: VerdictResult, *, worker: str) -> dict[str, Any]:
+    """What ``finish_done``/``finish_done_many`` store for a done verdict: its verdict row, its face
+    rows and its video frames, and the worker. The one mapping both the worker and `dfscan scan` use."""
+    return {**verdict.row(), "faces": verdict.face_rows(), "frames": verdict.frame_rows(), "worker": worker}
+
+
 def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:
     """Store the final outcome ``verdict`` of a job: done with its verdict row, or failed with its code.
     True if this call made the outcome (False: the job was already final)."""
     if verdict.done:
-        return finish_done(
-            session,
-            job_id,
-            **verdict.row(),
-            faces=verdict.face_rows(),
-            frames=verdict.frame_rows(),
-            worker=worker,
-        )
+        return finish_done(session, job_id, **done_fields(verdict, worker=worker))
     return finish_failed(
         session, job_id, code=verdict.error_code or "INTERNAL_ERROR", message=verdict.error or ""
     )

@@ -102,9 +102,7 @@ class InferenceRuntime(WorkerRuntime):
     def finish(self, done: Sequence[tuple[uuid.UUID, Verdict]]) -> list[bool]:
         """Store done verdicts and mark their jobs done; True where this call made the outcome."""
         futures = [
-            self._finishes.submit(
-                {"job_id": job_id, **verdict.row(), "worker": self.name, "frames": verdict.frame_rows()}
-            )
+            self._finishes.submit({"job_id": job_id, **jobs.done_fields(verdict, worker=self.name)})
             for job_id, verdict in done
         ]
         return [future.result() for future in futures]
