@@ -186,9 +186,6 @@ class Judge:
         future, first = self._score(sha, pixels)
         try:
             score = future.result(timeout=MODEL_TIMEOUT_S)
-        except TimeoutError:
-            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
-            return self._failed(source, late, **facts, infer_ms=_ms(started))
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
         return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)  # type: ignore[arg-type]
@@ -204,25 +201,13 @@ class Judge:
         started = time.perf_counter()
         try:
             found = self._find_faces(image)
-            facts["detect_ms"] = _ms(started)
+            detect_ms = facts["detect_ms"] = _ms(started)
             chosen = select_faces(found, policy.max_faces, policy.min_face_px)
             if not chosen and policy.mode == "require":
-                return Verdict(
-                    source=source,
-                    status=DONE,
-                    label=NOT_APPLICABLE,
-                    threshold=self.threshold,
-                    model_version=self.version,
-                    judged_on=IMAGE,
-                    infer_ms=_ms(started) - facts["detect_ms"],  # type: ignore[operator]
-                    **facts,  # type: ignore[arg-type]
-                )
+                return self._not_applicable(source, infer_ms=_ms(started) - detect_ms, **facts)
             crops = [square_crop(image, face, policy.margin) for face in chosen] or [image]
             futures = [self.batcher.submit(to_tensor(crop, self.detector.preprocess)) for crop in crops]
             scores = [future.result(timeout=MODEL_TIMEOUT_S) for future in futures]
-        except TimeoutError:
-            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
-            return self._failed(source, late, **facts, infer_ms=_ms(started))
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
         infer_ms = _ms(started) - facts["detect_ms"]  # type: ignore[operator]
@@ -258,9 +243,6 @@ class Judge:
                 timeout=MODEL_TIMEOUT_S,
                 faces=None if self.faces is None else FrameFaces(self._find_faces, self.faces),
             )
-        except TimeoutError:
-            late = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
-            return self._failed(source, late, **facts, decode_ms=_ms(started))
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
         facts.update(
@@ -273,15 +255,7 @@ class Judge:
             frames=tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in video.frames),
         )
         if video.fake_score is None:  # require, and no face in any frame: nothing was judged
-            return Verdict(
-                source=source,
-                status=DONE,
-                label=NOT_APPLICABLE,
-                threshold=self.threshold,
-                model_version=self.version,
-                judged_on=IMAGE,
-                **facts,  # type: ignore[arg-type]
-            )
+            return self._not_applicable(source, **facts)
         return self._done(
             source,
             video.fake_score,
@@ -356,7 +330,21 @@ class Judge:
             source, stored.fake_score, cached=True, judged_on=stored.judged_on, faces=stored.faces, **facts
         )
 
+    def _not_applicable(self, source: str, **facts: object) -> Verdict:
+        """Done, but nothing was judged: faces were required and none was found (no score)."""
+        return Verdict(
+            source=source,
+            status=DONE,
+            label=NOT_APPLICABLE,
+            threshold=self.threshold,
+            model_version=self.version,
+            judged_on=IMAGE,
+            **facts,  # type: ignore[arg-type]
+        )
+
     def _failed(self, source: str, exc: Exception, **facts: object) -> Verdict:
+        if isinstance(exc, TimeoutError):  # a future of the model (or face detector) batcher ran out
+            exc = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
         if not isinstance(exc, DfscanError):
             log.error("unexpected error judging %s: %r", source, exc, exc_info=exc, extra={"source": source})
             exc = DfscanError(f"unexpected {type(exc).__name__}: {exc}", code="INTERNAL_ERROR")
