@@ -506,21 +506,6 @@ def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uui
     return [(row.id, row.priority) for row in rows]
 
 
-def cached_scores(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, float]:
-    """The fake score an earlier verdict gave the same image bytes with the same model, per sha256
-    (verdicts without a score, not_applicable, are left out: see :func:`cached_verdicts`)."""
-    return {
-        sha: stored.fake_score
-        for sha, stored in cached_verdicts(session, image_sha256s, model_version).items()
-        if stored.fake_score is not None
-    }
-
-
-def cached_score(session: Session, image_sha256: str, model_version: str) -> float | None:
-    """``cached_scores`` for one image."""
-    return cached_scores(session, [image_sha256], model_version).get(image_sha256)
-
-
 def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, Stored]:
     """What an earlier verdict said about the same bytes with the same model version, per sha256: its
     score, what it was judged on and its faces (the duplicate cache; the newest verdict wins).

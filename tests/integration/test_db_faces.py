@@ -135,7 +135,6 @@ def test_the_cache_never_answers_faces_with_a_whole_image_score_or_the_reverse(
         image = jobs.cached_verdicts(s, [SHA], "m1")[SHA]
         faces = jobs.cached_verdicts(s, [SHA], FACES_VERSION)[SHA]
         assert jobs.cached_verdicts(s, [SHA], "m1+faces:other-detector") == {}
-        assert jobs.cached_scores(s, [SHA], "m1") == {SHA: 0.2}
     assert (image.fake_score, image.judged_on, image.faces) == (0.2, "image", ())
     assert (faces.fake_score, faces.judged_on) == (0.91, "faces")
     assert [f.box for f in faces.faces] == [(100, 80, 120, 150), (400, 90, 60, 70)]

@@ -226,12 +226,12 @@ def test_sweep_requeues_stale_jobs_and_fails_exhausted_ones(factory: sessionmake
 def test_cached_score_matches_bytes_and_model_version(factory: sessionmaker[Session]) -> None:
     (job_id,) = _submit(factory, ["a"])
     with factory.begin() as s:
-        assert jobs.cached_score(s, SHA, "m1") is None
+        assert jobs.cached_verdicts(s, [SHA], "m1") == {}
         jobs.finish_done(s, job_id, **_verdict(fake_score=0.25, label="real"))
     with factory.begin() as s:
-        assert jobs.cached_score(s, SHA, "m1") == 0.25
-        assert jobs.cached_score(s, SHA, "m2") is None
-        assert jobs.cached_score(s, "cd" * 32, "m1") is None
+        assert jobs.cached_verdicts(s, [SHA], "m1")[SHA].fake_score == 0.25
+        assert jobs.cached_verdicts(s, [SHA], "m2") == {}
+        assert jobs.cached_verdicts(s, ["cd" * 32], "m1") == {}
 
 
 def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:
