@@ -19,10 +19,13 @@
     8. Prints seconds per stage, sampled frames per second and whole-job seconds. Detection: none yet
     (whole frames, faces ``off``).
 
-``python -m bench.video fairness [--pairs 3] [--gop 50] [--images 6]``
-    Fair sharing: the latency of single images submitted one after another to the model batcher (ViT-B/16,
-    batch 8, CPU), with no video, and while a 32-frame video job keeps at most N frames in flight
-    (``--in-flight``: 2, dfscan's default, 8, and 32, i.e. all at once). Each variant in its own process, alternated.
+``python -m bench.video fairness [--pairs 3] [--gop 50] [--gap 1.5]``
+    Fair sharing: the latency of single 640x480 JPEGs judged through ``Judge.judge_bytes`` (decode,
+    preprocess, the model batcher; ViT-B/16, batch 8, CPU, faces off) at random times (exponential gaps,
+    mean ``--gap`` s, the same times in every variant of a round), with no video and while a 32-frame video
+    job (2 frames in flight) runs on another thread: frames batched with images as before priorities
+    (``fifo``), and as background items with at most 2 or 1 (dfscan) per background batch. Each variant
+    in its own process, alternated; the image latency's median, p90 and worst, and the video job's seconds.
 
 ``python -m bench.video aggregation [--trials 2000]``
     Flag rates at threshold 0.5 of several rules (mean, max, the DFDC winner's confident mean, the max of
@@ -296,79 +299,122 @@ def bench_job(pairs: int, gop: int, model: Path | None) -> None:
 # --- fair sharing ---------------------------------------------------------------------------------
 
 
-def run_fairness(path: Path, in_flight: int, images: int) -> dict[str, float]:
-    """Latency of single images submitted to the batcher while one video job runs (or none: in_flight 0)."""
+# Variants: name -> (frames of the video in flight, how its inputs meet images in the model batcher).
+# "fifo" is how dfscan shared the batcher before priorities (one queue, frames and images batched together);
+# "priority N" is dfscan now: frames are BACKGROUND items, never in an image's batch on a CPU, at most N
+# frames per background batch (dfscan's CPU default: 1).
+FAIR_VARIANTS: dict[str, tuple[int, str]] = {
+    "no video": (0, "-"),
+    "video, fifo (before)": (2, "fifo"),
+    "video, priority, background batch 2": (2, "priority 2"),
+    "video, priority, background batch 1 (dfscan)": (2, "priority 1"),
+}
+
+
+def run_fairness(path: Path, in_flight: int, mode: str, gap: float, seed: int) -> dict[str, float]:
+    """Latency of single 640x480 JPEGs judged (``Judge.judge_bytes``: decode, preprocess, model; the worker's
+    runtime and threads from the default settings) at random
+    times (exponential gaps, mean ``gap`` s) while one 32-frame video job runs on another thread (or none:
+    ``in_flight`` 0). The same arrival times in every variant of a round (``seed``)."""
+    import io
+    import random
     import threading
 
     from bench.core import CACHE as CORE_CACHE
     from bench.core import random_vit_base
-    from worker.inference.batcher import DynamicBatcher
-    from worker.inference.model import load_detector
-    from worker.inference.preprocess import to_tensor
-    from worker.inference.video import VideoPolicy
-    from worker.inference.video_scoring import score_video
+    from dfscan.settings import Settings
+    from worker.inference.batcher import FOREGROUND
+    from worker.inference.factory import new_detector, new_judge
 
-    detector = load_detector(str(random_vit_base(CORE_CACHE / "vit-base-random")), device="cpu")
-    image = to_tensor(np_image(224), detector.preprocess)
-    batcher = DynamicBatcher(detector.predict, max_batch=8, max_wait=0.02)
-    batcher.submit(image).result()  # warm up
+    settings = Settings(
+        model=str(random_vit_base(CORE_CACHE / "vit-base-random")),
+        device="cpu",
+        faces="off",
+        video_frames=FRAMES,
+        video_in_flight=max(1, in_flight),
+    )
+    detector = new_detector(settings)  # the worker's: ONNX Runtime on a CPU (DFSCAN_RUNTIME=auto)
+    judge = new_judge(settings, detector)
+    if mode == "fifo":  # the batcher before priorities: frames queue with images, batched together
+        judge.batcher.mix = True
+        judge._submit_frame = lambda pixels: judge.batcher.submit(pixels, priority=FOREGROUND)  # type: ignore[method-assign]
+    elif mode.startswith("priority"):
+        judge.batcher.background_batch = int(mode.split()[1])
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    jpegs = []  # distinct bytes: a repeat would be answered from the judge's memo without the model
+    for _ in range(120):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    for jpeg in jpegs[-3:]:
+        judge.judge_bytes(jpeg)  # warm up
     data = path.read_bytes()
     done = threading.Event()
     video_s = 0.0
+    verdicts = []
 
     def video() -> None:
         nonlocal video_s
         started = time.perf_counter()
-        score_video(
-            data, VideoPolicy(frames=FRAMES), detector.preprocess, batcher.submit, max_in_flight=in_flight
-        )
+        verdicts.append(judge.judge_bytes(data))
         video_s = time.perf_counter() - started
         done.set()
 
+    gaps = random.Random(seed)
     thread = threading.Thread(target=video) if in_flight else None
+    cpu0 = _cpu()
     if thread:
         thread.start()
-        time.sleep(1.0)  # the video is decoding and has frames waiting
     latencies = []
-    for _ in range(images):
-        started = time.perf_counter()
-        batcher.submit(image).result()
-        latencies.append(time.perf_counter() - started)
+    horizon = time.perf_counter() + 25.0  # without a video: about as long as a video job runs
+    while (
+        not (done.is_set() if thread else time.perf_counter() > horizon) and len(latencies) < len(jpegs) - 3
+    ):
+        time.sleep(gaps.expovariate(1.0 / gap))
         if thread and done.is_set():
             break
+        started = time.perf_counter()
+        verdict = judge.judge_bytes(jpegs[len(latencies)])
+        assert verdict.status == "done", verdict
+        latencies.append(time.perf_counter() - started)
     if thread:
         thread.join()
-    batcher.close()
+        assert verdicts[0].status == "done", verdicts[0]
+    judge.close()
+    latencies.sort()
     return {
         "median": statistics.median(latencies),
-        "max": max(latencies),
+        "p90": latencies[int(0.9 * (len(latencies) - 1))],
+        "max": latencies[-1],
         "n": len(latencies),
         "video_s": video_s,
-        "cpu": _cpu(),
+        "cpu": _cpu() - cpu0,
     }
 
 
-def bench_fairness(pairs: int, gop: int, images: int, in_flight: list[int]) -> None:
-    from worker.inference.video import VideoPolicy
-
+def bench_fairness(pairs: int, gop: int, gap: float) -> None:
     path = clip_path(gop)
-    variants = {"no video": 0}
-    for n in in_flight:
-        tag = " (dfscan)" if n == VideoPolicy().in_flight else " (unbounded)" if n >= FRAMES else ""
-        variants[f"video, {n} frames in flight{tag}"] = n
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in FAIR_VARIANTS}
     for r in range(pairs):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        order = list(FAIR_VARIANTS) if r % 2 == 0 else list(reversed(FAIR_VARIANTS))
         for name in order:
-            results[name].append(_child(["fair", str(path), str(variants[name]), str(images)]))
+            in_flight, mode = FAIR_VARIANTS[name]
+            results[name].append(_child(["fair", str(path), str(in_flight), mode, str(gap), str(r)]))
+            console.print(f"round {r + 1}: {name}: {json.dumps(results[name][-1])}")
+    alone = statistics.median(x["median"] for x in results["no video"])
     table = Table(
-        title=f"latency of single images while a {FRAMES}-frame video job runs, ViT-B/16 CPU, batch 8, {pairs} rounds"
+        title=f"single images judged at random times (mean gap {gap} s) beside a {FRAMES}-frame video job, "
+        f"ViT-B/16 CPU, batch 8, {pairs} rounds"
     )
     for col in (
         "variant",
-        "image latency median s (min-max of rounds)",
-        "worst image s",
-        "images timed",
+        "image latency median s (rounds)",
+        "vs no video",
+        "p90 s",
+        "worst s",
+        "images",
         "video job s",
     ):
         table.add_column(col, justify="right")
@@ -376,10 +422,12 @@ def bench_fairness(pairs: int, gop: int, images: int, in_flight: list[int]) -> N
         medians = [x["median"] for x in rows]
         table.add_row(
             name,
-            f"{statistics.median(medians):.2f} ({_spread(medians)})",
-            f"{max(x['max'] for x in rows):.2f}",
+            f"{statistics.median(medians):.3f} ({_spread(medians)})",
+            f"{statistics.median(medians) / alone:.2f}x",
+            f"{statistics.median(x['p90'] for x in rows):.3f}",
+            f"{max(x['max'] for x in rows):.3f}",
             f"{sum(x['n'] for x in rows):.0f}",
-            f"{statistics.median(x['video_s'] for x in rows):.1f}" if variants[name] else "-",
+            f"{statistics.median(x['video_s'] for x in rows):.1f}" if FAIR_VARIANTS[name][0] else "-",
         )
     console.print(table)
 
@@ -445,14 +493,15 @@ def main() -> None:
     f = sub.add_parser("fairness")
     f.add_argument("--pairs", type=int, default=3)
     f.add_argument("--gop", type=int, default=50)
-    f.add_argument("--images", type=int, default=6)
-    f.add_argument("--in-flight", default="2,8,32", help="comma-separated max_in_flight values to compare")
+    f.add_argument("--gap", type=float, default=1.5, help="mean seconds between images (exponential)")
     a = sub.add_parser("aggregation")
     a.add_argument("--trials", type=int, default=2000)
     fo = sub.add_parser("fair")  # internal: one fairness variant in this process, JSON on stdout
     fo.add_argument("path")
     fo.add_argument("in_flight", type=int)
-    fo.add_argument("images", type=int)
+    fo.add_argument("mode")
+    fo.add_argument("gap", type=float)
+    fo.add_argument("seed", type=int)
     o = sub.add_parser("one")  # internal: one strategy in this process, JSON on stdout
     o.add_argument("strategy")
     o.add_argument("path")
@@ -467,9 +516,9 @@ def main() -> None:
     elif args.cmd == "job":
         bench_job(args.pairs, args.gop, args.model)
     elif args.cmd == "fairness":
-        bench_fairness(args.pairs, args.gop, args.images, [int(n) for n in args.in_flight.split(",")])
+        bench_fairness(args.pairs, args.gop, args.gap)
     elif args.cmd == "fair":
-        print(json.dumps(run_fairness(Path(args.path), args.in_flight, args.images)))
+        print(json.dumps(run_fairness(Path(args.path), args.in_flight, args.mode, args.gap, args.seed)))
     else:
         bench_aggregation(args.trials)
 

@@ -82,3 +82,37 @@ def test_a_worker_killed_mid_video_still_ends_with_exactly_one_verdict(service: 
     assert frame_rows(service) == 64
     report = check_submission(settings_for(service), sub.id)
     assert report.ok and report.done == 1, report.summary()
+
+
+def test_a_video_url_is_fetched_under_the_video_cap_judged_and_stored(service: Service) -> None:
+    """A moderation backend submits the video's URL as it would an image's: the bytes say video (the
+    path says nothing), the larger video byte cap applies to it, and one over that cap fails TOO_LARGE."""
+    from tests.fixtures.http_server import serve_http
+
+    clip = make_clip(width=64, height=48, fps=10, seconds=3.0, gop=10)
+    big = make_clip(width=64, height=48, fps=10, seconds=6.0, gop=10)
+    assert len(big) > len(clip) + 1000
+    files = {"/media/1": clip, "/media/2": big}
+    with serve_http(files) as server:
+        service.start_worker(
+            env={
+                "DFSCAN_URL_ALLOWLIST": "127.0.0.1",
+                "DFSCAN_VIDEO_FRAMES": "6",
+                "DFSCAN_MAX_BYTES": "2000",  # images: far less than either clip
+                "DFSCAN_MAX_VIDEO_BYTES": str(len(clip) + 500),
+            }
+        )
+        sub = ScanClient(settings_for(service)).submit([server.url("/media/1"), server.url("/media/2")])
+        sub.wait(120)
+    rows = {row.source.rsplit("/", 1)[-1]: row for row in sub.results()}
+    video = rows["1"].verdict
+    assert video.done, video.error
+    assert video.media == "video" and video.image_format == "MP4"
+    assert (
+        video.duration_s == pytest.approx(3.0, abs=0.01)
+        and video.frames is not None
+        and len(video.frames) == 6
+    )
+    assert rows["2"].error_code == "TOO_LARGE" and "for videos" in (rows["2"].error or "")
+    assert rows["2"].attempts == 1  # a permanent error: not retried
+    assert frame_rows(service) == 6

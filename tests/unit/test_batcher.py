@@ -1,16 +1,19 @@
-"""The dynamic batcher: batches across threads, fails a faulty batch per item, drains on close."""
+"""The dynamic batcher: batches across threads, fails a faulty batch per item, drains on close, and
+serves foreground items (images) before background ones (a video's frames) without starving either."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import torch
 
 from dfscan.exceptions import InferenceError
-from worker.inference.batcher import DynamicBatcher
+from worker.inference.batcher import BACKGROUND, DynamicBatcher, MicroBatcher
 
 
 def _mean_model(calls: list[int]):
@@ -109,3 +112,108 @@ def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> No
     with pytest.raises(ConnectionError, match="database is down"):
         failing.submit(7).result(timeout=5)
     failing.close(timeout=5)
+
+
+# --- priorities: images before a video's frames ---------------------------------------------------
+
+
+def _gated(seen: list[list[int]], gate: threading.Event) -> Callable[[list[int]], list[int]]:
+    def run(items: list[int]) -> list[int]:
+        gate.wait(5)
+        seen.append(list(items))
+        return items
+
+    return run
+
+
+def _held_batcher(**kwargs: Any) -> tuple[MicroBatcher[int, int], list[list[int]], threading.Event]:
+    """A batcher whose first batch (item -1, background) blocks until the gate opens, so what is
+    submitted meanwhile queues up and the next batches show the order the batcher chose."""
+    seen: list[list[int]] = []
+    gate = threading.Event()
+    batcher: MicroBatcher[int, int] = MicroBatcher(_gated(seen, gate), name="model", **kwargs)
+    batcher.submit(-1, priority=BACKGROUND)
+    deadline = time.monotonic() + 5
+    while batcher.waiting(BACKGROUND) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return batcher, seen, gate
+
+
+def test_foreground_items_run_before_background_ones_queued_earlier_and_never_share_their_batch() -> None:
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False, background_batch=1)
+    frames = [batcher.submit(i, priority=BACKGROUND) for i in (10, 11, 12)]
+    images = [batcher.submit(i) for i in (1, 2)]
+    gate.set()
+    for future in [*frames, *images]:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    # The images waited for the batch already running only; each frame then ran alone (batch 1).
+    assert seen == [[-1], [1, 2], [10], [11], [12]]
+    assert batcher.stats.mixed_batches == 0
+
+
+def test_with_mixing_background_items_fill_the_rest_of_a_foreground_batch() -> None:
+    batcher, seen, gate = _held_batcher(max_batch=4, max_wait=0.0, mix=True)
+    frames = [batcher.submit(i, priority=BACKGROUND) for i in (10, 11, 12)]
+    images = [batcher.submit(i) for i in (1, 2)]
+    gate.set()
+    for future in [*frames, *images]:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1, 2, 10, 11], [12]]
+    assert batcher.stats.mixed_batches == 1
+
+
+def test_a_background_item_that_waited_too_long_runs_before_newer_foreground_items() -> None:
+    """A steady stream of images slows a video down but never starves it."""
+    seen: list[list[int]] = []
+    order_lock = threading.Lock()
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.02)
+        with order_lock:
+            seen.append(list(items))
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        slow, max_batch=1, max_wait=0.0, name="model", mix=False, starve_after=0.2
+    )
+    stop = threading.Event()
+
+    def images() -> None:  # always at least one image waiting
+        i = 0
+        while not stop.is_set():
+            batcher.submit(i).result(timeout=5)
+            i += 1
+
+    feeders = [threading.Thread(target=images) for _ in range(3)]
+    for feeder in feeders:
+        feeder.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    frame = batcher.submit(-5, priority=BACKGROUND)
+    assert frame.result(timeout=5) == -5
+    waited = time.monotonic() - started
+    stop.set()
+    for feeder in feeders:
+        feeder.join(5)
+    batcher.close(timeout=5)
+    assert 0.2 <= waited < 1.5, waited  # it ran once it had waited starve_after, not after the images stopped
+
+
+def test_close_drains_both_classes_without_waiting_out_max_wait_and_refuses_an_unknown_priority() -> None:
+    seen: list[list[int]] = []
+    gate = threading.Event()
+    gate.set()
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        _gated(seen, gate), max_batch=8, max_wait=30.0, name="model", mix=False, background_batch=2
+    )
+    # The image waits for a batch of 8 to fill (30 s); the frames wait behind it.
+    futures = [batcher.submit(1)] + [batcher.submit(i, priority=BACKGROUND) for i in (10, 11, 12)]
+    with pytest.raises(ValueError, match="priority"):
+        batcher.submit(3, priority=7)
+    started = time.monotonic()
+    batcher.close(timeout=10)
+    assert time.monotonic() - started < 5
+    assert [f.result(timeout=1) for f in futures] == [1, 10, 11, 12]
+    assert seen == [[1], [10, 11], [12]]

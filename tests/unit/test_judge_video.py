@@ -11,6 +11,7 @@ import torch
 from dfscan.verdicts import VIDEO, Verdict, label_for
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import hostile_corpus, make_clip
+from worker.inference.batcher import BACKGROUND
 from worker.inference.images import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
 from worker.inference.model import Detector, load_detector
@@ -209,3 +210,62 @@ def test_require_leaves_faceless_frames_unjudged_and_a_faceless_video_not_applic
     assert empty.media == "video" and empty.peak_t is None and empty.frames is not None
     assert [f.fake_score for f in empty.frames] == [None] * 4 and empty.frame_rows() == []
     assert empty.output()["frames"][0] == {"t": 0.0, "fake_score": None, "faces": []}
+
+
+def test_an_image_judged_beside_a_video_goes_ahead_of_its_frames_and_never_shares_their_batch(
+    detector: Detector, tmp_path: Path
+) -> None:
+    """On a CPU every input costs its full forward pass: the image waits for at most the one frame
+    being run, never for the frames queued before it, and no batch holds both."""
+    import copy
+    import threading
+    import time
+
+    from PIL import Image
+
+    batches: list[list[str]] = []
+    running = threading.Event()
+    slow = copy.copy(detector)
+
+    def predict(pixels: torch.Tensor) -> list[float]:
+        running.set()
+        time.sleep(0.05)  # a forward pass that takes a while, so frames queue up behind it
+        # The image is a flat mid-grey: every pixel normalises to ~0; frames of the clip are not flat.
+        batches.append(["image" if float(p.std()) < 1e-3 else "frame" for p in pixels])
+        return detector.predict(pixels)
+
+    slow.predict = predict  # type: ignore[method-assign]
+    judge = Judge(
+        slow,
+        sources=SourcePolicy(),
+        images=ImagePolicy(),
+        videos=VideoPolicy(frames=32, in_flight=4),
+        batch_size=8,
+        batch_wait=0.0,
+    )
+    assert judge.batcher.mix is False  # a CPU detector
+    video = make_clip(width=48, height=40, fps=10, seconds=4.0, gop=10)
+    buffer = __import__("io").BytesIO()
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(buffer, "PNG")
+    verdicts: list[Verdict] = []
+    thread = threading.Thread(target=lambda: verdicts.append(judge.judge_bytes(video)))
+    try:
+        thread.start()
+        assert running.wait(10)
+        time.sleep(0.12)  # frames are waiting now
+        run_before = sum(len(b) for b in batches)
+        waiting = judge.batcher.waiting(BACKGROUND)
+        image = judge.judge_bytes(buffer.getvalue())
+        thread.join(30)
+    finally:
+        judge.close()
+    assert image.done and verdicts and verdicts[0].done, (image.error, verdicts)
+    flat = [kind for batch in batches for kind in batch]
+    assert flat.count("frame") == 32 and flat.count("image") == 1
+    assert all(len(set(batch)) == 1 for batch in batches), batches  # never mixed
+    at = next(i for i, batch in enumerate(batches) if batch == ["image"])
+    assert at < len(batches) - 1 and "frame" in batches[-1]  # the video was still going
+    # Ahead of the frames queued when it came: it waited for the one frame being run, no more.
+    assert waiting >= 2, waiting
+    assert flat.index("image") <= run_before + judge.batcher.background_batch
+    assert judge.batcher.background_batch == 1

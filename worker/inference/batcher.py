@@ -13,6 +13,11 @@ A fault of the batch function fails every item of that batch with the same excep
 can put its own job back on the queue; one bad *image* never reaches this point (decode errors
 happen in the task thread). ``close()`` drains: items already submitted are still run.
 
+Items carry a priority: ``FOREGROUND`` (an image someone waits for) or ``BACKGROUND`` (the many inputs
+of a video job). Foreground items are batched first, and on a CPU the two are never batched together,
+so a 32-frame video judged beside them costs an image at most the one background batch already
+running (see :class:`MicroBatcher`).
+
 The worker uses the same mechanism for its database round trips (claims, cache look-ups and verdict
 writes of concurrent tasks share one statement each), with ``max_wait=0``: a batch is whatever
 queued up while the previous one ran, so a lone task never waits.
@@ -21,9 +26,9 @@ queued up while the previous one ran, so a lone task never waits.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,9 +45,19 @@ R = TypeVar("R")
 PredictFn = Callable[[torch.Tensor], Sequence[float]]
 
 
+# Priorities of a submitted item: lower runs first.
+FOREGROUND = 0  # an image someone is waiting for (and its face crops)
+BACKGROUND = 1  # one of many inputs of a long job: a video's sampled frames and their crops
+PRIORITIES = (FOREGROUND, BACKGROUND)
+# A background item that has waited this long is served before newer foreground ones, so a steady
+# stream of images slows a video down but never starves it.
+STARVE_AFTER_S = 2.0
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     item: T
+    priority: int = FOREGROUND
     future: Future[R] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -53,6 +68,7 @@ class BatchStats:
     items: int = 0
     largest: int = 0
     failed_batches: int = 0
+    mixed_batches: int = 0  # batches holding both foreground and background items
 
 
 class MicroBatcher(Generic[T, R]):
@@ -60,6 +76,15 @@ class MicroBatcher(Generic[T, R]):
 
     ``run_batch(items)`` returns one result per item, in order. ``wrap_error`` turns an exception of
     the batch function into the exception each item's future gets.
+
+    **Priorities.** Each item is ``FOREGROUND`` (default) or ``BACKGROUND``. A batch starts with the
+    oldest item of the most urgent class waiting (a background item that has waited ``starve_after``
+    seconds counts as urgent). ``mix=True`` fills the rest of the batch with the other class (a GPU,
+    where a few more inputs in a batch cost almost nothing); ``mix=False`` never puts both classes in
+    one batch (a CPU, where every input costs its full forward pass, so a video frame sharing an
+    image's batch would add its cost to the image's latency). A batch being collected waits up to
+    ``max_wait`` after its oldest item for more of them, and gives way at once to foreground items
+    that arrive meanwhile when it was a background batch.
     """
 
     def __init__(
@@ -71,6 +96,9 @@ class MicroBatcher(Generic[T, R]):
         name: str,
         wrap_error: Callable[[Exception], Exception] = lambda exc: exc,
         on_batch: Callable[[int, float], None] | None = None,
+        mix: bool = True,
+        background_batch: int | None = None,
+        starve_after: float = STARVE_AFTER_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -80,65 +108,88 @@ class MicroBatcher(Generic[T, R]):
         self.name = name
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.mix = mix
+        # Most items in a batch of background items alone: what a foreground item arriving just after
+        # it started waits for, on a CPU one forward pass per item.
+        self.background_batch = max_batch if background_batch is None else max(1, background_batch)
+        self.starve_after = starve_after
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Pending[T, R] | None] = queue.Queue()
-        self._closed = threading.Event()
+        self._waiting: dict[int, deque[_Pending[T, R]]] = {p: deque() for p in PRIORITIES}
+        self._ready = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"dfscan-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, item: T) -> Future[R]:
+    def submit(self, item: T, *, priority: int = FOREGROUND) -> Future[R]:
         """Queue one item; the future resolves to its result (or the batch's exception)."""
-        if self._closed.is_set():
-            raise self._wrap_error(
-                RuntimeError(f"the {self.name} batcher is shut down; the job goes back to the queue")
-            )
-        pending: _Pending[T, R] = _Pending(item)
-        self._queue.put(pending)
+        if priority not in self._waiting:
+            raise ValueError(f"priority must be one of {PRIORITIES}, got {priority}")
+        pending: _Pending[T, R] = _Pending(item, priority)
+        with self._ready:
+            if self._closed:
+                raise self._wrap_error(
+                    RuntimeError(f"the {self.name} batcher is shut down; the job goes back to the queue")
+                )
+            self._waiting[priority].append(pending)
+            self._ready.notify()
         return pending.future
 
+    def waiting(self, priority: int = FOREGROUND) -> int:
+        """How many items of ``priority`` wait for a batch (not counting the batch running)."""
+        with self._ready:
+            return len(self._waiting[priority])
+
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking items, run those already submitted, then stop the model thread."""
-        self._closed.set()
-        self._queue.put(None)
+        """Stop taking items, run those already submitted, then stop the batch thread."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
         self._thread.join(timeout)
 
+    def _head(self, now: float) -> int | None:
+        """The class the next batch starts with: the most urgent one waiting, unless a less urgent
+        item has waited ``starve_after`` seconds (then the class of the oldest such item)."""
+        starving = [
+            (queue[0].enqueued, priority)
+            for priority, queue in self._waiting.items()
+            if queue and priority != FOREGROUND and now - queue[0].enqueued >= self.starve_after
+        ]
+        if starving:
+            return min(starving)[1]
+        return next((priority for priority in PRIORITIES if self._waiting[priority]), None)
+
     def _collect(self) -> tuple[list[_Pending[T, R]], bool]:
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        deadline = first.enqueued + self.max_wait
-        stop = False
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                stop = True
-                break
-            batch.append(item)
-        return batch, stop
+        """The next batch (empty and True once closed and drained)."""
+        with self._ready:
+            while True:
+                now = time.monotonic()
+                head = self._head(now)
+                if head is None:
+                    if self._closed:
+                        return [], True
+                    self._ready.wait()
+                    continue
+                classes = [head] + ([p for p in PRIORITIES if p != head] if self.mix else [])
+                limit = self.max_batch if head == FOREGROUND or self.mix else self.background_batch
+                ready = sum(len(self._waiting[p]) for p in classes)
+                remaining = self._waiting[head][0].enqueued + self.max_wait - now
+                if ready >= limit or remaining <= 0 or self._closed:
+                    break
+                # Wait for the batch to fill; a newly submitted item wakes us up to look again.
+                self._ready.wait(min(remaining, self.starve_after))
+            batch: list[_Pending[T, R]] = []
+            for priority in classes:
+                queue = self._waiting[priority]
+                while queue and len(batch) < limit:
+                    batch.append(queue.popleft())
+            return batch, False
 
     def _run(self) -> None:
         while True:
             batch, stop = self._collect()
-            if batch:
-                self._run_batch(batch)
             if stop:
-                # Drain whatever was submitted before close() was seen.
-                rest: list[_Pending[T, R]] = []
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        rest.append(item)
-                for start in range(0, len(rest), self.max_batch):
-                    self._run_batch(rest[start : start + self.max_batch])
                 return
+            self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()
@@ -159,6 +210,8 @@ class MicroBatcher(Generic[T, R]):
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        if len({pending.priority for pending in batch}) > 1:
+            self.stats.mixed_batches += 1
         if self._on_batch is not None:
             try:
                 self._on_batch(len(batch), time.perf_counter() - started)
@@ -187,6 +240,8 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
         max_wait: float,
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
+        mix: bool = True,
+        background_batch: int | None = None,
     ) -> None:
         super().__init__(
             _stacked(predict),
@@ -195,4 +250,6 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
             name=name,
             wrap_error=_model_error,
             on_batch=on_batch,
+            mix=mix,
+            background_batch=background_batch,
         )

@@ -29,7 +29,8 @@ any frame under ``require`` is done with label ``not_applicable`` and no score, 
 
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
-waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``).
+waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). A video's frames and crops go to both
+batchers as ``BACKGROUND`` items: images are batched first, and on a CPU never together with them.
 
 Errors never escape as exceptions, with one exception: a failure of the caller's ``known`` look-up
 (its database is down) propagates, so the caller can treat it as an outage. Every other problem is a
@@ -48,6 +49,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import torch
 from PIL import Image
 
 from dfscan.exceptions import DfscanError, InferenceError
@@ -64,7 +66,7 @@ from dfscan.verdicts import (
     Verdict,
     label_for,
 )
-from worker.inference.batcher import DynamicBatcher, MicroBatcher
+from worker.inference.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
 from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
 from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
 from worker.inference.media import video_container
@@ -112,8 +114,17 @@ class Judge:
         self.threshold = threshold
         self.known = known
         # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
+        # On a CPU every input costs its full forward pass: a video's frames never share an image's
+        # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
+        # GPU a few more inputs per batch are nearly free: frames fill images' batches and batch freely).
+        mix = detector.device.type != "cpu"
         self.batcher = DynamicBatcher(
-            detector.predict, max_batch=batch_size, max_wait=batch_wait, on_batch=on_batch
+            detector.predict,
+            max_batch=batch_size,
+            max_wait=batch_wait,
+            on_batch=on_batch,
+            mix=mix,
+            background_batch=None if mix else 1,
         )
         self.faces = faces
         self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
@@ -124,6 +135,7 @@ class Judge:
                 max_wait=batch_wait,
                 name="dfscan-faces",
                 wrap_error=lambda exc: InferenceError(f"face detector fault: {type(exc).__name__}: {exc}"),
+                mix=mix,
             )
         self._memo: OrderedDict[str, Future[float]] = OrderedDict()
         self._memo_lock = threading.Lock()
@@ -220,10 +232,16 @@ class Judge:
             source, max(scores), cached=False, infer_ms=infer_ms, judged_on=FACES, faces=judged, **facts
         )
 
-    def _find_faces(self, image: Image.Image) -> list[Face]:
+    def _find_faces(self, image: Image.Image, priority: int = FOREGROUND) -> list[Face]:
         """The faces of one image or video frame, from the face micro-batcher (waited on)."""
         assert self._face_batcher is not None
-        return self._face_batcher.submit(image).result(timeout=MODEL_TIMEOUT_S)
+        return self._face_batcher.submit(image, priority=priority).result(timeout=MODEL_TIMEOUT_S)
+
+    def _find_frame_faces(self, image: Image.Image) -> list[Face]:
+        return self._find_faces(image, BACKGROUND)
+
+    def _submit_frame(self, pixels: torch.Tensor) -> Future[float]:
+        return self.batcher.submit(pixels, priority=BACKGROUND)
 
     def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
         facts: dict[str, object] = {
@@ -239,9 +257,9 @@ class Judge:
                 data,
                 self.videos,
                 self.detector.preprocess,
-                self.batcher.submit,
+                self._submit_frame,  # behind images: a video never starves the images queued after it
                 timeout=MODEL_TIMEOUT_S,
-                faces=None if self.faces is None else FrameFaces(self._find_faces, self.faces),
+                faces=None if self.faces is None else FrameFaces(self._find_frame_faces, self.faces),
             )
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))

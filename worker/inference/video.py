@@ -38,6 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -58,10 +59,12 @@ from worker.inference.media import is_video, video_container
 
 __all__ = [
     "CONTAINERS",
+    "OpenedVideo",
     "SampledFrame",
     "VideoInfo",
     "VideoPolicy",
     "is_video",
+    "open_video",
     "probe_video",
     "sample_frames",
 ]
@@ -145,12 +148,37 @@ class _Run:
     wanted: list[int] = field(default_factory=list)
 
 
-def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
-    """Check every cap that the headers and the packet index can answer; no frame is decoded."""
+@dataclass
+class OpenedVideo:
+    """A video whose caps passed and whose packets are indexed (:func:`open_video`): ``info`` now, the
+    sampled frames when iterated (``frames``: a generator, one frame at a time)."""
+
+    info: VideoInfo
+    frames: Iterator[SampledFrame]
+
+
+@contextmanager
+def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
+    """Open ``data``, check every cap the headers and the packet index can answer, and give its info and
+    a generator of its sampled frames: one demux pass for both (what :func:`probe_video` and
+    :func:`sample_frames` do separately). The container stays open inside the ``with`` block only.
+
+    Raises (the frames also part-way through) UnsupportedFormatError, TooLargeError, CorruptVideoError,
+    VideoTooLongError or VideoTooLargeError.
+    """
+    deadline = time.monotonic() + policy.deadline_s
     with _open(data, policy) as container:
         stream = container.streams.video[0]
-        index = _index(container, stream, policy, time.monotonic() + policy.deadline_s)
-        return _info(container, stream, index, len(data))
+        index = _index(container, stream, policy, deadline)
+        yield OpenedVideo(
+            _info(container, stream, index, len(data)), _frames(container, stream, index, policy, deadline)
+        )
+
+
+def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
+    """Check every cap that the headers and the packet index can answer; no frame is decoded."""
+    with open_video(data, policy) as video:
+        return video.info
 
 
 def sample_frames(data: bytes, policy: VideoPolicy) -> Iterator[SampledFrame]:
@@ -159,20 +187,27 @@ def sample_frames(data: bytes, policy: VideoPolicy) -> Iterator[SampledFrame]:
     Raises (also part-way through) UnsupportedFormatError, TooLargeError, CorruptVideoError,
     VideoTooLongError or VideoTooLargeError.
     """
-    deadline = time.monotonic() + policy.deadline_s
-    with _open(data, policy) as container:
-        stream = container.streams.video[0]
-        index = _index(container, stream, policy, deadline)
-        wanted = _targets(index, policy)
-        runs = plan_runs(index.pts, index.key, wanted, tolerance=_tolerance(index, len(wanted)))
-        logger.debug(
-            "sampling %d frames of %d in %d runs (%d frames to decode)",
-            len(wanted),
-            len(index.pts),
-            len(runs),
-            decode_cost(index.pts, runs),
-        )
-        yield from _decode_runs(container, stream, index, runs, policy, deadline)
+    with open_video(data, policy) as video:
+        yield from video.frames
+
+
+def _frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: _Index,
+    policy: VideoPolicy,
+    deadline: float,
+) -> Iterator[SampledFrame]:
+    wanted = _targets(index, policy)
+    runs = plan_runs(index.pts, index.key, wanted, tolerance=_tolerance(index, len(wanted)))
+    logger.debug(
+        "sampling %d frames of %d in %d runs (%d frames to decode)",
+        len(wanted),
+        len(index.pts),
+        len(runs),
+        decode_cost(index.pts, runs),
+    )
+    yield from _decode_runs(container, stream, index, runs, policy, deadline)
 
 
 # --- opening and checking ------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from dfscan.verdicts import FaceVerdict
 from worker.inference.aggregate import aggregate_frames
 from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
 from worker.inference.preprocess import PreprocessConfig, to_tensor
-from worker.inference.video import VideoInfo, VideoPolicy, probe_video, sample_frames
+from worker.inference.video import VideoInfo, VideoPolicy, open_video
 
 Submit = Callable[[torch.Tensor], "Future[float]"]
 # One frame's faces, in the frame's pixels (the Judge's face micro-batcher, waited on).
@@ -136,7 +136,6 @@ def score_video(
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
     started = time.perf_counter()
-    info = probe_video(data, policy)
     # (t, the frame's chosen faces mapped to its decoded size, their futures)
     pending: deque[tuple[float, list[tuple[Face, tuple[int, int, int, int]]], list[Future[float]]]] = deque()
     in_flight = 0
@@ -160,26 +159,28 @@ def score_video(
 
     # Futures left behind by an error part-way are not cancelled (the batcher sets every result it
     # computes); they are simply dropped.
-    for frame in sample_frames(data, policy):
-        chosen: list[Face] = []
-        if faces is not None:
-            before = time.perf_counter()
-            found = faces.find(frame.image)
-            detected += time.perf_counter() - before
-            chosen = select_faces(found, faces.policy.max_faces, faces.policy.min_face_px)
-        inputs = frame_inputs(
-            frame.image,
-            cfg,
-            chosen,
-            margin=faces.policy.margin if faces is not None else 0.0,
-            whole=faces is None or faces.policy.mode != "require",
-        )
-        size = frame.size or frame.image.size
-        mapped = [(face, scale_box(face.box, frame.image.size, size)) for face in chosen]
-        while pending and in_flight + len(inputs) > max_in_flight:
-            collect_oldest()
-        pending.append((frame.t, mapped, [submit(tensor) for tensor in inputs]))
-        in_flight += len(inputs)
+    with open_video(data, policy) as video:  # one demux pass: the caps, the info and the frames
+        info = video.info
+        for frame in video.frames:
+            chosen: list[Face] = []
+            if faces is not None:
+                before = time.perf_counter()
+                found = faces.find(frame.image)
+                detected += time.perf_counter() - before
+                chosen = select_faces(found, faces.policy.max_faces, faces.policy.min_face_px)
+            inputs = frame_inputs(
+                frame.image,
+                cfg,
+                chosen,
+                margin=faces.policy.margin if faces is not None else 0.0,
+                whole=faces is None or faces.policy.mode != "require",
+            )
+            size = frame.size or frame.image.size
+            mapped = [(face, scale_box(face.box, frame.image.size, size)) for face in chosen]
+            while pending and in_flight + len(inputs) > max_in_flight:
+                collect_oldest()
+            pending.append((frame.t, mapped, [submit(tensor) for tensor in inputs]))
+            in_flight += len(inputs)
     while pending:
         collect_oldest()
     total = time.perf_counter() - started
