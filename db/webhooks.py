@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -201,23 +201,78 @@ def retry_delay(attempts: int, *, base: float, cap: float) -> float:
     return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
 
 
-def mark_delivered(session: Session, delivery_id: uuid.UUID, *, status: int) -> bool:
-    now = utcnow()
-    result = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending")
-        .values(
-            state="delivered",
-            delivered_at=now,
-            last_status=status,
-            error_code=None,
-            error_message=None,
-            updated_at=now,
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed attempt ended: delivered (``code`` None), retry in ``retry_in`` seconds, or
+    (``code`` set, ``retry_in`` None) given up."""
+
+    id: uuid.UUID
+    status: int | None  # the HTTP status, when there was an answer
+    code: str | None = None
+    message: str = ""
+    retry_in: float | None = None
+
+
+def settle(session: Session, outcomes: Sequence[Outcome], *, now: datetime | None = None) -> int:
+    """Record a round's outcomes in a bounded number of statements, whatever their number: one
+    UPDATE per distinct 2xx status for the delivered rows (``WHERE id IN (...)``; one in practice),
+    one executemany for the failed attempts. Only rows still pending change (a row redelivered or
+    settled by another loop meanwhile is left alone). Returns how many rows changed."""
+    now = now or utcnow()
+    changed = 0
+    delivered: dict[int | None, list[uuid.UUID]] = {}
+    failed: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.code is None:
+            delivered.setdefault(outcome.status, []).append(outcome.id)
+        else:
+            give_up = outcome.retry_in is None
+            failed.append(
+                {
+                    "b_id": outcome.id,
+                    "b_state": "failed" if give_up else "pending",
+                    "b_next": now if give_up else now + timedelta(seconds=outcome.retry_in or 0.0),
+                    "b_status": outcome.status,
+                    "b_code": outcome.code,
+                    "b_message": outcome.message[:2000],
+                }
+            )
+    table = WebhookDelivery.__table__
+    for status, ids in sorted(delivered.items(), key=lambda item: item[0] or 0):
+        result = session.execute(
+            update(table)
+            .where(table.c.id.in_(ids), table.c.state == "pending")
+            .values(
+                state="delivered",
+                delivered_at=now,
+                last_status=status,
+                error_code=None,
+                error_message=None,
+                updated_at=now,
+            )
         )
-        .returning(WebhookDelivery.id),
-        execution_options={"synchronize_session": False},
-    )
-    return result.first() is not None
+        changed += result.rowcount  # type: ignore[attr-defined]
+    if failed:
+        result = session.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.state == "pending")
+            .values(
+                state=bindparam("b_state"),
+                next_attempt_at=bindparam("b_next"),  # a given-up row is never claimed again
+                last_status=bindparam("b_status"),
+                error_code=bindparam("b_code"),
+                error_message=bindparam("b_message"),
+                updated_at=now,
+            ),
+            failed,
+        )
+        changed += result.rowcount  # type: ignore[attr-defined]
+    return changed
+
+
+def mark_delivered(session: Session, delivery_id: uuid.UUID, *, status: int) -> bool:
+    """One delivered row (see :func:`settle`); False when it was no longer pending."""
+    return settle(session, [Outcome(delivery_id, status)]) == 1
 
 
 def mark_attempt_failed(
@@ -230,25 +285,7 @@ def mark_attempt_failed(
     retry_in: float | None,
 ) -> bool:
     """Record a failed attempt: try again in ``retry_in`` seconds, or (None) give the delivery up."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "last_status": status,
-        "error_code": code,
-        "error_message": message[:2000],
-        "updated_at": now,
-    }
-    if retry_in is None:
-        values["state"] = "failed"
-    else:
-        values["next_attempt_at"] = now + timedelta(seconds=retry_in)
-    result = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending")
-        .values(**values)
-        .returning(WebhookDelivery.id),
-        execution_options={"synchronize_session": False},
-    )
-    return result.first() is not None
+    return settle(session, [Outcome(delivery_id, status, code, message, retry_in)]) == 1
 
 
 def redeliver(session: Session, delivery_id: uuid.UUID) -> bool:
