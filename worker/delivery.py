@@ -9,21 +9,26 @@ redirects are followed; one timeout bounds the whole POST; at most
 answer, a non-2xx status) is tried again with exponential backoff up to ``DFSCAN_WEBHOOK_MAX_ATTEMPTS``.
 
 The loop runs in the sweeper process (``dfscan sweeper``, ``dfscan worker --sweeper``) or alone
-(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``).
+(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``). It sleeps
+on ``LISTEN dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up
+to ``DFSCAN_WEBHOOK_POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost
+connection. A round checks and resolves each distinct URL once, POSTs (each on its own connection,
+``Connection: close``), and records every outcome in one transaction of a few statements.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import webhooks
+from db.notifications import Listener
 from dfscan.exceptions import BlockedDestinationError, DfscanError, HttpStatusError, UnsupportedSourceError
 from dfscan.settings import Settings
 from dfscan.urlguard import IPAddress, SourcePolicy, Target, parse_url
@@ -35,8 +40,17 @@ log = logging.getLogger(__name__)
 # Deliveries one claim takes, and POSTs in flight at once per loop.
 _CLAIM = 64
 _THREADS = 16
+# Seconds between two attempts to LISTEN again after the connection was lost (polling meanwhile).
+_RELISTEN = 5.0
 # Refused destinations never heal by waiting: the delivery fails at once.
 PERMANENT = (BlockedDestinationError, UnsupportedSourceError)
+
+
+def _engine(sessions: sessionmaker[Session]) -> Engine:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the delivery loop needs a sessionmaker bound to an Engine")
+    return bind
 
 
 def callback_policy(settings: Settings) -> SourcePolicy:
@@ -145,6 +159,7 @@ class Deliverer:
         self.lease = 2 * settings.webhook_timeout + 5
         self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="dfscan-webhook")
         self._warned = False
+        self.wakeups = Listener(_engine(sessions), webhooks.CHANNEL, retry_every=_RELISTEN)
 
     def deliver_once(self) -> DeliveryReport:
         secret = self.settings.webhook_secret.get_secret_value()
@@ -222,23 +237,34 @@ class Deliverer:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set; a database outage is logged and tried again."""
-        while not stop.is_set():
-            try:
-                report = self.deliver_once()
-            except SQLAlchemyError as exc:
-                log.warning("webhook delivery paused, will try again: %s", exc)
-                report = DeliveryReport()
-                stop.wait(max(1.0, self.settings.webhook_poll_interval))
-            except Exception:
-                log.exception("webhook delivery loop failed, will try again")
-                report = DeliveryReport()
-                time.sleep(1.0)
-            if not report.attempted:
-                stop.wait(self.settings.webhook_poll_interval)
+        """Deliver until ``stop`` is set; a database outage is logged and tried again.
+
+        Between rounds the loop waits on ``NOTIFY dfscan_webhooks`` (Postgres) up to
+        ``DFSCAN_WEBHOOK_POLL_INTERVAL``: a new event starts a round at once, and the poll stays for
+        retries that come due and for when no LISTEN connection is up (SQLite, an outage)."""
+        try:
+            while not stop.is_set():
+                try:
+                    report = self.deliver_once()
+                except SQLAlchemyError as exc:
+                    log.warning("webhook delivery paused, will try again: %s", exc)
+                    stop.wait(max(1.0, self.settings.webhook_poll_interval))
+                    continue
+                except Exception:
+                    log.exception("webhook delivery loop failed, will try again")
+                    stop.wait(1.0)
+                    continue
+                # A full claim may have left more due rows: go again. After a partial one, a listening
+                # loop may wait too: a NOTIFY committed during the round is already waiting on the socket.
+                listening = self.wakeups.listening
+                if not report.attempted or (listening and report.attempted < _CLAIM):
+                    self.wakeups.wait(self.settings.webhook_poll_interval, stop)
+        finally:
+            self.wakeups.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.wakeups.close()
 
 
 def start_delivery_thread(
