@@ -158,6 +158,50 @@ def _insert_ignoring_duplicate(session: Session) -> Any:
 
 # --- the delivery loop's queries ------------------------------------------------------------------
 
+# The loop's statements are built once, with bind parameters: building a statement costs more CPU than
+# running it (~1 ms of the ~1.8 ms a claim took), and the loop runs them many times a second under load.
+# Core, not the ORM entity: no per-row ORM bookkeeping.
+_TABLE = cast(Table, WebhookDelivery.__table__)
+_DUE = (
+    select(_TABLE.c.id)
+    .where(_TABLE.c.state == "pending", _TABLE.c.next_attempt_at <= bindparam("now"))
+    .order_by(_TABLE.c.next_attempt_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(_DUE.scalar_subquery()), _TABLE.c.state == "pending")
+    .values(
+        attempts=_TABLE.c.attempts + 1, next_attempt_at=bindparam("lease_until"), updated_at=bindparam("now")
+    )
+    .returning(_TABLE.c.id, _TABLE.c.event, _TABLE.c.url, _TABLE.c.body, _TABLE.c.attempts)
+)
+_DELIVERED = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.state == "pending")
+    .values(
+        state="delivered",
+        delivered_at=bindparam("now"),
+        last_status=bindparam("status"),
+        error_code=None,
+        error_message=None,
+        updated_at=bindparam("now"),
+    )
+)
+_FAILED = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.state == "pending")
+    .values(
+        state=bindparam("b_state"),
+        next_attempt_at=bindparam("b_next"),  # a given-up row is never claimed again
+        last_status=bindparam("b_status"),
+        error_code=bindparam("b_code"),
+        error_message=bindparam("b_message"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
 
 @dataclass(frozen=True)
 class Due:
@@ -176,30 +220,8 @@ def claim_due(
     """Take up to ``limit`` due deliveries for one attempt each (count it, push the next try past the
     lease). Rows another loop holds are skipped, not waited for."""
     now = now or utcnow()
-    due = (
-        select(WebhookDelivery.id)
-        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(due.scalar_subquery()), WebhookDelivery.state == "pending")
-        .values(
-            attempts=WebhookDelivery.attempts + 1,
-            next_attempt_at=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(
-            WebhookDelivery.id,
-            WebhookDelivery.event,
-            WebhookDelivery.url,
-            WebhookDelivery.body,
-            WebhookDelivery.attempts,
-        ),
-        execution_options={"synchronize_session": False},
-    ).all()
+    until = now + timedelta(seconds=lease_seconds)
+    rows = session.execute(_CLAIM, {"now": now, "limit": limit, "lease_until": until}).all()
     return [Due(row.id, row.event, row.url, row.body, row.attempts) for row in rows]
 
 
@@ -243,38 +265,14 @@ def settle(session: Session, outcomes: Sequence[Outcome], *, now: datetime | Non
                     "b_status": outcome.status,
                     "b_code": outcome.code,
                     "b_message": outcome.message[:2000],
+                    "b_now": now,
                 }
             )
-    # Core, not ORM-enabled: no per-row ORM bookkeeping, and executemany for the failed rows.
-    table = cast(Table, WebhookDelivery.__table__)
     for status, ids in sorted(delivered.items(), key=lambda item: item[0] or 0):
-        result = session.execute(
-            update(table)
-            .where(table.c.id.in_(ids), table.c.state == "pending")
-            .values(
-                state="delivered",
-                delivered_at=now,
-                last_status=status,
-                error_code=None,
-                error_message=None,
-                updated_at=now,
-            )
-        )
+        result = session.execute(_DELIVERED, {"ids": ids, "now": now, "status": status})
         changed += result.rowcount  # type: ignore[attr-defined]
     if failed:
-        result = session.execute(
-            update(table)
-            .where(table.c.id == bindparam("b_id"), table.c.state == "pending")
-            .values(
-                state=bindparam("b_state"),
-                next_attempt_at=bindparam("b_next"),  # a given-up row is never claimed again
-                last_status=bindparam("b_status"),
-                error_code=bindparam("b_code"),
-                error_message=bindparam("b_message"),
-                updated_at=now,
-            ),
-            failed,
-        )
+        result = session.execute(_FAILED, failed)
         changed += result.rowcount  # type: ignore[attr-defined]
     return changed
 

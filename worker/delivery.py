@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -241,9 +242,14 @@ class Deliverer:
 
         Between rounds the loop waits on ``NOTIFY dfscan_webhooks`` (Postgres) up to
         ``DFSCAN_WEBHOOK_POLL_INTERVAL``: a new event starts a round at once, and the poll stays for
-        retries that come due and for when no LISTEN connection is up (SQLite, an outage)."""
+        retries that come due and for when no LISTEN connection is up (SQLite, an outage). A woken
+        loop starts its next round no sooner than ``DFSCAN_WEBHOOK_MIN_ROUND_INTERVAL`` after the last
+        one started: under load, events gather into rounds (one claim and one settle for many)
+        instead of a round per event, for at most that much latency."""
+        gap = self.settings.webhook_min_round_interval
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
                     report = self.deliver_once()
                 except SQLAlchemyError as exc:
@@ -257,8 +263,9 @@ class Deliverer:
                 # A full claim may have left more due rows: go again. After a partial one, a listening
                 # loop may wait too: a NOTIFY committed during the round is already waiting on the socket.
                 listening = self.wakeups.listening
-                if not report.attempted or (listening and report.attempted < _CLAIM):
-                    self.wakeups.wait(self.settings.webhook_poll_interval, stop)
+                idle = not report.attempted or (listening and report.attempted < _CLAIM)
+                if idle and self.wakeups.wait(self.settings.webhook_poll_interval, stop):
+                    stop.wait(max(0.0, started + gap - time.monotonic()))  # let more events gather
         finally:
             self.wakeups.close()
 
