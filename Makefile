@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup test test-slow lint bench bench-scan bench-system bench-observability faults flower
+.PHONY: help setup test test-slow lint bench bench-scan bench-system bench-observability bench-delivery faults flower
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench-system:  ## whole-system benchmark: submit -> Redis -> worker -> Postgres
 
 bench-observability:  ## cost of metrics + webhooks (paired runs) and verdict-to-webhook latency
 	$(PY) -m bench.observability
+
+bench-delivery:  ## CPU per webhook delivery (deliverer vs receiver vs Postgres), statements per round
+	$(PY) -m bench.delivery
 
 faults:  ## run every fault scenario and print the README table
 	$(PY) -m bench.faults

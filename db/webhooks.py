@@ -10,6 +10,9 @@ waits, then sees the first one's commit). ``dedupe_key`` turns a repeated write 
 Delivery is at least once: :func:`claim_due` takes due rows with ``FOR UPDATE SKIP LOCKED`` (many
 delivery loops never take the same row) and moves ``next_attempt_at`` past the attempt before any
 POST is made, so a delivery process killed mid-POST leaves its rows to be tried again later.
+Writing deliveries (:func:`record_final`, :func:`redeliver`) also issues ``NOTIFY dfscan_webhooks``
+on Postgres, so a waiting loop starts at the commit instead of at its next poll
+(:mod:`db.notifications`). :func:`settle` records a round's outcomes in a few statements.
 """
 
 from __future__ import annotations
@@ -21,17 +24,21 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db import results
 from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, WebhookDelivery, utcnow
+from db.notifications import notify
 from dfscan.webhooks import JOB_COMPLETED, SUBMISSION_COMPLETED, parse_events
 
 log = logging.getLogger(__name__)
+
+# The NOTIFY channel of new due deliveries (Postgres): delivery loops LISTEN on it.
+CHANNEL = "dfscan_webhooks"
 
 
 def result_json(row: results.ResultRow) -> dict[str, Any]:
@@ -87,6 +94,7 @@ def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
             rows.append(event)
     if rows:
         session.execute(_insert_ignoring_duplicate(session), rows)
+        notify(session, CHANNEL)  # wakes the delivery loops when this transaction commits
     return len(rows)
 
 
@@ -150,6 +158,50 @@ def _insert_ignoring_duplicate(session: Session) -> Any:
 
 # --- the delivery loop's queries ------------------------------------------------------------------
 
+# The loop's statements are built once, with bind parameters: building a statement costs more CPU than
+# running it (~1 ms of the ~1.8 ms a claim took), and the loop runs them many times a second under load.
+# Core, not the ORM entity: no per-row ORM bookkeeping.
+_TABLE = cast(Table, WebhookDelivery.__table__)
+_DUE = (
+    select(_TABLE.c.id)
+    .where(_TABLE.c.state == "pending", _TABLE.c.next_attempt_at <= bindparam("now"))
+    .order_by(_TABLE.c.next_attempt_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(_DUE.scalar_subquery()), _TABLE.c.state == "pending")
+    .values(
+        attempts=_TABLE.c.attempts + 1, next_attempt_at=bindparam("lease_until"), updated_at=bindparam("now")
+    )
+    .returning(_TABLE.c.id, _TABLE.c.event, _TABLE.c.url, _TABLE.c.body, _TABLE.c.attempts)
+)
+_DELIVERED = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.state == "pending")
+    .values(
+        state="delivered",
+        delivered_at=bindparam("now"),
+        last_status=bindparam("status"),
+        error_code=None,
+        error_message=None,
+        updated_at=bindparam("now"),
+    )
+)
+_FAILED = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.state == "pending")
+    .values(
+        state=bindparam("b_state"),
+        next_attempt_at=bindparam("b_next"),  # a given-up row is never claimed again
+        last_status=bindparam("b_status"),
+        error_code=bindparam("b_code"),
+        error_message=bindparam("b_message"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
 
 @dataclass(frozen=True)
 class Due:
@@ -168,30 +220,8 @@ def claim_due(
     """Take up to ``limit`` due deliveries for one attempt each (count it, push the next try past the
     lease). Rows another loop holds are skipped, not waited for."""
     now = now or utcnow()
-    due = (
-        select(WebhookDelivery.id)
-        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(due.scalar_subquery()), WebhookDelivery.state == "pending")
-        .values(
-            attempts=WebhookDelivery.attempts + 1,
-            next_attempt_at=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(
-            WebhookDelivery.id,
-            WebhookDelivery.event,
-            WebhookDelivery.url,
-            WebhookDelivery.body,
-            WebhookDelivery.attempts,
-        ),
-        execution_options={"synchronize_session": False},
-    ).all()
+    until = now + timedelta(seconds=lease_seconds)
+    rows = session.execute(_CLAIM, {"now": now, "limit": limit, "lease_until": until}).all()
     return [Due(row.id, row.event, row.url, row.body, row.attempts) for row in rows]
 
 
@@ -201,23 +231,55 @@ def retry_delay(attempts: int, *, base: float, cap: float) -> float:
     return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed attempt ended: delivered (``code`` None), retry in ``retry_in`` seconds, or
+    (``code`` set, ``retry_in`` None) given up."""
+
+    id: uuid.UUID
+    status: int | None  # the HTTP status, when there was an answer
+    code: str | None = None
+    message: str = ""
+    retry_in: float | None = None
+
+
+def settle(session: Session, outcomes: Sequence[Outcome], *, now: datetime | None = None) -> int:
+    """Record a round's outcomes in a bounded number of statements, whatever their number: one
+    UPDATE per distinct 2xx status for the delivered rows (``WHERE id IN (...)``; one in practice),
+    one executemany for the failed attempts. Only rows still pending change (a row redelivered or
+    settled by another loop meanwhile is left alone). Returns how many rows changed."""
+    now = now or utcnow()
+    changed = 0
+    delivered: dict[int | None, list[uuid.UUID]] = {}
+    failed: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.code is None:
+            delivered.setdefault(outcome.status, []).append(outcome.id)
+        else:
+            give_up = outcome.retry_in is None
+            failed.append(
+                {
+                    "b_id": outcome.id,
+                    "b_state": "failed" if give_up else "pending",
+                    "b_next": now if give_up else now + timedelta(seconds=outcome.retry_in or 0.0),
+                    "b_status": outcome.status,
+                    "b_code": outcome.code,
+                    "b_message": outcome.message[:2000],
+                    "b_now": now,
+                }
+            )
+    for status, ids in sorted(delivered.items(), key=lambda item: item[0] or 0):
+        result = session.execute(_DELIVERED, {"ids": ids, "now": now, "status": status})
+        changed += result.rowcount  # type: ignore[attr-defined]
+    if failed:
+        result = session.execute(_FAILED, failed)
+        changed += result.rowcount  # type: ignore[attr-defined]
+    return changed
+
+
 def mark_delivered(session: Session, delivery_id: uuid.UUID, *, status: int) -> bool:
-    now = utcnow()
-    result = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending")
-        .values(
-            state="delivered",
-            delivered_at=now,
-            last_status=status,
-            error_code=None,
-            error_message=None,
-            updated_at=now,
-        )
-        .returning(WebhookDelivery.id),
-        execution_options={"synchronize_session": False},
-    )
-    return result.first() is not None
+    """One delivered row (see :func:`settle`); False when it was no longer pending."""
+    return settle(session, [Outcome(delivery_id, status)]) == 1
 
 
 def mark_attempt_failed(
@@ -230,25 +292,7 @@ def mark_attempt_failed(
     retry_in: float | None,
 ) -> bool:
     """Record a failed attempt: try again in ``retry_in`` seconds, or (None) give the delivery up."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "last_status": status,
-        "error_code": code,
-        "error_message": message[:2000],
-        "updated_at": now,
-    }
-    if retry_in is None:
-        values["state"] = "failed"
-    else:
-        values["next_attempt_at"] = now + timedelta(seconds=retry_in)
-    result = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending")
-        .values(**values)
-        .returning(WebhookDelivery.id),
-        execution_options={"synchronize_session": False},
-    )
-    return result.first() is not None
+    return settle(session, [Outcome(delivery_id, status, code, message, retry_in)]) == 1
 
 
 def redeliver(session: Session, delivery_id: uuid.UUID) -> bool:
@@ -261,7 +305,10 @@ def redeliver(session: Session, delivery_id: uuid.UUID) -> bool:
         .returning(WebhookDelivery.id),
         execution_options={"synchronize_session": False},
     )
-    return result.first() is not None
+    found = result.first() is not None
+    if found:
+        notify(session, CHANNEL)
+    return found
 
 
 def list_deliveries(

@@ -287,7 +287,17 @@ class Settings(BaseSettings):
         "revives it). 20 with the defaults above spans ~3 hours.",
     )
     webhook_poll_interval: float = Field(
-        0.2, gt=0, description="Seconds the delivery loop sleeps when no delivery is due."
+        0.2,
+        gt=0,
+        description="Longest wait of an idle delivery loop. On Postgres a new event wakes it at once "
+        "(LISTEN/NOTIFY); the poll is the fallback: retries coming due, SQLite, a lost LISTEN connection.",
+    )
+    webhook_min_round_interval: float = Field(
+        0.05,
+        ge=0,
+        description="Least seconds between the starts of two delivery rounds woken by NOTIFY: under load, "
+        "events gather into rounds (one claim, one settle for many) instead of a round each, for at most "
+        "this much latency. 0: a round per wake-up.",
     )
 
     @field_validator("allowed_roots", "url_allowlist", "webhook_allowlist", mode="before")

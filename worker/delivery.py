@@ -9,7 +9,11 @@ redirects are followed; one timeout bounds the whole POST; at most
 answer, a non-2xx status) is tried again with exponential backoff up to ``DFSCAN_WEBHOOK_MAX_ATTEMPTS``.
 
 The loop runs in the sweeper process (``dfscan sweeper``, ``dfscan worker --sweeper``) or alone
-(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``).
+(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``). It sleeps
+on ``LISTEN dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up
+to ``DFSCAN_WEBHOOK_POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost
+connection. A round checks and resolves each distinct URL once, POSTs (each on its own connection,
+``Connection: close``), and records every outcome in one transaction of a few statements.
 """
 
 from __future__ import annotations
@@ -17,26 +21,37 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import webhooks
+from db.notifications import Listener
 from dfscan.exceptions import BlockedDestinationError, DfscanError, HttpStatusError, UnsupportedSourceError
 from dfscan.settings import Settings
-from dfscan.urlguard import SourcePolicy, parse_url
+from dfscan.urlguard import IPAddress, SourcePolicy, Target, parse_url
 from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
-from worker.inference.sources import open_target, pinned_connection
+from worker.inference.sources import open_target, pinned_connection, start_clock
 
 log = logging.getLogger(__name__)
 
 # Deliveries one claim takes, and POSTs in flight at once per loop.
 _CLAIM = 64
 _THREADS = 16
+# Seconds between two attempts to LISTEN again after the connection was lost (polling meanwhile).
+_RELISTEN = 5.0
 # Refused destinations never heal by waiting: the delivery fails at once.
 PERMANENT = (BlockedDestinationError, UnsupportedSourceError)
+
+
+def _engine(sessions: sessionmaker[Session]) -> Engine:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the delivery loop needs a sessionmaker bound to an Engine")
+    return bind
 
 
 def callback_policy(settings: Settings) -> SourcePolicy:
@@ -61,7 +76,14 @@ def check_callback_url(url: str, settings: Settings) -> None:
 def post(url: str, body: bytes, headers: dict[str, str], policy: SourcePolicy) -> int:
     """POST ``body`` to ``url`` through the SSRF guard; the status of a 2xx answer, else raises
     (HTTP_STATUS for other statuses, FETCH_TIMEOUT, FETCH_FAILED, BLOCKED_DESTINATION, ...)."""
-    target, ip, clock = open_target(url, policy)
+    target, ip, _ = open_target(url, policy)
+    return post_to(target, ip, body, headers, policy)
+
+
+def post_to(target: Target, ip: IPAddress, body: bytes, headers: dict[str, str], policy: SourcePolicy) -> int:
+    """POST to ``ip``, an address :func:`open_target` checked for ``target``, on a new connection
+    under a fresh deadline (see :func:`post`)."""
+    clock = start_clock(target, policy)
     with pinned_connection(target, ip, policy, clock) as (conn, fired):
         conn.request(
             "POST",
@@ -90,6 +112,32 @@ def post(url: str, body: bytes, headers: dict[str, str], policy: SourcePolicy) -
         return int(response.status)
 
 
+class _Destinations:
+    """The callback URLs of one round, each checked and resolved once (by the first POST that needs
+    it; the others wait for that answer): a round of 64 events to one receiver pays one parse and one
+    DNS lookup, not 64. Every connection still goes to the address the guard approved; the next round
+    checks and resolves again, so a changed DNS answer or allow-list is seen within one round."""
+
+    def __init__(self, policy: SourcePolicy) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._opened: dict[str, Future[tuple[Target, IPAddress]]] = {}
+
+    def open(self, url: str) -> tuple[Target, IPAddress]:
+        with self._lock:
+            future = self._opened.get(url)
+            mine = future is None
+            if future is None:
+                future = self._opened[url] = Future()
+        if mine:
+            try:
+                target, ip, _ = open_target(url, self.policy)
+                future.set_result((target, ip))
+            except BaseException as exc:
+                future.set_exception(exc)
+        return future.result()
+
+
 @dataclass
 class DeliveryReport:
     delivered: int = 0
@@ -112,6 +160,7 @@ class Deliverer:
         self.lease = 2 * settings.webhook_timeout + 5
         self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="dfscan-webhook")
         self._warned = False
+        self.wakeups = Listener(_engine(sessions), webhooks.CHANNEL, retry_every=_RELISTEN)
 
     def deliver_once(self) -> DeliveryReport:
         secret = self.settings.webhook_secret.get_secret_value()
@@ -125,14 +174,14 @@ class Deliverer:
             due = webhooks.claim_due(session, limit=_CLAIM, lease_seconds=self.lease)
         if not due:
             return report
-        outcomes = list(self._pool.map(lambda d: self._attempt(d, secret), due))
-        with self.sessions.begin() as session:  # every outcome of the round in one transaction
-            for item, outcome in zip(due, outcomes, strict=True):
-                kind = self._record(session, item, outcome)
-                setattr(report, kind, getattr(report, kind) + 1)
+        destinations = _Destinations(self.policy)
+        attempts = list(self._pool.map(lambda d: self._attempt(d, secret, destinations), due))
+        outcomes = [self._outcome(item, attempt, report) for item, attempt in zip(due, attempts, strict=True)]
+        with self.sessions.begin() as session:  # the whole round in one transaction, a few statements
+            webhooks.settle(session, outcomes)
         return report
 
-    def _attempt(self, due: webhooks.Due, secret: str) -> int | DfscanError:
+    def _attempt(self, due: webhooks.Due, secret: str, destinations: _Destinations) -> int | DfscanError:
         """POST one delivery: its 2xx status, or the error (never raised)."""
         body = due.body.encode()
         headers = {
@@ -141,27 +190,28 @@ class Deliverer:
             EVENT_HEADER: due.event,
         }
         try:
-            return post(due.url, body, headers, self.policy)
+            target, ip = destinations.open(due.url)
+            return post_to(target, ip, body, headers, self.policy)
         except DfscanError as exc:
             return exc
         except Exception as exc:  # a bug: keep the delivery, try again later
             log.exception("webhook %s: unexpected error", due.id)
             return DfscanError(f"unexpected error: {exc!r}")
 
-    def _record(self, session: Session, due: webhooks.Due, outcome: int | DfscanError) -> str:
-        """Store one attempt's outcome; returns delivered, retrying or failed."""
-        if not isinstance(outcome, DfscanError):
-            webhooks.mark_delivered(session, due.id, status=outcome)
-            return "delivered"
-        exc = outcome
+    def _outcome(
+        self, due: webhooks.Due, attempt: int | DfscanError, report: DeliveryReport
+    ) -> webhooks.Outcome:
+        """What to store for one attempt (and count it in ``report``)."""
+        if not isinstance(attempt, DfscanError):
+            report.delivered += 1
+            return webhooks.Outcome(due.id, attempt)
+        exc = attempt
         extra = {"delivery_id": str(due.id), "attempt": due.attempts}
         status = exc.status if isinstance(exc, HttpStatusError) else None
         give_up = isinstance(exc, PERMANENT) or due.attempts >= self.settings.webhook_max_attempts
         delay = None if give_up else self._delay(due.attempts)
-        webhooks.mark_attempt_failed(
-            session, due.id, code=exc.code, message=exc.message, status=status, retry_in=delay
-        )
         if give_up:
+            report.failed += 1
             log.warning(
                 "webhook %s given up after %d attempts: %s %s",
                 due.id,
@@ -170,16 +220,17 @@ class Deliverer:
                 exc.message,
                 extra=extra,
             )
-            return "failed"
-        log.info(
-            "webhook %s attempt %d failed (%s), next in %.1fs",
-            due.id,
-            due.attempts,
-            exc.code,
-            delay,
-            extra=extra,
-        )
-        return "retrying"
+        else:
+            report.retrying += 1
+            log.info(
+                "webhook %s attempt %d failed (%s), next in %.1fs",
+                due.id,
+                due.attempts,
+                exc.code,
+                delay,
+                extra=extra,
+            )
+        return webhooks.Outcome(due.id, status, exc.code, exc.message, delay)
 
     def _delay(self, attempts: int) -> float:
         return webhooks.retry_delay(
@@ -187,23 +238,40 @@ class Deliverer:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set; a database outage is logged and tried again."""
-        while not stop.is_set():
-            try:
-                report = self.deliver_once()
-            except SQLAlchemyError as exc:
-                log.warning("webhook delivery paused, will try again: %s", exc)
-                report = DeliveryReport()
-                stop.wait(max(1.0, self.settings.webhook_poll_interval))
-            except Exception:
-                log.exception("webhook delivery loop failed, will try again")
-                report = DeliveryReport()
-                time.sleep(1.0)
-            if not report.attempted:
-                stop.wait(self.settings.webhook_poll_interval)
+        """Deliver until ``stop`` is set; a database outage is logged and tried again.
+
+        Between rounds the loop waits on ``NOTIFY dfscan_webhooks`` (Postgres) up to
+        ``DFSCAN_WEBHOOK_POLL_INTERVAL``: a new event starts a round at once, and the poll stays for
+        retries that come due and for when no LISTEN connection is up (SQLite, an outage). A woken
+        loop starts its next round no sooner than ``DFSCAN_WEBHOOK_MIN_ROUND_INTERVAL`` after the last
+        one started: under load, events gather into rounds (one claim and one settle for many)
+        instead of a round per event, for at most that much latency."""
+        gap = self.settings.webhook_min_round_interval
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    report = self.deliver_once()
+                except SQLAlchemyError as exc:
+                    log.warning("webhook delivery paused, will try again: %s", exc)
+                    stop.wait(max(1.0, self.settings.webhook_poll_interval))
+                    continue
+                except Exception:
+                    log.exception("webhook delivery loop failed, will try again")
+                    stop.wait(1.0)
+                    continue
+                # A full claim may have left more due rows: go again. After a partial one, a listening
+                # loop may wait too: a NOTIFY committed during the round is already waiting on the socket.
+                listening = self.wakeups.listening
+                idle = not report.attempted or (listening and report.attempted < _CLAIM)
+                if idle and self.wakeups.wait(self.settings.webhook_poll_interval, stop):
+                    stop.wait(max(0.0, started + gap - time.monotonic()))  # let more events gather
+        finally:
+            self.wakeups.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.wakeups.close()
 
 
 def start_delivery_thread(

@@ -9,7 +9,9 @@ The hooks are small functions called from the Celery edge (``worker/tasks.py``, 
 and a callback of the batcher, so the pure core never imports prometheus.
 
 - ``dfscan_jobs_total{outcome, error_code, lane}``: jobs settled by a task: ``done``, ``failed`` (with
-  its code), ``retrying`` (sent again with backoff); lane is the queue the message came from.
+  its code), ``retrying`` (sent again with backoff); lane is the queue the message came from. The jobs
+  a rejected, undecodable message names are counted too (``failed``, ``BAD_MESSAGE``); a rejected
+  message that names no job row counts nothing here (it has no job; the worker logs it).
 - ``dfscan_images_judged_total{cached}``: images judged (``cached="true"``: answered from an earlier
   verdict of the same bytes and model version, without the model).
 - ``dfscan_model_inputs_total`` / ``dfscan_model_batches_total``: their ratio is the real batch size
@@ -34,6 +36,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
+from dfscan.exceptions import BadMessageError
 from dfscan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,18 @@ def count_settled(summary: object, lane: str) -> None:
             JOBS.labels(outcome=item["status"], error_code=item.get("error_code") or "", lane=lane).inc()
 
 
+def lane_of(task: Any) -> str:
+    """The queue a task's message came from (``unknown`` when Celery does not say)."""
+    info = getattr(task.request, "delivery_info", None) or {}
+    return str(info.get("routing_key") or "unknown")
+
+
+def count_rejected(task: Any, failed: int) -> None:
+    """``failed`` jobs named by a message the task rejected as undecodable, failed with BAD_MESSAGE."""
+    if failed:
+        JOBS.labels(outcome="failed", error_code=BadMessageError.code, lane=lane_of(task)).inc(failed)
+
+
 def tracked(process: F) -> F:
     """Decorate the task body ``process(task, runtime, job_ids)``: jobs in flight while it runs, and
     its outcomes counted by lane (the queue the message came from)."""
@@ -142,8 +157,7 @@ def tracked(process: F) -> F:
             summary = process(task, rt, job_ids, *args, **kwargs)
         finally:
             IN_FLIGHT.dec(len(job_ids))
-        info = getattr(task.request, "delivery_info", None) or {}
-        count_settled(summary, str(info.get("routing_key") or "unknown"))
+        count_settled(summary, lane_of(task))
         return summary
 
     return wrapper  # type: ignore[return-value]

@@ -55,7 +55,10 @@ def scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         )
         code, text = exc.code, exc.message
         if named:
-            _with_db(self, rt, lambda s: [jobs.finish_failed(s, i, code=code, message=text) for i in named])
+            made = _with_db(
+                self, rt, lambda s: [jobs.finish_failed(s, i, code=code, message=text) for i in named]
+            )
+            metrics.count_rejected(self, sum(made))  # only the jobs this rejection made final
         return {"status": "rejected", "error_code": code, "error": text}
     if isinstance(message, SourcesMessage):
         return _fan_out(self, rt, message)

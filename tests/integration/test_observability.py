@@ -90,6 +90,39 @@ def test_a_worker_serves_job_batch_stage_model_and_memory_metrics(service: Servi
     assert value(samples, "process_resident_memory_bytes") > 50 * 2**20
 
 
+def test_jobs_named_by_an_undecodable_message_are_counted_as_bad_message(service: Service) -> None:
+    from db import jobs
+    from db.session import new_engine, new_session_factory
+    from dfscan.queueing import SCAN_TASK
+    from tests.integration.test_service import raw_celery_message
+
+    port = free_port()
+    service.start_worker(env={"DFSCAN_METRICS_PORT": str(port)})
+    engine = new_engine(service.database_url)
+    with new_session_factory(engine).begin() as s:  # job rows that were never sent
+        _, rows, _ = jobs.create_submission(s, ["/img/a.jpg", "/img/b.jpg"])
+    engine.dispose()
+    r = service.redis()
+    bad = [  # a job named beside an unknown field, both jobs twice (a repeat fails nothing), none at all
+        {"job_id": str(rows[0].id), "colour": "red"},
+        {"job_ids": [str(rows[0].id), str(rows[1].id)], "job_id": str(rows[1].id)},
+        {"colour": "red"},
+    ]
+    for kwargs in bad:
+        r.lpush("inference", raw_celery_message(SCAN_TASK, "inference", [], kwargs))
+    deadline = time.monotonic() + 60
+    while service.workers[0].text().count("rejected message") < 3:
+        assert time.monotonic() < deadline, service.workers[0].text()[-2000:]
+        time.sleep(0.2)
+    samples = scrape(port)
+    assert (
+        value(samples, "dfscan_jobs_total", outcome="failed", error_code="BAD_MESSAGE", lane="inference") == 2
+    )
+    with new_session_factory(new_engine(service.database_url))() as s:
+        stored = [jobs.get_job(s, row.id) for row in rows]
+        assert {(job.state, job.error_code) for job in stored if job} == {("failed", "BAD_MESSAGE")}
+
+
 @contextmanager
 def exporter(svc: Service, port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(

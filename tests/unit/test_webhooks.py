@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, webhooks
@@ -235,6 +235,45 @@ def test_claims_leases_retries_give_up_and_redeliver(factory: sessionmaker[Sessi
         assert not webhooks.mark_delivered(s, fresh.id, status=204)
     (row,) = _deliveries(factory)
     assert row.state == "delivered" and row.delivered_at is not None and row.error_code is None
+
+
+def test_a_round_of_outcomes_is_settled_in_a_bounded_number_of_statements(
+    factory: sessionmaker[Session],
+) -> None:
+    ids = _submit(factory, 40, callback_url="http://127.0.0.1/h", callback_events=["job.completed"])
+    with factory.begin() as s:
+        for job_id in ids:
+            jobs.finish_failed(s, job_id, code="CORRUPT_IMAGE", message="broken")
+    with factory.begin() as s:
+        due = webhooks.claim_due(s, limit=100, lease_seconds=30)
+    assert len(due) == 40
+    outcomes = [webhooks.Outcome(d.id, 200) for d in due[:30]]
+    outcomes += [webhooks.Outcome(due[30].id, 204)]
+    outcomes += [webhooks.Outcome(d.id, 503, "HTTP_STATUS", "503", retry_in=60) for d in due[31:38]]
+    outcomes += [webhooks.Outcome(d.id, None, "BLOCKED_DESTINATION", "internal") for d in due[38:]]
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        with factory.begin() as s:
+            assert webhooks.settle(s, outcomes) == 40
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    # one UPDATE per distinct 2xx status, one executemany for the failures (was: one per row)
+    assert len([sql for sql in statements if sql.lstrip().upper().startswith("UPDATE")]) == 3
+    rows = {row.id: row for row in _deliveries(factory)}
+    assert {rows[d.id].last_status for d in due[:31]} == {200, 204}
+    assert all(rows[d.id].state == "delivered" and rows[d.id].delivered_at for d in due[:31])
+    retrying = [rows[d.id] for d in due[31:38]]
+    assert {(r.state, r.error_code, r.last_status) for r in retrying} == {("pending", "HTTP_STATUS", 503)}
+    assert all(r.next_attempt_at > utcnow() + timedelta(seconds=50) for r in retrying)
+    given_up = [rows[d.id] for d in due[38:]]
+    assert {(r.state, r.error_code, r.last_status) for r in given_up} == {
+        ("failed", "BLOCKED_DESTINATION", None)
+    }
+    with factory.begin() as s:  # delivered and given-up rows are final: only the 7 pending ones change
+        assert webhooks.settle(s, outcomes) == 7
 
 
 def test_retry_delay_doubles_to_its_cap() -> None:

@@ -52,6 +52,16 @@ def test_tracked_counts_in_flight_jobs_and_the_lane_of_the_message() -> None:
     assert sample("dfscan_jobs_total", outcome="done", error_code="", lane="lane-b") == 1
 
 
+def test_jobs_of_a_rejected_message_count_as_failed_bad_message_in_its_lane() -> None:
+    task = SimpleNamespace(request=SimpleNamespace(delivery_info={"routing_key": "lane-c"}))
+    metrics.count_rejected(task, 0)  # a rejected message that named no job (or only final ones)
+    assert sample("dfscan_jobs_total", outcome="failed", error_code="BAD_MESSAGE", lane="lane-c") == 0
+    metrics.count_rejected(task, 2)
+    metrics.count_rejected(SimpleNamespace(request=SimpleNamespace(delivery_info=None)), 1)
+    assert sample("dfscan_jobs_total", outcome="failed", error_code="BAD_MESSAGE", lane="lane-c") == 2
+    assert sample("dfscan_jobs_total", outcome="failed", error_code="BAD_MESSAGE", lane="unknown") >= 1
+
+
 def test_the_batcher_reports_each_batch_size_and_a_failing_hook_fails_nothing() -> None:
     sizes: list[int] = []
     batcher = DynamicBatcher(

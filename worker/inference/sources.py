@@ -229,8 +229,13 @@ def open_target(url: str, policy: SourcePolicy) -> tuple[Target, IPAddress, _Clo
     """Check ``url`` with the SSRF guard and resolve it once: the target, the checked address to
     connect to (with :func:`pinned_connection`), and the clock of its total deadline."""
     target = parse_url(url, policy)
-    clock = _Clock(policy.deadline, target.display)
+    clock = start_clock(target, policy)
     return target, _resolve(target, policy, clock), clock
+
+
+def start_clock(target: Target, policy: SourcePolicy) -> _Clock:
+    """A fresh total deadline (``policy.deadline``) for one more request to an opened target."""
+    return _Clock(policy.deadline, target.display)
 
 
 def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock) -> bytes | str:

@@ -1,0 +1,194 @@
+"""The delivery loop on a real Postgres with a real receiver on 127.0.0.1 (in process, no Celery):
+woken by NOTIFY instead of its poll, a round settled in a bounded number of statements, loops that
+share the work deliver each event once, and a lost LISTEN connection falls back to polling, then
+listens again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs
+from db.migrate import upgrade
+from db.models import WebhookDelivery
+from db.notifications import APPLICATION_NAME
+from db.session import new_engine, new_session_factory
+from dfscan.settings import Settings
+from tests.fixtures.webhook_receiver import Receiver
+from worker.delivery import Deliverer
+
+
+@pytest.fixture
+def factory(pg_url: str) -> Iterator[sessionmaker[Session]]:
+    upgrade(pg_url)
+    engine = new_engine(pg_url)
+    yield new_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rx = Receiver()
+    rx.start()
+    yield rx
+    rx.stop()
+
+
+def settings_for(factory: sessionmaker[Session], poll: float) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=str(factory.kw["bind"].url.render_as_string(hide_password=False)),
+        webhook_secret="whsec-loop",
+        webhook_allowlist="127.0.0.1",
+        webhook_timeout=5,
+        webhook_poll_interval=poll,
+    )
+
+
+def finish(factory: sessionmaker[Session], url: str, n: int) -> float:
+    """A submission of ``n`` jobs made failed in one transaction (n job.completed events); the
+    time.time() of its commit."""
+    with factory.begin() as s:
+        _, rows, _ = jobs.create_submission(
+            s, [f"/img/{i}.jpg" for i in range(n)], callback_url=url, callback_events=["job.completed"]
+        )
+    with factory.begin() as s:
+        for job in rows:
+            assert jobs.finish_failed(s, job.id, code="CORRUPT_IMAGE", message="broken")
+    return time.time()
+
+
+class Loop:
+    def __init__(self, factory: sessionmaker[Session], poll: float) -> None:
+        self.deliverer = Deliverer(factory, settings_for(factory, poll))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.deliverer.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> Loop:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.deliverer.close()
+        assert not self.thread.is_alive()
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_new_event_is_delivered_at_the_commit_not_at_the_next_poll(
+    factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    with Loop(factory, poll=5.0) as loop:
+        wait_until(lambda: loop.deliverer.wakeups.listening, 5, "the loop never listened")
+        time.sleep(0.5)  # the loop has polled, found nothing, and waits (up to 5 s)
+        latencies = []
+        for _ in range(3):
+            committed = finish(factory, receiver.url, 1)
+            before = len(receiver.events())
+            wait_until(lambda b=before: len(receiver.events()) > b, 4.5, "not delivered before the poll")
+            latencies.append(receiver.events()[-1].at - committed)
+            time.sleep(0.3)
+    assert max(latencies) < 1.0, latencies  # a 5 s poll would take 0.3-5 s
+
+
+def test_a_round_is_settled_in_a_bounded_number_of_statements(
+    factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    finish(factory, receiver.url, 64)
+    deliverer = Deliverer(factory, settings_for(factory, 5.0))
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        report = deliverer.deliver_once()
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+        deliverer.close()
+    assert report.delivered == 64 and len(receiver.event_ids()) == 64
+    assert len(statements) <= 3, statements  # the claim and one UPDATE (was one UPDATE per row)
+    with factory() as s:
+        states = Counter(s.scalars(select(WebhookDelivery.state)))
+    assert states == {"delivered": 64}
+
+
+def test_loops_that_share_the_work_deliver_each_event_once(
+    factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    with Loop(factory, poll=5.0) as one, Loop(factory, poll=5.0) as two:
+        wait_until(lambda: one.deliverer.wakeups.listening and two.deliverer.wakeups.listening, 5, "listen")
+        for _ in range(10):
+            finish(factory, receiver.url, 20)
+        wait_until(lambda: len(receiver.events()) >= 200, 20, f"{len(receiver.events())} of 200")
+        time.sleep(0.5)
+    ids = [got.headers["X-Dfscan-Event-Id"] for got in receiver.events()]
+    assert len(ids) == 200 and len(set(ids)) == 200  # none twice (FOR UPDATE SKIP LOCKED)
+    with factory() as s:
+        assert Counter(s.scalars(select(WebhookDelivery.state))) == {"delivered": 200}
+        assert set(s.scalars(select(WebhookDelivery.attempts))) == {1}
+
+
+def _kill_listeners(factory: sessionmaker[Session]) -> int:
+    with factory.begin() as s:
+        killed = s.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND datname = current_database()"
+            ),
+            {"name": APPLICATION_NAME},
+        ).all()
+    return len(killed)
+
+
+def test_a_lost_listen_connection_falls_back_to_polling_then_listens_again(
+    factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    with Loop(factory, poll=0.3) as loop:
+        wakeups = loop.deliverer.wakeups
+        wakeups.retry_every = 3600.0  # stay on polling until the test says otherwise
+        wait_until(lambda: wakeups.listening, 5, "the loop never listened")
+        assert _kill_listeners(factory) == 1
+        wait_until(lambda: not wakeups.listening, 5, "the loop did not notice the lost connection")
+        finish(factory, receiver.url, 5)  # its NOTIFY reaches nobody: the poll finds the rows
+        wait_until(lambda: len(receiver.event_ids()) == 5, 5, "not delivered while polling")
+        assert loop.thread.is_alive() and wakeups.connects == 1
+
+        wakeups.retry_every = 0.1
+        wait_until(lambda: wakeups.listening and wakeups.connects == 2, 5, "did not listen again")
+        finish(factory, receiver.url, 5)
+        wait_until(lambda: len(receiver.event_ids()) == 10, 5, "not delivered after listening again")
+    with factory() as s:
+        assert Counter(s.scalars(select(WebhookDelivery.state))) == {"delivered": 10}
+
+
+def test_redeliver_wakes_the_loop(factory: sessionmaker[Session], receiver: Receiver) -> None:
+    from db import webhooks
+
+    finish(factory, receiver.url, 1)
+    with Loop(factory, poll=5.0) as loop:
+        wait_until(lambda: len(receiver.events()) == 1, 5, "first delivery")
+        wait_until(lambda: loop.deliverer.wakeups.listening, 5, "listen")
+        time.sleep(0.3)
+        with factory() as s:
+            delivery_id: uuid.UUID = s.scalars(select(WebhookDelivery.id)).one()
+        with factory.begin() as s:
+            assert webhooks.redeliver(s, delivery_id)
+        t0 = time.time()
+        wait_until(lambda: len(receiver.events()) == 2, 4.5, "redelivery waited for the poll")
+    assert receiver.events()[1].at - t0 < 1.0
+    assert {got.headers["X-Dfscan-Event-Id"] for got in receiver.events()} == {str(delivery_id)}
