@@ -40,6 +40,8 @@ from rich.table import Table
 from sqlalchemy import text
 
 from bench import _service
+from bench.core import CACHE as CORE_CACHE
+from bench.core import random_vit_base
 from bench.system import percentile, wait_final, warm_up
 from db.migrate import upgrade
 from dfscan.settings import Settings
@@ -60,10 +62,19 @@ class Run:
     worker_cpu: float
     deliverer_cpu: float = 0.0
     delivered_after: float | None = None  # seconds from first submit until every event arrived
+    machine_cpu: float = 0.0  # busy CPU seconds of the whole machine (every process) during the run
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of every core since boot (/proc/stat: all but idle and iowait; steal excluded)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,7 +128,15 @@ def scraper(port: int) -> Iterator[list[int]]:
 
 
 def one_run(
-    variant: str, index: int, tmp: Path, db_url: str, broker: str, model: Path, n: int, receiver: Receiver
+    variant: str,
+    index: int,
+    tmp: Path,
+    db_url: str,
+    broker: str,
+    model: Path,
+    n: int,
+    receiver: Receiver,
+    faces: str = "off",
 ) -> Run:
     metrics_on = variant in ("on", "metrics")
     hooks_on = variant in ("on", "webhooks")
@@ -126,7 +145,9 @@ def one_run(
     warm = _service.write_small_images(images, 32, size=(128, 96), prefix="warm", seed=10_000 + index)
     paths = _service.write_small_images(images, n, size=(128, 96), prefix="img", seed=20_000 + index)
     env = _service.worker_env(db_url, broker, model, images, threads=1, batch_size=16)
-    env.update({"DFSCAN_WEBHOOK_SECRET": SECRET, "DFSCAN_WEBHOOK_ALLOWLIST": "127.0.0.1"})
+    env.update(
+        {"DFSCAN_WEBHOOK_SECRET": SECRET, "DFSCAN_WEBHOOK_ALLOWLIST": "127.0.0.1", "DFSCAN_FACES": faces}
+    )
     port = free_port()
     if metrics_on:
         env["DFSCAN_METRICS_PORT"] = str(port)
@@ -144,6 +165,7 @@ def one_run(
         before = len(receiver.event_ids())
         cpu0 = worker.cpu_seconds()
         dcpu0 = cpu_seconds(proc.pid) if proc is not None else 0.0
+        busy0 = machine_busy()
         started = datetime.now(UTC)
         t0 = time.time()
         submission = client.submit([str(p) for p in paths], **callback)  # type: ignore[arg-type]
@@ -154,9 +176,11 @@ def one_run(
         if on:
             receiver.wait_for(before + n + 1, timeout=300)  # n job.completed + 1 submission.completed
             delivered_after = time.time() - t0
+        # Everything the run made the machine do: worker, delivery, receiver, scrapes, Postgres, Redis.
+        busy = machine_busy() - busy0
         dcpu = (cpu_seconds(proc.pid) - dcpu0) if proc is not None else 0.0
         client.engine.dispose()
-    return Run(variant, n, seconds, cpu, dcpu, delivered_after)
+    return Run(variant, n, seconds, cpu, dcpu, delivered_after, busy)
 
 
 @contextmanager
@@ -165,14 +189,23 @@ def _nothing() -> Iterator[None]:
 
 
 def latency_run(
-    tmp: Path, db_url: str, broker: str, model: Path, rate: float, seconds: float, receiver: Receiver
+    tmp: Path,
+    db_url: str,
+    broker: str,
+    model: Path,
+    rate: float,
+    seconds: float,
+    receiver: Receiver,
+    faces: str = "off",
 ) -> dict[str, float]:
     n = max(20, int(rate * seconds))
     images = tmp / "latency"
     warm = _service.write_small_images(images, 32, size=(128, 96), prefix="warm", seed=7)
     paths = _service.write_small_images(images, n, size=(128, 96), prefix="img", seed=8)
     env = _service.worker_env(db_url, broker, model, images, threads=1, batch_size=16)
-    env.update({"DFSCAN_WEBHOOK_SECRET": SECRET, "DFSCAN_WEBHOOK_ALLOWLIST": "127.0.0.1"})
+    env.update(
+        {"DFSCAN_WEBHOOK_SECRET": SECRET, "DFSCAN_WEBHOOK_ALLOWLIST": "127.0.0.1", "DFSCAN_FACES": faces}
+    )
     settings = Settings(  # type: ignore[call-arg]
         database_url=db_url, broker_url=broker, webhook_allowlist=("127.0.0.1",), _env_file=None
     )
@@ -226,7 +259,8 @@ def latency_run(
 
 
 def spread(values: Sequence[float]) -> str:
-    return f"{min(values):.0f}-{max(values):.0f}"
+    digits = 0 if min(values) >= 20 else 2
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="off,on",
         help="comma-separated, from off, metrics, webhooks, on (both); each round rotates their order",
     )
+    parser.add_argument(
+        "--model",
+        choices=("tiny", "base"),
+        default="tiny",
+        help="tiny: dfscan's own overhead is all there is (the worst case); base: a random ViT-B/16, "
+        "what the public checkpoints cost",
+    )
+    parser.add_argument("--faces", choices=("off", "auto"), default="off", help="DFSCAN_FACES of the worker")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -253,12 +295,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         tmp = Path(tmp_name)
         upgrade(db_url)
-        model = _service.save_tiny_vit(tmp / "tiny")
+        model = (
+            _service.save_tiny_vit(tmp / "tiny")
+            if args.model == "tiny"
+            else random_vit_base(CORE_CACHE / "vit-base-random")  # bench.core's, its ONNX export cached
+        )
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         for pair in range(args.pairs):
             order = variants[pair % len(variants) :] + variants[: pair % len(variants)]
             for variant in order:
-                run = one_run(variant, len(runs), tmp, db_url, broker, model, args.images, receiver)
+                run = one_run(
+                    variant, len(runs), tmp, db_url, broker, model, args.images, receiver, args.faces
+                )
                 log.info(
                     "%s: %.1f img/s, worker CPU %.2f ms/img",
                     variant,
@@ -269,23 +317,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         off = [r for r in runs if r.variant == "off"]
         on = [r for r in runs if r.variant == variants[-1]]
         rate = min(40.0, 0.5 * statistics.median(r.rate for r in off))
-        latency = latency_run(tmp, db_url, broker, model, rate, args.latency_seconds, receiver)
+        latency = latency_run(tmp, db_url, broker, model, rate, args.latency_seconds, receiver, args.faces)
     receiver.stop()
     ratio = statistics.median(r.rate for r in on) / statistics.median(r.rate for r in off)
     pair_ratios = [b.rate / a.rate for a, b in zip(off, on, strict=True)]
     sides = {v: [r for r in runs if r.variant == v] for v in variants}
     table = Table(
-        title=f"metrics + webhooks vs neither: {len(off)} pairs of {args.images} images, tiny model"
+        title=f"metrics + webhooks vs neither: {len(off)} rounds of {args.images} images, "
+        f"{args.model} model, faces {args.faces}"
     )
-    for column in ("variant", "img/s median", "spread", "worker CPU ms/img", "delivery CPU ms/img", "notes"):
+    for column in (
+        "variant",
+        "img/s median",
+        "spread",
+        "worker CPU ms/img",
+        "delivery CPU ms/img",
+        "machine CPU ms/img",
+        "notes",
+    ):
         table.add_column(column)
     for name, side in sides.items():
         table.add_row(
             name,
-            f"{statistics.median(r.rate for r in side):.1f}",
+            f"{statistics.median(r.rate for r in side):.2f}",
             spread([r.rate for r in side]),
             f"{statistics.median(r.worker_cpu / r.images * 1000 for r in side):.2f}",
             f"{statistics.median(r.deliverer_cpu / r.images * 1000 for r in side):.2f}",
+            f"{statistics.median(r.machine_cpu / r.images * 1000 for r in side):.2f}",
             ""
             if name in ("off", "metrics")
             else f"every event delivered {statistics.median(r.delivered_after or 0 for r in side):.1f}s after the first submit",
@@ -293,6 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=160)
     console.print(table)
     verdict = "PASS" if ratio >= TARGET else "FAIL"
+    for name, side in sides.items():
+        if name != "off":
+            cost = statistics.median(r.machine_cpu / r.images for r in side) / statistics.median(
+                r.machine_cpu / r.images for r in off
+            )
+            worker = statistics.median(r.worker_cpu / r.images for r in side) / statistics.median(
+                r.worker_cpu / r.images for r in off
+            )
+            console.print(
+                f"{name}/off CPU per image: machine {cost:.3f}x, worker {worker:.3f}x (ratio of medians)"
+            )
     console.print(
         f"{variants[-1]}/off throughput (ratio of medians) {ratio:.3f} (target >= {TARGET}: {verdict}); per pair "
         + ", ".join(f"{x:.3f}" for x in pair_ratios)

@@ -178,9 +178,9 @@ class Settings(BaseSettings):
         2,
         ge=1,
         le=64,
-        description="Frames of one video waiting in the model batcher at a time. 2 keeps an image queued "
-        "behind a video at ~2-2.5x its latency alone on CPU (8: ~8x), the video at most ~15% slower; raise "
-        "it on a GPU to fill batches from a lone video.",
+        description="Model inputs of one video waiting in the model batcher at a time (it decodes ahead "
+        "while they wait). Frames are background items: images go first whatever this is; raise it on a GPU "
+        "to fill batches from a lone video.",
     )
     video_deadline: float = Field(
         60.0,
