@@ -21,7 +21,7 @@
 
 ``python -m bench.video fairness [--pairs 3] [--gop 50] [--gap 1.5]``
     Fair sharing: the latency of single 640x480 JPEGs judged through ``Judge.judge_bytes`` (decode,
-    preprocess, the model batcher; ViT-B/16, batch 8, CPU, faces off) at random times (exponential gaps,
+    preprocess, the model batcher; ViT-B/16, batch 8, CPU, ``--faces`` off or auto) at random times (exponential gaps,
     mean ``--gap`` s, the same times in every variant of a round), with no video and while a 32-frame video
     job (2 frames in flight) runs on another thread: frames batched with images as before priorities
     (``fifo``), and as background items with at most 2 or 1 (dfscan) per background batch. Each variant
@@ -311,7 +311,9 @@ FAIR_VARIANTS: dict[str, tuple[int, str]] = {
 }
 
 
-def run_fairness(path: Path, in_flight: int, mode: str, gap: float, seed: int) -> dict[str, float]:
+def run_fairness(
+    path: Path, in_flight: int, mode: str, gap: float, seed: int, faces: str = "off"
+) -> dict[str, float]:
     """Latency of single 640x480 JPEGs judged (``Judge.judge_bytes``: decode, preprocess, model; the worker's
     runtime and threads from the default settings) at random
     times (exponential gaps, mean ``gap`` s) while one 32-frame video job runs on another thread (or none:
@@ -329,7 +331,7 @@ def run_fairness(path: Path, in_flight: int, mode: str, gap: float, seed: int) -
     settings = Settings(
         model=str(random_vit_base(CORE_CACHE / "vit-base-random")),
         device="cpu",
-        faces="off",
+        faces=faces,
         video_frames=FRAMES,
         video_in_flight=max(1, in_flight),
     )
@@ -394,19 +396,20 @@ def run_fairness(path: Path, in_flight: int, mode: str, gap: float, seed: int) -
     }
 
 
-def bench_fairness(pairs: int, gop: int, gap: float) -> None:
+def bench_fairness(pairs: int, gop: int, gap: float, faces: str = "off", skip: str = "") -> None:
     path = clip_path(gop)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in FAIR_VARIANTS}
+    variants = {name: v for name, v in FAIR_VARIANTS.items() if not (skip and skip in name)}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for r in range(pairs):
-        order = list(FAIR_VARIANTS) if r % 2 == 0 else list(reversed(FAIR_VARIANTS))
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            in_flight, mode = FAIR_VARIANTS[name]
-            results[name].append(_child(["fair", str(path), str(in_flight), mode, str(gap), str(r)]))
+            in_flight, mode = variants[name]
+            results[name].append(_child(["fair", str(path), str(in_flight), mode, str(gap), str(r), faces]))
             console.print(f"round {r + 1}: {name}: {json.dumps(results[name][-1])}")
     alone = statistics.median(x["median"] for x in results["no video"])
     table = Table(
         title=f"single images judged at random times (mean gap {gap} s) beside a {FRAMES}-frame video job, "
-        f"ViT-B/16 CPU, batch 8, {pairs} rounds"
+        f"ViT-B/16 CPU, batch 8, faces {faces}, {pairs} rounds"
     )
     for col in (
         "variant",
@@ -427,7 +430,7 @@ def bench_fairness(pairs: int, gop: int, gap: float) -> None:
             f"{statistics.median(x['p90'] for x in rows):.3f}",
             f"{max(x['max'] for x in rows):.3f}",
             f"{sum(x['n'] for x in rows):.0f}",
-            f"{statistics.median(x['video_s'] for x in rows):.1f}" if FAIR_VARIANTS[name][0] else "-",
+            f"{statistics.median(x['video_s'] for x in rows):.1f}" if variants[name][0] else "-",
         )
     console.print(table)
 
@@ -494,6 +497,8 @@ def main() -> None:
     f.add_argument("--pairs", type=int, default=3)
     f.add_argument("--gop", type=int, default=50)
     f.add_argument("--gap", type=float, default=1.5, help="mean seconds between images (exponential)")
+    f.add_argument("--faces", choices=("off", "auto"), default="off", help="DFSCAN_FACES of the judge")
+    f.add_argument("--skip", default="", help="leave out the variants whose name contains this")
     a = sub.add_parser("aggregation")
     a.add_argument("--trials", type=int, default=2000)
     fo = sub.add_parser("fair")  # internal: one fairness variant in this process, JSON on stdout
@@ -502,6 +507,7 @@ def main() -> None:
     fo.add_argument("mode")
     fo.add_argument("gap", type=float)
     fo.add_argument("seed", type=int)
+    fo.add_argument("faces", nargs="?", default="off")
     o = sub.add_parser("one")  # internal: one strategy in this process, JSON on stdout
     o.add_argument("strategy")
     o.add_argument("path")
@@ -516,9 +522,13 @@ def main() -> None:
     elif args.cmd == "job":
         bench_job(args.pairs, args.gop, args.model)
     elif args.cmd == "fairness":
-        bench_fairness(args.pairs, args.gop, args.gap)
+        bench_fairness(args.pairs, args.gop, args.gap, args.faces, args.skip)
     elif args.cmd == "fair":
-        print(json.dumps(run_fairness(Path(args.path), args.in_flight, args.mode, args.gap, args.seed)))
+        print(
+            json.dumps(
+                run_fairness(Path(args.path), args.in_flight, args.mode, args.gap, args.seed, args.faces)
+            )
+        )
     else:
         bench_aggregation(args.trials)
 

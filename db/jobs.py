@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from db import webhooks
 from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, utcnow
-from db.results import faces_of
+from db.results import faces_of, verdict_frames
 from dfscan.exceptions import MaxAttemptsError
-from dfscan.verdicts import STORED, FaceVerdict, Stored
+from dfscan.verdicts import STORED, VIDEO, FaceVerdict, Stored, stored_frames
 from dfscan.verdicts import Verdict as VerdictResult
 from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 
@@ -508,26 +508,40 @@ def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uui
 
 def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, Stored]:
     """What an earlier verdict said about the same bytes with the same model version, per sha256: its
-    score, what it was judged on and its faces (the duplicate cache; the newest verdict wins).
+    score, what it was judged on and its faces, and for a video its duration, peak time and judged
+    frames (the duplicate cache; the newest verdict wins).
 
     The model version is the key: a verdict judged with faces on carries the face detector and its
-    settings in its version (``<model>+faces:<detector>``), so a faces request never gets a
-    whole-image answer, nor the reverse."""
+    settings in its version (``<model>+faces:<detector>``), a video's its sampling (``+video:...``), so
+    a faces request never gets a whole-image answer, nor the reverse, nor a video one sampled otherwise."""
     shas = sorted(set(image_sha256s))
     if not shas:
         return {}
     query = (
-        select(Verdict.job_id, Verdict.image_sha256, Verdict.fake_score, Verdict.judged_on)
+        select(
+            Verdict.job_id,
+            Verdict.image_sha256,
+            Verdict.fake_score,
+            Verdict.judged_on,
+            Verdict.media,
+            Verdict.duration_s,
+            Verdict.peak_t,
+        )
         .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
         .order_by(Verdict.id)
     )
     newest = {row.image_sha256: row for row in session.execute(query)}
     faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
+    frames = verdict_frames(session, [row.job_id for row in newest.values() if row.media == VIDEO])
     return {
         sha: Stored(
             row.fake_score,
             row.judged_on,
             tuple(FaceVerdict.from_stored(f) for f in faces.get(row.job_id, [])),
+            media=row.media,
+            duration_s=row.duration_s,
+            peak_t=row.peak_t,
+            frames=stored_frames(frames.get(row.job_id, [])),
         )
         for sha, row in newest.items()
     }

@@ -123,14 +123,31 @@ class Frame:
         }
 
 
+def stored_frames(frames: Sequence[tuple[Any, ...]]) -> tuple[Frame, ...]:
+    """A video's frames from their stored form: (t, fake_score) or (t, fake_score, faces as stored)."""
+    return tuple(
+        Frame(
+            t=t,
+            fake_score=p,
+            faces=tuple(FaceVerdict.from_stored(f) for f in rest[0] or ()) if rest else (),
+        )
+        for t, p, *rest in frames
+    )
+
+
 @dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
-    score (None for not_applicable), what it was judged on, and its faces."""
+    score (None for not_applicable), what it was judged on, and its faces; for a video also its
+    duration, peak time and judged frames."""
 
     fake_score: float | None
     judged_on: str = IMAGE
     faces: tuple[FaceVerdict, ...] = ()
+    media: str = IMAGE
+    duration_s: float | None = None
+    peak_t: float | None = None
+    frames: tuple[Frame, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,14 +240,7 @@ class Verdict:
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
         if stored.get("media") == VIDEO:
-            stored["frames"] = tuple(
-                Frame(
-                    t=t,
-                    fake_score=p,
-                    faces=tuple(FaceVerdict.from_stored(f) for f in rest[0] or ()) if rest else (),
-                )
-                for t, p, *rest in frames or ()
-            )
+            stored["frames"] = stored_frames(frames or ())
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

@@ -114,3 +114,22 @@ def test_constraints_guard_video_verdicts(backend: str, request: pytest.FixtureR
         with factory.begin() as s:
             assert verdict_frames(s, [job_id]) == {}
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_the_duplicate_cache_answers_a_video_with_its_timeline_under_its_own_version(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_url" if backend == "postgresql" else "sqlite_url")
+    migrate.upgrade(url)
+    factory = new_session_factory(new_engine(url))
+    _, job_id = _job(factory)
+    version = "m1+video:frames=5:side=640"
+    with factory.begin() as s:
+        assert jobs.finish_done(s, job_id, **dict(VIDEO, model_version=version)) is True
+    with factory() as s:
+        cached = jobs.cached_verdicts(s, ["ab" * 32], version)
+        assert jobs.cached_verdicts(s, ["ab" * 32], "m1+video:frames=32:side=640") == {}  # sampled otherwise
+    stored = cached["ab" * 32]
+    assert (stored.media, stored.fake_score, stored.duration_s, stored.peak_t) == ("video", 0.81, 1.0, 0.3)
+    assert [(f.t, f.fake_score) for f in stored.frames] == FRAMES

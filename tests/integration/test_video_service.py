@@ -86,7 +86,8 @@ def test_a_worker_killed_mid_video_still_ends_with_exactly_one_verdict(service: 
 
 def test_a_video_url_is_fetched_under_the_video_cap_judged_and_stored(service: Service) -> None:
     """A moderation backend submits the video's URL as it would an image's: the bytes say video (the
-    path says nothing), the larger video byte cap applies to it, and one over that cap fails TOO_LARGE."""
+    path says nothing), the larger video byte cap applies to it, and one over that cap fails TOO_LARGE.
+    The same clip submitted again is answered from the duplicate cache, frames included."""
     from tests.fixtures.http_server import serve_http
 
     clip = make_clip(width=64, height=48, fps=10, seconds=3.0, gop=10)
@@ -102,9 +103,19 @@ def test_a_video_url_is_fetched_under_the_video_cap_judged_and_stored(service: S
                 "DFSCAN_MAX_VIDEO_BYTES": str(len(clip) + 500),
             }
         )
-        sub = ScanClient(settings_for(service)).submit([server.url("/media/1"), server.url("/media/2")])
+        client = ScanClient(settings_for(service))
+        sub = client.submit([server.url("/media/1"), server.url("/media/2")])
         sub.wait(120)
+        # The same clip uploaded again: answered from the duplicate cache, with its timeline.
+        again = client.submit([server.url("/media/1")])
+        again.wait(120)
+    (repeat,) = again.results()
+    assert repeat.verdict.done and repeat.verdict.cached is True
     rows = {row.source.rsplit("/", 1)[-1]: row for row in sub.results()}
+    assert (
+        repeat.verdict.frames == rows["1"].verdict.frames
+        and repeat.verdict.peak_t == rows["1"].verdict.peak_t
+    )
     video = rows["1"].verdict
     assert video.done, video.error
     assert video.media == "video" and video.image_format == "MP4"
@@ -115,4 +126,4 @@ def test_a_video_url_is_fetched_under_the_video_cap_judged_and_stored(service: S
     )
     assert rows["2"].error_code == "TOO_LARGE" and "for videos" in (rows["2"].error or "")
     assert rows["2"].attempts == 1  # a permanent error: not retried
-    assert frame_rows(service) == 6
+    assert frame_rows(service) == 12  # each verdict keeps its own frames

@@ -269,3 +269,68 @@ def test_an_image_judged_beside_a_video_goes_ahead_of_its_frames_and_never_share
     assert waiting >= 2, waiting
     assert flat.index("image") <= run_before + judge.batcher.background_batch
     assert judge.batcher.background_batch == 1
+
+
+def test_the_same_video_again_is_answered_from_the_cache_with_its_frames(
+    detector: Detector, tmp_path: Path
+) -> None:
+    """Re-uploads of one clip are common in moderation: the second costs a look-up, not 16 forwards.
+    The cache is keyed on the model *and* the sampling (``video_version``); an image answer is ignored."""
+    from dfscan.verdicts import Stored
+
+    data = make_clip(width=48, height=40, fps=10, seconds=2.0, gop=10)
+    (tmp_path / "c.mp4").write_bytes(data)
+    asked: list[str] = []
+    first = _judge(detector, tmp_path)
+    try:
+        judged = first.judge(str(tmp_path / "c.mp4"))
+    finally:
+        first.close()
+    assert judged.done and judged.model_version == first.video_version
+    assert first.video_version == f"{first.version}+video:frames=16:side=640"
+    stored = Stored(
+        judged.fake_score,
+        judged.judged_on,
+        media="video",
+        duration_s=judged.duration_s,
+        peak_t=judged.peak_t,
+        frames=judged.frames or (),
+    )
+
+    def known(sha: str, version: str) -> Stored | float | None:
+        asked.append(version)
+        return stored if version == first.video_version else 0.99
+
+    again = Judge(
+        detector,
+        sources=SourcePolicy(allowed_roots=(tmp_path,)),
+        images=ImagePolicy(),
+        videos=VideoPolicy(frames=16),
+        known=known,
+    )
+    try:
+        verdict = again.judge(str(tmp_path / "c.mp4"))
+    finally:
+        again.close()
+    assert asked == [again.video_version]
+    assert verdict.done and verdict.cached is True and again.batcher.stats.items == 0
+    assert (verdict.fake_score, verdict.peak_t, verdict.duration_s, verdict.frames) == (
+        judged.fake_score,
+        judged.peak_t,
+        judged.duration_s,
+        judged.frames,
+    )
+    assert verdict.media == "video" and verdict.model_version == again.video_version
+    # An answer that is not a video's (a float: an image's score) is not used: the video is judged.
+    image_like = Judge(
+        detector,
+        sources=SourcePolicy(allowed_roots=(tmp_path,)),
+        images=ImagePolicy(),
+        videos=VideoPolicy(frames=16),
+        known=lambda sha, version: 0.99,
+    )
+    try:
+        fresh = image_like.judge(str(tmp_path / "c.mp4"))
+    finally:
+        image_like.close()
+    assert fresh.cached is False and image_like.batcher.stats.items == 16

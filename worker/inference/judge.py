@@ -20,8 +20,10 @@ with label ``not_applicable`` and no score.
 A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes the same road with
 many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
 ``VideoPolicy.in_flight`` at a time, and aggregated into one verdict with
-``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). Videos
-skip the duplicate cache: a cached score carries no frames. With faces on, each sampled frame goes
+``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). The
+duplicate cache answers a video already judged with the same model *and sampling* (its verdicts carry
+:attr:`Judge.video_version`, ``<version>+video:frames=32:side=640``) with its timeline, nothing decoded;
+an image's answer is never taken for a video. With faces on, each sampled frame goes
 through the faces path above (the same face micro-batcher, crops to the same model batcher; a frame's
 p(fake) is the max over its faces; no face: ``auto`` judges the whole frame, ``require`` leaves the
 frame unjudged); the video is ``judged_on`` "faces" when any frame was, and a video with no face in
@@ -48,6 +50,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import torch
 from PIL import Image
@@ -148,6 +151,15 @@ class Judge:
             return self.detector.version
         return f"{self.detector.version}+{self.faces.version}"
 
+    @property
+    def video_version(self) -> str:
+        """The model version of video verdicts: :attr:`version` plus how frames are sampled
+        (``+video:frames=32:side=640`` or ``fps=...``), so the duplicate cache never answers a video
+        with a verdict sampled otherwise."""
+        videos = self.videos
+        sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
+        return f"{self.version}+video:{sampling}:side={videos.frame_side}"
+
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
         if not 0.0 <= threshold <= 1.0:
@@ -244,13 +256,19 @@ class Judge:
         return self.batcher.submit(pixels, priority=BACKGROUND)
 
     def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+        sha = image_sha256(data)
         facts: dict[str, object] = {
-            "image_sha256": image_sha256(data),
+            "image_sha256": sha,
             "n_bytes": len(data),
             "fetch_ms": fetch_ms,
             "image_format": container.upper(),
             "media": VIDEO,
         }
+        # The same bytes judged before with this model and sampling: its verdict and frames, no decoding.
+        stored = self.known(sha, self.video_version) if self.known is not None else None
+        if isinstance(stored, Stored) and stored.media == VIDEO:
+            facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
+            return replace(self._from_stored(source, stored, **facts), model_version=self.video_version)
         started = time.perf_counter()
         try:
             video = score_video(
@@ -262,7 +280,9 @@ class Judge:
                 faces=None if self.faces is None else FrameFaces(self._find_frame_faces, self.faces),
             )
         except Exception as exc:
-            return self._failed(source, exc, **facts, decode_ms=_ms(started))
+            return replace(
+                self._failed(source, exc, **facts, decode_ms=_ms(started)), model_version=self.video_version
+            )
         facts.update(
             width=video.info.width,
             height=video.info.height,
@@ -273,15 +293,17 @@ class Judge:
             frames=tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in video.frames),
         )
         if video.fake_score is None:  # require, and no face in any frame: nothing was judged
-            return self._not_applicable(source, **facts)
-        return self._done(
-            source,
-            video.fake_score,
-            cached=False,
-            judged_on=FACES if video.on_faces else IMAGE,
-            peak_t=video.peak_t,
-            **facts,  # type: ignore[arg-type]
-        )
+            verdict = self._not_applicable(source, **facts)
+        else:
+            verdict = self._done(
+                source,
+                video.fake_score,
+                cached=False,
+                judged_on=FACES if video.on_faces else IMAGE,
+                peak_t=video.peak_t,
+                **facts,  # type: ignore[arg-type]
+            )
+        return replace(verdict, model_version=self.video_version)
 
     def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
         """The model's score for these bytes: a future shared by every caller with the same sha256
