@@ -99,17 +99,24 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
     Console(soft_wrap=False, width=width).print(table)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def summary(rows: Iterable[Mapping[str, Any]]) -> str:
     counts: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     for row in rows:
         counts["total"] += 1
+        counts["videos"] += row.get("media") == "video"
         counts[str(row["status"])] += 1
         if row["status"] == "done":
             counts[str(row["label"])] += 1
         elif row.get("error_code"):
             codes[str(row["error_code"])] += 1
-    parts = [f"{counts['total']} images", f"{counts['fake']} fake", f"{counts['real']} real"]
+    images = counts["total"] - counts["videos"]
+    sources = _count(images, "image") + (f", {_count(counts['videos'], 'video')}" if counts["videos"] else "")
+    parts = [sources, f"{counts['fake']} fake", f"{counts['real']} real"]
     if counts["not_applicable"]:
         parts.append(f"{counts['not_applicable']} without a face (not_applicable)")
     parts.append(f"{counts['failed']} failed")
