@@ -256,6 +256,11 @@ class Judge:
         return self.batcher.submit(pixels, priority=BACKGROUND)
 
     def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+        """A video's verdict, under the version that names its sampling (:attr:`video_version`)."""
+        verdict = self._video_verdict(data, container, source=source, fetch_ms=fetch_ms)
+        return replace(verdict, model_version=self.video_version)
+
+    def _video_verdict(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
         sha = image_sha256(data)
         facts: dict[str, object] = {
             "image_sha256": sha,
@@ -268,7 +273,7 @@ class Judge:
         stored = self.known(sha, self.video_version) if self.known is not None else None
         if isinstance(stored, Stored) and stored.media == VIDEO:
             facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
-            return replace(self._from_stored(source, stored, **facts), model_version=self.video_version)
+            return self._from_stored(source, stored, **facts)
         started = time.perf_counter()
         try:
             video = score_video(
@@ -280,9 +285,7 @@ class Judge:
                 faces=None if self.faces is None else FrameFaces(self._find_frame_faces, self.faces),
             )
         except Exception as exc:
-            return replace(
-                self._failed(source, exc, **facts, decode_ms=_ms(started)), model_version=self.video_version
-            )
+            return self._failed(source, exc, **facts, decode_ms=_ms(started))
         facts.update(
             width=video.info.width,
             height=video.info.height,
@@ -293,17 +296,15 @@ class Judge:
             frames=tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in video.frames),
         )
         if video.fake_score is None:  # require, and no face in any frame: nothing was judged
-            verdict = self._not_applicable(source, **facts)
-        else:
-            verdict = self._done(
-                source,
-                video.fake_score,
-                cached=False,
-                judged_on=FACES if video.on_faces else IMAGE,
-                peak_t=video.peak_t,
-                **facts,  # type: ignore[arg-type]
-            )
-        return replace(verdict, model_version=self.video_version)
+            return self._not_applicable(source, **facts)
+        return self._done(
+            source,
+            video.fake_score,
+            cached=False,
+            judged_on=FACES if video.on_faces else IMAGE,
+            peak_t=video.peak_t,
+            **facts,  # type: ignore[arg-type]
+        )
 
     def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
         """The model's score for these bytes: a future shared by every caller with the same sha256
