@@ -277,24 +277,6 @@ def settle(session: Session, outcomes: Sequence[Outcome], *, now: datetime | Non
     return changed
 
 
-def mark_delivered(session: Session, delivery_id: uuid.UUID, *, status: int) -> bool:
-    """One delivered row (see :func:`settle`); False when it was no longer pending."""
-    return settle(session, [Outcome(delivery_id, status)]) == 1
-
-
-def mark_attempt_failed(
-    session: Session,
-    delivery_id: uuid.UUID,
-    *,
-    code: str,
-    message: str,
-    status: int | None,
-    retry_in: float | None,
-) -> bool:
-    """Record a failed attempt: try again in ``retry_in`` seconds, or (None) give the delivery up."""
-    return settle(session, [Outcome(delivery_id, status, code, message, retry_in)]) == 1
-
-
 def redeliver(session: Session, delivery_id: uuid.UUID) -> bool:
     """Send a delivery again now, with a fresh set of attempts (also a delivered or given-up one)."""
     now = utcnow()

@@ -218,21 +218,19 @@ def test_claims_leases_retries_give_up_and_redeliver(factory: sessionmaker[Sessi
     with factory.begin() as s:  # the attempt never reported (a killed process): due again
         (again,) = webhooks.claim_due(s, limit=10, lease_seconds=30, now=later)
         assert again.id == due.id and again.attempts == 2 and again.body == due.body
-        webhooks.mark_attempt_failed(s, due.id, code="HTTP_STATUS", message="503", status=503, retry_in=5)
+        assert webhooks.settle(s, [webhooks.Outcome(due.id, 503, "HTTP_STATUS", "503", 5)]) == 1
     (row,) = _deliveries(factory)
     assert (row.state, row.error_code, row.last_status) == ("pending", "HTTP_STATUS", 503)
     with factory.begin() as s:
-        webhooks.mark_attempt_failed(
-            s, due.id, code="FETCH_FAILED", message="refused", status=None, retry_in=None
-        )
+        assert webhooks.settle(s, [webhooks.Outcome(due.id, None, "FETCH_FAILED", "refused", None)]) == 1
         assert [d.state for d in webhooks.list_deliveries(s, failed_only=True)] == ["failed"]
         assert webhooks.redeliver(s, due.id)
         assert not webhooks.redeliver(s, uuid.uuid4())
     with factory.begin() as s:
         (fresh,) = webhooks.claim_due(s, limit=10, lease_seconds=30)
         assert fresh.attempts == 1
-        assert webhooks.mark_delivered(s, fresh.id, status=204)
-        assert not webhooks.mark_delivered(s, fresh.id, status=204)
+        assert webhooks.settle(s, [webhooks.Outcome(fresh.id, 204)]) == 1
+        assert webhooks.settle(s, [webhooks.Outcome(fresh.id, 204)]) == 0  # no longer pending
     (row,) = _deliveries(factory)
     assert row.state == "delivered" and row.delivered_at is not None and row.error_code is None
 
