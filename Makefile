@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup test test-slow lint bench bench-scan bench-system bench-observability bench-delivery faults flower
+.PHONY: help setup test test-slow lint docs bench bench-scan bench-system bench-observability bench-delivery faults flower
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -22,6 +22,10 @@ test:  ## lint, type-check and run the default suite (unit, integration, e2e; no
 
 test-slow:  ## the long fault-injection scenarios (Postgres stopped 30 s, repeated kills, ...)
 	$(PY) -m pytest -m slow
+
+docs:  ## build the manual (docs/ -> site/) with mkdocs --strict: broken links and anchors fail
+	$(VENV)/bin/python -c "import material" 2>/dev/null || $(VENV)/bin/pip install -q 'mkdocs-material>=9.5,<10'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint:  ## ruff and mypy only
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
