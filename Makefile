@@ -30,10 +30,10 @@ docs:  ## build the manual (docs/ -> site/) with mkdocs --strict: broken links a
 lint:  ## ruff and mypy only
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
-bench:  ## in-process benchmark: seed pipeline() vs dfscan scan vs model-only forward
+bench:  ## in-process benchmark: transformers pipeline() vs dfscan scan() vs model-only forward
 	$(PY) -m bench.core
 
-bench-scan:  ## whole-process benchmark: `dfscan scan FOLDER` vs the seed pipeline, A B A B pairs
+bench-scan:  ## whole-process benchmark: `dfscan scan FOLDER` vs transformers pipeline(), A B A B pairs
 	$(PY) -m bench.scan_vs_seed
 
 bench-system:  ## whole-system benchmark: submit -> Redis -> worker -> Postgres
@@ -45,5 +45,5 @@ bench-observability:  ## cost of metrics + webhooks (paired runs) and verdict-to
 bench-delivery:  ## CPU per webhook delivery (deliverer vs receiver vs Postgres), statements per round
 	$(PY) -m bench.delivery
 
-faults:  ## run every fault scenario and print the README table
+faults:  ## run every fault scenario and print the table of docs/faults.md
 	$(PY) -m bench.faults
