@@ -116,3 +116,20 @@ def test_the_readme_links_into_docs_point_at_pages_and_headings_that_exist() -> 
         if anchor:
             headings = re.findall(r"^#+ (.+)$", TEXTS[page], flags=re.M)
             assert anchor in {slug(h) for h in headings}, f"{page} has no heading #{anchor}"
+
+
+# Words of how dfscan was built, not of what it is: the manual speaks in the present tense about the product.
+HISTORY = [
+    r"\bold main\b",
+    r"\bissue \d+",
+    r"\bthe seed\b",
+    r"\bseed's\b",
+    r"\bthis session\b",
+    r"\bbefore this change\b",
+]
+
+
+@pytest.mark.parametrize("page", sorted(TEXTS))
+def test_the_manual_tells_no_history(page: str) -> None:
+    found = [m.group(0) for pattern in HISTORY for m in re.finditer(pattern, TEXTS[page], flags=re.I)]
+    assert not found, f"{page} speaks of how dfscan was built: {found}"
