@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup test test-slow lint bench bench-scan bench-system bench-observability bench-delivery faults flower
+.PHONY: help setup test test-slow lint docs bench bench-scan bench-system bench-observability bench-delivery faults flower
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,13 +23,17 @@ test:  ## lint, type-check and run the default suite (unit, integration, e2e; no
 test-slow:  ## the long fault-injection scenarios (Postgres stopped 30 s, repeated kills, ...)
 	$(PY) -m pytest -m slow
 
+docs:  ## build the manual (docs/ -> site/) with mkdocs --strict: broken links and anchors fail
+	$(VENV)/bin/python -c "import material" 2>/dev/null || $(VENV)/bin/pip install -q 'mkdocs-material>=9.5,<10'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 lint:  ## ruff and mypy only
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
-bench:  ## in-process benchmark: seed pipeline() vs dfscan scan vs model-only forward
+bench:  ## in-process benchmark: transformers pipeline() vs dfscan scan() vs model-only forward
 	$(PY) -m bench.core
 
-bench-scan:  ## whole-process benchmark: `dfscan scan FOLDER` vs the seed pipeline, A B A B pairs
+bench-scan:  ## whole-process benchmark: `dfscan scan FOLDER` vs transformers pipeline(), A B A B pairs
 	$(PY) -m bench.scan_vs_seed
 
 bench-system:  ## whole-system benchmark: submit -> Redis -> worker -> Postgres
@@ -41,5 +45,5 @@ bench-observability:  ## cost of metrics + webhooks (paired runs) and verdict-to
 bench-delivery:  ## CPU per webhook delivery (deliverer vs receiver vs Postgres), statements per round
 	$(PY) -m bench.delivery
 
-faults:  ## run every fault scenario and print the README table
+faults:  ## run every fault scenario and print the table of docs/faults.md
 	$(PY) -m bench.faults
