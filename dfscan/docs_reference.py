@@ -150,8 +150,8 @@ def errors_page() -> str:
     renamed: dict[str, list[str]] = {}
     for name, limit in LIMITS.items():
         renamed.setdefault(limit.former_code, []).append(f"`{TooLargeError.code}` (limit `{name}`)")
-    for new, old in RENAMED.items():
-        renamed.setdefault(old, []).append(f"`{new}`")
+    for new_code, old_code in RENAMED.items():
+        renamed.setdefault(old_code, []).append(f"`{new_code}`")
     lines += [
         "",
         "## Codes renamed in this release",
@@ -164,9 +164,9 @@ def errors_page() -> str:
         "|---|---|",
     ]
     codes = error_classes()
-    for old, new in sorted(renamed.items()):
+    for old, now in sorted(renamed.items()):
         kept = f"; other causes keep `{old}`" if old in codes and old != TooLargeError.code else ""
-        lines.append(f"| `{old}` | {', '.join(new)}{kept} |")
+        lines.append(f"| `{old}` | {', '.join(now)}{kept} |")
     lines += [
         "",
         "For this release, the JSON of a failed verdict whose code was renamed also carries the code it",

@@ -50,7 +50,7 @@ def train(
         bool,
         typer.Option(
             "--faces",
-            help="Train on face crops (DFSCAN_FACE_DETECTOR, DFSCAN_FACE_MARGIN, DFSCAN_MIN_FACE_PX), as serving "
+            help="Train on face crops (MTCNN, DFSCAN_FACE_MARGIN, DFSCAN_MIN_FACE_PX), as serving "
             "crops them; images without a face are counted and skipped, and the version serves on faces.",
         ),
     ] = False,

@@ -17,6 +17,7 @@ from dfscan.exceptions import (
     DfscanError,
     FetchError,
     FetchTimeoutError,
+    HostNotFoundError,
     HttpStatusError,
     PathNotAllowedError,
     SourceNotFoundError,
@@ -157,7 +158,7 @@ def test_bodies_without_a_length_are_capped(server: LocalHttpServer, path: str) 
     policy = SourcePolicy(url_allowlist=("127.0.0.1",), max_bytes=1024 * 1024, deadline=5.0)
     error = refused(TooLargeError, server.url(path), policy)
     assert error.code == "TOO_LARGE" and error.permanent
-    assert "more than the 1048576-byte limit" in error.message
+    assert error.message.endswith("more than the 1048576-byte limit (limit: bytes)")
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body(server: LocalHttpServer) -> None:
@@ -202,9 +203,9 @@ def test_dns_failures(monkeypatch: pytest.MonkeyPatch) -> None:
         "gone.test": [socket.gaierror(socket.EAI_NONAME, "Name or service not known")],
         "flaky.test": [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")],
     })  # fmt: skip
-    error = refused(SourceNotFoundError, "http://gone.test/x.jpg", LOCAL)
+    error = refused(HostNotFoundError, "http://gone.test/x.jpg", LOCAL)
     assert (error.code, error.message) == (
-        "NOT_FOUND",
+        "HOST_NOT_FOUND",
         "host of http://gone.test/x.jpg does not resolve (Name or service not known)",
     )
     error = refused(FetchError, "http://flaky.test/x.jpg", LOCAL)
@@ -348,6 +349,7 @@ def test_missing_files_under_a_root_are_not_found(root: Path) -> None:
         SourcePolicy(allowed_roots=(root,)),
     )
     assert error.message == f"path {str(root / 'missing.jpg')!r} does not exist"
+    assert error.code == "FILE_NOT_FOUND" and error.permanent
     refused(
         SourceNotFoundError,
         str(root / "sub" / "a.jpg" / "x"),
