@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     model: str = Field(
         "prithivMLmods/Deep-Fake-Detector-Model",
-        description="Checkpoint: a Hugging Face hub id or a local directory. The seed's default.",
+        description="Checkpoint: a Hugging Face hub id or a local directory. Where the hub cannot be "
+        "reached, download a checkpoint elsewhere and point this at its directory.",
     )
     model_revision: str | None = Field(
         None, description="Hub revision (branch, tag or commit) to pin; unset means the default branch."
