@@ -1,4 +1,4 @@
-"""The shape of the system, checked: a light producer, a pure core, and a README that documents it."""
+"""The shape of the system, checked: a light producer, a pure core, and reference pages generated from the code."""
 
 from __future__ import annotations
 
