@@ -318,6 +318,7 @@ def run_fairness(
     runtime and threads from the default settings) at random
     times (exponential gaps, mean ``gap`` s) while one 32-frame video job runs on another thread (or none:
     ``in_flight`` 0). The same arrival times in every variant of a round (``seed``)."""
+    import dataclasses
     import io
     import random
     import threading
@@ -333,10 +334,10 @@ def run_fairness(
         device="cpu",
         faces=faces,
         video_frames=FRAMES,
-        video_in_flight=max(1, in_flight),
     )
     detector = new_detector(settings)  # the worker's: ONNX Runtime on a CPU (DFSCAN_RUNTIME=auto)
     judge = new_judge(settings, detector)
+    judge.videos = dataclasses.replace(judge.videos, in_flight=max(1, in_flight))  # fixed at 2 in a worker
     if mode == "fifo":  # the batcher before priorities: frames queue with images, batched together
         judge.batcher.mix = True
         judge._submit_frame = lambda pixels: judge.batcher.submit(pixels, priority=FOREGROUND)  # type: ignore[method-assign]

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from dfscan.exceptions import error_detail
+
 DONE = "done"
 FAILED = "failed"
 FAKE = "fake"
@@ -68,6 +70,7 @@ OUTPUT = (
     "frames",
     "error_code",
     "error",
+    "error_detail",
 )
 
 
@@ -188,6 +191,12 @@ class Verdict:
     @property
     def done(self) -> bool:
         return self.status == DONE
+
+    @property
+    def error_detail(self) -> dict[str, str] | None:
+        """A failure's machine-readable detail: the limit of TOO_LARGE, and for this release the code
+        a renamed failure had before (see :func:`dfscan.exceptions.error_detail`)."""
+        return error_detail(self.error_code, self.error)
 
     def row(self) -> dict[str, Any]:
         """The ``verdicts`` columns of a done verdict (the caller adds ``job_id`` and ``worker``)."""

@@ -17,6 +17,7 @@ from dfscan.exceptions import (
     DfscanError,
     FetchError,
     FetchTimeoutError,
+    HostNotFoundError,
     HttpStatusError,
     PathNotAllowedError,
     SourceNotFoundError,
@@ -157,7 +158,7 @@ def test_bodies_without_a_length_are_capped(server: LocalHttpServer, path: str) 
     policy = SourcePolicy(url_allowlist=("127.0.0.1",), max_bytes=1024 * 1024, deadline=5.0)
     error = refused(TooLargeError, server.url(path), policy)
     assert error.code == "TOO_LARGE" and error.permanent
-    assert "more than the 1048576-byte limit" in error.message
+    assert error.message.endswith("more than the 1048576-byte limit (limit: bytes)")
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body(server: LocalHttpServer) -> None:
@@ -202,9 +203,9 @@ def test_dns_failures(monkeypatch: pytest.MonkeyPatch) -> None:
         "gone.test": [socket.gaierror(socket.EAI_NONAME, "Name or service not known")],
         "flaky.test": [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")],
     })  # fmt: skip
-    error = refused(SourceNotFoundError, "http://gone.test/x.jpg", LOCAL)
+    error = refused(HostNotFoundError, "http://gone.test/x.jpg", LOCAL)
     assert (error.code, error.message) == (
-        "NOT_FOUND",
+        "HOST_NOT_FOUND",
         "host of http://gone.test/x.jpg does not resolve (Name or service not known)",
     )
     error = refused(FetchError, "http://flaky.test/x.jpg", LOCAL)
@@ -348,6 +349,7 @@ def test_missing_files_under_a_root_are_not_found(root: Path) -> None:
         SourcePolicy(allowed_roots=(root,)),
     )
     assert error.message == f"path {str(root / 'missing.jpg')!r} does not exist"
+    assert error.code == "FILE_NOT_FOUND" and error.permanent
     refused(
         SourceNotFoundError,
         str(root / "sub" / "a.jpg" / "x"),
@@ -373,7 +375,10 @@ def test_files_over_the_cap_are_refused(root: Path) -> None:
     policy = SourcePolicy(allowed_roots=(root,), max_bytes=100)
     assert read_source(str(root / "exact.bin"), policy) == b"e" * 100
     error = refused(TooLargeError, str(root / "over.bin"), policy)
-    assert error.message == f"file {str(root / 'over.bin')!r} has 101 bytes, more than the 100-byte limit"
+    assert (
+        error.message
+        == f"file {str(root / 'over.bin')!r} has 101 bytes, more than the 100-byte limit (limit: bytes)"
+    )
 
 
 def test_a_symlink_swapped_in_after_the_check_is_refused(root: Path) -> None:
@@ -553,14 +558,14 @@ def test_a_video_file_may_use_the_video_cap_and_nothing_else_may(root: Path) -> 
     policy = SourcePolicy(allowed_roots=(root,), max_bytes=1000, max_video_bytes=len(video))
     assert read_source(str(root / "clip.jpg"), policy) == video
     error = refused(TooLargeError, str(root / "big.mp4"), policy)
-    assert error.message.endswith("more than the 1000-byte limit")
+    assert error.message.endswith("more than the 1000-byte limit (limit: bytes)")
     refused(TooLargeError, str(root / "avif.mp4"), policy)
     error = refused(
         TooLargeError,
         str(root / "clip.jpg"),
         SourcePolicy(allowed_roots=(root,), max_bytes=1000, max_video_bytes=len(video) - 1),
     )
-    assert error.message.endswith(f"more than the {len(video) - 1}-byte limit for videos")
+    assert error.message.endswith(f"more than the {len(video) - 1}-byte limit for videos (limit: bytes)")
     # without a video cap, videos get max_bytes like everything else
     refused(TooLargeError, str(root / "clip.jpg"), SourcePolicy(allowed_roots=(root,), max_bytes=1000))
 
@@ -586,4 +591,4 @@ def test_a_body_without_a_length_is_cut_at_max_bytes_once_it_is_not_a_video(serv
         url_allowlist=("127.0.0.1",), deadline=5.0, max_bytes=1024 * 1024, max_video_bytes=40 * 1024 * 1024
     )
     error = refused(TooLargeError, server.url("/nolength"), policy)
-    assert error.message.endswith("more than the 1048576-byte limit")
+    assert error.message.endswith("more than the 1048576-byte limit (limit: bytes)")

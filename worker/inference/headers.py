@@ -154,7 +154,9 @@ def _check_png(data: bytes, max_frames: int) -> Declared:
         if kind == b"acTL" and length >= 8 and body + 8 <= n:
             frames = struct.unpack_from(">I", data, body)[0]
             if frames > max_frames:
-                raise ImageTooLargeError(f"image has {frames} frames, over the cap of {max_frames}")
+                raise ImageTooLargeError(
+                    f"image has {frames} frames, over the cap of {max_frames}", limit="image_frames"
+                )
         elif kind == b"eXIf":
             check_exif(data[body : body + length])
         elif kind == b"IEND":
@@ -185,7 +187,8 @@ def _count_gif_frames(data: bytes, max_frames: int) -> int | None:
             frames += 1
             if frames > max_frames:
                 raise ImageTooLargeError(
-                    f"image has more than {max_frames} frames, over the cap of {max_frames}"
+                    f"image has more than {max_frames} frames, over the cap of {max_frames}",
+                    limit="image_frames",
                 )
             if pos + 10 > n:
                 return frames
@@ -319,7 +322,9 @@ def _check_tiff(data: bytes, *, max_pixels: int, max_frames: int) -> Declared:
         seen.add(offset)
         pages += 1
         if pages > max_frames:
-            raise ImageTooLargeError(f"image has more than {max_frames} pages, over the cap of {max_frames}")
+            raise ImageTooLargeError(
+                f"image has more than {max_frames} pages, over the cap of {max_frames}", limit="image_frames"
+            )
         count, pos = found
         nxt = pos + count * entry
         if nxt + pointer > len(data):

@@ -183,9 +183,9 @@ def decode_in_process(
     except DfscanError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from exc
+        raise ImageTooLargeError(f"decompression bomb: {exc}") from exc
     except MemoryError as exc:
-        raise ImageTooLargeError("image too large: out of memory while decoding") from exc
+        raise ImageTooLargeError("out of memory while decoding", limit="decode_memory") from exc
     except Exception as exc:  # Pillow plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         raise CorruptImageError(f"corrupt image data: {type(exc).__name__}: {exc}") from exc
 
@@ -293,7 +293,9 @@ def _check_caps(img: Image.Image, declared: headers.Declared, policy: ImagePolic
     cheap = img.format not in ("GIF", "TIFF")
     frames = int(getattr(img, "n_frames", 1)) if cheap else declared.frames or 1
     if frames > policy.max_frames:
-        raise ImageTooLargeError(f"image has {frames} frames, over the cap of {policy.max_frames}")
+        raise ImageTooLargeError(
+            f"image has {frames} frames, over the cap of {policy.max_frames}", limit="image_frames"
+        )
 
 
 def _orientation(img: Image.Image) -> int:
@@ -336,7 +338,8 @@ def _estimate(img: Image.Image, declared: headers.Declared, factor: int, policy:
     if need > policy.decode_memory:
         raise ImageTooLargeError(
             f"decoding this {width}x{height} {img.mode} image needs about {need // MiB} MiB, over the "
-            f"decode memory budget of {policy.decode_memory // MiB} MiB (DFSCAN_DECODE_MEMORY)"
+            f"decode memory budget of {policy.decode_memory // MiB} MiB (DFSCAN_DECODE_MEMORY)",
+            limit="decode_memory",
         )
     return need
 

@@ -50,6 +50,7 @@ from dfscan.exceptions import (
     DfscanError,
     FetchError,
     FetchTimeoutError,
+    HostNotFoundError,
     HttpStatusError,
     PathNotAllowedError,
     SourceNotFoundError,
@@ -152,7 +153,7 @@ def _resolve(target: Target, policy: SourcePolicy, clock: _Clock) -> IPAddress:
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise SourceNotFoundError(f"host of {target.display} has no addresses")
+        raise HostNotFoundError(f"host of {target.display} has no addresses")
     if not host_allowed(target.host, policy):
         for address in addresses:
             check_address(address, target, policy)
@@ -177,7 +178,7 @@ def _getaddrinfo(target: Target, clock: _Clock) -> list[tuple]:  # type: ignore[
     outcome = result[0]
     if isinstance(outcome, socket.gaierror):
         if outcome.errno in _DNS_NOT_FOUND:
-            raise SourceNotFoundError(f"host of {target.display} does not resolve ({outcome.strerror})")
+            raise HostNotFoundError(f"host of {target.display} does not resolve ({outcome.strerror})")
         raise FetchError(f"DNS lookup for {target.display} failed ({outcome.strerror})")
     if isinstance(outcome, BaseException):
         raise FetchError(f"DNS lookup for {target.display} failed ({type(outcome).__name__})")

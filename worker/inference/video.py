@@ -234,7 +234,9 @@ def _open(data: bytes, policy: VideoPolicy) -> av.container.InputContainer:
             container_options={"probesize": str(min(len(data), 5 * MiB) or 32), "analyzeduration": "2000000"},
         )
     except MemoryError as exc:
-        raise VideoTooLargeError("video too large: out of memory while reading its headers") from exc
+        raise VideoTooLargeError(
+            "out of memory while reading the video's headers", limit="video_memory"
+        ) from exc
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise CorruptVideoError(f"{kind} data cannot be parsed: {_reason(exc)}") from exc
     try:
@@ -278,7 +280,9 @@ def _check_headers(
 ) -> None:
     streams = container.streams
     if len(streams) > policy.max_streams:
-        raise VideoTooLargeError(f"video has {len(streams)} streams, over the cap of {policy.max_streams}")
+        raise VideoTooLargeError(
+            f"video has {len(streams)} streams, over the cap of {policy.max_streams}", limit="streams"
+        )
     if not streams.video:
         raise UnsupportedFormatError(f"{kind} file has no video stream (audio or data only)")
     stream = streams.video[0]
@@ -347,12 +351,14 @@ def _index(
                 raise VideoTooLongError(f"video has more than {max_frames} frames")
             if len(entries) % 256 == 0 and time.monotonic() > deadline:
                 raise VideoTooLargeError(
-                    f"reading the video's index took longer than {policy.deadline_s:g} s"
+                    f"reading the video's index took longer than {policy.deadline_s:g} s", limit="video_time"
                 )
     except DfscanError:
         raise
     except MemoryError as exc:
-        raise VideoTooLargeError("video too large: out of memory while indexing its packets") from exc
+        raise VideoTooLargeError(
+            "out of memory while indexing the video's packets", limit="video_memory"
+        ) from exc
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if not entries:
             raise CorruptVideoError(f"video packets cannot be read: {_reason(exc)}") from exc
@@ -489,7 +495,9 @@ def _decode_runs(
         packets = container.demux(stream)
         while not done:
             if time.monotonic() > deadline:
-                raise VideoTooLargeError(f"decoding the video took longer than {policy.deadline_s:g} s")
+                raise VideoTooLargeError(
+                    f"decoding the video took longer than {policy.deadline_s:g} s", limit="video_time"
+                )
             try:
                 packet = next(packets)
             except StopIteration:
@@ -501,7 +509,9 @@ def _decode_runs(
             try:
                 frames = packet.decode()
             except MemoryError as exc:
-                raise VideoTooLargeError("video too large: out of memory while decoding") from exc
+                raise VideoTooLargeError(
+                    "out of memory while decoding the video", limit="video_memory"
+                ) from exc
             except (av.error.FFmpegError, ValueError) as exc:
                 failures += 1
                 if failures > 4 * wanted_total + 16:
