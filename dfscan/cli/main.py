@@ -66,7 +66,7 @@ def scan(
     faces: Annotated[
         str | None,
         typer.Option(
-            help="auto, require or off: judge the faces (default DFSCAN_FACES; see the README, Faces)."
+            help="auto, require or off: judge the faces (default DFSCAN_FACES; see docs/faces-and-video.md)."
         ),
     ] = None,
     annotate: Annotated[
@@ -130,7 +130,7 @@ def submit(
     ] = None,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
     callback_url: Annotated[
-        str | None, typer.Option(help="POST signed webhook events here (see README, Webhooks).")
+        str | None, typer.Option(help="POST signed webhook events here (see docs/webhooks.md).")
     ] = None,
     callback_events: Annotated[
         str | None, typer.Option(help="Comma-separated: job.completed, submission.completed (default both).")
