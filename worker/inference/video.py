@@ -494,9 +494,8 @@ def _decode_runs(
     zero, cues that lie) hands it and every later run to one pass from the start of a fresh demuxer."""
     header = (stream.codec_context.width, stream.codec_context.height)
     state = _Decoding(index, policy, deadline, sum(len(r.wanted) for r in runs), header)
-    for k, run in enumerate(runs):
-        if index.sequential:
-            break
+    rest = runs if index.sequential else []  # sequential: no timestamp to seek by, one pass from the start
+    for k, run in enumerate([] if index.sequential else runs):
         try:
             container.seek(run.seek_pts, stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, OSError) as exc:
@@ -509,10 +508,6 @@ def _decode_runs(
             logger.info("video seek to %s found none of its frames: decoding from the start", run.seek_pts)
         rest = runs[k:]
         break
-    else:
-        rest = []
-    if index.sequential:
-        rest = runs
     if rest:
         wanted = {p for r in rest for p in r.wanted}
         with _open(data, policy) as again:
