@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import DfscanError, ImageTooLargeError, SourceNotFoundError
 from dfscan.verdicts import FAILED, Verdict
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
@@ -37,9 +37,8 @@ def _multi_image(fmt: str, count: int) -> bytes:
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_a_phone_image_of_1001_images_is_too_large_whatever_its_format(fmt: str) -> None:
     data = _multi_image(fmt, 1001)
-    with pytest.raises(DfscanError) as err:
+    with pytest.raises(ImageTooLargeError) as err:  # not CORRUPT_IMAGE
         decode_with_size(data, ImagePolicy())
-    assert err.value.code == "IMAGE_TOO_LARGE", err.value
     assert "1001" in err.value.message
 
 
@@ -131,7 +130,11 @@ def test_a_video_over_its_byte_cap_is_a_failed_video_not_an_image(detector: Dete
         judge.close()
     assert (video.status, video.error_code, video.media) == (FAILED, "TOO_LARGE", "video")
     assert video.output()["media"] == "video"
-    assert (missing.status, missing.error_code, missing.media) == (FAILED, "NOT_FOUND", "unknown")
+    assert (missing.status, missing.error_code, missing.media) == (
+        FAILED,
+        SourceNotFoundError.code,
+        "unknown",
+    )
 
 
 def test_a_stored_job_without_a_verdict_row_has_no_known_media() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import DfscanError, VideoTooLargeError
 from tests.fixtures.hostile_videos import (
     block_times,
     offset_clip,
@@ -62,7 +62,10 @@ def test_the_frame_cap_counts_packets_not_timestamps(repeated: bytes) -> None:
 def test_the_index_deadline_counts_packets_not_timestamps(repeated: bytes) -> None:
     # 20 timestamps: a check every 256 distinct timestamps never ran. Now every 256 packets does.
     err = _code(repeated, VideoPolicy(deadline_s=0.0))
-    assert err.code == "VIDEO_TOO_LARGE" and "reading the video's index took longer than 0 s" in err.message
+    assert (
+        isinstance(err, VideoTooLargeError)
+        and "reading the video's index took longer than 0 s" in err.message
+    )
 
 
 def test_an_ordinary_clip_of_as_many_packets_as_the_cap_allows_passes() -> None:
@@ -79,7 +82,7 @@ def test_thousands_of_repeated_4k_packets_are_refused_before_decoding() -> None:
     data = repeated_packets(3840, 2160, 8_000)
     assert len(data) < 400_000
     err = _code(data, VideoPolicy())
-    assert err.code == "VIDEO_TOO_LARGE"
+    assert isinstance(err, VideoTooLargeError) and err.code == VideoTooLargeError.code
     assert "decoding 7876 frames of 3840x2160" in err.message and "decode budget of 60 Gpx" in err.message
 
 
@@ -87,7 +90,7 @@ def test_the_budget_scales_with_the_deadline_and_admits_what_fits() -> None:
     data = repeated_packets(320, 240, 300, fps=10)  # 300 frames of 76,800 pixels, one keyframe
     policy = VideoPolicy(frames=4, deadline_s=1.0, decode_pixels_per_s=76_800 * 200)  # 200 frames fit
     err = _code(data, policy)
-    assert err.code == "VIDEO_TOO_LARGE" and "decoding 263 frames of 320x240" in err.message
+    assert isinstance(err, VideoTooLargeError) and "decoding 263 frames of 320x240" in err.message
     frames = list(
         sample_frames(data, VideoPolicy(frames=4, deadline_s=60.0, decode_pixels_per_s=76_800 * 300))
     )
