@@ -92,20 +92,20 @@ def run_strategy(name: str, data: bytes) -> dict[str, float]:
         VideoReformatter,
         _index,
         _open,
-        _targets,
-        _tolerance,
         decode_cost,
         plan_runs,
         sample_frames,
         scaled_size,
     )
+    from worker.inference.video_plan import targets as _targets_of
+    from worker.inference.video_plan import tolerance as _tolerance
 
     policy = VideoPolicy(frames=FRAMES)
     wall, cpu = time.perf_counter(), _cpu()
     with _open(data, policy) as container:
         stream = container.streams.video[0]
         index = _index(container, stream, policy, time.monotonic() + 600)
-        picks = _targets(index, policy)
+        picks = _targets_of(index, policy.frames, policy.fps, policy.max_samples)
         span = index.end - index.start
         targets = [index.start + (i + 0.5) * span / FRAMES for i in range(FRAMES)]
         tb = index.time_base

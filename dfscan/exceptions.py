@@ -23,6 +23,7 @@ class DfscanError(Exception):
 
     code: str = "INTERNAL_ERROR"
     permanent: bool = True
+    media: str | None = None  # a failed read: what its first bytes showed ("video", "image"), else None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -76,6 +76,7 @@ OUTPUT = (
 
 IMAGE = "image"
 VIDEO = "video"
+UNKNOWN = "unknown"  # media of a failed read whose bytes never showed, and of a job with no verdict row
 
 
 def label_for(fake_score: float, threshold: float) -> str:
@@ -248,6 +249,7 @@ class Verdict:
         stored faces, and a video's stored frames as (t, fake_score) or (t, fake_score, faces)."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
+        stored.setdefault("media", UNKNOWN)  # no verdict row (failed, queued): what it was is not stored
         if stored.get("media") == VIDEO:
             stored["frames"] = stored_frames(frames or ())
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)

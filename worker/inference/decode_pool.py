@@ -4,7 +4,7 @@ The checks in :mod:`worker.inference.headers` and :mod:`worker.inference.images`
 declare; a parser bug or a hostile stream inside a valid structure can still spin or balloon in C code that
 no thread can interrupt. A child process can be stopped: each decode runs in one of
 ``ImagePolicy.decode_processes`` children, each with ``RLIMIT_AS`` set to its start-up size plus
-``ImagePolicy.decode_memory`` (an allocation beyond it fails as ``MemoryError`` -> ``IMAGE_TOO_LARGE``),
+``ImagePolicy.decode_memory`` (an allocation beyond it fails as ``MemoryError`` -> ``TOO_LARGE``),
 and a decode that has used ``ImagePolicy.decode_timeout`` seconds of CPU (or three times that in wall
 time, for a parser that blocks) has its child killed and replaced (``IMAGE_TOO_COMPLEX``). CPU time is the
 measure because on a loaded machine a legitimate 40 Mpx image decoding beside 15 others took over 4 s of

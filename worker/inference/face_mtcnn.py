@@ -14,7 +14,11 @@ The cascade is facenet-pytorch's ``detect_face`` with these changes:
   longer grows with the photo's resolution); boxes are mapped back to the original's pixels;
 - the P-net runs per image (images differ in size), the R-net and O-net run once for all candidate boxes
   of all images of a call (batched on the detector's device);
-- the facial landmarks are not returned (dfscan crops boxes).
+- the facial landmarks are not returned (dfscan crops boxes);
+- the work per image is capped (``MAX_LEVEL_CANDIDATES`` per pyramid level before its NMS,
+  ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``), keeping the best-scoring boxes, so no texture can make one
+  image cost more than the caps allow (``bench/face_cost.py``: a 640 px image forced through every stage
+  costs about 1.1 CPU s capped, 21 s uncapped).
 """
 
 from __future__ import annotations
@@ -45,9 +49,18 @@ MIN_FACE = 20
 # shrunk 0.625x, faces of 32 px become 20 px and are still found, and detection costs a fraction of a
 # ViT-B forward on 2 CPU threads.
 DETECT_SIDE = 640
-# A candidate list larger than this after the P-net (pathological textures, hundreds of tiny faces) is cut
-# to its best-scoring boxes, so the R-net/O-net stages stay bounded.
-MAX_CANDIDATES = 2000
+# Caps on the cascade's work per image, so its cost is bounded whatever the pixels (a texture made by
+# gradient ascent on the P-net fires at every window). Each cuts to the best-scoring boxes: per pyramid
+# level before that level's NMS (NMS costs candidates x kept), then the R-net's and the O-net's inputs.
+# Chosen by measurement (bench/face_cost.py, 1 torch thread, loaded 2-core machine): real photos of people
+# reach at most 85 candidates on a level, 148 R-net and 9 O-net inputs; a 640x480 mosaic of 80 real faces
+# 658, 674 and 318 (about 4 O-net inputs per face, so 500 leaves room for ~125 faces at the detector's
+# scale); a texture made by gradient ascent on the P-net 4,462 on a level and 5,432 R-net inputs (1.35 CPU s
+# uncapped, 0.59 s capped); every window forced through (thresholds 0) 35,344, 14,133 and 13,690 (20.8 s
+# uncapped, 1.07 s capped). Every real photo's faces are the same with and without the caps.
+MAX_LEVEL_CANDIDATES = 2000
+MAX_RNET_INPUTS = 2000
+MAX_ONET_INPUTS = 500
 
 
 def _weights_dir() -> Path:
@@ -205,12 +218,22 @@ class MtcnnDetector:
     """The MTCNN cascade on one device. Build it with :func:`load_mtcnn`."""
 
     def __init__(
-        self, device: torch.device, *, detect_side: int = DETECT_SIDE, min_face: int = MIN_FACE
+        self,
+        device: torch.device,
+        *,
+        detect_side: int = DETECT_SIDE,
+        min_face: int = MIN_FACE,
+        max_level_candidates: int = MAX_LEVEL_CANDIDATES,
+        max_rnet_inputs: int = MAX_RNET_INPUTS,
+        max_onet_inputs: int = MAX_ONET_INPUTS,
     ) -> None:
         data = _weights_dir()
         self.device = device
         self.detect_side = detect_side
         self.min_face = min_face
+        self.max_level_candidates = max_level_candidates
+        self.max_rnet_inputs = max_rnet_inputs
+        self.max_onet_inputs = max_onet_inputs
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for net, name in ((self.pnet, "pnet"), (self.rnet, "rnet"), (self.onet, "onet")):
             state = torch.load(data / f"{name}.pt", map_location="cpu", weights_only=True)
@@ -246,6 +269,7 @@ class MtcnnDetector:
         boxes = np.concatenate(boxes_all)  # x1 y1 x2 y2 score image
         # Stage 2 (R-net) and 3 (O-net), each once over the candidates of every image.
         boxes = self._refine(smalls, boxes, self.rnet, 24, THRESHOLDS[1], "union")
+        boxes = _best_per_image(boxes, self.max_onet_inputs)
         boxes = self._refine(smalls, boxes, self.onet, 48, THRESHOLDS[2], "min")
         for x1, y1, x2, y2, score, index in boxes:
             i = int(index)
@@ -285,6 +309,9 @@ class MtcnnDetector:
             level_img = img.resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
             reg, probs = self.pnet(self._tensor([np.asarray(level_img)]))
             boxes = _generate(reg[0].cpu().numpy(), probs[0, 1].cpu().numpy(), scale, THRESHOLDS[0])
+            if len(boxes) > self.max_level_candidates:  # before NMS, whose cost is candidates x kept
+                best = np.argpartition(-boxes[:, 4], self.max_level_candidates - 1)
+                boxes = boxes[best[: self.max_level_candidates]]
             if len(boxes):
                 keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
                 found.append(boxes[keep])
@@ -294,7 +321,7 @@ class MtcnnDetector:
             return np.empty((0, 5))
         boxes = np.concatenate(found)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        boxes = boxes[:MAX_CANDIDATES]
+        boxes = boxes[: self.max_rnet_inputs]  # NMS keeps the best first
         regw = boxes[:, 2] - boxes[:, 0]
         regh = boxes[:, 3] - boxes[:, 1]
         out = np.stack(
@@ -358,6 +385,19 @@ class MtcnnDetector:
         out = _bbreg(boxes, reg_all)
         keep = _batched_nms(out, score, out[:, 5], 0.7, "min")
         return out[keep]
+
+
+def _best_per_image(boxes: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` boxes (column 5: the image) of each image, its best-scoring (column 4), in order."""
+    if len(boxes) <= cap:
+        return boxes
+    keep: list[np.ndarray] = []
+    for index in np.unique(boxes[:, 5]):
+        rows = np.nonzero(boxes[:, 5] == index)[0]
+        if len(rows) > cap:
+            rows = rows[np.argsort(-boxes[rows, 4], kind="stable")[:cap]]
+        keep.append(rows)
+    return boxes[np.sort(np.concatenate(keep))]
 
 
 def _generate(reg: np.ndarray, probs: np.ndarray, scale: float, threshold: float) -> np.ndarray:
