@@ -289,7 +289,9 @@ def test_each_image_installs_the_extras_of_every_service_that_runs_it() -> None:
         role = args[args.index("--queues") + 1] if args[1] == "worker" else args[1]
         needs = ROLE_EXTRAS.get(role)
         if needs is not None:
-            assert needs & set(extras.split(",")), f"{name} ({role}) runs {dockerfile}, which installs [{extras}]"
+            assert needs & set(extras.split(",")), (
+                f"{name} ({role}) runs {dockerfile}, which installs [{extras}]"
+            )
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index_and_cuda_image_from_a_cuda_base() -> None:

@@ -246,7 +246,9 @@ def test_the_mtcnn_weights_ship_in_the_package_with_their_licence() -> None:
 
     folder = face_mtcnn._weights_dir()
     assert folder.parts[-3:] == ("worker", "inference", "weights")
-    digests = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in face_mtcnn.WEIGHT_FILES}
+    digests = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in face_mtcnn.WEIGHT_FILES
+    }
     assert digests == SHIPPED  # not a Git LFS pointer, not retrained: the weights the README measured
     notice = (folder / "LICENSE").read_text()
     for line in SHIPPED.values():
