@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     )
     face_detector: str = Field(
         "mtcnn",
-        description="Face detector by registered name. mtcnn: its weights ship inside the dfscan wheel "
-        "(nothing downloads) and it had the best recall with no false hits (README, Faces).",
+        description="Face detector by registered name. mtcnn: its weights ship inside the facenet-pytorch "
+        "wheel (nothing downloads) and it had the best recall with no false hits (README, Faces).",
     )
     face_margin: float = Field(
         0.3,

@@ -66,14 +66,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fresh_venv(where: Path, wheel: Path, extras: str, *, torch: bool) -> Path:
     """A new venv at ``where`` with ``wheel[extras]`` and its dependencies installed from the indexes
-    (nothing from this venv); ``torch`` first when the extra needs it. Returns its bin folder."""
+    (nothing from this venv), with the README's torch pin when the extra needs torch. Returns its bin
+    folder."""
     venv = where / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=where)
     python = venv / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile"]
-    if torch:
-        run([*pip, TORCH], cwd=where)
-    run([*pip, f"{wheel}[{extras}]" if extras else str(wheel)], cwd=where)
+    run([*pip, *([TORCH] if torch else []), f"{wheel}[{extras}]" if extras else str(wheel)], cwd=where)
     where_is = run([python, "-c", "import db.migrate as m; print(m.__file__, m.ALEMBIC_DIR)"], cwd=where)
     assert str(ROOT) not in where_is and "site-packages" in where_is, where_is
     return venv / "bin"
