@@ -50,6 +50,8 @@ DETECT_SIDE = 640
 # A candidate list larger than this after the P-net (pathological textures, hundreds of tiny faces) is cut
 # to its best-scoring boxes, so the R-net/O-net stages stay bounded.
 MAX_CANDIDATES = 2000
+
+
 # The three networks' state dicts, package data in worker/inference/weights/ (see the LICENSE there).
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 
