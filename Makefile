@@ -7,20 +7,19 @@ PY := $(VENV)/bin/python
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup:  ## create .venv with torch 2.13.0 (CPU, from local disk) and dfscan in editable mode
+setup:  ## create .venv with torch 2.13.0 (CPU, from local disk) and dfscan in editable mode, every extra
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[worker,dev]'
-	$(VENV)/bin/pip install -q --no-deps facenet-pytorch==2.6.0  # MTCNN weights only (see pyproject.toml)
+	$(VENV)/bin/pip install -q -e '.[dev,docs]'
 
-test:  ## lint, type-check and run the default suite (unit, integration, e2e; not the slow scenarios)
+test:  ## lint, type-check and run the default suite (unit, integration, e2e; not the slow ones)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "not slow"
 
-test-slow:  ## the long fault-injection scenarios (Postgres stopped 30 s, repeated kills, ...)
+test-slow:  ## the long scenarios (faults, training queue, each extra in a fresh venv, ...)
 	$(PY) -m pytest -m slow
 
 docs:  ## build the manual (docs/ -> site/) with mkdocs --strict: broken links and anchors fail

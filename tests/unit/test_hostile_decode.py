@@ -139,16 +139,16 @@ def test_decode_memory_budget_refuses_what_cannot_fit_and_queues_the_rest() -> N
     def second() -> None:
         with budget.reserve(60):
             entered.set()
-            release.wait(5)
+            release.wait(60)
 
     waiter = threading.Thread(target=second)
     with budget.reserve(60):
         waiter.start()
         assert not entered.wait(0.2)  # 60 + 60 > 100: the second decode waits
         assert budget.used == 60
-    assert entered.wait(5) and budget.used == 60
+    assert entered.wait(60) and budget.used == 60  # a ceiling, not a window
     release.set()
-    waiter.join(5)
+    waiter.join(60)
     assert budget.used == 0
 
 

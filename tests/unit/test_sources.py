@@ -29,6 +29,8 @@ from tests.fixtures.http_server import OK_BYTES, LocalHttpServer, make_certifica
 from worker.inference import sources
 from worker.inference.sources import SourcePolicy, read_source
 
+# A ceiling for conditions, never a time window: a busy machine makes a wait longer, not a failure.
+CEILING = 60.0
 LOCAL = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=1.5, connect_timeout=1.0, read_timeout=1.0)
 REAL_GETADDRINFO = socket.getaddrinfo
 
@@ -132,25 +134,26 @@ def test_a_trickling_body_hits_the_total_deadline(server: LocalHttpServer) -> No
     started = time.monotonic()
     error = refused(FetchTimeoutError, server.url("/slow"), SourcePolicy(
         url_allowlist=("127.0.0.1",), deadline=1.5, read_timeout=5.0))  # fmt: skip
-    elapsed = time.monotonic() - started
-    assert 1.4 < elapsed < 2.5
+    # Not before the deadline; and long before the body's 100 s, each byte within the 5 s read timeout.
+    assert 1.4 < time.monotonic() - started < CEILING
     assert error.code == "FETCH_TIMEOUT" and not error.permanent
     assert "within 1.5s" in error.message
 
 
 def test_a_silent_server_hits_the_read_timeout(server: LocalHttpServer) -> None:
     started = time.monotonic()
-    policy = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=5.0, read_timeout=0.3)
+    # The first byte comes after 1 s: the 0.3 s read timeout fires, long before the deadline.
+    policy = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=2 * CEILING, read_timeout=0.3)
     error = refused(FetchTimeoutError, server.url("/slow"), policy)
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < CEILING
     assert "timed out" in error.message
 
 
 def test_slow_dns_hits_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_dns(monkeypatch, {"slow.test": [lambda: time.sleep(3)]})
+    fake_dns(monkeypatch, {"slow.test": [lambda: time.sleep(2 * CEILING)]})  # on a daemon thread
     started = time.monotonic()
     refused(FetchTimeoutError, "http://slow.test/x.jpg", SourcePolicy(deadline=0.5))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < CEILING  # the deadline, not the lookup's end
 
 
 @pytest.mark.parametrize("path", ["/endless", "/nolength"])
@@ -162,16 +165,14 @@ def test_bodies_without_a_length_are_capped(server: LocalHttpServer, path: str) 
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body(server: LocalHttpServer) -> None:
-    started = time.monotonic()
+    # TOO_LARGE, not FETCH_TIMEOUT: the trickled body (1 byte per 0.2 s) was never waited for.
     error = refused(TooLargeError, server.url("/big"), LOCAL)
-    assert time.monotonic() - started < 0.15  # the trickled body (1 byte per 0.2 s) was never waited for
     assert f"declares {10 * 1024**3} bytes" in error.message
 
 
 def test_a_lying_short_content_length_reads_only_what_was_declared(server: LocalHttpServer) -> None:
-    started = time.monotonic()
+    # A result, not FETCH_TIMEOUT or TOO_LARGE: the ~50 MiB flood after the 10 bytes was not read.
     assert read_source(server.url("/lying"), LOCAL) == b"x" * 10
-    assert time.monotonic() - started < 1.0
 
 
 def test_a_body_shorter_than_its_length_is_a_transient_fetch_failure(server: LocalHttpServer) -> None:

@@ -1,12 +1,13 @@
-"""MTCNN face detection in plain torch, with the weights that ship inside the ``facenet-pytorch`` wheel.
+"""MTCNN face detection in plain torch, with the weights that ship inside dfscan (``weights/``).
 
-MTCNN (Zhang et al. 2016) is the detector the DFDC winner cropped faces with. ``facenet-pytorch`` ships its
-three small networks' weights (``data/pnet.pt``, ``rnet.pt``, ``onet.pt``, 2 MB together) in its wheel, so
-nothing downloads at run time. Its Python package cannot be imported beside dfscan's torch: its
-``__init__`` imports ``requests`` and its detection code imports torchvision (which does not import beside
-torch 2.13 on these machines) for one NMS call, and its metadata pins ``torch<2.3``. So dfscan installs it
-with ``--no-deps``, never imports it, finds its data folder with ``importlib.util.find_spec`` (which does not
-run the package) and re-states the three networks and the cascade here, with a plain-torch NMS.
+MTCNN (Zhang et al. 2016) is the detector the DFDC winner cropped faces with. Its three small networks'
+weights (``pnet.pt``, ``rnet.pt``, ``onet.pt``, 2 MB together) are package data of dfscan, in
+``worker/inference/weights/`` beside their LICENSE (MIT: the original Caffe models, David Sandberg's
+TensorFlow conversion, and facenet-pytorch 2.6.0's PyTorch state dicts, copied from its wheel byte for
+byte), so nothing downloads at run time and ``pip install 'dfscan[worker]'`` is the only install step.
+facenet-pytorch's Python package is not used: its detection code imports torchvision for one NMS call
+and its metadata pins ``torch<2.3``. The three networks and the cascade are re-stated here, with a
+plain-torch NMS.
 
 The cascade is facenet-pytorch's ``detect_face`` with these changes:
 
@@ -23,9 +24,10 @@ The cascade is facenet-pytorch's ``detect_face`` with these changes:
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
+import pickle
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -63,21 +65,32 @@ MAX_RNET_INPUTS = 2000
 MAX_ONET_INPUTS = 500
 
 
+# The three networks' state dicts, package data in worker/inference/weights/ (see the LICENSE there).
+WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+
+
 def _weights_dir() -> Path:
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the mtcnn face detector needs the weights in the facenet-pytorch package: "
-            "`pip install --no-deps facenet-pytorch==2.6.0` (no dependencies: it pins an old torch), "
-            "or set DFSCAN_FACES=off"
-        )
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    missing = [n for n in ("pnet.pt", "rnet.pt", "onet.pt") if not (data / n).is_file()]
+    """The folder of the MTCNN weights shipped as package data (``worker/inference/weights/``)."""
+    data = Path(str(resources.files("worker.inference").joinpath("weights")))
+    missing = [name for name in WEIGHT_FILES if not (data / name).is_file()]
     if missing:
         raise ModelLoadError(
-            f"facenet-pytorch is installed but {missing} are missing from {data}; reinstall it"
+            f"the mtcnn face detector's weights {', '.join(missing)} are missing from {data}: reinstall "
+            "dfscan (pip install --force-reinstall 'dfscan[worker]'), or set DFSCAN_FACES=off"
         )
     return data
+
+
+def _load_weights(net: nn.Module, path: Path) -> None:
+    """Load one network's state dict; a truncated or foreign file is a ModelLoadError, not a crash."""
+    try:
+        # facenet-pytorch's Softmax modules hold no weights; its state dict matches these modules.
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ModelLoadError(
+            f"cannot load the mtcnn face detector's weights {path}: {type(exc).__name__}: {exc}; reinstall "
+            "dfscan (pip install --force-reinstall 'dfscan[worker]'), or set DFSCAN_FACES=off"
+        ) from exc
 
 
 class PNet(nn.Module):
@@ -236,9 +249,7 @@ class MtcnnDetector:
         self.max_onet_inputs = max_onet_inputs
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for net, name in ((self.pnet, "pnet"), (self.rnet, "rnet"), (self.onet, "onet")):
-            state = torch.load(data / f"{name}.pt", map_location="cpu", weights_only=True)
-            # facenet-pytorch's Softmax modules hold no weights; its state dict matches these modules.
-            net.load_state_dict(state)
+            _load_weights(net, data / f"{name}.pt")
             # channels_last: the HWC pixels need no transpose, and max pooling and the small
             # convolutions ran ~1.8x faster in that layout on CPU here (55 vs 95 ms CPU per 1024x768 scene).
             net.eval().to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
