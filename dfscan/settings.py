@@ -73,7 +73,7 @@ FIXED: dict[str, Fixed] = {
     "face_detector": Fixed(
         "mtcnn",
         "The face detector, by registered name; mtcnn is the one registered. Its weights ship inside the "
-        "facenet-pytorch wheel, and it had the best recall with no false hits. A model version trained on "
+        "dfscan package (worker/inference/weights), and it had the best recall with no false hits. A model version trained on "
         "faces records its detector and is served with it.",
     ),
     "flower_port": Fixed(5555, "Flower's HTTP port (Flower's own default).", "dfscan flower --port"),
