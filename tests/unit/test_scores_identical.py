@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 
 import pytest
-import torch
 from PIL import Image
 
 from dfscan.verdicts import FACES, IMAGE, VIDEO
