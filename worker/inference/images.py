@@ -375,6 +375,12 @@ def _budget(total: int) -> _MemoryBudget:
         return budget
 
 
+def hold_decoded(policy: ImagePolicy, need: int) -> contextlib.AbstractContextManager[None]:
+    """Reserve ``need`` bytes of this process's decode memory budget for pixels kept after their decode
+    (a full-size image while its faces are found and cropped), released on exit; waits for room."""
+    return _budget(policy.decode_memory).reserve(max(0, min(need, policy.decode_memory)))
+
+
 def to_rgb_reduced(img: Image.Image, factor: int = 1) -> Image.Image:
     """:func:`to_rgb` then ``reduce(factor)``, computed in tiles of about a megapixel so that no second
     full-size copy of a large image exists (the result is the same as converting the whole image, then

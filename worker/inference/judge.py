@@ -55,7 +55,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from dfscan.exceptions import DfscanError, InferenceError
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, InferenceError
 from dfscan.verdicts import (
     DONE,
     FACES,
@@ -69,15 +69,17 @@ from dfscan.verdicts import (
     Verdict,
     label_for,
 )
+from worker.inference.animation import AnimationFrame, animation_frames, frame_count, list_animation_frames
 from worker.inference.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
-from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
+from worker.inference.budget import Budget, Limits, rgb_bytes
+from worker.inference.faces import Face, FacePolicy
 from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
 from worker.inference.media import video_container
 from worker.inference.model import Detector
-from worker.inference.preprocess import load_pixels, to_tensor
+from worker.inference.preprocess import load_pixels
+from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
 from worker.inference.sources import SourcePolicy, read_source
-from worker.inference.video import VideoPolicy
-from worker.inference.video_scoring import FrameFaces, score_video
+from worker.inference.video import VideoInfo, VideoPolicy, open_video
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class Judge:
         known: Known | None = None,
         faces: FacePolicy | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -116,6 +119,10 @@ class Judge:
         self.videos = videos or VideoPolicy()
         self.threshold = threshold
         self.known = known
+        # One job's allowance (working seconds, pixel bytes held, model and detector inputs).
+        self.limits = limits or Limits.for_policies(
+            sources, images, self.videos, faces.max_faces if faces is not None else 0
+        )
         # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
         # On a CPU every input costs its full forward pass: a video's frames never share an image's
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
@@ -160,6 +167,12 @@ class Judge:
         sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
         return f"{self.version}+video:{sampling}:side={videos.frame_side}"
 
+    @property
+    def animation_version(self) -> str:
+        """The model version of an animated image's verdict: :attr:`version` plus its sampling
+        (``+animation:frames=32:side=640``), so a verdict of its first frame alone is never reused."""
+        return f"{self.version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
+
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
         if not 0.0 <= threshold <= 1.0:
@@ -174,93 +187,175 @@ class Judge:
             self._face_batcher.close(timeout)
         self.batcher.close(timeout)
 
+    def new_budget(self) -> Budget:
+        """The allowance of one job judged by this Judge (:mod:`worker.inference.budget`)."""
+        return Budget(self.limits, memory=self.images)
+
     # --- one source ------------------------------------------------------------------------------
 
-    def judge(self, source: str) -> Verdict:
-        """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it."""
+    def judge(self, source: str, *, observe: Observe | None = None) -> Verdict:
+        """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it; ``observe``
+        sees every judged frame (see :meth:`judge_bytes`)."""
+        budget = self.new_budget()  # the road's entrance: every stage below draws from it
         started = time.perf_counter()
         try:
             data = read_source(source, self.sources)
+            budget.check("fetch")
         except Exception as exc:
             return self._failed(source, exc, fetch_ms=_ms(started))
-        return self.judge_bytes(data, source=source, fetch_ms=_ms(started))
+        return self.judge_bytes(data, source=source, fetch_ms=_ms(started), budget=budget, observe=observe)
 
-    def judge_bytes(self, data: bytes, *, source: str = "<bytes>", fetch_ms: float = 0.0) -> Verdict:
-        """Judge image or video bytes already read (``source`` names them in the verdict)."""
+    def judge_bytes(
+        self,
+        data: bytes,
+        *,
+        source: str = "<bytes>",
+        fetch_ms: float = 0.0,
+        budget: Budget | None = None,
+        observe: Observe | None = None,
+    ) -> Verdict:
+        """Judge image or video bytes already read (``source`` names them in the verdict), under
+        ``budget`` (a new one when None). ``observe(frame, score)``, when given, is called with every
+        judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once)."""
+        budget = budget or self.new_budget()
         container = video_container(data)
         if container is not None:
-            return self._judge_video(data, container, source=source, fetch_ms=fetch_ms)
+            return self._judge_video(data, container, source, fetch_ms, budget, observe)
         sha = image_sha256(data)
-        facts = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
+        facts: dict[str, object] = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
         facts["image_format"] = sniff_format(data, self.images)
-        stored = self.known(sha, self.version) if self.known is not None else None
+        count = frame_count(data, self.images)
+        version = self.version if count == 1 else self.animation_version
+        stored = self.known(sha, version) if self.known is not None else None
         if stored is not None:
-            return self._from_stored(source, stored, **facts)
-        if self.faces is not None:
-            return self._judge_faces(data, source, self.faces, facts)
+            return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
         try:
-            # Decode, reduce and preprocess inside the decode memory budget (and, with
-            # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
-            pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
+            budget.enter("decode")
+            if self.faces is None and observe is None:
+                # Decode, reduce and preprocess inside the decode memory budget (and, with
+                # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
+                pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
+                frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
+            else:  # full size: faces are cropped from the original pixels (no JPEG draft)
+                image, (width, height) = decode_with_size(data, self.images)
+                frame = ClipFrame(0.0, (width, height), sha, image=image)
+                del image
+            budget.check("decode")
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
         facts.update(width=width, height=height, decode_ms=_ms(started))
-        started = time.perf_counter()
-        future, first = self._score(sha, pixels)
-        try:
-            score = future.result(timeout=MODEL_TIMEOUT_S)
-        except Exception as exc:
-            return self._failed(source, exc, **facts, infer_ms=_ms(started))
-        return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)  # type: ignore[arg-type]
+        if count > 1:
+            del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
+            verdict = self._judge_clip(
+                self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
+            )
+            return replace(verdict, model_version=version)
+        return self._judge_clip(self._held([frame], budget), source, facts, budget, observe, clip=False)
 
-    def _judge_faces(self, data: bytes, source: str, policy: FacePolicy, facts: dict[str, object]) -> Verdict:
+    def _held(self, frames: list[ClipFrame], budget: Budget) -> Iterator[ClipFrame]:
+        """Yield the frames of ``frames`` (emptied as it goes), each counted against the job's and the
+        process's decode memory while the road finds its faces and makes its regions."""
+        while frames:
+            frame = frames.pop(0)
+            held = rgb_bytes(frame.image.size) if frame.image is not None else 0
+            with budget.hold(held, "face crops" if self.faces is not None else "regions"):
+                yield frame
+            del frame
+
+    def _animation_frames(self, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
+        """The sampled frames of an animated image, sampled like a video's (count and side)."""
+        videos = self.videos
+        if self.images.decode_processes > 0:
+            from worker.inference.decode_pool import run_isolated
+
+            sampled: Iterable[AnimationFrame] = run_isolated(
+                self.images, list_animation_frames, data, self.images, videos.frames, videos.frame_side
+            )
+        else:
+            sampled = animation_frames(data, self.images, videos.frames, videos.frame_side, budget.check)
+        try:
+            for frame in sampled:
+                with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
+                    yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t:g}", image=frame.image)
+        except DfscanError:
+            raise
+        except MemoryError as exc:
+            raise ImageTooLargeError("animation too large: out of memory while decoding a frame") from exc
+        except Exception as exc:  # Pillow raises OSError, ValueError, EOFError, ... on a broken frame
+            raise CorruptImageError(f"corrupt animation frame: {type(exc).__name__}: {exc}") from exc
+
+    def _judge_clip(
+        self,
+        frames: Iterable[ClipFrame],
+        source: str,
+        facts: dict[str, object],
+        budget: Budget,
+        observe: Observe | None,
+        *,
+        clip: bool,
+    ) -> Verdict:
+        """An image (one frame) or an animated image (``clip``: sampled frames) down the region road."""
+        priority = BACKGROUND if clip else FOREGROUND
         started = time.perf_counter()
         try:
-            # Full size: a face is cropped from the original pixels (no JPEG draft).
-            image, (width, height) = decode_with_size(data, self.images)
-        except Exception as exc:
-            return self._failed(source, exc, **facts, decode_ms=_ms(started))
-        facts.update(width=width, height=height, decode_ms=_ms(started))
-        started = time.perf_counter()
-        try:
-            found = self._find_faces(image)
-            detect_ms = facts["detect_ms"] = _ms(started)
-            chosen = select_faces(found, policy.max_faces, policy.min_face_px)
-            if not chosen and policy.mode == "require":
-                return self._not_applicable(source, infer_ms=_ms(started) - detect_ms, **facts)
-            crops = [square_crop(image, face, policy.margin) for face in chosen] or [image]
-            futures = [self.batcher.submit(to_tensor(crop, self.detector.preprocess)) for crop in crops]
-            scores = [future.result(timeout=MODEL_TIMEOUT_S) for future in futures]
+            scored = score_clip(
+                frames,
+                self.detector.preprocess,
+                lambda region: self._score(region.key, region.pixels, priority),
+                budget,
+                faces=self.faces,
+                find=None if self.faces is None else lambda image: self._find_faces(image, priority),
+                max_in_flight=self.videos.in_flight if clip else None,
+                timeout=MODEL_TIMEOUT_S,
+                observe=observe,
+            )
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
-        infer_ms = _ms(started) - facts["detect_ms"]  # type: ignore[operator]
-        if not chosen:  # auto, no face: the whole image was judged
-            return self._done(source, scores[0], cached=False, infer_ms=infer_ms, **facts)  # type: ignore[arg-type]
-        judged = tuple(
-            FaceVerdict(face.box, face.score, score) for face, score in zip(chosen, scores, strict=True)
-        )
+        if self.faces is not None:
+            facts["detect_ms"] = scored.detect_ms
+        facts["infer_ms"] = scored.total_ms - scored.detect_ms
+        if clip:
+            facts.update(frames=_timeline(scored), peak_t=scored.peak_t)
+        if scored.fake_score is None:  # require, and no face: nothing was judged
+            return self._not_applicable(source, **facts)
+        faces = () if clip else tuple(scored.frames[0].faces)
         return self._done(
-            source, max(scores), cached=False, infer_ms=infer_ms, judged_on=FACES, faces=judged, **facts
+            source,
+            scored.fake_score,
+            cached=scored.cached,
+            judged_on=FACES if scored.on_faces else IMAGE,
+            faces=faces,
+            **facts,  # type: ignore[arg-type]
         )
 
     def _find_faces(self, image: Image.Image, priority: int = FOREGROUND) -> list[Face]:
-        """The faces of one image or video frame, from the face micro-batcher (waited on)."""
+        """The faces of one image or frame, from the face micro-batcher (waited on)."""
         assert self._face_batcher is not None
         return self._face_batcher.submit(image, priority=priority).result(timeout=MODEL_TIMEOUT_S)
 
-    def _find_frame_faces(self, image: Image.Image) -> list[Face]:
-        return self._find_faces(image, BACKGROUND)
-
-    def _submit_frame(self, pixels: torch.Tensor) -> Future[float]:
-        return self.batcher.submit(pixels, priority=BACKGROUND)
-
-    def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+    def _judge_video(
+        self,
+        data: bytes,
+        container: str,
+        source: str,
+        fetch_ms: float,
+        budget: Budget,
+        observe: Observe | None,
+    ) -> Verdict:
         """A video's verdict, under the version that names its sampling (:attr:`video_version`)."""
-        verdict = self._video_verdict(data, container, source=source, fetch_ms=fetch_ms)
+        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe)
         return replace(verdict, model_version=self.video_version)
 
-    def _video_verdict(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+    def _video_verdict(
+        self,
+        data: bytes,
+        container: str,
+        source: str,
+        fetch_ms: float,
+        budget: Budget,
+        observe: Observe | None,
+    ) -> Verdict:
         sha = image_sha256(data)
         facts: dict[str, object] = {
             "image_sha256": sha,
@@ -274,47 +369,70 @@ class Judge:
         if isinstance(stored, Stored) and stored.media == VIDEO:
             facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
             return self._from_stored(source, stored, **facts)
+        opened: list[VideoInfo] = []
+
+        def frames() -> Iterator[ClipFrame]:
+            # The deadline is the job's budget: it counts decoding, not waiting for the model or detector.
+            with open_video(data, self.videos, check=budget.check) as video:
+                opened.append(video.info)
+                for sampled in video.frames:
+                    image = sampled.image
+                    with budget.hold(rgb_bytes(image.size), "video frames"):
+                        yield ClipFrame(
+                            sampled.t, sampled.size or image.size, f"{sha}@{sampled.t:g}", image=image
+                        )
+                    del sampled, image
+
         started = time.perf_counter()
         try:
-            video = score_video(
-                data,
-                self.videos,
+            budget.enter("video decode")
+            scored = score_clip(
+                frames(),
                 self.detector.preprocess,
-                self._submit_frame,  # behind images: a video never starves the images queued after it
+                # behind images: a video never starves the images queued after it
+                lambda region: self._score(region.key, region.pixels, BACKGROUND),
+                budget,
+                faces=self.faces,
+                find=None if self.faces is None else lambda image: self._find_faces(image, BACKGROUND),
+                max_in_flight=self.videos.in_flight,
                 timeout=MODEL_TIMEOUT_S,
-                faces=None if self.faces is None else FrameFaces(self._find_frame_faces, self.faces),
+                observe=observe,
             )
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        info = opened[0]
         facts.update(
-            width=video.info.width,
-            height=video.info.height,
-            decode_ms=video.decode_ms,
-            detect_ms=video.detect_ms,
-            infer_ms=video.infer_ms,
-            duration_s=video.duration_s,
-            frames=tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in video.frames),
+            width=info.width,
+            height=info.height,
+            decode_ms=scored.total_ms - scored.wait_ms - scored.detect_ms,
+            detect_ms=scored.detect_ms,
+            infer_ms=scored.wait_ms,
+            duration_s=info.duration_s,
+            frames=_timeline(scored),
         )
-        if video.fake_score is None:  # require, and no face in any frame: nothing was judged
+        if scored.fake_score is None:  # require, and no face in any frame: nothing was judged
             return self._not_applicable(source, **facts)
         return self._done(
             source,
-            video.fake_score,
-            cached=False,
-            judged_on=FACES if video.on_faces else IMAGE,
-            peak_t=video.peak_t,
+            scored.fake_score,
+            cached=scored.cached,
+            judged_on=FACES if scored.on_faces else IMAGE,
+            peak_t=scored.peak_t,
             **facts,  # type: ignore[arg-type]
         )
 
-    def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
-        """The model's score for these bytes: a future shared by every caller with the same sha256
-        while it is in flight or remembered. Returns ``(future, True)`` for the caller that runs it."""
+    def _score(
+        self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND
+    ) -> tuple[Future[float], bool]:
+        """The model's score for one region (``sha``: its memo key, the source's sha256 for a whole
+        image): a future shared by every caller with the same key while it is in flight or remembered.
+        Returns ``(future, True)`` for the caller that submitted it."""
         with self._memo_lock:
             future = self._memo.get(sha)
             if future is not None:
                 self._memo.move_to_end(sha)
                 return future, False
-            future = self.batcher.submit(pixels)  # type: ignore[arg-type]
+            future = self.batcher.submit(pixels, priority=priority)
             self._memo[sha] = future
             while len(self._memo) > _MEMO_SIZE:
                 self._memo.popitem(last=False)
@@ -430,6 +548,10 @@ def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Itera
         finally:
             for future in window:
                 future.cancel()
+
+
+def _timeline(scored: ClipScore) -> tuple[Frame, ...]:
+    return tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in scored.frames)
 
 
 def _ms(since: float) -> float:

@@ -37,7 +37,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -158,21 +158,36 @@ class OpenedVideo:
 
 
 @contextmanager
-def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
+def open_video(
+    data: bytes, policy: VideoPolicy, *, check: Callable[[str], None] | None = None
+) -> Iterator[OpenedVideo]:
     """Open ``data``, check every cap the headers and the packet index can answer, and give its info and
     a generator of its sampled frames: one demux pass for both (what :func:`probe_video` and
     :func:`sample_frames` do separately). The container stays open inside the ``with`` block only.
 
     Raises (the frames also part-way through) UnsupportedFormatError, TooLargeError, CorruptVideoError,
     VideoTooLongError or VideoTooLargeError.
+
+    ``check(what)`` is called between packets and raises to stop (a job's budget: its working seconds);
+    by default a wall deadline of ``policy.deadline_s`` from now (``VIDEO_TOO_LARGE``).
     """
-    deadline = time.monotonic() + policy.deadline_s
+    deadline = check or _deadline(policy)
     with _open(data, policy) as container:
         stream = container.streams.video[0]
         index = _index(container, stream, policy, deadline)
         yield OpenedVideo(
             _info(container, stream, index, len(data)), _frames(container, stream, index, policy, deadline)
         )
+
+
+def _deadline(policy: VideoPolicy) -> Callable[[str], None]:
+    deadline = time.monotonic() + policy.deadline_s
+
+    def check(what: str) -> None:
+        if time.monotonic() > deadline:
+            raise VideoTooLargeError(f"{what} took longer than {policy.deadline_s:g} s")
+
+    return check
 
 
 def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
@@ -196,7 +211,7 @@ def _frames(
     stream: av.video.stream.VideoStream,
     index: _Index,
     policy: VideoPolicy,
-    deadline: float,
+    deadline: Callable[[str], None],
 ) -> Iterator[SampledFrame]:
     wanted = _targets(index, policy)
     runs = plan_runs(index.pts, index.key, wanted, tolerance=_tolerance(index, len(wanted)))
@@ -317,7 +332,7 @@ def _index(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     policy: VideoPolicy,
-    deadline: float,
+    deadline: Callable[[str], None],
 ) -> _Index:
     """Demux every packet of the video stream (no decoding): timestamps and keyframe flags."""
     tb = stream.time_base or Fraction(1, 90_000)
@@ -345,10 +360,8 @@ def _index(
                 )
             if len(entries) > max_frames:
                 raise VideoTooLongError(f"video has more than {max_frames} frames")
-            if len(entries) % 256 == 0 and time.monotonic() > deadline:
-                raise VideoTooLargeError(
-                    f"reading the video's index took longer than {policy.deadline_s:g} s"
-                )
+            if len(entries) % 256 == 0:
+                deadline("reading the video's index")
     except DfscanError:
         raise
     except MemoryError as exc:
@@ -471,7 +484,7 @@ def _decode_runs(
     index: _Index,
     runs: list[_Run],
     policy: VideoPolicy,
-    deadline: float,
+    deadline: Callable[[str], None],
 ) -> Iterator[SampledFrame]:
     reformatter = VideoReformatter()
     wanted_total = sum(len(r.wanted) for r in runs)
@@ -488,8 +501,7 @@ def _decode_runs(
         done = False
         packets = container.demux(stream)
         while not done:
-            if time.monotonic() > deadline:
-                raise VideoTooLargeError(f"decoding the video took longer than {policy.deadline_s:g} s")
+            deadline("decoding the video")
             try:
                 packet = next(packets)
             except StopIteration:
