@@ -1,4 +1,4 @@
-"""Judge a source: the one road every image takes, whoever asked for it.
+"""Judge a source: the one road every image, animation and video takes, whoever asked for it.
 
 ``dfscan scan`` (in-process), the Celery worker and ``dfscan evaluate`` all call :meth:`Judge.judge`
 (or :meth:`Judge.judge_bytes`) and get a :class:`dfscan.verdicts.Verdict`; the edges only move data
@@ -6,33 +6,38 @@ in and out (rows, messages, output). Pure: no database, no broker.
 
 One source, on the calling thread::
 
-    read (URL or confined path) -> sha256 -> duplicate cache -> decode (bounded) -> preprocess
-        -> the model's DynamicBatcher (one model thread, micro-batches across callers) -> verdict
+    Budget (the job's allowance) -> read (URL or confined path) -> sha256 -> duplicate cache
+        -> frames (an image: one; an animated image or a video: sampled frames, bounded)
+        -> regions of each frame (whole frame, or face crops with margin: regions.frame_regions)
+        -> the model's DynamicBatcher, once per region, through the in-flight memo
+        -> one score per frame (max over its regions), one across frames (moving median) -> verdict
 
-With faces on (a :class:`~worker.inference.faces.FacePolicy`, ``DFSCAN_FACES`` auto or require) the
-image is decoded at full size and its faces are found by the face detector (its own micro-batcher:
-one detection thread on the model's device, batches across callers); each chosen face is cropped
-(square, with the margin) and preprocessed by the checkpoint's processor, and every crop goes to the
-same model batcher (one image, several model inputs). The image's p(fake) is the maximum over its
-faces. No face: ``auto`` judges the whole image (``judged_on`` "image"), ``require`` answers done
-with label ``not_applicable`` and no score.
+Every stage draws from one :class:`~worker.inference.budget.Budget` made at the entrance (working
+seconds, pixel bytes held, model and detector inputs); waiting for a batcher never counts, and running
+out is ``BUDGET_EXCEEDED`` naming the stage and the limit. The road itself is
+:mod:`worker.inference.regions`; this module decides where frames come from and writes the verdict.
 
-A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes the same road with
-many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
-``VideoPolicy.in_flight`` at a time, and aggregated into one verdict with
-``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). The
-duplicate cache answers a video already judged with the same model *and sampling* (its verdicts carry
-:attr:`Judge.video_version`, ``<version>+video:frames=32:side=640``) with its timeline, nothing decoded;
-an image's answer is never taken for a video. With faces on, each sampled frame goes
-through the faces path above (the same face micro-batcher, crops to the same model batcher; a frame's
-p(fake) is the max over its faces; no face: ``auto`` judges the whole frame, ``require`` leaves the
-frame unjudged); the video is ``judged_on`` "faces" when any frame was, and a video with no face in
-any frame under ``require`` is done with label ``not_applicable`` and no score, like an image.
+- **An image** is a one-frame clip. Faces off: decoded straight to the model's size (inside the decode
+  memory budget, in a decode child with ``DFSCAN_DECODE_PROCESSES``). Faces on (a
+  :class:`~worker.inference.faces.FacePolicy`, ``DFSCAN_FACES`` auto or require): decoded at full size,
+  and that image counts against the job's and the process's decode memory until its crops are made; its
+  faces come from the face detector's micro-batcher. No face: ``auto`` judges the whole image
+  (``judged_on`` "image"), ``require`` answers done with label ``not_applicable`` and no score.
+- **An animated image** (GIF, APNG, WebP, AVIF with several frames: :mod:`worker.inference.animation`)
+  is a clip sampled like a video (``VideoPolicy.frames`` frames, longest side ``frame_side``); its
+  verdict is an image's with the frames' timeline, under :attr:`Judge.animation_version`.
+- **A video** (sniffed from the bytes: :func:`~worker.inference.media.video_container`) is a clip of
+  its sampled frames, at most ``VideoPolicy.in_flight`` regions in the batcher at a time; its verdict
+  has ``media="video"``, its duration, peak time and frames, under :attr:`Judge.video_version`
+  (``<version>+video:frames=32:side=640``), so the duplicate cache answers a video only with a verdict
+  sampled the same way (its timeline, nothing decoded). A video under ``require`` with no face in any
+  frame is done with label ``not_applicable`` and no score, like an image.
 
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
-waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). A video's frames and crops go to both
-batchers as ``BACKGROUND`` items: images are batched first, and on a CPU never together with them.
+waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). The regions of a clip of several
+frames go to both batchers as ``BACKGROUND`` items: images are batched first, and on a CPU never
+together with them.
 
 Errors never escape as exceptions, with one exception: a failure of the caller's ``known`` look-up
 (its database is down) propagates, so the caller can treat it as an outage. Every other problem is a

@@ -90,7 +90,7 @@ class VideoPolicy:
     32 frames as the DFDC winner; frames scaled to a longest side of 640 px, enough for the model's 224 px
     input and for face detection on a whole frame; 60 s of decoding per job; one decoder thread per job
     (a worker judges many jobs side by side); 240 frames per second bounds the packet index; 2 frames of a
-    video in the model batcher at a time (see :mod:`worker.inference.video_scoring`).
+    video in the model batcher at a time (see :mod:`worker.inference.regions`).
     """
 
     max_bytes: int = 200 * MiB
