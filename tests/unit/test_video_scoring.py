@@ -18,10 +18,10 @@ from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
 from worker.inference.aggregate import aggregate_frames
 from worker.inference.batcher import DynamicBatcher
+from worker.inference.budget import Budget, Limits
 from worker.inference.faces import Face, FacePolicy, square_crop
 from worker.inference.model import load_detector
 from worker.inference.preprocess import PreprocessConfig, to_tensor
-from worker.inference.budget import Budget, Limits
 from worker.inference.regions import ClipFrame, ClipScore, scale_box, score_clip
 from worker.inference.video import VideoPolicy, open_video, sample_frames
 
