@@ -95,6 +95,10 @@ class Budget:
         waiting = 0.0 if self._wait_started is None else now - self._wait_started
         return now - self._start - self._waited - waiting
 
+    @property
+    def is_waiting(self) -> bool:
+        return self._wait_started is not None
+
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
         """Stop the clock while the job waits for someone else (a batcher, memory): waiting never counts."""
