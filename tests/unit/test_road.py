@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dfscan.exceptions import BudgetExceededError
-from dfscan.verdicts import FACES, IMAGE
+from dfscan.verdicts import FACES, IMAGE, VIDEO
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
 from worker.inference.animation import frame_count, sample_indices
@@ -126,7 +126,8 @@ def test_a_fake_second_frame_of_an_animation_is_seen(cfg: PreprocessConfig, fmt:
     finally:
         judge.close()
     assert verdict.done, verdict.error
-    assert verdict.media == IMAGE and verdict.frames is not None
+    assert verdict.media == VIDEO and verdict.image_format == fmt and verdict.frames is not None
+    assert verdict.duration_s == pytest.approx(0.2)
     assert [f.t for f in verdict.frames] == [0.0, 0.1]
     first, second = (f.fake_score for f in verdict.frames)
     assert first is not None and second is not None
@@ -173,6 +174,7 @@ def test_a_still_image_is_one_frame_and_keeps_its_version(cfg: PreprocessConfig)
     finally:
         judge.close()
     assert verdict.done and verdict.frames is None and verdict.model_version == judge.version
+    assert verdict.media == IMAGE
 
 
 def test_sample_indices_spread_evenly_and_keep_both_ends() -> None:

@@ -34,11 +34,13 @@ _DEFAULT_STEP = 0.1
 
 @dataclass(frozen=True)
 class AnimationFrame:
-    """A sampled frame: its time (s), its RGB pixels scaled to the sample side, its displayed size."""
+    """A sampled frame: its time (s), its RGB pixels scaled to the sample side, its displayed size, and
+    when it ends (s: its time plus how long it shows)."""
 
     t: float
     image: Image.Image
     size: tuple[int, int]
+    end: float
 
 
 def frame_count(data: bytes, policy: ImagePolicy) -> int:
@@ -88,14 +90,16 @@ def animation_frames(
             # Declared durations time the frames; none declared (yet): 10 frames a second. Kept increasing.
             t = max(t_ms / 1000.0 if t_ms > 0 else i * _DEFAULT_STEP, last_t + 0.001 if i else 0.0)
             last_t = t
-            t_ms += float(img.info.get("duration") or 0)
+            duration = float(img.info.get("duration") or 0)
+            t_ms += duration
             if i in wanted:
                 size = img.size
                 rgb = to_rgb(img)
                 small = scaled_size(size[0], size[1], side)
                 if small != size:
                     rgb = rgb.resize(small, Image.Resampling.BOX)
-                yield AnimationFrame(t=round(t, 6), image=rgb, size=size)
+                end = t + (duration / 1000.0 if duration > 0 else _DEFAULT_STEP)
+                yield AnimationFrame(t=round(t, 6), image=rgb, size=size, end=round(end, 6))
 
 
 def list_animation_frames(data: bytes, policy: ImagePolicy, count: int, side: int) -> list[AnimationFrame]:

@@ -233,6 +233,10 @@ class Judge:
         version = self.version if count == 1 else self.animation_version
         stored = self.known(sha, version) if self.known is not None else None
         if stored is not None:
+            if count > 1 and isinstance(stored, Stored) and stored.media == VIDEO:  # its timeline too
+                facts.update(
+                    media=VIDEO, duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames
+                )
             return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
         try:
@@ -252,10 +256,12 @@ class Judge:
         facts.update(width=width, height=height, decode_ms=_ms(started))
         if count > 1:
             del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
+            ends: list[float] = []
+            facts["media"] = VIDEO  # a clip: its verdict has a timeline (image_format names the file)
             verdict = self._judge_clip(
-                self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
+                self._animation_frames(data, sha, budget, ends), source, facts, budget, observe, clip=True
             )
-            return replace(verdict, model_version=version)
+            return replace(verdict, model_version=version, duration_s=max(ends, default=None))
         return self._judge_clip(self._held([frame], budget), source, facts, budget, observe, clip=False)
 
     def _held(self, frames: list[ClipFrame], budget: Budget) -> Iterator[ClipFrame]:
@@ -268,8 +274,11 @@ class Judge:
                 yield frame
             del frame
 
-    def _animation_frames(self, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
-        """The sampled frames of an animated image, sampled like a video's (count and side)."""
+    def _animation_frames(
+        self, data: bytes, sha: str, budget: Budget, ends: list[float]
+    ) -> Iterator[ClipFrame]:
+        """The sampled frames of an animated image, sampled like a video's (count and side); ``ends``
+        gets when each frame ends (the last one's end is the animation's duration)."""
         videos = self.videos
         if self.images.decode_processes > 0:
             from worker.inference.decode_pool import run_isolated
@@ -281,6 +290,7 @@ class Judge:
             sampled = animation_frames(data, self.images, videos.frames, videos.frame_side, budget.check)
         try:
             for frame in sampled:
+                ends.append(frame.end)
                 with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
                     yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t:g}", image=frame.image)
         except DfscanError:
@@ -531,8 +541,11 @@ class Judge:
         )
 
 
-def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Iterator[Verdict]:
-    """Judge ``sources`` on ``threads`` threads and yield one verdict per source, **in input order**.
+def judge_stream(
+    judge: Judge | Callable[[str], Verdict], sources: Iterable[str], *, threads: int
+) -> Iterator[Verdict]:
+    """Judge ``sources`` on ``threads`` threads and yield one verdict per source, **in input order**
+    (``judge``: a Judge, or a function of one source that calls one, e.g. to draw its picture).
 
     At most ``2 * threads`` sources are in flight, so memory stays bounded for any number of sources
     and the batcher always has the next images decoded. Closing the generator early waits for those
@@ -540,12 +553,13 @@ def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Itera
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    run = judge.judge if isinstance(judge, Judge) else judge
     iterator = iter(sources)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dfscan-judge") as pool:
         window: deque[Future[Verdict]] = deque()
         try:
             for source in iterator:
-                window.append(pool.submit(judge.judge, source))
+                window.append(pool.submit(run, source))
                 if len(window) >= 2 * threads:
                     yield window.popleft().result()
             while window:
