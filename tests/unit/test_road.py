@@ -357,3 +357,27 @@ def test_pixels_held_over_the_job_budget_fail_with_the_stage_named(cfg: Preproce
         judge.close()
     assert verdict.error_code == "BUDGET_EXCEEDED"
     assert "in face crops: holding 1 MiB of decoded pixels, over its limit of 1 MiB" in (verdict.error or "")
+
+
+# --- dfscan evaluate: the serving road, built by the factory from the settings ---------------------
+
+
+def test_evaluate_judges_under_the_serving_settings(tmp_path: Path) -> None:
+    from dfscan.settings import Settings
+    from worker.training.data import Example
+    from worker.training.evaluate import score_examples
+
+    model = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
+    small, large = (_bytes_of(Image.new("RGB", size, GREY)) for size in ((64, 48), (400, 300)))
+    examples = [Example("small", 0, lambda: small), Example("large", 1, lambda: large)]
+    settings = Settings(max_pixels=100 * 100, device="cpu", threads=1)
+    labels, scores, skipped, version = score_examples(model, examples, settings=settings)
+    assert (labels, skipped) == ([0], ["large"])  # DFSCAN_MAX_PIXELS applied, as serving applies it
+    _, _, skipped, _ = score_examples(model, examples, settings=Settings(device="cpu", threads=1))
+    assert skipped == []
+
+
+def _bytes_of(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()

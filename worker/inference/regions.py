@@ -88,12 +88,19 @@ def frame_regions(
     return [
         Region(
             f"{frame.key}#face{face.box}",
-            to_tensor(square_crop(frame.image, face, faces.margin), cfg),
+            to_tensor(face_crop(frame.image, face, faces.margin), cfg),
             face,
             scale_box(face.box, frame.image.size, frame.size),
         )
         for face in chosen
     ]
+
+
+def face_crop(image: Image.Image, face: Face, margin: float) -> Image.Image:
+    """The region of ``image`` that judges ``face``: the square crop around it with ``margin``
+    (:func:`~worker.inference.faces.square_crop`). Serving, training (``dfscan train --faces``) and
+    evaluation cut every face region with this function, from the full-size decoded image."""
+    return square_crop(image, face, margin)
 
 
 def _whole(frame: ClipFrame, cfg: PreprocessConfig) -> Region:
