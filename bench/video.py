@@ -339,7 +339,8 @@ def run_fairness(
     judge = new_judge(settings, detector)
     if mode == "fifo":  # the batcher before priorities: frames queue with images, batched together
         judge.batcher.mix = True
-        judge._submit_frame = lambda pixels: judge.batcher.submit(pixels, priority=FOREGROUND)  # type: ignore[method-assign]
+        score = judge._score
+        judge._score = lambda key, pixels, priority=FOREGROUND: score(key, pixels, FOREGROUND)  # type: ignore[method-assign]
     elif mode.startswith("priority"):
         judge.batcher.background_batch = int(mode.split()[1])
     from PIL import Image
