@@ -292,7 +292,7 @@ class Judge:
             for frame in sampled:
                 ends.append(frame.end)
                 with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
-                    yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t:g}", image=frame.image)
+                    yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t!r}", image=frame.image)
         except DfscanError:
             raise
         except MemoryError as exc:
@@ -394,7 +394,7 @@ class Judge:
                     image = sampled.image
                     with budget.hold(rgb_bytes(image.size), "video frames"):
                         yield ClipFrame(
-                            sampled.t, sampled.size or image.size, f"{sha}@{sampled.t:g}", image=image
+                            sampled.t, sampled.size or image.size, f"{sha}@{sampled.t!r}", image=image
                         )
                     del sampled, image
 
