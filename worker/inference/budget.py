@@ -178,11 +178,6 @@ class Budget:
             finally:
                 self.held -= nbytes
 
-    def video_check(self, what: str) -> None:
-        """The video decoder's deadline check (``open_video(check=...)``): the budget's seconds, so a
-        video's deadline counts its decoding, not its waits for the model or the detector."""
-        self.check(what)
-
 
 def rgb_bytes(size: tuple[int, int]) -> int:
     """Bytes Pillow holds for an RGB image of ``size`` (4 a pixel)."""

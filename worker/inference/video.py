@@ -24,7 +24,9 @@ Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are app
    decoding starts.
 6. **Decoding, bounded**: one frame at a time (a generator: never all frames in memory), scaled straight
    from YUV to RGB at reduced size by one reused swscale context (longest side ``frame_side``), on
-   ``decode_threads`` threads. A deadline (``deadline_s``) is checked between packets: ``VIDEO_TOO_LARGE``.
+   ``decode_threads`` threads. A deadline is checked between packets: the Judge's per-job budget
+   (``BUDGET_EXCEEDED``: decoding counts, waiting for the model does not), else ``deadline_s`` of wall
+   time (``VIDEO_TOO_LARGE``).
    Packets that fail to decode are skipped; if fewer than half the sampled frames decode, or none does,
    the video is ``CORRUPT_VIDEO``. Memory per job is bounded by the frame-pixel cap (the decoder's few
    reference frames), the packet index (capped) and one scaled RGB frame.
