@@ -38,7 +38,7 @@ def test_annotating_urls_reads_each_once_and_draws_stills_and_animations(tmp_pat
     assert rows["still.png"]["status"] == rows["moving.gif"]["status"] == "done"
     assert rows["still.png"]["frames"] is None
     assert [f["t"] for f in rows["moving.gif"]["frames"]] == [0.0, 0.2, 0.4, 0.6, 0.8]
-    assert (rows["moving.gif"]["media"], rows["moving.gif"]["image_format"]) == ("video", "GIF")
+    assert (rows["moving.gif"]["media"], rows["moving.gif"]["image_format"]) == ("image", "GIF")
     drawn = {p.name.split("-")[0]: p for p in (tmp_path / "drawn").iterdir()}
     with Image.open(drawn["still"]) as img:
         assert img.size == (120, 90)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dfscan.exceptions import BudgetExceededError
-from dfscan.verdicts import FACES, IMAGE, VIDEO
+from dfscan.verdicts import FACES, IMAGE
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
 from worker.inference.animation import frame_count, sample_indices
@@ -126,13 +126,12 @@ def test_a_fake_second_frame_of_an_animation_is_seen(cfg: PreprocessConfig, fmt:
     finally:
         judge.close()
     assert verdict.done, verdict.error
-    assert verdict.media == VIDEO and verdict.image_format == fmt and verdict.frames is not None
-    assert verdict.duration_s == pytest.approx(0.2)
+    assert verdict.media == IMAGE and verdict.image_format == fmt and verdict.frames is not None
+    assert verdict.duration_s is None and verdict.peak_t is None  # an image has no stored timeline
     assert [f.t for f in verdict.frames] == [0.0, 0.1]
     first, second = (f.fake_score for f in verdict.frames)
     assert first is not None and second is not None
     assert first < 0.5 < second, "frame 2 (red) is judged, not only frame 1"
-    assert verdict.peak_t == 0.1
     assert verdict.model_version == judge.animation_version != judge.version
 
 
@@ -377,7 +376,17 @@ def test_evaluate_judges_under_the_serving_settings(tmp_path: Path) -> None:
     assert skipped == []
 
 
-def _bytes_of(image: Image.Image) -> bytes:
+def _bytes_of(image: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
-    image.save(buf, "PNG")
+    image.save(buf, fmt)
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF"])
+def test_frames_are_counted_from_the_header_and_a_still_image_has_one(fmt: str) -> None:
+    seven = _animation(fmt, [GREY, RED] * 3 + [GREY], size=(20, 10))
+    assert frame_count(_bytes_of(Image.new("RGB", (20, 10), GREY), fmt), ImagePolicy()) == 1
+    assert frame_count(seven, ImagePolicy()) == 7
+    # over the frame cap, or truncated: one frame, and the bounded decode of frame 1 reports the problem
+    assert frame_count(seven, ImagePolicy(max_frames=5)) == 1
+    assert frame_count(seven[:40], ImagePolicy()) == 1

@@ -34,29 +34,64 @@ _DEFAULT_STEP = 0.1
 
 @dataclass(frozen=True)
 class AnimationFrame:
-    """A sampled frame: its time (s), its RGB pixels scaled to the sample side, its displayed size, and
-    when it ends (s: its time plus how long it shows)."""
+    """A sampled frame: its time (s), its RGB pixels scaled to the sample side, its displayed size."""
 
     t: float
     image: Image.Image
     size: tuple[int, int]
-    end: float
 
 
 def frame_count(data: bytes, policy: ImagePolicy) -> int:
-    """How many frames ``data`` holds (1 for a still image or one this module does not sample). Checked
-    by the header walk first; anything wrong with the file is left for the image decode to report."""
+    """How many frames ``data`` holds (1 for a still image or one this module does not sample), read from
+    its header after the header walk (:func:`worker.inference.headers.inspect`) passed: GIF by the walk,
+    APNG by its ``acTL`` chunk, WebP by its ``ANMF`` chunks, AVIF by Pillow's (cheap) count. Anything
+    wrong with the file is left for the image decode to report."""
     fmt = sniff_format(data, policy)
     if fmt not in ANIMATED:
         return 1
     try:
         declared = headers.inspect(data, fmt, max_pixels=policy.max_pixels, max_frames=policy.max_frames)
-        if fmt == "GIF":  # counted by the walk; Pillow's own count decodes every frame
-            return max(1, min(declared.frames or 1, policy.max_frames))
-        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
-            return max(1, min(int(getattr(img, "n_frames", 1)), policy.max_frames))
+        if fmt == "GIF":
+            count = declared.frames or 1
+        elif fmt == "PNG":
+            count = _apng_frames(data)
+        elif fmt == "WEBP":
+            count = _webp_frames(data, policy.max_frames)
+        else:
+            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+                width, height = img.size
+                count = int(getattr(img, "n_frames", 1)) if width * height <= policy.max_pixels else 1
     except Exception:
         return 1
+    return count if 1 <= count <= policy.max_frames else 1  # over the cap: the decode refuses it
+
+
+def _apng_frames(data: bytes) -> int:
+    """``num_frames`` of the ``acTL`` chunk before the first ``IDAT`` (1 without one)."""
+    pos = 8
+    for _ in range(100_000):
+        if pos + 12 > len(data):
+            break
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"acTL" and length >= 8:
+            return int.from_bytes(data[pos + 8 : pos + 12], "big")
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + length
+    return 1
+
+
+def _webp_frames(data: bytes, cap: int) -> int:
+    """The number of ``ANMF`` chunks of an animated WebP (counted up to ``cap + 1``; 1 without one)."""
+    pos, count = 12, 0
+    for _ in range(100_000):
+        if pos + 8 > len(data) or count > cap:
+            break
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        count += data[pos : pos + 4] == b"ANMF"
+        pos += 8 + size + (size & 1)
+    return max(1, count)
 
 
 def sample_indices(n: int, count: int) -> list[int]:
@@ -90,16 +125,14 @@ def animation_frames(
             # Declared durations time the frames; none declared (yet): 10 frames a second. Kept increasing.
             t = max(t_ms / 1000.0 if t_ms > 0 else i * _DEFAULT_STEP, last_t + 0.001 if i else 0.0)
             last_t = t
-            duration = float(img.info.get("duration") or 0)
-            t_ms += duration
+            t_ms += float(img.info.get("duration") or 0)
             if i in wanted:
                 size = img.size
                 rgb = to_rgb(img)
                 small = scaled_size(size[0], size[1], side)
                 if small != size:
                     rgb = rgb.resize(small, Image.Resampling.BOX)
-                end = t + (duration / 1000.0 if duration > 0 else _DEFAULT_STEP)
-                yield AnimationFrame(t=round(t, 6), image=rgb, size=size, end=round(end, 6))
+                yield AnimationFrame(t=round(t, 6), image=rgb, size=size)
 
 
 def list_animation_frames(data: bytes, policy: ImagePolicy, count: int, side: int) -> list[AnimationFrame]:

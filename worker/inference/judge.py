@@ -25,7 +25,8 @@ out is ``BUDGET_EXCEEDED`` naming the stage and the limit. The road itself is
   (``judged_on`` "image"), ``require`` answers done with label ``not_applicable`` and no score.
 - **An animated image** (GIF, APNG, WebP, AVIF with several frames: :mod:`worker.inference.animation`)
   is a clip sampled like a video (``VideoPolicy.frames`` frames, longest side ``frame_side``); its
-  verdict is an image's with the frames' timeline, under :attr:`Judge.animation_version`.
+  verdict is an image's (``media`` "image") with its sampled ``frames``, under
+  :attr:`Judge.animation_version`.
 - **A video** (sniffed from the bytes: :func:`~worker.inference.media.video_container`) is a clip of
   its sampled frames, at most ``VideoPolicy.in_flight`` regions in the batcher at a time; its verdict
   has ``media="video"``, its duration, peak time and frames, under :attr:`Judge.video_version`
@@ -233,10 +234,6 @@ class Judge:
         version = self.version if count == 1 else self.animation_version
         stored = self.known(sha, version) if self.known is not None else None
         if stored is not None:
-            if count > 1 and isinstance(stored, Stored) and stored.media == VIDEO:  # its timeline too
-                facts.update(
-                    media=VIDEO, duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames
-                )
             return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
         try:
@@ -256,12 +253,10 @@ class Judge:
         facts.update(width=width, height=height, decode_ms=_ms(started))
         if count > 1:
             del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
-            ends: list[float] = []
-            facts["media"] = VIDEO  # a clip: its verdict has a timeline (image_format names the file)
             verdict = self._judge_clip(
-                self._animation_frames(data, sha, budget, ends), source, facts, budget, observe, clip=True
+                self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
             )
-            return replace(verdict, model_version=version, duration_s=max(ends, default=None))
+            return replace(verdict, model_version=version)
         return self._judge_clip(self._held([frame], budget), source, facts, budget, observe, clip=False)
 
     def _held(self, frames: list[ClipFrame], budget: Budget) -> Iterator[ClipFrame]:
@@ -274,11 +269,8 @@ class Judge:
                 yield frame
             del frame
 
-    def _animation_frames(
-        self, data: bytes, sha: str, budget: Budget, ends: list[float]
-    ) -> Iterator[ClipFrame]:
-        """The sampled frames of an animated image, sampled like a video's (count and side); ``ends``
-        gets when each frame ends (the last one's end is the animation's duration)."""
+    def _animation_frames(self, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
+        """The sampled frames of an animated image, sampled like a video's (count and side)."""
         videos = self.videos
         if self.images.decode_processes > 0:
             from worker.inference.decode_pool import run_isolated
@@ -290,7 +282,6 @@ class Judge:
             sampled = animation_frames(data, self.images, videos.frames, videos.frame_side, budget.check)
         try:
             for frame in sampled:
-                ends.append(frame.end)
                 with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
                     yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t!r}", image=frame.image)
         except DfscanError:
@@ -330,8 +321,8 @@ class Judge:
         if self.faces is not None:
             facts["detect_ms"] = scored.detect_ms
         facts["infer_ms"] = scored.total_ms - scored.detect_ms
-        if clip:
-            facts.update(frames=_timeline(scored), peak_t=scored.peak_t)
+        if clip:  # an animated image: its frames (media "image": no duration or peak time is stored)
+            facts["frames"] = _timeline(scored)
         if scored.fake_score is None:  # require, and no face: nothing was judged
             return self._not_applicable(source, **facts)
         faces = () if clip else tuple(scored.frames[0].faces)
