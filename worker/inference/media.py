@@ -39,8 +39,3 @@ def video_container(head: bytes) -> str | None:
     if len(head) >= 8 and head[4:8] in _QUICKTIME_BOXES and int.from_bytes(head[:4], "big") >= 8:
         return "mp4"
     return None
-
-
-def is_video(data: bytes) -> bool:
-    """True when the bytes start like MP4/MOV (a non-image ftyp) or Matroska/WebM (EBML)."""
-    return video_container(data) is not None

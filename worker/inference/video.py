@@ -2,7 +2,7 @@
 
 Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are applied:
 
-1. **Kind from the bytes** (:func:`is_video`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
+1. **Kind from the bytes** (:func:`~worker.inference.media.video_container`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
    (AVIF/HEIF are images) is MP4/MOV; the EBML magic ``1A 45 DF A3`` is Matroska/WebM. The name of a file
    or URL is never consulted. The demuxer is then *forced* to the sniffed one (FFmpeg probes nothing else).
 2. **Allow-list**: MP4/MOV with H.264 or H.265, Matroska/WebM with VP8, VP9 or AV1 (decoded by dav1d).
@@ -57,7 +57,7 @@ from dfscan.exceptions import (
     VideoTooLargeError,
     VideoTooLongError,
 )
-from worker.inference.media import is_video, video_container
+from worker.inference.media import video_container
 
 __all__ = [
     "CONTAINERS",
@@ -65,9 +65,7 @@ __all__ = [
     "SampledFrame",
     "VideoInfo",
     "VideoPolicy",
-    "is_video",
     "open_video",
-    "probe_video",
     "sample_frames",
 ]
 
@@ -164,8 +162,7 @@ def open_video(
     data: bytes, policy: VideoPolicy, *, check: Callable[[str], None] | None = None
 ) -> Iterator[OpenedVideo]:
     """Open ``data``, check every cap the headers and the packet index can answer, and give its info and
-    a generator of its sampled frames: one demux pass for both (what :func:`probe_video` and
-    :func:`sample_frames` do separately). The container stays open inside the ``with`` block only.
+    a generator of its sampled frames: one demux pass for both. The container stays open inside the ``with`` block only.
 
     Raises (the frames also part-way through) UnsupportedFormatError, TooLargeError, CorruptVideoError,
     VideoTooLongError or VideoTooLargeError.
@@ -190,12 +187,6 @@ def _deadline(policy: VideoPolicy) -> Callable[[str], None]:
             raise VideoTooLargeError(f"{what} took longer than {policy.deadline_s:g} s")
 
     return check
-
-
-def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
-    """Check every cap that the headers and the packet index can answer; no frame is decoded."""
-    with open_video(data, policy) as video:
-        return video.info
 
 
 def sample_frames(data: bytes, policy: VideoPolicy) -> Iterator[SampledFrame]:
