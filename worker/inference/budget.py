@@ -157,9 +157,11 @@ class Budget:
         self.check(stage)
 
     @contextlib.contextmanager
-    def hold(self, nbytes: int, stage: str) -> Iterator[None]:
+    def hold(self, nbytes: int, stage: str, *, wait: bool = True) -> Iterator[None]:
         """Hold ``nbytes`` of decoded pixels for the block: counted against this job's pixel bytes and
-        reserved from the process's decode memory budget (waiting for room does not count as work)."""
+        reserved from the process's decode memory budget (waiting for room does not count as work;
+        ``wait=False``: counted at once, from inside the decode that made them, see
+        :func:`~worker.inference.images.hold_decoded`)."""
         if self.held + nbytes > self.limits.pixel_bytes:
             raise BudgetExceededError(
                 f"the job's budget ran out in {stage}: holding {(self.held + nbytes) // MiB} MiB of "
@@ -170,7 +172,7 @@ class Budget:
         with contextlib.ExitStack() as stack:
             if self._memory is not None:
                 with self.waiting():
-                    stack.enter_context(hold_decoded(self._memory, nbytes))
+                    stack.enter_context(hold_decoded(self._memory, nbytes, wait=wait))
             self.held += nbytes
             self.peak_held = max(self.peak_held, self.held)
             try:

@@ -49,6 +49,7 @@ worker tries again up to ``DFSCAN_MAX_ATTEMPTS``; ``dfscan scan`` has one attemp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -79,7 +80,13 @@ from worker.inference.animation import AnimationFrame, animation_frames, frame_c
 from worker.inference.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
 from worker.inference.budget import Budget, Limits, rgb_bytes
 from worker.inference.faces import Face, FacePolicy
-from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
+from worker.inference.images import (
+    ImagePolicy,
+    decode_in_process,
+    decode_with_size,
+    image_sha256,
+    sniff_format,
+)
 from worker.inference.media import video_container
 from worker.inference.model import Detector
 from worker.inference.preprocess import load_pixels
@@ -236,6 +243,7 @@ class Judge:
         if stored is not None:
             return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
+        kept = contextlib.ExitStack()  # the full-size image's share of the decode memory, while held
         try:
             budget.enter("decode")
             if self.faces is None and observe is None:
@@ -244,30 +252,50 @@ class Judge:
                 pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
                 frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
             else:  # full size: faces are cropped from the original pixels (no JPEG draft)
-                image, (width, height) = decode_with_size(data, self.images)
+                image, (width, height) = self._decode_held(data, budget, kept)
                 frame = ClipFrame(0.0, (width, height), sha, image=image)
                 del image
             budget.check("decode")
         except Exception as exc:
+            kept.close()
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
         facts.update(width=width, height=height, decode_ms=_ms(started))
         if count > 1:
             del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
+            kept.close()
             verdict = self._judge_clip(
                 self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
             )
             return replace(verdict, model_version=version)
-        return self._judge_clip(self._held([frame], budget), source, facts, budget, observe, clip=False)
+        return self._judge_clip(self._held([frame], kept), source, facts, budget, observe, clip=False)
 
-    def _held(self, frames: list[ClipFrame], budget: Budget) -> Iterator[ClipFrame]:
-        """Yield the frames of ``frames`` (emptied as it goes), each counted against the job's and the
-        process's decode memory while the road finds its faces and makes its regions."""
-        while frames:
-            frame = frames.pop(0)
-            held = rgb_bytes(frame.image.size) if frame.image is not None else 0
-            with budget.hold(held, "face crops" if self.faces is not None else "regions"):
+    def _decode_held(
+        self, data: bytes, budget: Budget, kept: contextlib.ExitStack
+    ) -> tuple[Image.Image, tuple[int, int]]:
+        """The full-size decode, its RGB image counted against the job's and the process's decode memory
+        from inside the decode's own reservation (never outside the budget) until ``kept`` closes."""
+        stage = "face crops" if self.faces is not None else "regions"
+        if self.images.decode_processes > 0:  # decoded in a child: counted as it arrives
+            image, size = decode_with_size(data, self.images)
+            kept.enter_context(budget.hold(rgb_bytes(image.size), stage))
+            return image, size
+
+        def keep(rgb: Image.Image) -> Image.Image:
+            kept.enter_context(budget.hold(rgb_bytes(rgb.size), stage, wait=False))
+            return rgb
+
+        return decode_in_process(data, self.images, None, keep)
+
+    def _held(self, frames: list[ClipFrame], kept: contextlib.ExitStack) -> Iterator[ClipFrame]:
+        """Yield the frames of ``frames`` (emptied as it goes); once the road has made the regions of
+        one, its pixels are dropped and ``kept`` (their share of the decode memory) is released."""
+        try:
+            while frames:
+                frame = frames.pop(0)
                 yield frame
-            del frame
+                del frame
+        finally:
+            kept.close()
 
     def _animation_frames(self, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
         """The sampled frames of an animated image, sampled like a video's (count and side)."""
