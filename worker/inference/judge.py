@@ -267,7 +267,9 @@ class Judge:
                 self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
             )
             return replace(verdict, model_version=version)
-        return self._judge_clip(self._held([frame], kept), source, facts, budget, observe, clip=False)
+        frames = [frame]
+        del frame  # only the road holds the image now: it is dropped once its regions are made
+        return self._judge_clip(self._held(frames, kept), source, facts, budget, observe, clip=False)
 
     def _decode_held(
         self, data: bytes, budget: Budget, kept: contextlib.ExitStack

@@ -244,6 +244,7 @@ def score_clip(
             futures.append(future)
         pending.append(_Pending(frame if observe is not None else None, frame.t, regions, futures))
         in_flight += len(regions)
+        del frame  # its pixels go as soon as the source releases them (and their share of the budget)
         budget.enter("frames")
     while pending:
         collect_oldest()
