@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -340,7 +340,8 @@ def run_fairness(
     judge.videos = dataclasses.replace(judge.videos, in_flight=max(1, in_flight))  # fixed at 2 in a worker
     if mode == "fifo":  # the batcher before priorities: frames queue with images, batched together
         judge.batcher.mix = True
-        judge._submit_frame = lambda pixels: judge.batcher.submit(pixels, priority=FOREGROUND)  # type: ignore[method-assign]
+        score = judge._score
+        judge._score = lambda key, pixels, priority=FOREGROUND: score(key, pixels, FOREGROUND)  # type: ignore[method-assign]
     elif mode.startswith("priority"):
         judge.batcher.background_batch = int(mode.split()[1])
     from PIL import Image
@@ -439,8 +440,22 @@ def bench_fairness(pairs: int, gop: int, gap: float, faces: str = "off", skip: s
 # --- aggregation ---------------------------------------------------------------------------------
 
 
+def confident_mean(scores: Sequence[float], *, high: float = 0.8, low: float = 0.2) -> float:
+    """The DFDC winner's rule, for comparison: the mean of the confident fake frames when more than 40%
+    of frames are above ``high``, of the confident real ones when more than 90% are below ``low``, else
+    the plain mean."""
+    n = len(scores)
+    fake = [p for p in scores if p > high]
+    real = [p for p in scores if p < low]
+    if len(fake) > n / 2.5:
+        return sum(fake) / len(fake)
+    if len(real) > 0.9 * n:
+        return sum(real) / len(real)
+    return sum(scores) / n
+
+
 def bench_aggregation(trials: int, threshold: float = 0.5) -> None:
-    from worker.inference.aggregate import aggregate_frames, confident_mean
+    from worker.inference.aggregate import aggregate_frames
 
     rng = np.random.default_rng(0)
     n = FRAMES

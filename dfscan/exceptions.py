@@ -178,6 +178,19 @@ class VideoTooLargeError(TooLargeError):
     limit = "frame_pixels"
 
 
+class BudgetExceededError(DfscanError):
+    """A job used up its budget (working seconds, decoded pixel bytes, model or detector inputs); the
+    detail names the stage and the limit. Retried only when the time ran out on a busy worker."""
+
+    code = "BUDGET_EXCEEDED"
+
+    def __init__(self, message: str, *, stage: str, limit: str, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.limit = limit
+        self.permanent = permanent
+
+
 # --- models ----------------------------------------------------------------------------------
 
 

@@ -109,11 +109,11 @@ class FaceVerdict:
 
 @dataclass(frozen=True)
 class Frame:
-    """One sampled frame of a video verdict: its time in seconds from the start and its p(fake), the
-    maximum over ``faces`` when it was judged on faces (boxes in pixels of the frame as decoded, before
-    any scaling), else of the whole frame. ``fake_score`` is None for a frame that was not judged (faces
-    ``require`` and no face in it). Stored as rows of verdict_frames (t and fake_score of judged frames;
-    the faces of a frame are in the output only)."""
+    """One sampled frame of a video (or animated image) verdict: its time in seconds from the start and
+    its p(fake), the maximum over ``faces`` when it was judged on faces (boxes in pixels of the frame as
+    displayed, before any scaling), else of the whole frame. ``fake_score`` is None for a frame that was
+    not judged (faces ``require`` and no face in it). Judged frames are stored as rows of verdict_frames
+    (t, fake_score and, for a frame judged on faces, its faces)."""
 
     t: float
     fake_score: float | None

@@ -186,11 +186,11 @@ def evaluate(
         if faces:
             crop = FaceCropConfig(**_face_crop_params(settings))
             labels, scores, skipped, no_face, version = score_face_examples(
-                model, examples.split(split_name), crop, batch_size=batch_size, device=settings.device
+                model, examples.split(split_name), crop, batch_size=batch_size, settings=settings
             )
         else:
             labels, scores, skipped, version = score_examples(
-                model, examples.split(split_name), batch_size=batch_size, device=settings.device
+                model, examples.split(split_name), batch_size=batch_size, settings=settings
             )
         if not labels:
             raise TrainingDataError(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.video import confident_mean
 from tests.fixtures.videos import make_clip, redness
-from worker.inference.aggregate import aggregate_frames, confident_mean
+from worker.inference.aggregate import aggregate_frames
 from worker.inference.video import VideoPolicy, sample_frames
 
 THRESHOLD = 0.5

@@ -19,16 +19,16 @@ from tests.fixtures.videos import (
     corrupt_mdat,
     flat_clip,
     hostile_corpus,
+    is_video,
     make_clip,
+    probe_video,
     redness,
 )
 from worker.inference.video import (
     SampledFrame,
     VideoPolicy,
     decode_cost,
-    is_video,
     plan_runs,
-    probe_video,
     sample_frames,
     scaled_size,
 )

@@ -22,8 +22,8 @@ from tests.fixtures.hostile_videos import (
     shifted_mkv,
     zero_duration_mp4,
 )
-from tests.fixtures.videos import encode_images, make_clip
-from worker.inference.video import VideoPolicy, open_video, probe_video, sample_frames
+from tests.fixtures.videos import encode_images, make_clip, probe_video
+from worker.inference.video import VideoPolicy, open_video, sample_frames
 
 av.logging.set_level(av.logging.PANIC)
 
@@ -194,7 +194,7 @@ def test_boxes_stay_inside_the_reported_size_after_a_mid_stream_size_change() ->
     assert reported == (64, 48)
     assert {f.image.size for f in frames} == {(64, 48), (128, 96)}  # the stream did change size
     assert all(f.size == reported for f in frames)  # every frame is reported in the video's size
-    from worker.inference.video_scoring import scale_box
+    from worker.inference.regions import scale_box
 
     for f in frames:  # a box over a whole frame of either size maps inside the reported size
         x, y, w, h = scale_box((0, 0, *f.image.size), f.image.size, f.size or f.image.size)

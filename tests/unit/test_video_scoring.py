@@ -1,10 +1,13 @@
-"""A video through the shared batcher: frames are model inputs of one job, bounded in flight, aggregated."""
+"""A video down the region road (:func:`~worker.inference.regions.score_clip`) through the shared batcher:
+frames are model inputs of one job, bounded in flight, aggregated."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,62 @@ from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
 from worker.inference.aggregate import aggregate_frames
 from worker.inference.batcher import DynamicBatcher
+from worker.inference.budget import Budget, Limits
 from worker.inference.faces import Face, FacePolicy, square_crop
 from worker.inference.model import load_detector
 from worker.inference.preprocess import PreprocessConfig, to_tensor
-from worker.inference.video import VideoPolicy, sample_frames
-from worker.inference.video_scoring import FrameFaces, scale_box, score_video
+from worker.inference.regions import ClipFrame, ClipScore, scale_box, score_clip
+from worker.inference.video import VideoPolicy, open_video, sample_frames
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    """Frames judged on faces: ``find`` detects one frame's faces, ``policy`` chooses and crops them."""
+
+    find: Callable[[Image.Image], list[Face]]
+    policy: FacePolicy
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    clip: ClipScore
+    duration_s: float
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.clip, name)
+
+    @property
+    def infer_ms(self) -> float:
+        return self.clip.wait_ms
+
+    @property
+    def decode_ms(self) -> float:
+        return self.clip.total_ms - self.clip.wait_ms - self.clip.detect_ms
+
+
+def score_video(
+    data: bytes,
+    policy: VideoPolicy,
+    cfg: PreprocessConfig,
+    submit: Callable[[torch.Tensor], Future[float]],
+    *,
+    max_in_flight: int | None = None,
+    faces: FrameFaces | None = None,
+) -> VideoResult:
+    """A video's sampled frames down the region road, as the Judge sends them (no memo)."""
+    with open_video(data, policy) as video:
+        frames = (ClipFrame(f.t, f.size or f.image.size, f"clip@{f.t}", image=f.image) for f in video.frames)
+        clip = score_clip(
+            frames,
+            cfg,
+            lambda region: (submit(region.pixels), True),
+            Budget(Limits()),
+            faces=None if faces is None else faces.policy,
+            find=None if faces is None else faces.find,
+            max_in_flight=max_in_flight or policy.in_flight,
+        )
+        return VideoResult(clip, video.info.duration_s)
+
 
 IMAGE_MARK = -7.0  # an 'image' tensor in the fairness test is filled with this value
 
@@ -161,7 +215,7 @@ class _StubDetector:
     version = "stub-1"
 
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
-        raise AssertionError("score_video asks FrameFaces.find, not the detector")
+        raise AssertionError("the road asks its find, not the detector")
 
 
 def _policy(mode: str, min_face_px: int = 8) -> FacePolicy:

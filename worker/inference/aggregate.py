@@ -69,17 +69,3 @@ def aggregate_frames(frames: Sequence[tuple[float, float]], *, window: int = WIN
     inside = ordered[best_start : best_start + width]
     peak = max(inside, key=lambda tp: tp[1])
     return VideoScore(fake_score=best, peak_t=peak[0])
-
-
-def confident_mean(scores: Sequence[float], *, high: float = 0.8, low: float = 0.2) -> float:
-    """The DFDC winner's rule, kept for comparison in the benchmark: the mean of the confident fake frames
-    when more than 40% of frames are above ``high``, of the confident real ones when more than 90% are
-    below ``low``, else the plain mean."""
-    n = len(scores)
-    fake = [p for p in scores if p > high]
-    real = [p for p in scores if p < low]
-    if len(fake) > n / 2.5:
-        return sum(fake) / len(fake)
-    if len(real) > 0.9 * n:
-        return sum(real) / len(real)
-    return sum(scores) / n

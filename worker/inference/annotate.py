@@ -1,16 +1,25 @@
 """A picture for moderators: an image with its judged boxes drawn and labelled with p(fake).
 
 Pure Pillow (``ImageDraw``): :func:`annotate` draws onto a copy, never onto the image it is given.
+:class:`Pictures` collects a verdict's frames from the region road while it judges (``dfscan scan
+--annotate``), so the picture needs no second read or decode of the source.
 Boxes are ``(x, y, w, h)`` in pixels of the EXIF-oriented image (what the verdict's faces carry); a
 verdict judged on the whole image is drawn as one box around the whole picture.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
+
+from dfscan.verdicts import NOT_APPLICABLE, Verdict, label_for
+
+if TYPE_CHECKING:
+    from worker.inference.regions import ClipFrame, FrameScore
 
 # Colour by verdict: red flags, green passes, grey was not judged (no score).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -19,6 +28,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "not_applicable": (128, 128, 128),
 }
 _OTHER = (128, 128, 128)
+Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -140,3 +150,68 @@ def contact_sheet(tiles: Sequence[Tile], *, columns: int = 4, thumb: int = THUMB
             font=font,
         )
     return sheet
+
+
+# --- pictures of a verdict, kept while its source is judged ----------------------------------------
+
+
+class Pictures:
+    """An observer of the region road (``Judge.judge(source, observe=pictures)``): keeps what a verdict's
+    picture needs as each frame is judged, so the source is never read or decoded a second time. A
+    one-frame source keeps its frame at full size (its boxes are drawn on it); a clip of several frames
+    keeps thumbnails (a contact sheet). Call :meth:`picture` with the verdict once it is made."""
+
+    def __init__(self, thumb: int = THUMB) -> None:
+        self.thumb = thumb
+        # (t, image, size boxes are in, p(fake), faces as (box, p(fake)))
+        self._frames: list[
+            tuple[float, Image.Image, tuple[int, int], float | None, list[tuple[Box, float]]]
+        ] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, frame: ClipFrame, score: FrameScore) -> None:
+        if frame.image is None:
+            return
+        faces = [(face.box, face.fake_score) for face in score.faces]
+        with self._lock:
+            self._frames.append((score.t, frame.image, frame.size, score.fake_score, faces))
+            if len(self._frames) > 1:  # a clip: only thumbnails are kept while the rest decode
+                self._frames = [
+                    (t, _thumbnail(im, self.thumb), size, p, f) for t, im, size, p, f in self._frames
+                ]
+
+    def picture(self, verdict: Verdict) -> Image.Image | None:
+        """The verdict's picture: the image with its boxes (the whole image framed when it was judged
+        whole), or a contact sheet of a video's or an animation's frames; None when nothing was kept."""
+        threshold = 0.5 if verdict.threshold is None else verdict.threshold
+        with self._lock:
+            frames = list(self._frames)
+        if not frames:
+            return None
+        if verdict.frames is None:
+            _, image, _, _, _ = frames[0]
+            if verdict.faces:
+                marks = [Mark(f.box, f.fake_score, label_for(f.fake_score, threshold)) for f in verdict.faces]
+            else:
+                marks = [Mark((0, 0, image.width, image.height), verdict.fake_score, str(verdict.label))]
+            return annotate(image, marks)
+        tiles = [
+            Tile(
+                _thumbnail(image, self.thumb),
+                t,
+                p,
+                NOT_APPLICABLE if p is None else label_for(p, threshold),
+                [Mark(box, fp, label_for(fp, threshold)) for box, fp in faces],
+                size,
+            )
+            for t, image, size, p, faces in sorted(frames, key=lambda item: item[0])
+        ]
+        return contact_sheet(tiles, thumb=self.thumb)
+
+
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    if max(image.size) <= side:
+        return image
+    small = image.copy()
+    small.thumbnail((side, side))
+    return small

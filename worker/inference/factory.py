@@ -1,5 +1,6 @@
-"""Build the core's objects from settings: the one place `dfscan scan`, the worker and `dfscan evaluate`
-take their policies from, so the three judge every source under the same rules."""
+"""Build the core's objects from settings: `dfscan scan`, the worker and `dfscan evaluate` all load their
+detector with :func:`new_detector` and their Judge with :func:`new_judge`, so the three judge every source
+under the same policies (sources, decode caps and memory, video sampling, faces, the per-job budget)."""
 
 from __future__ import annotations
 

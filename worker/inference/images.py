@@ -365,6 +365,18 @@ class _MemoryBudget:
                 self.used -= need
                 self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def take(self, need: int) -> Iterator[None]:
+        """Count ``need`` bytes now, without waiting (the caller already holds memory that covers them)."""
+        with self._cond:
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
+
 
 _budgets: dict[int, _MemoryBudget] = {}
 _budgets_lock = threading.Lock()
@@ -376,6 +388,18 @@ def _budget(total: int) -> _MemoryBudget:
         if budget is None:
             budget = _budgets[total] = _MemoryBudget(total)
         return budget
+
+
+def hold_decoded(
+    policy: ImagePolicy, need: int, *, wait: bool = True
+) -> contextlib.AbstractContextManager[None]:
+    """Reserve ``need`` bytes of this process's decode memory budget for pixels kept after their decode
+    (a full-size image while its faces are found and cropped), released on exit; waits for room. With
+    ``wait=False`` (called from a decode's ``finish``, while that decode still holds its own share) the
+    bytes are counted at once, so the pixels are never outside the budget and nothing waits holding them."""
+    budget = _budget(policy.decode_memory)
+    need = max(0, min(need, policy.decode_memory))
+    return budget.reserve(need) if wait else budget.take(need)
 
 
 def to_rgb_reduced(img: Image.Image, factor: int = 1) -> Image.Image:

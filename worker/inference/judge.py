@@ -1,4 +1,4 @@
-"""Judge a source: the one road every image takes, whoever asked for it.
+"""Judge a source: the one road every image, animation and video takes, whoever asked for it.
 
 ``dfscan scan`` (in-process), the Celery worker and ``dfscan evaluate`` all call :meth:`Judge.judge`
 (or :meth:`Judge.judge_bytes`) and get a :class:`dfscan.verdicts.Verdict`; the edges only move data
@@ -6,33 +6,39 @@ in and out (rows, messages, output). Pure: no database, no broker.
 
 One source, on the calling thread::
 
-    read (URL or confined path) -> sha256 -> duplicate cache -> decode (bounded) -> preprocess
-        -> the model's DynamicBatcher (one model thread, micro-batches across callers) -> verdict
+    Budget (the job's allowance) -> read (URL or confined path) -> sha256 -> duplicate cache
+        -> frames (an image: one; an animated image or a video: sampled frames, bounded)
+        -> regions of each frame (whole frame, or face crops with margin: regions.frame_regions)
+        -> the model's DynamicBatcher, once per region, through the in-flight memo
+        -> one score per frame (max over its regions), one across frames (moving median) -> verdict
 
-With faces on (a :class:`~worker.inference.faces.FacePolicy`, ``DFSCAN_FACES`` auto or require) the
-image is decoded at full size and its faces are found by the face detector (its own micro-batcher:
-one detection thread on the model's device, batches across callers); each chosen face is cropped
-(square, with the margin) and preprocessed by the checkpoint's processor, and every crop goes to the
-same model batcher (one image, several model inputs). The image's p(fake) is the maximum over its
-faces. No face: ``auto`` judges the whole image (``judged_on`` "image"), ``require`` answers done
-with label ``not_applicable`` and no score.
+Every stage draws from one :class:`~worker.inference.budget.Budget` made at the entrance (working
+seconds, pixel bytes held, model and detector inputs); waiting for a batcher never counts, and running
+out is ``BUDGET_EXCEEDED`` naming the stage and the limit. The road itself is
+:mod:`worker.inference.regions`; this module decides where frames come from and writes the verdict.
 
-A video (sniffed from the bytes: :func:`~worker.inference.media.is_video`) takes the same road with
-many inputs: its sampled frames are preprocessed and submitted to the same batcher, at most
-``VideoPolicy.in_flight`` at a time, and aggregated into one verdict with
-``media="video"``, its duration, peak time and frames (:mod:`worker.inference.video_scoring`). The
-duplicate cache answers a video already judged with the same model *and sampling* (its verdicts carry
-:attr:`Judge.video_version`, ``<version>+video:frames=32:side=640``) with its timeline, nothing decoded;
-an image's answer is never taken for a video. With faces on, each sampled frame goes
-through the faces path above (the same face micro-batcher, crops to the same model batcher; a frame's
-p(fake) is the max over its faces; no face: ``auto`` judges the whole frame, ``require`` leaves the
-frame unjudged); the video is ``judged_on`` "faces" when any frame was, and a video with no face in
-any frame under ``require`` is done with label ``not_applicable`` and no score, like an image.
+- **An image** is a one-frame clip. Faces off: decoded straight to the model's size (inside the decode
+  memory budget, in a decode child with ``DFSCAN_DECODE_PROCESSES``). Faces on (a
+  :class:`~worker.inference.faces.FacePolicy`, ``DFSCAN_FACES`` auto or require): decoded at full size,
+  and that image counts against the job's and the process's decode memory until its crops are made; its
+  faces come from the face detector's micro-batcher. No face: ``auto`` judges the whole image
+  (``judged_on`` "image"), ``require`` answers done with label ``not_applicable`` and no score.
+- **An animated image** (GIF, APNG, WebP, AVIF with several frames: :mod:`worker.inference.animation`)
+  is a clip sampled like a video (``VideoPolicy.frames`` frames, longest side ``frame_side``); its
+  verdict is an image's (``media`` "image") with its sampled ``frames``, under
+  :attr:`Judge.animation_version`.
+- **A video** (sniffed from the bytes: :func:`~worker.inference.media.video_container`) is a clip of
+  its sampled frames, at most ``VideoPolicy.in_flight`` regions in the batcher at a time; its verdict
+  has ``media="video"``, its duration, peak time and frames, under :attr:`Judge.video_version`
+  (``<version>+video:frames=32:side=640``), so the duplicate cache answers a video only with a verdict
+  sampled the same way (its timeline, nothing decoded). A video under ``require`` with no face in any
+  frame is done with label ``not_applicable`` and no score, like an image.
 
 Many threads call ``judge`` at once (a worker's task threads, ``judge_stream``'s pool), so fetch and
 decode of one image overlap the model running on others, and the model sees batches of whatever is
-waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). A video's frames and crops go to both
-batchers as ``BACKGROUND`` items: images are batched first, and on a CPU never together with them.
+waiting (Triton's dynamic batcher, Ray Serve's ``@serve.batch``). The regions of a clip of several
+frames go to both batchers as ``BACKGROUND`` items: images are batched first, and on a CPU never
+together with them.
 
 Errors never escape as exceptions, with one exception: a failure of the caller's ``known`` look-up
 (its database is down) propagates, so the caller can treat it as an outage. Every other problem is a
@@ -43,6 +49,7 @@ worker tries again up to ``DFSCAN_MAX_ATTEMPTS``; ``dfscan scan`` has one attemp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -55,7 +62,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from dfscan.exceptions import DfscanError, InferenceError
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, InferenceError
 from dfscan.verdicts import (
     DONE,
     FACES,
@@ -69,15 +76,23 @@ from dfscan.verdicts import (
     Verdict,
     label_for,
 )
+from worker.inference.animation import AnimationFrame, animation_frames, frame_count, list_animation_frames
 from worker.inference.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
-from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
-from worker.inference.images import ImagePolicy, decode_with_size, image_sha256, sniff_format
+from worker.inference.budget import Budget, Limits, rgb_bytes
+from worker.inference.faces import Face, FacePolicy
+from worker.inference.images import (
+    ImagePolicy,
+    decode_in_process,
+    decode_with_size,
+    image_sha256,
+    sniff_format,
+)
 from worker.inference.media import video_container
 from worker.inference.model import Detector
-from worker.inference.preprocess import load_pixels, to_tensor
+from worker.inference.preprocess import load_pixels
+from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
 from worker.inference.sources import SourcePolicy, failed_media, read_source
-from worker.inference.video import VideoPolicy
-from worker.inference.video_scoring import FrameFaces, score_video
+from worker.inference.video import VideoInfo, VideoPolicy, open_video
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +122,7 @@ class Judge:
         known: Known | None = None,
         faces: FacePolicy | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -116,6 +132,10 @@ class Judge:
         self.videos = videos or VideoPolicy()
         self.threshold = threshold
         self.known = known
+        # One job's allowance (working seconds, pixel bytes held, model and detector inputs).
+        self.limits = limits or Limits.for_policies(
+            sources, images, self.videos, faces.max_faces if faces is not None else 0
+        )
         # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
         # On a CPU every input costs its full forward pass: a video's frames never share an image's
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
@@ -160,6 +180,12 @@ class Judge:
         sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
         return f"{self.version}+video:{sampling}:side={videos.frame_side}"
 
+    @property
+    def animation_version(self) -> str:
+        """The model version of an animated image's verdict: :attr:`version` plus its sampling
+        (``+animation:frames=32:side=640``), so a verdict of its first frame alone is never reused."""
+        return f"{self.version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
+
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
         if not 0.0 <= threshold <= 1.0:
@@ -174,93 +200,200 @@ class Judge:
             self._face_batcher.close(timeout)
         self.batcher.close(timeout)
 
+    def new_budget(self) -> Budget:
+        """The allowance of one job judged by this Judge (:mod:`worker.inference.budget`)."""
+        return Budget(self.limits, memory=self.images)
+
     # --- one source ------------------------------------------------------------------------------
 
-    def judge(self, source: str) -> Verdict:
-        """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it."""
+    def judge(self, source: str, *, observe: Observe | None = None) -> Verdict:
+        """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it; ``observe``
+        sees every judged frame (see :meth:`judge_bytes`)."""
+        budget = self.new_budget()  # the road's entrance: every stage below draws from it
         started = time.perf_counter()
         try:
             data = read_source(source, self.sources)
+            budget.check("fetch")
         except Exception as exc:
             return self._failed(source, exc, fetch_ms=_ms(started), media=failed_media(exc))
-        return self.judge_bytes(data, source=source, fetch_ms=_ms(started))
+        return self.judge_bytes(data, source=source, fetch_ms=_ms(started), budget=budget, observe=observe)
 
-    def judge_bytes(self, data: bytes, *, source: str = "<bytes>", fetch_ms: float = 0.0) -> Verdict:
-        """Judge image or video bytes already read (``source`` names them in the verdict)."""
+    def judge_bytes(
+        self,
+        data: bytes,
+        *,
+        source: str = "<bytes>",
+        fetch_ms: float = 0.0,
+        budget: Budget | None = None,
+        observe: Observe | None = None,
+    ) -> Verdict:
+        """Judge image or video bytes already read (``source`` names them in the verdict), under
+        ``budget`` (a new one when None). ``observe(frame, score)``, when given, is called with every
+        judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once)."""
+        budget = budget or self.new_budget()
         container = video_container(data)
         if container is not None:
-            return self._judge_video(data, container, source=source, fetch_ms=fetch_ms)
+            return self._judge_video(data, container, source, fetch_ms, budget, observe)
         sha = image_sha256(data)
-        facts = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
+        facts: dict[str, object] = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
         facts["image_format"] = sniff_format(data, self.images)
-        stored = self.known(sha, self.version) if self.known is not None else None
+        count = frame_count(data, self.images)
+        version = self.version if count == 1 else self.animation_version
+        stored = self.known(sha, version) if self.known is not None else None
         if stored is not None:
-            return self._from_stored(source, stored, **facts)
-        if self.faces is not None:
-            return self._judge_faces(data, source, self.faces, facts)
+            return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
+        kept = contextlib.ExitStack()  # the full-size image's share of the decode memory, while held
         try:
-            # Decode, reduce and preprocess inside the decode memory budget (and, with
-            # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
-            pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
+            budget.enter("decode")
+            if self.faces is None and observe is None:
+                # Decode, reduce and preprocess inside the decode memory budget (and, with
+                # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
+                pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
+                frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
+            else:  # full size: faces are cropped from the original pixels (no JPEG draft)
+                image, (width, height) = self._decode_held(data, budget, kept)
+                frame = ClipFrame(0.0, (width, height), sha, image=image)
+                del image
+            budget.check("decode")
         except Exception as exc:
+            kept.close()
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
         facts.update(width=width, height=height, decode_ms=_ms(started))
-        started = time.perf_counter()
-        future, first = self._score(sha, pixels)
-        try:
-            score = future.result(timeout=MODEL_TIMEOUT_S)
-        except Exception as exc:
-            return self._failed(source, exc, **facts, infer_ms=_ms(started))
-        return self._done(source, score, cached=not first, infer_ms=_ms(started), **facts)  # type: ignore[arg-type]
+        if count > 1:
+            del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
+            kept.close()
+            verdict = self._judge_clip(
+                self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
+            )
+            return replace(verdict, model_version=version)
+        frames = [frame]
+        del frame  # only the road holds the image now: it is dropped once its regions are made
+        return self._judge_clip(self._held(frames, kept), source, facts, budget, observe, clip=False)
 
-    def _judge_faces(self, data: bytes, source: str, policy: FacePolicy, facts: dict[str, object]) -> Verdict:
+    def _decode_held(
+        self, data: bytes, budget: Budget, kept: contextlib.ExitStack
+    ) -> tuple[Image.Image, tuple[int, int]]:
+        """The full-size decode, its RGB image counted against the job's and the process's decode memory
+        from inside the decode's own reservation (never outside the budget) until ``kept`` closes."""
+        stage = "face crops" if self.faces is not None else "regions"
+        if self.images.decode_processes > 0:  # decoded in a child: counted as it arrives
+            image, size = decode_with_size(data, self.images)
+            kept.enter_context(budget.hold(rgb_bytes(image.size), stage))
+            return image, size
+
+        def keep(rgb: Image.Image) -> Image.Image:
+            kept.enter_context(budget.hold(rgb_bytes(rgb.size), stage, wait=False))
+            return rgb
+
+        return decode_in_process(data, self.images, None, keep)
+
+    def _held(self, frames: list[ClipFrame], kept: contextlib.ExitStack) -> Iterator[ClipFrame]:
+        """Yield the frames of ``frames`` (emptied as it goes); once the road has made the regions of
+        one, its pixels are dropped and ``kept`` (their share of the decode memory) is released."""
+        try:
+            while frames:
+                frame = frames.pop(0)
+                yield frame
+                del frame
+        finally:
+            kept.close()
+
+    def _animation_frames(self, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
+        """The sampled frames of an animated image, sampled like a video's (count and side)."""
+        videos = self.videos
+        if self.images.decode_processes > 0:
+            from worker.inference.decode_pool import run_isolated
+
+            sampled: Iterable[AnimationFrame] = run_isolated(
+                self.images, list_animation_frames, data, self.images, videos.frames, videos.frame_side
+            )
+        else:
+            sampled = animation_frames(data, self.images, videos.frames, videos.frame_side, budget.check)
+        try:
+            for frame in sampled:
+                with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
+                    yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t!r}", image=frame.image)
+        except DfscanError:
+            raise
+        except MemoryError as exc:
+            raise ImageTooLargeError(
+                "animation too large: out of memory while decoding a frame", limit="decode_memory"
+            ) from exc
+        except Exception as exc:  # Pillow raises OSError, ValueError, EOFError, ... on a broken frame
+            raise CorruptImageError(f"corrupt animation frame: {type(exc).__name__}: {exc}") from exc
+
+    def _judge_clip(
+        self,
+        frames: Iterable[ClipFrame],
+        source: str,
+        facts: dict[str, object],
+        budget: Budget,
+        observe: Observe | None,
+        *,
+        clip: bool,
+    ) -> Verdict:
+        """An image (one frame) or an animated image (``clip``: sampled frames) down the region road."""
+        priority = BACKGROUND if clip else FOREGROUND
         started = time.perf_counter()
         try:
-            # Full size: a face is cropped from the original pixels (no JPEG draft).
-            image, (width, height) = decode_with_size(data, self.images)
-        except Exception as exc:
-            return self._failed(source, exc, **facts, decode_ms=_ms(started))
-        facts.update(width=width, height=height, decode_ms=_ms(started))
-        started = time.perf_counter()
-        try:
-            found = self._find_faces(image)
-            detect_ms = facts["detect_ms"] = _ms(started)
-            chosen = select_faces(found, policy.max_faces, policy.min_face_px)
-            if not chosen and policy.mode == "require":
-                return self._not_applicable(source, infer_ms=_ms(started) - detect_ms, **facts)
-            crops = [square_crop(image, face, policy.margin) for face in chosen] or [image]
-            futures = [self.batcher.submit(to_tensor(crop, self.detector.preprocess)) for crop in crops]
-            scores = [future.result(timeout=MODEL_TIMEOUT_S) for future in futures]
+            scored = score_clip(
+                frames,
+                self.detector.preprocess,
+                lambda region: self._score(region.key, region.pixels, priority),
+                budget,
+                faces=self.faces,
+                find=None if self.faces is None else lambda image: self._find_faces(image, priority),
+                max_in_flight=self.videos.in_flight if clip else None,
+                timeout=MODEL_TIMEOUT_S,
+                observe=observe,
+            )
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
-        infer_ms = _ms(started) - facts["detect_ms"]  # type: ignore[operator]
-        if not chosen:  # auto, no face: the whole image was judged
-            return self._done(source, scores[0], cached=False, infer_ms=infer_ms, **facts)  # type: ignore[arg-type]
-        judged = tuple(
-            FaceVerdict(face.box, face.score, score) for face, score in zip(chosen, scores, strict=True)
-        )
+        if self.faces is not None:
+            facts["detect_ms"] = scored.detect_ms
+        facts["infer_ms"] = scored.total_ms - scored.detect_ms
+        if clip:  # an animated image: its frames (media "image": no duration or peak time is stored)
+            facts["frames"] = _timeline(scored)
+        if scored.fake_score is None:  # require, and no face: nothing was judged
+            return self._not_applicable(source, **facts)
+        faces = () if clip else tuple(scored.frames[0].faces)
         return self._done(
-            source, max(scores), cached=False, infer_ms=infer_ms, judged_on=FACES, faces=judged, **facts
+            source,
+            scored.fake_score,
+            cached=scored.cached,
+            judged_on=FACES if scored.on_faces else IMAGE,
+            faces=faces,
+            **facts,  # type: ignore[arg-type]
         )
 
     def _find_faces(self, image: Image.Image, priority: int = FOREGROUND) -> list[Face]:
-        """The faces of one image or video frame, from the face micro-batcher (waited on)."""
+        """The faces of one image or frame, from the face micro-batcher (waited on)."""
         assert self._face_batcher is not None
         return self._face_batcher.submit(image, priority=priority).result(timeout=MODEL_TIMEOUT_S)
 
-    def _find_frame_faces(self, image: Image.Image) -> list[Face]:
-        return self._find_faces(image, BACKGROUND)
-
-    def _submit_frame(self, pixels: torch.Tensor) -> Future[float]:
-        return self.batcher.submit(pixels, priority=BACKGROUND)
-
-    def _judge_video(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+    def _judge_video(
+        self,
+        data: bytes,
+        container: str,
+        source: str,
+        fetch_ms: float,
+        budget: Budget,
+        observe: Observe | None,
+    ) -> Verdict:
         """A video's verdict, under the version that names its sampling (:attr:`video_version`)."""
-        verdict = self._video_verdict(data, container, source=source, fetch_ms=fetch_ms)
+        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe)
         return replace(verdict, model_version=self.video_version)
 
-    def _video_verdict(self, data: bytes, container: str, *, source: str, fetch_ms: float) -> Verdict:
+    def _video_verdict(
+        self,
+        data: bytes,
+        container: str,
+        source: str,
+        fetch_ms: float,
+        budget: Budget,
+        observe: Observe | None,
+    ) -> Verdict:
         sha = image_sha256(data)
         facts: dict[str, object] = {
             "image_sha256": sha,
@@ -274,47 +407,70 @@ class Judge:
         if isinstance(stored, Stored) and stored.media == VIDEO:
             facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
             return self._from_stored(source, stored, **facts)
+        opened: list[VideoInfo] = []
+
+        def frames() -> Iterator[ClipFrame]:
+            # The deadline is the job's budget: it counts decoding, not waiting for the model or detector.
+            with open_video(data, self.videos, check=budget.check) as video:
+                opened.append(video.info)
+                for sampled in video.frames:
+                    image = sampled.image
+                    with budget.hold(rgb_bytes(image.size), "video frames"):
+                        yield ClipFrame(
+                            sampled.t, sampled.size or image.size, f"{sha}@{sampled.t!r}", image=image
+                        )
+                    del sampled, image
+
         started = time.perf_counter()
         try:
-            video = score_video(
-                data,
-                self.videos,
+            budget.enter("video decode")
+            scored = score_clip(
+                frames(),
                 self.detector.preprocess,
-                self._submit_frame,  # behind images: a video never starves the images queued after it
+                # behind images: a video never starves the images queued after it
+                lambda region: self._score(region.key, region.pixels, BACKGROUND),
+                budget,
+                faces=self.faces,
+                find=None if self.faces is None else lambda image: self._find_faces(image, BACKGROUND),
+                max_in_flight=self.videos.in_flight,
                 timeout=MODEL_TIMEOUT_S,
-                faces=None if self.faces is None else FrameFaces(self._find_frame_faces, self.faces),
+                observe=observe,
             )
         except Exception as exc:
             return self._failed(source, exc, **facts, decode_ms=_ms(started))
+        info = opened[0]
         facts.update(
-            width=video.info.width,
-            height=video.info.height,
-            decode_ms=video.decode_ms,
-            detect_ms=video.detect_ms,
-            infer_ms=video.infer_ms,
-            duration_s=video.duration_s,
-            frames=tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in video.frames),
+            width=info.width,
+            height=info.height,
+            decode_ms=scored.total_ms - scored.wait_ms - scored.detect_ms,
+            detect_ms=scored.detect_ms,
+            infer_ms=scored.wait_ms,
+            duration_s=info.duration_s,
+            frames=_timeline(scored),
         )
-        if video.fake_score is None:  # require, and no face in any frame: nothing was judged
+        if scored.fake_score is None:  # require, and no face in any frame: nothing was judged
             return self._not_applicable(source, **facts)
         return self._done(
             source,
-            video.fake_score,
-            cached=False,
-            judged_on=FACES if video.on_faces else IMAGE,
-            peak_t=video.peak_t,
+            scored.fake_score,
+            cached=scored.cached,
+            judged_on=FACES if scored.on_faces else IMAGE,
+            peak_t=scored.peak_t,
             **facts,  # type: ignore[arg-type]
         )
 
-    def _score(self, sha: str, pixels: object) -> tuple[Future[float], bool]:
-        """The model's score for these bytes: a future shared by every caller with the same sha256
-        while it is in flight or remembered. Returns ``(future, True)`` for the caller that runs it."""
+    def _score(
+        self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND
+    ) -> tuple[Future[float], bool]:
+        """The model's score for one region (``sha``: its memo key, the source's sha256 for a whole
+        image): a future shared by every caller with the same key while it is in flight or remembered.
+        Returns ``(future, True)`` for the caller that submitted it."""
         with self._memo_lock:
             future = self._memo.get(sha)
             if future is not None:
                 self._memo.move_to_end(sha)
                 return future, False
-            future = self.batcher.submit(pixels)  # type: ignore[arg-type]
+            future = self.batcher.submit(pixels, priority=priority)
             self._memo[sha] = future
             while len(self._memo) > _MEMO_SIZE:
                 self._memo.popitem(last=False)
@@ -408,8 +564,11 @@ class Judge:
         )
 
 
-def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Iterator[Verdict]:
-    """Judge ``sources`` on ``threads`` threads and yield one verdict per source, **in input order**.
+def judge_stream(
+    judge: Judge | Callable[[str], Verdict], sources: Iterable[str], *, threads: int
+) -> Iterator[Verdict]:
+    """Judge ``sources`` on ``threads`` threads and yield one verdict per source, **in input order**
+    (``judge``: a Judge, or a function of one source that calls one, e.g. to draw its picture).
 
     At most ``2 * threads`` sources are in flight, so memory stays bounded for any number of sources
     and the batcher always has the next images decoded. Closing the generator early waits for those
@@ -417,12 +576,13 @@ def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Itera
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    run = judge.judge if isinstance(judge, Judge) else judge
     iterator = iter(sources)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dfscan-judge") as pool:
         window: deque[Future[Verdict]] = deque()
         try:
             for source in iterator:
-                window.append(pool.submit(judge.judge, source))
+                window.append(pool.submit(run, source))
                 if len(window) >= 2 * threads:
                     yield window.popleft().result()
             while window:
@@ -430,6 +590,10 @@ def judge_stream(judge: Judge, sources: Iterable[str], *, threads: int) -> Itera
         finally:
             for future in window:
                 future.cancel()
+
+
+def _timeline(scored: ClipScore) -> tuple[Frame, ...]:
+    return tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in scored.frames)
 
 
 def _ms(since: float) -> float:

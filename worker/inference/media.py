@@ -44,11 +44,6 @@ def video_container(head: bytes) -> str | None:
     return None
 
 
-def is_video(data: bytes) -> bool:
-    """True when the bytes start like MP4/MOV (a non-image ftyp) or Matroska/WebM (EBML)."""
-    return video_container(data) is not None
-
-
 # How the image formats dfscan decodes start (worker.inference.images decides what they are; this only
 # names what a failed read was): JPEG, PNG, GIF, TIFF and BigTIFF, BMP, WebP, AVIF and HEIF brands.
 _IMAGE_MAGIC = re.compile(

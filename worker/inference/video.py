@@ -2,7 +2,7 @@
 
 Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are applied:
 
-1. **Kind from the bytes** (:func:`is_video`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
+1. **Kind from the bytes** (:func:`~worker.inference.media.video_container`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
    (AVIF/HEIF are images) is MP4/MOV; the EBML magic ``1A 45 DF A3`` is Matroska/WebM. The name of a file
    or URL is never consulted. The demuxer is then *forced* to the sniffed one (FFmpeg probes nothing else).
 2. **Allow-list**: MP4/MOV with H.264 or H.265, Matroska/WebM with VP8, VP9 or AV1 (decoded by dav1d).
@@ -41,7 +41,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -60,7 +60,7 @@ from dfscan.exceptions import (
     VideoTooLargeError,
     VideoTooLongError,
 )
-from worker.inference.media import is_video, video_container
+from worker.inference.media import video_container
 from worker.inference.video_plan import Index, Run, decode_cost, plan_runs, targets, tolerance
 
 __all__ = [
@@ -69,9 +69,7 @@ __all__ = [
     "SampledFrame",
     "VideoInfo",
     "VideoPolicy",
-    "is_video",
     "open_video",
-    "probe_video",
     "sample_frames",
 ]
 
@@ -158,7 +156,9 @@ class OpenedVideo:
 
 
 @contextmanager
-def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
+def open_video(
+    data: bytes, policy: VideoPolicy, *, check: Callable[[str], None] | None = None
+) -> Iterator[OpenedVideo]:
     """Open ``data``, check every cap the headers, the packet index and the sampling plan can answer,
     decode the first sampled frame (its display matrix tells which way is up, so ``info`` gives the size
     as displayed), and give the info and a generator of the sampled frames: one demux pass for both. The
@@ -166,8 +166,12 @@ def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
 
     Raises (the frames also part-way through) UnsupportedFormatError, TooLargeError, CorruptVideoError,
     VideoTooLongError or VideoTooLargeError.
+
+    ``check(what)`` is called between packets and raises to stop (the Judge passes a job's budget: its
+    working seconds, so waiting for the model does not count); by default a wall deadline of
+    ``policy.deadline_s`` from now (``TOO_LARGE``, limit ``video_time``).
     """
-    deadline = time.monotonic() + policy.deadline_s
+    deadline = check or _deadline(policy)
     with _open(data, policy) as container:
         stream = container.streams.video[0]
         index = _index(container, stream, policy, deadline)
@@ -178,11 +182,15 @@ def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
         yield OpenedVideo(info, itertools.chain([first], frames))
 
 
-def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
-    """Check every cap that the headers, the packet index and the plan can answer; one frame is decoded
-    (the first sampled one: its display matrix gives the size as displayed)."""
-    with open_video(data, policy) as video:
-        return video.info
+def _deadline(policy: VideoPolicy) -> Callable[[str], None]:
+    """A wall deadline of ``policy.deadline_s`` from now, for callers without a job budget."""
+    deadline = time.monotonic() + policy.deadline_s
+
+    def check(what: str) -> None:
+        if time.monotonic() > deadline:
+            raise VideoTooLargeError(f"{what} took longer than {policy.deadline_s:g} s", limit="video_time")
+
+    return check
 
 
 def sample_frames(data: bytes, policy: VideoPolicy) -> Iterator[SampledFrame]:
@@ -340,7 +348,7 @@ def _index(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     policy: VideoPolicy,
-    deadline: float,
+    deadline: Callable[[str], None],
 ) -> Index:
     """Demux every packet of the video stream (no decoding): timestamps and keyframe flags.
 
@@ -364,10 +372,8 @@ def _index(
             order.append(bool(packet.is_keyframe))
             if len(order) > max_frames:
                 raise VideoTooLongError(f"video has more than {max_frames} frames (packets)")
-            if len(order) % 256 == 0 and time.monotonic() > deadline:
-                raise VideoTooLargeError(
-                    f"reading the video's index took longer than {policy.deadline_s:g} s", limit="video_time"
-                )
+            if len(order) % 256 == 0:
+                deadline("reading the video's index")
             entries[pts] = entries.get(pts, False) or bool(packet.is_keyframe)
             if packet.duration:
                 durations.append(packet.duration)
@@ -387,10 +393,7 @@ def _index(
         if not entries:
             raise CorruptVideoError(f"video packets cannot be read: {_reason(exc)}") from exc
         logger.info("video index stops early at a broken packet: %s", _reason(exc))
-    if time.monotonic() > deadline:
-        raise VideoTooLargeError(
-            f"reading the video's index took longer than {policy.deadline_s:g} s", limit="video_time"
-        )
+    deadline("reading the video's index")
     if not entries or lo is None or hi is None:
         raise CorruptVideoError("video stream has no packets")
     if len(entries) * 2 < len(order):
@@ -497,7 +500,7 @@ def _decode_runs(
     index: Index,
     runs: list[Run],
     policy: VideoPolicy,
-    deadline: float,
+    deadline: Callable[[str], None],
 ) -> Iterator[SampledFrame]:
     """The sampled frames, run by run. A run whose seek fails or lands past its frames (a start before
     zero, cues that lie) hands it and every later run to one pass from the start of a fresh demuxer."""
@@ -530,7 +533,12 @@ class _Decoding:
     upright: a frame of another size after a mid-stream change is mapped into it)."""
 
     def __init__(
-        self, index: Index, policy: VideoPolicy, deadline: float, wanted: int, header: tuple[int, int]
+        self,
+        index: Index,
+        policy: VideoPolicy,
+        deadline: Callable[[str], None],
+        wanted: int,
+        header: tuple[int, int],
     ) -> None:
         self.index = index
         self.policy = policy
@@ -545,10 +553,7 @@ class _Decoding:
         ordinal = -1
         policy = self.policy
         while remaining:
-            if time.monotonic() > self.deadline:
-                raise VideoTooLargeError(
-                    f"decoding the video took longer than {policy.deadline_s:g} s", limit="video_time"
-                )
+            self.deadline("decoding the video")
             try:
                 packet = next(packets)
             except StopIteration:

@@ -48,11 +48,14 @@ MIN_PER_CLASS_TO_CARVE = 3  # one image of each class for train, validation and 
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled image: ``name`` for messages (a relative path or ``split[index]``), ``read()`` its bytes."""
+    """One labelled image: ``name`` for messages (a relative path or ``split[index]``), ``read()`` its bytes;
+    ``region``, when set, cuts the part of the decoded (full-size) image this example is, e.g. a face crop
+    (:func:`worker.inference.regions.face_crop`); None: the whole image."""
 
     name: str
     label: int
     read: Callable[[], bytes] = field(repr=False, compare=False)
+    region: Callable[[Image.Image], Image.Image] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ class ImageDataset(torch.utils.data.Dataset[dict[str, torch.Tensor | int]]):
         for offset in range(n):
             example = self.examples[(index + offset) % n]
             try:
-                image = decode_image(example.read(), self.policy, draft_size=self._draft)
+                if example.region is not None:  # a region's box is in full-size pixels: no draft
+                    image = example.region(decode_image(example.read(), self.policy))
+                else:
+                    image = decode_image(example.read(), self.policy, draft_size=self._draft)
             except (DfscanError, OSError) as exc:
                 if example.name not in self.failed:
                     log.warning("skipping undecodable image %s: %s", example.name, exc)

@@ -1,10 +1,12 @@
 """Score labelled images with a deployed checkpoint, exactly as serving does, and compute its metrics.
 
 Backs ``dfscan evaluate --model M --data D``: ``M`` is any checkpoint ``load_detector`` accepts (a local
-``save_pretrained`` folder or a public hub id), ``D`` any layout ``worker.training.data`` reads. Images
-go through the serving path (``Judge.judge_bytes``: the same decode, draft, preprocessing and batched
-model as `dfscan scan` and the worker), so the numbers describe what production would answer. An image that fails to
-decode is skipped and counted in ``skipped``, not fatal.
+``save_pretrained`` folder or a public hub id), ``D`` any layout ``worker.training.data`` reads. The
+detector and the Judge are built by :mod:`worker.inference.factory` from the settings (``DFSCAN_*``: the
+runtime, decode caps and memory, JPEG draft, batch wait), so images go through the serving road
+(``Judge.judge_bytes``: the same decode, regions, preprocessing and batched model as `dfscan scan` and the
+worker) and the numbers describe what production would answer. An image that fails to decode is
+skipped and counted in ``skipped``, not fatal.
 
 With ``faces`` (``dfscan evaluate --faces``) the Judge judges on faces as serving does with
 ``DFSCAN_FACES=require``: the serving detector and margin, every chosen face scored, the image's score
@@ -19,12 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dfscan.exceptions import InferenceError, SourceNotFoundError, TrainingDataError
+from dfscan.settings import Settings
 from dfscan.verdicts import NOT_APPLICABLE, Verdict
 from worker.inference.faces import FacePolicy, load_face_detector
-from worker.inference.images import ImagePolicy
-from worker.inference.judge import Judge
-from worker.inference.model import load_detector
-from worker.inference.sources import SourcePolicy
+from worker.inference.factory import default_threads, new_detector, new_judge
 from worker.training.data import Example
 from worker.training.faces import FaceCropConfig
 from worker.training.metrics import evaluate_scores
@@ -39,7 +39,7 @@ def score_examples(
     batch_size: int = 32,
     device: str = "auto",
     revision: str | None = None,
-    policy: ImagePolicy | None = None,
+    settings: Settings | None = None,
     threads: int = 2,
 ) -> tuple[list[int], list[float], list[str], str]:
     """p(fake) for each decodable example: ``(labels, scores, skipped names, model version)``.
@@ -53,7 +53,7 @@ def score_examples(
         batch_size=batch_size,
         device=device,
         revision=revision,
-        policy=policy,
+        settings=settings,
         threads=threads,
     )
     return labels, scores, skipped, version
@@ -67,30 +67,30 @@ def score_face_examples(
     batch_size: int = 32,
     device: str = "auto",
     revision: str | None = None,
-    policy: ImagePolicy | None = None,
+    settings: Settings | None = None,
     threads: int = 2,
 ) -> tuple[list[int], list[float], list[str], list[str], str]:
     """Like :func:`score_examples`, on faces when ``faces`` is given: ``(labels, scores, skipped names,
-    names without a face, model version)``; the version then names the face detector and its settings."""
+    names without a face, model version)``; the version then names the face detector and its settings.
+
+    ``settings`` (default: the process's, ``DFSCAN_*``) are the serving settings the detector and the
+    Judge are built with; ``device`` overrides its device (``auto``: the settings')."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    detector = load_detector(ref, revision=revision, device=device)
+    settings = settings or Settings()
+    if device != "auto":
+        settings = settings.model_copy(update={"device": device})
+    detector = new_detector(settings, model=ref, revision=revision)
     face_policy = None
-    if faces is not None:
+    if faces is not None:  # judged on faces as serving does under DFSCAN_FACES=require
         face_policy = FacePolicy(
             "require",
-            load_face_detector(faces.detector, detector.device),
+            load_face_detector(faces.detector, detector.device, default_threads(settings)),
             margin=faces.margin,
             max_faces=faces.max_faces,
             min_face_px=faces.min_face_px,
         )
-    judge = Judge(
-        detector,
-        sources=SourcePolicy(),
-        images=policy or ImagePolicy(),
-        batch_size=batch_size,
-        faces=face_policy,
-    )
+    judge = new_judge(settings, detector, batch_size=batch_size, faces=face_policy)
     labels: list[int] = []
     scores: list[float] = []
     skipped: list[str] = []
@@ -134,11 +134,12 @@ def evaluate_model(
     device: str = "auto",
     revision: str | None = None,
     faces: FaceCropConfig | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """``evaluate_scores`` of ``ref`` on ``data_split``, plus ``model_version`` and ``skipped`` (count and
     names); with ``faces``, judged on face crops, and ``no_face`` (count and names) too."""
     labels, scores, skipped, no_face, version = score_face_examples(
-        ref, data_split, faces, batch_size=batch_size, device=device, revision=revision
+        ref, data_split, faces, batch_size=batch_size, device=device, revision=revision, settings=settings
     )
     if not labels:
         raise TrainingDataError(

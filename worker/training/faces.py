@@ -2,28 +2,30 @@
 
 ``dfscan train --faces`` and ``dfscan evaluate --faces`` run the serving face detector with the serving
 margin over every labelled image first: the decoded (EXIF-oriented) image, the detector's faces, the
-serving choice (:func:`~worker.inference.faces.select_faces`) and the serving square crop
-(:func:`~worker.inference.faces.square_crop`). Images without a face are counted and skipped, never
-silently judged whole.
+serving choice (:func:`~worker.inference.faces.select_faces`) and the serving crop
+(:func:`~worker.inference.regions.face_crop`, the function the region road cuts every face with).
+Images without a face are counted and skipped, never silently judged whole.
 
 Training takes each image's **largest** face (the datasets' labels are per image; a face-crop dataset
 has one face per image); evaluation scores **every** chosen face and takes the maximum, as serving does.
-The detector runs once per image here, not once per epoch: an example keeps its face box and its bytes
-are cropped again at each read (lossless PNG), so memory does not grow with the dataset.
+The detector runs once per image here, not once per epoch: an example keeps its image's bytes and its
+face (``Example.region``), and the dataset cuts the crop from the decoded image at each read, so memory
+does not grow with the dataset and no crop is re-encoded.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from PIL import Image
 
 from dfscan.exceptions import DfscanError
-from worker.inference.faces import Face, FaceDetector, select_faces, square_crop
+from worker.inference.faces import FaceDetector, select_faces
 from worker.inference.images import ImagePolicy, decode_image
+from worker.inference.regions import face_crop
 from worker.training.data import Example
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,6 @@ class FaceExamples:
     sources: list[str]
     no_face: list[str]
     undecodable: list[str]
-
-
-def crop_bytes(data: bytes, face: Face, margin: float, policy: ImagePolicy) -> bytes:
-    """The serving crop of ``face`` from encoded image ``data``, as PNG bytes."""
-    crop = square_crop(decode_image(data, policy), face, margin)
-    buf = io.BytesIO()
-    crop.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def face_examples(
@@ -100,7 +94,8 @@ def face_examples(
                     Example(
                         name=f"{example.name}#face{k}",
                         label=example.label,
-                        read=_cropper(example, face, cfg.margin, policy),
+                        read=example.read,
+                        region=functools.partial(face_crop, face=face, margin=cfg.margin),
                     )
                 )
                 sources.append(example.name)
@@ -112,10 +107,6 @@ def face_examples(
         len(undecodable),
     )
     return FaceExamples(out, sources, no_face, undecodable)
-
-
-def _cropper(example: Example, face: Face, margin: float, policy: ImagePolicy) -> Callable[[], bytes]:
-    return lambda: crop_bytes(example.read(), face, margin, policy)
 
 
 def max_per_source(
