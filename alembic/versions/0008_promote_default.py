@@ -25,13 +25,13 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("promotions") as batch:
         batch.alter_column("version", existing_type=sa.String(length=255), nullable=True)
-        batch.drop_constraint("ck_promotions_reason_valid", type_="check")
-        batch.create_check_constraint("reason_valid", "reason IN ('promote', 'rollback', 'default')")
+        batch.drop_constraint(op.f("ck_promotions_reason_valid"), type_="check")
+        batch.create_check_constraint(op.f("ck_promotions_reason_valid"), "reason IN ('promote', 'rollback', 'default')")
 
 
 def downgrade() -> None:
     op.execute("DELETE FROM promotions WHERE version IS NULL OR reason = 'default'")
     with op.batch_alter_table("promotions") as batch:
-        batch.drop_constraint("ck_promotions_reason_valid", type_="check")
-        batch.create_check_constraint("reason_valid", "reason IN ('promote', 'rollback')")
+        batch.drop_constraint(op.f("ck_promotions_reason_valid"), type_="check")
+        batch.create_check_constraint(op.f("ck_promotions_reason_valid"), "reason IN ('promote', 'rollback')")
         batch.alter_column("version", existing_type=sa.String(length=255), nullable=False)
