@@ -325,14 +325,12 @@ def redeliver_matching(
     limit: int = 1000,
 ) -> list[uuid.UUID]:
     """`dfscan webhooks redeliver --failed/--since/--receiver/--submission`: :func:`redeliver` every
-    matching delivery, oldest first, at most ``limit``; returns their ids. ``failed_only`` as in
-    :func:`list_deliveries`; ``since``: created at or after; ``receiver``: callback URL starts with it."""
+    matching delivery, oldest first, at most ``limit``; returns their ids. ``failed_only``: given up
+    (state failed; pending ones are retried anyway); ``since``: created at or after; ``receiver``:
+    callback URL starts with it."""
     query = select(WebhookDelivery.id)
     if failed_only:
-        query = query.where(
-            (WebhookDelivery.state == "failed")
-            | ((WebhookDelivery.state == "pending") & WebhookDelivery.error_code.is_not(None))
-        )
+        query = query.where(WebhookDelivery.state == "failed")
     if since is not None:
         query = query.where(WebhookDelivery.created_at >= since)
     if receiver is not None:

@@ -83,9 +83,7 @@ def redeliver_cmd(
     delivery_id: Annotated[
         str | None, typer.Argument(help="Delivery (event) id; or choose many with the options.")
     ] = None,
-    failed: Annotated[
-        bool, typer.Option("--failed", help="Every given-up delivery and pending one that failed an attempt.")
-    ] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Every given-up delivery (state failed).")] = False,
     since: Annotated[
         str | None, typer.Option(help="Deliveries created since: ISO date/time, today, yesterday, 24h, 7d.")
     ] = None,

@@ -99,8 +99,10 @@ def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(se
     assert registered["model_version"] == version
     assert inference.proc.poll() is None
 
-    rolled = service.cli("models", "rollback")
-    assert rolled.returncode == 1 and "nothing to roll back to" in rolled.stderr
+    rolled = service.cli("models", "rollback")  # one promotion: back to the default model (DFSCAN_MODEL)
+    assert rolled.returncode == 0 and "rolled back to the default model" in rolled.stderr, rolled.stderr
+    again = service.cli("models", "rollback")
+    assert again.returncode == 1 and again.stderr.startswith("error NOTHING_TO_ROLL_BACK: "), again.stderr
 
 
 def test_cancel_stops_a_running_run(service: Service) -> None:

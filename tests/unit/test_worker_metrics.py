@@ -50,7 +50,9 @@ def test_tracked_counts_in_flight_jobs_and_the_lane_of_the_message() -> None:
     task = SimpleNamespace(request=SimpleNamespace(delivery_info={"routing_key": "inference.interactive"}))
     process(task, None, ("j1", "j2"))
     assert seen == [2.0] and sample("dfscan_jobs_in_flight") == 0
-    assert sample("dfscan_jobs_total", outcome="done", error_code="", lane="inference.interactive") == done + 1
+    assert (
+        sample("dfscan_jobs_total", outcome="done", error_code="", lane="inference.interactive") == done + 1
+    )
 
 
 def test_the_lane_label_is_bounded_whatever_routing_keys_clients_choose() -> None:
