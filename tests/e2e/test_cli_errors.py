@@ -197,3 +197,30 @@ def test_scan_exit_codes(tmp_path: Path, model: Path) -> None:
     plain = dfscan("scan", str(good[0]), "--model", str(model), cwd=tmp_path, env=all_fake)
     assert plain.returncode == 0 and "fake" in plain.stdout, plain.stderr
     assert "threshold" in plain.stdout  # the threshold each verdict used is shown beside p(fake)
+
+
+def test_hub_retry_warnings_print_once(tmp_path: Path) -> None:
+    code = (
+        "from dfscan.cli.main import _setup_logging\n"
+        "_setup_logging(False)\n"
+        "from huggingface_hub.utils import logging as hub_logging\n"
+        "hub_logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("Retrying in 1s [Retry 1/5].") == 1, run.stderr
+
+
+def test_models_list_shows_the_default_model_and_its_threshold(store: dict[str, str], tmp_path: Path) -> None:
+    env = {**store, "DFSCAN_THRESHOLD": "0.9", "DFSCAN_MODEL": "/models/base"}
+    listed = dfscan("models", "list", "--json", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    default = next(row for row in rows if row["version"] == "default")
+    assert default == {**default, "serving": True, "path": "/models/base", "threshold": 0.9}
+    table = dfscan("models", "list", cwd=tmp_path, env=env)
+    assert "0.9000" in table.stdout and "DFSCAN_MODEL" in table.stdout
+    again = dfscan("models", "promote", "--default", cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "already serves" in again.stderr
