@@ -69,3 +69,35 @@ def test_url_credentials_are_masked_in_task_arguments_shown_to_flower() -> None:
         repr(kwargs)
     )
     assert mask_url_credentials("see https://example.com/a@b.jpg") == "see https://example.com/a@b.jpg"
+
+
+def test_the_task_request_shows_flower_masked_arguments() -> None:
+    """What Flower shows (task-received events carry ``kwargsrepr``; ``inspect active`` calls info())."""
+    from unittest.mock import Mock
+
+    from kombu import Message
+    from kombu.serialization import dumps
+
+    from worker.tasks import MaskedRequest, scan
+
+    kwargs = {
+        "sources": ["https://example.com/a.jpg"],
+        "callback_url": "https://bob:hunter2@hooks.example.com/x",
+    }
+    task_message = scan.app.amqp.as_task_v2("task-1", scan.name, (), kwargs)
+    content_type, encoding, body = dumps(task_message.body, serializer="json")
+    message = Message(
+        body=body,
+        headers=task_message.headers,
+        content_type=content_type,
+        content_encoding=encoding,
+        channel=Mock(),
+    )
+    assert "hunter2" in task_message.headers["kwargsrepr"]  # what a Python Celery client puts in the message
+    request = MaskedRequest(message, app=scan.app, task=scan)
+    assert scan.Request is MaskedRequest
+    assert "hunter2" not in request.kwargsrepr and "https://***@hooks.example.com/x" in request.kwargsrepr
+    for safe in (False, True):
+        shown = request.info(safe=safe)
+        assert "hunter2" not in repr(shown["kwargs"]) and "bob" not in repr(shown["kwargs"])
+    assert request.kwargs["callback_url"] == kwargs["callback_url"]  # the task itself gets the real URL
