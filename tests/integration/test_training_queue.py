@@ -68,8 +68,9 @@ def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(se
             assert img.format == "PNG" and img.width > 100
 
     listing = [json.loads(line) for line in service.cli("models", "list", "--json").stdout.splitlines()]
-    assert [row["version"] for row in listing] == [version]
+    assert [row["version"] for row in listing] == [version, "default"]  # the default model is listed last
     assert listing[0]["serving"] is False and listing[0]["threshold"] is not None
+    assert listing[1]["serving"] is True and listing[0]["threshold_from"] == "version"
 
     # A running inference worker serves the default model, then the promoted one without a restart.
     (service.images / "a.png").write_bytes(next((data / "test" / "fake").glob("*.png")).read_bytes())
