@@ -92,20 +92,20 @@ def run_strategy(name: str, data: bytes) -> dict[str, float]:
         VideoReformatter,
         _index,
         _open,
-        _targets,
-        _tolerance,
         decode_cost,
         plan_runs,
         sample_frames,
         scaled_size,
     )
+    from worker.inference.video_plan import targets as _targets_of
+    from worker.inference.video_plan import tolerance as _tolerance
 
     policy = VideoPolicy(frames=FRAMES)
     wall, cpu = time.perf_counter(), _cpu()
     with _open(data, policy) as container:
         stream = container.streams.video[0]
         index = _index(container, stream, policy, time.monotonic() + 600)
-        picks = _targets(index, policy)
+        picks = _targets_of(index, policy.frames, policy.fps, policy.max_samples)
         span = index.end - index.start
         targets = [index.start + (i + 0.5) * span / FRAMES for i in range(FRAMES)]
         tb = index.time_base
@@ -318,6 +318,7 @@ def run_fairness(
     runtime and threads from the default settings) at random
     times (exponential gaps, mean ``gap`` s) while one 32-frame video job runs on another thread (or none:
     ``in_flight`` 0). The same arrival times in every variant of a round (``seed``)."""
+    import dataclasses
     import io
     import random
     import threading
@@ -333,10 +334,10 @@ def run_fairness(
         device="cpu",
         faces=faces,
         video_frames=FRAMES,
-        video_in_flight=max(1, in_flight),
     )
     detector = new_detector(settings)  # the worker's: ONNX Runtime on a CPU (DFSCAN_RUNTIME=auto)
     judge = new_judge(settings, detector)
+    judge.videos = dataclasses.replace(judge.videos, in_flight=max(1, in_flight))  # fixed at 2 in a worker
     if mode == "fifo":  # the batcher before priorities: frames queue with images, batched together
         judge.batcher.mix = True
         judge._submit_frame = lambda pixels: judge.batcher.submit(pixels, priority=FOREGROUND)  # type: ignore[method-assign]

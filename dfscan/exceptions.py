@@ -1,7 +1,8 @@
 """Every error dfscan stores on a job, with its stable code.
 
-Codes are SCREAMING_SNAKE strings that backends branch on; they never change meaning. The README
-has the table. Errors are split by what a worker should do with them:
+Codes are SCREAMING_SNAKE strings that backends branch on; they never change meaning. docs/errors.md
+is generated from this module (``python -m dfscan.docs_reference``). Errors are split by what a worker
+should do with them:
 
 - ``permanent``: the input itself is bad (blocked address, corrupt image). The job fails at once.
 - transient (``permanent = False``): the world may heal (timeout, HTTP 5xx, database down). The job
@@ -13,12 +14,16 @@ the database layer can all share it.
 
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 
 class DfscanError(Exception):
     """An unexpected bug; the message says what happened. (Base class of every dfscan error.)"""
 
     code: str = "INTERNAL_ERROR"
     permanent: bool = True
+    media: str | None = None  # a failed read: what its first bytes showed ("video", "image"), else None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -27,7 +32,20 @@ class DfscanError(Exception):
 
     @property
     def message(self) -> str:
+        """What is stored on the job beside the code."""
         return str(self.args[0]) if self.args else self.code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only details (a code override, a limit, a status) survive pickling, e.g. from a decode
+        # child: the default reduction calls ``cls(*args)`` and would drop them.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[DfscanError], args: tuple[object, ...], state: dict[str, object]) -> DfscanError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 # --- sources: URLs and paths -------------------------------------------------------------------
@@ -52,9 +70,15 @@ class PathNotAllowedError(DfscanError):
 
 
 class SourceNotFoundError(DfscanError):
-    """A path that does not exist, or a host name that does not resolve."""
+    """A path that does not exist (a host name that does not resolve is HOST_NOT_FOUND)."""
 
-    code = "NOT_FOUND"
+    code = "FILE_NOT_FOUND"
+
+
+class HostNotFoundError(DfscanError):
+    """A URL whose host name does not resolve, or resolves to no address (DNS)."""
+
+    code = "HOST_NOT_FOUND"
 
 
 class FetchTimeoutError(DfscanError):
@@ -72,9 +96,21 @@ class FetchError(DfscanError):
 
 
 class TooLargeError(DfscanError):
-    """The body (or file) is larger than the byte cap."""
+    """Over one of the limits on what one input may cost; the message ends with ``(limit: NAME)``."""
 
     code = "TOO_LARGE"
+    limit = "bytes"
+
+    def __init__(self, message: str, *, limit: str | None = None) -> None:
+        super().__init__(message)
+        if limit is not None:
+            if limit not in LIMITS:
+                raise ValueError(f"unknown limit {limit!r}; add it to dfscan.exceptions.LIMITS")
+            self.limit = limit
+
+    @property
+    def message(self) -> str:
+        return f"{super().message} (limit: {self.limit})"
 
 
 class TooManyRedirectsError(DfscanError):
@@ -109,14 +145,14 @@ class CorruptImageError(DfscanError):
     code = "CORRUPT_IMAGE"
 
 
-class ImageTooLargeError(DfscanError):
-    """Too many pixels (decompression bomb), frames, pages or tile pixels, or over the decode memory limit."""
+class ImageTooLargeError(TooLargeError):
+    """TOO_LARGE for an image: pixels, frames or pages, decode memory, decode time."""
 
-    code = "IMAGE_TOO_LARGE"
+    limit = "image_pixels"
 
 
 class ImageTooComplexError(DfscanError):
-    """Structure no real image has and whose parsing cost grows with it (scans, chunks, tags), or over the decode deadline."""
+    """Structure no real image has and whose parsing cost grows with it (scans, chunks, tags, EXIF)."""
 
     code = "IMAGE_TOO_COMPLEX"
 
@@ -136,10 +172,10 @@ class VideoTooLongError(DfscanError):
     code = "VIDEO_TOO_LONG"
 
 
-class VideoTooLargeError(DfscanError):
-    """Frames over the pixel cap, too many streams, or more decoding than the per-job deadline allows."""
+class VideoTooLargeError(TooLargeError):
+    """TOO_LARGE for a video: frame pixels, streams, memory, decode time."""
 
-    code = "VIDEO_TOO_LARGE"
+    limit = "frame_pixels"
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -241,13 +277,74 @@ class ConfigError(DfscanError):
     code = "CONFIG_ERROR"
 
 
-def error_codes() -> dict[str, str]:
-    """Every stable code with the first line of its docstring (used by the README and tests)."""
-    out: dict[str, str] = {}
+# --- the TOO_LARGE family and the codes of the previous release ---------------------------------
+
+
+class Limit(NamedTuple):
+    """One limit a TOO_LARGE error can name: what sets it, the code it had before TOO_LARGE, and the
+    name of its value in ``dfscan.settings.FIXED`` when it is a fixed value rather than a setting."""
+
+    set_by: str
+    former_code: str
+    fixed: str = ""
+
+
+LIMITS: dict[str, Limit] = {
+    "bytes": Limit("DFSCAN_MAX_BYTES; DFSCAN_MAX_VIDEO_BYTES for a video", "TOO_LARGE"),
+    "image_pixels": Limit(
+        "DFSCAN_MAX_PIXELS (a TIFF tile too); Pillow's decompression-bomb check", "IMAGE_TOO_LARGE"
+    ),
+    "image_frames": Limit("DFSCAN_MAX_FRAMES: frames of an animation, pages of a TIFF", "IMAGE_TOO_LARGE"),
+    "decode_memory": Limit(
+        "DFSCAN_DECODE_MEMORY, or the process ran out of memory decoding it", "IMAGE_TOO_LARGE"
+    ),
+    "decode_time": Limit(
+        "CPU seconds of one decode in a decode child (DFSCAN_DECODE_PROCESSES > 0)",
+        "IMAGE_TOO_COMPLEX",
+        "decode_timeout",
+    ),
+    "frame_pixels": Limit("pixels per video frame", "VIDEO_TOO_LARGE", "max_video_pixels"),
+    "streams": Limit("streams per video (more than any upload has)", "VIDEO_TOO_LARGE"),
+    "video_memory": Limit("the process ran out of memory reading or decoding a video", "VIDEO_TOO_LARGE"),
+    "video_time": Limit(
+        "seconds one video may spend being indexed and decoded", "VIDEO_TOO_LARGE", "video_deadline"
+    ),
+}
+
+# Codes renamed in this release (new code -> the code stored before it). TOO_LARGE's former code
+# depends on its limit (``LIMITS``). Both tables go in the next release.
+RENAMED: dict[str, str] = {"FILE_NOT_FOUND": "NOT_FOUND", "HOST_NOT_FOUND": "NOT_FOUND"}
+
+_LIMIT_SUFFIX = re.compile(r"\(limit: ([a-z_]+)\)$")
+
+
+def error_detail(code: str | None, message: str | None) -> dict[str, str] | None:
+    """The machine-readable detail of a stored failure: ``limit`` for TOO_LARGE (from the message's
+    ``(limit: NAME)`` suffix) and, for one release, ``former_code``: the code the same failure had
+    before (TOO_LARGE, IMAGE_TOO_LARGE, VIDEO_TOO_LARGE, IMAGE_TOO_COMPLEX, NOT_FOUND). None when
+    there is nothing to add."""
+    if code == TooLargeError.code:
+        found = _LIMIT_SUFFIX.search(message or "")
+        limit = found.group(1) if found and found.group(1) in LIMITS else TooLargeError.limit
+        return {"limit": limit, "former_code": LIMITS[limit].former_code}
+    if code in RENAMED:
+        return {"former_code": RENAMED[code]}
+    return None
+
+
+def error_classes() -> dict[str, type[DfscanError]]:
+    """Every stable code with the class that defines it (subclasses that keep their parent's code, like
+    ImageTooLargeError, are left out)."""
+    out: dict[str, type[DfscanError]] = {}
     stack: list[type[DfscanError]] = [DfscanError]
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        doc = (cls.__doc__ or "").strip().splitlines()
-        out.setdefault(cls.code, doc[0] if doc else "")
+        if "code" in cls.__dict__:
+            out.setdefault(cls.code, cls)
     return dict(sorted(out.items()))
+
+
+def error_codes() -> dict[str, str]:
+    """Every stable code with the first line of its docstring (docs/errors.md and tests)."""
+    return {code: (cls.__doc__ or "").strip().splitlines()[0] for code, cls in error_classes().items()}

@@ -222,7 +222,7 @@ def new_registry(settings: Settings) -> CollectorRegistry:
 
 def serve_forever(settings: Settings, *, port: int | None = None) -> None:
     """Serve the queue metrics until interrupted."""
-    chosen = port or settings.exporter_port
+    chosen = port or settings.fixed("exporter_port")
     start_http_server(chosen, addr=settings.metrics_addr, registry=new_registry(settings))
     log.warning("dfscan exporter serving on http://%s:%d/metrics", settings.metrics_addr, chosen)
     try:

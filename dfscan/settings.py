@@ -1,21 +1,94 @@
 """All dfscan settings, read from ``DFSCAN_*`` environment variables (or a ``.env`` file).
 
-One flat prefix, one class. Every default is written here once, with the reason for it. The
-README's environment table is generated from this class (``dfscan config --markdown``).
+One flat prefix, one class. Every default is written here once, with the reason for it; so is every
+value that is fixed rather than a setting (:data:`FIXED`). docs/settings.md is generated from this
+module (``python -m dfscan.docs_reference``).
+
+Retiring a setting: move it to :data:`FIXED` (with its value, why, and what replaces it) and declare it
+with :func:`_retired` in the last section of :class:`Settings`. For one release its ``DFSCAN_`` variable
+still takes effect, with a warning; then the field goes and the value is a plain constant.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Fixed(NamedTuple):
+    """A value that is not a setting: the value, why it is what it is, and what sets it instead (a CLI
+    flag), if anything."""
+
+    value: Any
+    why: str
+    instead: str = ""
+
+
+# Values that were settings until this release and are fixed now: no deployment had a reason to change
+# them, and each one was one more thing to read. Their DFSCAN_ variables still work for this release.
+FIXED: dict[str, Fixed] = {
+    "connect_timeout": Fixed(
+        5.0,
+        "Seconds to connect to a URL's host. DFSCAN_FETCH_DEADLINE bounds the whole fetch (DNS, connect, "
+        "redirects, body) and is the one to change.",
+    ),
+    "read_timeout": Fixed(
+        10.0,
+        "Seconds between two reads of a body: a stalled server fails early instead of holding a thread "
+        "until DFSCAN_FETCH_DEADLINE.",
+    ),
+    "decode_timeout": Fixed(
+        4.0,
+        "CPU seconds one decode may use in a decode child, or 3x that in wall time (only with "
+        "DFSCAN_DECODE_PROCESSES > 0): 5x the costliest real image at the 40 Mpx cap (0.8 s); past it the "
+        "child is killed and the job fails TOO_LARGE (limit decode_time).",
+    ),
+    "max_video_pixels": Fixed(
+        4096 * 2304,
+        "Pixels per video frame, checked from the stream headers and enforced by the decoder (FFmpeg "
+        "max_pixels): DCI 4K and UHD fit; frames are scaled to 640 px before judging anyway.",
+    ),
+    "video_deadline": Fixed(
+        60.0,
+        "Seconds one video may spend being indexed and decoded before it fails TOO_LARGE (limit "
+        "video_time): a bound for hostile files, far above what a video under the byte and length caps needs.",
+    ),
+    "video_in_flight": Fixed(
+        2,
+        "Model inputs of one video waiting in the model batcher at a time (it decodes ahead while they "
+        "wait). Frames are background work: images go first whatever this is.",
+    ),
+    "face_detector": Fixed(
+        "mtcnn",
+        "The face detector, by registered name; mtcnn is the one registered. Its weights ship inside the "
+        "dfscan package (worker/inference/weights), and it had the best recall with no false hits. A model version trained on "
+        "faces records its detector and is served with it.",
+    ),
+    "flower_port": Fixed(5555, "Flower's HTTP port (Flower's own default).", "dfscan flower --port"),
+    "exporter_port": Fixed(9465, "Port of the queue metrics of `dfscan exporter`.", "dfscan exporter --port"),
+}
+
+
+def _retired(**constraints: Any) -> Any:
+    """A field for a retired setting (one in :data:`FIXED`): unset unless its old variable is set."""
+    return Field(None, exclude=True, json_schema_extra={"retired": True}, **constraints)
+
+
+def is_retired(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("retired"))
 
 
 class Settings(BaseSettings):
@@ -24,7 +97,8 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     model: str = Field(
         "prithivMLmods/Deep-Fake-Detector-Model",
-        description="Checkpoint: a Hugging Face hub id or a local directory. The seed's default.",
+        description="Checkpoint: a Hugging Face hub id or a local directory. Where the hub cannot be "
+        "reached, download a checkpoint elsewhere and point this at its directory.",
     )
     model_revision: str | None = Field(
         None, description="Hub revision (branch, tag or commit) to pin; unset means the default branch."
@@ -76,11 +150,6 @@ class Settings(BaseSettings):
         "trained on face crops), else the whole image; require: no face means done with label "
         "not_applicable and fake_score null; off: the whole image only.",
     )
-    face_detector: str = Field(
-        "mtcnn",
-        description="Face detector by registered name. mtcnn: its weights ship inside the facenet-pytorch "
-        "wheel (nothing downloads) and it had the best recall with no false hits (README, Faces).",
-    )
     face_margin: float = Field(
         0.3,
         ge=0.0,
@@ -124,25 +193,23 @@ class Settings(BaseSettings):
         ge=64 * MiB,
         description="Bytes that the image decodes in flight in one process may hold together (decoded "
         "pixels, TIFF tile, RGB result, estimated from the header before decoding); more waits, and one "
-        "image that would not fit alone is IMAGE_TOO_LARGE. With DFSCAN_DECODE_PROCESSES, also each decode "
-        "child's address-space limit (plus 256 MiB). 512 MiB: any one image at the 40 Mpx cap even without a draft (a float TIFF needs ~370 MiB), and a worker's RSS stays under 1.5 GiB with 16 hostile files in flight.",
+        "image that would not fit alone is TOO_LARGE (limit decode_memory). With DFSCAN_DECODE_PROCESSES, "
+        "also each decode child's address-space limit (plus 256 MiB). 512 MiB: any one image at the 40 Mpx "
+        "cap even without a draft (a float TIFF needs ~370 MiB), and a worker's RSS stays under 1.5 GiB with "
+        "16 hostile files in flight.",
     )
     decode_processes: int = Field(
         0,
         ge=0,
         description="Decode child processes (0: decode in the calling thread). The backstop for parser "
-        "bugs: a child past DFSCAN_DECODE_TIMEOUT is killed (IMAGE_TOO_COMPLEX), one past "
-        "DFSCAN_DECODE_MEMORY gets IMAGE_TOO_LARGE. Off by default: see README, 'Hostile images'.",
+        "bugs: a child past its decode deadline (4 s of CPU) is killed, one past DFSCAN_DECODE_MEMORY "
+        "fails; both TOO_LARGE. Off by default: a child costs a process and a copy of each image.",
     )
-    decode_timeout: float = Field(
-        4.0,
+    fetch_deadline: float = Field(
+        30.0,
         gt=0,
-        description="CPU seconds one decode may use in a decode child, or 3x that in wall time (needs "
-        "DFSCAN_DECODE_PROCESSES > 0); the costliest real image at the 40 Mpx cap used 0.8 s of CPU.",
+        description="Seconds for a whole fetch: DNS, connects, redirects and body (FETCH_TIMEOUT past it).",
     )
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a URL's host.")
-    read_timeout: float = Field(10.0, gt=0, description="Seconds between two reads of a body.")
-    fetch_deadline: float = Field(30.0, gt=0, description="Seconds for a whole fetch, redirects included.")
     max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each checked again.")
 
     # --- videos (worker/inference/video.py) ------------------------------------------------------
@@ -157,12 +224,6 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest video judged, by its header and by its timestamps (VIDEO_TOO_LONG).",
     )
-    max_video_pixels: int = Field(
-        4096 * 2304,
-        ge=1,
-        description="Pixel cap per video frame, checked from the stream headers before decoding and "
-        "enforced by the decoder (FFmpeg max_pixels): DCI 4K and UHD fit.",
-    )
     video_frames: int = Field(
         32,
         ge=1,
@@ -174,20 +235,6 @@ class Settings(BaseSettings):
         gt=0,
         description="Sample this many frames per second instead of DFSCAN_VIDEO_FRAMES (at most 256 a video).",
     )
-    video_in_flight: int = Field(
-        2,
-        ge=1,
-        le=64,
-        description="Model inputs of one video waiting in the model batcher at a time (it decodes ahead "
-        "while they wait). Frames are background items: images go first whatever this is; raise it on a GPU "
-        "to fill batches from a lone video.",
-    )
-    video_deadline: float = Field(
-        60.0,
-        gt=0,
-        description="Seconds one video may spend being indexed and decoded before it fails with VIDEO_TOO_LARGE.",
-    )
-
     # --- storage and broker --------------------------------------------------------------------
     database_url: str = Field(
         "sqlite:///dfscan.db",
@@ -232,7 +279,6 @@ class Settings(BaseSettings):
         description="Flower basic-auth password; Flower refuses to start without one, or with a blank one. "
         "Printable ASCII; commas are fine.",
     )
-    flower_port: int = Field(5555, description="Flower's HTTP port.")
     flower_address: str = Field(
         "127.0.0.1",
         description="Address Flower listens on. Loopback by default: Flower speaks plain HTTP with basic "
@@ -253,10 +299,6 @@ class Settings(BaseSettings):
         description="Address the worker metrics and `dfscan exporter` bind to. Loopback by default: set "
         "0.0.0.0 in a container so Prometheus can scrape it.",
     )
-    exporter_port: int = Field(
-        9465, ge=1, le=65535, description="`dfscan exporter`: port of the queue metrics (Postgres, Redis)."
-    )
-
     # --- webhooks ------------------------------------------------------------------------------
     webhook_secret: SecretStr = Field(
         SecretStr(""),
@@ -300,12 +342,46 @@ class Settings(BaseSettings):
         "this much latency. 0: a round per wake-up.",
     )
 
+    # --- retired: read for this release only, with a warning (values and reasons in FIXED) ---------
+    connect_timeout: float | None = _retired(gt=0)
+    read_timeout: float | None = _retired(gt=0)
+    decode_timeout: float | None = _retired(gt=0)
+    max_video_pixels: int | None = _retired(ge=1)
+    video_deadline: float | None = _retired(gt=0)
+    video_in_flight: int | None = _retired(ge=1, le=64)
+    face_detector: str | None = _retired()
+    flower_port: int | None = _retired(ge=1, le=65535)
+    exporter_port: int | None = _retired(ge=1, le=65535)
+
+    def fixed(self, name: str) -> Any:
+        """The value of ``FIXED[name]``, or, for this release, its retired ``DFSCAN_`` variable if set."""
+        value = getattr(self, name) if name in type(self).model_fields else None
+        return FIXED[name].value if value is None else value
+
+    @model_validator(mode="after")
+    def _warn_retired(self) -> Settings:
+        for name in sorted(self.model_fields_set & RETIRED.keys()):
+            fixed = FIXED[name]
+            then = f"`{fixed.instead}` sets it" if fixed.instead else f"it is fixed at {fixed.value!r}"
+            log.warning(
+                "DFSCAN_%s is retired: it still takes effect in this release; from the next one, %s. %s",
+                name.upper(),
+                then,
+                fixed.why,
+            )
+        return self
+
     @field_validator("allowed_roots", "url_allowlist", "webhook_allowlist", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+
+# The settings a user sets (the docs' table, `dfscan config`), and the retired ones.
+CURRENT: dict[str, FieldInfo] = {n: f for n, f in Settings.model_fields.items() if not is_retired(f)}
+RETIRED: dict[str, FieldInfo] = {n: f for n, f in Settings.model_fields.items() if is_retired(f)}
 
 
 @lru_cache(maxsize=1)

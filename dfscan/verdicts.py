@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from dfscan.exceptions import error_detail
+
 DONE = "done"
 FAILED = "failed"
 FAKE = "fake"
@@ -68,11 +70,13 @@ OUTPUT = (
     "frames",
     "error_code",
     "error",
+    "error_detail",
 )
 
 
 IMAGE = "image"
 VIDEO = "video"
+UNKNOWN = "unknown"  # media of a failed read whose bytes never showed, and of a job with no verdict row
 
 
 def label_for(fake_score: float, threshold: float) -> str:
@@ -189,6 +193,12 @@ class Verdict:
     def done(self) -> bool:
         return self.status == DONE
 
+    @property
+    def error_detail(self) -> dict[str, str] | None:
+        """A failure's machine-readable detail: the limit of TOO_LARGE, and for this release the code
+        a renamed failure had before (see :func:`dfscan.exceptions.error_detail`)."""
+        return error_detail(self.error_code, self.error)
+
     def row(self) -> dict[str, Any]:
         """The ``verdicts`` columns of a done verdict (the caller adds ``job_id`` and ``worker``)."""
         if not self.done:
@@ -239,6 +249,7 @@ class Verdict:
         stored faces, and a video's stored frames as (t, fake_score) or (t, fake_score, faces)."""
         stored = {name: row[name] for name in STORED} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
+        stored.setdefault("media", UNKNOWN)  # no verdict row (failed, queued): what it was is not stored
         if stored.get("media") == VIDEO:
             stored["frames"] = stored_frames(frames or ())
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)

@@ -16,6 +16,7 @@ Threads: 1 + HANDLER_THREADS, whatever the clients do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import socket
@@ -123,10 +124,8 @@ class MetricsServer:
 
     def _forget(self, conn: socket.socket) -> None:
         self._waiting.pop(conn, None)
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn)
-        except (KeyError, ValueError):
-            pass
 
     def _drop(self, conn: socket.socket) -> None:
         self._forget(conn)
@@ -139,10 +138,8 @@ class MetricsServer:
         except Exception as exc:  # a client that hung up or timed out mid-request
             log.debug("metrics request ended early: %r", exc)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def close(self) -> None:

@@ -109,5 +109,6 @@ def run_flower(settings: Settings, *, port: int | None, address: str | None = No
     install_gate(credential)
     bind = address if address is not None else settings.flower_address
     app = new_celery_app(settings)
-    log.info("Flower on %s:%s with basic auth on every path", bind, port or settings.flower_port)
-    app.start(["flower", f"--port={port or settings.flower_port}", f"--address={bind}", "--persistent=False"])
+    port = port or settings.fixed("flower_port")
+    log.info("Flower on %s:%s with basic auth on every path", bind, port)
+    app.start(["flower", f"--port={port}", f"--address={bind}", "--persistent=False"])

@@ -71,7 +71,7 @@ def scan(
     faces: Annotated[
         str | None,
         typer.Option(
-            help="auto, require or off: judge the faces (default DFSCAN_FACES; see the README, Faces)."
+            help="auto, require or off: judge the faces (default DFSCAN_FACES; see docs/faces-and-video.md)."
         ),
     ] = None,
     annotate: Annotated[
@@ -147,7 +147,7 @@ def submit(
     ] = None,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
     callback_url: Annotated[
-        str | None, typer.Option(help="POST signed webhook events here (see README, Webhooks).")
+        str | None, typer.Option(help="POST signed webhook events here (see docs/webhooks.md).")
     ] = None,
     callback_events: Annotated[
         str | None, typer.Option(help="Comma-separated: job.completed, submission.completed (default both).")
@@ -300,7 +300,7 @@ def sweeper_cmd(once: Annotated[bool, typer.Option("--once", help="Sweep once an
 
 @app.command()
 def flower(
-    port: Annotated[int | None, typer.Option(help="HTTP port (default DFSCAN_FLOWER_PORT).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 5555).")] = None,
     address: Annotated[
         str | None, typer.Option(help="Listen address (default DFSCAN_FLOWER_ADDRESS, 127.0.0.1).")
     ] = None,
@@ -325,20 +325,21 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 
 @app.command()
-def config(markdown: Annotated[bool, typer.Option("--markdown", help="The README's table.")] = False) -> None:
+def config(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="docs/settings.md: defaults and meanings.")
+    ] = False,
+) -> None:
     """Show every DFSCAN_* setting with its value (or, --markdown, its default and meaning)."""
-    from dfscan.settings import Settings
+    from dfscan.settings import CURRENT
 
     if markdown:
-        print("| variable | default | meaning |\n|---|---|---|")
-        for name, field in Settings.model_fields.items():
-            default = field.default
-            hidden = default is None or default == () or hasattr(default, "get_secret_value")
-            shown = "" if hidden else default
-            print(f"| `DFSCAN_{name.upper()}` | `{shown}` | {field.description or ''} |")
+        from dfscan.docs_reference import settings_page
+
+        print(settings_page(), end="")
         return
     settings = get_settings()
-    for name in Settings.model_fields:
+    for name in CURRENT:
         print(f"DFSCAN_{name.upper()}={_shown(name, getattr(settings, name))}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 
 from dfscan.queueing import expand_queues
@@ -35,6 +36,8 @@ def run_worker(
     threads = concurrency or (1 if training_only else max(4, 2 * settings.batch_size))
     if "training" in concrete and not training_only:
         log.warning("one process serves inference and training: a training run will slow inference")
+    if any(queue.startswith("inference") for queue in concrete):
+        _load_model_or_exit()  # before the sweeper, before Celery: a worker that cannot judge takes nothing
     if sweeper:
         from db.session import new_engine, new_session_factory
         from worker.app import stop_sweeper
@@ -64,6 +67,24 @@ def run_worker(
             "--without-gossip",
         ]
     )
+
+
+def _load_model_or_exit() -> None:
+    """Load the serving model and its face detector now, in this (only) process, before any job is taken.
+
+    A worker whose model or face detector cannot load exits with status 1 and one line on stderr
+    (``error MODEL_LOAD_FAILED: ...``) instead of reporting ready and failing every job it takes.
+    Orchestrators see the exit and restart it or report it.
+    """
+    from dfscan.exceptions import DfscanError
+    from worker.app import inference_runtime
+
+    try:
+        inference_runtime().judge()
+    except DfscanError as exc:
+        message = " ".join(str(exc).split())  # one line, even when a library's message has several
+        print(f"error {exc.code}: the worker cannot serve: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def run_sweeper_process(settings: Settings, *, once: bool) -> None:

@@ -48,7 +48,7 @@ def train(
         bool,
         typer.Option(
             "--faces",
-            help="Train on face crops (DFSCAN_FACE_DETECTOR, DFSCAN_FACE_MARGIN, DFSCAN_MIN_FACE_PX), as serving "
+            help="Train on face crops (MTCNN, DFSCAN_FACE_MARGIN, DFSCAN_MIN_FACE_PX), as serving "
             "crops them; images without a face are counted and skipped, and the version serves on faces.",
         ),
     ] = False,
@@ -221,7 +221,7 @@ def evaluate(
 def _face_crop_params(settings: Any) -> dict[str, Any]:
     """The serving face settings, as a training run's or an evaluation's crop settings."""
     return {
-        "detector": settings.face_detector,
+        "detector": settings.fixed("face_detector"),
         "margin": settings.face_margin,
         "min_face_px": settings.min_face_px,
         "max_faces": settings.max_faces,

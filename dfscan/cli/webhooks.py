@@ -148,7 +148,7 @@ def deliver_cmd(once: Annotated[bool, typer.Option("--once", help="One round, th
 
 
 def exporter(
-    port: Annotated[int | None, typer.Option(help="HTTP port (default DFSCAN_EXPORTER_PORT).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 9465).")] = None,
 ) -> None:
     """Serve queue metrics from Postgres and Redis for Prometheus and autoscalers."""
     from dfscan.exporter import serve_forever

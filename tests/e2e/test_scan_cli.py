@@ -59,7 +59,12 @@ def test_scan_gives_each_file_a_verdict_or_its_error_code_and_stores_it(tmp_path
         else:
             assert row["status"] == "failed" and row["error_code"] == expected, (name, row)
             assert row["label"] is None and row["error"]
-    assert rows["escape.png"]["error_code"] == "PATH_NOT_ALLOWED"
+    assert (
+        rows["escape.png"]["error_code"] == "PATH_NOT_ALLOWED" and rows["escape.png"]["error_detail"] is None
+    )
+    # One release of overlap: the JSON names the limit and the code a client branched on before.
+    assert rows["bomb.png"]["error_detail"] == {"limit": "image_pixels", "former_code": "IMAGE_TOO_LARGE"}
+    assert rows["frames.gif"]["error_detail"] == {"limit": "image_frames", "former_code": "IMAGE_TOO_LARGE"}
     done = sum(1 for row in rows.values() if row["status"] == "done")
     assert f"{len(rows)} images" in run.stderr and f"{len(rows) - done} failed" in run.stderr
 
@@ -68,7 +73,7 @@ def test_scan_gives_each_file_a_verdict_or_its_error_code_and_stores_it(tmp_path
     assert states == {"done": done, "failed": len(rows) - done}
     assert db.execute("select count(*) from verdicts").fetchone()[0] == done
     codes = dict(db.execute("select source, error_code from scan_jobs where state = 'failed'").fetchall())
-    assert codes[str(Path("corpus") / "bomb.png")] == "IMAGE_TOO_LARGE"
+    assert codes[str(Path("corpus") / "bomb.png")] == "TOO_LARGE"
 
 
 def test_same_bytes_are_answered_from_the_database_the_second_time(tmp_path: Path, model: Path) -> None:
@@ -109,7 +114,7 @@ def test_table_and_csv_formats_and_recursive(tmp_path: Path, model: Path) -> Non
     assert flat.returncode == 1 and "nothing to scan" in flat.stderr  # only a sub-folder, no --recursive
     table = dfscan("scan", "corpus", "--recursive", "--model", str(model), cwd=tmp_path)
     assert table.returncode == 1, table.stderr  # some sources failed
-    assert "IMAGE_TOO_LARGE" in table.stdout and "p(fake)" in table.stdout
+    assert "TOO_LARGE" in table.stdout and "p(fake)" in table.stdout
     out = dfscan("scan", "corpus", "-r", "--model", str(model), "--format", "csv", cwd=tmp_path)
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert rows and {

@@ -88,7 +88,7 @@ def test_an_over_long_name_fails_alone_with_not_found(tmp_path: Path, folder: Pa
     run = dfscan("scan", long_name, "up/img000.png", "--model", str(model), "--format", "json", cwd=tmp_path)
     assert run.returncode == 1, run.stderr  # one source failed
     rows = {row["source"]: row for row in json_rows(run.stdout)}
-    assert (rows[long_name]["status"], rows[long_name]["error_code"]) == ("failed", "NOT_FOUND"), rows[
+    assert (rows[long_name]["status"], rows[long_name]["error_code"]) == ("failed", "FILE_NOT_FOUND"), rows[
         long_name
     ]
     assert "too long" in rows[long_name]["error"]

@@ -12,6 +12,7 @@ from tests.e2e.test_scan_cli import dfscan
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 
 
+@pytest.mark.slow  # the default-runtime test below covers the same scores and cache in the default suite
 def test_onnx_scan_matches_torch_and_caches_its_export(tmp_path: Path) -> None:
     model = save_tiny_vit(tmp_path / "tiny", REAL_FAKE, seed=3, head_scale=20.0)
     write_images(tmp_path / "images", 6, seed=0)

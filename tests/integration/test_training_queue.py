@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from producer.client import ScanClient
@@ -119,11 +120,13 @@ def test_cancel_stops_a_running_run(service: Service) -> None:
     assert service.cli("train", "cancel", run_id).returncode == 1
 
 
+@pytest.mark.slow  # minutes; resume itself is in the default suite (test_training_train.py, fine_tune)
 def test_a_killed_training_worker_is_resumed_from_its_checkpoint(service: Service) -> None:
     service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
     service.env["DFSCAN_LEASE_SECONDS"] = "4"
     data = write_split_folder(service.tmp / "data", {"train": 48, "validation": 8, "test": 8})
-    run_id = queue_run(service, data, "--epochs", "30", "--patience", "100")
+    # Killed after epoch 1.5 of 6: enough left to resume from a checkpoint, not 28 epochs more to wait for.
+    run_id = queue_run(service, data, "--epochs", "6", "--patience", "100")
     first = service.start_worker("--queues=training")
     wait_run(service, run_id, lambda i: (i["progress"] or {}).get("epoch", 0) >= 1.5)
     first.kill()

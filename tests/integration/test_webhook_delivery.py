@@ -78,12 +78,18 @@ class Loop:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join(10)
+        self.thread.join(CEILING)
         self.deliverer.close()
         assert not self.thread.is_alive()
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+# A ceiling for conditions, not a time window: a busy machine makes the wait longer, never a failure.
+CEILING = 120.0
+# A poll this far away never comes during a test: what is delivered was woken by a NOTIFY.
+NO_POLL = 3600.0
+
+
+def wait_until(predicate: object, what: str, timeout: float = CEILING) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, what
@@ -93,17 +99,17 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
 def test_a_new_event_is_delivered_at_the_commit_not_at_the_next_poll(
     factory: sessionmaker[Session], receiver: Receiver
 ) -> None:
-    with Loop(factory, poll=5.0) as loop:
-        wait_until(lambda: loop.deliverer.wakeups.listening, 5, "the loop never listened")
-        time.sleep(0.5)  # the loop has polled, found nothing, and waits (up to 5 s)
-        latencies = []
-        for _ in range(3):
-            committed = finish(factory, receiver.url, 1)
-            before = len(receiver.events())
-            wait_until(lambda b=before: len(receiver.events()) > b, 4.5, "not delivered before the poll")
-            latencies.append(receiver.events()[-1].at - committed)
-            time.sleep(0.3)
-    assert max(latencies) < 1.0, latencies  # a 5 s poll would take 0.3-5 s
+    # The poll is an hour away, so each delivery below was started by its commit's NOTIFY. How soon
+    # (milliseconds) is measured by `make bench-observability`, not asserted here.
+    with Loop(factory, poll=NO_POLL) as loop:
+        wait_until(lambda: loop.deliverer.wakeups.listening, "the loop never listened")
+        time.sleep(0.5)  # let the loop finish the round that follows its LISTEN and wait
+        for n in range(1, 4):
+            finish(factory, receiver.url, 1)
+            wait_until(
+                lambda n=n: len(receiver.events()) == n, f"event {n} not delivered: the NOTIFY was lost"
+            )
+        assert loop.deliverer.wakeups.connects == 1 and loop.thread.is_alive()
 
 
 def test_a_round_is_settled_in_a_bounded_number_of_statements(
@@ -131,10 +137,10 @@ def test_loops_that_share_the_work_deliver_each_event_once(
     factory: sessionmaker[Session], receiver: Receiver
 ) -> None:
     with Loop(factory, poll=5.0) as one, Loop(factory, poll=5.0) as two:
-        wait_until(lambda: one.deliverer.wakeups.listening and two.deliverer.wakeups.listening, 5, "listen")
+        wait_until(lambda: one.deliverer.wakeups.listening and two.deliverer.wakeups.listening, "listen")
         for _ in range(10):
             finish(factory, receiver.url, 20)
-        wait_until(lambda: len(receiver.events()) >= 200, 20, f"{len(receiver.events())} of 200")
+        wait_until(lambda: len(receiver.events()) >= 200, f"{len(receiver.events())} of 200")
         time.sleep(0.5)
     ids = [got.headers["X-Dfscan-Event-Id"] for got in receiver.events()]
     assert len(ids) == 200 and len(set(ids)) == 200  # none twice (FOR UPDATE SKIP LOCKED)
@@ -161,17 +167,17 @@ def test_a_lost_listen_connection_falls_back_to_polling_then_listens_again(
     with Loop(factory, poll=0.3) as loop:
         wakeups = loop.deliverer.wakeups
         wakeups.retry_every = 3600.0  # stay on polling until the test says otherwise
-        wait_until(lambda: wakeups.listening, 5, "the loop never listened")
+        wait_until(lambda: wakeups.listening, "the loop never listened")
         assert _kill_listeners(factory) == 1
-        wait_until(lambda: not wakeups.listening, 5, "the loop did not notice the lost connection")
+        wait_until(lambda: not wakeups.listening, "the loop did not notice the lost connection")
         finish(factory, receiver.url, 5)  # its NOTIFY reaches nobody: the poll finds the rows
-        wait_until(lambda: len(receiver.event_ids()) == 5, 5, "not delivered while polling")
+        wait_until(lambda: len(receiver.event_ids()) == 5, "not delivered while polling")
         assert loop.thread.is_alive() and wakeups.connects == 1
 
         wakeups.retry_every = 0.1
-        wait_until(lambda: wakeups.listening and wakeups.connects == 2, 5, "did not listen again")
+        wait_until(lambda: wakeups.listening and wakeups.connects == 2, "did not listen again")
         finish(factory, receiver.url, 5)
-        wait_until(lambda: len(receiver.event_ids()) == 10, 5, "not delivered after listening again")
+        wait_until(lambda: len(receiver.event_ids()) == 10, "not delivered after listening again")
     with factory() as s:
         assert Counter(s.scalars(select(WebhookDelivery.state))) == {"delivered": 10}
 
@@ -180,15 +186,14 @@ def test_redeliver_wakes_the_loop(factory: sessionmaker[Session], receiver: Rece
     from db import webhooks
 
     finish(factory, receiver.url, 1)
-    with Loop(factory, poll=5.0) as loop:
-        wait_until(lambda: len(receiver.events()) == 1, 5, "first delivery")
-        wait_until(lambda: loop.deliverer.wakeups.listening, 5, "listen")
-        time.sleep(0.3)
+    with Loop(factory, poll=NO_POLL) as loop:
+        wait_until(lambda: len(receiver.events()) == 1, "first delivery")
+        wait_until(lambda: loop.deliverer.wakeups.listening, "listen")
+        time.sleep(0.5)  # let the loop finish the round that follows its LISTEN and wait
         with factory() as s:
             delivery_id: uuid.UUID = s.scalars(select(WebhookDelivery.id)).one()
         with factory.begin() as s:
             assert webhooks.redeliver(s, delivery_id)
-        t0 = time.time()
-        wait_until(lambda: len(receiver.events()) == 2, 4.5, "redelivery waited for the poll")
-    assert receiver.events()[1].at - t0 < 1.0
+        # The poll is an hour away: only redeliver's NOTIFY can start this round.
+        wait_until(lambda: len(receiver.events()) == 2, "redelivery waited for the poll")
     assert {got.headers["X-Dfscan-Event-Id"] for got in receiver.events()} == {str(delivery_id)}

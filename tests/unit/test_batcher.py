@@ -15,6 +15,9 @@ import torch
 from dfscan.exceptions import InferenceError
 from worker.inference.batcher import BACKGROUND, DynamicBatcher, MicroBatcher
 
+# A ceiling for conditions, never a time window: a busy machine makes a wait longer, not a failure.
+CEILING = 60.0
+
 
 def _mean_model(calls: list[int]):
     def predict(pixels: torch.Tensor) -> list[float]:
@@ -31,7 +34,7 @@ def test_each_caller_gets_its_own_score_and_batches_form() -> None:
 
     def one(i: int) -> float:
         start.wait()
-        return batcher.submit(torch.full((3, 4, 4), i / 100)).result(timeout=10)
+        return batcher.submit(torch.full((3, 4, 4), i / 100)).result(timeout=CEILING)
 
     with ThreadPoolExecutor(16) as pool:
         scores = list(pool.map(one, range(16)))
@@ -51,7 +54,7 @@ def test_model_fault_fails_every_item_of_the_batch_with_inference_error() -> Non
     futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(3)]
     for future in futures:
         with pytest.raises(InferenceError, match="device-side assert") as info:
-            future.result(timeout=5)
+            future.result(timeout=CEILING)
         assert info.value.code == "INFERENCE_FAILED" and not info.value.permanent
     batcher.close(timeout=5)
     assert batcher.stats.failed_batches >= 1
@@ -61,7 +64,7 @@ def test_wrong_number_of_scores_is_caught() -> None:
     batcher = DynamicBatcher(lambda pixels: [0.5], max_batch=4, max_wait=0.2)
     futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(2)]
     with pytest.raises(InferenceError, match="returned 1 results for a batch of 2"):
-        futures[1].result(timeout=5)
+        futures[1].result(timeout=CEILING)
     batcher.close(timeout=5)
 
 
@@ -80,7 +83,7 @@ def test_close_drains_submitted_items_and_refuses_new_ones() -> None:
     closer.start()
     gate.set()
     closer.join(10)
-    assert [f.result(timeout=1) for f in futures] == [0.25] * 5
+    assert [f.result(timeout=CEILING) for f in futures] == [0.25] * 5
     with pytest.raises(InferenceError, match="shut down"):
         batcher.submit(torch.zeros(3, 2, 2))
 
@@ -101,7 +104,7 @@ def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> No
     time.sleep(0.1)
     rest = [batcher.submit(i) for i in range(1, 6)]  # these queue up while the first batch runs
     gate.set()
-    assert [f.result(timeout=5) for f in [first, *rest]] == [0, 2, 4, 6, 8, 10]
+    assert [f.result(timeout=CEILING) for f in [first, *rest]] == [0, 2, 4, 6, 8, 10]
     assert seen == [[0], [1, 2, 3, 4, 5]]
 
     def broken(items: list[int]) -> list[int]:
@@ -110,7 +113,7 @@ def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> No
     batcher.close(timeout=5)
     failing: MicroBatcher[int, int] = MicroBatcher(broken, max_batch=64, max_wait=0.0, name="db")
     with pytest.raises(ConnectionError, match="database is down"):
-        failing.submit(7).result(timeout=5)
+        failing.submit(7).result(timeout=CEILING)
     failing.close(timeout=5)
 
 
@@ -145,7 +148,7 @@ def test_foreground_items_run_before_background_ones_queued_earlier_and_never_sh
     images = [batcher.submit(i) for i in (1, 2)]
     gate.set()
     for future in [*frames, *images]:
-        future.result(timeout=5)
+        future.result(timeout=CEILING)
     batcher.close(timeout=5)
     # The images waited for the batch already running only; each frame then ran alone (batch 1).
     assert seen == [[-1], [1, 2], [10], [11], [12]]
@@ -158,7 +161,7 @@ def test_with_mixing_background_items_fill_the_rest_of_a_foreground_batch() -> N
     images = [batcher.submit(i) for i in (1, 2)]
     gate.set()
     for future in [*frames, *images]:
-        future.result(timeout=5)
+        future.result(timeout=CEILING)
     batcher.close(timeout=5)
     assert seen == [[-1], [1, 2, 10, 11], [12]]
     assert batcher.stats.mixed_batches == 1
@@ -183,22 +186,23 @@ def test_a_background_item_that_waited_too_long_runs_before_newer_foreground_ite
     def images() -> None:  # always at least one image waiting
         i = 0
         while not stop.is_set():
-            batcher.submit(i).result(timeout=5)
+            batcher.submit(i).result(timeout=CEILING)
             i += 1
 
     feeders = [threading.Thread(target=images) for _ in range(3)]
     for feeder in feeders:
         feeder.start()
     time.sleep(0.1)
-    started = time.monotonic()
     frame = batcher.submit(-5, priority=BACKGROUND)
-    assert frame.result(timeout=5) == -5
-    waited = time.monotonic() - started
+    # The images never stop until the frame is done: a starved frame would never be. (How long it
+    # waits, about starve_after, is a timing claim, not asserted here on a shared machine.)
+    assert frame.result(timeout=CEILING) == -5
+    assert not stop.is_set() and all(feeder.is_alive() for feeder in feeders)
     stop.set()
     for feeder in feeders:
-        feeder.join(5)
-    batcher.close(timeout=5)
-    assert 0.2 <= waited < 1.5, waited  # it ran once it had waited starve_after, not after the images stopped
+        feeder.join(CEILING)
+    batcher.close(timeout=CEILING)
+    assert [-5] in seen
 
 
 def test_close_drains_both_classes_without_waiting_out_max_wait_and_refuses_an_unknown_priority() -> None:
@@ -206,14 +210,13 @@ def test_close_drains_both_classes_without_waiting_out_max_wait_and_refuses_an_u
     gate = threading.Event()
     gate.set()
     batcher: MicroBatcher[int, int] = MicroBatcher(
-        _gated(seen, gate), max_batch=8, max_wait=30.0, name="model", mix=False, background_batch=2
+        _gated(seen, gate), max_batch=8, max_wait=3600.0, name="model", mix=False, background_batch=2
     )
-    # The image waits for a batch of 8 to fill (30 s); the frames wait behind it.
+    # The image waits for a batch of 8 to fill (an hour); the frames wait behind it.
     futures = [batcher.submit(1)] + [batcher.submit(i, priority=BACKGROUND) for i in (10, 11, 12)]
     with pytest.raises(ValueError, match="priority"):
         batcher.submit(3, priority=7)
-    started = time.monotonic()
-    batcher.close(timeout=10)
-    assert time.monotonic() - started < 5
-    assert [f.result(timeout=1) for f in futures] == [1, 10, 11, 12]
+    batcher.close(timeout=CEILING)
+    assert all(f.done() for f in futures)  # close ran them: it did not wait out the hour
+    assert [f.result(timeout=0) for f in futures] == [1, 10, 11, 12]
     assert seen == [[1], [10, 11], [12]]

@@ -1,4 +1,4 @@
-"""The shape of the system, checked: a light producer, a pure core, and a README that documents it."""
+"""The shape of the system, checked: a light producer, a pure core, and reference pages generated from the code."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dfscan.exceptions import error_codes
-from dfscan.settings import Settings
+from dfscan.docs_reference import PAGES
+from dfscan.exceptions import LIMITS, error_codes
+from dfscan.settings import CURRENT, FIXED
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -40,17 +41,26 @@ def test_the_cores_import_no_celery_sql_or_redis(core: str) -> None:
                 assert name.split(".")[0] not in banned, f"{path.relative_to(ROOT)} imports {name}"
 
 
-def test_every_error_code_is_in_the_readme_table() -> None:
-    missing = [code for code in error_codes() if f"| `{code}` |" not in README and code != "INTERNAL_ERROR"]
-    assert not missing, f"README's error-code table lacks {missing}"
-    assert "| `INTERNAL_ERROR` |" in README
+def test_the_reference_pages_are_what_the_code_generates() -> None:
+    for name, render in PAGES.items():
+        committed = (ROOT / "docs" / name).read_text()
+        assert committed == render(), f"docs/{name} is stale: run `python -m dfscan.docs_reference`"
 
 
-def test_every_setting_is_in_the_readme_table() -> None:
-    missing = [name for name in Settings.model_fields if f"`DFSCAN_{name.upper()}`" not in README]
-    assert not missing, (
-        f"README's settings table lacks {missing}; regenerate it with `dfscan config --markdown`"
-    )
+def test_every_error_code_is_in_the_errors_page() -> None:
+    page = (ROOT / "docs" / "errors.md").read_text()
+    missing = [code for code in error_codes() if f"| `{code}` |" not in page]
+    assert not missing, f"docs/errors.md lacks {missing}"
+    assert "| `INTERNAL_ERROR` |" in page and "| `TOO_LARGE` |" in page
+    assert all(f"| `{limit}` |" in page for limit in LIMITS)
+
+
+def test_every_setting_and_fixed_value_is_in_the_settings_page() -> None:
+    page = (ROOT / "docs" / "settings.md").read_text()
+    missing = [name for name in (*CURRENT, *FIXED) if f"| `DFSCAN_{name.upper()}` |" not in page]
+    assert not missing, f"docs/settings.md lacks {missing}; run `python -m dfscan.docs_reference`"
+    assert "| `DFSCAN_MODEL` | `prithivMLmods/Deep-Fake-Detector-Model` |" in page
+    assert "| `DFSCAN_CONNECT_TIMEOUT` | `5.0` | fixed |" in page
 
 
 def test_the_readme_names_the_commands_ci_runs() -> None:
@@ -89,7 +99,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "worker.messages",
         "worker.training_tasks",
     ),
-    "cli": ("dfscan.cli",),
+    "cli": ("dfscan.cli", "dfscan.docs_reference"),
 }
 MAY_IMPORT: dict[str, set[str]] = {
     "contract": set(),

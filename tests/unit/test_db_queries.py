@@ -304,7 +304,7 @@ def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:
         a, b, c, _d = (job.id for job in rows)
         jobs.finish_done(s, a, **_verdict(label="fake"))
         jobs.finish_done(s, b, **_verdict(label="real", fake_score=0.1))
-        jobs.finish_failed(s, c, code="NOT_FOUND", message="no such file")
+        jobs.finish_failed(s, c, code="FILE_NOT_FOUND", message="no such file")
     with factory.begin() as s:
         assert results.submission_counts(s, sub.id) == {
             "queued": 1,
@@ -319,7 +319,7 @@ def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:
         failed = results.results(s, submission_id=sub.id)[2]
         assert (failed.status, failed.error_code, failed.error, failed.label) == (
             "failed",
-            "NOT_FOUND",
+            "FILE_NOT_FOUND",
             "no such file",
             None,
         )
@@ -509,7 +509,7 @@ def test_a_live_lease_is_renewed_and_keeps_its_claim_against_a_redelivery(
     with factory.begin() as s:
         # w2 renews nothing it does not hold; w1 renews only its running jobs.
         assert jobs.renew_leases(s, [held], worker="w2", lease_seconds=600) == []
-        jobs.finish_failed(s, other, code="NOT_FOUND", message="gone")
+        jobs.finish_failed(s, other, code="FILE_NOT_FOUND", message="gone")
         assert jobs.renew_leases(s, [held, other], worker="w1", lease_seconds=600) == [held]
     renewed = _job(factory, held).lease_until
     assert renewed is not None and renewed > first + timedelta(seconds=500)

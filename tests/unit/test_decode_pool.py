@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooComplexError, ImageTooLargeError
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError
 from tests.fixtures import parsers
 from tests.fixtures.corpus import EXPECTED_SIZES, make_corpus
 from tests.fixtures.hostile import hostile_cases
@@ -30,8 +30,9 @@ def pool() -> Iterator[DecodePool]:
 
 def test_a_hanging_decoder_is_killed_at_the_deadline_and_replaced(pool: DecodePool) -> None:
     first = pool.run(parsers.pid)
-    with pytest.raises(ImageTooComplexError, match=r"or 1.5 s of wall time"):
+    with pytest.raises(ImageTooLargeError, match=r"or 1.5 s of wall time") as caught:
         pool.run(parsers.hang, 60.0)  # sleeps: no CPU, so the wall limit (3 x the deadline) stops it
+    assert (caught.value.code, caught.value.limit) == ("TOO_LARGE", "decode_time")
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
     second = pool.run(parsers.pid)
     assert second != first
@@ -39,16 +40,18 @@ def test_a_hanging_decoder_is_killed_at_the_deadline_and_replaced(pool: DecodePo
 
 
 def test_a_spinning_decoder_is_stopped_by_its_cpu_time(pool: DecodePool) -> None:
-    with pytest.raises(ImageTooComplexError, match="more than 0.5 s of CPU"):
+    with pytest.raises(ImageTooLargeError, match="more than 0.5 s of CPU") as caught:
         pool.run(parsers.spin, 60.0)
+    assert caught.value.message.endswith("(limit: decode_time)")
     assert pool.run(parsers.spin, 0.0) == "done"
 
 
 def test_a_ballooning_decoder_hits_the_memory_limit_not_the_caller(pool: DecodePool) -> None:
     caller = psutil.Process(os.getpid()).memory_info().rss
     child = pool.run(parsers.pid)
-    with pytest.raises(ImageTooLargeError, match="decode memory limit"):
+    with pytest.raises(ImageTooLargeError, match="decode memory limit") as caught:
         pool.run(parsers.balloon, 4)
+    assert caught.value.limit == "decode_memory"  # kept across the pipe from the child
     assert pool.run(parsers.pid) == child  # a MemoryError is reported; the child lives on
     assert psutil.Process(os.getpid()).memory_info().rss < caller + 64 * MiB
 

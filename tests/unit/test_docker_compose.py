@@ -17,7 +17,7 @@ import typer.main
 import yaml
 
 from dfscan.cli.main import app
-from dfscan.settings import Settings
+from dfscan.settings import CURRENT
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -110,10 +110,8 @@ def test_every_dfscan_variable_is_a_setting() -> None:
         re.findall(r"\bDFSCAN_[A-Z0-9_]+", COMPOSE_TEXT + ENV_EXAMPLE + "".join(DOCKERFILES.values()))
     )
     assert {"DFSCAN_DATABASE_URL", "DFSCAN_BROKER_URL", "DFSCAN_FLOWER_PASSWORD"} <= names
-    unknown = sorted(
-        name for name in names if name.removeprefix("DFSCAN_").lower() not in Settings.model_fields
-    )
-    assert not unknown, f"not fields of dfscan.settings.Settings: {unknown}"
+    unknown = sorted(name for name in names if name.removeprefix("DFSCAN_").lower() not in CURRENT)
+    assert not unknown, f"not settings (retired, or not fields of dfscan.settings.Settings): {unknown}"
 
 
 def test_every_interpolated_variable_is_documented_in_env_example() -> None:
@@ -266,12 +264,32 @@ def test_dockerfile_pins_the_tested_torch_and_runs_as_a_user_with_a_healthcheck(
     assert pins == [tested], f"{dockerfile}: torch pins {pins}, the tests run torch {tested}"
     # The image installs the wheel built in its first stage (migrations inside), never an editable tree.
     assert re.search(r"^RUN pip wheel --no-deps .* -w /dist \.$", text, flags=re.M)
-    assert re.search(r'pip install "\$\{wheel\}\[worker\]"', text)
+    assert re.search(r'pip install "\$\{wheel\}\[train,flower\]"', text)
+    # One install: the face detector's weights are in the wheel, no second (--no-deps) package.
+    assert re.findall(r"pip install", text) == ["pip install", "pip install"]  # torch, then the wheel
+    assert "facenet" not in text and "pip install --no-deps" not in text
     assert "pip install -e" not in text
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in ("root", "0"), f"{dockerfile}: runs as {users or 'root'}"
     assert re.search(r"^HEALTHCHECK .*\n?.*docker/healthcheck\.py", text, flags=re.M)
     assert "HF_HOME=" in text
+
+
+# The extra each kind of service needs (pyproject.toml); `train` includes `worker`.
+ROLE_EXTRAS = {"inference": {"worker", "train"}, "training": {"train"}, "flower": {"flower"}}
+
+
+def test_each_image_installs_the_extras_of_every_service_that_runs_it() -> None:
+    for name, svc in dfscan_services().items():
+        dockerfile = "Dockerfile." + str(svc["image"]).split(":", 1)[1]
+        (extras,) = re.findall(r'pip install "\$\{wheel\}\[([a-z,]+)\]"', DOCKERFILES[dockerfile])
+        args = command_of(name)
+        role = args[args.index("--queues") + 1] if args[1] == "worker" else args[1]
+        needs = ROLE_EXTRAS.get(role)
+        if needs is not None:
+            assert needs & set(extras.split(",")), (
+                f"{name} ({role}) runs {dockerfile}, which installs [{extras}]"
+            )
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index_and_cuda_image_from_a_cuda_base() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,9 +233,57 @@ def test_a_registered_detector_is_loaded_by_name(monkeypatch: pytest.MonkeyPatch
     assert det.detect([Image.new("RGB", (7, 5))]) == [[Face((0, 0, 7, 5), 1.0)]]
 
 
-def test_mtcnn_without_its_weights_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+# The weights shipped as package data, byte for byte those of the facenet-pytorch 2.6.0 wheel (its RECORD).
+SHIPPED = {
+    "pnet.pt": "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+    "rnet.pt": "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+    "onet.pt": "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+}
+
+
+def test_the_mtcnn_weights_ship_in_the_package_with_their_licence() -> None:
     from worker.inference import face_mtcnn
 
-    monkeypatch.setattr(face_mtcnn.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModelLoadError, match="pip install --no-deps facenet-pytorch"):
+    folder = face_mtcnn._weights_dir()
+    assert folder.parts[-3:] == ("worker", "inference", "weights")
+    digests = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in face_mtcnn.WEIGHT_FILES
+    }
+    assert digests == SHIPPED  # not a Git LFS pointer, not retrained: the weights the README measured
+    notice = (folder / "LICENSE").read_text()
+    for line in SHIPPED.values():
+        assert line in notice
+    for holder in ("Kaipeng Zhang", "David Sandberg", "Timothy Esler"):
+        assert holder in notice
+    assert "MIT License" in notice
+
+
+def _weights_in(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    from worker.inference import face_mtcnn
+
+    monkeypatch.setattr(face_mtcnn.resources, "files", lambda package: root)
+
+
+def test_mtcnn_without_its_weights_says_what_is_missing_and_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from worker.inference import face_mtcnn
+
+    (tmp_path / "weights").mkdir()
+    shutil.copy(face_mtcnn._weights_dir() / "pnet.pt", tmp_path / "weights" / "pnet.pt")
+    _weights_in(monkeypatch, tmp_path)
+    with pytest.raises(ModelLoadError, match=r"weights rnet\.pt, onet\.pt are missing .*DFSCAN_FACES=off"):
+        face_mtcnn.MtcnnDetector(torch.device("cpu"))
+
+
+def test_mtcnn_with_a_truncated_weights_file_is_a_load_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from worker.inference import face_mtcnn
+
+    shutil.copytree(face_mtcnn._weights_dir(), tmp_path / "weights")
+    onet = tmp_path / "weights" / "onet.pt"
+    onet.write_bytes(onet.read_bytes()[:5000])
+    _weights_in(monkeypatch, tmp_path)
+    with pytest.raises(ModelLoadError, match=r"cannot load the mtcnn face detector's weights .*onet\.pt"):
         face_mtcnn.MtcnnDetector(torch.device("cpu"))

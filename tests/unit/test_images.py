@@ -37,7 +37,7 @@ def test_corpus_is_small_and_covers_every_expectation(corpus: dict[str, tuple[Pa
     total = sum(path.stat().st_size for path, _ in corpus.values())
     assert total < 2_000_000
     codes = {code for _, code in corpus.values()}
-    assert codes == {None, "CORRUPT_IMAGE", "UNSUPPORTED_FORMAT", "IMAGE_TOO_LARGE"}
+    assert codes == {None, "CORRUPT_IMAGE", "UNSUPPORTED_FORMAT", "TOO_LARGE"}
     assert {name for name, (_, code) in corpus.items() if code is None} == set(EXPECTED_SIZES)
 
 
@@ -127,8 +127,9 @@ def test_truncated_jpeg_is_corrupt_and_pillow_globals_are_untouched() -> None:
 def test_pixel_cap_is_checked_on_the_header_before_decoding() -> None:
     data = make_image_bytes("PNG", size=(100, 50))
     assert decode_image(data, ImagePolicy(max_pixels=5000)).size == (100, 50)
-    with pytest.raises(ImageTooLargeError, match="100x50 = 5000 pixels, over the cap of 4999"):
+    with pytest.raises(ImageTooLargeError, match="100x50 = 5000 pixels, over the cap of 4999") as caught:
         decode_image(data, ImagePolicy(max_pixels=4999))
+    assert (caught.value.code, caught.value.limit) == ("TOO_LARGE", "image_pixels")
 
 
 def test_png_bomb_is_real_and_refused(corpus: dict[str, tuple[Path, str | None]]) -> None:
@@ -145,8 +146,9 @@ def test_frame_cap() -> None:
     data = gif_with_frames(12)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 12
     assert decode_image(data, ImagePolicy(max_frames=12)).size == (1, 1)
-    with pytest.raises(ImageTooLargeError, match="more than 11 frames, over the cap of 11"):
+    with pytest.raises(ImageTooLargeError, match="more than 11 frames, over the cap of 11") as caught:
         decode_image(data, ImagePolicy(max_frames=11))
+    assert caught.value.limit == "image_frames"
 
 
 def test_first_frame_of_an_animation(corpus: dict[str, tuple[Path, str | None]]) -> None:

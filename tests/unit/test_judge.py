@@ -79,7 +79,7 @@ def test_mixed_sources_fail_one_by_one_and_keep_input_order(tmp_path: Path, dete
     assert [v.error_code for v in verdicts] == [
         None,
         "CORRUPT_IMAGE",
-        "NOT_FOUND",
+        "FILE_NOT_FOUND",
         None,
         "PATH_NOT_ALLOWED",
         "UNSUPPORTED_FORMAT",
@@ -172,7 +172,8 @@ def test_model_fault_is_retryable_and_per_source_errors_are_not(
     first, missing, again = _run(_judge(detector, tmp_path), [good, tmp_path / "nope.jpg", good], threads=1)
     assert first.error_code == "INFERENCE_FAILED" and first.retryable
     assert first.error == "device lost" and first.image_sha256 is not None
-    assert missing.error_code == "NOT_FOUND" and not missing.retryable
+    assert missing.error_code == "FILE_NOT_FOUND" and not missing.retryable
+    assert missing.output()["error_detail"] == {"former_code": "NOT_FOUND"}
     # A fault is not remembered: the same bytes go to the model again (and fail again, not "cached").
     assert again.error_code == "INFERENCE_FAILED" and not again.cached
 

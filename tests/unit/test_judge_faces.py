@@ -276,4 +276,4 @@ def test_the_factory_builds_the_face_policy_from_settings_and_from_a_version_tra
     finally:
         judge.close()
     with pytest.raises(Exception, match="unknown face detector 'nope'"):
-        face_policy(Settings(faces="auto", face_detector="nope"), detector)
+        face_policy(Settings(faces="auto"), detector, trained_on={"detector": "nope"})

@@ -96,6 +96,7 @@ def test_a_video_over_the_video_byte_cap_is_too_large(detector: Detector, tmp_pa
     finally:
         judge.close()
     assert verdict.error_code == "TOO_LARGE" and "for videos" in (verdict.error or "")
+    assert verdict.error_detail == {"limit": "bytes", "former_code": "TOO_LARGE"}
 
 
 # --- frames on faces (issue 11 through the faces path of issue 10) --------------------------------

@@ -17,6 +17,7 @@ from dfscan.exceptions import (
     DfscanError,
     FetchError,
     FetchTimeoutError,
+    HostNotFoundError,
     HttpStatusError,
     PathNotAllowedError,
     SourceNotFoundError,
@@ -28,6 +29,8 @@ from tests.fixtures.http_server import OK_BYTES, LocalHttpServer, make_certifica
 from worker.inference import sources
 from worker.inference.sources import SourcePolicy, read_source
 
+# A ceiling for conditions, never a time window: a busy machine makes a wait longer, not a failure.
+CEILING = 60.0
 LOCAL = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=1.5, connect_timeout=1.0, read_timeout=1.0)
 REAL_GETADDRINFO = socket.getaddrinfo
 
@@ -131,25 +134,26 @@ def test_a_trickling_body_hits_the_total_deadline(server: LocalHttpServer) -> No
     started = time.monotonic()
     error = refused(FetchTimeoutError, server.url("/slow"), SourcePolicy(
         url_allowlist=("127.0.0.1",), deadline=1.5, read_timeout=5.0))  # fmt: skip
-    elapsed = time.monotonic() - started
-    assert 1.4 < elapsed < 2.5
+    # Not before the deadline; and long before the body's 100 s, each byte within the 5 s read timeout.
+    assert 1.4 < time.monotonic() - started < CEILING
     assert error.code == "FETCH_TIMEOUT" and not error.permanent
     assert "within 1.5s" in error.message
 
 
 def test_a_silent_server_hits_the_read_timeout(server: LocalHttpServer) -> None:
     started = time.monotonic()
-    policy = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=5.0, read_timeout=0.3)
+    # The first byte comes after 1 s: the 0.3 s read timeout fires, long before the deadline.
+    policy = SourcePolicy(url_allowlist=("127.0.0.1",), deadline=2 * CEILING, read_timeout=0.3)
     error = refused(FetchTimeoutError, server.url("/slow"), policy)
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < CEILING
     assert "timed out" in error.message
 
 
 def test_slow_dns_hits_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_dns(monkeypatch, {"slow.test": [lambda: time.sleep(3)]})
+    fake_dns(monkeypatch, {"slow.test": [lambda: time.sleep(2 * CEILING)]})  # on a daemon thread
     started = time.monotonic()
     refused(FetchTimeoutError, "http://slow.test/x.jpg", SourcePolicy(deadline=0.5))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < CEILING  # the deadline, not the lookup's end
 
 
 @pytest.mark.parametrize("path", ["/endless", "/nolength"])
@@ -157,20 +161,18 @@ def test_bodies_without_a_length_are_capped(server: LocalHttpServer, path: str) 
     policy = SourcePolicy(url_allowlist=("127.0.0.1",), max_bytes=1024 * 1024, deadline=5.0)
     error = refused(TooLargeError, server.url(path), policy)
     assert error.code == "TOO_LARGE" and error.permanent
-    assert "more than the 1048576-byte limit" in error.message
+    assert error.message.endswith("more than the 1048576-byte limit (limit: bytes)")
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body(server: LocalHttpServer) -> None:
-    started = time.monotonic()
+    # TOO_LARGE, not FETCH_TIMEOUT: the trickled body (1 byte per 0.2 s) was never waited for.
     error = refused(TooLargeError, server.url("/big"), LOCAL)
-    assert time.monotonic() - started < 0.15  # the trickled body (1 byte per 0.2 s) was never waited for
     assert f"declares {10 * 1024**3} bytes" in error.message
 
 
 def test_a_lying_short_content_length_reads_only_what_was_declared(server: LocalHttpServer) -> None:
-    started = time.monotonic()
+    # A result, not FETCH_TIMEOUT or TOO_LARGE: the ~50 MiB flood after the 10 bytes was not read.
     assert read_source(server.url("/lying"), LOCAL) == b"x" * 10
-    assert time.monotonic() - started < 1.0
 
 
 def test_a_body_shorter_than_its_length_is_a_transient_fetch_failure(server: LocalHttpServer) -> None:
@@ -202,9 +204,9 @@ def test_dns_failures(monkeypatch: pytest.MonkeyPatch) -> None:
         "gone.test": [socket.gaierror(socket.EAI_NONAME, "Name or service not known")],
         "flaky.test": [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")],
     })  # fmt: skip
-    error = refused(SourceNotFoundError, "http://gone.test/x.jpg", LOCAL)
+    error = refused(HostNotFoundError, "http://gone.test/x.jpg", LOCAL)
     assert (error.code, error.message) == (
-        "NOT_FOUND",
+        "HOST_NOT_FOUND",
         "host of http://gone.test/x.jpg does not resolve (Name or service not known)",
     )
     error = refused(FetchError, "http://flaky.test/x.jpg", LOCAL)
@@ -348,6 +350,7 @@ def test_missing_files_under_a_root_are_not_found(root: Path) -> None:
         SourcePolicy(allowed_roots=(root,)),
     )
     assert error.message == f"path {str(root / 'missing.jpg')!r} does not exist"
+    assert error.code == "FILE_NOT_FOUND" and error.permanent
     refused(
         SourceNotFoundError,
         str(root / "sub" / "a.jpg" / "x"),
@@ -373,7 +376,10 @@ def test_files_over_the_cap_are_refused(root: Path) -> None:
     policy = SourcePolicy(allowed_roots=(root,), max_bytes=100)
     assert read_source(str(root / "exact.bin"), policy) == b"e" * 100
     error = refused(TooLargeError, str(root / "over.bin"), policy)
-    assert error.message == f"file {str(root / 'over.bin')!r} has 101 bytes, more than the 100-byte limit"
+    assert (
+        error.message
+        == f"file {str(root / 'over.bin')!r} has 101 bytes, more than the 100-byte limit (limit: bytes)"
+    )
 
 
 def test_a_symlink_swapped_in_after_the_check_is_refused(root: Path) -> None:
@@ -553,14 +559,14 @@ def test_a_video_file_may_use_the_video_cap_and_nothing_else_may(root: Path) -> 
     policy = SourcePolicy(allowed_roots=(root,), max_bytes=1000, max_video_bytes=len(video))
     assert read_source(str(root / "clip.jpg"), policy) == video
     error = refused(TooLargeError, str(root / "big.mp4"), policy)
-    assert error.message.endswith("more than the 1000-byte limit")
+    assert error.message.endswith("more than the 1000-byte limit (limit: bytes)")
     refused(TooLargeError, str(root / "avif.mp4"), policy)
     error = refused(
         TooLargeError,
         str(root / "clip.jpg"),
         SourcePolicy(allowed_roots=(root,), max_bytes=1000, max_video_bytes=len(video) - 1),
     )
-    assert error.message.endswith(f"more than the {len(video) - 1}-byte limit for videos")
+    assert error.message.endswith(f"more than the {len(video) - 1}-byte limit for videos (limit: bytes)")
     # without a video cap, videos get max_bytes like everything else
     refused(TooLargeError, str(root / "clip.jpg"), SourcePolicy(allowed_roots=(root,), max_bytes=1000))
 
@@ -586,4 +592,4 @@ def test_a_body_without_a_length_is_cut_at_max_bytes_once_it_is_not_a_video(serv
         url_allowlist=("127.0.0.1",), deadline=5.0, max_bytes=1024 * 1024, max_video_bytes=40 * 1024 * 1024
     )
     error = refused(TooLargeError, server.url("/nolength"), policy)
-    assert error.message.endswith("more than the 1048576-byte limit")
+    assert error.message.endswith("more than the 1048576-byte limit (limit: bytes)")

@@ -42,3 +42,18 @@ def test_one_class_report_says_undefined(tmp_path: Path) -> None:
     paths = write_report(metrics, tmp_path, y_true=[0, 0], p_fake=[0.2, 0.7])
     with Image.open(paths["roc"]) as im:
         assert im.format == "PNG"
+
+
+def test_without_matplotlib_the_report_names_the_extra_to_install(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    import pytest
+
+    from dfscan.exceptions import ConfigError
+
+    monkeypatch.setitem(
+        sys.modules, "matplotlib", None
+    )  # what `import matplotlib` meets without the train extra
+    metrics = evaluate_scores([0, 1], [0.2, 0.8], threshold=0.5)
+    with pytest.raises(ConfigError, match=r"dfscan\[train\]"):
+        write_report(metrics, tmp_path / "r", y_true=[0, 1], p_fake=[0.2, 0.8])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import DfscanError, error_detail
 from tests.fixtures.videos import (
     corrupt_mdat,
     flat_clip,
@@ -249,10 +249,11 @@ def test_byte_cap_and_deadline() -> None:
     data = make_clip(seconds=1.0)
     with pytest.raises(DfscanError) as err:
         probe_video(data, VideoPolicy(max_bytes=len(data) - 1))
-    assert err.value.code == "TOO_LARGE"
+    assert (err.value.code, getattr(err.value, "limit", None)) == ("TOO_LARGE", "bytes")
     with pytest.raises(DfscanError) as err:
         list(sample_frames(data, VideoPolicy(deadline_s=0.0)))
-    assert err.value.code == "VIDEO_TOO_LARGE" and "longer than" in err.value.message
+    assert (err.value.code, getattr(err.value, "limit", None)) == ("TOO_LARGE", "video_time")
+    assert "longer than" in err.value.message and err.value.message.endswith("(limit: video_time)")
 
 
 def test_duration_cap_from_the_header_and_frame_cap_from_the_index() -> None:
@@ -269,7 +270,11 @@ def test_pixel_cap_is_checked_from_the_header() -> None:
     data = make_clip(width=64, height=48, seconds=0.5)
     with pytest.raises(DfscanError) as err:
         probe_video(data, VideoPolicy(max_frame_pixels=64 * 48 - 1))
-    assert err.value.code == "VIDEO_TOO_LARGE" and "64x48" in err.value.message
+    assert err.value.code == "TOO_LARGE" and "64x48" in err.value.message
+    assert error_detail(err.value.code, err.value.message) == {
+        "limit": "frame_pixels",
+        "former_code": "VIDEO_TOO_LARGE",
+    }
     assert probe_video(data, VideoPolicy(max_frame_pixels=64 * 48)).width == 64
 
 
@@ -303,7 +308,7 @@ def test_a_decode_bomb_under_the_pixel_cap_stays_within_a_memory_bound(tmp_path:
     assert grown_mib < 300, f"peak RSS grew {grown_mib} MiB while sampling a 1.5 GB (decoded) bomb"
     with pytest.raises(DfscanError) as err:
         list(sample_frames(data, VideoPolicy(deadline_s=0.05)))
-    assert err.value.code == "VIDEO_TOO_LARGE"
+    assert (err.value.code, getattr(err.value, "limit", None)) == ("TOO_LARGE", "video_time")
 
 
 def test_the_decoder_refuses_frames_over_the_cap_even_when_the_header_check_is_passed(

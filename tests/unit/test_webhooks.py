@@ -280,15 +280,15 @@ def test_retry_delay_doubles_to_its_cap() -> None:
     assert all(720 <= d <= 1080 for d in delays[-3:])
 
 
-# --- the README's verification snippets ---------------------------------------------------------------
+# --- the manual's verification snippets (docs/webhooks.md) ----------------------------------------------
 
 
 def readme_block(language: str, marker: str) -> str:
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
     for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S):
         if marker in block:
             return str(block)
-    raise AssertionError(f"README has no {language} block containing {marker!r}")
+    raise AssertionError(f"docs/webhooks.md has no {language} block containing {marker!r}")
 
 
 def test_the_readme_python_snippet_verifies_dfscan_signatures() -> None:

@@ -4,7 +4,7 @@ The checks in :mod:`worker.inference.headers` and :mod:`worker.inference.images`
 declare; a parser bug or a hostile stream inside a valid structure can still spin or balloon in C code that
 no thread can interrupt. A child process can be stopped: each decode runs in one of
 ``ImagePolicy.decode_processes`` children, each with ``RLIMIT_AS`` set to its start-up size plus
-``ImagePolicy.decode_memory`` (an allocation beyond it fails as ``MemoryError`` -> ``IMAGE_TOO_LARGE``),
+``ImagePolicy.decode_memory`` (an allocation beyond it fails as ``MemoryError`` -> ``TOO_LARGE``),
 and a decode that has used ``ImagePolicy.decode_timeout`` seconds of CPU (or three times that in wall
 time, for a parser that blocks) has its child killed and replaced (``IMAGE_TOO_COMPLEX``). CPU time is the
 measure because on a loaded machine a legitimate 40 Mpx image decoding beside 15 others took over 4 s of
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooComplexError, ImageTooLargeError
+from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _serve(conn: Connection, allowance: int) -> None:
         try:
             reply: tuple[str, Any] = ("ok", fn(*args))
         except MemoryError:
-            reply = ("error", ImageTooLargeError("image too large: over the decode memory limit"))
+            reply = ("error", ImageTooLargeError("over the decode memory limit", limit="decode_memory"))
         except DfscanError as exc:
             reply = ("error", exc)
         except Exception as exc:  # a bug in a decoder: reported, the child lives on
@@ -101,7 +101,7 @@ def _serve(conn: Connection, allowance: int) -> None:
         try:
             conn.send(reply)
         except MemoryError:
-            conn.send(("error", ImageTooLargeError("image too large: over the decode memory limit")))
+            conn.send(("error", ImageTooLargeError("over the decode memory limit", limit="decode_memory")))
 
 
 class _Child:
@@ -138,8 +138,8 @@ class DecodePool:
         self._closed = False
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a child: its result, or the DfscanError it raised, or IMAGE_TOO_COMPLEX past the
-        deadline, IMAGE_TOO_LARGE past the memory limit, CORRUPT_IMAGE if the child died."""
+        """``fn(*args)`` in a child: its result, or the DfscanError it raised, or TOO_LARGE past the deadline
+        (limit decode_time) or the memory limit (decode_memory), CORRUPT_IMAGE if the child died."""
         if self._closed:
             raise RuntimeError("decode pool is closed")
         child = self._idle.get()
@@ -152,9 +152,10 @@ class DecodePool:
                 child.kill()
                 child = None
                 logger.warning("decode child %s killed past the %.1f s deadline", pid, self.timeout)
-                raise ImageTooComplexError(
+                raise ImageTooLargeError(
                     f"decoding took more than {self.timeout:g} s of CPU (or {_WALL_FACTOR * self.timeout:g} s "
-                    "of wall time); DFSCAN_DECODE_TIMEOUT"
+                    "of wall time)",
+                    limit="decode_time",
                 )
             try:
                 status, value = child.conn.recv()

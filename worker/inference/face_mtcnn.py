@@ -1,12 +1,13 @@
-"""MTCNN face detection in plain torch, with the weights that ship inside the ``facenet-pytorch`` wheel.
+"""MTCNN face detection in plain torch, with the weights that ship inside dfscan (``weights/``).
 
-MTCNN (Zhang et al. 2016) is the detector the DFDC winner cropped faces with. ``facenet-pytorch`` ships its
-three small networks' weights (``data/pnet.pt``, ``rnet.pt``, ``onet.pt``, 2 MB together) in its wheel, so
-nothing downloads at run time. Its Python package cannot be imported beside dfscan's torch: its
-``__init__`` imports ``requests`` and its detection code imports torchvision (which does not import beside
-torch 2.13 on these machines) for one NMS call, and its metadata pins ``torch<2.3``. So dfscan installs it
-with ``--no-deps``, never imports it, finds its data folder with ``importlib.util.find_spec`` (which does not
-run the package) and re-states the three networks and the cascade here, with a plain-torch NMS.
+MTCNN (Zhang et al. 2016) is the detector the DFDC winner cropped faces with. Its three small networks'
+weights (``pnet.pt``, ``rnet.pt``, ``onet.pt``, 2 MB together) are package data of dfscan, in
+``worker/inference/weights/`` beside their LICENSE (MIT: the original Caffe models, David Sandberg's
+TensorFlow conversion, and facenet-pytorch 2.6.0's PyTorch state dicts, copied from its wheel byte for
+byte), so nothing downloads at run time and ``pip install 'dfscan[worker]'`` is the only install step.
+facenet-pytorch's Python package is not used: its detection code imports torchvision for one NMS call
+and its metadata pins ``torch<2.3``. The three networks and the cascade are re-stated here, with a
+plain-torch NMS.
 
 The cascade is facenet-pytorch's ``detect_face`` with these changes:
 
@@ -14,14 +15,19 @@ The cascade is facenet-pytorch's ``detect_face`` with these changes:
   longer grows with the photo's resolution); boxes are mapped back to the original's pixels;
 - the P-net runs per image (images differ in size), the R-net and O-net run once for all candidate boxes
   of all images of a call (batched on the detector's device);
-- the facial landmarks are not returned (dfscan crops boxes).
+- the facial landmarks are not returned (dfscan crops boxes);
+- the work per image is capped (``MAX_LEVEL_CANDIDATES`` per pyramid level before its NMS,
+  ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``), keeping the best-scoring boxes, so no texture can make one
+  image cost more than the caps allow (``bench/face_cost.py``: a 640 px image forced through every stage
+  costs about 1.1 CPU s capped, 21 s uncapped).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
+import pickle
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -45,26 +51,46 @@ MIN_FACE = 20
 # shrunk 0.625x, faces of 32 px become 20 px and are still found, and detection costs a fraction of a
 # ViT-B forward on 2 CPU threads.
 DETECT_SIDE = 640
-# A candidate list larger than this after the P-net (pathological textures, hundreds of tiny faces) is cut
-# to its best-scoring boxes, so the R-net/O-net stages stay bounded.
-MAX_CANDIDATES = 2000
+# Caps on the cascade's work per image, so its cost is bounded whatever the pixels (a texture made by
+# gradient ascent on the P-net fires at every window). Each cuts to the best-scoring boxes: per pyramid
+# level before that level's NMS (NMS costs candidates x kept), then the R-net's and the O-net's inputs.
+# Chosen by measurement (bench/face_cost.py, 1 torch thread, loaded 2-core machine): real photos of people
+# reach at most 85 candidates on a level, 148 R-net and 9 O-net inputs; a 640x480 mosaic of 80 real faces
+# 658, 674 and 318 (about 4 O-net inputs per face, so 500 leaves room for ~125 faces at the detector's
+# scale); a texture made by gradient ascent on the P-net 4,462 on a level and 5,432 R-net inputs (1.35 CPU s
+# uncapped, 0.59 s capped); every window forced through (thresholds 0) 35,344, 14,133 and 13,690 (20.8 s
+# uncapped, 1.07 s capped). Every real photo's faces are the same with and without the caps.
+MAX_LEVEL_CANDIDATES = 2000
+MAX_RNET_INPUTS = 2000
+MAX_ONET_INPUTS = 500
+
+
+# The three networks' state dicts, package data in worker/inference/weights/ (see the LICENSE there).
+WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 
 
 def _weights_dir() -> Path:
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the mtcnn face detector needs the weights in the facenet-pytorch package: "
-            "`pip install --no-deps facenet-pytorch==2.6.0` (no dependencies: it pins an old torch), "
-            "or set DFSCAN_FACES=off"
-        )
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    missing = [n for n in ("pnet.pt", "rnet.pt", "onet.pt") if not (data / n).is_file()]
+    """The folder of the MTCNN weights shipped as package data (``worker/inference/weights/``)."""
+    data = Path(str(resources.files("worker.inference").joinpath("weights")))
+    missing = [name for name in WEIGHT_FILES if not (data / name).is_file()]
     if missing:
         raise ModelLoadError(
-            f"facenet-pytorch is installed but {missing} are missing from {data}; reinstall it"
+            f"the mtcnn face detector's weights {', '.join(missing)} are missing from {data}: reinstall "
+            "dfscan (pip install --force-reinstall 'dfscan[worker]'), or set DFSCAN_FACES=off"
         )
     return data
+
+
+def _load_weights(net: nn.Module, path: Path) -> None:
+    """Load one network's state dict; a truncated or foreign file is a ModelLoadError, not a crash."""
+    try:
+        # facenet-pytorch's Softmax modules hold no weights; its state dict matches these modules.
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ModelLoadError(
+            f"cannot load the mtcnn face detector's weights {path}: {type(exc).__name__}: {exc}; reinstall "
+            "dfscan (pip install --force-reinstall 'dfscan[worker]'), or set DFSCAN_FACES=off"
+        ) from exc
 
 
 class PNet(nn.Module):
@@ -205,17 +231,25 @@ class MtcnnDetector:
     """The MTCNN cascade on one device. Build it with :func:`load_mtcnn`."""
 
     def __init__(
-        self, device: torch.device, *, detect_side: int = DETECT_SIDE, min_face: int = MIN_FACE
+        self,
+        device: torch.device,
+        *,
+        detect_side: int = DETECT_SIDE,
+        min_face: int = MIN_FACE,
+        max_level_candidates: int = MAX_LEVEL_CANDIDATES,
+        max_rnet_inputs: int = MAX_RNET_INPUTS,
+        max_onet_inputs: int = MAX_ONET_INPUTS,
     ) -> None:
         data = _weights_dir()
         self.device = device
         self.detect_side = detect_side
         self.min_face = min_face
+        self.max_level_candidates = max_level_candidates
+        self.max_rnet_inputs = max_rnet_inputs
+        self.max_onet_inputs = max_onet_inputs
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for net, name in ((self.pnet, "pnet"), (self.rnet, "rnet"), (self.onet, "onet")):
-            state = torch.load(data / f"{name}.pt", map_location="cpu", weights_only=True)
-            # facenet-pytorch's Softmax modules hold no weights; its state dict matches these modules.
-            net.load_state_dict(state)
+            _load_weights(net, data / f"{name}.pt")
             # channels_last: the HWC pixels need no transpose, and max pooling and the small
             # convolutions ran ~1.8x faster in that layout on CPU here (55 vs 95 ms CPU per 1024x768 scene).
             net.eval().to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -246,6 +280,7 @@ class MtcnnDetector:
         boxes = np.concatenate(boxes_all)  # x1 y1 x2 y2 score image
         # Stage 2 (R-net) and 3 (O-net), each once over the candidates of every image.
         boxes = self._refine(smalls, boxes, self.rnet, 24, THRESHOLDS[1], "union")
+        boxes = _best_per_image(boxes, self.max_onet_inputs)
         boxes = self._refine(smalls, boxes, self.onet, 48, THRESHOLDS[2], "min")
         for x1, y1, x2, y2, score, index in boxes:
             i = int(index)
@@ -285,6 +320,9 @@ class MtcnnDetector:
             level_img = img.resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
             reg, probs = self.pnet(self._tensor([np.asarray(level_img)]))
             boxes = _generate(reg[0].cpu().numpy(), probs[0, 1].cpu().numpy(), scale, THRESHOLDS[0])
+            if len(boxes) > self.max_level_candidates:  # before NMS, whose cost is candidates x kept
+                best = np.argpartition(-boxes[:, 4], self.max_level_candidates - 1)
+                boxes = boxes[best[: self.max_level_candidates]]
             if len(boxes):
                 keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
                 found.append(boxes[keep])
@@ -294,7 +332,7 @@ class MtcnnDetector:
             return np.empty((0, 5))
         boxes = np.concatenate(found)
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        boxes = boxes[:MAX_CANDIDATES]
+        boxes = boxes[: self.max_rnet_inputs]  # NMS keeps the best first
         regw = boxes[:, 2] - boxes[:, 0]
         regh = boxes[:, 3] - boxes[:, 1]
         out = np.stack(
@@ -358,6 +396,19 @@ class MtcnnDetector:
         out = _bbreg(boxes, reg_all)
         keep = _batched_nms(out, score, out[:, 5], 0.7, "min")
         return out[keep]
+
+
+def _best_per_image(boxes: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` boxes (column 5: the image) of each image, its best-scoring (column 4), in order."""
+    if len(boxes) <= cap:
+        return boxes
+    keep: list[np.ndarray] = []
+    for index in np.unique(boxes[:, 5]):
+        rows = np.nonzero(boxes[:, 5] == index)[0]
+        if len(rows) > cap:
+            rows = rows[np.argsort(-boxes[rows, 4], kind="stable")[:cap]]
+        keep.append(rows)
+    return boxes[np.sort(np.concatenate(keep))]
 
 
 def _generate(reg: np.ndarray, probs: np.ndarray, scale: float, threshold: float) -> np.ndarray:

@@ -86,7 +86,7 @@ def load_face_detector(
     loader = _REGISTRY.get(name)
     if loader is None:
         raise ModelLoadError(
-            f"unknown face detector {name!r}; DFSCAN_FACE_DETECTOR must be one of {face_detector_names()}"
+            f"unknown face detector {name!r}; the registered ones are {face_detector_names()}"
         )
     return loader(torch.device(device), threads)
 

@@ -27,8 +27,8 @@ def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> So
         url_allowlist=settings.url_allowlist,
         max_bytes=settings.max_bytes,
         max_video_bytes=settings.max_video_bytes,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
+        connect_timeout=settings.fixed("connect_timeout"),
+        read_timeout=settings.fixed("read_timeout"),
         deadline=settings.fetch_deadline,
         max_redirects=settings.max_redirects,
     )
@@ -43,7 +43,7 @@ def image_policy(settings: Settings) -> ImagePolicy:
         max_frames=settings.max_frames,
         decode_memory=settings.decode_memory,
         decode_processes=settings.decode_processes,
-        decode_timeout=settings.decode_timeout,
+        decode_timeout=settings.fixed("decode_timeout"),
     )
 
 
@@ -51,11 +51,11 @@ def video_policy(settings: Settings) -> VideoPolicy:
     return VideoPolicy(
         max_bytes=settings.max_video_bytes,
         max_seconds=settings.max_video_seconds,
-        max_frame_pixels=settings.max_video_pixels,
+        max_frame_pixels=settings.fixed("max_video_pixels"),
         frames=settings.video_frames,
         fps=settings.video_fps,
-        deadline_s=settings.video_deadline,
-        in_flight=settings.video_in_flight,
+        deadline_s=settings.fixed("video_deadline"),
+        in_flight=settings.fixed("video_in_flight"),
     )
 
 
@@ -112,7 +112,7 @@ def face_policy(
     ``trained_on``: a registry version's ``params["faces"]`` (it was trained on face crops): it is then
     served on faces with the detector and margin it was trained with, even when DFSCAN_FACES is off."""
     mode = settings.faces
-    name, margin = settings.face_detector, settings.face_margin
+    name, margin = settings.fixed("face_detector"), settings.face_margin
     if trained_on:
         mode = "auto" if mode == "off" else mode
         name = str(trained_on.get("detector", name))

@@ -6,7 +6,7 @@ those walks are where the time and memory go (a 10 MB TIFF of 100,000 pages took
 This module walks the same structures with tight loops that stop at a cap, so the cost of an image is
 known before anything expensive runs. Each check raises:
 
-- ``ImageTooLargeError`` (``IMAGE_TOO_LARGE``) for declared sizes over the policy: frames or pages over
+- ``ImageTooLargeError`` (``TOO_LARGE``) for declared sizes over the policy: frames or pages over
   ``max_frames``, a TIFF tile over ``max_pixels``;
 - ``ImageTooComplexError`` (``IMAGE_TOO_COMPLEX``) for structure no real photo has and whose parsing cost
   grows with it: more JPEG scans or marker segments, PNG chunks, GIF sub-blocks, TIFF tags or strips than
@@ -37,6 +37,9 @@ MAX_GIF_BLOCKS = 200_000  # 255-byte sub-blocks: 80,000 for a 20 MB file
 MAX_TIFF_TAGS = 4096  # tags in one IFD; real files have 10-60
 MAX_TIFF_BLOCKS = 100_000  # strips or tiles of the first page; Pillow makes a Python tuple for each
 MAX_EXIF_BYTES = 1024 * 1024  # an EXIF block (camera EXIF fits a 64 KiB JPEG segment)
+# Items of a HEIF/AVIF file (images, grid tiles, thumbnails, EXIF): libheif refuses more than 1000 as a
+# "security limit" that pillow-heif reports like any parse error. An iPhone photo has about 50 (48 tiles).
+MAX_HEIF_ITEMS = 1000
 
 _FILL = re.compile(rb"\xff+")
 
@@ -67,6 +70,8 @@ def inspect(data: bytes, fmt: str, *, max_pixels: int, max_frames: int) -> Decla
         return Declared()
     if fmt == "WEBP":
         _check_webp(data)
+    if fmt in ("HEIF", "AVIF"):
+        _check_heif_items(data)
     return Declared()
 
 
@@ -154,7 +159,9 @@ def _check_png(data: bytes, max_frames: int) -> Declared:
         if kind == b"acTL" and length >= 8 and body + 8 <= n:
             frames = struct.unpack_from(">I", data, body)[0]
             if frames > max_frames:
-                raise ImageTooLargeError(f"image has {frames} frames, over the cap of {max_frames}")
+                raise ImageTooLargeError(
+                    f"image has {frames} frames, over the cap of {max_frames}", limit="image_frames"
+                )
         elif kind == b"eXIf":
             check_exif(data[body : body + length])
         elif kind == b"IEND":
@@ -167,7 +174,7 @@ def _check_png(data: bytes, max_frames: int) -> Declared:
 
 
 def _count_gif_frames(data: bytes, max_frames: int) -> int | None:
-    """Frames up to ``max_frames + 1`` (IMAGE_TOO_LARGE beyond), skipping data sub-blocks with a cap on
+    """Frames up to ``max_frames + 1`` (TOO_LARGE beyond), skipping data sub-blocks with a cap on
     their number. None when the structure ends early: Pillow then decides (first frame or CORRUPT_IMAGE)."""
     n = len(data)
     if n < 13:
@@ -185,7 +192,8 @@ def _count_gif_frames(data: bytes, max_frames: int) -> int | None:
             frames += 1
             if frames > max_frames:
                 raise ImageTooLargeError(
-                    f"image has more than {max_frames} frames, over the cap of {max_frames}"
+                    f"image has more than {max_frames} frames, over the cap of {max_frames}",
+                    limit="image_frames",
                 )
             if pos + 10 > n:
                 return frames
@@ -319,13 +327,64 @@ def _check_tiff(data: bytes, *, max_pixels: int, max_frames: int) -> Declared:
         seen.add(offset)
         pages += 1
         if pages > max_frames:
-            raise ImageTooLargeError(f"image has more than {max_frames} pages, over the cap of {max_frames}")
+            raise ImageTooLargeError(
+                f"image has more than {max_frames} pages, over the cap of {max_frames}", limit="image_frames"
+            )
         count, pos = found
         nxt = pos + count * entry
         if nxt + pointer > len(data):
             break
         offset = struct.unpack_from(endian + ("Q" if big else "I"), data, nxt)[0]
     return Declared(frames=pages or None, work_pixels=work)
+
+
+# --- HEIF and AVIF ------------------------------------------------------------------------------
+
+
+def _boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    """The first box of each type among the ISO-BMFF boxes in ``data[start:end]``: type -> (payload start,
+    payload end). Stops at a box that runs past ``end`` (truncation is the decoder's to report)."""
+    found: dict[bytes, tuple[int, int]] = {}
+    pos = start
+    for _ in range(4096):
+        if pos + 8 > end:
+            break
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        head = 8
+        if size == 1 and pos + 16 <= end:
+            size, head = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < head or pos + size > end:
+            break
+        found.setdefault(kind, (pos + head, pos + size))
+        pos += size
+    return found
+
+
+def _check_heif_items(data: bytes) -> None:
+    """The number of items a HEIF/AVIF file declares (``meta`` > ``iloc`` and ``iinf``) against
+    :data:`MAX_HEIF_ITEMS`: over it is TOO_LARGE, as too many frames are, where libheif would
+    refuse the file with an error that reads like corruption."""
+    meta = _boxes(data, 0, len(data)).get(b"meta")
+    if meta is None:
+        return
+    children = _boxes(data, meta[0] + 4, meta[1])  # meta is a full box: version and flags first
+    count = 0
+    iloc = children.get(b"iloc")
+    if iloc is not None and iloc[0] + 8 <= iloc[1]:
+        version = data[iloc[0]]
+        at = iloc[0] + 6  # version/flags, then the four field sizes (2 bytes)
+        count = struct.unpack_from(">H" if version < 2 else ">I", data, at)[0]
+    iinf = children.get(b"iinf")
+    if iinf is not None and iinf[0] + 8 <= iinf[1]:
+        version = data[iinf[0]]
+        count = max(count, struct.unpack_from(">H" if version == 0 else ">I", data, iinf[0] + 4)[0])
+    if count > MAX_HEIF_ITEMS:
+        raise ImageTooLargeError(
+            f"HEIF/AVIF file holds {count} items (images, tiles, metadata), over the cap of {MAX_HEIF_ITEMS}",
+            limit="image_frames",
+        )
 
 
 # --- BMP and WebP -------------------------------------------------------------------------------

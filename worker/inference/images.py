@@ -11,10 +11,10 @@ The rules, in the order they are applied:
    opener is registered on first use) and AVIF (Pillow's own plugin) are allowed: phones upload them.
 2. **Container walk before Pillow parses** (:mod:`worker.inference.headers`): JPEG scans and marker
    segments, PNG chunks, GIF frames and sub-blocks, TIFF pages, tags and tile sizes, EXIF blocks are read
-   with loops that stop at a cap (``IMAGE_TOO_LARGE`` / ``IMAGE_TOO_COMPLEX``); RLE BMP is refused.
+   with loops that stop at a cap (``TOO_LARGE`` / ``IMAGE_TOO_COMPLEX``); RLE BMP is refused.
 3. **Pixel cap before decoding.** ``width * height`` from the header is compared with
    ``ImagePolicy.max_pixels``; Pillow's own ``DecompressionBombError`` (raised by ``Image.open`` above
-   twice ``Image.MAX_IMAGE_PIXELS``) becomes ``IMAGE_TOO_LARGE`` too. Pillow's global limits are left
+   twice ``Image.MAX_IMAGE_PIXELS``) becomes ``TOO_LARGE`` too. Pillow's global limits are left
    as they are: our cap is checked here, per call, so other code in the process is unaffected.
 4. **Frame cap** for animations and multi-page files, counted by the walk for GIF and TIFF (Pillow's own
    count walks every frame) and by Pillow where its count is cheap; only the first frame is decoded.
@@ -23,7 +23,7 @@ The rules, in the order they are applied:
 6. **Memory admission.** The bytes a decode will hold (decoded pixels in their own mode, a TIFF tile, the
    RGB result) are estimated from the header and reserved from a per-process budget
    (``ImagePolicy.decode_memory``) before decoding; a decode that would not fit even alone is
-   ``IMAGE_TOO_LARGE``, others wait for room. 16 threads decoding 40 Mpx images then cannot add up.
+   ``TOO_LARGE``, others wait for room. 16 threads decoding 40 Mpx images then cannot add up.
 7. **Full load** (``img.load()``) so that truncated data raises here (``ImageFile.LOAD_TRUNCATED_IMAGES``
    stays False), then conversion to RGB **in strips of rows**, each reduced at once by an integer factor
    when ``draft_size`` allows (at least twice the target remains, Pillow's ``reducing_gap=2``): a 40 Mpx
@@ -183,9 +183,9 @@ def decode_in_process(
     except DfscanError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from exc
+        raise ImageTooLargeError(f"decompression bomb: {exc}") from exc
     except MemoryError as exc:
-        raise ImageTooLargeError("image too large: out of memory while decoding") from exc
+        raise ImageTooLargeError("out of memory while decoding", limit="decode_memory") from exc
     except Exception as exc:  # Pillow plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         raise CorruptImageError(f"corrupt image data: {type(exc).__name__}: {exc}") from exc
 
@@ -293,7 +293,9 @@ def _check_caps(img: Image.Image, declared: headers.Declared, policy: ImagePolic
     cheap = img.format not in ("GIF", "TIFF")
     frames = int(getattr(img, "n_frames", 1)) if cheap else declared.frames or 1
     if frames > policy.max_frames:
-        raise ImageTooLargeError(f"image has {frames} frames, over the cap of {policy.max_frames}")
+        raise ImageTooLargeError(
+            f"image has {frames} frames, over the cap of {policy.max_frames}", limit="image_frames"
+        )
 
 
 def _orientation(img: Image.Image) -> int:
@@ -336,7 +338,8 @@ def _estimate(img: Image.Image, declared: headers.Declared, factor: int, policy:
     if need > policy.decode_memory:
         raise ImageTooLargeError(
             f"decoding this {width}x{height} {img.mode} image needs about {need // MiB} MiB, over the "
-            f"decode memory budget of {policy.decode_memory // MiB} MiB (DFSCAN_DECODE_MEMORY)"
+            f"decode memory budget of {policy.decode_memory // MiB} MiB (DFSCAN_DECODE_MEMORY)",
+            limit="decode_memory",
         )
     return need
 

@@ -75,7 +75,7 @@ from worker.inference.images import ImagePolicy, decode_with_size, image_sha256,
 from worker.inference.media import video_container
 from worker.inference.model import Detector
 from worker.inference.preprocess import load_pixels, to_tensor
-from worker.inference.sources import SourcePolicy, read_source
+from worker.inference.sources import SourcePolicy, failed_media, read_source
 from worker.inference.video import VideoPolicy
 from worker.inference.video_scoring import FrameFaces, score_video
 
@@ -182,7 +182,7 @@ class Judge:
         try:
             data = read_source(source, self.sources)
         except Exception as exc:
-            return self._failed(source, exc, fetch_ms=_ms(started))
+            return self._failed(source, exc, fetch_ms=_ms(started), media=failed_media(exc))
         return self.judge_bytes(data, source=source, fetch_ms=_ms(started))
 
     def judge_bytes(self, data: bytes, *, source: str = "<bytes>", fetch_ms: float = 0.0) -> Verdict:

@@ -1,10 +1,13 @@
 """What kind of media some bytes are, from their first bytes only (never a name): no decoder imported.
 
-Used twice: by ``sources`` to pick the byte cap of a body while it streams in (a video may be larger
-than an image), and by ``video`` to force the demuxer it opens. 16 bytes are enough to decide.
+Used by ``sources`` to pick the byte cap of a body while it streams in (a video may be larger than an
+image) and to say what a read that failed was (:func:`media_kind`), and by ``video`` to force the demuxer
+it opens. 16 bytes are enough to decide.
 """
 
 from __future__ import annotations
+
+import re
 
 SNIFF_BYTES = 16
 
@@ -44,3 +47,19 @@ def video_container(head: bytes) -> str | None:
 def is_video(data: bytes) -> bool:
     """True when the bytes start like MP4/MOV (a non-image ftyp) or Matroska/WebM (EBML)."""
     return video_container(data) is not None
+
+
+# How the image formats dfscan decodes start (worker.inference.images decides what they are; this only
+# names what a failed read was): JPEG, PNG, GIF, TIFF and BigTIFF, BMP, WebP, AVIF and HEIF brands.
+_IMAGE_MAGIC = re.compile(
+    rb"\xff\xd8\xff|\x89PNG\r\n\x1a\n|GIF8[79]a|II\*\x00|MM\x00\*|II\+\x00|MM\x00\+|BM|RIFF....WEBP"
+    rb"|....ftyp(?:avi[fs]|hei[cxms]|hev[cxms]|mif1|msf1)",
+    re.DOTALL,
+)
+
+
+def media_kind(head: bytes) -> str | None:
+    """``"video"`` or ``"image"`` when the first bytes start like one (a video first), else None."""
+    if video_container(head) is not None:
+        return "video"
+    return "image" if _IMAGE_MAGIC.match(head) else None

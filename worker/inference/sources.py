@@ -50,6 +50,7 @@ from dfscan.exceptions import (
     DfscanError,
     FetchError,
     FetchTimeoutError,
+    HostNotFoundError,
     HttpStatusError,
     PathNotAllowedError,
     SourceNotFoundError,
@@ -67,9 +68,10 @@ from dfscan.urlguard import (
     is_url,
     parse_url,
 )
-from worker.inference.media import SNIFF_BYTES, video_container
+from dfscan.verdicts import UNKNOWN
+from worker.inference.media import SNIFF_BYTES, media_kind, video_container
 
-__all__ = ["SourcePolicy", "check_url", "is_url", "read_source"]
+__all__ = ["SourcePolicy", "check_url", "failed_media", "is_url", "read_source"]
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +84,37 @@ _DNS_NOT_FOUND = {
 
 
 def read_source(source: str, policy: SourcePolicy) -> bytes:
-    """http(s) URL or local path -> bytes, or raise a dfscan.exceptions.DfscanError subclass."""
-    if not source or not source.strip():
-        raise UnsupportedSourceError("refused an empty source: give an http(s) URL or a file path")
-    if source[:5].lower() == "file:":
-        return _read_path(_non_utf8_path(source), policy, shown=source)
-    if is_url(source):
-        return _fetch(source, policy)
-    return _read_path(source, policy)
+    """http(s) URL or local path -> bytes, or raise a dfscan.exceptions.DfscanError subclass.
+
+    The error's ``media`` says what the body's first bytes showed before it failed (``"video"`` or
+    ``"image"``: a video over its byte cap, a body cut short), or None when none arrived."""
+    seen = _Seen()
+    try:
+        if not source or not source.strip():
+            raise UnsupportedSourceError("refused an empty source: give an http(s) URL or a file path")
+        if source[:5].lower() == "file:":
+            return _read_path(_non_utf8_path(source), policy, seen, shown=source)
+        if is_url(source):
+            return _fetch(source, policy, seen)
+        return _read_path(source, policy, seen)
+    except DfscanError as exc:
+        exc.media = seen.media
+        raise
+
+
+def failed_media(exc: BaseException) -> str:
+    """The ``media`` of a verdict whose read failed with ``exc``: what the body's first bytes showed
+    (``"video"``, ``"image"``), else ``"unknown"`` (nothing arrived: DNS, connect, HTTP status, path)."""
+    return (exc.media if isinstance(exc, DfscanError) else None) or UNKNOWN
+
+
+class _Seen:
+    """The kind of body a read learnt from its first bytes (None until 16 of them arrived)."""
+
+    media: str | None = None
+
+    def sniff(self, head: bytes) -> None:
+        self.media = media_kind(head)
 
 
 # --- URLs ----------------------------------------------------------------------------------------
@@ -113,13 +138,13 @@ class _Clock:
         return FetchTimeoutError(f"gave up on {self.display}: no complete answer within {self.seconds:g}s")
 
 
-def _fetch(url: str, policy: SourcePolicy) -> bytes:
+def _fetch(url: str, policy: SourcePolicy, seen: _Seen) -> bytes:
     target = parse_url(url, policy)
     clock = _Clock(policy.deadline, target.display)
     hops = 0
     while True:
         ip = _resolve(target, policy, clock)
-        answer = _fetch_once(target, ip, policy, clock)
+        answer = _fetch_once(target, ip, policy, clock, seen)
         if isinstance(answer, bytes):
             return answer
         hops += 1
@@ -152,7 +177,7 @@ def _resolve(target: Target, policy: SourcePolicy, clock: _Clock) -> IPAddress:
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise SourceNotFoundError(f"host of {target.display} has no addresses")
+        raise HostNotFoundError(f"host of {target.display} has no addresses")
     if not host_allowed(target.host, policy):
         for address in addresses:
             check_address(address, target, policy)
@@ -177,7 +202,7 @@ def _getaddrinfo(target: Target, clock: _Clock) -> list[tuple]:  # type: ignore[
     outcome = result[0]
     if isinstance(outcome, socket.gaierror):
         if outcome.errno in _DNS_NOT_FOUND:
-            raise SourceNotFoundError(f"host of {target.display} does not resolve ({outcome.strerror})")
+            raise HostNotFoundError(f"host of {target.display} does not resolve ({outcome.strerror})")
         raise FetchError(f"DNS lookup for {target.display} failed ({outcome.strerror})")
     if isinstance(outcome, BaseException):
         raise FetchError(f"DNS lookup for {target.display} failed ({type(outcome).__name__})")
@@ -238,7 +263,9 @@ def start_clock(target: Target, policy: SourcePolicy) -> _Clock:
     return _Clock(policy.deadline, target.display)
 
 
-def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock) -> bytes | str:
+def _fetch_once(
+    target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock, seen: _Seen
+) -> bytes | str:
     """GET ``target`` from ``ip``: the body, or the Location of a redirect."""
     log.debug("fetching %s from %s", target.display, ip)
     with pinned_connection(target, ip, policy, clock) as (conn, fired):
@@ -256,7 +283,7 @@ def _fetch_once(target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clo
             decode_content=False,
         )
         response = conn.getresponse()
-        return _handle(target, response, policy, fired, clock)
+        return _handle(target, response, policy, fired, clock, seen)
 
 
 def _handle(
@@ -265,6 +292,7 @@ def _handle(
     policy: SourcePolicy,
     fired: threading.Event,
     clock: _Clock,
+    seen: _Seen,
 ) -> bytes | str:
     status = response.status
     if status in _REDIRECT_STATUSES and response.headers.get("Location"):
@@ -286,6 +314,8 @@ def _handle(
             return b"".join(chunks)
         total += len(data)
         chunks.append(data)
+        if seen.media is None and total >= SNIFF_BYTES:
+            seen.sniff(b"".join(chunks)[:SNIFF_BYTES])
         if not cap.decided and total >= SNIFF_BYTES:
             cap.decide(b"".join(chunks)[:SNIFF_BYTES])
             cap.check_declared(declared)
@@ -410,7 +440,7 @@ def _non_utf8_path(url: str) -> str:
     )
 
 
-def _read_path(source: str, policy: SourcePolicy, *, shown: str | None = None) -> bytes:
+def _read_path(source: str, policy: SourcePolicy, seen: _Seen, *, shown: str | None = None) -> bytes:
     """Read a local file; messages name it as ``shown`` (the source text) when that differs."""
     if "\x00" in source:
         raise UnsupportedSourceError("refused a path containing a NUL byte")
@@ -432,6 +462,7 @@ def _read_path(source: str, policy: SourcePolicy, *, shown: str | None = None) -
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
             raise PathNotAllowedError(f"refused path {name!r}: it is {kind}, not a regular file")
         cap = _Cap(policy, f"file {name!r}")
+        seen.sniff(os.pread(fd, SNIFF_BYTES, 0))
         if not cap.decided and info.st_size > policy.max_bytes:
             cap.decide(os.pread(fd, SNIFF_BYTES, 0))
         if info.st_size > cap.limit:

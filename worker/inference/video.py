@@ -8,39 +8,44 @@ Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are app
 2. **Allow-list**: MP4/MOV with H.264 or H.265, Matroska/WebM with VP8, VP9 or AV1 (decoded by dav1d).
    Anything else (MPEG-4 part 2, FFV1, AVI, audio-only files) is ``UNSUPPORTED_FORMAT``.
 3. **Caps from the headers, before any frame is decoded**: bytes (``TOO_LARGE``), streams
-   (``VIDEO_TOO_LARGE``), declared duration (``VIDEO_TOO_LONG``), width x height of the video stream
-   (``VIDEO_TOO_LARGE``). FFmpeg's own ``max_pixels`` option is set to the same cap on every decoder, so a
+   (``TOO_LARGE``), declared duration (``VIDEO_TOO_LONG``), width x height of the video stream
+   (``TOO_LARGE``). FFmpeg's own ``max_pixels`` option is set to the same cap on every decoder, so a
    stream whose parameter sets change size mid-stream is refused by the decoder too (a hard backstop).
 4. **A demux pass (no decoding) indexes the packets**: presentation timestamps and keyframe flags. It
-   catches timestamps that contradict the header (a moov atom that lies: ``VIDEO_TOO_LONG``) and caps the
-   number of frames (``max_seconds * max_fps``), so the plan below never walks an unbounded list.
-5. **Sampling plan, chosen by measurement** (``bench/video.py``): ``frames`` targets spread evenly over
-   the duration (or ``fps`` per second). A keyframe within a quarter of the target spacing stands in for
-   a target (one frame decoded); other targets are decoded exactly. Runs of frames to decode are merged:
-   the decoder seeks to the keyframe before a target only when that keyframe lies past the frames it has
-   already decoded, otherwise it decodes forward. So the plan never decodes more frames than decoding the
-   whole file straight through, nor more than independent frame-exact seeks; with keyframes every second
-   or two it decodes about one frame per sample. The number of frames the plan decodes is known before
-   decoding starts.
+   catches timestamps that contradict the header (a moov atom that lies: ``VIDEO_TOO_LONG``), caps the
+   number of frames (``max_seconds * max_fps``, counted in packets: ``VIDEO_TOO_LONG``) and checks the
+   deadline every 256 packets, so a file that repeats one cluster (millions of packets over a few
+   timestamps) stops as early as any other. The declared duration is end minus start (a clip that starts
+   2^40 ms in is as long as its frames say). Timestamps that cannot tell frames apart (fewer distinct ones
+   than half the packets: zeroed frame durations) switch to frames by order, timed evenly over the
+   declared duration and decoded in one pass from the start.
+5. **Sampling plan** (:mod:`worker.inference.video_plan`), and its cost, known before decoding: a plan
+   that would decode more pixels than the decode budget (``deadline_s`` x ``decode_pixels_per_s`` per
+   decoder thread) is ``TOO_LARGE`` at once, where it would otherwise run out the deadline (a 4K
+   keyframe and 143,000 repeated "nothing changed" packets: 1.2 Tpx).
 6. **Decoding, bounded**: one frame at a time (a generator: never all frames in memory), scaled straight
    from YUV to RGB at reduced size by one reused swscale context (longest side ``frame_side``), on
-   ``decode_threads`` threads. A deadline (``deadline_s``) is checked between packets: ``VIDEO_TOO_LARGE``.
+   ``decode_threads`` threads. A deadline (``deadline_s``) is checked between packets: ``TOO_LARGE``.
    Packets that fail to decode are skipped; if fewer than half the sampled frames decode, or none does,
-   the video is ``CORRUPT_VIDEO``. Memory per job is bounded by the frame-pixel cap (the decoder's few
-   reference frames), the packet index (capped) and one scaled RGB frame.
+   the video is ``CORRUPT_VIDEO``. A seek that fails or finds none of its frames (a start before zero)
+   hands the rest of the plan to one pass from the start. Each frame is turned upright by its display
+   matrix (a phone's portrait clip) and reported in the header's size as displayed (``SampledFrame.size``,
+   also for frames after a mid-stream size change), so face boxes land in the size the verdict reports.
 """
 
 from __future__ import annotations
 
-import bisect
 import io
+import itertools
 import logging
 import math
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import av.error
@@ -56,6 +61,7 @@ from dfscan.exceptions import (
     VideoTooLongError,
 )
 from worker.inference.media import is_video, video_container
+from worker.inference.video_plan import Index, Run, decode_cost, plan_runs, targets, tolerance
 
 __all__ = [
     "CONTAINERS",
@@ -105,6 +111,15 @@ class VideoPolicy:
     decode_threads: int = 1
     max_fps: float = 240.0
     in_flight: int = 2
+    decode_pixels_per_s: float = 1e9
+
+    @property
+    def decode_pixel_budget(self) -> float:
+        """Pixels the sampling plan may decode: what ``decode_threads`` decoders get through in
+        ``deadline_s`` at ``decode_pixels_per_s`` each. A plan over it could not finish in time even on
+        the cheapest frames there are (a 4K "nothing changed" frame decodes at about 1.2 Gpx per CPU
+        second here), so it fails at once instead of after the whole deadline."""
+        return self.deadline_s * self.decode_pixels_per_s * max(1, self.decode_threads)
 
 
 @dataclass(frozen=True)
@@ -134,21 +149,6 @@ class SampledFrame:
 
 
 @dataclass
-class _Index:
-    pts: list[int]  # presentation timestamps, ascending (stream time base)
-    key: list[bool]  # keyframe flag per entry of pts
-    time_base: Fraction
-    start: int
-    end: int  # pts just after the last frame
-
-
-@dataclass
-class _Run:
-    seek_pts: int
-    wanted: list[int] = field(default_factory=list)
-
-
-@dataclass
 class OpenedVideo:
     """A video whose caps passed and whose packets are indexed (:func:`open_video`): ``info`` now, the
     sampled frames when iterated (``frames``: a generator, one frame at a time)."""
@@ -159,9 +159,10 @@ class OpenedVideo:
 
 @contextmanager
 def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
-    """Open ``data``, check every cap the headers and the packet index can answer, and give its info and
-    a generator of its sampled frames: one demux pass for both (what :func:`probe_video` and
-    :func:`sample_frames` do separately). The container stays open inside the ``with`` block only.
+    """Open ``data``, check every cap the headers, the packet index and the sampling plan can answer,
+    decode the first sampled frame (its display matrix tells which way is up, so ``info`` gives the size
+    as displayed), and give the info and a generator of the sampled frames: one demux pass for both. The
+    container stays open inside the ``with`` block only.
 
     Raises (the frames also part-way through) UnsupportedFormatError, TooLargeError, CorruptVideoError,
     VideoTooLongError or VideoTooLargeError.
@@ -170,13 +171,16 @@ def open_video(data: bytes, policy: VideoPolicy) -> Iterator[OpenedVideo]:
     with _open(data, policy) as container:
         stream = container.streams.video[0]
         index = _index(container, stream, policy, deadline)
-        yield OpenedVideo(
-            _info(container, stream, index, len(data)), _frames(container, stream, index, policy, deadline)
-        )
+        runs = _plan(index, stream, policy)
+        frames = _decode_runs(data, container, stream, index, runs, policy, deadline)
+        first = next(frames)  # _decode_runs yields at least one frame or raises
+        info = _info(container, stream, index, len(data), first.size)
+        yield OpenedVideo(info, itertools.chain([first], frames))
 
 
 def probe_video(data: bytes, policy: VideoPolicy) -> VideoInfo:
-    """Check every cap that the headers and the packet index can answer; no frame is decoded."""
+    """Check every cap that the headers, the packet index and the plan can answer; one frame is decoded
+    (the first sampled one: its display matrix gives the size as displayed)."""
     with open_video(data, policy) as video:
         return video.info
 
@@ -191,23 +195,34 @@ def sample_frames(data: bytes, policy: VideoPolicy) -> Iterator[SampledFrame]:
         yield from video.frames
 
 
-def _frames(
-    container: av.container.InputContainer,
-    stream: av.video.stream.VideoStream,
-    index: _Index,
-    policy: VideoPolicy,
-    deadline: float,
-) -> Iterator[SampledFrame]:
-    wanted = _targets(index, policy)
-    runs = plan_runs(index.pts, index.key, wanted, tolerance=_tolerance(index, len(wanted)))
+def _plan(index: Index, stream: av.video.stream.VideoStream, policy: VideoPolicy) -> list[Run]:
+    """The runs to decode, checked against the decode budget before any frame is decoded."""
+    wanted = targets(index, policy.frames, policy.fps, policy.max_samples)
+    if index.sequential:  # no timestamp to seek by: one pass from the start
+        runs = [Run(seek_pts=index.pts[0], wanted=[index.pts[j] for j in wanted])]
+    else:
+        runs = plan_runs(index.pts, index.key, wanted, tolerance=tolerance(index, len(wanted)))
+    cost = decode_cost(index.pts, runs)
+    ctx = stream.codec_context
+    pixels = cost * ctx.width * ctx.height
+    budget = policy.decode_pixel_budget
     logger.debug(
-        "sampling %d frames of %d in %d runs (%d frames to decode)",
+        "sampling %d frames of %d in %d runs (%d frames to decode, %d pixels of a budget of %d)",
         len(wanted),
         len(index.pts),
         len(runs),
-        decode_cost(index.pts, runs),
+        cost,
+        pixels,
+        budget,
     )
-    yield from _decode_runs(container, stream, index, runs, policy, deadline)
+    if pixels > budget:
+        raise VideoTooLargeError(
+            f"sampling this video means decoding {cost} frames of {ctx.width}x{ctx.height} "
+            f"({pixels / 1e9:.1f} Gpx), over the decode budget of {budget / 1e9:.0f} Gpx "
+            f"({policy.deadline_s:g} s at {policy.decode_pixels_per_s / 1e9:g} Gpx/s): too few keyframes for its size",
+            limit="video_time",
+        )
+    return runs
 
 
 # --- opening and checking ------------------------------------------------------------------------
@@ -234,7 +249,9 @@ def _open(data: bytes, policy: VideoPolicy) -> av.container.InputContainer:
             container_options={"probesize": str(min(len(data), 5 * MiB) or 32), "analyzeduration": "2000000"},
         )
     except MemoryError as exc:
-        raise VideoTooLargeError("video too large: out of memory while reading its headers") from exc
+        raise VideoTooLargeError(
+            "out of memory while reading the video's headers", limit="video_memory"
+        ) from exc
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise CorruptVideoError(f"{kind} data cannot be parsed: {_reason(exc)}") from exc
     try:
@@ -278,7 +295,9 @@ def _check_headers(
 ) -> None:
     streams = container.streams
     if len(streams) > policy.max_streams:
-        raise VideoTooLargeError(f"video has {len(streams)} streams, over the cap of {policy.max_streams}")
+        raise VideoTooLargeError(
+            f"video has {len(streams)} streams, over the cap of {policy.max_streams}", limit="streams"
+        )
     if not streams.video:
         raise UnsupportedFormatError(f"{kind} file has no video stream (audio or data only)")
     stream = streams.video[0]
@@ -306,10 +325,14 @@ def _check_headers(
 def _declared_seconds(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream
 ) -> float | None:
+    """The duration the headers declare. A container's duration is where it ends (FFmpeg adds the start
+    time to it), so its start is taken off: a 2 s clip that starts 2^40 ms in is 2 s long."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return container.duration / 1_000_000
+        seconds = container.duration / 1_000_000
+        start = (container.start_time or 0) / 1_000_000
+        return seconds - start if 0 < start < seconds else seconds
     return None
 
 
@@ -318,12 +341,16 @@ def _index(
     stream: av.video.stream.VideoStream,
     policy: VideoPolicy,
     deadline: float,
-) -> _Index:
-    """Demux every packet of the video stream (no decoding): timestamps and keyframe flags."""
+) -> Index:
+    """Demux every packet of the video stream (no decoding): timestamps and keyframe flags.
+
+    The deadline and the frame cap count packets, not distinct timestamps: a file that repeats one
+    cluster (millions of packets over a few timestamps) stops at the cap or the deadline like any other."""
     tb = stream.time_base or Fraction(1, 90_000)
     max_frames = int(policy.max_seconds * policy.max_fps) + 1
     max_span = policy.max_seconds / tb
     entries: dict[int, bool] = {}
+    order: list[bool] = []  # keyframe flag of every packet, in demux order
     durations: list[int] = []
     lo: int | None = None
     hi: int | None = None
@@ -334,6 +361,13 @@ def _index(
             pts = packet.pts if packet.pts is not None else packet.dts
             if pts is None:
                 continue
+            order.append(bool(packet.is_keyframe))
+            if len(order) > max_frames:
+                raise VideoTooLongError(f"video has more than {max_frames} frames (packets)")
+            if len(order) % 256 == 0 and time.monotonic() > deadline:
+                raise VideoTooLargeError(
+                    f"reading the video's index took longer than {policy.deadline_s:g} s", limit="video_time"
+                )
             entries[pts] = entries.get(pts, False) or bool(packet.is_keyframe)
             if packet.duration:
                 durations.append(packet.duration)
@@ -343,115 +377,75 @@ def _index(
                 raise VideoTooLongError(
                     f"video timestamps run past {policy.max_seconds:g} s (the header said otherwise)"
                 )
-            if len(entries) > max_frames:
-                raise VideoTooLongError(f"video has more than {max_frames} frames")
-            if len(entries) % 256 == 0 and time.monotonic() > deadline:
-                raise VideoTooLargeError(
-                    f"reading the video's index took longer than {policy.deadline_s:g} s"
-                )
     except DfscanError:
         raise
     except MemoryError as exc:
-        raise VideoTooLargeError("video too large: out of memory while indexing its packets") from exc
+        raise VideoTooLargeError(
+            "out of memory while indexing the video's packets", limit="video_memory"
+        ) from exc
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if not entries:
             raise CorruptVideoError(f"video packets cannot be read: {_reason(exc)}") from exc
         logger.info("video index stops early at a broken packet: %s", _reason(exc))
+    if time.monotonic() > deadline:
+        raise VideoTooLargeError(
+            f"reading the video's index took longer than {policy.deadline_s:g} s", limit="video_time"
+        )
     if not entries or lo is None or hi is None:
         raise CorruptVideoError("video stream has no packets")
+    if len(entries) * 2 < len(order):
+        return _sequential(container, stream, order)
     ordered = sorted(entries)
     step = (
         sorted(durations)[len(durations) // 2]
         if durations
         else (ordered[-1] - ordered[-2] if len(ordered) > 1 else 1)
     )
-    return _Index(
+    return Index(
         pts=ordered, key=[entries[p] for p in ordered], time_base=tb, start=lo, end=hi + max(step, 1)
     )
 
 
+def _sequential(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, order: list[bool]
+) -> Index:
+    """An index by frame order, for a stream whose timestamps repeat (fewer than half are distinct):
+    frames are spread evenly over the declared duration (25 per second when none is declared)."""
+    declared = _declared_seconds(container, stream)
+    seconds = (
+        declared if declared is not None and math.isfinite(declared) and declared > 0 else len(order) / 25
+    )
+    logger.info("video timestamps repeat (%d packets): frames are told apart by their order", len(order))
+    return Index(
+        pts=list(range(len(order))),
+        key=order,
+        time_base=Fraction(seconds).limit_denominator(1_000_000) / len(order),
+        start=0,
+        end=len(order),
+        sequential=True,
+    )
+
+
 def _info(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, index: _Index, size: int
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: Index,
+    size: int,
+    shown: tuple[int, int] | None,
 ) -> VideoInfo:
     ctx = stream.codec_context
+    width, height = shown or (ctx.width, ctx.height)
     return VideoInfo(
         container=container.format.name,
         codec=ctx.codec.name,
-        width=ctx.width,
-        height=ctx.height,
+        width=width,
+        height=height,
         duration_s=float((index.end - index.start) * index.time_base),
         frames=len(index.pts),
         keyframes=sum(index.key),
         streams=len(container.streams),
         size_bytes=size,
     )
-
-
-# --- the sampling plan --------------------------------------------------------------------------
-
-
-def _targets(index: _Index, policy: VideoPolicy) -> list[int]:
-    """Indices (into index.pts) of the frames nearest to evenly spread target times, deduplicated."""
-    duration = float((index.end - index.start) * index.time_base)
-    count = max(1, math.ceil(duration * policy.fps)) if policy.fps is not None else policy.frames
-    count = max(1, min(count, policy.max_samples, len(index.pts)))
-    span = index.end - index.start
-    picks: list[int] = []
-    for i in range(count):
-        target = index.start + (i + 0.5) * span / count
-        j = bisect.bisect_left(index.pts, target)
-        if j > 0 and (j == len(index.pts) or target - index.pts[j - 1] <= index.pts[j] - target):
-            j -= 1
-        if not picks or picks[-1] != j:
-            picks.append(j)
-    return picks
-
-
-def _tolerance(index: _Index, count: int) -> float:
-    """How far (in pts units) a keyframe may be from a target and still stand in for it."""
-    return (index.end - index.start) / max(count, 1) / 4
-
-
-def plan_runs(pts: list[int], key: list[bool], wanted: list[int], *, tolerance: float) -> list[_Run]:
-    """Group the wanted frame indices into decode runs, each starting with a seek to a keyframe.
-
-    A keyframe within ``tolerance`` of a wanted frame replaces it. A wanted frame whose keyframe lies at or
-    before the last frame the current run decodes joins that run (decoding forward is cheaper than a seek
-    back to the same keyframe); otherwise a new run seeks to its keyframe.
-    """
-    keys = [i for i, k in enumerate(key) if k]
-    runs: list[_Run] = []
-    last_end = -1  # index of the last frame the current run decodes
-    chosen: list[int] = []
-    for j in wanted:
-        k = keys[bisect.bisect_right(keys, j) - 1] if keys and keys[0] <= j else 0
-        nearest = _nearest_key(keys, j, pts)
-        if nearest is not None and abs(pts[nearest] - pts[j]) <= tolerance:
-            j = nearest
-            k = nearest
-        if chosen and j <= chosen[-1]:
-            continue  # two targets fell on the same frame
-        chosen.append(j)
-        if runs and k <= last_end:
-            runs[-1].wanted.append(pts[j])
-        else:
-            runs.append(_Run(seek_pts=pts[k], wanted=[pts[j]]))
-        last_end = max(last_end, j)
-    return runs
-
-
-def _nearest_key(keys: list[int], j: int, pts: list[int]) -> int | None:
-    if not keys:
-        return None
-    at = bisect.bisect_left(keys, j)
-    best = [keys[i] for i in (at - 1, at) if 0 <= i < len(keys)]
-    return min(best, key=lambda k: abs(pts[k] - pts[j]))
-
-
-def decode_cost(pts: list[int], runs: list[_Run]) -> int:
-    """Frames the plan decodes: from each run's keyframe to its last wanted frame (presentation order)."""
-    position = {p: i for i, p in enumerate(pts)}
-    return sum(position[max(r.wanted)] - position[r.seek_pts] + 1 for r in runs)
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -465,72 +459,150 @@ def scaled_size(width: int, height: int, side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def upright(frame: av.VideoFrame) -> list[Image.Transpose]:
+    """The transposes that show ``frame`` as its display matrix says (phones store portrait clips
+    sideways and say so there): FFmpeg's own autorotate rule (``fftools``), right angles and flips only."""
+    side: Mapping[str, Any] = frame.side_data  # type: ignore[assignment]  # typed as motion vectors only
+    if "DISPLAYMATRIX" not in side:
+        return []
+    m = struct.unpack("=9i", bytes(side["DISPLAYMATRIX"]))
+    theta = -float(frame.rotation)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return [Image.Transpose.TRANSPOSE if m[3] > 0 else Image.Transpose.ROTATE_270]
+    if abs(theta - 270) < 1:
+        return [Image.Transpose.TRANSVERSE if m[3] < 0 else Image.Transpose.ROTATE_90]
+    flips = []
+    if abs(theta - 180) < 1 and m[0] < 0:
+        flips.append(Image.Transpose.FLIP_LEFT_RIGHT)
+    if (abs(theta - 180) < 1 or abs(theta) < 1) and m[4] < 0:
+        flips.append(Image.Transpose.FLIP_TOP_BOTTOM)
+    return flips  # other angles are not turned (FFmpeg rotates them by any angle; phones never write one)
+
+
+_SWAPS = frozenset(
+    {
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+    }
+)
+
+
 def _decode_runs(
+    data: bytes,
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
-    index: _Index,
-    runs: list[_Run],
+    index: Index,
+    runs: list[Run],
     policy: VideoPolicy,
     deadline: float,
 ) -> Iterator[SampledFrame]:
-    reformatter = VideoReformatter()
-    wanted_total = sum(len(r.wanted) for r in runs)
-    yielded = failures = 0
-    for run in runs:
-        remaining = set(run.wanted)
-        last = max(run.wanted)
+    """The sampled frames, run by run. A run whose seek fails or lands past its frames (a start before
+    zero, cues that lie) hands it and every later run to one pass from the start of a fresh demuxer."""
+    header = (stream.codec_context.width, stream.codec_context.height)
+    state = _Decoding(index, policy, deadline, sum(len(r.wanted) for r in runs), header)
+    rest = runs if index.sequential else []  # sequential: no timestamp to seek by, one pass from the start
+    for k, run in enumerate([] if index.sequential else runs):
         try:
             container.seek(run.seek_pts, stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, OSError) as exc:
-            failures += 1
-            logger.info("video seek to %s failed: %s", run.seek_pts, _reason(exc))
-            continue
-        done = False
-        packets = container.demux(stream)
-        while not done:
-            if time.monotonic() > deadline:
-                raise VideoTooLargeError(f"decoding the video took longer than {policy.deadline_s:g} s")
+            logger.info("video seek to %s failed (%s): decoding from the start", run.seek_pts, _reason(exc))
+        else:
+            before = (state.yielded, state.failures)
+            yield from state.decode(container.demux(stream), set(run.wanted), max(run.wanted))
+            if (state.yielded, state.failures) != before:
+                continue
+            logger.info("video seek to %s found none of its frames: decoding from the start", run.seek_pts)
+        rest = runs[k:]
+        break
+    if rest:
+        wanted = {p for r in rest for p in r.wanted}
+        with _open(data, policy) as again:
+            yield from state.decode(again.demux(again.streams.video[0]), wanted, max(wanted))
+    state.finish()
+
+
+class _Decoding:
+    """Decoding state shared by the runs of one video: one reused swscale context, the frames yielded,
+    the broken packets, the deadline and the size every frame is reported in (the header's, turned
+    upright: a frame of another size after a mid-stream change is mapped into it)."""
+
+    def __init__(
+        self, index: Index, policy: VideoPolicy, deadline: float, wanted: int, header: tuple[int, int]
+    ) -> None:
+        self.index = index
+        self.policy = policy
+        self.deadline = deadline
+        self.wanted = wanted
+        self.reformatter = VideoReformatter()
+        self.yielded = self.failures = 0
+        self.header = header
+        self.shown: tuple[int, int] | None = None
+
+    def decode(self, packets: Iterator[av.Packet], remaining: set[int], last: int) -> Iterator[SampledFrame]:
+        ordinal = -1
+        policy = self.policy
+        while remaining:
+            if time.monotonic() > self.deadline:
+                raise VideoTooLargeError(
+                    f"decoding the video took longer than {policy.deadline_s:g} s", limit="video_time"
+                )
             try:
                 packet = next(packets)
             except StopIteration:
                 break
             except (av.error.FFmpegError, OSError) as exc:
-                failures += 1
+                self.failures += 1
                 logger.info("video demux stops at a broken packet: %s", _reason(exc))
                 break
             try:
                 frames = packet.decode()
             except MemoryError as exc:
-                raise VideoTooLargeError("video too large: out of memory while decoding") from exc
+                raise VideoTooLargeError(
+                    "out of memory while decoding the video", limit="video_memory"
+                ) from exc
             except (av.error.FFmpegError, ValueError) as exc:
-                failures += 1
-                if failures > 4 * wanted_total + 16:
+                self.failures += 1
+                if self.failures > 4 * self.wanted + 16:
                     raise CorruptVideoError(f"too many video packets fail to decode: {_reason(exc)}") from exc
                 continue
             for frame in frames:
-                if frame.pts is None:
+                ordinal += 1
+                key = ordinal if self.index.sequential else frame.pts
+                if key is None:
                     continue
                 if frame.width * frame.height > policy.max_frame_pixels:
                     raise VideoTooLargeError(
                         f"a video frame is {frame.width}x{frame.height}, over the cap of {policy.max_frame_pixels} pixels"
                     )
-                if frame.pts in remaining:
-                    remaining.discard(frame.pts)
-                    width, height = scaled_size(frame.width, frame.height, policy.frame_side)
-                    rgb = reformatter.reformat(frame, width, height, "rgb24", interpolation="AREA")
-                    yielded += 1
-                    yield SampledFrame(
-                        t=float((frame.pts - index.start) * index.time_base),
-                        image=rgb.to_image(),
-                        size=(frame.width, frame.height),
-                    )
-                if not remaining or frame.pts >= last:
-                    done = True
-                    break
-    if yielded == 0 or yielded * 2 < wanted_total:
-        raise CorruptVideoError(
-            f"only {yielded} of {wanted_total} sampled video frames could be decoded ({failures} broken packets)"
+                if key in remaining:
+                    remaining.discard(key)
+                    yield self._sampled(frame, key)
+                if not remaining or key >= last:
+                    return
+
+    def _sampled(self, frame: av.VideoFrame, key: int) -> SampledFrame:
+        turns = upright(frame)
+        if self.shown is None:
+            width, height = self.header
+            self.shown = (height, width) if any(t in _SWAPS for t in turns) else (width, height)
+        width, height = scaled_size(frame.width, frame.height, self.policy.frame_side)
+        image = self.reformatter.reformat(frame, width, height, "rgb24", interpolation="AREA").to_image()
+        for turn in turns:
+            image = image.transpose(turn)
+        self.yielded += 1
+        return SampledFrame(
+            t=float((key - self.index.start) * self.index.time_base), image=image, size=self.shown
         )
+
+    def finish(self) -> None:
+        if self.yielded == 0 or self.yielded * 2 < self.wanted:
+            raise CorruptVideoError(
+                f"only {self.yielded} of {self.wanted} sampled video frames could be decoded "
+                f"({self.failures} broken packets)"
+            )
 
 
 def _reason(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dfscan.exceptions import InferenceError, TrainingDataError
+from dfscan.exceptions import InferenceError, SourceNotFoundError, TrainingDataError
 from dfscan.verdicts import NOT_APPLICABLE, Verdict
 from worker.inference.faces import FacePolicy, load_face_detector
 from worker.inference.images import ImagePolicy
@@ -100,7 +100,9 @@ def score_face_examples(
         try:
             data = example.read()
         except OSError as exc:
-            return Verdict(source=example.name, status="failed", error_code="NOT_FOUND", error=str(exc))
+            return Verdict(
+                source=example.name, status="failed", error_code=SourceNotFoundError.code, error=str(exc)
+            )
         return judge.judge_bytes(data, source=example.name)
 
     try:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dfscan.exceptions import ConfigError
 from worker.training.metrics import CLASS_NAMES, roc_curve
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,13 @@ def write_report(
     metrics: dict[str, Any], out_dir: Path, *, y_true: Sequence[int], p_fake: Sequence[float]
 ) -> dict[str, Path]:
     """Write the report files into ``out_dir`` (created); return ``{"json", "text", "confusion_matrix", "roc"}``."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:  # the `worker` extra serves without it; reports are the `train` extra's
+        raise ConfigError(
+            "the report's pictures need matplotlib, which comes with the train extra: "
+            "pip install 'dfscan[train]'"
+        ) from exc
 
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt

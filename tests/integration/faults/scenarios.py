@@ -407,7 +407,6 @@ def hostile_sources(svc: Service, tmp: Path) -> tuple[Outcome, dict[str, str | N
             env={
                 "DFSCAN_URL_ALLOWLIST": "127.0.0.2/32",
                 "DFSCAN_FETCH_DEADLINE": "3",
-                "DFSCAN_READ_TIMEOUT": "2",
                 "DFSCAN_MAX_ATTEMPTS": "2",
             },
         )
