@@ -46,3 +46,6 @@ bench-delivery:  ## CPU per webhook delivery (deliverer vs receiver vs Postgres)
 
 faults:  ## run every fault scenario and print the table of docs/faults.md
 	$(PY) -m bench.faults
+
+flower:  ## Flower on 127.0.0.1:5555, basic auth on every path (set DFSCAN_FLOWER_PASSWORD first)
+	$(VENV)/bin/dfscan flower

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from db import webhooks
 from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, utcnow
 from db.results import faces_of, verdict_frames
-from dfscan.exceptions import MaxAttemptsError
+from dfscan.exceptions import IdempotencyConflictError, MaxAttemptsError
 from dfscan.verdicts import STORED, VIDEO, FaceVerdict, Stored, stored_frames
 from dfscan.verdicts import Verdict as VerdictResult
 from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
@@ -47,11 +47,14 @@ def create_submission(
 
     Returns ``(submission, jobs, created)``. With an ``idempotency_key`` already used, nothing is
     written and the existing submission and its jobs come back with ``created=False`` (also when two
-    callers race on the same key). Reusing a key for different sources raises ``ValueError``.
+    callers race on the same key). Reusing a key for different sources, or with another callback URL
+    or other events, raises IDEMPOTENCY_CONFLICT (IdempotencyConflictError, a ValueError): the first
+    submission's callback is never silently kept for a caller that asked for another.
     ``callback_url`` asks for webhook events (``callback_events``, default every event) as jobs end.
     """
+    events = ",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None
     if idempotency_key is not None:
-        existing = _replay(session, idempotency_key, sources)
+        existing = _replay(session, idempotency_key, sources, (callback_url, events))
         if existing is not None:
             return existing
     submission = Submission(
@@ -61,7 +64,7 @@ def create_submission(
         priority=priority,
         n_jobs=len(sources),
         callback_url=callback_url,
-        callback_events=",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None,
+        callback_events=events,
     )
     jobs = [
         ScanJob(submission_id=submission.id, seq=seq, source=source, client_ref=client_ref, priority=priority)
@@ -75,7 +78,7 @@ def create_submission(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = _replay(session, idempotency_key, sources)
+        existing = _replay(session, idempotency_key, sources, (callback_url, events))
         if existing is None:
             raise
         return existing
@@ -86,7 +89,7 @@ def create_submission(
 
 
 def _replay(
-    session: Session, idempotency_key: str, sources: Sequence[str]
+    session: Session, idempotency_key: str, sources: Sequence[str], callback: tuple[str | None, str | None]
 ) -> tuple[Submission, list[ScanJob], bool] | None:
     submission = session.scalars(
         select(Submission).where(Submission.idempotency_key == idempotency_key)
@@ -97,9 +100,14 @@ def _replay(
         session.scalars(select(ScanJob).where(ScanJob.submission_id == submission.id).order_by(ScanJob.seq))
     )
     if [job.source for job in jobs] != list(sources):
-        raise ValueError(
+        raise IdempotencyConflictError(
             f"idempotency key {idempotency_key!r} was already used for submission {submission.id} with "
             "different sources; use a new key for a new submission"
+        )
+    if (submission.callback_url, submission.callback_events) != callback:
+        raise IdempotencyConflictError(
+            f"idempotency key {idempotency_key!r} was already used for submission {submission.id} with "
+            "another callback URL or other callback events; resubmit with the same callback, or use a new key"
         )
     return submission, jobs, False
 

@@ -48,7 +48,7 @@ FINAL_RUN_STATES = ("done", "failed", "cancelled")
 LABELS = ("real", "fake", "not_applicable")  # not_applicable: DFSCAN_FACES=require and no face
 JUDGED_ON = ("faces", "image")
 MEDIA = ("image", "video")
-PROMOTION_REASONS = ("promote", "rollback")
+PROMOTION_REASONS = ("promote", "rollback", "default")
 WEBHOOK_EVENTS = ("job.completed", "submission.completed")
 DELIVERY_STATES = ("pending", "delivered", "failed")
 
@@ -331,12 +331,13 @@ class ModelVersion(Base):
 
 
 class Promotion(Base):
-    """One change of the serving model. The latest row (highest id) names the current model."""
+    """One change of the serving model. The latest row (highest id) names the current model; a row
+    without a version means the default model (DFSCAN_MODEL, DFSCAN_THRESHOLD)."""
 
     __tablename__ = "promotions"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    version: Mapped[str | None] = mapped_column(ForeignKey("model_versions.version"))
     previous_version: Mapped[str | None] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

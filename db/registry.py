@@ -3,7 +3,11 @@
 ``promotions`` is an append-only log; the latest row names the serving model. A rollback appends a
 row too (``reason='rollback'``), so the log always says who served when. Rolling back replays the
 log as a stack (promote pushes, rollback pops), so repeated rollbacks walk back through history
-(C -> B -> A) instead of toggling between the last two versions.
+(C -> B -> A -> the default) instead of toggling between the last two versions.
+
+The bottom of the stack is always the default model (``DFSCAN_MODEL`` with ``DFSCAN_THRESHOLD``),
+written as a row whose ``version`` is NULL: ``promote_default`` pushes it (``reason='default'``), and a
+rollback past the first promotion lands on it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import ModelVersion, Promotion
+from dfscan.exceptions import NothingToRollBackError, UnknownIdError
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +74,16 @@ def promotion_history(session: Session) -> list[Promotion]:
 
 
 def current_version(session: Session) -> ModelVersion | None:
-    """The serving model version (latest promotion), or None if nothing was ever promoted."""
+    """The serving model version (latest promotion), or None when the default model (DFSCAN_MODEL)
+    serves: nothing was ever promoted, or the latest row points back at the default."""
     latest = session.scalars(select(Promotion).order_by(Promotion.id.desc()).limit(1)).first()
-    return session.get(ModelVersion, latest.version) if latest else None
+    return session.get(ModelVersion, latest.version) if latest and latest.version else None
 
 
 def promote(session: Session, version: str) -> Promotion:
-    """Make ``version`` the serving model. Raises ``LookupError`` for an unregistered version."""
+    """Make ``version`` the serving model. UNKNOWN_ID (a LookupError) for an unregistered version."""
     if session.get(ModelVersion, version) is None:
-        raise LookupError(f"model version {version!r} is not registered; register it before promoting")
+        raise UnknownIdError(f"model version {version!r} is not registered; register it before promoting")
     current = current_version(session)
     row = Promotion(version=version, previous_version=current.version if current else None, reason="promote")
     session.add(row)
@@ -86,17 +92,33 @@ def promote(session: Session, version: str) -> Promotion:
     return row
 
 
+def promote_default(session: Session) -> Promotion | None:
+    """Serve the default model (DFSCAN_MODEL) again; None when it already serves (nothing written)."""
+    current = current_version(session)
+    if current is None:
+        return None
+    row = Promotion(version=None, previous_version=current.version, reason="default")
+    session.add(row)
+    session.flush()
+    log.info("promoted the default model (was %s)", current.version, extra={"model_version": None})
+    return row
+
+
 def rollback(session: Session) -> Promotion:
-    """Serve the version that served before the current one. ``LookupError`` if there is none."""
-    stack: list[str] = []
+    """Serve what served before the current model: an earlier version, or after the first promotion
+    the default model (a row with ``version`` None). NOTHING_TO_ROLL_BACK (a LookupError) when the
+    default already serves and no history is left to walk back."""
+    stack: list[str | None] = [None]  # the default model is always at the bottom
     for row in promotion_history(session):
         if row.reason == "rollback":
-            if stack:
+            if len(stack) > 1:
                 stack.pop()
         else:
             stack.append(row.version)
     if len(stack) < 2:
-        raise LookupError("nothing to roll back to: fewer than two promotions are in effect")
+        raise NothingToRollBackError(
+            "nothing to roll back to: the default model (DFSCAN_MODEL) already serves"
+        )
     current, target = stack[-1], stack[-2]
     row = Promotion(version=target, previous_version=current, reason="rollback")
     session.add(row)

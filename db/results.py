@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import JOB_STATES, ScanJob, Submission, VerdictFace, VerdictFrame
 from db.models import Verdict as VerdictRow
+from dfscan.exceptions import UnknownIdError
 from dfscan.verdicts import STORED, VIDEO, Verdict
 
 
@@ -126,7 +127,77 @@ def results(
     query = query.order_by(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq)
     if limit is not None:
         query = query.limit(limit)
+    return _rows(session, list(session.execute(query)))
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of :func:`page`: its rows, newest first, and the cursor of the next page (None: last)."""
+
+    rows: list[ResultRow]
+    next_cursor: uuid.UUID | None
+
+
+def page(
+    session: Session,
+    *,
+    submission_id: uuid.UUID | None = None,
+    label: str | None = None,
+    since: datetime | None = None,
+    client_ref: str | None = None,
+    error_code: str | None = None,
+    limit: int = 100,
+    cursor: uuid.UUID | None = None,
+) -> Page:
+    """Jobs with their verdicts, newest submission first (a submission's jobs in source order), at
+    most ``limit``; ``cursor`` (the ``next_cursor`` of the page before: the id of its last job)
+    continues after that job, so pages neither skip nor repeat rows while new jobs arrive.
+
+    ``client_ref`` and ``error_code`` keep jobs with that reference or failure code; ``label`` and
+    ``since`` as in :func:`results`. An unknown cursor is UNKNOWN_ID.
+    """
+    query = select(ScanJob, VerdictRow).outerjoin(VerdictRow, VerdictRow.job_id == ScanJob.id)
+    if submission_id is not None:
+        query = query.where(ScanJob.submission_id == submission_id)
+    if label is not None:
+        query = query.where(VerdictRow.label == label)
+    if since is not None:
+        query = query.where(ScanJob.finished_at >= since)
+    if client_ref is not None:
+        query = query.where(ScanJob.client_ref == client_ref)
+    if error_code is not None:
+        query = query.where(ScanJob.error_code == error_code)
+    if cursor is not None:
+        anchor = session.execute(
+            select(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq).where(ScanJob.id == cursor)
+        ).first()
+        if anchor is None:
+            raise UnknownIdError(f"no job {cursor}: the cursor must be a job id from an earlier page")
+        # Compare with the anchor row's own stored values (a subquery), not a Python copy: SQLite
+        # keeps timestamps as text in its own format.
+        of = select(ScanJob).where(ScanJob.id == cursor).subquery("anchor")
+        at, sub, seq = (
+            select(column).scalar_subquery() for column in (of.c.created_at, of.c.submission_id, of.c.seq)
+        )
+        query = query.where(
+            or_(
+                ScanJob.created_at < at,
+                and_(
+                    ScanJob.created_at == at,
+                    or_(ScanJob.submission_id < sub, and_(ScanJob.submission_id == sub, ScanJob.seq > seq)),
+                ),
+            )
+        )
+    query = query.order_by(ScanJob.created_at.desc(), ScanJob.submission_id.desc(), ScanJob.seq).limit(
+        limit + 1
+    )
     pairs = list(session.execute(query))
+    more = len(pairs) > limit
+    rows = _rows(session, pairs[:limit])
+    return Page(rows, rows[-1].job_id if more and rows else None)
+
+
+def _rows(session: Session, pairs: list[Any]) -> list[ResultRow]:
     faces = faces_of(session, [v.job_id for _, v in pairs if v is not None and v.judged_on == "faces"])
     videos = [job.id for job, verdict in pairs if verdict is not None and verdict.media == VIDEO]
     frames = verdict_frames(session, videos)
@@ -231,7 +302,7 @@ def check_submission(session: Session, submission_id: uuid.UUID, *, max_attempts
     """Check every invariant of one submission's jobs and verdicts (see :class:`CheckReport`)."""
     submission = session.get(Submission, submission_id)
     if submission is None:
-        raise LookupError(f"no submission {submission_id}")
+        raise UnknownIdError(f"no submission {submission_id}")
     report = CheckReport(submission_id=submission_id, submitted=submission.n_jobs)
     verdict_counts = (
         select(VerdictRow.job_id, func.count().label("n"))

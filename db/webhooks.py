@@ -313,3 +313,29 @@ def list_deliveries(
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def redeliver_matching(
+    session: Session,
+    *,
+    failed_only: bool = False,
+    since: datetime | None = None,
+    receiver: str | None = None,
+    submission_id: uuid.UUID | None = None,
+    limit: int = 1000,
+) -> list[uuid.UUID]:
+    """`dfscan webhooks redeliver --failed/--since/--receiver/--submission`: :func:`redeliver` every
+    matching delivery, oldest first, at most ``limit``; returns their ids. ``failed_only``: given up
+    (state failed; pending ones are retried anyway); ``since``: created at or after; ``receiver``:
+    callback URL starts with it."""
+    query = select(WebhookDelivery.id)
+    if failed_only:
+        query = query.where(WebhookDelivery.state == "failed")
+    if since is not None:
+        query = query.where(WebhookDelivery.created_at >= since)
+    if receiver is not None:
+        query = query.where(WebhookDelivery.url.startswith(receiver, autoescape=True))
+    if submission_id is not None:
+        query = query.where(WebhookDelivery.submission_id == submission_id)
+    ids = list(session.scalars(query.order_by(WebhookDelivery.created_at, WebhookDelivery.id).limit(limit)))
+    return [delivery_id for delivery_id in ids if redeliver(session, delivery_id)]

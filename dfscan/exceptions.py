@@ -247,6 +247,43 @@ class TrainingFailedError(DfscanError):
     code = "TRAINING_FAILED"
 
 
+class CallbackUrlTooLongError(DfscanError):
+    """A callback URL longer than 2,048 characters (it is copied into every event row)."""
+
+    code = "CALLBACK_URL_TOO_LONG"
+
+
+class IdempotencyConflictError(DfscanError, ValueError):
+    """An idempotency key reused with other sources or another callback URL or events."""
+
+    code = "IDEMPOTENCY_CONFLICT"
+
+
+class BadArgumentError(DfscanError, ValueError):
+    """An argument that cannot be used (CLI or ScanClient): a malformed id or date, an unknown value."""
+
+    code = "BAD_ARGUMENT"
+
+
+class UnknownIdError(DfscanError, LookupError):
+    """A well-formed id (submission, delivery, training run, model version) that names nothing stored."""
+
+    code = "UNKNOWN_ID"
+
+
+class NothingToRollBackError(DfscanError, LookupError):
+    """`dfscan models rollback` with nothing promoted: the default model (DFSCAN_MODEL) already serves."""
+
+    code = "NOTHING_TO_ROLL_BACK"
+
+
+class WaitTimeoutError(DfscanError, TimeoutError):
+    """`submit --wait --timeout` (Submission.wait) gave up before every job was final; the jobs go on."""
+
+    code = "WAIT_TIMEOUT"
+    permanent = False
+
+
 class ConfigError(DfscanError):
     """A setting that is missing or wrong for the command (e.g. Flower without a password)."""
 

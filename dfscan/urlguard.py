@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import idna
 
-from dfscan.exceptions import BlockedDestinationError, UnsupportedSourceError
+from dfscan.exceptions import BlockedDestinationError, CallbackUrlTooLongError, UnsupportedSourceError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -233,6 +233,37 @@ def parse_url(url: str, policy: SourcePolicy) -> Target:
     elif host == "localhost" or host.endswith(".localhost"):
         raise BlockedDestinationError(f"refused {target.display}: localhost is a loopback name")
     return target
+
+
+# A callback URL is copied into every event row of its submission: 2,048 characters is what browsers
+# and CDNs reliably carry, and far more than any receiver's address needs.
+MAX_CALLBACK_URL_LENGTH = 2048
+# userinfo in any scheme://user:password@host URL, in a URL or in free text (task arguments, logs).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s@'\"]+@")
+
+
+def check_callback_url(url: object, allowlist: tuple[str, ...] = ()) -> Target:
+    """The one decision on a callback URL at every intake (`dfscan submit`, ScanClient, foreign Celery
+    messages): a string of at most MAX_CALLBACK_URL_LENGTH characters (CALLBACK_URL_TOO_LONG), http or
+    https without spaces, CR, LF or other control characters and with a well-formed host
+    (UNSUPPORTED_SOURCE), and no internal IP literal or ``localhost`` unless ``allowlist`` names it
+    (BLOCKED_DESTINATION). Host names are resolved and checked again at every delivery."""
+    if not isinstance(url, str):
+        raise UnsupportedSourceError(f"callback URL must be a string, not {type(url).__name__}")
+    if len(url) > MAX_CALLBACK_URL_LENGTH:
+        raise CallbackUrlTooLongError(
+            f"callback URL is {len(url)} characters long; at most {MAX_CALLBACK_URL_LENGTH} are accepted"
+        )
+    try:
+        return parse_url(url, SourcePolicy(url_allowlist=allowlist))
+    except (UnsupportedSourceError, BlockedDestinationError) as exc:
+        raise type(exc)(f"callback URL {exc.message}") from None
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***``
+    (``https://user:secret@host/x`` -> ``https://***@host/x``); anything else unchanged."""
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
 
 
 def host_allowed(host: str, policy: SourcePolicy) -> bool:

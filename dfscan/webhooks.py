@@ -43,12 +43,11 @@ def parse_events(value: str | None) -> tuple[str, ...]:
 
 
 def check_callback_url(url: str, allowlist: tuple[str, ...] = ()) -> None:
-    """Refuse a callback URL before it is stored: not http(s), a malformed host, or an internal IP
-    literal or ``localhost`` not in ``allowlist`` (UNSUPPORTED_SOURCE, BLOCKED_DESTINATION). Host
-    names are resolved and checked again at every delivery."""
-    from dfscan.urlguard import SourcePolicy, parse_url  # standard library only
+    """Refuse a callback URL before it is stored: ``dfscan.urlguard.check_callback_url``, the one
+    check every intake runs (length, scheme, control characters, host syntax, internal addresses)."""
+    from dfscan.urlguard import check_callback_url as check  # standard library only
 
-    parse_url(url, SourcePolicy(url_allowlist=allowlist))
+    check(url, allowlist)
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:

@@ -22,12 +22,15 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, results
+from db.results import Page
 from db.session import new_engine, new_session_factory
-from dfscan.exceptions import QueueFullError
+from dfscan.exceptions import BadArgumentError, QueueFullError, UnknownIdError, WaitTimeoutError
+from dfscan.ids import parse_id
 from dfscan.outbox import queue_depth, send_jobs
 from dfscan.queueing import new_celery_app
 from dfscan.settings import Settings, get_settings
-from dfscan.webhooks import check_callback_url, parse_events
+from dfscan.urlguard import check_callback_url
+from dfscan.webhooks import parse_events
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Submission:
             if counts["done"] + counts["failed"] >= counts["total"]:
                 return counts
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
+                raise WaitTimeoutError(
                     f"submission {self.id} not finished after {timeout:.0f}s: {counts}; "
                     "is a worker running (`dfscan worker --queues inference`)?"
                 )
@@ -94,21 +97,27 @@ class ScanClient:
         """Queue one job per source. ``idempotency_key`` makes a retried call return the first one.
 
         ``callback_url`` receives signed webhook events (``callback_events``: ``job.completed``,
-        ``submission.completed``; default both). It is checked here (BLOCKED_DESTINATION for an
-        internal address not in DFSCAN_WEBHOOK_ALLOWLIST, UNSUPPORTED_SOURCE for a non-http(s) URL)
-        and again, resolved, at every delivery.
+        ``submission.completed``; default both). It is checked here by the same function as every
+        other intake (``dfscan.urlguard.check_callback_url``: CALLBACK_URL_TOO_LONG past 2,048
+        characters, UNSUPPORTED_SOURCE for a non-http(s) URL or one with control characters,
+        BLOCKED_DESTINATION for an internal address not in DFSCAN_WEBHOOK_ALLOWLIST) and again,
+        resolved, at every delivery. Reusing ``idempotency_key`` with other sources or another callback
+        raises IDEMPOTENCY_CONFLICT; a bad argument BAD_ARGUMENT (both are also ValueErrors).
 
         Past ``DFSCAN_QUEUE_MAX_DEPTH`` queued messages this raises QueueFullError at once, or, with
         ``wait_for_capacity=SECONDS``, waits up to that long for the queue to drain.
         """
         if not sources:
-            raise ValueError("nothing to submit: give at least one source")
+            raise BadArgumentError("nothing to submit: give at least one source")
         events = None
         if callback_url is not None:
             check_callback_url(callback_url, self.settings.webhook_allowlist)
-            events = parse_events(",".join(callback_events) if callback_events else None)
+            try:
+                events = parse_events(",".join(callback_events) if callback_events else None)
+            except ValueError as exc:
+                raise BadArgumentError(str(exc)) from None
         elif callback_events:
-            raise ValueError("callback_events needs a callback_url")
+            raise BadArgumentError("callback_events needs a callback_url")
         self._check_capacity(len(sources), wait_for_capacity)
         with self.sessions.begin() as session:
             submission, new_jobs, created = jobs.create_submission(
@@ -127,11 +136,12 @@ class ScanClient:
         return Submission(submission_id, job_ids, created, self.sessions)
 
     def submission(self, submission_id: uuid.UUID | str) -> Submission:
-        sid = uuid.UUID(str(submission_id))
+        """A stored submission; BAD_ARGUMENT for a malformed id, UNKNOWN_ID for one that names nothing."""
+        sid = parse_id(submission_id, "submission id")
         with self.sessions() as session:
             job_ids = [row.job_id for row in results.results(session, submission_id=sid)]
         if not job_ids:
-            raise KeyError(f"no submission {sid}")
+            raise UnknownIdError(f"no submission {sid}")
         return Submission(sid, job_ids, False, self.sessions)
 
     def results(
@@ -142,9 +152,38 @@ class ScanClient:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[results.ResultRow]:
-        sid = uuid.UUID(str(submission_id)) if submission_id else None
+        """Jobs with their verdicts in submission order (see :meth:`page` for newest first, filters
+        and paging)."""
+        sid = parse_id(submission_id, "submission id") if submission_id else None
         with self.sessions() as session:
             return results.results(session, submission_id=sid, label=label, since=since, limit=limit)
+
+    def page(
+        self,
+        *,
+        submission_id: uuid.UUID | str | None = None,
+        label: str | None = None,
+        since: datetime | None = None,
+        client_ref: str | None = None,
+        error_code: str | None = None,
+        limit: int = 100,
+        cursor: uuid.UUID | str | None = None,
+    ) -> Page:
+        """One page of results, newest first; pass ``page.next_cursor`` as ``cursor`` for the next.
+        Malformed ids are BAD_ARGUMENT; an unknown cursor is UNKNOWN_ID."""
+        sid = parse_id(submission_id, "submission id") if submission_id else None
+        after = parse_id(cursor, "cursor (a job id)") if cursor else None
+        with self.sessions() as session:
+            return results.page(
+                session,
+                submission_id=sid,
+                label=label,
+                since=since,
+                client_ref=client_ref,
+                error_code=error_code,
+                limit=limit,
+                cursor=after,
+            )
 
     def _check_capacity(self, n: int, wait_for_capacity: float | None) -> None:
         limit = self.settings.queue_max_depth

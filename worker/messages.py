@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dfscan.exceptions import BadMessageError
+from dfscan.exceptions import BadMessageError, DfscanError
+from dfscan.urlguard import check_callback_url
 from dfscan.webhooks import parse_events
 
 MAX_SOURCES_PER_MESSAGE = 1000
 MAX_JOBS_PER_MESSAGE = 64
 MAX_SOURCE_LENGTH = 4096
 _JOB_KEYS = {"job_id", "job_ids"}
-MAX_CALLBACK_URL_LENGTH = 2048
 _SOURCES_KEYS = {"sources", "client_ref", "priority", "callback_url", "callback_events"}
 
 
@@ -52,7 +52,12 @@ def job_ids_of(kwargs: Mapping[str, Any]) -> list[uuid.UUID]:
     return [job_id for job_id in map(_uuid, named) if job_id is not None]
 
 
-def parse_scan_message(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobMessage | SourcesMessage:
+def parse_scan_message(
+    args: Sequence[Any], kwargs: Mapping[str, Any], *, callback_allowlist: tuple[str, ...] = ()
+) -> JobMessage | SourcesMessage:
+    """The message's jobs or sources, checked; BadMessageError (BAD_MESSAGE, or the callback URL's own
+    code: CALLBACK_URL_TOO_LONG, UNSUPPORTED_SOURCE, BLOCKED_DESTINATION) when it does not fit.
+    ``callback_allowlist`` is DFSCAN_WEBHOOK_ALLOWLIST."""
     if args and not kwargs and len(args) == 1 and isinstance(args[0], list):
         kwargs = {"sources": args[0]}  # celery-node style: task.applyAsync([["https://..."]])
     elif args:
@@ -94,7 +99,7 @@ def parse_scan_message(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JobMes
         priority = kwargs.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             raise BadMessageError("priority must be an integer from 0 to 9")
-        callback_url, events = _callback(kwargs)
+        callback_url, events = _callback(kwargs, callback_allowlist)
         return SourcesMessage(tuple(sources), client_ref, priority, callback_url, events)
     raise BadMessageError(f"message has neither job_id nor sources (fields: {sorted(kwargs)[:10]})")
 
@@ -112,19 +117,24 @@ def _storable(field: str, text: str) -> None:
         raise BadMessageError(f"{field} {ascii(text[:80])} contains a NUL character")
 
 
-def _callback(kwargs: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
-    """``callback_url`` (an http(s) URL; the SSRF guard checks it at delivery) and ``callback_events``
-    (a list or comma-separated string of event names; default every event)."""
+def _callback(
+    kwargs: Mapping[str, Any], allowlist: tuple[str, ...]
+) -> tuple[str | None, tuple[str, ...] | None]:
+    """``callback_url`` (checked by ``dfscan.urlguard.check_callback_url``, as ScanClient checks it;
+    resolved and checked again at delivery) and ``callback_events`` (a list or comma-separated string
+    of event names; default every event)."""
     url = kwargs.get("callback_url")
     events = kwargs.get("callback_events")
     if url is None:
         if events is not None:
             raise BadMessageError("callback_events needs a callback_url")
         return None, None
-    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
-        raise BadMessageError("callback_url must be an http(s) URL string")
-    if len(url) > MAX_CALLBACK_URL_LENGTH:
-        raise BadMessageError(f"callback_url is longer than {MAX_CALLBACK_URL_LENGTH} characters")
+    try:
+        check_callback_url(url, allowlist)
+    except DfscanError as exc:  # the URL's own code, so a client can tell a blocked address from a typo
+        raise BadMessageError(exc.message, code=exc.code) from None
+    assert isinstance(url, str)
+    _storable("callback_url", url)
     if isinstance(events, list) and all(isinstance(e, str) for e in events):
         events = ",".join(events)
     if events is not None and not isinstance(events, str):

@@ -9,7 +9,9 @@ The hooks are small functions called from the Celery edge (``worker/tasks.py``, 
 and a callback of the batcher, so the pure core never imports prometheus.
 
 - ``dfscan_jobs_total{outcome, error_code, lane}``: jobs settled by a task: ``done``, ``failed`` (with
-  its code), ``retrying`` (sent again with backoff); lane is the queue the message came from. The jobs
+  its code), ``retrying`` (sent again with backoff); lane is the queue the message came from when it
+  is one of dfscan's (``inference``, ``inference.interactive``, ``training``), else ``other``: a
+  foreign client's routing key never mints a series. The jobs
   a rejected, undecodable message names are counted too (``failed``, ``BAD_MESSAGE``); a rejected
   message that names no job row counts nothing here (it has no job; the worker logs it).
 - ``dfscan_images_judged_total{cached}``: images judged (``cached="true"``: answered from an earlier
@@ -34,10 +36,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from dfscan.exceptions import BadMessageError
+from dfscan.queueing import INFERENCE_QUEUE, INTERACTIVE_QUEUE, TRAINING_QUEUE
 from dfscan.settings import Settings
+from worker.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,17 +67,23 @@ for _cached in ("true", "false"):
     IMAGES.labels(cached=_cached)
 
 
-def serve(settings: Settings) -> bool:
-    """Serve the default registry at DFSCAN_METRICS_ADDR:DFSCAN_METRICS_PORT (off when unset or 0)."""
+# The lane label's whole vocabulary: dfscan's queues, and "other" for any routing key a client invents.
+LANES = (INFERENCE_QUEUE, INTERACTIVE_QUEUE, TRAINING_QUEUE)
+OTHER_LANE = "other"
+
+
+def serve(settings: Settings) -> MetricsServer | None:
+    """Serve the default registry at DFSCAN_METRICS_ADDR:DFSCAN_METRICS_PORT (off when unset or 0),
+    with idle timeouts and a connection cap (``worker/metrics_server.py``)."""
     if not settings.metrics_port:
-        return False
+        return None
     try:
-        start_http_server(settings.metrics_port, addr=settings.metrics_addr)
+        server = MetricsServer(settings.metrics_addr, settings.metrics_port).start()
     except OSError as exc:  # a port taken by another worker must not stop this one from working
         log.warning("metrics not served on %s:%d: %s", settings.metrics_addr, settings.metrics_port, exc)
-        return False
+        return None
     log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, settings.metrics_port)
-    return True
+    return server
 
 
 def serving(version: str, device: object) -> None:
@@ -135,9 +145,11 @@ def count_settled(summary: object, lane: str) -> None:
 
 
 def lane_of(task: Any) -> str:
-    """The queue a task's message came from (``unknown`` when Celery does not say)."""
+    """The queue a task's message came from, when it is one of :data:`LANES`; else ``other`` (a
+    routing key a foreign client chose, or none), so the label stays bounded."""
     info = getattr(task.request, "delivery_info", None) or {}
-    return str(info.get("routing_key") or "unknown")
+    key = info.get("routing_key")
+    return key if key in LANES else OTHER_LANE
 
 
 def count_rejected(task: Any, failed: int) -> None:

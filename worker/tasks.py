@@ -17,14 +17,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.worker.request import Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import jobs
 from db.session import is_outage
-from dfscan.exceptions import BadMessageError
+from dfscan.exceptions import BadMessageError, IdempotencyConflictError
 from dfscan.outbox import send_job, send_jobs
 from dfscan.queueing import SCAN_TASK
+from dfscan.urlguard import mask_url_credentials
 from dfscan.verdicts import Verdict
 from worker import metrics
 from worker.app import app, inference_runtime
@@ -43,11 +45,39 @@ def backoff(attempt: int) -> float:
     return min(30.0, 0.5 * 2 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
 
 
-@app.task(name=SCAN_TASK, bind=True, max_retries=None)
+def _masked(value: Any) -> Any:
+    """``value`` with the credentials of every URL in its strings replaced by ``***``."""
+    if isinstance(value, str):
+        return mask_url_credentials(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(item) for item in value)
+    return value
+
+
+class MaskedRequest(Request):
+    """A task request whose arguments, as events (Flower's task page) and ``inspect active`` show them,
+    carry no URL credentials: a foreign client's ``callback_url`` may hold ``user:password@``."""
+
+    @property
+    def argsrepr(self) -> str:
+        return mask_url_credentials(super().argsrepr or "")
+
+    @property
+    def kwargsrepr(self) -> str:
+        return mask_url_credentials(super().kwargsrepr or "")
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        out = super().info(safe=safe)
+        return {**out, "args": _masked(out["args"]), "kwargs": _masked(out["kwargs"])}
+
+
+@app.task(name=SCAN_TASK, bind=True, max_retries=None, Request=MaskedRequest)
 def scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     rt = inference_runtime()
     try:
-        message = parse_scan_message(args, kwargs)
+        message = parse_scan_message(args, kwargs, callback_allowlist=rt.settings.webhook_allowlist)
     except BadMessageError as exc:
         named = job_ids_of(kwargs)
         log.warning(
@@ -111,6 +141,9 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
 
     try:
         submission_id, unsent = _with_db(task, rt, create)
+    except IdempotencyConflictError as exc:  # the same task id sent again with other sources or callback
+        log.warning("rejected message %s: %s", task.request.id, exc.message)
+        return {"status": "rejected", "error_code": exc.code, "error": exc.message}
     except SQLAlchemyError as exc:  # not an outage: the database refused the message's data for good
         cause = getattr(exc, "orig", None) or exc
         first_line = (str(cause).strip().splitlines() or [""])[0][:200]

@@ -6,19 +6,23 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from dfscan.cli.errors import EXIT_FAKE, EXIT_NO, EXIT_TIMEOUT, DfscanGroup, fail, parse_since, print_error
 from dfscan.cli.output import Format, emit_json, print_rows, summary
 from dfscan.cli.training import evaluate, models_app, train_app
 from dfscan.cli.webhooks import exporter, webhooks_app
-from dfscan.exceptions import DfscanError
+from dfscan.exceptions import BadArgumentError, DfscanError, SourceNotFoundError
+from dfscan.ids import parse_id
 from dfscan.settings import get_settings
 
 app = typer.Typer(
+    cls=DfscanGroup,  # one error path: `error CODE: message` on one line, never a traceback
     help="Scan images for deepfakes: in-process (`scan`) or through Redis, Celery and Postgres.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -39,12 +43,13 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # huggingface_hub prints its warnings (hub retries) with a handler of its own and also passes
+    # them to the root logger: keep its own line, once.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
-def _fail(exc: Exception, code: int = 2) -> typer.Exit:
-    label = exc.code if isinstance(exc, DfscanError) else type(exc).__name__
-    err.print(f"[red]error[/red] {label}: {exc}")
-    return typer.Exit(code)
+class FailOn(str, Enum):
+    fake = "fake"
 
 
 @app.callback()
@@ -75,8 +80,16 @@ def scan(
             help="Write a copy of each judged image here, its face boxes drawn with p(fake); for a video, a contact sheet of its sampled frames."
         ),
     ] = None,
+    fail_on: Annotated[
+        FailOn | None,
+        typer.Option("--fail-on", help="fake: exit 4 when any verdict is fake (for pipelines)."),
+    ] = None,
 ) -> None:
-    """Scan images in this process (no servers) and store every result (SQLite by default)."""
+    """Scan images in this process (no servers) and store every result (SQLite by default).
+
+    Exit status: 0 every source judged; 1 some source failed (its row says why); 2 bad arguments or
+    the scan could not run (e.g. the model did not load); 4 with --fail-on fake, some verdict is fake
+    (4 wins over 1)."""
     from dfscan.cli.local_scan import collect_sources, run_local_scan
 
     settings = get_settings()
@@ -86,8 +99,8 @@ def scan(
         settings = settings.model_copy(update={"faces": faces})
     sources, roots = collect_sources(targets, recursive=recursive)
     if not sources:
-        err.print("nothing to scan: no files found in " + ", ".join(targets))
-        raise typer.Exit(1)
+        print_error(SourceNotFoundError.code, "nothing to scan: no files found in " + ", ".join(targets))
+        raise typer.Exit(EXIT_NO)
     rows = []
     try:
         stream = run_local_scan(
@@ -106,10 +119,14 @@ def scan(
                     emit_json(row)
                 advance()
     except DfscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if fmt is not Format.json:
         print_rows(rows, fmt)
     err.print(summary(rows) + f"; results stored in {_redact(settings.database_url)}")
+    if fail_on is FailOn.fake and any(row.get("label") == "fake" for row in rows):
+        raise typer.Exit(EXIT_FAKE)
+    if any(row.get("status") == "failed" for row in rows):
+        raise typer.Exit(EXIT_NO)
 
 
 @app.command()
@@ -142,8 +159,11 @@ def submit(
 
     try:
         sources = expand_targets(targets, recursive=recursive)
-        if not sources:
-            raise typer.BadParameter("no sources found in " + ", ".join(targets))
+    except (ValueError, OSError) as exc:
+        raise BadArgumentError(str(exc)) from None
+    if not sources:
+        raise BadArgumentError("no sources found in " + ", ".join(targets))
+    try:
         client = ScanClient(get_settings())
         sub = client.submit(
             sources,
@@ -154,10 +174,8 @@ def submit(
             callback_url=callback_url,
             callback_events=callback_events.split(",") if callback_events else None,
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     except DfscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(
         f"submission {sub.id}: {len(sub.job_ids)} jobs" + ("" if sub.created else " (already submitted)")
     )
@@ -180,7 +198,7 @@ def submit(
         try:
             sub.wait(timeout, on_progress=on_progress)
         except TimeoutError as exc:
-            raise _fail(exc, 3) from exc
+            raise fail(exc, EXIT_TIMEOUT) from exc
     rows = [row.output() for row in sub.results()]
     print_rows(rows, fmt, extra_keys=("job_id",))
     err.print(summary(rows))
@@ -188,13 +206,11 @@ def submit(
 
 @app.command()
 def status(submission: Annotated[str, typer.Argument(help="Submission id.")]) -> None:
-    """Counts of a submission's jobs by state."""
+    """Counts of a submission's jobs by state. Exit 1 (UNKNOWN_ID) for an id that names nothing."""
     from producer.client import ScanClient
 
-    try:
-        counts = ScanClient(get_settings()).submission(submission).status()
-    except KeyError as exc:
-        raise _fail(exc, 1) from exc
+    sid = parse_id(submission, "submission id")
+    counts = ScanClient(get_settings()).submission(sid).status()
     print(" ".join(f"{key}={value}" for key, value in counts.items()))
 
 
@@ -202,31 +218,51 @@ def status(submission: Annotated[str, typer.Argument(help="Submission id.")]) ->
 def results(
     submission: Annotated[str | None, typer.Argument(help="Submission id (default: all).")] = None,
     label: Annotated[str | None, typer.Option(help="Only 'fake' or 'real' verdicts.")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO date/time, e.g. 2026-11-26T00:00:00Z.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Finished since: ISO date/time (2026-11-26T00:00:00Z), today, yesterday, 24h, 7d."),
+    ] = None,
+    client_ref: Annotated[
+        str | None, typer.Option(help="Only jobs submitted with this --client-ref.")
+    ] = None,
+    code: Annotated[str | None, typer.Option(help="Only jobs failed with this error code.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="Rows per page.")] = 100,
+    cursor: Annotated[
+        str | None, typer.Option(help="Continue after this job id (printed on stderr when more rows exist).")
+    ] = None,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
-    """Stored results, newest last."""
-    from datetime import datetime
-
+    """Stored results, newest first (a submission's jobs in source order), one page at a time."""
     from producer.client import ScanClient
 
     if label not in (None, "fake", "real"):
-        raise typer.BadParameter("--label must be fake or real")
-    when = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
-    rows = ScanClient(get_settings()).results(submission_id=submission, label=label, since=when, limit=limit)
-    print_rows([row.output() for row in rows], fmt, extra_keys=("job_id",))
+        raise BadArgumentError(f"--label must be fake or real, not {label!r}")
+    sid = parse_id(submission, "submission id") if submission else None
+    after = parse_id(cursor, "cursor (a job id)") if cursor else None
+    when = parse_since(since) if since else None
+    page = ScanClient(get_settings()).page(
+        submission_id=sid,
+        label=label,
+        since=when,
+        client_ref=client_ref,
+        error_code=code.strip().upper() if code else None,
+        limit=limit,
+        cursor=after,
+    )
+    print_rows([row.output() for row in page.rows], fmt, extra_keys=("job_id",))
+    if page.next_cursor is not None:
+        err.print(f"more results: add --cursor {page.next_cursor}", soft_wrap=True)
 
 
 @app.command()
 def check(
     submission: Annotated[str, typer.Argument(help="Submission id.")],
-    deadline: Annotated[float, typer.Option(help="Seconds to wait for every job to be final.")] = 0.0,
+    deadline: Annotated[float, typer.Option(min=0, help="Seconds to wait for every job to be final.")] = 0.0,
 ) -> None:
     """Invariant check: every job has exactly one outcome. Exits 1 on any loss or duplicate."""
     from producer.check import check_submission
 
-    report = check_submission(get_settings(), submission, deadline=deadline)
+    report = check_submission(get_settings(), parse_id(submission, "submission id"), deadline=deadline)
     print(report.summary())
     raise typer.Exit(0 if report.ok else 1)
 
@@ -238,7 +274,12 @@ def worker(
     ] = "inference",
     concurrency: Annotated[int | None, typer.Option(help="Task threads (default 2 x batch size).")] = None,
     sweeper: Annotated[bool, typer.Option("--sweeper", help="Also run the sweeper in this process.")] = False,
-    name: Annotated[str | None, typer.Option(help="Celery node name (default dfscan@host-pid).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Celery node name (default dfscan-QUEUES@HOST-PID, e.g. dfscan-inference@web1-4242)."
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker: inference (threads pool, one batched model) or training."""
@@ -270,7 +311,7 @@ def flower(
     try:
         run_flower(get_settings(), port=port, address=address)
     except DfscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 @db_app.command("upgrade")

@@ -22,6 +22,7 @@ KEYS = (
     "status",
     "label",
     "fake_score",
+    "threshold",
     "judged_on",
     "n_faces",
     "model_version",
@@ -70,6 +71,7 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
         ("source", "left"),
         ("label", "left"),
         ("p(fake)", "right"),
+        ("threshold", "right"),
         ("faces", "right"),
         ("model or error", "left"),
     ):
@@ -78,6 +80,7 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
         if row["status"] == "done":
             colour = {"fake": "red", "real": "green"}.get(str(row["label"]), "dim")
             score = row.get("fake_score")
+            threshold = row.get("threshold")
             label = f"[{colour}]{row['label']}[/{colour}]"
             if row.get("media") == "video" and row.get("peak_t") is not None:
                 label += f" video {row.get('duration_s') or 0:.1f} s, peak at {row['peak_t']:.1f} s"
@@ -85,15 +88,16 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
                 str(row["source"]),
                 label,
                 "" if score is None else f"{score:.4f}",
+                "" if threshold is None else f"{threshold:.4f}",
                 str(n_faces(row)) if row.get("judged_on") == "faces" else "-",
                 str(row["model_version"]),
             )
         elif row["status"] == "failed":
             table.add_row(
-                str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", "", str(row["error"])
+                str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", "", "", str(row["error"])
             )
         else:
-            table.add_row(str(row["source"]), str(row["status"]), "", "", "")
+            table.add_row(str(row["source"]), str(row["status"]), "", "", "", "")
     # Piped or redirected output is read by programs and people alike: do not fold it at 80 columns.
     width = None if sys.stdout.isatty() else 240
     Console(soft_wrap=False, width=width).print(table)

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from db import registry, training
 from db.session import new_engine, new_session_factory
-from dfscan.exceptions import DfscanError, TrainingDataError
+from dfscan.exceptions import BadArgumentError, DfscanError, TrainingDataError, UnknownIdError
+from dfscan.ids import parse_id
 from dfscan.settings import Settings, get_settings
 
 train_app = typer.Typer(help="Fine-tuning runs on the training queue.")
@@ -26,10 +27,7 @@ def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _run_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{text!r} is not a run id") from exc
+    return parse_id(text, "training run id")
 
 
 @train_app.callback(invoke_without_command=True)
@@ -59,9 +57,9 @@ def train(
     if ctx.invoked_subcommand is not None:
         return
     if data is None or base is None:
-        raise typer.BadParameter("give --data PATH and --base MODEL (or a subcommand: status, list, cancel)")
+        raise BadArgumentError("give --data PATH and --base MODEL (or a subcommand: status, list, cancel)")
     if not data.exists():
-        raise typer.BadParameter(f"{data} does not exist")
+        raise BadArgumentError(f"--data {data} does not exist")
     settings = get_settings()
     params: dict[str, Any] = {
         "epochs": epochs,
@@ -109,11 +107,11 @@ def train_status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A run's state, progress (epoch, step, loss, eval metrics) and outcome."""
+    run_id = _run_id(run)
     with _sessions(get_settings())() as session:
-        row = training.get_run(session, _run_id(run))
+        row = training.get_run(session, run_id)
         if row is None:
-            err.print(f"no training run {run}")
-            raise typer.Exit(1)
+            raise UnknownIdError(f"no training run {run_id}")
         info = _run_dict(row)
     if as_json:
         print(json.dumps(info, default=str))
@@ -145,10 +143,13 @@ def train_list(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
 @train_app.command("cancel")
 def train_cancel(run: Annotated[str, typer.Argument(help="Run id.")]) -> None:
     """Stop a run: a queued run at once, a running one at its next step (a checkpoint is kept)."""
+    run_id = _run_id(run)
     with _sessions(get_settings()).begin() as session:
-        asked = training.request_cancel(session, _run_id(run))
+        if training.get_run(session, run_id) is None:
+            raise UnknownIdError(f"no training run {run_id}")
+        asked = training.request_cancel(session, run_id)
     if not asked:
-        err.print(f"run {run} is already finished (or does not exist)")
+        err.print(f"run {run_id} is already finished")
         raise typer.Exit(1)
     err.print(f"cancel requested for {run}")
 
@@ -197,8 +198,9 @@ def evaluate(
                 f"no image of {data} could be scored ({len(skipped)} undecodable, {len(no_face)} without a face)"
             )
     except DfscanError as exc:
-        err.print(f"[red]error[/red] {exc.code}: {exc}")
-        raise typer.Exit(2) from exc
+        from dfscan.cli.errors import fail
+
+        raise fail(exc) from exc
     metrics = evaluate_scores(labels, scores, threshold=threshold, target_fpr=settings.target_fpr)
     metrics["model_version"] = version
     metrics["skipped"] = len(skipped)
@@ -230,40 +232,60 @@ def _face_crop_params(settings: Any) -> dict[str, Any]:
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version.")] = False,
 ) -> None:
-    """Registered versions; the serving one is marked."""
-    with _sessions(get_settings())() as session:
+    """Registered versions and the default model (DFSCAN_MODEL), each with the threshold its verdicts
+    use (p(fake) at or above it is 'fake'); the serving one is marked *."""
+    settings = get_settings()
+    with _sessions(settings)() as session:
         current = registry.current_version(session)
         rows = registry.list_versions(session)
-        if as_json:
-            for row in rows:
-                print(
-                    json.dumps(
-                        {
-                            "version": row.version,
-                            "serving": current is not None and row.version == current.version,
-                            "path": row.path,
-                            "base_model": row.base_model,
-                            "threshold": row.threshold,
-                            "training_run_id": str(row.training_run_id) if row.training_run_id else None,
-                            "data_fingerprint": row.data_fingerprint,
-                            "metrics": row.metrics,
-                            "created_at": row.created_at.isoformat(),
-                        }
-                    )
-                )
-            return
-        table = Table("", "version", "base", "threshold", "test ROC-AUC", "created")
-        for row in rows:
-            test = (row.metrics or {}).get("test", {})
-            table.add_row(
-                "*" if current is not None and row.version == current.version else "",
-                row.version,
-                row.base_model or "",
-                "" if row.threshold is None else f"{row.threshold:.4f}",
-                "" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}",
-                row.created_at.isoformat(timespec="seconds"),
-            )
-    Console().print(table)
+        items: list[dict[str, Any]] = [
+            {
+                "version": row.version,
+                "serving": current is not None and row.version == current.version,
+                "path": row.path,
+                "base_model": row.base_model,
+                # A version registered without a threshold is judged with DFSCAN_THRESHOLD.
+                "threshold": row.threshold if row.threshold is not None else settings.threshold,
+                "threshold_from": "version" if row.threshold is not None else "DFSCAN_THRESHOLD",
+                "training_run_id": str(row.training_run_id) if row.training_run_id else None,
+                "data_fingerprint": row.data_fingerprint,
+                "metrics": row.metrics,
+                "created_at": row.created_at.isoformat(),
+            }
+            for row in rows
+        ]
+    default: dict[str, Any] = {
+        "version": "default",
+        "serving": current is None,
+        "path": settings.model,
+        "base_model": None,
+        "threshold": settings.threshold,
+        "threshold_from": "DFSCAN_THRESHOLD",
+        "training_run_id": None,
+        "data_fingerprint": None,
+        "metrics": None,
+        "created_at": None,
+    }
+    items.append(default)
+    if as_json:
+        for item in items:
+            print(json.dumps(item))
+        return
+    table = Table("", "version", "base", "threshold", "test ROC-AUC", "created")
+    for item in items:
+        test = (item["metrics"] or {}).get("test", {})
+        shown = f"{item['threshold']:.4f}" + (
+            " (DFSCAN_THRESHOLD)" if item["threshold_from"] != "version" else ""
+        )
+        table.add_row(
+            "*" if item["serving"] else "",
+            f"default: DFSCAN_MODEL={item['path']}" if item is default else item["version"],
+            item["base_model"] or "",
+            shown,
+            "" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}",
+            (item["created_at"] or "")[:19],
+        )
+    Console(soft_wrap=True).print(table)
 
 
 def _broadcast_reload(settings: Settings) -> None:
@@ -276,29 +298,40 @@ def _broadcast_reload(settings: Settings) -> None:
 
 
 @models_app.command("promote")
-def models_promote(version: Annotated[str, typer.Argument(help="A registered version.")]) -> None:
-    """Serve VERSION: running inference workers switch without a restart (batches in flight finish first)."""
+def models_promote(
+    version: Annotated[str | None, typer.Argument(help="A registered version.")] = None,
+    default: Annotated[
+        bool,
+        typer.Option("--default", help="Serve the default model again (DFSCAN_MODEL, DFSCAN_THRESHOLD)."),
+    ] = False,
+) -> None:
+    """Serve VERSION (or, --default, DFSCAN_MODEL): running inference workers switch without a restart
+    (batches in flight finish first). UNKNOWN_ID (exit 1) for a version that is not registered."""
+    if (version is None) == (not default):
+        raise BadArgumentError("give a registered VERSION or --default (not both)")
     settings = get_settings()
-    try:
-        with _sessions(settings).begin() as session:
+    with _sessions(settings).begin() as session:
+        if default:
+            changed = registry.promote_default(session) is not None
+        else:
+            assert version is not None
             registry.promote(session, version)
-    except LookupError as exc:
-        err.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(1) from exc
+    if default and not changed:
+        err.print(f"the default model already serves ({settings.model})")
+        return
     _broadcast_reload(settings)
-    err.print(f"promoted {version}")
+    err.print(f"promoted {'the default model (' + settings.model + ')' if default else version}")
 
 
 @models_app.command("rollback")
 def models_rollback() -> None:
-    """Serve the version that served before the current one."""
+    """Serve what served before the current model: an earlier version, or the default model (DFSCAN_MODEL)
+    after the first promotion. NOTHING_TO_ROLL_BACK (exit 1) when the default already serves."""
     settings = get_settings()
-    try:
-        with _sessions(settings).begin() as session:
-            row = registry.rollback(session)
-            version = row.version
-    except LookupError as exc:
-        err.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(1) from exc
+    with _sessions(settings).begin() as session:
+        row = registry.rollback(session)
+        version = row.version
     _broadcast_reload(settings)
-    err.print(f"rolled back to {version}")
+    err.print(
+        f"rolled back to {version}" if version else f"rolled back to the default model ({settings.model})"
+    )

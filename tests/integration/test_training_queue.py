@@ -69,8 +69,9 @@ def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(se
             assert img.format == "PNG" and img.width > 100
 
     listing = [json.loads(line) for line in service.cli("models", "list", "--json").stdout.splitlines()]
-    assert [row["version"] for row in listing] == [version]
+    assert [row["version"] for row in listing] == [version, "default"]  # the default model is listed last
     assert listing[0]["serving"] is False and listing[0]["threshold"] is not None
+    assert listing[1]["serving"] is True and listing[0]["threshold_from"] == "version"
 
     # A running inference worker serves the default model, then the promoted one without a restart.
     (service.images / "a.png").write_bytes(next((data / "test" / "fake").glob("*.png")).read_bytes())
@@ -100,8 +101,10 @@ def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(se
     assert registered["model_version"] == version
     assert inference.proc.poll() is None
 
-    rolled = service.cli("models", "rollback")
-    assert rolled.returncode == 1 and "nothing to roll back to" in rolled.stderr
+    rolled = service.cli("models", "rollback")  # one promotion: back to the default model (DFSCAN_MODEL)
+    assert rolled.returncode == 0 and "rolled back to the default model" in rolled.stderr, rolled.stderr
+    again = service.cli("models", "rollback")
+    assert again.returncode == 1 and again.stderr.startswith("error NOTHING_TO_ROLL_BACK: "), again.stderr
 
 
 def test_cancel_stops_a_running_run(service: Service) -> None:

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, registry, results, training
 from db.migrate import upgrade
-from db.models import ScanJob, Verdict
+from db.models import ScanJob, Submission, Verdict
 from db.session import new_engine, new_session_factory
+from dfscan.exceptions import IdempotencyConflictError, NothingToRollBackError, UnknownIdError
 from tests.fixtures.databases import sqlite_url  # noqa: F401
 
 SHA = "ab" * 32
@@ -91,6 +92,69 @@ def test_submission_is_idempotent_per_key(factory: sessionmaker[Session]) -> Non
         _, _, created_plain2 = jobs.create_submission(s, ["a.png"])
         assert created_plain and created_plain2
         assert s.scalar(select(func.count()).select_from(ScanJob)) == 4
+
+
+def test_an_idempotent_resubmit_must_ask_for_the_same_callback(factory: sessionmaker[Session]) -> None:
+    hook = "https://hooks.example.com/a"
+    with factory.begin() as s:
+        sub, _, _ = jobs.create_submission(s, ["a.png"], idempotency_key="k2", callback_url=hook)
+    with factory.begin() as s:  # the same call again: the same submission
+        again, _, created = jobs.create_submission(s, ["a.png"], idempotency_key="k2", callback_url=hook)
+        assert (again.id, created) == (sub.id, False)
+    for other in (
+        {"callback_url": "https://hooks.example.com/b"},
+        {"callback_url": None},
+        {"callback_url": hook, "callback_events": ["job.completed"]},
+    ):
+        with (
+            factory.begin() as s,
+            pytest.raises(IdempotencyConflictError, match="another callback") as caught,
+        ):
+            jobs.create_submission(s, ["a.png"], idempotency_key="k2", **other)  # type: ignore[arg-type]
+        assert caught.value.code == "IDEMPOTENCY_CONFLICT"
+        assert "hooks.example.com" not in caught.value.message  # never echoes a URL (credentials)
+    with factory.begin() as s, pytest.raises(IdempotencyConflictError, match="different sources") as caught:
+        jobs.create_submission(s, ["b.png"], idempotency_key="k2", callback_url=hook)
+    assert caught.value.code == "IDEMPOTENCY_CONFLICT"
+    with factory() as s:
+        stored = s.get(Submission, sub.id)
+        assert stored is not None and stored.callback_url == hook
+
+
+def test_result_pages_are_newest_first_filtered_and_never_skip_or_repeat(
+    factory: sessionmaker[Session],
+) -> None:
+    made: list[list[uuid.UUID]] = []
+    for n in range(4):
+        with factory.begin() as s:
+            sub, rows, _ = jobs.create_submission(
+                s, [f"s{n}-{i}" for i in range(3)], client_ref=f"ref{n % 2}"
+            )
+            s.execute(
+                text("UPDATE scan_jobs SET created_at = :at WHERE submission_id = :sid"),
+                {"at": datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=n), "sid": sub.id.hex},
+            )
+            jobs.finish_failed(s, rows[1].id, code="CORRUPT_IMAGE", message="bad")
+            made.append([row.id for row in rows])
+    newest_first = [job_id for ids in reversed(made) for job_id in ids]
+    seen: list[uuid.UUID] = []
+    cursor = None
+    with factory() as s:
+        while True:
+            page = results.page(s, limit=5, cursor=cursor)
+            seen += [row.job_id for row in page.rows]
+            if page.next_cursor is None:
+                break
+            assert page.next_cursor == page.rows[-1].job_id
+            cursor = page.next_cursor
+        assert seen == newest_first
+        assert results.page(s, limit=1).rows[0].job_id == made[-1][0]  # --limit 1: the newest
+        refs = results.page(s, client_ref="ref1")
+        assert [row.job_id for row in refs.rows] == made[3] + made[1] and refs.next_cursor is None
+        failed = results.page(s, error_code="CORRUPT_IMAGE")
+        assert [row.job_id for row in failed.rows] == [ids[1] for ids in reversed(made)]
+        with pytest.raises(UnknownIdError):
+            results.page(s, cursor=uuid.uuid4())
 
 
 def test_outbox_lists_unsent_jobs_until_marked(factory: sessionmaker[Session]) -> None:
@@ -347,12 +411,31 @@ def test_registry_promotes_and_rolls_back_through_history(factory: sessionmaker[
         assert registry.rollback(s).version == "A"
         current = registry.current_version(s)
         assert current is not None and current.version == "A" and current.metrics == {"auc": 0.9}
-        with pytest.raises(LookupError):
+        # Past the first promotion lies the default model (DFSCAN_MODEL): a row without a version.
+        to_default = registry.rollback(s)
+        assert (to_default.version, to_default.previous_version) == (None, "A")
+        assert registry.current_version(s) is None
+        with pytest.raises(NothingToRollBackError, match="nothing to roll back"):
             registry.rollback(s)
         registry.promote(s, "C")
-        assert registry.rollback(s).version == "A"
+        assert registry.rollback(s).version is None  # one promotion: back to the default
         assert sorted(v.version for v in registry.list_versions(s)) == ["A", "B", "C"]
-        assert [p.reason for p in registry.promotion_history(s)].count("rollback") == 3
+        assert [p.reason for p in registry.promotion_history(s)].count("rollback") == 4
+
+
+def test_promote_default_serves_dfscan_model_and_rollback_walks_back(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as s:
+        registry.register_version(s, "A", source="/store/A", threshold=0.7)
+        assert registry.promote_default(s) is None  # the default already serves: nothing written
+        registry.promote(s, "A")
+        row = registry.promote_default(s)
+        assert row is not None and (row.version, row.previous_version, row.reason) == (None, "A", "default")
+        assert registry.current_version(s) is None
+        back = registry.rollback(s)  # undo the --default: A serves again
+        assert back.version == "A" and registry.current_version(s) is not None
+        assert registry.rollback(s).version is None
+        with pytest.raises(UnknownIdError, match="not registered"):
+            registry.promote(s, "Z")
 
 
 def test_training_run_lifecycle(factory: sessionmaker[Session]) -> None:

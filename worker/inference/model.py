@@ -42,7 +42,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _HUB_HINT = (
     "If this machine cannot reach huggingface.co, download the checkpoint elsewhere "
-    "(e.g. `huggingface-cli download {ref} --local-dir ./model`), copy the directory here and set "
+    "(e.g. `hf download {ref} --local-dir ./model`, the huggingface_hub CLI), copy the directory here and set "
     "DFSCAN_MODEL to that local directory."
 )
 
