@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import torch
 
 from dfscan.exceptions import InferenceError
+from worker.inference import lanes
 from worker.inference.batcher import BACKGROUND, DynamicBatcher, MicroBatcher
 
 
@@ -217,3 +218,69 @@ def test_close_drains_both_classes_without_waiting_out_max_wait_and_refuses_an_u
     assert time.monotonic() - started < 5
     assert [f.result(timeout=1) for f in futures] == [1, 10, 11, 12]
     assert seen == [[1], [10, 11], [12]]
+
+
+# --- lanes: interactive work before any bulk work --------------------------------------------------
+
+
+def test_interactive_items_run_before_a_bulk_backlog_and_a_bulk_step_on_a_cpu_is_one_item() -> None:
+    """Behind 6 bulk crowd crops and 2 bulk frames queued earlier, interactive images wait only for the
+    batch already running; bulk then runs one input at a time (mix=False: a CPU)."""
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False)
+    bulk = [batcher.submit(i, lane=lanes.BULK) for i in (20, 21, 22, 23, 24, 25)]
+    frames = [batcher.submit(i, priority=BACKGROUND, lane=lanes.BULK) for i in (30, 31)]
+    urgent = [batcher.submit(i, lane=lanes.INTERACTIVE) for i in (1, 2)]
+    gate.set()
+    for future in [*bulk, *frames, *urgent]:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1, 2], [20], [21], [22], [23], [24], [25], [30], [31]]
+    assert batcher.stats.mixed_batches == 0
+    assert batcher.background_batch == 1
+
+
+def test_with_mixing_an_interactive_batch_is_filled_with_bulk_items_after_its_own() -> None:
+    batcher, seen, gate = _held_batcher(max_batch=4, max_wait=0.0, mix=True)
+    bulk = [batcher.submit(i, lane=lanes.BULK) for i in (20, 21, 22)]
+    frame = batcher.submit(10, priority=BACKGROUND)  # an interactive video's frame
+    urgent = batcher.submit(1)
+    gate.set()
+    for future in [*bulk, frame, urgent]:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1, 10, 20, 21], [22]]
+
+
+def test_a_starving_bulk_item_never_overtakes_interactive_work_but_does_overtake_inside_its_lane() -> None:
+    # starve_after=0: every background item counts as starving at once.
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False, starve_after=0.0)
+    bulk_frame = batcher.submit(30, priority=BACKGROUND, lane=lanes.BULK)
+    bulk_image = batcher.submit(20, lane=lanes.BULK)
+    urgent = batcher.submit(1)
+    gate.set()
+    for future in (bulk_frame, bulk_image, urgent):
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1], [30], [20]]
+
+
+def test_the_lane_defaults_to_the_submitting_threads_job() -> None:
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False)
+    futures: list[Future[int]] = []
+
+    def bulk_job() -> None:
+        with lanes.running_in(lanes.BULK):
+            futures.extend(batcher.submit(i) for i in (20, 21))
+
+    thread = threading.Thread(target=bulk_job)
+    thread.start()
+    thread.join(5)
+    futures.append(batcher.submit(1))  # this thread is in no job: interactive
+    assert batcher.waiting(lane=lanes.BULK) == 2 and batcher.waiting(lane=lanes.INTERACTIVE) == 1
+    gate.set()
+    for future in futures:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1], [20], [21]]
+    with pytest.raises(ValueError, match="lane"):
+        batcher.submit(1, lane=7)
