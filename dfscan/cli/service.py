@@ -7,10 +7,18 @@ import os
 import socket
 import threading
 
-from dfscan.queueing import expand_queues
+from dfscan.broker import limit_queue
+from dfscan.queueing import INFERENCE_QUEUE, INTERACTIVE_QUEUE, expand_queues
 from dfscan.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def interactive_threads(threads: int) -> int:
+    """Task threads kept for the interactive lane beside ``threads`` for both lanes: a quarter, at
+    least one (16 -> 4). Interactive traffic is the small part; each of its jobs also goes first at
+    the model, the face detector and the decode children, so a few threads carry it."""
+    return max(1, threads // 4)
 
 
 def run_worker(
@@ -33,6 +41,15 @@ def run_worker(
     concrete = expand_queues(queues)
     training_only = all(queue == "training" for queue in concrete)
     threads = concurrency or (1 if training_only else max(4, 2 * settings.batch_size))
+    if INTERACTIVE_QUEUE in concrete and INFERENCE_QUEUE in concrete:
+        # Bulk messages hold at most `threads` task threads; the reserved ones only ever run interactive
+        # messages, so a bulk backlog never makes an interactive image wait for a thread (dfscan/broker.py).
+        reserved = interactive_threads(threads)
+        limit_queue(INFERENCE_QUEUE, threads)
+        log.info(
+            "%d task threads for both lanes, %d more reserved for the interactive lane", threads, reserved
+        )
+        threads += reserved
     if "training" in concrete and not training_only:
         log.warning("one process serves inference and training: a training run will slow inference")
     if sweeper:
