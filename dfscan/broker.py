@@ -14,7 +14,8 @@ message would wait for a bulk job to end. :func:`limit_queue` caps the messages 
 consuming process holds (delivered, not yet acked): at the cap, the channel stops asking Redis for that
 queue (its BRPOP names only the others) until one is acked, so the threads beyond the cap only ever take
 the other queues' messages. A message held for a later ETA (a retry's countdown) does not count until
-it is due, as Celery raises the prefetch for it. ``dfscan worker`` sets the cap (dfscan/cli/service.py);
+it is due, as Celery raises the prefetch for it; a copy redelivered past the visibility timeout counts
+until it is acked, apart from its first copy. ``dfscan worker`` sets the cap (dfscan/cli/service.py);
 a producer never consumes, so the cap never applies to it.
 """
 
@@ -82,8 +83,12 @@ class _CappedCycle:
 class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # queue -> delivery tag -> when it holds a thread, for the capped queues (consuming thread only).
-        self._held: dict[str, dict[str, float]] = {}
+        # Deliveries of the capped queues not yet acked or rejected: delivery tag -> (queue, when each
+        # delivery holds a thread). Counted per delivery, not per tag: a message redelivered past the
+        # visibility timeout while its first copy still runs has the same tag, and the copy's ack (it
+        # finds its job claimed and skips) must not free the place the first copy still holds.
+        self._in_flight: dict[str, list[tuple[str, float]]] = {}
+        self._in_flight_lock = threading.Lock()  # acks come from the task threads
         self._queue_cycle = _CappedCycle(self._queue_cycle, self._at_cap)
 
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -95,33 +100,46 @@ class Channel(kombu_redis.Channel):
         result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         if queue in queue_limits() and not no_ack:
             deliver = self.connection._callbacks[queue]
-            held = self._held.setdefault(queue, {})
 
             def counted(raw_message: dict[str, Any]) -> Any:
-                held[raw_message["properties"]["delivery_tag"]] = _due(raw_message)
+                tag = raw_message["properties"]["delivery_tag"]
+                with self._in_flight_lock:
+                    self._in_flight.setdefault(tag, []).append((queue, _due(raw_message)))
                 return deliver(raw_message)
 
             self.connection._callbacks[queue] = counted
         return result
 
-    def _at_cap(self, queue: str) -> bool:
-        """Whether this channel holds ``queue``'s cap of messages (acked ones are forgotten here)."""
-        most = queue_limits().get(queue)
-        held = self._held.get(queue)
-        if most is None or not held:
-            return False
-        delivered, acked = self.qos._delivered, self.qos._dirty
+    def _settled(self, delivery_tag: str) -> None:
+        with self._in_flight_lock:
+            copies = self._in_flight.get(delivery_tag)
+            if copies:
+                copies.pop(0)
+                if not copies:
+                    del self._in_flight[delivery_tag]
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        self._settled(delivery_tag)
+        super().basic_ack(delivery_tag, multiple)
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._settled(delivery_tag)
+        super().basic_reject(delivery_tag, requeue)
+
+    def in_flight(self, queue: str) -> int:
+        """Deliveries of ``queue`` this channel holds that need a thread now (due, not acked)."""
         now = time.time()
-        holding = 0
-        for tag, due in list(held.items()):
-            if tag not in delivered or tag in acked:
-                del held[tag]
-            elif due <= now:
-                holding += 1
-        return holding >= most
+        with self._in_flight_lock:
+            return sum(
+                1 for copies in self._in_flight.values() for q, due in copies if q == queue and due <= now
+            )
+
+    def _at_cap(self, queue: str) -> bool:
+        most = queue_limits().get(queue)
+        return most is not None and self.in_flight(queue) >= most
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if timeout is None and any(self._at_cap(queue) for queue in self._held):
+        if timeout is None and any(self._at_cap(queue) for queue in queue_limits()):
             timeout = _HELD_BACK_POLL
         super()._brpop_start(timeout)
 

@@ -284,3 +284,32 @@ def test_the_lane_defaults_to_the_submitting_threads_job() -> None:
     assert seen == [[-1], [1], [20], [21]]
     with pytest.raises(ValueError, match="lane"):
         batcher.submit(1, lane=7)
+
+
+def test_a_reserved_thread_runs_an_interactive_image_while_a_bulk_batch_holds_the_shared_one() -> None:
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        if items[0] >= 20:  # bulk items block until the gate opens
+            gate.wait(60)
+        seen.append(list(items))
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        run, max_batch=8, max_wait=0.0, name="model", mix=False, reserved=1
+    )
+    bulk = batcher.submit(20, lane=lanes.BULK)
+    deadline = time.monotonic() + 60
+    while batcher.waiting(lane=lanes.BULK) and time.monotonic() < deadline:
+        time.sleep(0.005)  # the shared thread took the bulk item and blocks on it
+    more_bulk = batcher.submit(21, lane=lanes.BULK)
+    frame = batcher.submit(
+        10, priority=BACKGROUND
+    )  # an interactive video's frame: not for the reserved thread
+    assert batcher.submit(1).result(timeout=60) == 1  # no wait for the bulk batch: the gate is still shut
+    assert not gate.is_set() and not bulk.done() and not more_bulk.done() and not frame.done()
+    gate.set()
+    assert [f.result(timeout=60) for f in (bulk, frame, more_bulk)] == [20, 10, 21]
+    batcher.close(timeout=10)
+    assert seen == [[1], [20], [10], [21]]

@@ -109,6 +109,7 @@ class MicroBatcher(Generic[T, R]):
         mix: bool = True,
         background_batch: int | None = None,
         starve_after: float = STARVE_AFTER_S,
+        reserved: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -130,8 +131,24 @@ class MicroBatcher(Generic[T, R]):
         self._waiting: dict[Class, deque[_Pending[T, R]]] = {cls: deque() for cls in CLASSES}
         self._ready = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"dfscan-{name}", daemon=True)
-        self._thread.start()
+        self._stats_lock = threading.Lock()
+        # One thread runs batches of every class (the most urgent first); ``reserved`` more run only the
+        # most urgent class, interactive images and their crops (Triton's instances reserved per priority
+        # level): such an item never waits for a bulk batch, or a video's frame, to end, only for the CPU
+        # or device it shares with it.
+        self._threads = [
+            threading.Thread(target=self._run, args=(frozenset(CLASSES),), name=f"dfscan-{name}", daemon=True)
+        ] + [
+            threading.Thread(
+                target=self._run,
+                args=(frozenset(CLASSES[:1]),),
+                name=f"dfscan-{name}-interactive{i}",
+                daemon=True,
+            )
+            for i in range(max(0, reserved))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: T, *, priority: int = FOREGROUND, lane: int | None = None) -> Future[R]:
         """Queue one item of ``lane`` (default: this thread's job's) and ``priority``; the future resolves
@@ -148,7 +165,7 @@ class MicroBatcher(Generic[T, R]):
                     RuntimeError(f"the {self.name} batcher is shut down; the job goes back to the queue")
                 )
             self._waiting[cls].append(pending)
-            self._ready.notify()
+            self._ready.notify_all()  # every batch thread looks: some serve one lane only
         return pending.future
 
     def waiting(self, priority: int = FOREGROUND, lane: int | None = None) -> int:
@@ -163,15 +180,16 @@ class MicroBatcher(Generic[T, R]):
         """Stop taking items, run those already submitted, then stop the batch thread."""
         with self._ready:
             self._closed = True
-            self._ready.notify()
-        self._thread.join(timeout)
+            self._ready.notify_all()  # every batch thread looks: some serve one lane only
+        for thread in self._threads:
+            thread.join(timeout)
 
-    def _head(self, now: float) -> Class | None:
+    def _head(self, now: float, serves: frozenset[Class]) -> Class | None:
         """The class the next batch starts with: the most urgent lane with items waiting, and in it the
         most urgent priority, unless a less urgent item of that lane has waited ``starve_after`` seconds
         (then the class of the oldest such item)."""
         for lane in lanes.LANES:
-            waiting = [(lane, p) for p in PRIORITIES if self._waiting[(lane, p)]]
+            waiting = [(lane, p) for p in PRIORITIES if (lane, p) in serves and self._waiting[(lane, p)]]
             if not waiting:
                 continue
             starving = [
@@ -182,18 +200,18 @@ class MicroBatcher(Generic[T, R]):
             return min(starving)[1] if starving else waiting[0]
         return None
 
-    def _collect(self) -> tuple[list[_Pending[T, R]], bool]:
-        """The next batch (empty and True once closed and drained)."""
+    def _collect(self, serves: frozenset[Class]) -> tuple[list[_Pending[T, R]], bool]:
+        """The next batch of the classes ``serves`` (empty and True once closed and drained)."""
         with self._ready:
             while True:
                 now = time.monotonic()
-                head = self._head(now)
+                head = self._head(now, serves)
                 if head is None:
                     if self._closed:
                         return [], True
                     self._ready.wait()
                     continue
-                classes = [head] + ([cls for cls in CLASSES if cls != head] if self.mix else [])
+                classes = [head] + ([c for c in CLASSES if c != head and c in serves] if self.mix else [])
                 limit = self.max_batch if head == CLASSES[0] or self.mix else self.background_batch
                 ready = sum(len(self._waiting[cls]) for cls in classes)
                 remaining = self._waiting[head][0].enqueued + self.max_wait - now
@@ -208,9 +226,9 @@ class MicroBatcher(Generic[T, R]):
                     batch.append(queue.popleft())
             return batch, False
 
-    def _run(self) -> None:
+    def _run(self, serves: frozenset[Class]) -> None:
         while True:
-            batch, stop = self._collect()
+            batch, stop = self._collect(serves)
             if stop:
                 return
             self._run_batch(batch)
@@ -225,17 +243,19 @@ class MicroBatcher(Generic[T, R]):
                     "every item must get exactly one"
                 )
         except Exception as exc:  # a model, device or database fault: every item of the batch goes back
-            self.stats.failed_batches += 1
+            with self._stats_lock:
+                self.stats.failed_batches += 1
             log.warning("%s batch of %d failed: %r", self.name, len(batch), exc)
             error = self._wrap_error(exc)
             for pending in batch:
                 pending.future.set_exception(error)
             return
-        self.stats.batches += 1
-        self.stats.items += len(batch)
-        self.stats.largest = max(self.stats.largest, len(batch))
-        if len({pending.cls for pending in batch}) > 1:
-            self.stats.mixed_batches += 1
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.items += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+            if len({pending.cls for pending in batch}) > 1:
+                self.stats.mixed_batches += 1
         if self._on_batch is not None:
             try:
                 self._on_batch(len(batch), time.perf_counter() - started)
@@ -254,7 +274,8 @@ def _stacked(predict: PredictFn) -> Callable[[list[torch.Tensor]], list[float]]:
 
 
 class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
-    """Feeds one model thread: each item is a (3, H, W) tensor, each result its p(fake)."""
+    """Feeds the model: each item is a (3, H, W) tensor, each result its p(fake). One model thread for
+    every lane plus ``reserved`` (1) for interactive inputs only."""
 
     def __init__(
         self,
@@ -266,6 +287,7 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
         on_batch: Callable[[int, float], None] | None = None,
         mix: bool = True,
         background_batch: int | None = None,
+        reserved: int = 1,
     ) -> None:
         super().__init__(
             _stacked(predict),
@@ -276,4 +298,5 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
             on_batch=on_batch,
             mix=mix,
             background_batch=background_batch,
+            reserved=reserved,
         )

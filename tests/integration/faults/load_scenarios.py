@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from db.models import ScanJob
+from db.models import ScanJob, Verdict
 from db.session import new_engine, new_session_factory
 from producer.client import ScanClient
 from tests.fixtures import faults
@@ -165,22 +165,38 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def _job_seconds(svc: Service, submission_id: object) -> float:
+def _job_seconds(svc: Service, submission_id: object) -> tuple[float, str]:
+    """An interactive job's seconds from submit to verdict, and where they went (claim wait, decode, model)."""
     sessions = new_session_factory(new_engine(svc.database_url))
     with sessions() as session:
-        created, finished, code = session.execute(
-            select(ScanJob.created_at, ScanJob.finished_at, ScanJob.error_code).where(
-                ScanJob.submission_id == submission_id
+        created, started, finished, code, decode_ms, infer_ms = session.execute(
+            select(
+                ScanJob.created_at,
+                ScanJob.started_at,
+                ScanJob.finished_at,
+                ScanJob.error_code,
+                Verdict.decode_ms,
+                Verdict.infer_ms,
             )
+            .outerjoin(Verdict, Verdict.job_id == ScanJob.id)
+            .where(ScanJob.submission_id == submission_id)
         ).one()
     assert code is None and finished is not None, f"the interactive image failed: {code}"
-    return float((finished - created).total_seconds())
+    total = float((finished - created).total_seconds())
+    wait = float((started - created).total_seconds())
+    return (
+        total,
+        f"{total:.1f}s=wait {wait:.1f}+decode {(decode_ms or 0) / 1000:.1f}+model {(infer_ms or 0) / 1000:.1f}",
+    )
 
 
-def _interactive(svc: Service, client: ScanClient, path: str) -> float:
+def _interactive(svc: Service, client: ScanClient, path: str, where: list[str] | None = None) -> float:
     sub = client.submit([path], client_ref="interactive", priority=9)
     sub.wait(600, poll=0.05)
-    return _job_seconds(svc, sub.id)
+    seconds, breakdown = _job_seconds(svc, sub.id)
+    if where is not None:
+        where.append(breakdown)
+    return seconds
 
 
 def interactive_beside_backlog(
@@ -203,9 +219,9 @@ def interactive_beside_backlog(
     alone = [_interactive(svc, client, path) for path in interactive[1 : samples + 1]]
     bulk = client.submit(bulk_paths, client_ref="backlog")
     wait_for(svc, lambda c: c.get("running", 0) >= 16, 300)
-    beside, left = [], []
+    beside, left, where = [], [], []
     for path in interactive[samples + 1 :]:
-        beside.append(_interactive(svc, client, path))
+        beside.append(_interactive(svc, client, path, where))
         left.append(bulk.status()["queued"])
     outcome = finish("interactive beside a bulk backlog", svc, bulk, 1800)
     assert worker.proc.poll() is None, worker.text()[-3000:]
@@ -220,6 +236,8 @@ def interactive_beside_backlog(
         backlog_min_queued=min(left),
         samples=samples,
         bulk_codes=dict(outcome.report.failed_codes) or "-",
+        slowest=sorted(where, key=lambda text: float(text.split("s=")[0]))[-2:],
+        worker_log=str(worker.log),
     )
     return outcome
 
