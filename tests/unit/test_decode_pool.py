@@ -101,9 +101,14 @@ def test_isolated_load_pixels_equals_in_process(tmp_path: Path) -> None:
 # --- lanes: a child is kept for interactive decodes, and a freed child goes to them first ------------
 
 
+def _in_lane(lane: int, call: Callable[[], object]) -> object:
+    with lanes.running_in(lane):
+        return call()
+
+
 def _take_in_thread(slots: _Slots, lane: int, got: list[int]) -> threading.Thread:
     def take() -> None:
-        slots.take(lane)
+        _in_lane(lane, slots.get)
         got.append(lane)
 
     thread = threading.Thread(target=take, daemon=True)
@@ -120,23 +125,22 @@ def _settle(condition: Callable[[], bool]) -> None:
 
 def test_bulk_decodes_never_take_the_reserved_child_and_interactive_ones_go_first() -> None:
     pool = DecodePool(1, 256 * MiB, timeout=0.5)  # 1 child for bulk + 1 reserved
-    slots = pool._slots
+    slots = pool._idle
     got: list[int] = []
-    with lanes.running_in(lanes.BULK):
-        assert slots.take(lanes.current()) is None  # bulk holds its one child
+    assert _in_lane(lanes.BULK, slots.get) is None  # bulk holds its one child
     waiting_bulk = _take_in_thread(slots, lanes.BULK, got)
     _settle(lambda: waiting_bulk.is_alive())
-    assert slots.take(lanes.INTERACTIVE) is None  # the reserved child: no wait behind the bulk decode
-    assert got == []  # the second bulk decode still waits although nothing else changed
+    assert slots.get() is None  # interactive: the reserved child, no wait behind the bulk decode
+    assert got == []  # the second bulk decode still waits
     # Both children busy; an interactive decode queues behind the bulk one, and is served first.
     waiting_interactive = _take_in_thread(slots, lanes.INTERACTIVE, got)
     _settle(lambda: slots._interactive_waiting == 1)
-    slots.give(None, lanes.BULK)
+    _in_lane(lanes.BULK, lambda: slots.put(None))
     waiting_interactive.join(60)
     assert got == [lanes.INTERACTIVE]
-    slots.give(None, lanes.INTERACTIVE)  # the reserved child comes back: bulk still at its limit...
-    slots.give(None, lanes.INTERACTIVE)
-    waiting_bulk.join(60)  # ...until the interactive decodes gave back the bulk child
+    slots.put(None)  # the interactive decodes give their children back: bulk is at its limit until
+    slots.put(None)  # then, and takes the freed bulk place
+    waiting_bulk.join(60)
     assert got == [lanes.INTERACTIVE, lanes.BULK]
     assert slots.bulk_held == 1
     pool.close()
@@ -145,15 +149,14 @@ def test_bulk_decodes_never_take_the_reserved_child_and_interactive_ones_go_firs
 def test_an_interactive_decode_runs_in_the_reserved_child_while_bulk_holds_the_pool(tmp_path: Path) -> None:
     pool = DecodePool(1, 256 * MiB, timeout=30.0)
     flag = tmp_path / "go"
-    bulk_result: list[str] = []
+    bulk_result: list[object] = []
 
     def bulk() -> None:
-        with lanes.running_in(lanes.BULK):
-            bulk_result.append(pool.run(parsers.wait_for_file, str(flag), 60.0))
+        bulk_result.append(_in_lane(lanes.BULK, lambda: pool.run(parsers.wait_for_file, str(flag), 60.0)))
 
     thread = threading.Thread(target=bulk, daemon=True)
     thread.start()
-    _settle(lambda: pool._slots.bulk_held == 1)
+    _settle(lambda: pool._idle.bulk_held == 1)
     assert pool.run(parsers.hang, 0.0) == "woke up"
     assert thread.is_alive(), "the interactive decode waited for the bulk one"
     flag.touch()

@@ -144,8 +144,9 @@ class _Slots:
         self._interactive_waiting = 0
         self._cond = threading.Condition()
 
-    def take(self, lane: int) -> _Child | None:
-        bulk = lane != lanes.INTERACTIVE
+    def get(self) -> _Child | None:
+        """A child for this thread's lane (:func:`lanes.current`), waiting for one."""
+        bulk = lanes.current() != lanes.INTERACTIVE
         with self._cond:
             if not bulk:
                 self._interactive_waiting += 1
@@ -161,10 +162,11 @@ class _Slots:
                 self.bulk_held += 1
             return self._free.pop()
 
-    def give(self, child: _Child | None, lane: int) -> None:
+    def put(self, child: _Child | None) -> None:
+        """Give back the child this thread took (same lane as when it was taken)."""
         with self._cond:
             self._free.append(child)
-            if lane != lanes.INTERACTIVE:
+            if lanes.current() != lanes.INTERACTIVE:
                 self.bulk_held -= 1
             self._cond.notify_all()
 
@@ -185,7 +187,7 @@ class DecodePool:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.timeout = timeout
         self.memory = memory
-        self._slots = _Slots(processes + max(0, reserved), bulk_limit=processes)
+        self._idle = _Slots(processes + max(0, reserved), bulk_limit=processes)
         self._closed = False
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -193,8 +195,7 @@ class DecodePool:
         deadline, IMAGE_TOO_LARGE past the memory limit, CORRUPT_IMAGE if the child died."""
         if self._closed:
             raise RuntimeError("decode pool is closed")
-        lane = lanes.current()
-        child = self._slots.take(lane)
+        child = self._idle.get()
         try:
             if child is None or child.process.poll() is not None:
                 child = _Child(self.memory)
@@ -218,7 +219,7 @@ class DecodePool:
                     f"the decoder process died on this image (exit code {code})"
                 ) from None
         finally:
-            self._slots.give(child, lane)
+            self._idle.put(child)
         if status == "error":
             raise value
         return value  # type: ignore[no-any-return]
@@ -241,7 +242,7 @@ class DecodePool:
     def close(self) -> None:
         """Stop every child (tests; the worker's children die with it, they are daemons)."""
         self._closed = True
-        for child in self._slots.drain():
+        for child in self._idle.drain():
             if child is not None:
                 child.kill()
 

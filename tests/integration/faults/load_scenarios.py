@@ -237,7 +237,6 @@ def interactive_beside_backlog(
         samples=samples,
         bulk_codes=dict(outcome.report.failed_codes) or "-",
         slowest=sorted(where, key=lambda text: float(text.split("s=")[0]))[-2:],
-        worker_log=str(worker.log),
     )
     return outcome
 
