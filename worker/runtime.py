@@ -25,9 +25,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, registry
 from db.session import new_engine, new_session_factory
+from dfscan.queueing import INTERACTIVE_PRIORITY
 from dfscan.settings import Settings, get_settings
 from dfscan.verdicts import Stored, Verdict
 from worker import metrics
+from worker.inference import lanes
 from worker.inference.batcher import MicroBatcher
 from worker.inference.factory import face_policy, new_detector, new_judge
 from worker.inference.judge import Judge
@@ -42,9 +44,15 @@ _DB_BATCH = 64
 _RETIRE_AFTER = 30.0
 
 
-def _outcome(judge: Judge, source: str) -> Verdict | Exception:
+def lane_of(priority: int) -> int:
+    """A job's lane, from its priority: the queue it was sent to (``dfscan.queueing.queue_for_priority``)."""
+    return lanes.INTERACTIVE if priority >= INTERACTIVE_PRIORITY else lanes.BULK
+
+
+def _outcome(judge: Judge, source: str, lane: int) -> Verdict | Exception:
     try:
-        return judge.judge(source)
+        with lanes.running_in(lane):  # every batcher and decode slot below serves it in its lane
+            return judge.judge(source)
     except Exception as exc:  # only the duplicate-cache look-up raises: the database is down
         return exc
 
@@ -107,13 +115,13 @@ class InferenceRuntime(WorkerRuntime):
         ]
         return [future.result() for future in futures]
 
-    def judge_many(self, sources: Sequence[str]) -> list[Verdict | Exception]:
-        """Judge each source with the serving model, concurrently (fetch and decode overlap). A verdict
-        per source, done or failed; an exception only where the duplicate-cache look-up failed."""
+    def judge_many(self, sources: Sequence[str], lane: int = lanes.BULK) -> list[Verdict | Exception]:
+        """Judge each source with the serving model, concurrently (fetch and decode overlap), in ``lane``.
+        A verdict per source, done or failed; an exception only where the duplicate-cache look-up failed."""
         judge = self.judge()  # one model version for the whole message
         if len(sources) == 1:
-            return [_outcome(judge, sources[0])]
-        return list(self._judge_pool.map(lambda source: _outcome(judge, source), sources))
+            return [_outcome(judge, sources[0], lane)]
+        return list(self._judge_pool.map(lambda source: _outcome(judge, source, lane), sources))
 
     def known(self, sha256: str, version: str) -> Stored | None:
         """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""

@@ -31,7 +31,7 @@ from dfscan.verdicts import Verdict
 from worker import metrics
 from worker.app import app, inference_runtime
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
-from worker.runtime import InferenceRuntime
+from worker.runtime import InferenceRuntime, lane_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,7 +169,9 @@ def _judge_claimed(
     task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...], claimed: dict[uuid.UUID, jobs.Claim]
 ) -> dict[str, Any]:
     order = list(claimed)
-    outcomes = rt.judge_many([claimed[job_id].source for job_id in order])
+    # The message's lane is its most urgent job's (the interactive queue sends one job a message).
+    lane = min(lane_of(claim.priority) for claim in claimed.values())
+    outcomes = rt.judge_many([claimed[job_id].source for job_id in order], lane)
     metrics.observe_outcomes(outcomes)
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError) and is_outage(out)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down

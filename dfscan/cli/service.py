@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
 import sys
 import threading
+from collections.abc import MutableMapping
 
-from dfscan.queueing import expand_queues
+from dfscan.broker import limit_queue
+from dfscan.queueing import INFERENCE_QUEUE, INTERACTIVE_QUEUE, expand_queues
 from dfscan.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# glibc malloc settings a worker runs with unless the environment names its own (docker/Dockerfile.* set
+# the same). Why: a worker frees decoded images of tens of MB from many threads; with glibc's defaults
+# (up to 8 arenas per core, an mmap threshold that rises to 32 MiB after the first large free) that
+# memory stays in the arenas, and 16 ordinary 40 Mpx JPEGs left a worker at 3.5-3.8 GiB instead of
+# under 1 GiB (issue 17). 2 arenas and a fixed 128 KiB threshold hand large buffers back to the kernel
+# as soon as they are freed. Figures: /work/notes/lanes-docs.md, "Memory".
+ALLOCATOR_DEFAULTS = {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 128 * 1024}
+_MALLOPT_PARAMS = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3}  # M_ARENA_MAX, M_MMAP_THRESHOLD
+
+
+def tune_allocator(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Apply :data:`ALLOCATOR_DEFAULTS` to this process (``mallopt``, before the worker's threads and model
+    exist) and to ``environ``, which its decode children inherit. Nothing is changed when the environment
+    sets either variable (the operator's choice, e.g. ``MALLOC_ARENA_MAX=16`` for glibc's own behaviour)
+    or the C library is not glibc. True when applied."""
+    if any(name in environ for name in ALLOCATOR_DEFAULTS):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): its allocator has no such settings
+        return False
+    for name, value in ALLOCATOR_DEFAULTS.items():
+        if mallopt(_MALLOPT_PARAMS[name], value) != 1:
+            log.warning("mallopt(%s=%d) failed; the allocator keeps its defaults", name, value)
+            return False
+        environ[name] = str(value)
+    return True
+
+
+def interactive_threads(threads: int) -> int:
+    """Task threads kept for the interactive lane beside ``threads`` for both lanes: a quarter, at
+    least one (16 -> 4). Interactive traffic is the small part; each of its jobs also goes first at
+    the model, the face detector and the decode children, so a few threads carry it."""
+    return max(1, threads // 4)
 
 
 def run_worker(
@@ -29,11 +68,21 @@ def run_worker(
     share one model behind the dynamic batcher; CUDA is initialised in this process only, and no
     fork follows it. Training runs one run at a time (concurrency 1) in its own worker process.
     """
+    tune_allocator()  # before worker.app imports torch and the task threads start
     from worker.app import app
 
     concrete = expand_queues(queues)
     training_only = all(queue == "training" for queue in concrete)
     threads = concurrency or (1 if training_only else max(4, 2 * settings.batch_size))
+    if INTERACTIVE_QUEUE in concrete and INFERENCE_QUEUE in concrete:
+        # Bulk messages hold at most `threads` task threads; the reserved ones only ever run interactive
+        # messages, so a bulk backlog never makes an interactive image wait for a thread (dfscan/broker.py).
+        reserved = interactive_threads(threads)
+        limit_queue(INFERENCE_QUEUE, threads)
+        log.info(
+            "%d task threads for both lanes, %d more reserved for the interactive lane", threads, reserved
+        )
+        threads += reserved
     if "training" in concrete and not training_only:
         log.warning("one process serves inference and training: a training run will slow inference")
     if any(queue.startswith("inference") for queue in concrete):

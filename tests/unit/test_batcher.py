@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import torch
 
 from dfscan.exceptions import InferenceError
+from worker.inference import lanes
 from worker.inference.batcher import BACKGROUND, DynamicBatcher, MicroBatcher
 
 # A ceiling for conditions, never a time window: a busy machine makes a wait longer, not a failure.
@@ -220,3 +221,98 @@ def test_close_drains_both_classes_without_waiting_out_max_wait_and_refuses_an_u
     assert all(f.done() for f in futures)  # close ran them: it did not wait out the hour
     assert [f.result(timeout=0) for f in futures] == [1, 10, 11, 12]
     assert seen == [[1], [10, 11], [12]]
+
+
+# --- lanes: interactive work before any bulk work --------------------------------------------------
+
+
+def test_interactive_items_run_before_a_bulk_backlog_and_a_bulk_step_on_a_cpu_is_one_item() -> None:
+    """Behind 6 bulk crowd crops and 2 bulk frames queued earlier, interactive images wait only for the
+    batch already running; bulk then runs one input at a time (mix=False: a CPU)."""
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False)
+    bulk = [batcher.submit(i, lane=lanes.BULK) for i in (20, 21, 22, 23, 24, 25)]
+    frames = [batcher.submit(i, priority=BACKGROUND, lane=lanes.BULK) for i in (30, 31)]
+    urgent = [batcher.submit(i, lane=lanes.INTERACTIVE) for i in (1, 2)]
+    gate.set()
+    for future in [*bulk, *frames, *urgent]:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1, 2], [20], [21], [22], [23], [24], [25], [30], [31]]
+    assert batcher.stats.mixed_batches == 0
+    assert batcher.background_batch == 1
+
+
+def test_with_mixing_an_interactive_batch_is_filled_with_bulk_items_after_its_own() -> None:
+    batcher, seen, gate = _held_batcher(max_batch=4, max_wait=0.0, mix=True)
+    bulk = [batcher.submit(i, lane=lanes.BULK) for i in (20, 21, 22)]
+    frame = batcher.submit(10, priority=BACKGROUND)  # an interactive video's frame
+    urgent = batcher.submit(1)
+    gate.set()
+    for future in [*bulk, frame, urgent]:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1, 10, 20, 21], [22]]
+
+
+def test_a_starving_bulk_item_never_overtakes_interactive_work_but_does_overtake_inside_its_lane() -> None:
+    # starve_after=0: every background item counts as starving at once.
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False, starve_after=0.0)
+    bulk_frame = batcher.submit(30, priority=BACKGROUND, lane=lanes.BULK)
+    bulk_image = batcher.submit(20, lane=lanes.BULK)
+    urgent = batcher.submit(1)
+    gate.set()
+    for future in (bulk_frame, bulk_image, urgent):
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1], [30], [20]]
+
+
+def test_the_lane_defaults_to_the_submitting_threads_job() -> None:
+    batcher, seen, gate = _held_batcher(max_batch=8, max_wait=0.0, mix=False)
+    futures: list[Future[int]] = []
+
+    def bulk_job() -> None:
+        with lanes.running_in(lanes.BULK):
+            futures.extend(batcher.submit(i) for i in (20, 21))
+
+    thread = threading.Thread(target=bulk_job)
+    thread.start()
+    thread.join(5)
+    futures.append(batcher.submit(1))  # this thread is in no job: interactive
+    assert batcher.waiting(lane=lanes.BULK) == 2 and batcher.waiting(lane=lanes.INTERACTIVE) == 1
+    gate.set()
+    for future in futures:
+        future.result(timeout=5)
+    batcher.close(timeout=5)
+    assert seen == [[-1], [1], [20], [21]]
+    with pytest.raises(ValueError, match="lane"):
+        batcher.submit(1, lane=7)
+
+
+def test_a_reserved_thread_runs_an_interactive_image_while_a_bulk_batch_holds_the_shared_one() -> None:
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        if items[0] >= 20:  # bulk items block until the gate opens
+            gate.wait(60)
+        seen.append(list(items))
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        run, max_batch=8, max_wait=0.0, name="model", mix=False, reserved=1
+    )
+    bulk = batcher.submit(20, lane=lanes.BULK)
+    deadline = time.monotonic() + 60
+    while batcher.waiting(lane=lanes.BULK) and time.monotonic() < deadline:
+        time.sleep(0.005)  # the shared thread took the bulk item and blocks on it
+    more_bulk = batcher.submit(21, lane=lanes.BULK)
+    frame = batcher.submit(
+        10, priority=BACKGROUND
+    )  # an interactive video's frame: not for the reserved thread
+    assert batcher.submit(1).result(timeout=60) == 1  # no wait for the bulk batch: the gate is still shut
+    assert not gate.is_set() and not bulk.done() and not more_bulk.done() and not frame.done()
+    gate.set()
+    assert [f.result(timeout=60) for f in (bulk, frame, more_bulk)] == [20, 10, 21]
+    batcher.close(timeout=10)
+    assert seen == [[1], [20], [10], [21]]

@@ -4,7 +4,9 @@ the calling process carry on."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -14,7 +16,8 @@ from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError
 from tests.fixtures import parsers
 from tests.fixtures.corpus import EXPECTED_SIZES, make_corpus
 from tests.fixtures.hostile import hostile_cases
-from worker.inference.decode_pool import DecodePool
+from worker.inference import lanes
+from worker.inference.decode_pool import DecodePool, _Slots
 from worker.inference.images import ImagePolicy, decode_with_size
 from worker.inference.preprocess import PreprocessConfig, load_pixels
 
@@ -96,3 +99,70 @@ def test_isolated_load_pixels_equals_in_process(tmp_path: Path) -> None:
     there, size_there = load_pixels(data, cfg, ImagePolicy(decode_processes=1))
     assert size_here == size_there == (48, 64)
     assert bool((here == there).all())
+
+
+# --- lanes: a child is kept for interactive decodes, and a freed child goes to them first ------------
+
+
+def _in_lane(lane: int, call: Callable[[], object]) -> object:
+    with lanes.running_in(lane):
+        return call()
+
+
+def _take_in_thread(slots: _Slots, lane: int, got: list[int]) -> threading.Thread:
+    def take() -> None:
+        _in_lane(lane, slots.get)
+        got.append(lane)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread
+
+
+def _settle(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_bulk_decodes_never_take_the_reserved_child_and_interactive_ones_go_first() -> None:
+    pool = DecodePool(1, 256 * MiB, timeout=0.5)  # 1 child for bulk + 1 reserved
+    slots = pool._idle
+    got: list[int] = []
+    assert _in_lane(lanes.BULK, slots.get) is None  # bulk holds its one child
+    waiting_bulk = _take_in_thread(slots, lanes.BULK, got)
+    _settle(lambda: waiting_bulk.is_alive())
+    assert slots.get() is None  # interactive: the reserved child, no wait behind the bulk decode
+    assert got == []  # the second bulk decode still waits
+    # Both children busy; an interactive decode queues behind the bulk one, and is served first.
+    waiting_interactive = _take_in_thread(slots, lanes.INTERACTIVE, got)
+    _settle(lambda: slots._interactive_waiting == 1)
+    _in_lane(lanes.BULK, lambda: slots.put(None))
+    waiting_interactive.join(60)
+    assert got == [lanes.INTERACTIVE]
+    slots.put(None)  # the interactive decodes give their children back: bulk is at its limit until
+    slots.put(None)  # then, and takes the freed bulk place
+    waiting_bulk.join(60)
+    assert got == [lanes.INTERACTIVE, lanes.BULK]
+    assert slots.bulk_held == 1
+    pool.close()
+
+
+def test_an_interactive_decode_runs_in_the_reserved_child_while_bulk_holds_the_pool(tmp_path: Path) -> None:
+    pool = DecodePool(1, 256 * MiB, timeout=30.0)
+    flag = tmp_path / "go"
+    bulk_result: list[object] = []
+
+    def bulk() -> None:
+        bulk_result.append(_in_lane(lanes.BULK, lambda: pool.run(parsers.wait_for_file, str(flag), 60.0)))
+
+    thread = threading.Thread(target=bulk, daemon=True)
+    thread.start()
+    _settle(lambda: pool._idle.bulk_held == 1)
+    assert pool.run(parsers.hang, 0.0) == "woke up"
+    assert thread.is_alive(), "the interactive decode waited for the bulk one"
+    flag.touch()
+    thread.join(60)
+    assert bulk_result == ["signalled"]
+    pool.close()

@@ -306,3 +306,11 @@ def test_healthcheck_matches_worker_nodes_on_this_host_only() -> None:
     assert not on_this_host("gpu0@box12", "box1")
     assert not on_this_host("gpu0@other", "box1")
     assert not on_this_host("box1", "box1")
+
+
+def test_both_images_run_with_the_workers_allocator_defaults() -> None:
+    from dfscan.cli.service import ALLOCATOR_DEFAULTS
+
+    for name, text in DOCKERFILES.items():
+        for variable, value in ALLOCATOR_DEFAULTS.items():
+            assert re.search(rf"^\s*(ENV\s+)?{variable}={value}\b", text, flags=re.M), f"{name}: {variable}"

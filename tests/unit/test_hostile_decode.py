@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -150,6 +151,42 @@ def test_decode_memory_budget_refuses_what_cannot_fit_and_queues_the_rest() -> N
     release.set()
     waiter.join(60)
     assert budget.used == 0
+
+
+def test_decode_memory_goes_to_a_waiting_interactive_decode_before_bulk_ones_queued_earlier() -> None:
+    from worker.inference import lanes
+
+    budget = _MemoryBudget(100)
+    order: list[str] = []
+    release = threading.Event()
+
+    def decode(name: str, lane: int) -> None:
+        with lanes.running_in(lane), budget.reserve(60):
+            order.append(name)
+            release.wait(60)
+
+    def waiting(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(budget._cond._waiters) < count:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    held = budget.reserve(60)
+    held.__enter__()  # a bulk decode holds 60 of 100
+    bulk = threading.Thread(target=decode, args=("bulk", lanes.BULK))
+    bulk.start()
+    waiting(1)
+    urgent = threading.Thread(target=decode, args=("interactive", lanes.INTERACTIVE))
+    urgent.start()
+    waiting(2)
+    held.__exit__(None, None, None)  # room for one: the interactive decode, though it came later
+    deadline = time.monotonic() + 60
+    while not order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for thread in (bulk, urgent):
+        thread.join(60)
+    assert order == ["interactive", "bulk"]
 
 
 def test_tiff_tile_larger_than_the_image_counts_against_the_pixel_cap(cases: dict[str, Case]) -> None:

@@ -13,10 +13,12 @@ A fault of the batch function fails every item of that batch with the same excep
 can put its own job back on the queue; one bad *image* never reaches this point (decode errors
 happen in the task thread). ``close()`` drains: items already submitted are still run.
 
-Items carry a priority: ``FOREGROUND`` (an image someone waits for) or ``BACKGROUND`` (the many inputs
-of a video job). Foreground items are batched first, and on a CPU the two are never batched together,
-so a 32-frame video judged beside them costs an image at most the one background batch already
-running (see :class:`MicroBatcher`).
+Items carry a lane (:mod:`worker.inference.lanes`: interactive or bulk, by default the lane of the job the
+submitting thread works for) and, inside it, a priority: ``FOREGROUND`` (an image and its face crops) or
+``BACKGROUND`` (the many inputs of a video job). Interactive items are always batched first; inside a lane
+images go before frames. On a CPU no two classes share a batch and only the most urgent class (interactive
+images) is batched more than ``background_batch`` (1) at a time, so a full bulk backlog of videos or crowd
+images costs an interactive image at most the one bulk step already running (see :class:`MicroBatcher`).
 
 The worker uses the same mechanism for its database round trips (claims, cache look-ups and verdict
 writes of concurrent tasks share one statement each), with ``max_wait=0``: a batch is whatever
@@ -37,6 +39,7 @@ from typing import Generic, TypeVar
 import torch
 
 from dfscan.exceptions import InferenceError
+from worker.inference import lanes
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +48,23 @@ R = TypeVar("R")
 PredictFn = Callable[[torch.Tensor], Sequence[float]]
 
 
-# Priorities of a submitted item: lower runs first.
-FOREGROUND = 0  # an image someone is waiting for (and its face crops)
+# Priorities of a submitted item inside its lane: lower runs first.
+FOREGROUND = 0  # an image (and its face crops)
 BACKGROUND = 1  # one of many inputs of a long job: a video's sampled frames and their crops
 PRIORITIES = (FOREGROUND, BACKGROUND)
-# A background item that has waited this long is served before newer foreground ones, so a steady
-# stream of images slows a video down but never starves it.
+# The classes an item can be in, most urgent first: every interactive item before any bulk one.
+Class = tuple[int, int]  # (lane, priority)
+CLASSES: tuple[Class, ...] = tuple((lane, priority) for lane in lanes.LANES for priority in PRIORITIES)
+# A background item that has waited this long is served before newer foreground ones *of its lane*, so a
+# steady stream of images slows a video down but never starves it. Lanes never overtake: bulk work waits
+# for as long as interactive work is queued (interactive traffic is the small part, by design).
 STARVE_AFTER_S = 2.0
 
 
 @dataclass
 class _Pending(Generic[T, R]):
     item: T
-    priority: int = FOREGROUND
+    cls: Class = CLASSES[0]
     future: Future[R] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -68,7 +75,7 @@ class BatchStats:
     items: int = 0
     largest: int = 0
     failed_batches: int = 0
-    mixed_batches: int = 0  # batches holding both foreground and background items
+    mixed_batches: int = 0  # batches holding items of more than one class (lane, priority)
 
 
 class MicroBatcher(Generic[T, R]):
@@ -77,14 +84,17 @@ class MicroBatcher(Generic[T, R]):
     ``run_batch(items)`` returns one result per item, in order. ``wrap_error`` turns an exception of
     the batch function into the exception each item's future gets.
 
-    **Priorities.** Each item is ``FOREGROUND`` (default) or ``BACKGROUND``. A batch starts with the
-    oldest item of the most urgent class waiting (a background item that has waited ``starve_after``
-    seconds counts as urgent). ``mix=True`` fills the rest of the batch with the other class (a GPU,
-    where a few more inputs in a batch cost almost nothing); ``mix=False`` never puts both classes in
-    one batch (a CPU, where every input costs its full forward pass, so a video frame sharing an
-    image's batch would add its cost to the image's latency). A batch being collected waits up to
-    ``max_wait`` after its oldest item for more of them, and gives way at once to foreground items
-    that arrive meanwhile when it was a background batch.
+    **Lanes and priorities.** Each item has a class: its lane (``lanes.INTERACTIVE`` or ``lanes.BULK``;
+    default: the submitting thread's, :func:`lanes.current`) and its priority in the lane (``FOREGROUND``,
+    default, or ``BACKGROUND``). A batch starts with the oldest item of the most urgent class waiting:
+    the interactive lane whenever it has items, and inside a lane foreground first, unless a background
+    item has waited ``starve_after`` seconds. ``mix=True`` fills the rest of the batch with the other
+    classes, most urgent first (a GPU, where a few more inputs in a batch cost almost nothing);
+    ``mix=False`` never puts two classes in one batch and batches every class but the most urgent at most
+    ``background_batch`` at a time (a CPU, where every input costs its full forward pass: a bulk input
+    sharing an interactive image's batch, or a bulk batch of 8 just started, would add its cost to the
+    image's latency). A batch being collected waits up to ``max_wait`` after its oldest item for more of
+    them, and gives way at once to more urgent items that arrive meanwhile.
     """
 
     def __init__(
@@ -99,6 +109,7 @@ class MicroBatcher(Generic[T, R]):
         mix: bool = True,
         background_batch: int | None = None,
         starve_after: float = STARVE_AFTER_S,
+        reserved: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -109,84 +120,115 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.mix = mix
-        # Most items in a batch of background items alone: what a foreground item arriving just after
-        # it started waits for, on a CPU one forward pass per item.
-        self.background_batch = max_batch if background_batch is None else max(1, background_batch)
+        # Most items in a batch of any class but the most urgent (without mixing): what an interactive
+        # image arriving just after it started waits for, on a CPU one forward pass per item. Default:
+        # 1 without mixing (a CPU), max_batch with it.
+        if background_batch is None:
+            background_batch = max_batch if mix else 1
+        self.background_batch = max(1, background_batch)
         self.starve_after = starve_after
         self.stats = BatchStats()
-        self._waiting: dict[int, deque[_Pending[T, R]]] = {p: deque() for p in PRIORITIES}
+        self._waiting: dict[Class, deque[_Pending[T, R]]] = {cls: deque() for cls in CLASSES}
         self._ready = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"dfscan-{name}", daemon=True)
-        self._thread.start()
+        self._stats_lock = threading.Lock()
+        # One thread runs batches of every class (the most urgent first); ``reserved`` more run only the
+        # most urgent class, interactive images and their crops (Triton's instances reserved per priority
+        # level): such an item never waits for a bulk batch, or a video's frame, to end, only for the CPU
+        # or device it shares with it.
+        self._threads = [
+            threading.Thread(target=self._run, args=(frozenset(CLASSES),), name=f"dfscan-{name}", daemon=True)
+        ] + [
+            threading.Thread(
+                target=self._run,
+                args=(frozenset(CLASSES[:1]),),
+                name=f"dfscan-{name}-interactive{i}",
+                daemon=True,
+            )
+            for i in range(max(0, reserved))
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, item: T, *, priority: int = FOREGROUND) -> Future[R]:
-        """Queue one item; the future resolves to its result (or the batch's exception)."""
-        if priority not in self._waiting:
+    def submit(self, item: T, *, priority: int = FOREGROUND, lane: int | None = None) -> Future[R]:
+        """Queue one item of ``lane`` (default: this thread's job's) and ``priority``; the future resolves
+        to its result (or the batch's exception)."""
+        if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}, got {priority}")
-        pending: _Pending[T, R] = _Pending(item, priority)
+        cls = (lanes.current() if lane is None else lane, priority)
+        if cls not in self._waiting:
+            raise ValueError(f"lane must be one of {lanes.LANES}, got {lane}")
+        pending: _Pending[T, R] = _Pending(item, cls)
         with self._ready:
             if self._closed:
                 raise self._wrap_error(
                     RuntimeError(f"the {self.name} batcher is shut down; the job goes back to the queue")
                 )
-            self._waiting[priority].append(pending)
-            self._ready.notify()
+            self._waiting[cls].append(pending)
+            self._ready.notify_all()  # every batch thread looks: some serve one lane only
         return pending.future
 
-    def waiting(self, priority: int = FOREGROUND) -> int:
-        """How many items of ``priority`` wait for a batch (not counting the batch running)."""
+    def waiting(self, priority: int = FOREGROUND, lane: int | None = None) -> int:
+        """How many items of ``priority`` (in ``lane``, or in any) wait for a batch (not counting the batch
+        running)."""
         with self._ready:
-            return len(self._waiting[priority])
+            return sum(
+                len(queue) for (ln, p), queue in self._waiting.items() if p == priority and lane in (None, ln)
+            )
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking items, run those already submitted, then stop the batch thread."""
         with self._ready:
             self._closed = True
-            self._ready.notify()
-        self._thread.join(timeout)
+            self._ready.notify_all()  # every batch thread looks: some serve one lane only
+        for thread in self._threads:
+            thread.join(timeout)
 
-    def _head(self, now: float) -> int | None:
-        """The class the next batch starts with: the most urgent one waiting, unless a less urgent
-        item has waited ``starve_after`` seconds (then the class of the oldest such item)."""
-        starving = [
-            (queue[0].enqueued, priority)
-            for priority, queue in self._waiting.items()
-            if queue and priority != FOREGROUND and now - queue[0].enqueued >= self.starve_after
-        ]
-        if starving:
-            return min(starving)[1]
-        return next((priority for priority in PRIORITIES if self._waiting[priority]), None)
+    def _head(self, now: float, serves: frozenset[Class]) -> Class | None:
+        """The class the next batch starts with: the most urgent lane with items waiting, and in it the
+        most urgent priority, unless a less urgent item of that lane has waited ``starve_after`` seconds
+        (then the class of the oldest such item)."""
+        for lane in lanes.LANES:
+            waiting = [(lane, p) for p in PRIORITIES if (lane, p) in serves and self._waiting[(lane, p)]]
+            if not waiting:
+                continue
+            starving = [
+                (self._waiting[cls][0].enqueued, cls)
+                for cls in waiting[1:]
+                if now - self._waiting[cls][0].enqueued >= self.starve_after
+            ]
+            return min(starving)[1] if starving else waiting[0]
+        return None
 
-    def _collect(self) -> tuple[list[_Pending[T, R]], bool]:
-        """The next batch (empty and True once closed and drained)."""
+    def _collect(self, serves: frozenset[Class]) -> tuple[list[_Pending[T, R]], bool]:
+        """The next batch of the classes ``serves`` (empty and True once closed and drained)."""
         with self._ready:
             while True:
                 now = time.monotonic()
-                head = self._head(now)
+                head = self._head(now, serves)
                 if head is None:
                     if self._closed:
                         return [], True
                     self._ready.wait()
                     continue
-                classes = [head] + ([p for p in PRIORITIES if p != head] if self.mix else [])
-                limit = self.max_batch if head == FOREGROUND or self.mix else self.background_batch
-                ready = sum(len(self._waiting[p]) for p in classes)
+                classes = [head] + ([c for c in CLASSES if c != head and c in serves] if self.mix else [])
+                limit = self.max_batch if head == CLASSES[0] or self.mix else self.background_batch
+                ready = sum(len(self._waiting[cls]) for cls in classes)
                 remaining = self._waiting[head][0].enqueued + self.max_wait - now
                 if ready >= limit or remaining <= 0 or self._closed:
                     break
                 # Wait for the batch to fill; a newly submitted item wakes us up to look again.
                 self._ready.wait(min(remaining, self.starve_after))
             batch: list[_Pending[T, R]] = []
-            for priority in classes:
-                queue = self._waiting[priority]
+            for cls in classes:
+                queue = self._waiting[cls]
                 while queue and len(batch) < limit:
                     batch.append(queue.popleft())
             return batch, False
 
-    def _run(self) -> None:
+    def _run(self, serves: frozenset[Class]) -> None:
         while True:
-            batch, stop = self._collect()
+            batch, stop = self._collect(serves)
             if stop:
                 return
             self._run_batch(batch)
@@ -201,17 +243,19 @@ class MicroBatcher(Generic[T, R]):
                     "every item must get exactly one"
                 )
         except Exception as exc:  # a model, device or database fault: every item of the batch goes back
-            self.stats.failed_batches += 1
+            with self._stats_lock:
+                self.stats.failed_batches += 1
             log.warning("%s batch of %d failed: %r", self.name, len(batch), exc)
             error = self._wrap_error(exc)
             for pending in batch:
                 pending.future.set_exception(error)
             return
-        self.stats.batches += 1
-        self.stats.items += len(batch)
-        self.stats.largest = max(self.stats.largest, len(batch))
-        if len({pending.priority for pending in batch}) > 1:
-            self.stats.mixed_batches += 1
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.items += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+            if len({pending.cls for pending in batch}) > 1:
+                self.stats.mixed_batches += 1
         if self._on_batch is not None:
             try:
                 self._on_batch(len(batch), time.perf_counter() - started)
@@ -230,7 +274,8 @@ def _stacked(predict: PredictFn) -> Callable[[list[torch.Tensor]], list[float]]:
 
 
 class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
-    """Feeds one model thread: each item is a (3, H, W) tensor, each result its p(fake)."""
+    """Feeds the model: each item is a (3, H, W) tensor, each result its p(fake). One model thread for
+    every lane plus ``reserved`` (1) for interactive inputs only."""
 
     def __init__(
         self,
@@ -242,6 +287,7 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
         on_batch: Callable[[int, float], None] | None = None,
         mix: bool = True,
         background_batch: int | None = None,
+        reserved: int = 1,
     ) -> None:
         super().__init__(
             _stacked(predict),
@@ -252,4 +298,5 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
             on_batch=on_batch,
             mix=mix,
             background_batch=background_batch,
+            reserved=reserved,
         )

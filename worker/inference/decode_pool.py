@@ -11,6 +11,11 @@ measure because on a loaded machine a legitimate 40 Mpx image decoding beside 15
 wall time for 0.6 s of CPU (bench/hostile.py). A child that dies on its own (a crash in a decoder) gives ``CORRUPT_IMAGE``.
 The calling process never holds the decoded image, only the (small) result.
 
+Lanes (:mod:`worker.inference.lanes`): bulk decodes hold at most ``processes`` children; one more child
+is reserved for interactive decodes, and a child that comes free goes to a waiting interactive decode
+first. So a bulk backlog of hostile images costs an interactive image no wait for a child at all, and
+the reserved child costs nothing until interactive work needs it (children start on demand).
+
 Each child is a fresh interpreter (``python -m worker.inference.decode_pool FD``, never a fork), talking
 over a socket pair with ``multiprocessing.connection``: it imports Pillow and numpy only (no torch, no CUDA
 state, and not the parent's ``__main__``, which multiprocessing's spawn and forkserver would re-import:
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import resource
 import socket
 import subprocess
@@ -35,6 +39,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError
+from worker.inference import lanes
 
 logger = logging.getLogger(__name__)
 
@@ -124,17 +129,65 @@ class _Child:
         self.conn.close()
 
 
-class DecodePool:
-    """``processes`` decode children, started on demand; :meth:`run` blocks until one is free."""
+# Children kept for interactive decodes beyond DFSCAN_DECODE_PROCESSES (which bulk decodes may all hold).
+RESERVED_INTERACTIVE = 1
 
-    def __init__(self, processes: int, memory: int, timeout: float) -> None:
+
+class _Slots:
+    """The pool's children (None: not started yet), handed out interactive first. Bulk callers hold at
+    most ``bulk_limit`` of them and never take one while an interactive caller waits."""
+
+    def __init__(self, total: int, bulk_limit: int) -> None:
+        self._free: list[_Child | None] = [None] * total
+        self.bulk_limit = bulk_limit
+        self.bulk_held = 0
+        self._interactive_waiting = 0
+        self._cond = threading.Condition()
+
+    def get(self) -> _Child | None:
+        """A child for this thread's lane (:func:`lanes.current`), waiting for one."""
+        bulk = lanes.current() != lanes.INTERACTIVE
+        with self._cond:
+            if not bulk:
+                self._interactive_waiting += 1
+            try:
+                while not self._free or (
+                    bulk and (self.bulk_held >= self.bulk_limit or self._interactive_waiting)
+                ):
+                    self._cond.wait()
+            finally:
+                if not bulk:
+                    self._interactive_waiting -= 1
+            if bulk:
+                self.bulk_held += 1
+            return self._free.pop()
+
+    def put(self, child: _Child | None) -> None:
+        """Give back the child this thread took (same lane as when it was taken)."""
+        with self._cond:
+            self._free.append(child)
+            if lanes.current() != lanes.INTERACTIVE:
+                self.bulk_held -= 1
+            self._cond.notify_all()
+
+    def drain(self) -> list[_Child | None]:
+        with self._cond:
+            free, self._free = self._free, []
+            return free
+
+
+class DecodePool:
+    """``processes`` decode children for bulk decodes plus ``reserved`` for interactive ones, started on
+    demand; :meth:`run` blocks until one is free for the caller's lane."""
+
+    def __init__(
+        self, processes: int, memory: int, timeout: float, reserved: int = RESERVED_INTERACTIVE
+    ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.timeout = timeout
         self.memory = memory
-        self._idle: queue.Queue[_Child | None] = queue.Queue()
-        for _ in range(processes):
-            self._idle.put(None)  # a slot whose child is started when first taken
+        self._idle = _Slots(processes + max(0, reserved), bulk_limit=processes)
         self._closed = False
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -190,11 +243,7 @@ class DecodePool:
     def close(self) -> None:
         """Stop every child (tests; the worker's children die with it, they are daemons)."""
         self._closed = True
-        while True:
-            try:
-                child = self._idle.get_nowait()
-            except queue.Empty:
-                return
+        for child in self._idle.drain():
             if child is not None:
                 child.kill()
 

@@ -59,7 +59,7 @@ import numpy as np
 from PIL import Image
 
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, UnsupportedFormatError
-from worker.inference import headers
+from worker.inference import headers, lanes
 
 logger = logging.getLogger(__name__)
 
@@ -345,18 +345,27 @@ def _estimate(img: Image.Image, declared: headers.Declared, factor: int, policy:
 
 
 class _MemoryBudget:
-    """A byte-weighted semaphore: decodes in flight in this process hold at most ``total`` bytes."""
+    """A byte-weighted semaphore: decodes in flight in this process hold at most ``total`` bytes. A bulk
+    decode does not take room while an interactive one waits for it (:mod:`worker.inference.lanes`)."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
+        self._interactive_waiting = 0
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
     def reserve(self, need: int) -> Iterator[None]:
+        interactive = int(lanes.current() == lanes.INTERACTIVE)
         with self._cond:
-            while self.used + need > self.total:
-                self._cond.wait()
+            self._interactive_waiting += interactive
+            try:
+                while self.used + need > self.total or (not interactive and self._interactive_waiting):
+                    self._cond.wait()
+            finally:
+                self._interactive_waiting -= interactive
+                if interactive:
+                    self._cond.notify_all()  # bulk decodes held back for it look again
             self.used += need
         try:
             yield
