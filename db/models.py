@@ -351,8 +351,10 @@ class WebhookDelivery(Base):
     the two. ``id`` is the event id the receiver sees (``X-Dfscan-Event-Id``); ``body`` is the exact
     JSON sent on every attempt, so redeliveries carry the same bytes. ``dedupe_key`` makes a second
     write of the same event a no-op. A delivery loop claims due rows (``state = 'pending' AND
-    next_attempt_at <= now()``) with ``FOR UPDATE SKIP LOCKED`` and pushes ``next_attempt_at`` past
-    the attempt first: a delivery process killed mid-POST leaves the row to be retried.
+    next_attempt_at <= now()``) one ``receiver`` at a time, writes a fresh ``claim_token`` and pushes
+    ``next_attempt_at`` past the attempt (the lease, renewed while the POST runs) first: a delivery
+    process killed mid-POST leaves the row to be retried, and only the holder of the token records
+    the attempt's outcome.
     """
 
     __tablename__ = "webhook_deliveries"
@@ -363,8 +365,12 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     url: Mapped[str] = mapped_column(Text)
+    # Who receives it: the URL's scheme://host:port, the unit of per-receiver limits and backoff.
+    receiver: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
+    # Written by each claim; an outcome is recorded only by the claim that still holds it (fencing).
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_status: Mapped[int | None] = mapped_column(Integer)
@@ -389,4 +395,21 @@ class WebhookDelivery(Base):
             postgresql_where=text("state = 'pending'"),
             sqlite_where=text("state = 'pending'"),
         ),
+        # A claim takes one receiver's oldest due rows (partial: pending rows only).
+        Index(
+            "ix_webhook_deliveries_receiver_due",
+            "receiver",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+        # Given-up rows, counted by the exporter: its cost follows them, not the delivered history.
+        Index(
+            "ix_webhook_deliveries_failed",
+            "updated_at",
+            postgresql_where=text("state = 'failed'"),
+            sqlite_where=text("state = 'failed'"),
+        ),
+        # The retention sweep deletes settled rows oldest first.
+        Index("ix_webhook_deliveries_state_updated_at", "state", "updated_at"),
     )

@@ -261,7 +261,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = Field(
         SecretStr(""),
         description="Key of the HMAC-SHA256 signature on every webhook (X-Dfscan-Signature). Deliveries "
-        "wait (and are retried) until it is set.",
+        "wait (and are retried) until it is set; a blank or space-padded value is refused at start.",
     )
     webhook_allowlist: CommaList = Field(
         (),
@@ -274,9 +274,6 @@ class Settings(BaseSettings):
     webhook_max_response_bytes: int = Field(
         65536, ge=1, description="Bytes of a receiver's answer read at most; the rest is ignored."
     )
-    webhook_retry_base: float = Field(
-        5.0, gt=0, description="Seconds before the first redelivery; doubles each attempt."
-    )
     webhook_retry_max: float = Field(
         900.0, gt=0, description="Longest wait between two delivery attempts (15 min)."
     )
@@ -286,18 +283,22 @@ class Settings(BaseSettings):
         description="Attempts before a delivery is given up (state failed; `dfscan webhooks redeliver` "
         "revives it). 20 with the defaults above spans ~3 hours.",
     )
-    webhook_poll_interval: float = Field(
-        0.2,
-        gt=0,
-        description="Longest wait of an idle delivery loop. On Postgres a new event wakes it at once "
-        "(LISTEN/NOTIFY); the poll is the fallback: retries coming due, SQLite, a lost LISTEN connection.",
-    )
-    webhook_min_round_interval: float = Field(
-        0.05,
+    webhook_retention_days: float = Field(
+        30.0,
         ge=0,
-        description="Least seconds between the starts of two delivery rounds woken by NOTIFY: under load, "
-        "events gather into rounds (one claim, one settle for many) instead of a round each, for at most "
-        "this much latency. 0: a round per wake-up.",
+        description="The sweeper deletes delivered and given-up webhook events this many days after "
+        "their last change (pending ones never). 0 keeps them forever. ~1.1 KB per event: 30 days of "
+        "1M events a day is ~33 GB, so lower it at that volume.",
+    )
+    # Deprecated (folded into constants in worker/delivery.py; read for one release, with a warning).
+    webhook_retry_base: float | None = Field(
+        None, gt=0, description="Deprecated, removed next release: the first retry waits 5 s (doubling)."
+    )
+    webhook_poll_interval: float | None = Field(
+        None, gt=0, description="Deprecated, removed next release: an idle delivery loop polls every 0.2 s."
+    )
+    webhook_min_round_interval: float | None = Field(
+        None, ge=0, description="Deprecated, removed next release: delivery steps start >= 50 ms apart."
     )
 
     @field_validator("allowed_roots", "url_allowlist", "webhook_allowlist", mode="before")
