@@ -1,0 +1,234 @@
+"""Webhook delivery that one bad receiver cannot stall, and claims that cannot be taken in flight.
+
+Real Postgres, real receivers on 127.0.0.1, real delivery loops. Waits are on conditions with
+generous ceilings; the timing bounds (healthy p99, scrape time) are ``make faults`` rows
+(``tests/integration/faults/webhook_scenarios.py``), never asserted here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import webhooks
+from db.migrate import upgrade
+from db.models import WebhookDelivery, utcnow
+from db.session import new_engine, new_session_factory
+from dfscan.exceptions import ConfigError
+from dfscan.settings import Settings
+from tests.fixtures.databases import pg_url  # noqa: F401
+from tests.fixtures.webhook_receiver import Receiver
+from tests.integration.faults.webhook_scenarios import (
+    hung_beside_healthy,
+    loops_with_slow_receivers,
+    settings_for,
+    write_events,
+)
+from worker.delivery import BREAKER_FAILURES, BREAKER_OPEN, PER_RECEIVER, Deliverer, check_secret
+from worker.sweeper import prune_webhooks
+
+
+@pytest.fixture
+def migrated(pg_url: str) -> str:  # noqa: F811
+    upgrade(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+def sessions(migrated: str) -> Iterator[sessionmaker[Session]]:
+    engine = new_engine(migrated)
+    yield new_session_factory(engine)
+    engine.dispose()
+
+
+def test_three_loops_never_post_one_event_at_once_and_count_each_attempt_once(migrated: str) -> None:
+    outcome = loops_with_slow_receivers(migrated, n_loops=3, n=24, delay=1.0, timeout=2.0)
+    notes = outcome.notes
+    assert notes["duplicate_posts"] == 0 and notes["overlapping_posts"] == 0, notes
+    assert notes["attempts_not_once"] == 0, notes
+    assert outcome.report.ok and outcome.report.done == 48, outcome.report.summary()
+    assert isinstance(notes["hung_posts"], int) and notes["hung_posts"] > 0  # the hung one was tried
+
+
+def test_a_hung_receiver_only_delays_its_own_events(migrated: str) -> None:
+    outcome = hung_beside_healthy(migrated, n=60, timeout=4.0, batch=10)
+    notes = outcome.notes
+    assert outcome.report.ok and outcome.report.done == 60, (outcome.report.summary(), notes)
+    # Every healthy event arrived while the hung receiver's were still pending, and the hung one
+    # held no more than its own slots (plus a few breaker probes), not a round of 64.
+    assert notes["hung_pending"] == 60, notes
+    assert isinstance(notes["hung_posts"], int) and notes["hung_posts"] <= PER_RECEIVER + 3, notes
+
+
+def _attempts(sessions: sessionmaker[Session], url: str) -> int:
+    with sessions() as s:
+        return int(
+            s.scalar(select(func.sum(WebhookDelivery.attempts)).where(WebhookDelivery.url == url)) or 0
+        )
+
+
+def test_the_breaker_backs_a_failing_receiver_off_and_a_probe_closes_it(
+    migrated: str, sessions: sessionmaker[Session]
+) -> None:
+    down = Receiver()  # never started: every connection is refused
+    write_events(sessions, down.url, 20)
+    deliverer = Deliverer(sessions, settings_for(migrated, 2.0))
+    try:
+        report = deliverer.deliver_once()
+        spent = _attempts(sessions, down.url)
+        # The first claim takes PER_RECEIVER; until BREAKER_FAILURES have failed a few more may go.
+        assert PER_RECEIVER <= spent <= PER_RECEIVER + BREAKER_FAILURES - 1, spent
+        assert report.retrying == spent and report.delivered == 0
+        breaker = deliverer._receivers[webhooks_receiver(down.url)]
+        assert breaker.open_until > time.monotonic()
+
+        assert deliverer.deliver_once().attempted == 0  # open: the dead receiver costs nothing
+        assert _attempts(sessions, down.url) == spent
+
+        breaker.open_until = 0.0  # the open period is over: one probe, which fails and reopens longer
+        assert deliverer.deliver_once().attempted == 1
+        assert breaker.opened == 2 and breaker.open_until - time.monotonic() > BREAKER_OPEN * 1.5
+
+        down.start()
+        breaker.open_until = 0.0
+        report = deliverer.deliver_once()  # the probe succeeds, the breaker closes, the rest go
+        with sessions() as s:
+            never_tried = s.scalar(
+                select(func.count()).where(
+                    WebhookDelivery.url == down.url, WebhookDelivery.state == "delivered"
+                )
+            )
+        assert breaker.failures == 0 and report.delivered == never_tried == 20 - spent - 1
+    finally:
+        deliverer.close()
+        down.stop()
+
+
+def webhooks_receiver(url: str) -> str:
+    from dfscan.webhooks import receiver_of
+
+    return receiver_of(url)
+
+
+def test_a_claim_cannot_be_taken_while_held_and_a_lost_claim_cannot_settle(
+    sessions: sessionmaker[Session],
+) -> None:
+    write_events(sessions, "https://rx.example/h", 1)
+    receiver = "https://rx.example:443"
+    t0 = utcnow()
+    with sessions.begin() as s:
+        (first,) = webhooks.claim_due(s, limit=5, lease_seconds=10, receiver=receiver, now=t0)
+    with sessions.begin() as s:  # held: another loop gets nothing, even after renewals past the lease
+        assert (
+            webhooks.claim_due(s, limit=5, lease_seconds=10, receiver=receiver, now=t0 + timedelta(seconds=5))
+            == []
+        )
+        assert webhooks.renew(s, [first], lease_seconds=10, now=t0 + timedelta(seconds=8)) == {first.id}
+        assert (
+            webhooks.claim_due(
+                s, limit=5, lease_seconds=10, receiver=receiver, now=t0 + timedelta(seconds=15)
+            )
+            == []
+        )
+    with sessions.begin() as s:  # the holder stopped renewing: after the lease another claim takes it
+        (second,) = webhooks.claim_due(
+            s, limit=5, lease_seconds=10, receiver=receiver, now=t0 + timedelta(seconds=19)
+        )
+    assert second.id == first.id and second.token != first.token and second.attempts == 2
+    with sessions.begin() as s:  # the old holder learns it lost the row and cannot record its outcome
+        assert webhooks.renew(s, [first], lease_seconds=10) == set()
+        assert webhooks.settle(s, [webhooks.Outcome(first.id, 200, token=first.token)]) == 0
+        assert webhooks.settle(s, [webhooks.Outcome(second.id, 200, token=second.token)]) == 1
+    with sessions() as s:
+        row = s.get_one(WebhookDelivery, first.id)
+        assert (row.state, row.attempts, row.claim_token) == ("delivered", 2, None)
+
+
+def test_a_released_claim_is_due_again_without_an_attempt(sessions: sessionmaker[Session]) -> None:
+    write_events(sessions, "https://rx.example/h", 1)
+    with sessions.begin() as s:
+        (due,) = webhooks.claim_due(s, limit=1, lease_seconds=60, receiver="https://rx.example:443")
+        webhooks.release(s, [due])
+    with sessions.begin() as s:
+        (again,) = webhooks.claim_due(s, limit=1, lease_seconds=60, receiver="https://rx.example:443")
+    assert again.id == due.id and again.attempts == 1
+
+
+def test_redeliver_of_an_event_in_flight_keeps_its_claim(sessions: sessionmaker[Session]) -> None:
+    write_events(sessions, "https://rx.example/h", 1)
+    receiver = "https://rx.example:443"
+    with sessions.begin() as s:
+        (held,) = webhooks.claim_due(s, limit=1, lease_seconds=60, receiver=receiver)
+    with sessions.begin() as s:
+        assert webhooks.redeliver(s, held.id)
+    with sessions.begin() as s:
+        assert webhooks.claim_due(s, limit=1, lease_seconds=60, receiver=receiver) == []  # no second POST
+        assert webhooks.settle(s, [webhooks.Outcome(held.id, 204, token=held.token)]) == 1
+    with sessions.begin() as s:  # settled: a redeliver now sends it again at once
+        assert webhooks.redeliver(s, held.id)
+        (again,) = webhooks.claim_due(s, limit=1, lease_seconds=60, receiver=receiver)
+    assert again.id == held.id and again.attempts == 1
+
+
+def test_the_sweeper_prunes_settled_events_past_the_retention(
+    migrated: str, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_events(sessions, "https://rx.example/h", 9)
+    with sessions.begin() as s:
+        ids = list(s.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.id)))
+        old = utcnow() - timedelta(days=40)
+        states = ["delivered"] * 3 + ["failed"] * 2 + ["pending"] * 2 + ["delivered"] * 2
+        for i, (delivery_id, state) in enumerate(zip(ids, states, strict=True)):
+            s.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(
+                    state=state,
+                    delivered_at=old if state == "delivered" else None,
+                    updated_at=old if i < 7 else utcnow(),  # the last two: delivered recently
+                )
+            )
+    monkeypatch.setattr("worker.sweeper.PRUNE_BATCH", 2)  # several batches in one sweep
+    settings = settings_for(migrated, 2.0).model_copy(update={"webhook_retention_days": 30.0})
+    assert prune_webhooks(sessions, settings) == 5
+    with sessions() as s:
+        left = {row.id: row.state for row in s.scalars(select(WebhookDelivery))}
+    assert left == {ids[5]: "pending", ids[6]: "pending", ids[7]: "delivered", ids[8]: "delivered"}
+    keep = settings.model_copy(update={"webhook_retention_days": 0.0})
+    with sessions.begin() as s:
+        s.execute(update(WebhookDelivery).values(updated_at=utcnow() - timedelta(days=400)))
+    assert prune_webhooks(sessions, keep) == 0  # 0: keep forever
+
+
+@pytest.mark.parametrize("secret", [" ", "\t\n", " padded", "padded\n"])
+def test_a_blank_or_padded_secret_is_refused_at_start(
+    migrated: str, sessions: sessionmaker[Session], secret: str
+) -> None:
+    settings = Settings(_env_file=None, database_url=migrated, webhook_secret=secret)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="DFSCAN_WEBHOOK_SECRET") as info:
+        Deliverer(sessions, settings)
+    assert info.value.code == "CONFIG_ERROR"
+    unset = Settings(_env_file=None, database_url=migrated)  # type: ignore[call-arg]
+    assert check_secret(unset) == ""  # unset: deliveries wait, as before
+
+
+def test_event_rows_name_their_receiver(sessions: sessionmaker[Session]) -> None:
+    write_events(sessions, "https://User:pw@RX.example/hooks?x=1", 1)
+    with sessions() as s:
+        assert s.scalar(select(WebhookDelivery.receiver)) == "https://rx.example:443"
+
+
+def test_claims_skip_other_receivers(sessions: sessionmaker[Session]) -> None:
+    write_events(sessions, "https://a.example/h", 3)
+    write_events(sessions, "https://b.example/h", 3)
+    with sessions.begin() as s:
+        assert webhooks.due_receivers(s) == ["https://a.example:443", "https://b.example:443"]
+        got = webhooks.claim_due(s, limit=10, lease_seconds=60, receiver="https://b.example:443")
+    assert len(got) == 3 and {due.url for due in got} == {"https://b.example/h"}
+    assert all(isinstance(due.token, uuid.UUID) for due in got)
