@@ -41,6 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from dfscan.webhooks import receiver_of
+
 JOB_STATES = ("queued", "running", "done", "failed")
 FINAL_JOB_STATES = ("done", "failed")
 RUN_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -344,6 +346,11 @@ class Promotion(Base):
     __table_args__ = (CheckConstraint(_in("reason", PROMOTION_REASONS), name="reason_valid"),)
 
 
+def _receiver_default(context: Any) -> str:
+    """``receiver`` from the row's ``url`` when an INSERT leaves it out."""
+    return receiver_of(str(context.get_current_parameters()["url"]))
+
+
 class WebhookDelivery(Base):
     """One webhook event and its delivery (the webhook outbox).
 
@@ -366,7 +373,7 @@ class WebhookDelivery(Base):
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     url: Mapped[str] = mapped_column(Text)
     # Who receives it: the URL's scheme://host:port, the unit of per-receiver limits and backoff.
-    receiver: Mapped[str] = mapped_column(Text)
+    receiver: Mapped[str] = mapped_column(Text, default=_receiver_default)
     body: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
     # Written by each claim; an outcome is recorded only by the claim that still holds it (fencing).
