@@ -3,7 +3,7 @@
 ``python -m bench.final_transaction [--jobs N] [--threads T] [--batch B] [--pairs P] [--trees A,B]``:
 a fresh, migrated Postgres database per run; one submission of ``N`` running jobs; ``T`` threads each
 finish ``B`` jobs per transaction with ``jobs.finish_done_many`` (the worker's write path) until all
-are done. Each pair runs callbacks *off* (no ``callback_url``) then *on* (both events). With
+are done. Each pair runs callbacks *off* (no ``callback_url``) then on (``--events``, default both). With
 ``--trees``, every run executes in a child process whose code comes from each source tree in turn
 (e.g. ``/work/main,.``), so the table compares two versions in one session on the same machine.
 The table gives ms per transaction (median, p90) and ms of wall time per job.
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 
-def run_once(jobs_n: int, threads: int, batch: int, callbacks: bool) -> dict[str, float]:
+def run_once(jobs_n: int, threads: int, batch: int, events: str) -> dict[str, float]:
+    """One run; ``events``: off, or the callback events (comma-separated) the submission asks for."""
     from sqlalchemy import update
 
     from db import jobs
@@ -36,10 +37,11 @@ def run_once(jobs_n: int, threads: int, batch: int, callbacks: bool) -> dict[str
         upgrade(url)
         engine = new_engine(url, pool_size=threads + 2)
         sessions = new_session_factory(engine)
-        callback = "https://rx.example/hooks" if callbacks else None
+        callback = None if events == "off" else "https://rx.example/hooks"
+        names = None if events == "off" else events.split(",")
         with sessions.begin() as s:
             _, rows, _ = jobs.create_submission(
-                s, [f"/img/{i}.jpg" for i in range(jobs_n)], callback_url=callback
+                s, [f"/img/{i}.jpg" for i in range(jobs_n)], callback_url=callback, callback_events=names
             )
             ids = [row.id for row in rows]
             s.execute(update(ScanJob).values(state="running", attempts=1))
@@ -90,10 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--trees", default="", help="comma-separated source trees to alternate")
+    parser.add_argument(
+        "--events",
+        nargs="*",
+        default=["job.completed,submission.completed"],
+        help="callback event sets to compare with callbacks off (default: both events)",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_once(args.jobs, args.threads, args.batch, args.child == "on")))
+        print(json.dumps(run_once(args.jobs, args.threads, args.batch, args.child)))
         return 0
     here = Path(__file__).resolve().parents[1]
     trees = [Path(t).resolve() for t in args.trees.split(",") if t] or [here]
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for _ in range(args.pairs):
         for tree in trees:
-            for mode in ("off", "on"):
+            for mode in ("off", *args.events):
                 env = {**os.environ, "PYTHONPATH": str(tree)}  # this file runs as a script: tree's code
                 out = subprocess.run(
                     [sys.executable, __file__, f"--jobs={args.jobs}", f"--threads={args.threads}",

@@ -382,7 +382,14 @@ def _insert_ignoring_duplicate(
     with a list of rows."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(key))
+        # Core and RETURNING, so SQLAlchemy sends the rows as multi-row INSERTs ("insertmanyvalues");
+        # without RETURNING an ON CONFLICT insert went out as one statement per row (~1 ms each).
+        core = table.__table__
+        return (
+            postgresql.insert(core)
+            .on_conflict_do_nothing(index_elements=list(key))
+            .returning(*(core.c[name] for name in key))
+        )
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(key))
     return insert(table)

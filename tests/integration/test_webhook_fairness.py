@@ -232,3 +232,67 @@ def test_claims_skip_other_receivers(sessions: sessionmaker[Session]) -> None:
         got = webhooks.claim_due(s, limit=10, lease_seconds=60, receiver="https://b.example:443")
     assert len(got) == 3 and {due.url for due in got} == {"https://b.example/h"}
     assert all(isinstance(due.token, uuid.UUID) for due in got)
+
+
+def test_concurrent_finishers_write_one_submission_event_without_locking_until_the_end(
+    sessions: sessionmaker[Session],
+) -> None:
+    """8 threads finish 3 submissions' jobs one or two per transaction, all at once: each submission
+    gets exactly one submission.completed, with its final counts (the lock-free fast path may skip only
+    when an unfinished job nobody holds remains)."""
+    import threading
+
+    from sqlalchemy import update as sql_update
+
+    from db import jobs
+    from db.models import ScanJob
+
+    subs: list[list[uuid.UUID]] = []
+    for _ in range(3):
+        with sessions.begin() as s:
+            _, rows, _ = jobs.create_submission(
+                s, [f"/img/{i}.jpg" for i in range(60)], callback_url="https://rx.example/h"
+            )
+            subs.append([row.id for row in rows])
+    with sessions.begin() as s:
+        s.execute(sql_update(ScanJob).values(state="running", attempts=1))
+    work = [
+        chunk
+        for ids in subs
+        for chunk in (ids[i : i + 2] if i % 3 else ids[i : i + 1] for i in range(0, 60, 2))
+    ]
+    work += [[job_id] for ids in subs for job_id in ids[1::2]]  # some again: already final, no-ops
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def finish() -> None:
+        start.wait()
+        while True:
+            with lock:
+                if not work:
+                    return
+                chunk = work.pop()
+            with sessions.begin() as s:
+                for job_id in chunk:
+                    jobs.finish_failed(s, job_id, code="CORRUPT_IMAGE", message="broken")
+
+    threads = [threading.Thread(target=finish) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).where(ScanJob.state != "failed")) == 0
+        ends = list(s.scalars(select(WebhookDelivery).where(WebhookDelivery.event == "submission.completed")))
+    assert len(ends) == 3 and {end.submission_id for end in ends} == {
+        s2 for s2 in {row_sub(sessions, ids[0]) for ids in subs}
+    }
+    for end in ends:
+        assert '"failed":60' in end.body and '"total":60' in end.body, end.body
+
+
+def row_sub(sessions: sessionmaker[Session], job_id: uuid.UUID) -> uuid.UUID:
+    from db.models import ScanJob
+
+    with sessions() as s:
+        return s.get_one(ScanJob, job_id).submission_id
