@@ -9,11 +9,24 @@ redirects are followed; one timeout bounds the whole POST; at most
 answer, a non-2xx status) is tried again with exponential backoff up to ``DFSCAN_WEBHOOK_MAX_ATTEMPTS``.
 
 The loop runs in the sweeper process (``dfscan sweeper``, ``dfscan worker --sweeper``) or alone
-(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``). It sleeps
-on ``LISTEN dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up
-to ``DFSCAN_WEBHOOK_POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost
-connection. A round checks and resolves each distinct URL once, POSTs (each on its own connection,
-``Connection: close``), and records every outcome in one transaction of a few statements.
+(``dfscan webhooks deliver``); several loops share the work. Each event has at most one attempt in
+flight: a claim writes a fencing token and a lease (``2 x DFSCAN_WEBHOOK_TIMEOUT + 5 s``) that the
+holder renews every ``timeout / 2`` while its POSTs run, each POST starts at its claim and ends within
+the timeout, and outcomes are recorded only under the claim's token (``db.webhooks``). So another loop
+can take an event only after its holder died or stalled past the lease, and then the stale holder
+neither records nor counts that attempt.
+
+Fairness: the loop is a scheduler of ``THREADS`` POST slots. Each step (one transaction) records the
+POSTs that finished, renews leases, and claims due events receiver by receiver (``scheme://host:port``,
+the one waiting longest first) into the free slots, at most ``PER_RECEIVER`` in flight per receiver,
+and starts their POSTs at once; a finished POST wakes the next step. A hung or slow receiver thus
+holds only its own slots, and its circuit breaker (:class:`Breaker`) stops claiming its events after
+``BREAKER_FAILURES`` failures in a row, probing once per open period (5 s doubling to 5 min), so a
+receiver that is down costs one POST per period whatever its backlog. The loop sleeps on ``LISTEN
+dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up to
+``POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost connection. Each callback
+URL is checked and resolved at most once a second (``ROUND_CACHE``); each POST has its own connection
+(``Connection: close``).
 """
 
 from __future__ import annotations
@@ -214,6 +227,8 @@ class Deliverer:
         self._lock = threading.Lock()
         self._finished: list[tuple[webhooks.Due, int | DfscanError | None]] = []
         self._in_flight: dict[uuid.UUID, tuple[webhooks.Due, float]] = {}  # id -> (due, claimed at)
+        self._outcomes: list[webhooks.Outcome] = []  # finished, not yet recorded
+        self._unsent: list[webhooks.Due] = []  # claimed, never POSTed, not yet released
         self._receivers: dict[str, Breaker] = {}
         self._renewed = time.monotonic()
         self._destinations = _Destinations(self.policy)
@@ -235,8 +250,9 @@ class Deliverer:
         with self._lock:
             finished, self._finished = self._finished, []
         now = time.monotonic()
-        outcomes: list[webhooks.Outcome] = []
-        unsent: list[webhooks.Due] = []
+        # Kept until their transaction commits: a step that fails (a database outage) records them
+        # in the next one (if their claim still holds by then).
+        outcomes, unsent = self._outcomes, self._unsent
         for due, result in finished:
             self._in_flight.pop(due.id, None)
             breaker = self._receivers[due.receiver]
@@ -265,6 +281,7 @@ class Deliverer:
                 self._renewed = now
             if free:
                 claimed = self._claim(session, free, now)
+        self._outcomes, self._unsent = [], []
         if now - self._destinations_at >= ROUND_CACHE:  # check and resolve every URL again
             self._destinations, self._destinations_at = _Destinations(self.policy), now
         for due in claimed:

@@ -296,3 +296,34 @@ def row_sub(sessions: sessionmaker[Session], job_id: uuid.UUID) -> uuid.UUID:
 
     with sessions() as s:
         return s.get_one(ScanJob, job_id).submission_id
+
+
+def test_folded_settings_still_work_for_one_release_with_a_warning(
+    migrated: str,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from worker.delivery import MIN_ROUND_INTERVAL, POLL_INTERVAL, RETRY_BASE
+
+    plain = Deliverer(sessions, settings_for(migrated, 2.0))
+    try:
+        assert (plain.poll_interval, plain.min_round_interval, plain.retry_base) == (
+            POLL_INTERVAL,
+            MIN_ROUND_INTERVAL,
+            RETRY_BASE,
+        )
+    finally:
+        plain.close()
+    monkeypatch.setenv("DFSCAN_WEBHOOK_POLL_INTERVAL", "1.5")
+    monkeypatch.setenv("DFSCAN_WEBHOOK_RETRY_BASE", "2")
+    with caplog.at_level("WARNING", logger="worker.delivery"):
+        old = Deliverer(sessions, Settings(_env_file=None, database_url=migrated, webhook_secret="s"))  # type: ignore[call-arg]
+    try:
+        assert (old.poll_interval, old.retry_base, old.min_round_interval) == (1.5, 2.0, MIN_ROUND_INTERVAL)
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        assert "DFSCAN_WEBHOOK_POLL_INTERVAL is deprecated" in warned
+        assert "DFSCAN_WEBHOOK_RETRY_BASE is deprecated" in warned
+        assert "MIN_ROUND_INTERVAL" not in warned
+    finally:
+        old.close()
