@@ -327,3 +327,37 @@ def test_folded_settings_still_work_for_one_release_with_a_warning(
         assert "MIN_ROUND_INTERVAL" not in warned
     finally:
         old.close()
+
+
+def test_outcomes_of_a_step_that_failed_are_recorded_by_the_next(
+    migrated: str, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    rx = Receiver()
+    rx.start()
+    write_events(sessions, rx.url, 3)
+    deliverer = Deliverer(sessions, settings_for(migrated, 2.0))
+    try:
+        assert deliverer.step() == 3
+        rx.wait_for(3, 60)
+        deadline = time.monotonic() + 60
+        while len(deliverer._finished) < 3:  # the POST threads hand their results back
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+        def outage(*args: object, **kwargs: object) -> int:
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(webhooks, "settle", outage)
+        with pytest.raises(OperationalError):
+            deliverer.step()
+        monkeypatch.undo()
+        deliverer.step()
+        with sessions() as s:
+            rows = list(s.scalars(select(WebhookDelivery)))
+        assert {(row.state, row.attempts) for row in rows} == {("delivered", 1)}
+        assert deliverer.report.delivered == 3 and len(rx.event_ids_posted()) == 3
+    finally:
+        deliverer.close()
+        rx.stop()
