@@ -198,7 +198,11 @@ _TABLE = cast(Table, WebhookDelivery.__table__)
 _PENDING = _TABLE.c.state == "pending"
 _RECEIVERS = (
     select(_TABLE.c.receiver, func.min(_TABLE.c.next_attempt_at).label("oldest"))
-    .where(_PENDING, _TABLE.c.next_attempt_at <= bindparam("now"))
+    .where(
+        _PENDING,
+        _TABLE.c.next_attempt_at <= bindparam("now"),
+        _TABLE.c.receiver.not_in(bindparam("skip", expanding=True)),
+    )
     .group_by(_TABLE.c.receiver)
     .order_by(func.min(_TABLE.c.next_attempt_at))
     .limit(bindparam("limit"))
@@ -276,9 +280,13 @@ class Due:
     receiver: str = ""
 
 
-def due_receivers(session: Session, *, limit: int = 256, now: datetime | None = None) -> list[str]:
-    """Receivers that have due deliveries, the one waiting longest first (at most ``limit``)."""
-    rows = session.execute(_RECEIVERS, {"now": now or utcnow(), "limit": limit}).all()
+def due_receivers(
+    session: Session, *, limit: int = 256, skip: Sequence[str] = (), now: datetime | None = None
+) -> list[str]:
+    """Receivers that have due deliveries, the one waiting longest first (at most ``limit``), leaving
+    out ``skip`` (those the caller cannot serve now: so many dead receivers cannot crowd out the rest)."""
+    params = {"now": now or utcnow(), "limit": limit, "skip": sorted(skip)}
+    rows = session.execute(_RECEIVERS, params).all()
     return [str(row.receiver) for row in rows]
 
 

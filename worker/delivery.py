@@ -78,8 +78,9 @@ POLL_INTERVAL = 0.2
 MIN_ROUND_INTERVAL = 0.05
 # Seconds before the first retry; doubles each attempt up to DFSCAN_WEBHOOK_RETRY_MAX.
 RETRY_BASE = 5.0
-# Receivers looked at per step, longest waiting first.
+# Receivers looked at per step, longest waiting first; breakers kept before idle ones are forgotten.
 _RECEIVERS = 256
+_BREAKERS_KEPT = 4096
 # Seconds a callback URL's check and DNS answer are reused across steps.
 ROUND_CACHE = 1.0
 # Seconds between two attempts to LISTEN again after the connection was lost (polling meanwhile).
@@ -290,8 +291,11 @@ class Deliverer:
         return len(claimed)
 
     def _claim(self, session: Session, free: int, now: float) -> list[webhooks.Due]:
+        if len(self._receivers) > _BREAKERS_KEPT:  # forget receivers with nothing to remember
+            self._receivers = {r: b for r, b in self._receivers.items() if b.in_flight or b.failures}
         claimed: list[webhooks.Due] = []
-        for receiver in webhooks.due_receivers(session, limit=_RECEIVERS):
+        blocked = [r for r, b in self._receivers.items() if b.room(now) <= 0]
+        for receiver in webhooks.due_receivers(session, limit=_RECEIVERS, skip=blocked):
             breaker = self._receivers.setdefault(receiver, Breaker())
             room = min(free - len(claimed), breaker.room(now))
             if room <= 0:

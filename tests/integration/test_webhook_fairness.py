@@ -361,3 +361,14 @@ def test_outcomes_of_a_step_that_failed_are_recorded_by_the_next(
     finally:
         deliverer.close()
         rx.stop()
+
+
+def test_receivers_that_cannot_be_served_do_not_crowd_out_the_rest(sessions: sessionmaker[Session]) -> None:
+    for host in ("a", "b", "c"):
+        write_events(sessions, f"https://{host}.example/h", 2)
+    with sessions() as s:
+        everyone = webhooks.due_receivers(s)
+        assert webhooks.due_receivers(s, limit=1) == ["https://a.example:443"]
+        rest = webhooks.due_receivers(s, limit=1, skip=["https://a.example:443", "https://b.example:443"])
+    assert everyone == ["https://a.example:443", "https://b.example:443", "https://c.example:443"]
+    assert rest == ["https://c.example:443"]
