@@ -116,14 +116,35 @@ def percentile(values: list[float], q: float) -> float:
 # --- a hung receiver beside a healthy one ---------------------------------------------------------
 
 
+def _healthy_alone(
+    database_url: str, sessions: sessionmaker[Session], n: int, timeout: float, batch: int
+) -> list[float]:
+    """The baseline: the healthy receiver's latencies (commit to arrival) with no hung receiver."""
+    alone = Receiver()
+    alone.start()
+    committed: dict[str, float] = {}
+    try:
+        with loops(database_url, 1, timeout):
+            for _ in range(n // batch):
+                sub_id, at = write_events(sessions, alone.url, batch)
+                committed[str(sub_id)] = at
+                time.sleep(0.02)
+            wait_until(lambda: len(alone.event_ids()) >= n, 120, "events alone not all delivered")
+    finally:
+        alone.stop()
+    return [got.at - committed[str(got.event["data"]["submission_id"])] for got in alone.events()]
+
+
 def hung_beside_healthy(
-    database_url: str, *, n: int = 200, timeout: float = 10.0, batch: int = 10
+    database_url: str, *, n: int = 200, timeout: float = 10.0, batch: int = 10, baseline: bool = True
 ) -> Outcome:
     """``n`` events for a receiver that never answers and ``n`` for a healthy one, written as a stream
     of small submissions (the hung receiver's first), one loop. The healthy receiver's events must all
-    arrive while the hung one's are still pending; notes give the healthy latency (commit to arrival)."""
+    arrive while the hung one's are still pending; notes give the healthy latency (commit to arrival),
+    and with ``baseline`` the same stream's latency with no hung receiver, measured first."""
     engine = new_engine(database_url)
     sessions = new_session_factory(engine)
+    alone = _healthy_alone(database_url, sessions, n, timeout, batch) if baseline else []
     hung, healthy = Receiver(), Receiver()
     hung.hang()
     for rx in (hung, healthy):
@@ -164,17 +185,16 @@ def hung_beside_healthy(
         lost=[row.id for row in healthy_rows if row.state != "delivered"],
         duplicated=duplicates,
     )
-    return Outcome(
-        "hung receiver beside a healthy one",
-        report,
-        {
-            "healthy_p50_s": round(statistics.median(latencies), 2),
-            "healthy_p99_s": round(percentile(latencies, 0.99), 2),
-            "healthy_max_s": round(max(latencies), 2),
-            "hung_pending": int(hung_pending or 0),
-            "hung_posts": hung_posts_then,
-        },
-    )
+    notes: dict[str, object] = {
+        "healthy_p50_s": round(statistics.median(latencies), 2),
+        "healthy_p99_s": round(percentile(latencies, 0.99), 2),
+        "healthy_max_s": round(max(latencies), 2),
+    }
+    if alone:
+        notes["alone_p50_s"] = round(statistics.median(alone), 2)
+        notes["alone_p99_s"] = round(percentile(alone, 0.99), 2)
+    notes.update(hung_pending=int(hung_pending or 0), hung_posts=hung_posts_then)
+    return Outcome("hung receiver beside a healthy one", report, notes)
 
 
 # --- several loops, slow and hung receivers -------------------------------------------------------
