@@ -61,10 +61,10 @@ log = logging.getLogger(__name__)
 # Tuning that users do not need to change, written down once (the settings of the same names were
 # folded into these; the old variables still work for one release, with a warning).
 # POSTs in flight at once per loop (threads blocked on I/O are cheap).
-THREADS = 32
+THREADS = 64
 # POSTs in flight at once per receiver (scheme://host:port) per loop: a slow or hung receiver holds
 # at most this many slots, so the others keep THREADS - PER_RECEIVER at least.
-PER_RECEIVER = 8
+PER_RECEIVER = 16
 # The circuit breaker: failed attempts in a row that open it, and how long it stays open (doubling
 # each time it reopens, up to the max). A receiver that is down costs one probe per period.
 BREAKER_FAILURES = 3
