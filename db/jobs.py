@@ -231,8 +231,11 @@ def renew_leases(
     )
 
 
-def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime) -> list[uuid.UUID]:
-    """Fail the jobs matching ``where`` with ``MAX_ATTEMPTS``; return their ids."""
+def _fail_max_attempts(
+    session: Session, where: Any, message: str, now: datetime, *, events: bool = True
+) -> list[uuid.UUID]:
+    """Fail the jobs matching ``where`` with ``MAX_ATTEMPTS``; return their ids. ``events=False``: the
+    caller writes their webhook events itself, after its last job update."""
     failed = list(
         session.scalars(
             update(ScanJob)
@@ -249,7 +252,8 @@ def _fail_max_attempts(session: Session, where: Any, message: str, now: datetime
             execution_options={"synchronize_session": False},
         )
     )
-    webhooks.record_final(session, failed)
+    if events:
+        webhooks.record_final(session, failed)
     return failed
 
 
@@ -476,6 +480,7 @@ def sweep_stale(
         and_(stale, ScanJob.attempts >= max_attempts),
         f"job was lost or timed out after {max_attempts} attempts (the limit)",
         now,
+        events=False,
     )
     resend = session.scalars(
         update(ScanJob)
@@ -484,6 +489,7 @@ def sweep_stale(
         .returning(ScanJob.id),
         execution_options={"synchronize_session": False},
     ).all()
+    webhooks.record_final(session, failed)  # last: no job update may follow it (see record_final)
     if failed or resend:
         log.info("sweep: %d jobs to re-send, %d failed with %s", len(resend), len(failed), MAX_ATTEMPTS_CODE)
     return list(resend), list(failed)

@@ -65,7 +65,10 @@ def record_final(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
     """Write the webhook events that ``job_ids`` becoming final causes. Returns how many were written.
 
     Call it in the transaction that made the jobs final, after the state change (and the verdict
-    insert). One indexed query when no submission of these jobs asked for callbacks.
+    insert), and update no job row after it in that transaction: the submission.completed check may
+    hold a share lock on another unfinished job until the commit, and a later job update waiting on
+    a concurrent finisher's share lock could deadlock with it. One indexed query when no submission
+    of these jobs asked for callbacks.
     """
     if not job_ids:
         return 0

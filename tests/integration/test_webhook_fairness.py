@@ -242,7 +242,7 @@ def test_claims_skip_other_receivers(sessions: sessionmaker[Session]) -> None:
 def test_concurrent_finishers_write_one_submission_event_without_locking_until_the_end(
     sessions: sessionmaker[Session],
 ) -> None:
-    """8 threads finish 3 submissions' jobs one or two per transaction, all at once: each submission
+    """8 threads finish 3 submissions' jobs two per transaction (the worker's write), all at once: each submission
     gets exactly one submission.completed, with its final counts (the lock-free fast path may skip only
     when an unfinished job nobody holds remains)."""
     import threading
@@ -251,6 +251,7 @@ def test_concurrent_finishers_write_one_submission_event_without_locking_until_t
 
     from db import jobs
     from db.models import ScanJob
+    from dfscan.verdicts import STORED
 
     subs: list[list[uuid.UUID]] = []
     for _ in range(3):
@@ -264,6 +265,9 @@ def test_concurrent_finishers_write_one_submission_event_without_locking_until_t
     work = [ids[i : i + 2] for ids in subs for i in range(0, 60, 2)]
     work += [[job_id] for ids in subs for job_id in ids[1::7]]  # some again: already final, no-ops
     random.Random(7).shuffle(work)
+    verdict: dict[str, object] = dict.fromkeys(STORED)
+    verdict.update(label="real", fake_score=0.1, threshold=0.5, model_version="t", image_sha256="0" * 64)
+    verdict.update(cached=False, worker="t")
     lock = threading.Lock()
     start = threading.Barrier(8)
 
@@ -274,9 +278,8 @@ def test_concurrent_finishers_write_one_submission_event_without_locking_until_t
                 if not work:
                     return
                 chunk = work.pop()
-            with sessions.begin() as s:
-                for job_id in chunk:
-                    jobs.finish_failed(s, job_id, code="CORRUPT_IMAGE", message="broken")
+            with sessions.begin() as s:  # the worker's write: one UPDATE for the chunk, then the events
+                jobs.finish_done_many(s, [{"job_id": job_id, **verdict} for job_id in chunk])
 
     threads = [threading.Thread(target=finish) for _ in range(8)]
     for t in threads:
@@ -284,13 +287,13 @@ def test_concurrent_finishers_write_one_submission_event_without_locking_until_t
     for t in threads:
         t.join(120)
     with sessions() as s:
-        assert s.scalar(select(func.count()).where(ScanJob.state != "failed")) == 0
+        assert s.scalar(select(func.count()).where(ScanJob.state != "done")) == 0
         ends = list(s.scalars(select(WebhookDelivery).where(WebhookDelivery.event == "submission.completed")))
     with sessions() as s:
         expected = {s.get_one(ScanJob, ids[0]).submission_id for ids in subs}
     assert len(ends) == 3 and {end.submission_id for end in ends} == expected
     for end in ends:
-        assert '"failed":60' in end.body and '"total":60' in end.body, end.body
+        assert '"done":60' in end.body and '"total":60' in end.body, end.body
 
 
 def test_folded_settings_still_work_for_one_release_with_a_warning(
