@@ -373,7 +373,8 @@ class WebhookDelivery(Base):
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     url: Mapped[str] = mapped_column(Text)
     # Who receives it: the URL's scheme://host:port, the unit of per-receiver limits and backoff.
-    receiver: Mapped[str] = mapped_column(Text, default=_receiver_default)
+    # '' from a writer older than migration 0007 (a rolling update): delivered, as one receiver.
+    receiver: Mapped[str] = mapped_column(Text, default=_receiver_default, server_default=text("''"))
     body: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
     # Written by each claim; an outcome is recorded only by the claim that still holds it (fencing).

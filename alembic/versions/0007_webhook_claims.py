@@ -2,7 +2,8 @@
 
 - ``webhook_deliveries.receiver``: the callback URL's ``scheme://host:port``, the unit of the
   delivery loop's per-receiver concurrency limit and circuit breaker. Existing rows get their whole
-  URL (a finer key for old rows only; settled rows never need it).
+  URL (a finer key for old rows only; settled rows never need it); rows written by the previous
+  release during a rolling update get '' (server default).
 - ``webhook_deliveries.claim_token``: written by each claim, checked when the outcome is recorded, so
   a loop whose lease was taken over cannot record (or count) an attempt twice.
 - Indexes: one receiver's due rows; given-up rows (the exporter counts them); settled rows by age
@@ -32,7 +33,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("claim_token", sa.Uuid(), nullable=True))
     op.execute("UPDATE webhook_deliveries SET receiver = url")
     with op.batch_alter_table("webhook_deliveries") as batch:
-        batch.alter_column("receiver", existing_type=sa.Text(), nullable=False)
+        # A server default, so workers still running the previous release (a rolling update) can
+        # write events: '' is one receiver for all of them until they are replaced.
+        batch.alter_column("receiver", existing_type=sa.Text(), nullable=False, server_default=sa.text("''"))
     op.create_index(
         "ix_webhook_deliveries_receiver_due",
         "webhook_deliveries",

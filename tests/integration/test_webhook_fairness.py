@@ -391,3 +391,23 @@ def test_processes_that_deliver_refuse_to_start_with_a_blank_secret(
     )
     assert run.returncode != 0
     assert "DFSCAN_WEBHOOK_SECRET is blank or only whitespace" in run.stderr
+
+
+def test_events_written_by_the_previous_release_are_still_claimed(sessions: sessionmaker[Session]) -> None:
+    """A worker of the previous release (a rolling update) inserts events without ``receiver``."""
+    from sqlalchemy import text
+
+    write_events(sessions, "https://rx.example/h", 1)
+    with sessions.begin() as s:
+        sub_id = s.scalar(select(WebhookDelivery.submission_id))
+        s.execute(
+            text(
+                "INSERT INTO webhook_deliveries (id, submission_id, event, dedupe_key, url, body) "
+                "VALUES (:id, :sub, 'submission.completed', 'old-writer', 'https://old.example/h', '{}')"
+            ),
+            {"id": uuid.uuid4(), "sub": sub_id},
+        )
+    with sessions.begin() as s:
+        assert "" in webhooks.due_receivers(s)
+        (old,) = webhooks.claim_due(s, limit=5, lease_seconds=30, receiver="")
+    assert old.url == "https://old.example/h"
