@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.fixtures.faults import service_context
 from tests.fixtures.service import Service
-from tests.integration.faults import load_scenarios, scenarios
+from tests.integration.faults import load_scenarios, scenarios, webhook_scenarios
 from tests.integration.faults.scenarios import Outcome
 
 COLUMNS = ("scenario", "submitted", "done", "failed", "lost", "duplicated", "seconds", "notes")
@@ -77,6 +77,7 @@ def all_scenarios(quick: bool) -> list[tuple[str, Callable[[Service], Outcome]]]
         ("bulk backlog vs sweeper", scenarios.bulk_backlog_vs_sweeper),
         *load_scenarios.ROWS,
     ]
+    runs.extend(webhook_scenarios.SCENARIOS)
     if not quick:
         runs.insert(3, ("2 workers, one SIGKILLed 3x", scenarios.one_of_two_killed_repeatedly))
         runs.insert(5, ("PostgreSQL stopped 30 s", lambda svc: scenarios.postgres_outage(svc, 30)))

@@ -41,6 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from dfscan.webhooks import receiver_of
+
 JOB_STATES = ("queued", "running", "done", "failed")
 FINAL_JOB_STATES = ("done", "failed")
 RUN_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -345,6 +347,11 @@ class Promotion(Base):
     __table_args__ = (CheckConstraint(_in("reason", PROMOTION_REASONS), name="reason_valid"),)
 
 
+def _receiver_default(context: Any) -> str:
+    """``receiver`` from the row's ``url`` when an INSERT leaves it out."""
+    return receiver_of(str(context.get_current_parameters()["url"]))
+
+
 class WebhookDelivery(Base):
     """One webhook event and its delivery (the webhook outbox).
 
@@ -352,8 +359,10 @@ class WebhookDelivery(Base):
     the two. ``id`` is the event id the receiver sees (``X-Dfscan-Event-Id``); ``body`` is the exact
     JSON sent on every attempt, so redeliveries carry the same bytes. ``dedupe_key`` makes a second
     write of the same event a no-op. A delivery loop claims due rows (``state = 'pending' AND
-    next_attempt_at <= now()``) with ``FOR UPDATE SKIP LOCKED`` and pushes ``next_attempt_at`` past
-    the attempt first: a delivery process killed mid-POST leaves the row to be retried.
+    next_attempt_at <= now()``) one ``receiver`` at a time, writes a fresh ``claim_token`` and pushes
+    ``next_attempt_at`` past the attempt (the lease, renewed while the POST runs) first: a delivery
+    process killed mid-POST leaves the row to be retried, and only the holder of the token records
+    the attempt's outcome.
     """
 
     __tablename__ = "webhook_deliveries"
@@ -364,8 +373,13 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     url: Mapped[str] = mapped_column(Text)
+    # Who receives it: the URL's scheme://host:port, the unit of per-receiver limits and backoff.
+    # '' from a writer older than migration 0007 (a rolling update): delivered, as one receiver.
+    receiver: Mapped[str] = mapped_column(Text, default=_receiver_default, server_default=text("''"))
     body: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
+    # Written by each claim; an outcome is recorded only by the claim that still holds it (fencing).
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_status: Mapped[int | None] = mapped_column(Integer)
@@ -390,4 +404,21 @@ class WebhookDelivery(Base):
             postgresql_where=text("state = 'pending'"),
             sqlite_where=text("state = 'pending'"),
         ),
+        # A claim takes one receiver's oldest due rows (partial: pending rows only).
+        Index(
+            "ix_webhook_deliveries_receiver_due",
+            "receiver",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+        # Given-up rows, counted by the exporter: its cost follows them, not the delivered history.
+        Index(
+            "ix_webhook_deliveries_failed",
+            "updated_at",
+            postgresql_where=text("state = 'failed'"),
+            sqlite_where=text("state = 'failed'"),
+        ),
+        # The retention sweep deletes settled rows oldest first.
+        Index("ix_webhook_deliveries_state_updated_at", "state", "updated_at"),
     )

@@ -12,10 +12,13 @@ sent while nobody listened is not lost work, only a later wake-up (the next poll
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import select
 import threading
 import time
+import weakref
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -27,6 +30,12 @@ log = logging.getLogger(__name__)
 APPLICATION_NAME = "dfscan-listen"
 # Longest single select(): how soon a wait notices that its loop was asked to stop.
 _STOP_CHECK = 0.5
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def notify(session: Session, channel: str) -> None:
@@ -49,14 +58,31 @@ class Listener:
         self._conn: Any = None  # a psycopg2 connection while listening
         self._failed_at = -float("inf")  # monotonic time of the last lost or refused connection
         self.connects = 0  # how many times LISTEN was (re)established
+        # A pipe :meth:`wake` writes to, so another thread (a finished POST) ends a wait at once.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+
+    def wake(self) -> None:
+        """End the current (or next) :meth:`wait` early; safe from any thread."""
+        with contextlib.suppress(OSError):  # the pipe is full (a wake is pending anyway) or closed
+            os.write(self._wake_w, b"x")
+
+    def _woken(self) -> bool:
+        try:
+            return bool(os.read(self._wake_r, 4096))
+        except (BlockingIOError, OSError):
+            return False
 
     @property
     def listening(self) -> bool:
         return self._conn is not None
 
     def wait(self, timeout: float, stop: threading.Event) -> bool:
-        """Wait up to ``timeout`` seconds; True when woken early (a notification, or a new LISTEN
-        after which the caller should look for work it may have missed), False on timeout or stop."""
+        """Wait up to ``timeout`` seconds; True when woken early (a notification, :meth:`wake`, or a new
+        LISTEN after which the caller should look for work it may have missed), False on timeout or
+        stop."""
         due = self._conn is None and self.enabled and time.monotonic() >= self._failed_at + self.retry_every
         if due and self._connect():
             return True
@@ -65,12 +91,12 @@ class Listener:
             left = end - time.monotonic()
             if left <= 0:
                 return False
-            if self._conn is None:
-                stop.wait(left)
-                return False
+            watched: list[Any] = [self._wake_r] if self._conn is None else [self._conn, self._wake_r]
             try:
-                ready, _, _ = select.select([self._conn], [], [], min(left, _STOP_CHECK))
-                if not ready:
+                ready, _, _ = select.select(watched, [], [], min(left, _STOP_CHECK))
+                if self._wake_r in ready and self._woken():
+                    return True
+                if self._conn is None or self._conn not in ready:
                     continue
                 self._conn.poll()  # reads what arrived; raises if the server hung up
             except Exception as exc:  # psycopg2.OperationalError/InterfaceError, or a closed socket

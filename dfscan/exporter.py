@@ -15,7 +15,9 @@ Read on each scrape (at most once a second, whatever the number of scrapers), ne
   number of workers the load needs; unlike queue depth it is non-zero while workers are merely busy,
   so it holds capacity at a steady load and grows as soon as arrivals outpace the workers, before a
   backlog (and its latency) exists.
-- ``dfscan_webhook_deliveries{state}`` and ``dfscan_webhook_oldest_pending_age_seconds``.
+- ``dfscan_webhook_deliveries{state}`` (``pending``, ``failed``: what needs attention; delivered
+  rows are not counted, so a scrape costs the same at any history) and
+  ``dfscan_webhook_oldest_pending_age_seconds``.
 - ``dfscan_exporter_source_up{source}``: 1 when Postgres / Redis answered this scrape.
 """
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 LANES = (INTERACTIVE_QUEUE, INFERENCE_QUEUE)
 ACTIVE = ("queued", "running")
-DELIVERY_STATES = ("pending", "delivered", "failed")
+DELIVERY_STATES = ("pending", "failed")
 # Every metric family the exporter serves (the dashboard and the KEDA query are checked against it).
 METRICS = (
     "dfscan_queue_jobs",
@@ -97,16 +99,14 @@ def read_postgres(session: object, snap: Snapshot) -> None:
         snap.jobs[(lane, state)] = int(count)
         if state == "queued":
             snap.oldest[lane] = _age(now, oldest)
-    deliveries = session.execute(
-        select(WebhookDelivery.state, func.count(), func.min(WebhookDelivery.created_at)).group_by(
-            WebhookDelivery.state
-        )
-    ).all()
-    snap.deliveries = dict.fromkeys(DELIVERY_STATES, 0)
-    for state, count, oldest in deliveries:
-        snap.deliveries[state] = int(count)
-        if state == "pending":
-            snap.oldest_delivery = _age(now, oldest)
+    # Only what needs attention, each through a partial index: the cost follows the backlog and the
+    # given-up rows, never the delivered history (a count of it grew 2 ms -> 156 ms at 300k rows).
+    pending, oldest = session.execute(
+        select(func.count(), func.min(WebhookDelivery.created_at)).where(WebhookDelivery.state == "pending")
+    ).one()
+    failed = session.scalar(select(func.count()).where(WebhookDelivery.state == "failed"))
+    snap.deliveries = {"pending": int(pending), "failed": int(failed or 0)}
+    snap.oldest_delivery = _age(now, oldest)
 
 
 def read_redis(client: object, snap: Snapshot) -> None:
@@ -187,7 +187,9 @@ class QueueCollector(Collector):
                 value=sum(snap.jobs.values()),
             )
             deliveries = GaugeMetricFamily(
-                "dfscan_webhook_deliveries", "Webhook deliveries by state.", labels=["state"]
+                "dfscan_webhook_deliveries",
+                "Webhook deliveries pending or given up (failed), by state.",
+                labels=["state"],
             )
             for state, n in sorted(snap.deliveries.items()):
                 deliveries.add_metric([state], n)

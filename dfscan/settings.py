@@ -78,6 +78,21 @@ FIXED: dict[str, Fixed] = {
     ),
     "flower_port": Fixed(5555, "Flower's HTTP port (Flower's own default).", "dfscan flower --port"),
     "exporter_port": Fixed(9465, "Port of the queue metrics of `dfscan exporter`.", "dfscan exporter --port"),
+    "webhook_retry_base": Fixed(
+        5.0,
+        "Seconds before the first webhook retry, doubling each attempt up to DFSCAN_WEBHOOK_RETRY_MAX (with "
+        "+-20 % jitter); DFSCAN_WEBHOOK_MAX_ATTEMPTS and the max set how long a delivery is tried.",
+    ),
+    "webhook_poll_interval": Fixed(
+        0.2,
+        "Longest wait of an idle delivery loop: on Postgres a new event wakes it at once (LISTEN/NOTIFY); "
+        "the poll is the fallback for retries and breakers coming due, SQLite and a lost LISTEN connection.",
+    ),
+    "webhook_min_round_interval": Fixed(
+        0.05,
+        "Least seconds between the starts of two delivery steps woken early: under load, events and "
+        "outcomes gather into one transaction per step instead of one each.",
+    ),
 }
 
 
@@ -303,7 +318,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = Field(
         SecretStr(""),
         description="Key of the HMAC-SHA256 signature on every webhook (X-Dfscan-Signature). Deliveries "
-        "wait (and are retried) until it is set.",
+        "wait (and are retried) until it is set; a blank or space-padded value is refused at start.",
     )
     webhook_allowlist: CommaList = Field(
         (),
@@ -316,9 +331,6 @@ class Settings(BaseSettings):
     webhook_max_response_bytes: int = Field(
         65536, ge=1, description="Bytes of a receiver's answer read at most; the rest is ignored."
     )
-    webhook_retry_base: float = Field(
-        5.0, gt=0, description="Seconds before the first redelivery; doubles each attempt."
-    )
     webhook_retry_max: float = Field(
         900.0, gt=0, description="Longest wait between two delivery attempts (15 min)."
     )
@@ -328,18 +340,12 @@ class Settings(BaseSettings):
         description="Attempts before a delivery is given up (state failed; `dfscan webhooks redeliver` "
         "revives it). 20 with the defaults above spans ~3 hours.",
     )
-    webhook_poll_interval: float = Field(
-        0.2,
-        gt=0,
-        description="Longest wait of an idle delivery loop. On Postgres a new event wakes it at once "
-        "(LISTEN/NOTIFY); the poll is the fallback: retries coming due, SQLite, a lost LISTEN connection.",
-    )
-    webhook_min_round_interval: float = Field(
-        0.05,
+    webhook_retention_days: float = Field(
+        30.0,
         ge=0,
-        description="Least seconds between the starts of two delivery rounds woken by NOTIFY: under load, "
-        "events gather into rounds (one claim, one settle for many) instead of a round each, for at most "
-        "this much latency. 0: a round per wake-up.",
+        description="The sweeper deletes delivered and given-up webhook events this many days after "
+        "their last change (pending ones never). 0 keeps them forever. ~1.1 KB per event: 30 days of "
+        "1M events a day is ~33 GB, so lower it at that volume.",
     )
 
     # --- retired: read for this release only, with a warning (values and reasons in FIXED) ---------
@@ -352,6 +358,9 @@ class Settings(BaseSettings):
     face_detector: str | None = _retired()
     flower_port: int | None = _retired(ge=1, le=65535)
     exporter_port: int | None = _retired(ge=1, le=65535)
+    webhook_retry_base: float | None = _retired(gt=0)
+    webhook_poll_interval: float | None = _retired(gt=0)
+    webhook_min_round_interval: float | None = _retired(ge=0)
 
     def fixed(self, name: str) -> Any:
         """The value of ``FIXED[name]``, or, for this release, its retired ``DFSCAN_`` variable if set."""

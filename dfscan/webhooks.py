@@ -10,14 +10,17 @@ Every POST carries::
 
 Stripe's scheme: the timestamp is signed with the body, so a captured request cannot be replayed
 later than the receiver's tolerance; ``v1`` names the scheme so it can change without breaking
-receivers. Compare with a constant-time function.
+receivers. Compare with a constant-time function. :func:`verify` never raises and refuses
+anything but ASCII digits in ``t``, 64 lowercase hex digits in ``v1``, and an empty secret.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
+from urllib.parse import urlsplit
 
 JOB_COMPLETED = "job.completed"
 SUBMISSION_COMPLETED = "submission.completed"
@@ -29,6 +32,11 @@ EVENT_HEADER = "X-Dfscan-Event"
 
 # How old a signature a receiver accepts by default (Stripe's default is 5 minutes).
 DEFAULT_TOLERANCE = 300.0
+
+# A timestamp is ASCII digits only (``str.isdigit`` and ``int`` also take "²", "١٢", "1_0", " +1").
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def parse_events(value: str | None) -> tuple[str, ...]:
@@ -66,16 +74,50 @@ def verify(
     secret: str, header: str, body: bytes, *, tolerance: float = DEFAULT_TOLERANCE, now: float | None = None
 ) -> bool:
     """True when ``header`` is a valid ``v1`` signature of ``body`` under ``secret``, made within
-    ``tolerance`` seconds of ``now``."""
-    fields: dict[str, list[str]] = {}
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        fields.setdefault(key, []).append(value)
+    ``tolerance`` seconds of ``now``. Never raises: anything else is False.
+
+    Strict on purpose: ``t`` is 1-12 ASCII digits, once (no sign, spaces, ``_`` or other scripts'
+    digits, all of which ``int()`` would take); ``v1`` is 64 lowercase hex digits, compared in constant
+    time as bytes; several ``v1`` are allowed (a key rotation); an empty or blank ``secret`` is
+    refused (anyone can sign with it)."""
     try:
-        timestamp = int(fields["t"][0])
-    except (KeyError, ValueError):
+        return _verify(secret, header, body, tolerance, time.time() if now is None else now)
+    except Exception:  # a hostile header must never become a 500 in the receiver
         return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+
+
+def _verify(secret: str, header: str, body: bytes, tolerance: float, now: float) -> bool:
+    if not isinstance(secret, str) or not secret.strip() or not isinstance(header, str):
         return False
-    expected = signature(secret, body, timestamp)
-    return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
+    if not isinstance(body, bytes | bytearray | memoryview):
+        return False
+    stamps: list[str] = []
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.partition("=")
+        if key == "t":
+            stamps.append(value)
+        elif key == "v1":
+            candidates.append(value)
+    if len(stamps) != 1 or not _TIMESTAMP.fullmatch(stamps[0]):
+        return False
+    timestamp = int(stamps[0])
+    if not abs(now - timestamp) <= tolerance:  # also False for a NaN tolerance
+        return False
+    expected = signature(secret, bytes(body), timestamp).encode("ascii")
+    matches = [hmac.compare_digest(expected, c.encode("ascii")) for c in candidates if _HEX64.fullmatch(c)]
+    return any(matches)
+
+
+def receiver_of(url: str) -> str:
+    """Who receives ``url``'s POSTs: ``scheme://host:port`` (lowercase, default port filled in, no
+    credentials, no path): the unit of the delivery loop's per-receiver limits and circuit breaker.
+    Never raises; a URL that does not parse is its own receiver."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+        host = parts.hostname or ""
+    except ValueError:
+        return url[:300]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

@@ -9,11 +9,24 @@ redirects are followed; one timeout bounds the whole POST; at most
 answer, a non-2xx status) is tried again with exponential backoff up to ``DFSCAN_WEBHOOK_MAX_ATTEMPTS``.
 
 The loop runs in the sweeper process (``dfscan sweeper``, ``dfscan worker --sweeper``) or alone
-(``dfscan webhooks deliver``); several loops share the work (``FOR UPDATE SKIP LOCKED``). It sleeps
-on ``LISTEN dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up
-to ``DFSCAN_WEBHOOK_POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost
-connection. A round checks and resolves each distinct URL once, POSTs (each on its own connection,
-``Connection: close``), and records every outcome in one transaction of a few statements.
+(``dfscan webhooks deliver``); several loops share the work. Each event has at most one attempt in
+flight: a claim writes a fencing token and a lease (``2 x DFSCAN_WEBHOOK_TIMEOUT + 5 s``) that the
+holder renews every ``timeout / 2`` while its POSTs run, each POST starts at its claim and ends within
+the timeout, and outcomes are recorded only under the claim's token (``db.webhooks``). So another loop
+can take an event only after its holder died or stalled past the lease, and then the stale holder
+neither records nor counts that attempt.
+
+Fairness: the loop is a scheduler of ``THREADS`` POST slots. Each step (one transaction) records the
+POSTs that finished, renews leases, and claims due events receiver by receiver (``scheme://host:port``,
+the one waiting longest first) into the free slots, at most ``PER_RECEIVER`` in flight per receiver,
+and starts their POSTs at once; a finished POST wakes the next step. A hung or slow receiver thus
+holds only its own slots, and its circuit breaker (:class:`Breaker`) stops claiming its events after
+``BREAKER_FAILURES`` failures in a row, probing once per open period (5 s doubling to 5 min), so a
+receiver that is down costs one POST per period whatever its backlog. The loop sleeps on ``LISTEN
+dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up to
+``POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost connection. Each callback
+URL is checked and resolved at most once a second (``ROUND_CACHE``); each POST has its own connection
+(``Connection: close``).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,17 +44,45 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import webhooks
 from db.notifications import Listener
-from dfscan.exceptions import BlockedDestinationError, DfscanError, HttpStatusError, UnsupportedSourceError
-from dfscan.settings import Settings
+from dfscan.exceptions import (
+    BlockedDestinationError,
+    ConfigError,
+    DfscanError,
+    HttpStatusError,
+    UnsupportedSourceError,
+)
+from dfscan.settings import FIXED, Settings
 from dfscan.urlguard import IPAddress, SourcePolicy, Target, parse_url
 from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 from worker.inference.sources import open_target, pinned_connection, start_clock
 
 log = logging.getLogger(__name__)
 
-# Deliveries one claim takes, and POSTs in flight at once per loop.
-_CLAIM = 64
-_THREADS = 16
+# Tuning that users do not need to change, written down once (the settings of the same names were
+# folded into these; the old variables still work for one release, with a warning).
+# POSTs in flight at once per loop (threads blocked on I/O are cheap).
+THREADS = 64
+# POSTs in flight at once per receiver (scheme://host:port) per loop: a slow or hung receiver holds
+# at most this many slots, so the others keep THREADS - PER_RECEIVER at least.
+PER_RECEIVER = 16
+# The circuit breaker: failed attempts in a row that open it, and how long it stays open (doubling
+# each time it reopens, up to the max). A receiver that is down costs one probe per period.
+BREAKER_FAILURES = 3
+BREAKER_OPEN = 5.0
+BREAKER_MAX = 300.0
+# Longest wait of an idle loop: on Postgres a new event wakes it at once (LISTEN/NOTIFY); the poll is
+# the fallback for retries and breakers coming due, SQLite and a lost LISTEN connection.
+POLL_INTERVAL = float(FIXED["webhook_poll_interval"].value)
+# Least seconds between the starts of two steps woken early: under load, events and outcomes gather
+# into one transaction each step instead of one each (measured: bench/delivery.py).
+MIN_ROUND_INTERVAL = float(FIXED["webhook_min_round_interval"].value)
+# Seconds before the first retry; doubles each attempt up to DFSCAN_WEBHOOK_RETRY_MAX.
+RETRY_BASE = float(FIXED["webhook_retry_base"].value)
+# Receivers looked at per step, longest waiting first; breakers kept before idle ones are forgotten.
+_RECEIVERS = 256
+_BREAKERS_KEPT = 4096
+# Seconds a callback URL's check and DNS answer are reused across steps.
+ROUND_CACHE = 1.0
 # Seconds between two attempts to LISTEN again after the connection was lost (polling meanwhile).
 _RELISTEN = 5.0
 # Refused destinations never heal by waiting: the delivery fails at once.
@@ -149,37 +191,132 @@ class DeliveryReport:
         return self.delivered + self.retrying + self.failed
 
 
+def check_secret(settings: Settings) -> str:
+    """The webhook secret, or "" when unset (deliveries wait); CONFIG_ERROR for a blank or padded one
+    (anyone could guess a signature made with spaces, and a receiver trimming its copy never matches)."""
+    secret = settings.webhook_secret.get_secret_value()
+    if secret and not secret.strip():
+        raise ConfigError("DFSCAN_WEBHOOK_SECRET is blank or only whitespace: set a real secret or unset it")
+    if secret != secret.strip():
+        raise ConfigError("DFSCAN_WEBHOOK_SECRET has leading or trailing whitespace: remove it")
+    return secret
+
+
 class Deliverer:
-    """Claims due deliveries, POSTs them (a few at a time), records each outcome."""
+    """Claims due deliveries per receiver into free slots, POSTs each at once, records each outcome.
+
+    One scheduler (the thread that calls :meth:`step`, :meth:`run` or :meth:`deliver_once`) owns every
+    piece of state; POST threads only hand back results (``_finished``) and wake it.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
         self.settings = settings
+        self.secret = check_secret(settings)
         self.policy = callback_policy(settings)
-        # A claimed delivery is retried after this long if its attempt never reported (a killed process).
+        self.timeout = settings.webhook_timeout
+        # A claimed delivery is retried after this long if its holder stops renewing it (a killed
+        # process). Its POST starts at the claim and ends within the timeout; renewals cover the rest.
         self.lease = 2 * settings.webhook_timeout + 5
-        self._pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="dfscan-webhook")
+        self.renew_every = settings.webhook_timeout / 2
+        self.poll_interval = _deprecated(settings, "webhook_poll_interval", POLL_INTERVAL)
+        self.min_round_interval = _deprecated(settings, "webhook_min_round_interval", MIN_ROUND_INTERVAL)
+        self.retry_base = _deprecated(settings, "webhook_retry_base", RETRY_BASE)
+        self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="dfscan-webhook")
         self._warned = False
         self.wakeups = Listener(_engine(sessions), webhooks.CHANNEL, retry_every=_RELISTEN)
+        self._lock = threading.Lock()
+        self._finished: list[tuple[webhooks.Due, int | DfscanError | None]] = []
+        self._in_flight: dict[uuid.UUID, tuple[webhooks.Due, float]] = {}  # id -> (due, claimed at)
+        self._outcomes: list[webhooks.Outcome] = []  # finished, not yet recorded
+        self._unsent: list[webhooks.Due] = []  # claimed, never POSTed, not yet released
+        self._receivers: dict[str, Breaker] = {}
+        self._renewed = time.monotonic()
+        self._destinations = _Destinations(self.policy)
+        self._destinations_at = time.monotonic()
+        self.report = DeliveryReport()  # everything this deliverer settled
 
-    def deliver_once(self) -> DeliveryReport:
-        secret = self.settings.webhook_secret.get_secret_value()
-        report = DeliveryReport()
+    # --- one step of the scheduler ---------------------------------------------------------------
+
+    def step(self, *, claim: bool = True) -> int:
+        """Settle what finished, renew leases still held, and claim due rows into free slots (each
+        receiver up to its limit, its breaker permitting), starting their POSTs. One transaction.
+        Returns how many rows were claimed."""
+        secret = self.secret
         if not secret:
             if not self._warned:
                 log.warning("DFSCAN_WEBHOOK_SECRET is not set: webhook deliveries wait until it is")
                 self._warned = True
-            return report
+            claim = False
+        with self._lock:
+            finished, self._finished = self._finished, []
+        now = time.monotonic()
+        # Kept until their transaction commits: a step that fails (a database outage) records them
+        # in the next one (if their claim still holds by then).
+        outcomes, unsent = self._outcomes, self._unsent
+        for due, result in finished:
+            self._in_flight.pop(due.id, None)
+            breaker = self._receivers[due.receiver]
+            breaker.in_flight -= 1
+            if result is None:
+                unsent.append(due)
+            else:
+                outcomes.append(self._outcome(due, result, breaker, now))
+        renew = (
+            [due for due, _ in self._in_flight.values()] if now - self._renewed >= self.renew_every else []
+        )
+        free = THREADS - len(self._in_flight) if claim else 0
+        if not (outcomes or unsent or renew or free):
+            return 0
+        claimed: list[webhooks.Due] = []
         with self.sessions.begin() as session:
-            due = webhooks.claim_due(session, limit=_CLAIM, lease_seconds=self.lease)
-        if not due:
-            return report
-        destinations = _Destinations(self.policy)
-        attempts = list(self._pool.map(lambda d: self._attempt(d, secret, destinations), due))
-        outcomes = [self._outcome(item, attempt, report) for item, attempt in zip(due, attempts, strict=True)]
-        with self.sessions.begin() as session:  # the whole round in one transaction, a few statements
-            webhooks.settle(session, outcomes)
-        return report
+            if outcomes:
+                webhooks.settle(session, outcomes)
+            if unsent:
+                webhooks.release(session, unsent)
+            if renew:
+                kept = webhooks.renew(session, renew, lease_seconds=self.lease)
+                lost = [due.id for due in renew if due.id not in kept]
+                if lost:
+                    log.warning("webhook: %d claims were taken over while in flight: %s", len(lost), lost[:5])
+                self._renewed = now
+            if free:
+                claimed = self._claim(session, free, now)
+        self._outcomes, self._unsent = [], []
+        if now - self._destinations_at >= ROUND_CACHE:  # check and resolve every URL again
+            self._destinations, self._destinations_at = _Destinations(self.policy), now
+        for due in claimed:
+            self._in_flight[due.id] = (due, now)
+            self._pool.submit(self._post, due, secret, self._destinations, now)
+        return len(claimed)
+
+    def _claim(self, session: Session, free: int, now: float) -> list[webhooks.Due]:
+        if len(self._receivers) > _BREAKERS_KEPT:  # forget receivers with nothing to remember
+            self._receivers = {r: b for r, b in self._receivers.items() if b.in_flight or b.failures}
+        claimed: list[webhooks.Due] = []
+        blocked = [r for r, b in self._receivers.items() if b.room(now) <= 0]
+        for receiver in webhooks.due_receivers(session, limit=_RECEIVERS, skip=blocked):
+            breaker = self._receivers.setdefault(receiver, Breaker())
+            room = min(free - len(claimed), breaker.room(now))
+            if room <= 0:
+                continue
+            rows = webhooks.claim_due(session, limit=room, lease_seconds=self.lease, receiver=receiver)
+            breaker.in_flight += len(rows)
+            claimed.extend(rows)
+            if len(claimed) >= free:
+                break
+        return claimed
+
+    def _post(self, due: webhooks.Due, secret: str, destinations: _Destinations, claimed: float) -> None:
+        """A POST thread: one attempt, its result handed to the scheduler (never raises)."""
+        result: int | DfscanError | None
+        if time.monotonic() - claimed > self.lease - self.timeout - 1:
+            result = None  # waited so long that the lease could run out mid-POST: give it back
+        else:
+            result = self._attempt(due, secret, destinations)
+        with self._lock:
+            self._finished.append((due, result))
+        self.wakeups.wake()
 
     def _attempt(self, due: webhooks.Due, secret: str, destinations: _Destinations) -> int | DfscanError:
         """POST one delivery: its 2xx status, or the error (never raised)."""
@@ -199,16 +336,26 @@ class Deliverer:
             return DfscanError(f"unexpected error: {exc!r}")
 
     def _outcome(
-        self, due: webhooks.Due, attempt: int | DfscanError, report: DeliveryReport
+        self, due: webhooks.Due, attempt: int | DfscanError, breaker: Breaker, now: float
     ) -> webhooks.Outcome:
-        """What to store for one attempt (and count it in ``report``)."""
+        """What to store for one attempt (and count it in ``report`` and the receiver's breaker)."""
+        report = self.report
         if not isinstance(attempt, DfscanError):
+            breaker.succeeded()
             report.delivered += 1
-            return webhooks.Outcome(due.id, attempt)
+            return webhooks.Outcome(due.id, attempt, token=due.token)
         exc = attempt
         extra = {"delivery_id": str(due.id), "attempt": due.attempts}
         status = exc.status if isinstance(exc, HttpStatusError) else None
-        give_up = isinstance(exc, PERMANENT) or due.attempts >= self.settings.webhook_max_attempts
+        permanent = isinstance(exc, PERMANENT)
+        if not permanent and breaker.failed(now):
+            log.warning(
+                "webhook receiver failing (%d in a row): no attempts to it for %.0f s",
+                breaker.failures,
+                breaker.open_until - now,
+                extra=extra,
+            )
+        give_up = permanent or due.attempts >= self.settings.webhook_max_attempts
         delay = None if give_up else self._delay(due.attempts)
         if give_up:
             report.failed += 1
@@ -230,48 +377,117 @@ class Deliverer:
                 delay,
                 extra=extra,
             )
-        return webhooks.Outcome(due.id, status, exc.code, exc.message, delay)
+        return webhooks.Outcome(due.id, status, exc.code, exc.message, delay, token=due.token)
 
     def _delay(self, attempts: int) -> float:
-        return webhooks.retry_delay(
-            attempts, base=self.settings.webhook_retry_base, cap=self.settings.webhook_retry_max
+        return webhooks.retry_delay(attempts, base=self.retry_base, cap=self.settings.webhook_retry_max)
+
+    # --- loops --------------------------------------------------------------------------------
+
+    def deliver_once(self) -> DeliveryReport:
+        """Deliver what is due now: steps until nothing is in flight and a step claims nothing more
+        (a receiver whose breaker opened is left for later). Returns what this call settled."""
+        before = DeliveryReport(**vars(self.report))
+        stop = threading.Event()
+        while True:
+            claimed = self.step()
+            if not claimed and not self._in_flight:
+                break
+            if not claimed:
+                self.wakeups.wait(self.timeout, stop)  # a POST finishing wakes it
+        return DeliveryReport(
+            self.report.delivered - before.delivered,
+            self.report.retrying - before.retrying,
+            self.report.failed - before.failed,
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set; a database outage is logged and tried again.
+        """Deliver until ``stop`` is set; a database outage is logged and tried again. On stop, the
+        POSTs in flight finish (within the timeout) and are recorded.
 
-        Between rounds the loop waits on ``NOTIFY dfscan_webhooks`` (Postgres) up to
-        ``DFSCAN_WEBHOOK_POLL_INTERVAL``: a new event starts a round at once, and the poll stays for
-        retries that come due and for when no LISTEN connection is up (SQLite, an outage). A woken
-        loop starts its next round no sooner than ``DFSCAN_WEBHOOK_MIN_ROUND_INTERVAL`` after the last
-        one started: under load, events gather into rounds (one claim and one settle for many)
-        instead of a round per event, for at most that much latency."""
-        gap = self.settings.webhook_min_round_interval
+        Between steps the loop waits for a POST to finish, ``NOTIFY dfscan_webhooks`` (Postgres) or
+        ``POLL_INTERVAL``: a new event starts a step at once, and the poll stays for retries and
+        breakers coming due and for when no LISTEN connection is up (SQLite, an outage). A woken loop
+        starts its next step no sooner than ``MIN_ROUND_INTERVAL`` after the last one started: under
+        load, events and outcomes gather into steps (one transaction for many) instead of one each."""
         try:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    report = self.deliver_once()
+                    self.step()
                 except SQLAlchemyError as exc:
                     log.warning("webhook delivery paused, will try again: %s", exc)
-                    stop.wait(max(1.0, self.settings.webhook_poll_interval))
+                    stop.wait(1.0)
                     continue
                 except Exception:
                     log.exception("webhook delivery loop failed, will try again")
                     stop.wait(1.0)
                     continue
-                # A full claim may have left more due rows: go again. After a partial one, a listening
-                # loop may wait too: a NOTIFY committed during the round is already waiting on the socket.
-                listening = self.wakeups.listening
-                idle = not report.attempted or (listening and report.attempted < _CLAIM)
-                if idle and self.wakeups.wait(self.settings.webhook_poll_interval, stop):
-                    stop.wait(max(0.0, started + gap - time.monotonic()))  # let more events gather
+                if self.wakeups.wait(self.poll_interval, stop):
+                    stop.wait(max(0.0, started + self.min_round_interval - time.monotonic()))
+            self._drain()
         finally:
             self.wakeups.close()
+
+    def _drain(self) -> None:
+        """Record the POSTs still in flight (they end within the timeout); claim nothing new."""
+        deadline = time.monotonic() + self.timeout + 5
+        never = threading.Event()
+        while self._in_flight and time.monotonic() < deadline:
+            try:
+                self.step(claim=False)
+            except Exception as exc:  # their leases run out and another loop tries them again
+                log.warning("webhook: could not record the last outcomes: %s", exc)
+                return
+            if self._in_flight:
+                self.wakeups.wait(0.5, never)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.wakeups.close()
+
+
+def _deprecated(settings: Settings, name: str, default: float) -> float:
+    """A folded setting: its constant, or (for one release; Settings warns) the old variable's value."""
+    value = settings.fixed(name)
+    return default if value is None else float(value)
+
+
+@dataclass
+class Breaker:
+    """One receiver's share of a loop: POSTs in flight, and a circuit breaker.
+
+    Closed: up to ``PER_RECEIVER`` POSTs at once. After ``BREAKER_FAILURES`` failed attempts in a row
+    it opens for ``BREAKER_OPEN`` s, doubling each time it opens again up to ``BREAKER_MAX``: no
+    claims for the receiver (its events wait, their attempts unspent). Then one probe at a time
+    (half-open) until an attempt succeeds, which closes it.
+    """
+
+    in_flight: int = 0
+    failures: int = 0  # failed attempts in a row
+    opened: int = 0  # times opened in a row
+    open_until: float = 0.0  # time.monotonic()
+
+    def room(self, now: float) -> int:
+        """How many more of this receiver's rows may be claimed now."""
+        if self.failures < BREAKER_FAILURES:
+            return PER_RECEIVER - self.in_flight
+        if now < self.open_until:
+            return 0
+        return 1 - self.in_flight  # half-open: one probe
+
+    def succeeded(self) -> None:
+        self.failures = self.opened = 0
+        self.open_until = 0.0
+
+    def failed(self, now: float) -> bool:
+        """Count a failed attempt; True when this one opened the breaker."""
+        self.failures += 1
+        if self.failures < BREAKER_FAILURES or now < self.open_until:
+            return False
+        self.opened += 1
+        self.open_until = now + min(BREAKER_MAX, BREAKER_OPEN * 2 ** (self.opened - 1))
+        return True
 
 
 def start_delivery_thread(

@@ -5,7 +5,9 @@ Each sweep (every ``DFSCAN_SWEEP_INTERVAL`` seconds, from ``dfscan sweeper`` or 
 
 1. sends messages for jobs written but never sent (the producer's outbox);
 2. re-sends jobs stuck ``queued`` or ``running`` past their lease (a flushed Redis, a worker killed
-   while the broker was down) and fails those out of attempts with ``MAX_ATTEMPTS``.
+   while the broker was down) and fails those out of attempts with ``MAX_ATTEMPTS``;
+3. deletes webhook events delivered or given up more than ``DFSCAN_WEBHOOK_RETENTION_DAYS`` ago, in
+   batches (``db.webhooks.prune_settled``), so the outbox holds the retention window, not history.
 
 Re-sending a job whose message still exists only costs a duplicate message: the claim guard makes
 the second delivery a no-op, and the schema allows one verdict per job.
@@ -23,7 +25,7 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs, training
+from db import jobs, training, webhooks
 from db.models import utcnow
 from dfscan.outbox import queued_job_ids, relay_unsent, send_jobs
 from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE
@@ -38,6 +40,27 @@ class SweepReport:
     resent: int
     failed: int
     runs: int = 0
+    pruned: int = 0
+
+
+# Webhook events deleted per statement, and statements per sweep at most (the rest: next sweep).
+PRUNE_BATCH = 5000
+PRUNE_BATCHES = 20
+
+
+def prune_webhooks(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """Delete settled webhook events older than the retention, a batch per transaction."""
+    if settings.webhook_retention_days <= 0:
+        return 0
+    cutoff = utcnow() - timedelta(days=settings.webhook_retention_days)
+    pruned = 0
+    for _ in range(PRUNE_BATCHES):
+        with sessions.begin() as session:
+            n = webhooks.prune_settled(session, older_than=cutoff, limit=PRUNE_BATCH)
+        pruned += n
+        if n < PRUNE_BATCH:
+            break
+    return pruned
 
 
 def lost_queued_jobs(session: Session, broker_url: str, *, lease_seconds: int) -> list[uuid.UUID] | bool:
@@ -79,9 +102,18 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
         runs = training.stale_runs(session, lease_seconds=settings.lease_seconds)
     for run_id in runs:  # the training task claims a stale run only once its heartbeat is old
         app.send_task(TRAIN_TASK, kwargs={"run_id": str(run_id)}, queue=TRAINING_QUEUE, task_id=str(run_id))
-    report = SweepReport(relayed=relayed, resent=resent, failed=len(failed_ids), runs=len(runs))
-    if relayed or resent or failed_ids:
-        log.info("sweep: relayed %d unsent, re-sent %d stale, failed %d", relayed, resent, len(failed_ids))
+    pruned = prune_webhooks(sessions, settings)
+    report = SweepReport(
+        relayed=relayed, resent=resent, failed=len(failed_ids), runs=len(runs), pruned=pruned
+    )
+    if relayed or resent or failed_ids or pruned:
+        log.info(
+            "sweep: relayed %d unsent, re-sent %d stale, failed %d, pruned %d webhook events",
+            relayed,
+            resent,
+            len(failed_ids),
+            pruned,
+        )
     return report
 
 

@@ -5,7 +5,7 @@ that reaches the bottom of the history appends ``reason='rollback'`` with ``vers
 then serve DFSCAN_MODEL (with DFSCAN_THRESHOLD). Downgrading deletes those rows first.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -206,31 +206,42 @@ def test_no_callback_no_events_and_max_attempts_failures_notify(factory: session
     assert only.event == "submission.completed" and json.loads(only.body)["data"]["failed"] == 1
 
 
+RX = "http://127.0.0.1:80"  # receiver_of("http://127.0.0.1/h")
+
+
 def test_claims_leases_retries_give_up_and_redeliver(factory: sessionmaker[Session]) -> None:
     ids = _submit(factory, 1, callback_url="http://127.0.0.1/h", callback_events=["job.completed"])
     with factory.begin() as s:
         jobs.finish_failed(s, ids[0], code="CORRUPT_IMAGE", message="broken")
     with factory.begin() as s:
-        (due,) = webhooks.claim_due(s, limit=10, lease_seconds=30)
+        assert webhooks.due_receivers(s) == [RX]
+        (due,) = webhooks.claim_due(s, limit=10, lease_seconds=30, receiver=RX)
         assert due.attempts == 1 and due.event == "job.completed"
-        assert webhooks.claim_due(s, limit=10, lease_seconds=30) == []  # leased
+        assert webhooks.claim_due(s, limit=10, lease_seconds=30, receiver=RX) == []  # leased
     later = utcnow() + timedelta(seconds=31)
     with factory.begin() as s:  # the attempt never reported (a killed process): due again
-        (again,) = webhooks.claim_due(s, limit=10, lease_seconds=30, now=later)
+        (again,) = webhooks.claim_due(s, limit=10, lease_seconds=30, receiver=RX, now=later)
         assert again.id == due.id and again.attempts == 2 and again.body == due.body
-        assert webhooks.settle(s, [webhooks.Outcome(due.id, 503, "HTTP_STATUS", "503", 5)]) == 1
+        assert again.token != due.token
+        # the first claim lost the row: its outcome is not recorded (nor its attempt counted again)
+        assert webhooks.settle(s, [webhooks.Outcome(due.id, 503, "HTTP_STATUS", "503", 5, due.token)]) == 0
+        assert webhooks.settle(s, [webhooks.Outcome(due.id, 503, "HTTP_STATUS", "503", 5, again.token)]) == 1
     (row,) = _deliveries(factory)
-    assert (row.state, row.error_code, row.last_status) == ("pending", "HTTP_STATUS", 503)
+    assert (row.state, row.error_code, row.last_status, row.attempts) == ("pending", "HTTP_STATUS", 503, 2)
     with factory.begin() as s:
-        assert webhooks.settle(s, [webhooks.Outcome(due.id, None, "FETCH_FAILED", "refused", None)]) == 1
+        (third,) = webhooks.claim_due(
+            s, limit=10, lease_seconds=30, receiver=RX, now=later + timedelta(seconds=6)
+        )
+        outcome = webhooks.Outcome(due.id, None, "FETCH_FAILED", "refused", None, third.token)
+        assert webhooks.settle(s, [outcome]) == 1
         assert [d.state for d in webhooks.list_deliveries(s, failed_only=True)] == ["failed"]
         assert webhooks.redeliver(s, due.id)
         assert not webhooks.redeliver(s, uuid.uuid4())
     with factory.begin() as s:
-        (fresh,) = webhooks.claim_due(s, limit=10, lease_seconds=30)
+        (fresh,) = webhooks.claim_due(s, limit=10, lease_seconds=30, receiver=RX)
         assert fresh.attempts == 1
-        assert webhooks.settle(s, [webhooks.Outcome(fresh.id, 204)]) == 1
-        assert webhooks.settle(s, [webhooks.Outcome(fresh.id, 204)]) == 0  # no longer pending
+        assert webhooks.settle(s, [webhooks.Outcome(fresh.id, 204, token=fresh.token)]) == 1
+        assert webhooks.settle(s, [webhooks.Outcome(fresh.id, 204, token=fresh.token)]) == 0  # settled
     (row,) = _deliveries(factory)
     assert row.state == "delivered" and row.delivered_at is not None and row.error_code is None
 
@@ -243,12 +254,15 @@ def test_a_round_of_outcomes_is_settled_in_a_bounded_number_of_statements(
         for job_id in ids:
             jobs.finish_failed(s, job_id, code="CORRUPT_IMAGE", message="broken")
     with factory.begin() as s:
-        due = webhooks.claim_due(s, limit=100, lease_seconds=30)
+        due = webhooks.claim_due(s, limit=100, lease_seconds=30, receiver=RX)
     assert len(due) == 40
-    outcomes = [webhooks.Outcome(d.id, 200) for d in due[:30]]
-    outcomes += [webhooks.Outcome(due[30].id, 204)]
-    outcomes += [webhooks.Outcome(d.id, 503, "HTTP_STATUS", "503", retry_in=60) for d in due[31:38]]
-    outcomes += [webhooks.Outcome(d.id, None, "BLOCKED_DESTINATION", "internal") for d in due[38:]]
+    token = due[0].token
+    outcomes = [webhooks.Outcome(d.id, 200, token=token) for d in due[:30]]
+    outcomes += [webhooks.Outcome(due[30].id, 204, token=token)]
+    outcomes += [webhooks.Outcome(d.id, 503, "HTTP_STATUS", "503", 60, token) for d in due[31:38]]
+    outcomes += [
+        webhooks.Outcome(d.id, None, "BLOCKED_DESTINATION", "internal", token=token) for d in due[38:]
+    ]
     statements: list[str] = []
     engine = factory.kw["bind"]
     listen = lambda *args: statements.append(args[2])  # noqa: E731
@@ -270,8 +284,8 @@ def test_a_round_of_outcomes_is_settled_in_a_bounded_number_of_statements(
     assert {(r.state, r.error_code, r.last_status) for r in given_up} == {
         ("failed", "BLOCKED_DESTINATION", None)
     }
-    with factory.begin() as s:  # delivered and given-up rows are final: only the 7 pending ones change
-        assert webhooks.settle(s, outcomes) == 7
+    with factory.begin() as s:  # every claim was settled: its token is spent, nothing changes again
+        assert webhooks.settle(s, outcomes) == 0
 
 
 def test_retry_delay_doubles_to_its_cap() -> None:
