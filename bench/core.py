@@ -40,11 +40,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.images import write_images
-from worker.inference.images import ImagePolicy
+from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
-from worker.inference.model import Detector, load_detector
-from worker.inference.preprocess import load_pixels
-from worker.inference.sources import SourcePolicy
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.preprocess import load_pixels
+from worker.inference.sources.read import SourcePolicy
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@
    ``pip download --no-deps --no-binary :all: face_recognition==1.3.0`` and untar it; missing: skipped),
    plus a crowd: a 640x480 mosaic of 80 real faces from scikit-image's ``lfw_subset`` (48 px each).
 3. **Before and after**: the cascade with the caps off (each set to 10^9) and with the defaults of
-   ``worker/inference/face_mtcnn.py`` (``MAX_LEVEL_CANDIDATES``, ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``).
+   ``worker/inference/faces/mtcnn.py`` (``MAX_LEVEL_CANDIDATES``, ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``).
    Per image: CPU seconds of one ``detect`` call (the median of ``--repeats``; torch on 1 thread), the most
    P-net candidates on one pyramid level, the R-net and O-net inputs, and the faces found. The caps must
    leave every real photo's faces as they were (the table says so per image).
@@ -40,7 +40,7 @@ def adversarial_texture(
     pnet: torch.nn.Module, *, side: int = 640, steps: int = 150, seed: int = 0
 ) -> Image.Image:
     """Gradient ascent on the P-net's face probability over every window of the detector's pyramid."""
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     torch.manual_seed(seed)
     logits = torch.randn(1, 3, side, side) * 0.5
@@ -98,7 +98,7 @@ def real_photos(photos: Path) -> list[tuple[str, Image.Image]]:
 
 def measure(detector: Any, image: Image.Image, repeats: int) -> dict[str, Any]:
     """CPU seconds of one detect call (median), the work each stage saw, and the faces found."""
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     counts: dict[str, int] = {"level_max": 0, "rnet": 0, "onet": 0}
     generate = face_mtcnn._generate
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from worker.inference.face_mtcnn import MtcnnDetector
+    from worker.inference.faces.mtcnn import MtcnnDetector
 
     before = MtcnnDetector(
         torch.device("cpu"), max_level_candidates=UNCAPPED, max_rnet_inputs=UNCAPPED, max_onet_inputs=UNCAPPED
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{b['level_max']:>9} {b['rnet']:>8} {b['onet']:>8} | {len(b['faces']):>12} {len(a['faces']):>5} {same}"
         )
     # The bound itself: every window passes every stage (thresholds 0), so each cap is reached.
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     thresholds = face_mtcnn.THRESHOLDS
     face_mtcnn.THRESHOLDS = (0.0, 0.0, 0.0)

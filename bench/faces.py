@@ -38,8 +38,8 @@ from PIL import Image
 
 from bench.core import CACHE, random_vit_base
 from tests.fixtures.faces import exif_jpeg, face_free_images, face_scene, matches
-from worker.inference.faces import Face, select_faces, square_crop
-from worker.inference.images import ImagePolicy, decode_image
+from worker.inference.faces.crops import Face, select_faces, square_crop
+from worker.inference.images.decode import ImagePolicy, decode_image
 
 SIZES = (32, 48, 64, 128, 256)
 ANGLES = (-30, -15, 15, 30)
@@ -53,7 +53,7 @@ Detect = Callable[[Image.Image], list[Face]]
 
 
 def _mtcnn(side: int) -> tuple[Detect, str]:
-    from worker.inference.face_mtcnn import MtcnnDetector
+    from worker.inference.faces.mtcnn import MtcnnDetector
 
     det = MtcnnDetector(torch.device("cpu"), detect_side=side)
     return (lambda img: det.detect([img])[0]), det.version
@@ -166,8 +166,8 @@ def _scene_jpegs(count: int) -> list[bytes]:
 
 def throughput_run(mode: str, images: int, batch: int, side: int = 640) -> dict[str, float]:
     """One measurement (run in its own process): img/s and CPU seconds of ``mode`` over the scenes."""
-    from worker.inference.model import load_detector
-    from worker.inference.preprocess import load_pixels, to_tensor
+    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.preprocess import load_pixels, to_tensor
 
     torch.set_num_threads(THREADS)
     detector = load_detector(str(random_vit_base(CACHE / "vit-base-random")), device="cpu", threads=THREADS)
@@ -176,7 +176,7 @@ def throughput_run(mode: str, images: int, batch: int, side: int = 640) -> dict[
     datas = _scene_jpegs(images)
     faces_det = None
     if mode == "faces":
-        from worker.inference.face_mtcnn import MtcnnDetector
+        from worker.inference.faces.mtcnn import MtcnnDetector
 
         faces_det = MtcnnDetector(torch.device("cpu"), detect_side=side)
 

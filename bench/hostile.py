@@ -48,7 +48,7 @@ COST_TARGET = 0.05
 
 
 def _policy(mode: str) -> Any:
-    from worker.inference.images import ImagePolicy
+    from worker.inference.images.decode import ImagePolicy
 
     return ImagePolicy(decode_processes=2) if mode == "pool" else ImagePolicy()
 
@@ -67,7 +67,7 @@ def _children_rss() -> int:
 
 def _one(data: bytes, policy: Any) -> str:
     from dfscan.exceptions import DfscanError
-    from worker.inference.preprocess import PreprocessConfig, load_pixels
+    from worker.inference.model.preprocess import PreprocessConfig, load_pixels
 
     try:
         load_pixels(data, PreprocessConfig.from_dict(CONFIG), policy)

@@ -30,11 +30,11 @@ def _run(mode: str, images: int, side: tuple[int, int], decode_memory: int, mode
     from PIL import Image
 
     from worker.inference.budget import Budget
-    from worker.inference.faces import Face, FacePolicy
-    from worker.inference.images import ImagePolicy
+    from worker.inference.faces.crops import Face, FacePolicy
+    from worker.inference.images.decode import ImagePolicy
     from worker.inference.judge import Judge
-    from worker.inference.model import load_detector
-    from worker.inference.sources import SourcePolicy
+    from worker.inference.model.classifier import load_detector
+    from worker.inference.sources.read import SourcePolicy
 
     class SlowFinder:
         version = "slow-1"

@@ -185,10 +185,10 @@ def core_rate(
     model_dir: Path, paths: Sequence[Path], warm: Sequence[Path], *, batch: int, threads: int
 ) -> float:
     """img/s of the in-process judge (``judge_stream``) on ``paths`` (after a warm-up on ``warm``)."""
-    from worker.inference.images import ImagePolicy
+    from worker.inference.images.decode import ImagePolicy
     from worker.inference.judge import Judge, judge_stream
-    from worker.inference.model import load_detector
-    from worker.inference.sources import SourcePolicy
+    from worker.inference.model.classifier import load_detector
+    from worker.inference.sources.read import SourcePolicy
 
     detector = load_detector(str(model_dir), device="cpu", threads=threads)
     judge = Judge(

@@ -87,7 +87,7 @@ def _cpu() -> float:
 def run_strategy(name: str, data: bytes) -> dict[str, float]:
     import av
 
-    from worker.inference.video import (
+    from worker.inference.video.decode import (
         VideoPolicy,
         VideoReformatter,
         _index,
@@ -97,8 +97,8 @@ def run_strategy(name: str, data: bytes) -> dict[str, float]:
         sample_frames,
         scaled_size,
     )
-    from worker.inference.video_plan import targets as _targets_of
-    from worker.inference.video_plan import tolerance as _tolerance
+    from worker.inference.video.plan import targets as _targets_of
+    from worker.inference.video.plan import tolerance as _tolerance
 
     policy = VideoPolicy(frames=FRAMES)
     wall, cpu = time.perf_counter(), _cpu()
@@ -231,9 +231,9 @@ def run_job(path: Path, model: Path | None) -> dict[str, float]:
 
     from bench.core import CACHE as CORE_CACHE
     from bench.core import random_vit_base
-    from worker.inference.model import load_detector
-    from worker.inference.preprocess import to_tensor
-    from worker.inference.video import VideoPolicy, _index, _open, sample_frames
+    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.preprocess import to_tensor
+    from worker.inference.video.decode import VideoPolicy, _index, _open, sample_frames
 
     data = path.read_bytes()
     model_dir = model or random_vit_base(CORE_CACHE / "vit-base-random")
@@ -326,8 +326,8 @@ def run_fairness(
     from bench.core import CACHE as CORE_CACHE
     from bench.core import random_vit_base
     from dfscan.settings import Settings
-    from worker.inference.batcher import FOREGROUND
     from worker.inference.factory import new_detector, new_judge
+    from worker.inference.model.batcher import FOREGROUND
 
     settings = Settings(
         model=str(random_vit_base(CORE_CACHE / "vit-base-random")),
@@ -455,7 +455,7 @@ def confident_mean(scores: Sequence[float], *, high: float = 0.8, low: float = 0
 
 
 def bench_aggregation(trials: int, threshold: float = 0.5) -> None:
-    from worker.inference.aggregate import aggregate_frames
+    from worker.inference.video.aggregate import aggregate_frames
 
     rng = np.random.default_rng(0)
     n = FRAMES

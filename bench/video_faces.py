@@ -30,12 +30,12 @@ THREADS = 2
 def one_run(mode: str, frames: int, model: str) -> dict[str, float]:
     from tests.fixtures.faces import face_clip
     from tests.fixtures.models import REAL_FAKE, save_tiny_vit
-    from worker.inference.faces import FacePolicy, load_face_detector
-    from worker.inference.images import ImagePolicy
+    from worker.inference.faces.crops import FacePolicy, load_face_detector
+    from worker.inference.images.decode import ImagePolicy
     from worker.inference.judge import Judge
-    from worker.inference.model import load_detector
-    from worker.inference.sources import SourcePolicy
-    from worker.inference.video import VideoPolicy
+    from worker.inference.model.classifier import load_detector
+    from worker.inference.sources.read import SourcePolicy
+    from worker.inference.video.decode import VideoPolicy
 
     torch.set_num_threads(THREADS)
     if model == "base":

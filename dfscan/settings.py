@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     )
     max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each checked again.")
 
-    # --- videos (worker/inference/video.py) ------------------------------------------------------
+    # --- videos (worker/inference/video/decode.py) ------------------------------------------------------
     max_video_bytes: int = Field(
         200 * MiB,
         ge=1,

@@ -7,7 +7,7 @@ need not be UTF-8. Such a name (Python reads it with lone surrogates, which no d
 encoder accepts) is spelled as a ``file:`` URL with every byte outside ``[A-Za-z0-9-._~/]``
 percent-escaped (``file:///srv/up/bad%FF.png``, RFC 8089): unambiguous, ASCII, and exactly
 reversible. Every other name is sent as the path itself, unchanged. Workers read such URLs as paths,
-under every path rule (``worker/inference/sources.py``), and refuse any other ``file:`` URL.
+under every path rule (``worker/inference/sources/read.py``), and refuse any other ``file:`` URL.
 """
 
 from __future__ import annotations

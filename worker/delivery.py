@@ -54,7 +54,7 @@ from dfscan.exceptions import (
 from dfscan.settings import FIXED, Settings
 from dfscan.urlguard import IPAddress, SourcePolicy, Target, parse_url
 from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
-from worker.inference.sources import open_target, pinned_connection, start_clock
+from worker.inference.sources.read import open_target, pinned_connection, start_clock
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from dfscan.settings import Settings, get_settings
 from dfscan.verdicts import Stored, Verdict
 from worker import metrics
 from worker.inference import lanes
-from worker.inference.batcher import MicroBatcher
 from worker.inference.factory import face_policy, new_detector, new_judge
 from worker.inference.judge import Judge
+from worker.inference.model.batcher import MicroBatcher
 from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)

@@ -77,7 +77,7 @@ def _run(
     output_dir: Path,
 ) -> dict[str, Any]:
     # The training core is imported here: an inference worker never loads Trainer and datasets.
-    from worker.inference.model import load_detector
+    from worker.inference.model.classifier import load_detector
     from worker.training.data import load_labelled_data
     from worker.training.faces import FaceCropConfig
     from worker.training.train import TrainConfig, TrainHooks, fine_tune

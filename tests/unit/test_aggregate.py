@@ -7,8 +7,8 @@ import pytest
 
 from bench.video import confident_mean
 from tests.fixtures.videos import make_clip, redness
-from worker.inference.aggregate import aggregate_frames
-from worker.inference.video import VideoPolicy, sample_frames
+from worker.inference.video.aggregate import aggregate_frames
+from worker.inference.video.decode import VideoPolicy, sample_frames
 
 THRESHOLD = 0.5
 

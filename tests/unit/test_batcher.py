@@ -14,7 +14,7 @@ import torch
 
 from dfscan.exceptions import InferenceError
 from worker.inference import lanes
-from worker.inference.batcher import BACKGROUND, DynamicBatcher, MicroBatcher
+from worker.inference.model.batcher import BACKGROUND, DynamicBatcher, MicroBatcher
 
 # A ceiling for conditions, never a time window: a busy machine makes a wait longer, not a failure.
 CEILING = 60.0
@@ -90,7 +90,7 @@ def test_close_drains_submitted_items_and_refuses_new_ones() -> None:
 
 
 def test_micro_batcher_coalesces_any_batch_function_and_keeps_its_errors() -> None:
-    from worker.inference.batcher import MicroBatcher
+    from worker.inference.model.batcher import MicroBatcher
 
     seen: list[list[int]] = []
     gate = threading.Event()

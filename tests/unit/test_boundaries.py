@@ -151,3 +151,45 @@ def test_the_import_graph_is_a_tree_of_layers() -> None:
                 if target not in MAY_IMPORT[source]:
                     violations.append(f"{module} ({source}) imports {imported} ({target})")
     assert not violations, "layering broken:\n" + "\n".join(sorted(set(violations)))
+
+
+# Inside the inference core: its subpackages and top modules, and which of the others each may import.
+# Reading a source, decoding video and faces know nothing of the rest; images (animations follow the
+# video sampling plan) and the model build on them; the region road builds on those; the Judge on the
+# road; the factory on everything. A new edge is a design decision: state it here.
+CORE_MAY_IMPORT: dict[str, set[str]] = {
+    "lanes": set(),
+    "sources": set(),
+    "faces": set(),
+    "video": {"sources"},
+    "images": {"lanes", "video"},
+    "model": {"lanes", "images"},
+    "budget": {"images", "sources", "video"},
+    "regions": {"budget", "faces", "model", "video"},
+    "annotate": {"regions"},
+    "judge": {"budget", "faces", "images", "lanes", "model", "regions", "sources", "video"},
+    "factory": {"budget", "faces", "images", "judge", "lanes", "model", "regions", "sources", "video"},
+}
+
+
+def _core_part(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["worker", "inference"] and len(parts) > 2 else None
+
+
+def test_the_inference_core_is_a_map_of_subpackages() -> None:
+    core = ROOT / "worker" / "inference"
+    found = {p.stem if p.is_file() else p.name for p in core.iterdir() if p.suffix == ".py" or p.is_dir()}
+    found -= {"__init__", "__pycache__", "weights"}
+    assert found == set(CORE_MAY_IMPORT), f"worker/inference holds {sorted(found)}: update CORE_MAY_IMPORT"
+    violations = []
+    for path in sorted(core.rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        source = _core_part(module)
+        if source is None:
+            continue
+        for imported in _imports(path):
+            target = _core_part(imported)
+            if target is not None and target != source and target not in CORE_MAY_IMPORT[source]:
+                violations.append(f"{module} ({source}) imports {imported} ({target})")
+    assert not violations, "core layering broken:\n" + "\n".join(sorted(set(violations)))

@@ -17,9 +17,9 @@ from tests.fixtures import parsers
 from tests.fixtures.corpus import EXPECTED_SIZES, make_corpus
 from tests.fixtures.hostile import hostile_cases
 from worker.inference import lanes
-from worker.inference.decode_pool import DecodePool, _Slots
-from worker.inference.images import ImagePolicy, decode_with_size
-from worker.inference.preprocess import PreprocessConfig, load_pixels
+from worker.inference.images.decode import ImagePolicy, decode_with_size
+from worker.inference.images.decode_pool import DecodePool, _Slots
+from worker.inference.model.preprocess import PreprocessConfig, load_pixels
 
 MiB = 1024 * 1024
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.inference import face_mtcnn
-from worker.inference.face_mtcnn import MtcnnDetector
+from worker.inference.faces import mtcnn as face_mtcnn
+from worker.inference.faces.mtcnn import MtcnnDetector
 
 CPU = torch.device("cpu")
 UNCAPPED = 10**9

@@ -14,8 +14,8 @@ from PIL import Image
 
 from dfscan.exceptions import ModelLoadError
 from tests.fixtures.faces import background, exif_jpeg, face_scene, matches, paste_face, sample
-from worker.inference import faces as faces_mod
-from worker.inference.faces import (
+from worker.inference.faces import crops as faces_mod
+from worker.inference.faces.crops import (
     Face,
     crop_box,
     face_detector_names,
@@ -24,7 +24,7 @@ from worker.inference.faces import (
     select_faces,
     square_crop,
 )
-from worker.inference.images import ImagePolicy, decode_image
+from worker.inference.images.decode import ImagePolicy, decode_image
 
 pytest.importorskip("skimage", reason="the scenes need scikit-image's astronaut photo (dev extra)")
 
@@ -242,7 +242,7 @@ SHIPPED = {
 
 
 def test_the_mtcnn_weights_ship_in_the_package_with_their_licence() -> None:
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     folder = face_mtcnn._weights_dir()
     assert folder.parts[-3:] == ("worker", "inference", "weights")
@@ -259,7 +259,7 @@ def test_the_mtcnn_weights_ship_in_the_package_with_their_licence() -> None:
 
 
 def _weights_in(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     monkeypatch.setattr(face_mtcnn.resources, "files", lambda package: root)
 
@@ -267,7 +267,7 @@ def _weights_in(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
 def test_mtcnn_without_its_weights_says_what_is_missing_and_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     (tmp_path / "weights").mkdir()
     shutil.copy(face_mtcnn._weights_dir() / "pnet.pt", tmp_path / "weights" / "pnet.pt")
@@ -279,7 +279,7 @@ def test_mtcnn_without_its_weights_says_what_is_missing_and_what_to_do(
 def test_mtcnn_with_a_truncated_weights_file_is_a_load_error_not_a_crash(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from worker.inference import face_mtcnn
+    from worker.inference.faces import mtcnn as face_mtcnn
 
     shutil.copytree(face_mtcnn._weights_dir(), tmp_path / "weights")
     onet = tmp_path / "weights" / "onet.pt"

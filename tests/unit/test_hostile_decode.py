@@ -15,15 +15,15 @@ from PIL import Image
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, UnsupportedFormatError
 from tests.fixtures.corpus import MARKER, _rotated_jpeg, make_image
 from tests.fixtures.hostile import Case, gif_with_frames, hostile_cases, jpeg_scans, png_raw, tiff_pages
-from worker.inference import headers, resizing
-from worker.inference.images import (
+from worker.inference.images import headers, resizing
+from worker.inference.images.decode import (
     ImagePolicy,
     _MemoryBudget,
     decode_with_size,
     to_rgb,
     to_rgb_reduced,
 )
-from worker.inference.preprocess import PreprocessConfig, load_pixels
+from worker.inference.model.preprocess import PreprocessConfig, load_pixels
 
 POLICY = ImagePolicy()
 SHORTEST_EDGE = PreprocessConfig.from_dict(

@@ -12,7 +12,7 @@ from PIL import Image, ImageFile
 
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, UnsupportedFormatError
 from tests.fixtures.corpus import EXPECTED_SIZES, MARKER, gif_with_frames, make_corpus, make_image_bytes
-from worker.inference.images import (
+from worker.inference.images.decode import (
     ALLOWED_FORMATS,
     ImagePolicy,
     decode_image,

@@ -17,11 +17,11 @@ from dfscan.verdicts import Verdict
 from tests.fixtures.corpus import make_image_bytes
 from tests.fixtures.models import DEEPFAKE_REAL, REAL_FAKE, save_tiny_vit
 from worker.inference import judge as judge_module
-from worker.inference.images import ImagePolicy, image_sha256
+from worker.inference.images.decode import ImagePolicy, image_sha256
 from worker.inference.judge import Judge, Known, judge_stream
-from worker.inference.model import Detector, load_detector
-from worker.inference.preprocess import load_pixels
-from worker.inference.sources import SourcePolicy
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.preprocess import load_pixels
+from worker.inference.sources.read import SourcePolicy
 
 IMAGES = ImagePolicy()
 

@@ -14,12 +14,12 @@ from PIL import Image
 from dfscan.verdicts import FaceVerdict, Stored
 from tests.fixtures.faces import exif_jpeg, face_scene, matches
 from tests.fixtures.models import DEEPFAKE_REAL, save_tiny_vit
-from worker.inference.faces import Face, FacePolicy, load_face_detector, select_faces, square_crop
-from worker.inference.images import ImagePolicy
+from worker.inference.faces.crops import Face, FacePolicy, load_face_detector, select_faces, square_crop
+from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
-from worker.inference.model import Detector, load_detector
-from worker.inference.preprocess import to_tensor
-from worker.inference.sources import SourcePolicy
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.preprocess import to_tensor
+from worker.inference.sources.read import SourcePolicy
 
 pytest.importorskip("skimage", reason="the scenes need scikit-image's astronaut photo (dev extra)")
 

@@ -11,13 +11,13 @@ import torch
 from dfscan.verdicts import VIDEO, Verdict, label_for
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import hostile_corpus, make_clip
-from worker.inference.batcher import BACKGROUND
-from worker.inference.images import ImagePolicy
+from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
-from worker.inference.model import Detector, load_detector
-from worker.inference.preprocess import to_tensor
-from worker.inference.sources import SourcePolicy
-from worker.inference.video import VideoPolicy, sample_frames
+from worker.inference.model.batcher import BACKGROUND
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.preprocess import to_tensor
+from worker.inference.sources.read import SourcePolicy
+from worker.inference.video.decode import VideoPolicy, sample_frames
 
 av.logging.set_level(av.logging.PANIC)
 
@@ -107,7 +107,7 @@ WITH_FACE = [True, True, False, True, False, False, True, True]  # 8 frames, one
 @pytest.fixture(scope="module")
 def mtcnn():  # type: ignore[no-untyped-def]
     pytest.importorskip("skimage", reason="the clips need scikit-image's astronaut photo (dev extra)")
-    from worker.inference.faces import load_face_detector
+    from worker.inference.faces.crops import load_face_detector
 
     return load_face_detector("mtcnn", "cpu")
 
@@ -121,7 +121,7 @@ def face_clip_data() -> tuple[bytes, list[tuple[int, int, int, int] | None]]:
 
 
 def _faces_judge(detector: Detector, mtcnn, mode: str) -> Judge:  # type: ignore[no-untyped-def]
-    from worker.inference.faces import FacePolicy
+    from worker.inference.faces.crops import FacePolicy
 
     return Judge(
         detector,
@@ -138,7 +138,7 @@ def test_video_frames_are_judged_on_their_faces_and_faceless_frames_whole_in_aut
     detector: Detector, mtcnn, face_clip_data
 ) -> None:
     from tests.fixtures.faces import matches
-    from worker.inference.faces import select_faces, square_crop
+    from worker.inference.faces.crops import select_faces, square_crop
 
     data, truth = face_clip_data
     judge = _faces_judge(detector, mtcnn, "auto")
@@ -183,7 +183,7 @@ def test_require_leaves_faceless_frames_unjudged_and_a_faceless_video_not_applic
     detector: Detector, mtcnn, face_clip_data
 ) -> None:
     from tests.fixtures.faces import face_clip
-    from worker.inference.aggregate import aggregate_frames
+    from worker.inference.video.aggregate import aggregate_frames
 
     data, truth = face_clip_data
     faceless, _ = face_clip([False] * 4, size=(400, 300))

@@ -17,10 +17,10 @@ from dfscan.exceptions import DfscanError, ImageTooLargeError, SourceNotFoundErr
 from dfscan.verdicts import FAILED, Verdict
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
-from worker.inference.images import ImagePolicy, decode_with_size
+from worker.inference.images.decode import ImagePolicy, decode_with_size
 from worker.inference.judge import Judge
-from worker.inference.model import Detector, load_detector
-from worker.inference.sources import SourcePolicy, failed_media, read_source
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.sources.read import SourcePolicy, failed_media, read_source
 
 
 def _multi_image(fmt: str, count: int) -> bytes:

@@ -18,7 +18,7 @@ from tests.fixtures.models import (
     save_reversed_twin,
     save_tiny_vit,
 )
-from worker.inference.model import Detector, load_detector
+from worker.inference.model.classifier import Detector, load_detector
 
 
 @pytest.fixture(autouse=True)

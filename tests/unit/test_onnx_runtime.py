@@ -11,8 +11,8 @@ import torch
 
 from dfscan.exceptions import ModelLoadError
 from tests.fixtures.models import CONVENTIONS, REAL_FAKE, save_reversed_twin, save_tiny_vit
-from worker.inference.model import load_detector
-from worker.inference.onnx_runtime import OnnxClassifier
+from worker.inference.model.classifier import load_detector
+from worker.inference.model.onnx_runtime import OnnxClassifier
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_fp32_onnx_scores_like_torch_under_the_same_version(tmp_path: Path) -> N
 def test_the_export_is_cached_per_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
-    with caplog.at_level(logging.INFO, logger="worker.inference.onnx_runtime"):
+    with caplog.at_level(logging.INFO, logger="worker.inference.model.onnx_runtime"):
         first = load_detector(path, runtime="onnx", onnx_cache=cache)
     exports = [r for r in caplog.records if r.getMessage().startswith("exported ")]
     assert len(exports) == 1 and first.version in exports[0].getMessage()
@@ -60,7 +60,7 @@ def test_the_export_is_cached_per_version(tmp_path: Path, caplog: pytest.LogCapt
     stamp = onnx_file.stat().st_mtime_ns
     assert onnx_file.stat().st_mode & 0o777 == 0o644 and not list(cache.glob(".*"))  # no temporaries left
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="worker.inference.onnx_runtime"):
+    with caplog.at_level(logging.INFO, logger="worker.inference.model.onnx_runtime"):
         second = load_detector(path, runtime="onnx", onnx_cache=cache)
     assert not [r for r in caplog.records if r.getMessage().startswith("exported ")]
     assert onnx_file.stat().st_mtime_ns == stamp and list(cache.glob("*.onnx")) == [onnx_file]
@@ -138,7 +138,7 @@ def test_auto_is_onnx_on_cpu_in_fp32_and_torch_with_int8(tmp_path: Path) -> None
 def test_a_warm_onnx_start_neither_loads_the_torch_weights_nor_rehashes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.inference import model as model_module
+    from worker.inference.model import classifier as model_module
 
     path = save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0)
     cache = tmp_path / "c"
@@ -178,14 +178,14 @@ def test_the_digest_cache_misses_when_the_weights_change(tmp_path: Path) -> None
 def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worker.inference import onnx_runtime
+    from worker.inference.model import onnx_runtime
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ModelLoadError("cannot export model m to ONNX (RuntimeError: unsupported op)")
 
     monkeypatch.setattr(onnx_runtime, "_export", broken)
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
-    with caplog.at_level(logging.WARNING, logger="worker.inference.model"):
+    with caplog.at_level(logging.WARNING, logger="worker.inference.model.classifier"):
         detector = load_detector(path, runtime="auto", onnx_cache=tmp_path / "c")
     assert not isinstance(detector.model, OnnxClassifier) and len(detector.predict(_pixels(2))) == 2
     assert any(

@@ -14,8 +14,8 @@ from transformers import ViTImageProcessorPil
 
 from dfscan.exceptions import ModelLoadError
 from tests.fixtures.corpus import EXPECTED_SIZES, make_corpus, make_image, make_image_bytes
-from worker.inference.images import ImagePolicy, decode_image
-from worker.inference.preprocess import PreprocessConfig, load_pixels, to_tensor
+from worker.inference.images.decode import ImagePolicy, decode_image
+from worker.inference.model.preprocess import PreprocessConfig, load_pixels, to_tensor
 
 # Measured max abs difference against ViTImageProcessorPil: 1.2e-7 (ViT defaults) and 4.8e-7 (ImageNet
 # mean/std, bicubic): float32 rounding only. The bound leaves room for a few ulps on other platforms.

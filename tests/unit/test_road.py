@@ -18,14 +18,14 @@ from dfscan.exceptions import BudgetExceededError
 from dfscan.verdicts import FACES, IMAGE
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
-from worker.inference.animation import frame_count, sample_indices
 from worker.inference.budget import Budget, Limits
-from worker.inference.faces import Face, FacePolicy
-from worker.inference.images import ImagePolicy, _budget
+from worker.inference.faces.crops import Face, FacePolicy
+from worker.inference.images.animation import frame_count, sample_indices
+from worker.inference.images.decode import ImagePolicy, _budget
 from worker.inference.judge import Judge
-from worker.inference.preprocess import PreprocessConfig
-from worker.inference.sources import SourcePolicy
-from worker.inference.video import VideoPolicy
+from worker.inference.model.preprocess import PreprocessConfig
+from worker.inference.sources.read import SourcePolicy
+from worker.inference.video.decode import VideoPolicy
 
 RED, GREY = (240, 10, 10), (90, 90, 90)
 

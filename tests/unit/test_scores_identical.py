@@ -16,14 +16,14 @@ from dfscan.verdicts import FACES, IMAGE, VIDEO
 from tests.fixtures.faces import face_clip, face_scene
 from tests.fixtures.models import DEEPFAKE_REAL, save_tiny_vit
 from tests.fixtures.videos import make_clip
-from worker.inference.aggregate import aggregate_frames
-from worker.inference.faces import FacePolicy, load_face_detector, select_faces, square_crop
-from worker.inference.images import ImagePolicy, decode_image
+from worker.inference.faces.crops import FacePolicy, load_face_detector, select_faces, square_crop
+from worker.inference.images.decode import ImagePolicy, decode_image
 from worker.inference.judge import Judge
-from worker.inference.model import Detector, load_detector
-from worker.inference.preprocess import load_pixels, to_tensor
-from worker.inference.sources import SourcePolicy
-from worker.inference.video import VideoPolicy, sample_frames
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.preprocess import load_pixels, to_tensor
+from worker.inference.sources.read import SourcePolicy
+from worker.inference.video.aggregate import aggregate_frames
+from worker.inference.video.decode import VideoPolicy, sample_frames
 
 pytest.importorskip("skimage", reason="the scenes need scikit-image's astronaut photo (dev extra)")
 

@@ -26,8 +26,8 @@ from dfscan.exceptions import (
     UnsupportedSourceError,
 )
 from tests.fixtures.http_server import OK_BYTES, LocalHttpServer, make_certificate, serve_http
-from worker.inference import sources
-from worker.inference.sources import SourcePolicy, read_source
+from worker.inference.sources import read as sources
+from worker.inference.sources.read import SourcePolicy, read_source
 
 # A ceiling for conditions, never a time window: a busy machine makes a wait longer, not a failure.
 CEILING = 60.0

@@ -14,7 +14,7 @@ from PIL import Image
 from dfscan.exceptions import TrainingDataError
 from tests.fixtures.faces import face_scene, write_face_folder
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
-from worker.inference.faces import crop_box, load_face_detector, select_faces
+from worker.inference.faces.crops import crop_box, load_face_detector, select_faces
 from worker.training.data import Example, load_labelled_data
 from worker.training.evaluate import evaluate_model, score_face_examples
 from worker.training.faces import FaceCropConfig, face_examples, max_per_source

@@ -24,7 +24,7 @@ from tests.fixtures.videos import (
     probe_video,
     redness,
 )
-from worker.inference.video import (
+from worker.inference.video.decode import (
     SampledFrame,
     VideoPolicy,
     decode_cost,
@@ -289,7 +289,7 @@ def test_a_decode_bomb_under_the_pixel_cap_stays_within_a_memory_bound(tmp_path:
         f"""
         import resource, sys
         from tests.fixtures.videos import make_clip
-        from worker.inference.video import VideoPolicy, sample_frames
+        from worker.inference.video.decode import VideoPolicy, sample_frames
         list(sample_frames(make_clip(seconds=1.0), VideoPolicy()))  # libraries loaded before measuring
         data = open({str(path)!r}, "rb").read()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -317,7 +317,7 @@ def test_the_decoder_refuses_frames_over_the_cap_even_when_the_header_check_is_p
     """FFmpeg's max_pixels is the backstop for a stream whose frames grow past what its header said."""
     import dataclasses
 
-    from worker.inference import video
+    from worker.inference.video import decode as video
 
     original = video._check_headers
 

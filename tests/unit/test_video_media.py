@@ -23,7 +23,7 @@ from tests.fixtures.hostile_videos import (
     zero_duration_mp4,
 )
 from tests.fixtures.videos import encode_images, make_clip, probe_video
-from worker.inference.video import VideoPolicy, open_video, sample_frames
+from worker.inference.video.decode import VideoPolicy, open_video, sample_frames
 
 av.logging.set_level(av.logging.PANIC)
 
@@ -131,7 +131,7 @@ def test_a_clip_with_a_display_matrix_is_decoded_upright(degrees: int) -> None:
 def test_a_portrait_phone_clip_has_its_faces_found_as_in_the_upright_copy() -> None:
     pytest.importorskip("skimage", reason="the scenes need scikit-image's astronaut photo (dev extra)")
     from tests.fixtures.faces import face_scene, matches
-    from worker.inference.faces import load_face_detector
+    from worker.inference.faces.crops import load_face_detector
 
     scenes = [face_scene(110, seed=s, size=(300, 400), kind="field", centers=[(150, 200)]) for s in range(4)]
     upright = encode_images([s.image for s in scenes])

@@ -16,14 +16,14 @@ from PIL import Image
 
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
-from worker.inference.aggregate import aggregate_frames
-from worker.inference.batcher import DynamicBatcher
 from worker.inference.budget import Budget, Limits
-from worker.inference.faces import Face, FacePolicy, square_crop
-from worker.inference.model import load_detector
-from worker.inference.preprocess import PreprocessConfig, to_tensor
+from worker.inference.faces.crops import Face, FacePolicy, square_crop
+from worker.inference.model.batcher import DynamicBatcher
+from worker.inference.model.classifier import load_detector
+from worker.inference.model.preprocess import PreprocessConfig, to_tensor
 from worker.inference.regions import ClipFrame, ClipScore, scale_box, score_clip
-from worker.inference.video import VideoPolicy, open_video, sample_frames
+from worker.inference.video.aggregate import aggregate_frames
+from worker.inference.video.decode import VideoPolicy, open_video, sample_frames
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from worker import metrics
-from worker.inference.batcher import DynamicBatcher
+from worker.inference.model.batcher import DynamicBatcher
 
 
 def sample(name: str, **labels: str) -> float:

@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dfscan.exceptions import BudgetExceededError
-from worker.inference.images import ImagePolicy, hold_decoded
-from worker.inference.sources import SourcePolicy
-from worker.inference.video import VideoPolicy
+from worker.inference.images.decode import ImagePolicy, hold_decoded
+from worker.inference.sources.read import SourcePolicy
+from worker.inference.video.decode import VideoPolicy
 
 MiB = 1024 * 1024
 # Below this share of a CPU while its seconds ran, a job's thread was starved: the budget error is retried.
@@ -161,7 +161,7 @@ class Budget:
         """Hold ``nbytes`` of decoded pixels for the block: counted against this job's pixel bytes and
         reserved from the process's decode memory budget (waiting for room does not count as work;
         ``wait=False``: counted at once, from inside the decode that made them, see
-        :func:`~worker.inference.images.hold_decoded`)."""
+        :func:`~worker.inference.images.decode.hold_decoded`)."""
         if self.held + nbytes > self.limits.pixel_bytes:
             raise BudgetExceededError(
                 f"the job's budget ran out in {stage}: holding {(self.held + nbytes) // MiB} MiB of "

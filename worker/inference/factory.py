@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from dfscan.settings import Settings
-from worker.inference.faces import FacePolicy, load_face_detector
-from worker.inference.images import ImagePolicy
+from worker.inference.faces.crops import FacePolicy, load_face_detector
+from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, Known
-from worker.inference.model import Detector, load_detector
-from worker.inference.sources import SourcePolicy
-from worker.inference.video import VideoPolicy
+from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.sources.read import SourcePolicy
+from worker.inference.video.decode import VideoPolicy
 
 
 def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> SourcePolicy:

@@ -19,15 +19,15 @@ out is ``BUDGET_EXCEEDED`` naming the stage and the limit. The road itself is
 
 - **An image** is a one-frame clip. Faces off: decoded straight to the model's size (inside the decode
   memory budget, in a decode child with ``DFSCAN_DECODE_PROCESSES``). Faces on (a
-  :class:`~worker.inference.faces.FacePolicy`, ``DFSCAN_FACES`` auto or require): decoded at full size,
+  :class:`~worker.inference.faces.crops.FacePolicy`, ``DFSCAN_FACES`` auto or require): decoded at full size,
   and that image counts against the job's and the process's decode memory until its crops are made; its
   faces come from the face detector's micro-batcher. No face: ``auto`` judges the whole image
   (``judged_on`` "image"), ``require`` answers done with label ``not_applicable`` and no score.
-- **An animated image** (GIF, APNG, WebP, AVIF with several frames: :mod:`worker.inference.animation`)
+- **An animated image** (GIF, APNG, WebP, AVIF with several frames: :mod:`worker.inference.images.animation`)
   is a clip sampled like a video (``VideoPolicy.frames`` frames, longest side ``frame_side``); its
   verdict is an image's (``media`` "image") with its sampled ``frames``, under
   :attr:`Judge.animation_version`.
-- **A video** (sniffed from the bytes: :func:`~worker.inference.media.video_container`) is a clip of
+- **A video** (sniffed from the bytes: :func:`~worker.inference.sources.media.video_container`) is a clip of
   its sampled frames, at most ``VideoPolicy.in_flight`` regions in the batcher at a time; its verdict
   has ``media="video"``, its duration, peak time and frames, under :attr:`Judge.video_version`
   (``<version>+video:frames=32:side=640``), so the duplicate cache answers a video only with a verdict
@@ -76,23 +76,28 @@ from dfscan.verdicts import (
     Verdict,
     label_for,
 )
-from worker.inference.animation import AnimationFrame, animation_frames, frame_count, list_animation_frames
-from worker.inference.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
 from worker.inference.budget import Budget, Limits, rgb_bytes
-from worker.inference.faces import Face, FacePolicy
-from worker.inference.images import (
+from worker.inference.faces.crops import Face, FacePolicy
+from worker.inference.images.animation import (
+    AnimationFrame,
+    animation_frames,
+    frame_count,
+    list_animation_frames,
+)
+from worker.inference.images.decode import (
     ImagePolicy,
     decode_in_process,
     decode_with_size,
     image_sha256,
     sniff_format,
 )
-from worker.inference.media import video_container
-from worker.inference.model import Detector
-from worker.inference.preprocess import load_pixels
+from worker.inference.model.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
+from worker.inference.model.classifier import Detector
+from worker.inference.model.preprocess import load_pixels
 from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
-from worker.inference.sources import SourcePolicy, failed_media, read_source
-from worker.inference.video import VideoInfo, VideoPolicy, open_video
+from worker.inference.sources.media import video_container
+from worker.inference.sources.read import SourcePolicy, failed_media, read_source
+from worker.inference.video.decode import VideoInfo, VideoPolicy, open_video
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +309,7 @@ class Judge:
         """The sampled frames of an animated image, sampled like a video's (count and side)."""
         videos = self.videos
         if self.images.decode_processes > 0:
-            from worker.inference.decode_pool import run_isolated
+            from worker.inference.images.decode_pool import run_isolated
 
             sampled: Iterable[AnimationFrame] = run_isolated(
                 self.images, list_animation_frames, data, self.images, videos.frames, videos.frame_side

@@ -13,7 +13,7 @@ video are clips of sampled frames. transformers' ``ChunkPipeline`` is the shape:
    the first one's future);
 4. **gathering** (:func:`score_clip`): one rule per frame, the **maximum** over its regions (its most
    suspicious face, or the whole frame), and one rule across frames, the **maximum of a moving median**
-   of 5 (:func:`~worker.inference.aggregate.aggregate_frames`); for one frame that is its own score.
+   of 5 (:func:`~worker.inference.video.aggregate.aggregate_frames`); for one frame that is its own score.
 
 At most ``max_in_flight`` regions of a clip wait in the batcher at once (a frame with more regions
 than that is submitted alone once nothing else of the clip waits), so decoding the next frames
@@ -37,10 +37,10 @@ import torch
 from PIL import Image
 
 from dfscan.verdicts import FaceVerdict
-from worker.inference.aggregate import aggregate_frames
 from worker.inference.budget import Budget
-from worker.inference.faces import Face, FacePolicy, select_faces, square_crop
-from worker.inference.preprocess import PreprocessConfig, to_tensor
+from worker.inference.faces.crops import Face, FacePolicy, select_faces, square_crop
+from worker.inference.model.preprocess import PreprocessConfig, to_tensor
+from worker.inference.video.aggregate import aggregate_frames
 
 # One frame's faces, in the frame image's pixels (the Judge's face micro-batcher, waited on).
 FindFaces = Callable[[Image.Image], list[Face]]
@@ -98,7 +98,7 @@ def frame_regions(
 
 def face_crop(image: Image.Image, face: Face, margin: float) -> Image.Image:
     """The region of ``image`` that judges ``face``: the square crop around it with ``margin``
-    (:func:`~worker.inference.faces.square_crop`). Serving, training (``dfscan train --faces``) and
+    (:func:`~worker.inference.faces.crops.square_crop`). Serving, training (``dfscan train --faces``) and
     evaluation cut every face region with this function, from the full-size decoded image."""
     return square_crop(image, face, margin)
 

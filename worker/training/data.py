@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from dfscan.exceptions import TrainingDataError
-from worker.inference.labels import FAKE, REAL, canonical_label
+from worker.inference.model.labels import FAKE, REAL, canonical_label
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 
 from dfscan.exceptions import DfscanError, TrainingDataError
-from worker.inference.images import ImagePolicy, decode_image
-from worker.inference.preprocess import PreprocessConfig, to_tensor
+from worker.inference.images.decode import ImagePolicy, decode_image
+from worker.inference.model.preprocess import PreprocessConfig, to_tensor
 from worker.training.augment import AugmentConfig, augment
 from worker.training.data import Example
 

@@ -23,7 +23,7 @@ from typing import Any
 from dfscan.exceptions import InferenceError, SourceNotFoundError, TrainingDataError
 from dfscan.settings import Settings
 from dfscan.verdicts import NOT_APPLICABLE, Verdict
-from worker.inference.faces import FacePolicy, load_face_detector
+from worker.inference.faces.crops import FacePolicy, load_face_detector
 from worker.inference.factory import default_threads, new_detector, new_judge
 from worker.training.data import Example
 from worker.training.faces import FaceCropConfig

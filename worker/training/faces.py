@@ -2,7 +2,7 @@
 
 ``dfscan train --faces`` and ``dfscan evaluate --faces`` run the serving face detector with the serving
 margin over every labelled image first: the decoded (EXIF-oriented) image, the detector's faces, the
-serving choice (:func:`~worker.inference.faces.select_faces`) and the serving crop
+serving choice (:func:`~worker.inference.faces.crops.select_faces`) and the serving crop
 (:func:`~worker.inference.regions.face_crop`, the function the region road cuts every face with).
 Images without a face are counted and skipped, never silently judged whole.
 
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from PIL import Image
 
 from dfscan.exceptions import DfscanError
-from worker.inference.faces import FaceDetector, select_faces
-from worker.inference.images import ImagePolicy, decode_image
+from worker.inference.faces.crops import FaceDetector, select_faces
+from worker.inference.images.decode import ImagePolicy, decode_image
 from worker.inference.regions import face_crop
 from worker.training.data import Example
 

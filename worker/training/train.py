@@ -45,9 +45,9 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from dfscan.exceptions import LabelMappingError, TrainingDataError
-from worker.inference.faces import load_face_detector
-from worker.inference.labels import fake_real_indices
-from worker.inference.preprocess import PreprocessConfig
+from worker.inference.faces.crops import load_face_detector
+from worker.inference.model.labels import fake_real_indices
+from worker.inference.model.preprocess import PreprocessConfig
 from worker.training.augment import AugmentConfig
 from worker.training.data import ID2LABEL, LABEL2ID, Example, LabelledData
 from worker.training.dataset import ImageDataset

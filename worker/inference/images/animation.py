@@ -3,13 +3,13 @@
 An animation is judged on up to ``count`` frames spread evenly over its frames (the video's
 ``DFSCAN_VIDEO_FRAMES``), each scaled to a longest side of at most ``side`` pixels (the video's
 ``frame_side``), so a fake face on frame 2 is seen and the cost is bounded by the sample, not by the
-animation's length. What may be decoded at all is decided first by :mod:`worker.inference.images`
+animation's length. What may be decoded at all is decided first by :mod:`worker.inference.images.decode`
 (allow-list, header walk, pixel and frame caps, memory admission): :func:`frame_count` walks the
 header, and the Judge decodes frame 1 through the ordinary bounded decode before the frames are read.
 
 Each frame's time is the sum of the durations of the frames before it (``info["duration"]``, in
 milliseconds); an animation that declares no durations is timed at 10 frames a second. A frame is
-converted to RGB the way :func:`~worker.inference.images.to_rgb` converts images (transparency on white).
+converted to RGB the way :func:`~worker.inference.images.decode.to_rgb` converts images (transparency on white).
 
 Pure: Pillow only.
 """
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from worker.inference import headers
-from worker.inference.images import ImagePolicy, sniff_format, to_rgb
-from worker.inference.video import scaled_size
+from worker.inference.images import headers
+from worker.inference.images.decode import ImagePolicy, sniff_format, to_rgb
+from worker.inference.video.decode import scaled_size
 
 # Formats whose files may hold several frames that are all pictures of the same scene over time.
 ANIMATED = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
@@ -43,7 +43,7 @@ class AnimationFrame:
 
 def frame_count(data: bytes, policy: ImagePolicy) -> int:
     """How many frames ``data`` holds (1 for a still image or one this module does not sample), read from
-    its header after the header walk (:func:`worker.inference.headers.inspect`) passed: GIF by the walk,
+    its header after the header walk (:func:`worker.inference.images.headers.inspect`) passed: GIF by the walk,
     APNG by its ``acTL`` chunk, WebP by its ``ANMF`` chunks, AVIF by Pillow's (cheap) count. Anything
     wrong with the file is left for the image decode to report."""
     fmt = sniff_format(data, policy)

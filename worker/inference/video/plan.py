@@ -6,7 +6,7 @@ other targets are decoded exactly. Runs of frames to decode are merged: the deco
 before a target only when that keyframe lies past the frames it has already decoded, otherwise it decodes
 forward. So the plan never decodes more frames than decoding the whole file straight through, nor more
 than independent frame-exact seeks. The number of frames it decodes (:func:`decode_cost`) is known before
-decoding starts, which is what the decode budget of :mod:`worker.inference.video` is checked against.
+decoding starts, which is what the decode budget of :mod:`worker.inference.video.decode` is checked against.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from PIL import Image
 from torch import nn
 
 from dfscan.exceptions import ModelLoadError
-from worker.inference.faces import Face, register_face_detector
+from worker.inference.faces.crops import Face, register_face_detector
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Two resize schemes are supported, the ones ViT-style checkpoints use:
 - ``size: {height, width}`` (ViTImageProcessor's default, 224x224): resize to exactly that;
 - ``size: {shortest_edge}`` with ``do_center_crop`` and ``crop_size: {height, width}`` (DeiT, BEiT and
   other timm-style processors): resize keeping the aspect ratio, then crop the centre. Only the crop's
-  window of the source is resampled (:mod:`worker.inference.resizing`), so an extreme aspect ratio costs
+  window of the source is resampled (:mod:`worker.inference.images.resizing`), so an extreme aspect ratio costs
   no more than a square image.
 
 Anything else (``shortest_edge`` without a crop gives every image its own shape and cannot be batched;
@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 
 from dfscan.exceptions import ModelLoadError
-from worker.inference import resizing
-from worker.inference.images import ImagePolicy, to_rgb
+from worker.inference.images import resizing
+from worker.inference.images.decode import ImagePolicy, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +216,12 @@ def load_pixels(
     ``draft=None``, when ``policy.jpeg_draft`` says so (off by default: exact scores).
 
     The resize runs inside the decode's memory reservation; with ``policy.decode_processes`` decode and
-    resize run in the decode pool (see :mod:`worker.inference.decode_pool`) and only the model-sized RGB
+    resize run in the decode pool (see :mod:`worker.inference.images.decode_pool`) and only the model-sized RGB
     image comes back."""
     use_draft = policy.jpeg_draft if draft is None else draft
     draft_size = cfg.draft_size if use_draft else None
     if policy.decode_processes > 0:
-        from worker.inference.decode_pool import run_isolated
+        from worker.inference.images.decode_pool import run_isolated
 
         image, original = run_isolated(policy, resizing.decode_resized, data, policy, cfg.resize, draft_size)
     else:

@@ -1,6 +1,6 @@
 """Run a loaded classifier with ONNX Runtime on CPU instead of torch (``DFSCAN_RUNTIME=onnx``).
 
-The fp32 model that :func:`worker.inference.model.load_detector` loaded is exported to ONNX once per
+The fp32 model that :func:`worker.inference.model.classifier.load_detector` loaded is exported to ONNX once per
 model version (torch's TorchScript exporter, a dynamic batch axis) into a cache directory, then run by
 an ``onnxruntime.InferenceSession`` with its graph optimisations on. Exports are written to a temporary
 file and renamed into place, so worker processes that start together never read a half-written file.

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from dfscan.exceptions import InferenceError, LabelMappingError, ModelLoadError
-from worker.inference.labels import fake_real_indices
-from worker.inference.onnx_runtime import default_cache_dir
-from worker.inference.preprocess import PreprocessConfig
+from worker.inference.model.labels import fake_real_indices
+from worker.inference.model.onnx_runtime import default_cache_dir
+from worker.inference.model.preprocess import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def load_detector(
     scores do not.
 
     ``runtime="onnx"`` (CPU only) runs the model with ONNX Runtime instead of torch, from an export
-    cached per model version under ``onnx_cache`` (see :mod:`worker.inference.onnx_runtime`); fp32
+    cached per model version under ``onnx_cache`` (see :mod:`worker.inference.model.onnx_runtime`); fp32
     scores match torch's within 1e-5, so the version is the same. With ``int8`` the export is
     quantised by ONNX Runtime and the version gains ``+int8-onnx`` (other int8 weights than torch's).
     When the export is already cached, the torch weights are not loaded at all (nor ``transformers``'
@@ -273,7 +273,7 @@ def _resolve_runtime(runtime: str, target: torch.device, int8: bool) -> str:
 
 def _cached_onnx(version: str, int8: bool, cache_dir: Path, *, fallback: bool) -> torch.nn.Module | None:
     """A session on this version's cached export, or None when there is none (or, under auto, a bad one)."""
-    from worker.inference.onnx_runtime import OnnxClassifier, cached_export
+    from worker.inference.model.onnx_runtime import OnnxClassifier, cached_export
 
     path = cached_export(version, int8=int8, cache_dir=cache_dir)
     if path is None:
@@ -296,7 +296,7 @@ def _export_onnx(
     *,
     fallback: bool,
 ) -> torch.nn.Module | None:
-    from worker.inference.onnx_runtime import onnx_classifier
+    from worker.inference.model.onnx_runtime import onnx_classifier
 
     try:
         return onnx_classifier(

@@ -15,7 +15,7 @@ image the server meant, and the usual cause is a dropped connection that a retry
 that always truncates fails the job with FETCH_FAILED once its attempts run out.
 
 Byte caps: ``max_bytes``, or ``max_video_bytes`` for a body whose first 16 bytes are a video container
-(:mod:`worker.inference.media`). The kind is decided from the bytes as they arrive, never from a name or
+(:mod:`worker.inference.sources.media`). The kind is decided from the bytes as they arrive, never from a name or
 a Content-Type: until 16 bytes are in, the larger cap holds; from then on the cap of that kind does, and
 a declared Content-Length or file size over it is refused before more is read. So a video can be as
 large as its cap while anything else claiming to be big is cut at ``max_bytes``.
@@ -69,7 +69,7 @@ from dfscan.urlguard import (
     parse_url,
 )
 from dfscan.verdicts import UNKNOWN
-from worker.inference.media import SNIFF_BYTES, media_kind, video_container
+from worker.inference.sources.media import SNIFF_BYTES, media_kind, video_container
 
 __all__ = ["SourcePolicy", "check_url", "failed_media", "is_url", "read_source"]
 

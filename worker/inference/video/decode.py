@@ -2,7 +2,7 @@
 
 Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are applied:
 
-1. **Kind from the bytes** (:func:`~worker.inference.media.video_container`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
+1. **Kind from the bytes** (:func:`~worker.inference.sources.media.video_container`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
    (AVIF/HEIF are images) is MP4/MOV; the EBML magic ``1A 45 DF A3`` is Matroska/WebM. The name of a file
    or URL is never consulted. The demuxer is then *forced* to the sniffed one (FFmpeg probes nothing else).
 2. **Allow-list**: MP4/MOV with H.264 or H.265, Matroska/WebM with VP8, VP9 or AV1 (decoded by dav1d).
@@ -19,7 +19,7 @@ Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are app
    2^40 ms in is as long as its frames say). Timestamps that cannot tell frames apart (fewer distinct ones
    than half the packets: zeroed frame durations) switch to frames by order, timed evenly over the
    declared duration and decoded in one pass from the start.
-5. **Sampling plan** (:mod:`worker.inference.video_plan`), and its cost, known before decoding: a plan
+5. **Sampling plan** (:mod:`worker.inference.video.plan`), and its cost, known before decoding: a plan
    that would decode more pixels than the decode budget (``deadline_s`` x ``decode_pixels_per_s`` per
    decoder thread) is ``TOO_LARGE`` at once, where it would otherwise run out the deadline (a 4K
    keyframe and 143,000 repeated "nothing changed" packets: 1.2 Tpx).
@@ -60,8 +60,8 @@ from dfscan.exceptions import (
     VideoTooLargeError,
     VideoTooLongError,
 )
-from worker.inference.media import video_container
-from worker.inference.video_plan import Index, Run, decode_cost, plan_runs, targets, tolerance
+from worker.inference.sources.media import video_container
+from worker.inference.video.plan import Index, Run, decode_cost, plan_runs, targets, tolerance
 
 __all__ = [
     "CONTAINERS",
@@ -94,7 +94,7 @@ class VideoPolicy:
     32 frames as the DFDC winner; frames scaled to a longest side of 640 px, enough for the model's 224 px
     input and for face detection on a whole frame; 60 s of decoding per job; one decoder thread per job
     (a worker judges many jobs side by side); 240 frames per second bounds the packet index; 2 frames of a
-    video in the model batcher at a time (see :mod:`worker.inference.video_scoring`).
+    video in the model batcher at a time (see :mod:`worker.inference.video.scoring`).
     """
 
     max_bytes: int = 200 * MiB

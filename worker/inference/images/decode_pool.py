@@ -1,6 +1,6 @@
 """The backstop: decode in child processes with an address-space limit and a wall deadline.
 
-The checks in :mod:`worker.inference.headers` and :mod:`worker.inference.images` bound what a header can
+The checks in :mod:`worker.inference.images.headers` and :mod:`worker.inference.images.decode` bound what a header can
 declare; a parser bug or a hostile stream inside a valid structure can still spin or balloon in C code that
 no thread can interrupt. A child process can be stopped: each decode runs in one of
 ``ImagePolicy.decode_processes`` children, each with ``RLIMIT_AS`` set to its start-up size plus
@@ -16,7 +16,7 @@ is reserved for interactive decodes, and a child that comes free goes to a waiti
 first. So a bulk backlog of hostile images costs an interactive image no wait for a child at all, and
 the reserved child costs nothing until interactive work needs it (children start on demand).
 
-Each child is a fresh interpreter (``python -m worker.inference.decode_pool FD``, never a fork), talking
+Each child is a fresh interpreter (``python -m worker.inference.images.decode_pool FD``, never a fork), talking
 over a socket pair with ``multiprocessing.connection``: it imports Pillow and numpy only (no torch, no CUDA
 state, and not the parent's ``__main__``, which multiprocessing's spawn and forkserver would re-import:
 for the ``dfscan`` script that means torch), so it is safe to start after the model is loaded. A child
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Imported by each child at start, so that its first decode does not pay for them.
-_PRELOAD = ("worker.inference.images", "worker.inference.resizing")
+_PRELOAD = ("worker.inference.images.decode", "worker.inference.images.resizing")
 
 
 def _address_space() -> int:
@@ -268,5 +268,5 @@ def run_isolated(policy: Any, fn: Callable[..., T], *args: Any) -> T:
     return pool.run(fn, *args)
 
 
-if __name__ == "__main__":  # a decode child: python -m worker.inference.decode_pool FD ALLOWANCE
+if __name__ == "__main__":  # a decode child: python -m worker.inference.images.decode_pool FD ALLOWANCE
     _serve(Connection(int(sys.argv[1])), int(sys.argv[2]))

@@ -1,7 +1,7 @@
 """The geometric half of the checkpoint's preprocessing (resize, centre crop), torch-free.
 
-Kept apart from :mod:`worker.inference.preprocess` so a decode child process (see
-:mod:`worker.inference.decode_pool`) can resize without importing torch.
+Kept apart from :mod:`worker.inference.model.preprocess` so a decode child process (see
+:mod:`worker.inference.images.decode_pool`) can resize without importing torch.
 
 The output size is computed before any pixel is resampled. With ``shortest_edge`` and a centre crop, the
 intermediate (resized, not yet cropped) image is made only when it is small (``MAX_INTERMEDIATE_PIXELS``,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from worker.inference.images import ImagePolicy, decode_in_process
+from worker.inference.images.decode import ImagePolicy, decode_in_process
 
 # Largest resized-but-not-yet-cropped image made on the exact path (3 MiB of RGB).
 MAX_INTERMEDIATE_PIXELS = 1 << 20

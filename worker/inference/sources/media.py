@@ -44,7 +44,7 @@ def video_container(head: bytes) -> str | None:
     return None
 
 
-# How the image formats dfscan decodes start (worker.inference.images decides what they are; this only
+# How the image formats dfscan decodes start (worker.inference.images.decode decides what they are; this only
 # names what a failed read was): JPEG, PNG, GIF, TIFF and BigTIFF, BMP, WebP, AVIF and HEIF brands.
 _IMAGE_MAGIC = re.compile(
     rb"\xff\xd8\xff|\x89PNG\r\n\x1a\n|GIF8[79]a|II\*\x00|MM\x00\*|II\+\x00|MM\x00\+|BM|RIFF....WEBP"

@@ -15,7 +15,7 @@ known before anything expensive runs. Each check raises:
   (a 1 KB file took 6 s).
 
 What the walks cannot see (a hostile stream inside a valid structure) is left to the decode deadline and
-memory limit of :mod:`worker.inference.decode_pool`. Truncated or malformed structure is not judged here:
+memory limit of :mod:`worker.inference.images.decode_pool`. Truncated or malformed structure is not judged here:
 the walk stops and Pillow reports it as ``CORRUPT_IMAGE``.
 """
 

@@ -59,7 +59,7 @@ FaceDetectorLoader = Callable[[torch.device, "int | None"], FaceDetector]
 _REGISTRY: dict[str, FaceDetectorLoader] = {}
 # Built-in detectors: the module that registers each name, imported on first use (so the weights
 # package is only needed by whoever picks that detector).
-_BUILTIN: dict[str, str] = {"mtcnn": "worker.inference.face_mtcnn"}
+_BUILTIN: dict[str, str] = {"mtcnn": "worker.inference.faces.mtcnn"}
 
 
 def register_face_detector(name: str) -> Callable[[FaceDetectorLoader], FaceDetectorLoader]:

@@ -9,7 +9,7 @@ The rules, in the order they are applied:
    signature with a broken header): those are ``CORRUPT_IMAGE``. Empty data is ``CORRUPT_IMAGE``: it is
    a broken download far more often than a deliberate choice of format. HEIC/HEIF (pillow-heif, whose
    opener is registered on first use) and AVIF (Pillow's own plugin) are allowed: phones upload them.
-2. **Container walk before Pillow parses** (:mod:`worker.inference.headers`): JPEG scans and marker
+2. **Container walk before Pillow parses** (:mod:`worker.inference.images.headers`): JPEG scans and marker
    segments, PNG chunks, GIF frames and sub-blocks, TIFF pages, tags and tile sizes, EXIF blocks are read
    with loops that stop at a cap (``TOO_LARGE`` / ``IMAGE_TOO_COMPLEX``); RLE BMP is refused.
 3. **Pixel cap before decoding.** ``width * height`` from the header is compared with
@@ -31,7 +31,7 @@ The rules, in the order they are applied:
    the small RGB result.
 
 With ``ImagePolicy.decode_processes`` > 0 all of this runs in a pool of child processes with an address
-space limit and a wall deadline (:mod:`worker.inference.decode_pool`): the backstop for whatever the checks
+space limit and a wall deadline (:mod:`worker.inference.images.decode_pool`): the backstop for whatever the checks
 above miss.
 
 Conversion to RGB (:func:`to_rgb`), chosen to match what ``transformers`` does where it is right:
@@ -59,7 +59,8 @@ import numpy as np
 from PIL import Image
 
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, UnsupportedFormatError
-from worker.inference import headers, lanes
+from worker.inference import lanes
+from worker.inference.images import headers
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def decode_with_size(
     This is the bounded decode to the EXIF-oriented RGB image that any model input (whole image, face
     crops) starts from; with ``policy.decode_processes`` it runs in the decode pool."""
     if policy.decode_processes > 0:
-        from worker.inference.decode_pool import run_isolated
+        from worker.inference.images.decode_pool import run_isolated
 
         return run_isolated(policy, decode_in_process, data, policy, draft_size)
     return decode_in_process(data, policy, draft_size)

@@ -1,0 +1,1 @@
+"""Faces: the MTCNN detector and choosing and cropping faces as the checkpoints were trained."""

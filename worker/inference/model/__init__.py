@@ -1,0 +1,1 @@
+"""The classifier: loading checkpoints, preprocessing, labels, runtimes and the micro-batcher feeding it."""

@@ -1,0 +1,1 @@
+"""Reading a source: an http(s) URL through the SSRF guard or a confined file path, and sniffing its kind."""
