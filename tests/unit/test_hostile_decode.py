@@ -254,3 +254,17 @@ def test_a_side_over_65536_is_box_reduced_before_a_fixed_size_resize() -> None:
     assert int(np.abs(got - direct).max()) <= 2
     small = make_image((640, 480), seed=8)  # normal images take the exact path
     assert resizing.apply(small, spec).tobytes() == small.resize((224, 224), spec.resample).tobytes()
+
+
+def test_a_one_pixel_wide_image_counts_its_row_pointers_against_the_decode_memory() -> None:
+    # Pillow holds a pointer per row: a 1 x 4,000,000 PNG is 4 MB of pixels but 32 MB of row pointers
+    # for its decode and 32 MB more for its RGB copy. The budget must see them before decoding.
+    buf = io.BytesIO()
+    Image.new("L", (1, 4_000_000), 7).save(buf, format="PNG")
+    data = buf.getvalue()
+    assert len(data) < 100_000  # a small file
+    roomy = ImagePolicy(max_pixels=10_000_000, decode_memory=256 * 1024 * 1024)
+    assert decode_with_size(data, roomy)[1] == (1, 4_000_000)
+    tight = ImagePolicy(max_pixels=10_000_000, decode_memory=100 * 1024 * 1024)  # ~67 MiB without the rows
+    with pytest.raises(ImageTooLargeError, match="decode memory"):
+        decode_with_size(data, tight)

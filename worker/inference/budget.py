@@ -182,5 +182,5 @@ class Budget:
 
 
 def rgb_bytes(size: tuple[int, int]) -> int:
-    """Bytes Pillow holds for an RGB image of ``size`` (4 a pixel)."""
-    return size[0] * size[1] * 4
+    """Bytes Pillow holds for an RGB image of ``size``: 4 a pixel and a pointer a row."""
+    return size[0] * size[1] * 4 + size[1] * 8

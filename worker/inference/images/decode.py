@@ -65,6 +65,7 @@ from worker.inference.images import headers
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+ROW_POINTER_BYTES = 8  # Pillow's image->image[y]: one pointer per row of every image it holds
 
 # Pillow format names dfscan decodes: the formats photos and generated images are shared in on the web,
 # and the two phones save in (HEIF from iPhones, AVIF from recent Android).
@@ -335,7 +336,10 @@ def _estimate(img: Image.Image, declared: headers.Declared, factor: int, policy:
     native = max(pixels, declared.work_pixels) * _STORAGE.get(img.mode, 4)
     library = pixels * 4 if img.format in _LIBRARY_COPY else declared.work_pixels * 4
     result = -(-width // factor) * -(-height // factor) * 4
-    need = native + library + result + min(pixels, _STRIP_PIXELS) * 48  # float64 arrays of one F tile
+    # Pillow keeps a pointer per row of every image it holds: a 1 x 40,000,000 PNG holds 320 MB of row
+    # pointers for its decoded image and as much again for its RGB copy, more than its pixels.
+    rows = ROW_POINTER_BYTES * (height + -(-height // factor))
+    need = native + library + result + rows + min(pixels, _STRIP_PIXELS) * 48  # float64 arrays of one F tile
     if need > policy.decode_memory:
         raise ImageTooLargeError(
             f"decoding this {width}x{height} {img.mode} image needs about {need // MiB} MiB, over the "
