@@ -8,7 +8,7 @@ One run, the same JPEGs and the same checkpoint for every variant:
    batch_size 1 and 32 (the baseline);
 2. dfscan end to end: ``scan()`` reads, decodes, preprocesses and runs the model, decode overlapped
    with the forward;
-3. dfscan model only: ``Detector.predict`` on tensors made beforehand (the ceiling for 2);
+3. dfscan model only: ``Classifier.predict`` on tensors made beforehand (the ceiling for 2);
 4. optionally the same forward with dynamic int8 (``--int8``);
 5. optionally the ONNX Runtime backend (``--onnx``, ``DFSCAN_RUNTIME=onnx``): end to end and model
    only in fp32, and model only with ONNX Runtime's dynamic int8 (with ``--int8``). The first run
@@ -42,7 +42,7 @@ from rich.table import Table
 from bench.images import write_images
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.model.preprocess import load_pixels
 from worker.inference.sources.read import SourcePolicy
 
@@ -105,7 +105,7 @@ def bench_seed_pipeline(model_dir: Path, paths: list[Path], batch_size: int, war
 
 
 def bench_scan(
-    detector: Detector, paths: list[Path], batch_size: int, workers: int, runtime: str = "torch"
+    detector: Classifier, paths: list[Path], batch_size: int, workers: int, runtime: str = "torch"
 ) -> Variant:
     """dfscan end to end: read + decode + preprocess (overlapped) + forward."""
     judge = Judge(
@@ -130,7 +130,7 @@ def bench_scan(
     return Variant(f"dfscan scan() end to end{suffix}, batch {batch_size}", count, seconds)
 
 
-def bench_model_only(detector: Detector, paths: list[Path], batch_size: int, label: str) -> Variant:
+def bench_model_only(detector: Classifier, paths: list[Path], batch_size: int, label: str) -> Variant:
     """The forward alone on tensors prepared beforehand: the ceiling for scan()."""
     tensors = [load_pixels(p.read_bytes(), detector.preprocess, ImagePolicy())[0] for p in paths]
     batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
@@ -151,14 +151,14 @@ def bench_model_only(detector: Detector, paths: list[Path], batch_size: int, lab
 def bench_onnx(model_dir: Path, paths: list[Path], args: argparse.Namespace, cores: int) -> list[Variant]:
     """The ONNX Runtime backend: end to end and model only in fp32, and model only in int8."""
     cache = CACHE / "onnx"
-    detector = load_detector(str(model_dir), device="cpu", threads=cores, runtime="onnx", onnx_cache=cache)
+    detector = load_classifier(str(model_dir), device="cpu", threads=cores, runtime="onnx", onnx_cache=cache)
     variants = [
         bench_scan(detector, paths, args.batch_size, args.workers, "onnx"),
         bench_model_only(detector, paths, args.batch_size, "dfscan model only (onnx fp32)"),
     ]
     del detector
     if args.int8:
-        int8 = load_detector(
+        int8 = load_classifier(
             str(model_dir), device="cpu", int8=True, threads=cores, runtime="onnx", onnx_cache=cache
         )
         variants.append(bench_model_only(int8, paths, args.batch_size, "dfscan model only (onnx int8)"))
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dfscan-bench-") as tmp:
         paths = write_images(Path(tmp) / "images", args.images, seed=0)
         console.print(f"{len(paths)} JPEGs, checkpoint {model_dir}, {cores} cores, torch {torch.__version__}")
-        detector = load_detector(str(model_dir), device="cpu", threads=cores)
+        detector = load_classifier(str(model_dir), device="cpu", threads=cores)
         variants = [
             bench_seed_pipeline(model_dir, paths, 1, warm=2),
             bench_seed_pipeline(model_dir, paths, 32, warm=min(32, len(paths))),
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_model_only(detector, paths, args.batch_size, "dfscan model only (fp32)"),
         ]
         if args.int8:
-            int8 = load_detector(str(model_dir), device="cpu", int8=True, threads=cores)
+            int8 = load_classifier(str(model_dir), device="cpu", int8=True, threads=cores)
             variants.append(bench_model_only(int8, paths, args.batch_size, "dfscan model only (int8)"))
             del int8
         if args.onnx:

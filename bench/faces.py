@@ -166,11 +166,11 @@ def _scene_jpegs(count: int) -> list[bytes]:
 
 def throughput_run(mode: str, images: int, batch: int, side: int = 640) -> dict[str, float]:
     """One measurement (run in its own process): img/s and CPU seconds of ``mode`` over the scenes."""
-    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.classifier import load_classifier
     from worker.inference.model.preprocess import load_pixels, to_tensor
 
     torch.set_num_threads(THREADS)
-    detector = load_detector(str(random_vit_base(CACHE / "vit-base-random")), device="cpu", threads=THREADS)
+    detector = load_classifier(str(random_vit_base(CACHE / "vit-base-random")), device="cpu", threads=THREADS)
     cfg = detector.preprocess
     policy = ImagePolicy()
     datas = _scene_jpegs(images)

@@ -33,7 +33,7 @@ def _run(mode: str, images: int, side: tuple[int, int], decode_memory: int, mode
     from worker.inference.faces.crops import Face, FacePolicy
     from worker.inference.images.decode import ImagePolicy
     from worker.inference.judge import Judge
-    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.classifier import load_classifier
     from worker.inference.sources.read import SourcePolicy
 
     class SlowFinder:
@@ -52,7 +52,7 @@ def _run(mode: str, images: int, side: tuple[int, int], decode_memory: int, mode
     data = [buf.getvalue()] * images
     cls = Judge if mode == "road" else Unreserved
     judge = cls(
-        load_detector(model),
+        load_classifier(model),
         sources=SourcePolicy(),
         images=ImagePolicy(max_pixels=side[0] * side[1], decode_memory=decode_memory),
         faces=FacePolicy("auto", SlowFinder(), max_faces=1, min_face_px=8),  # type: ignore[arg-type]

@@ -187,10 +187,10 @@ def core_rate(
     """img/s of the in-process judge (``judge_stream``) on ``paths`` (after a warm-up on ``warm``)."""
     from worker.inference.images.decode import ImagePolicy
     from worker.inference.judge import Judge, judge_stream
-    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.classifier import load_classifier
     from worker.inference.sources.read import SourcePolicy
 
-    detector = load_detector(str(model_dir), device="cpu", threads=threads)
+    detector = load_classifier(str(model_dir), device="cpu", threads=threads)
     judge = Judge(
         detector,
         sources=SourcePolicy(allowed_roots=(paths[0].parent,)),

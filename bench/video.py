@@ -231,13 +231,13 @@ def run_job(path: Path, model: Path | None) -> dict[str, float]:
 
     from bench.core import CACHE as CORE_CACHE
     from bench.core import random_vit_base
-    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.classifier import load_classifier
     from worker.inference.model.preprocess import to_tensor
     from worker.inference.video.decode import VideoPolicy, _index, _open, sample_frames
 
     data = path.read_bytes()
     model_dir = model or random_vit_base(CORE_CACHE / "vit-base-random")
-    detector = load_detector(str(model_dir), device="cpu")
+    detector = load_classifier(str(model_dir), device="cpu")
     detector.predict(torch.stack([to_tensor(np_image(224), detector.preprocess)] * 2))  # warm up
     policy = VideoPolicy(frames=FRAMES)
     stages: dict[str, float] = {}
@@ -326,7 +326,7 @@ def run_fairness(
     from bench.core import CACHE as CORE_CACHE
     from bench.core import random_vit_base
     from dfscan.settings import Settings
-    from worker.inference.factory import new_detector, new_judge
+    from worker.inference.factory import new_classifier, new_judge
     from worker.inference.model.batcher import FOREGROUND
 
     settings = Settings(
@@ -335,7 +335,7 @@ def run_fairness(
         faces=faces,
         video_frames=FRAMES,
     )
-    detector = new_detector(settings)  # the worker's: ONNX Runtime on a CPU (DFSCAN_RUNTIME=auto)
+    detector = new_classifier(settings)  # the worker's: ONNX Runtime on a CPU (DFSCAN_RUNTIME=auto)
     judge = new_judge(settings, detector)
     judge.videos = dataclasses.replace(judge.videos, in_flight=max(1, in_flight))  # fixed at 2 in a worker
     if mode == "fifo":  # the batcher before priorities: frames queue with images, batched together

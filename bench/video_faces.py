@@ -33,7 +33,7 @@ def one_run(mode: str, frames: int, model: str) -> dict[str, float]:
     from worker.inference.faces.crops import FacePolicy, load_face_detector
     from worker.inference.images.decode import ImagePolicy
     from worker.inference.judge import Judge
-    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.classifier import load_classifier
     from worker.inference.sources.read import SourcePolicy
     from worker.inference.video.decode import VideoPolicy
 
@@ -44,7 +44,7 @@ def one_run(mode: str, frames: int, model: str) -> dict[str, float]:
         path = CACHE / "vit-tiny-random"
         if not (path / "config.json").exists():
             save_tiny_vit(path, REAL_FAKE, seed=3)
-    detector = load_detector(str(path), device="cpu", threads=THREADS)
+    detector = load_classifier(str(path), device="cpu", threads=THREADS)
     faces = None
     if mode == "auto":
         faces = FacePolicy("auto", load_face_detector("mtcnn", "cpu", THREADS))

@@ -30,7 +30,7 @@ from dfscan.settings import Settings, get_settings
 from dfscan.verdicts import Stored, Verdict
 from worker import metrics
 from worker.inference import lanes
-from worker.inference.factory import face_policy, new_detector, new_judge
+from worker.inference.factory import face_policy, new_classifier, new_judge
 from worker.inference.judge import Judge
 from worker.inference.model.batcher import MicroBatcher
 from worker.leases import LeaseKeeper
@@ -206,7 +206,7 @@ class InferenceRuntime(WorkerRuntime):
         except Exception as exc:  # the registry is optional: no promotion table yet, DB down at start
             log.warning("could not read the promoted model version, using DFSCAN_MODEL: %s", exc)
         started = time.monotonic()
-        detector = new_detector(self.settings, model=ref, revision=revision)
+        detector = new_classifier(self.settings, model=ref, revision=revision)
         log.info("loaded %s on %s in %.1fs", detector.version, detector.device, time.monotonic() - started)
         faces = face_policy(self.settings, detector, trained_on=trained_on_faces)
         judge = new_judge(

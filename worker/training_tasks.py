@@ -77,7 +77,7 @@ def _run(
     output_dir: Path,
 ) -> dict[str, Any]:
     # The training core is imported here: an inference worker never loads Trainer and datasets.
-    from worker.inference.model.classifier import load_detector
+    from worker.inference.model.classifier import load_classifier
     from worker.training.data import load_labelled_data
     from worker.training.faces import FaceCropConfig
     from worker.training.train import TrainConfig, TrainHooks, fine_tune
@@ -130,7 +130,7 @@ def _run(
     shutil.copytree(result.model_dir, published)
     # Load the new checkpoint through the serving path: it must work there, and its version string
     # is exactly what verdicts will record.
-    version = load_detector(str(published), device="cpu").version
+    version = load_classifier(str(published), device="cpu").version
     with rt.sessions.begin() as session:
         if registry.get_version(session, version) is None:
             registry.register_version(

@@ -56,12 +56,12 @@ def run_local_scan(
     """Yield one output row per source (:meth:`Verdict.output` plus ``job_id``), after storing it."""
     # The core is imported here so that `dfscan submit` and friends never import torch.
     from worker.inference.annotate import Pictures
-    from worker.inference.factory import default_threads, new_detector, new_judge
+    from worker.inference.factory import default_threads, new_classifier, new_judge
     from worker.inference.judge import judge_stream
 
     upgrade(settings.database_url)
     sessions = new_session_factory(new_engine(settings.database_url))
-    detector = new_detector(settings, model=model)
+    detector = new_classifier(settings, model=model)
     with sessions.begin() as session:
         _, rows, _ = jobs.create_submission(session, sources, client_ref="dfscan scan")
         job_ids = [job.id for job in rows]

@@ -19,7 +19,7 @@ from tests.fixtures.models import DEEPFAKE_REAL, REAL_FAKE, save_tiny_vit
 from worker.inference import judge as judge_module
 from worker.inference.images.decode import ImagePolicy, image_sha256
 from worker.inference.judge import Judge, Known, judge_stream
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.model.preprocess import load_pixels
 from worker.inference.sources.read import SourcePolicy
 
@@ -32,9 +32,9 @@ def _one_thread() -> None:
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     path = save_tiny_vit(tmp_path_factory.mktemp("model") / "m", DEEPFAKE_REAL, seed=2, head_scale=30.0)
-    return load_detector(str(path))
+    return load_classifier(str(path))
 
 
 def _write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> Path:
@@ -44,7 +44,7 @@ def _write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: s
     return path
 
 
-def _judge(detector: Detector, root: Path, *, known: Known | None = None, **kwargs: float) -> Judge:
+def _judge(detector: Classifier, root: Path, *, known: Known | None = None, **kwargs: float) -> Judge:
     return Judge(detector, sources=SourcePolicy(allowed_roots=(root,)), images=IMAGES, known=known, **kwargs)  # type: ignore[arg-type]
 
 
@@ -55,12 +55,12 @@ def _run(judge: Judge, sources: list[Path], threads: int = 2) -> list[Verdict]:
         judge.close()
 
 
-def _expected_score(detector: Detector, path: Path) -> float:
+def _expected_score(detector: Classifier, path: Path) -> float:
     pixels, _ = load_pixels(path.read_bytes(), detector.preprocess, IMAGES)
     return detector.predict(pixels.unsqueeze(0))[0]
 
 
-def test_mixed_sources_fail_one_by_one_and_keep_input_order(tmp_path: Path, detector: Detector) -> None:
+def test_mixed_sources_fail_one_by_one_and_keep_input_order(tmp_path: Path, detector: Classifier) -> None:
     good = [
         _write_image(tmp_path / "a.jpg", 1, size=(64, 48)),
         _write_image(tmp_path / "b.png", 2, fmt="PNG"),
@@ -104,7 +104,7 @@ def test_mixed_sources_fail_one_by_one_and_keep_input_order(tmp_path: Path, dete
     assert (verdicts[0].width, verdicts[0].height) == (64, 48)
 
 
-def test_threshold_decides_the_label(tmp_path: Path, detector: Detector) -> None:
+def test_threshold_decides_the_label(tmp_path: Path, detector: Classifier) -> None:
     paths = [_write_image(tmp_path / f"{i}.jpg", 10 + i) for i in range(6)]
     scores = sorted(v.fake_score or 0.0 for v in _run(_judge(detector, tmp_path), paths))
     assert scores[0] < scores[-1]
@@ -117,7 +117,7 @@ def test_threshold_decides_the_label(tmp_path: Path, detector: Detector) -> None
 
 
 def test_known_bytes_and_repeats_skip_the_model(
-    tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, detector: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b, c = (_write_image(tmp_path / f"{n}.jpg", seed) for n, seed in (("a", 1), ("b", 2), ("c", 3)))
     a_copy = tmp_path / "a-copy.jpg"
@@ -147,7 +147,7 @@ def test_known_bytes_and_repeats_skip_the_model(
     assert {version for _, version in lookups} == {detector.version}
 
 
-def test_a_failing_cache_lookup_propagates(tmp_path: Path, detector: Detector) -> None:
+def test_a_failing_cache_lookup_propagates(tmp_path: Path, detector: Classifier) -> None:
     """The caller's store is down: the worker must see it (and retry the message), not a verdict."""
 
     def down(sha256: str, version: str) -> float | None:
@@ -162,7 +162,7 @@ def test_a_failing_cache_lookup_propagates(tmp_path: Path, detector: Detector) -
 
 
 def test_model_fault_is_retryable_and_per_source_errors_are_not(
-    tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, detector: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(pixels: torch.Tensor) -> list[float]:
         raise InferenceError("device lost")
@@ -179,7 +179,7 @@ def test_model_fault_is_retryable_and_per_source_errors_are_not(
 
 
 def test_wrong_number_of_scores_is_caught(
-    tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, detector: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(detector, "predict", lambda pixels: [])
     paths = [_write_image(tmp_path / f"{i}.jpg", i) for i in range(3)]
@@ -191,7 +191,7 @@ def test_wrong_number_of_scores_is_caught(
 
 
 def test_an_unexpected_error_is_an_internal_error_worth_a_retry(
-    tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, detector: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def buggy(data: bytes, cfg: object, policy: object) -> torch.Tensor:
         raise ZeroDivisionError("a bug")
@@ -203,7 +203,7 @@ def test_an_unexpected_error_is_an_internal_error_worth_a_retry(
 
 
 def test_sources_are_read_while_the_model_runs(
-    tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, detector: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first forward blocks until a later source's reading has begun: if reading waited for the
     model, the wait would time out and the test fail."""
@@ -232,7 +232,7 @@ def test_sources_are_read_while_the_model_runs(
     assert overlapped[0] is True
 
 
-def test_sources_are_consumed_lazily(tmp_path: Path, detector: Detector) -> None:
+def test_sources_are_consumed_lazily(tmp_path: Path, detector: Classifier) -> None:
     path = str(_write_image(tmp_path / "a.jpg", 1))
     pulled: list[int] = []
 
@@ -254,7 +254,7 @@ def test_sources_are_consumed_lazily(tmp_path: Path, detector: Detector) -> None
         next(judge_stream(judge, [path], threads=0))
 
 
-def test_a_verdict_maps_to_its_row_and_back(tmp_path: Path, detector: Detector) -> None:
+def test_a_verdict_maps_to_its_row_and_back(tmp_path: Path, detector: Classifier) -> None:
     (verdict,) = _run(_judge(detector, tmp_path), [_write_image(tmp_path / "a.jpg", 1)])
     back = Verdict.from_stored(
         source=verdict.source, status="done", error_code=None, error=None, row=verdict.row()
@@ -265,7 +265,7 @@ def test_a_verdict_maps_to_its_row_and_back(tmp_path: Path, detector: Detector) 
 def test_a_large_jpeg_is_judged_on_its_full_decode_unless_the_policy_drafts(tmp_path: Path) -> None:
     """Exact by default: the score is the one the full decode gives (as the checkpoint's own image
     processor and the seed's pipeline compute it); ImagePolicy(jpeg_draft=True) opts into the draft."""
-    detector = load_detector(str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0)))
+    detector = load_classifier(str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0)))
     path = tmp_path / "big.jpg"
     path.write_bytes(make_image_bytes("JPEG", size=(3000, 2000), seed=1))
     full, _ = load_pixels(path.read_bytes(), detector.preprocess, IMAGES, draft=False)

@@ -17,7 +17,7 @@ from tests.fixtures.models import DEEPFAKE_REAL, save_tiny_vit
 from worker.inference.faces.crops import Face, FacePolicy, load_face_detector, select_faces, square_crop
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.model.preprocess import to_tensor
 from worker.inference.sources.read import SourcePolicy
 
@@ -30,9 +30,9 @@ def _one_thread() -> None:
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     path = save_tiny_vit(tmp_path_factory.mktemp("model") / "m", DEEPFAKE_REAL, seed=2, head_scale=30.0)
-    return load_detector(str(path))
+    return load_classifier(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +61,16 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def make(detector: Detector, face_detector, mode: str | None, **kwargs) -> Judge:  # type: ignore[no-untyped-def]
+def make(detector: Classifier, face_detector, mode: str | None, **kwargs) -> Judge:  # type: ignore[no-untyped-def]
     faces = None if mode is None else FacePolicy(mode, face_detector, margin=0.3, max_faces=8, min_face_px=32)
     return Judge(detector, sources=SourcePolicy(), images=ImagePolicy(), faces=faces, **kwargs)
 
 
-def score_of(detector: Detector, image: Image.Image) -> float:
+def score_of(detector: Classifier, image: Image.Image) -> float:
     return detector.predict(to_tensor(image, detector.preprocess).unsqueeze(0))[0]
 
 
-def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
+def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: Classifier, mtcnn) -> None:  # type: ignore[no-untyped-def]
     scene = face_scene([180, 90], seed=7, size=(800, 600), kind="field")
     judge = make(detector, mtcnn, "auto")
     try:
@@ -99,7 +99,7 @@ def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: D
     ]
 
 
-def test_auto_without_a_face_judges_the_whole_image(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
+def test_auto_without_a_face_judges_the_whole_image(detector: Classifier, mtcnn) -> None:  # type: ignore[no-untyped-def]
     scene = face_scene([], seed=8, size=(640, 480), kind="field")
     judge = make(detector, mtcnn, "auto")
     try:
@@ -111,7 +111,7 @@ def test_auto_without_a_face_judges_the_whole_image(detector: Detector, mtcnn) -
     assert "+faces:auto:" in str(verdict.model_version)
 
 
-def test_require_without_a_face_is_done_and_not_applicable(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
+def test_require_without_a_face_is_done_and_not_applicable(detector: Classifier, mtcnn) -> None:  # type: ignore[no-untyped-def]
     judge = make(detector, mtcnn, "require")
     tiny = face_scene(20, seed=9, size=(640, 480), kind="field")  # a face, but under min_face_px
     try:
@@ -132,7 +132,7 @@ def test_require_without_a_face_is_done_and_not_applicable(detector: Detector, m
         assert "+faces:require:" in str(verdict.model_version)
 
 
-def test_off_judges_the_whole_image_under_the_plain_version(detector: Detector) -> None:
+def test_off_judges_the_whole_image_under_the_plain_version(detector: Classifier) -> None:
     scene = face_scene(150, seed=10, size=(640, 480), kind="field")
     judge = make(detector, None, None)
     try:
@@ -143,7 +143,7 @@ def test_off_judges_the_whole_image_under_the_plain_version(detector: Detector) 
     assert verdict.detect_ms == 0.0  # no detector ran
 
 
-def test_exif_oriented_boxes(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
+def test_exif_oriented_boxes(detector: Classifier, mtcnn) -> None:  # type: ignore[no-untyped-def]
     scene = face_scene(140, seed=11, size=(800, 600), kind="field", centers=[(220, 250)])
     judge = make(detector, mtcnn, "require")
     try:
@@ -155,7 +155,7 @@ def test_exif_oriented_boxes(detector: Detector, mtcnn) -> None:  # type: ignore
 
 
 def test_the_cache_is_asked_with_the_faces_version_and_its_answer_keeps_the_faces(
-    detector: Detector, mtcnn
+    detector: Classifier, mtcnn
 ) -> None:  # type: ignore[no-untyped-def]
     asked: list[tuple[str, str]] = []
     stored = Stored(
@@ -193,7 +193,7 @@ def test_the_cache_is_asked_with_the_faces_version_and_its_answer_keeps_the_face
 
 
 def test_concurrent_images_share_the_detector_batches_and_the_model_batcher(
-    detector: Detector, mtcnn, tmp_path: Path
+    detector: Classifier, mtcnn, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     recording = Recording(mtcnn)
     paths = []
@@ -218,7 +218,7 @@ def test_concurrent_images_share_the_detector_batches_and_the_model_batcher(
     assert judge.batcher.stats.items == 8 and judge.batcher.stats.largest > 1
 
 
-def test_a_face_detector_fault_fails_the_image_as_retryable(detector: Detector) -> None:
+def test_a_face_detector_fault_fails_the_image_as_retryable(detector: Classifier) -> None:
     class Broken:
         version = "broken"
 
@@ -234,7 +234,7 @@ def test_a_face_detector_fault_fails_the_image_as_retryable(detector: Detector) 
     assert "face detector fault" in str(verdict.error)
 
 
-def test_hostile_shapes_do_not_break_the_faces_road(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_shapes_do_not_break_the_faces_road(detector: Classifier, mtcnn) -> None:  # type: ignore[no-untyped-def]
     judge = make(detector, mtcnn, "auto")
     try:
         thin = judge.judge_bytes(png(Image.new("RGB", (40000, 1), (120, 100, 90))))
@@ -244,7 +244,7 @@ def test_hostile_shapes_do_not_break_the_faces_road(detector: Detector, mtcnn) -
 
 
 def test_the_factory_builds_the_face_policy_from_settings_and_from_a_version_trained_on_faces(
-    detector: Detector,
+    detector: Classifier,
 ) -> None:
     from dfscan.settings import Settings
     from worker.inference.factory import face_policy, new_judge

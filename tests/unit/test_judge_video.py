@@ -14,7 +14,7 @@ from tests.fixtures.videos import hostile_corpus, make_clip
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, judge_stream
 from worker.inference.model.batcher import BACKGROUND
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.model.preprocess import to_tensor
 from worker.inference.sources.read import SourcePolicy
 from worker.inference.video.decode import VideoPolicy, sample_frames
@@ -23,13 +23,13 @@ av.logging.set_level(av.logging.PANIC)
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    return load_detector(
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    return load_classifier(
         str(save_tiny_vit(tmp_path_factory.mktemp("m") / "m", REAL_FAKE, seed=3, head_scale=10.0))
     )
 
 
-def _judge(detector: Detector, root: Path, *, cache: float | None = None, **sources: int) -> Judge:
+def _judge(detector: Classifier, root: Path, *, cache: float | None = None, **sources: int) -> Judge:
     return Judge(
         detector,
         sources=SourcePolicy(allowed_roots=(root,), **sources),  # type: ignore[arg-type]
@@ -40,7 +40,7 @@ def _judge(detector: Detector, root: Path, *, cache: float | None = None, **sour
     )
 
 
-def test_a_video_is_judged_frame_by_frame_into_one_verdict(detector: Detector, tmp_path: Path) -> None:
+def test_a_video_is_judged_frame_by_frame_into_one_verdict(detector: Classifier, tmp_path: Path) -> None:
     data = make_clip(width=48, height=40, fps=10, seconds=4.0, gop=10, fake_spans=((1.0, 2.0),))
     path = tmp_path / "clip.bin"  # the name says nothing; the bytes say MP4
     path.write_bytes(data)
@@ -67,7 +67,9 @@ def test_a_video_is_judged_frame_by_frame_into_one_verdict(detector: Detector, t
     assert verdict.frame_rows() == [(f.t, f.fake_score) for f in verdict.frames]
 
 
-def test_hostile_videos_are_failed_verdicts_and_images_still_pass(detector: Detector, tmp_path: Path) -> None:
+def test_hostile_videos_are_failed_verdicts_and_images_still_pass(
+    detector: Classifier, tmp_path: Path
+) -> None:
     corpus = hostile_corpus()
     for name, (data, _) in corpus.items():
         (tmp_path / f"{name}.mp4").write_bytes(data)
@@ -87,7 +89,7 @@ def test_hostile_videos_are_failed_verdicts_and_images_still_pass(detector: Dete
     assert verdicts[-1].done and verdicts[-1].media == "image" and verdicts[-1].frames is None
 
 
-def test_a_video_over_the_video_byte_cap_is_too_large(detector: Detector, tmp_path: Path) -> None:
+def test_a_video_over_the_video_byte_cap_is_too_large(detector: Classifier, tmp_path: Path) -> None:
     data = make_clip(seconds=1.0)
     (tmp_path / "c.mp4").write_bytes(data)
     judge = _judge(detector, tmp_path, max_bytes=100, max_video_bytes=len(data) - 1)
@@ -120,7 +122,7 @@ def face_clip_data() -> tuple[bytes, list[tuple[int, int, int, int] | None]]:
     return face_clip(WITH_FACE, size=(400, 300), face_px=110)
 
 
-def _faces_judge(detector: Detector, mtcnn, mode: str) -> Judge:  # type: ignore[no-untyped-def]
+def _faces_judge(detector: Classifier, mtcnn, mode: str) -> Judge:  # type: ignore[no-untyped-def]
     from worker.inference.faces.crops import FacePolicy
 
     return Judge(
@@ -135,7 +137,7 @@ def _faces_judge(detector: Detector, mtcnn, mode: str) -> Judge:  # type: ignore
 
 
 def test_video_frames_are_judged_on_their_faces_and_faceless_frames_whole_in_auto(  # type: ignore[no-untyped-def]
-    detector: Detector, mtcnn, face_clip_data
+    detector: Classifier, mtcnn, face_clip_data
 ) -> None:
     from tests.fixtures.faces import matches
     from worker.inference.faces.crops import select_faces, square_crop
@@ -180,7 +182,7 @@ def test_video_frames_are_judged_on_their_faces_and_faceless_frames_whole_in_aut
 
 
 def test_require_leaves_faceless_frames_unjudged_and_a_faceless_video_not_applicable(  # type: ignore[no-untyped-def]
-    detector: Detector, mtcnn, face_clip_data
+    detector: Classifier, mtcnn, face_clip_data
 ) -> None:
     from tests.fixtures.faces import face_clip
     from worker.inference.video.aggregate import aggregate_frames
@@ -214,7 +216,7 @@ def test_require_leaves_faceless_frames_unjudged_and_a_faceless_video_not_applic
 
 
 def test_an_image_judged_beside_a_video_goes_ahead_of_its_frames_and_never_shares_their_batch(
-    detector: Detector, tmp_path: Path
+    detector: Classifier, tmp_path: Path
 ) -> None:
     """On a CPU every input costs its full forward pass: the image waits for at most the one frame
     being run, never for the frames queued before it, and no batch holds both."""
@@ -273,7 +275,7 @@ def test_an_image_judged_beside_a_video_goes_ahead_of_its_frames_and_never_share
 
 
 def test_the_same_video_again_is_answered_from_the_cache_with_its_frames(
-    detector: Detector, tmp_path: Path
+    detector: Classifier, tmp_path: Path
 ) -> None:
     """Re-uploads of one clip are common in moderation: the second costs a look-up, not 16 forwards.
     The cache is keyed on the model *and* the sampling (``video_version``); an image answer is ignored."""

@@ -19,7 +19,7 @@ from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.videos import make_clip
 from worker.inference.images.decode import ImagePolicy, decode_with_size
 from worker.inference.judge import Judge
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
 
 
@@ -111,11 +111,13 @@ def test_a_read_that_fails_before_any_byte_is_unknown(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    return load_detector(str(save_tiny_vit(tmp_path_factory.mktemp("m") / "m", REAL_FAKE, seed=3)))
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    return load_classifier(str(save_tiny_vit(tmp_path_factory.mktemp("m") / "m", REAL_FAKE, seed=3)))
 
 
-def test_a_video_over_its_byte_cap_is_a_failed_video_not_an_image(detector: Detector, tmp_path: Path) -> None:
+def test_a_video_over_its_byte_cap_is_a_failed_video_not_an_image(
+    detector: Classifier, tmp_path: Path
+) -> None:
     (tmp_path / "clip.jpg").write_bytes(VIDEO)  # the name says JPEG; the bytes say video
     (tmp_path / "missing").mkdir()
     judge = Judge(

@@ -18,7 +18,7 @@ from tests.fixtures.models import (
     save_reversed_twin,
     save_tiny_vit,
 )
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def _pixels(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 def test_each_label_convention_maps_by_name(
     tmp_path: Path, id2label: dict[int, str], fake_index: int, real_index: int
 ) -> None:
-    detector = load_detector(str(save_tiny_vit(tmp_path / "m", id2label)), device="cpu")
+    detector = load_classifier(str(save_tiny_vit(tmp_path / "m", id2label)), device="cpu")
     assert (detector.fake_index, detector.real_index) == (fake_index, real_index)
     assert detector.id2label == id2label
     assert detector.device == torch.device("cpu")
@@ -51,7 +51,7 @@ def test_each_label_convention_maps_by_name(
 def test_reversed_twin_gives_the_same_p_fake(tmp_path: Path, id2label: dict[int, str]) -> None:
     original = save_tiny_vit(tmp_path / "a", id2label, seed=3, head_scale=20.0)
     twin = save_reversed_twin(original, tmp_path / "b")
-    a, b = load_detector(str(original)), load_detector(str(twin))
+    a, b = load_classifier(str(original)), load_classifier(str(twin))
     assert a.fake_index != b.fake_index
     x = _pixels(8)
     scores_a, scores_b = a.predict(x), b.predict(x)
@@ -61,7 +61,7 @@ def test_reversed_twin_gives_the_same_p_fake(tmp_path: Path, id2label: dict[int,
 
 
 def test_p_fake_reads_the_fake_column(tmp_path: Path) -> None:
-    detector = load_detector(str(save_tiny_vit(tmp_path / "m", DEEPFAKE_REAL, seed=1, head_scale=20.0)))
+    detector = load_classifier(str(save_tiny_vit(tmp_path / "m", DEEPFAKE_REAL, seed=1, head_scale=20.0)))
     x = _pixels(5)
     with torch.inference_mode():
         probs = torch.softmax(detector.model(pixel_values=x).logits, dim=-1)
@@ -70,7 +70,7 @@ def test_p_fake_reads_the_fake_column(tmp_path: Path) -> None:
 
 def test_unmappable_labels_fail_at_load(tmp_path: Path) -> None:
     with pytest.raises(LabelMappingError) as info:
-        load_detector(str(save_tiny_vit(tmp_path / "m", UNMAPPABLE)))
+        load_classifier(str(save_tiny_vit(tmp_path / "m", UNMAPPABLE)))
     assert info.value.code == "LABEL_MAPPING"
     assert "'cat'" in info.value.message
 
@@ -78,7 +78,7 @@ def test_unmappable_labels_fail_at_load(tmp_path: Path) -> None:
 def test_unreachable_hub_says_to_use_a_local_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError) as info:
-        load_detector("nobody/does-not-exist")
+        load_classifier("nobody/does-not-exist")
     assert info.value.code == "MODEL_LOAD_FAILED"
     assert "nobody/does-not-exist" in info.value.message
     assert "DFSCAN_MODEL" in info.value.message
@@ -98,7 +98,7 @@ def test_cached_hub_checkpoint_loads_offline_with_its_commit_as_version(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    detector = load_detector("someone/deepfake-vit")
+    detector = load_classifier("someone/deepfake-vit")
     assert detector.version == f"hub:someone/deepfake-vit@{commit}"
     assert detector.source == "someone/deepfake-vit"
     assert (detector.fake_index, detector.real_index) == (1, 0)
@@ -107,11 +107,11 @@ def test_cached_hub_checkpoint_loads_offline_with_its_commit_as_version(
 
 def test_missing_directory_and_non_classifier_fail_to_load(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="neither a checkpoint directory nor a hub id"):
-        load_detector(str(tmp_path / "missing" / "dir"))
+        load_classifier(str(tmp_path / "missing" / "dir"))
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     with pytest.raises(ModelLoadError, match="no weight file"):
-        load_detector(str(not_a_model))
+        load_classifier(str(not_a_model))
     from transformers import BertConfig, BertModel
 
     text = tmp_path / "bert"
@@ -119,7 +119,7 @@ def test_missing_directory_and_non_classifier_fail_to_load(tmp_path: Path) -> No
         BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
     ).save_pretrained(text)
     with pytest.raises(ModelLoadError, match="not an image classifier") as info:
-        load_detector(str(text))
+        load_classifier(str(text))
     assert info.value.code == "MODEL_LOAD_FAILED"
 
 
@@ -127,13 +127,13 @@ def test_cuda_without_cuda_fails_clearly(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this host has CUDA")
     with pytest.raises(ModelLoadError, match="no CUDA device"):
-        load_detector(str(save_tiny_vit(tmp_path / "m", REAL_FAKE)), device="cuda")
+        load_classifier(str(save_tiny_vit(tmp_path / "m", REAL_FAKE)), device="cuda")
 
 
 def test_version_follows_the_weights(tmp_path: Path) -> None:
-    first = load_detector(str(save_tiny_vit(tmp_path / "one" / "model", REAL_FAKE, seed=0)))
-    same = load_detector(str(save_tiny_vit(tmp_path / "two" / "model", REAL_FAKE, seed=0)))
-    changed = load_detector(str(save_tiny_vit(tmp_path / "three" / "model", REAL_FAKE, seed=1)))
+    first = load_classifier(str(save_tiny_vit(tmp_path / "one" / "model", REAL_FAKE, seed=0)))
+    same = load_classifier(str(save_tiny_vit(tmp_path / "two" / "model", REAL_FAKE, seed=0)))
+    changed = load_classifier(str(save_tiny_vit(tmp_path / "three" / "model", REAL_FAKE, seed=1)))
     assert first.version == same.version
     assert first.version.startswith("model@sha256:") and len(first.version) == len("model@sha256:") + 12
     assert changed.version != first.version
@@ -141,7 +141,7 @@ def test_version_follows_the_weights(tmp_path: Path) -> None:
 
 
 def test_predict_rejects_wrong_input_with_a_hint(tmp_path: Path) -> None:
-    detector = load_detector(str(save_tiny_vit(tmp_path / "m", REAL_FAKE)))
+    detector = load_classifier(str(save_tiny_vit(tmp_path / "m", REAL_FAKE)))
     with pytest.raises(InferenceError, match=r"\(N, 3, 32, 32\).*got \(2, 3, 16, 16\).*load_pixels"):
         detector.predict(_pixels(2, size=16))
     with pytest.raises(InferenceError, match=r"got \(3, 32, 32\)"):
@@ -166,11 +166,11 @@ class _FlakyMemoryModel(torch.nn.Module):
 
 
 def test_out_of_memory_halves_the_batch_then_gives_up(tmp_path: Path) -> None:
-    detector = load_detector(str(save_tiny_vit(tmp_path / "m", REAL_FAKE, head_scale=20.0)))
+    detector = load_classifier(str(save_tiny_vit(tmp_path / "m", REAL_FAKE, head_scale=20.0)))
     x = _pixels(5)
     expected = detector.predict(x)
     flaky = _FlakyMemoryModel(detector.model, limit=2)
-    halving = Detector(**{**detector.__dict__, "model": flaky})
+    halving = Classifier(**{**detector.__dict__, "model": flaky})
     assert halving.predict(x) == pytest.approx(expected, abs=1e-6)
     assert flaky.sizes == [5, 2, 2, 1]  # 5 fails, then chunks of 5 // 2 = 2
     assert halving.max_chunk == 2
@@ -187,7 +187,7 @@ def test_int8_agrees_with_fp32(tmp_path: Path) -> None:
     would make agreement trivially 1.0). Thresholds leave room for CPU-kernel differences.
     """
     path = save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=0)
-    fp32, int8 = load_detector(str(path)), load_detector(str(path), int8=True)
+    fp32, int8 = load_classifier(str(path)), load_classifier(str(path), int8=True)
     assert int8.int8 and int8.version == fp32.version + "+int8"
     assert any(isinstance(m, DynamicInt8Linear) for m in int8.model.modules())
     x = _pixels(64)

@@ -11,7 +11,7 @@ import torch
 
 from dfscan.exceptions import ModelLoadError
 from tests.fixtures.models import CONVENTIONS, REAL_FAKE, save_reversed_twin, save_tiny_vit
-from worker.inference.model.classifier import load_detector
+from worker.inference.model.classifier import load_classifier
 from worker.inference.model.onnx_runtime import OnnxClassifier
 
 
@@ -27,8 +27,8 @@ def _pixels(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 def test_fp32_onnx_scores_like_torch_under_the_same_version(tmp_path: Path) -> None:
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0))
-    torch_detector = load_detector(path, device="cpu", threads=1)
-    onnx_detector = load_detector(path, device="cpu", threads=1, runtime="onnx", onnx_cache=tmp_path / "c")
+    torch_detector = load_classifier(path, device="cpu", threads=1)
+    onnx_detector = load_classifier(path, device="cpu", threads=1, runtime="onnx", onnx_cache=tmp_path / "c")
     assert isinstance(onnx_detector.model, OnnxClassifier)
     assert onnx_detector.model.session.get_session_options().intra_op_num_threads == 1
     assert onnx_detector.version == torch_detector.version
@@ -53,7 +53,7 @@ def test_the_export_is_cached_per_version(tmp_path: Path, caplog: pytest.LogCapt
     cache = tmp_path / "cache"
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
     with caplog.at_level(logging.INFO, logger="worker.inference.model.onnx_runtime"):
-        first = load_detector(path, runtime="onnx", onnx_cache=cache)
+        first = load_classifier(path, runtime="onnx", onnx_cache=cache)
     exports = [r for r in caplog.records if r.getMessage().startswith("exported ")]
     assert len(exports) == 1 and first.version in exports[0].getMessage()
     (onnx_file,) = cache.glob("*.onnx")
@@ -61,14 +61,16 @@ def test_the_export_is_cached_per_version(tmp_path: Path, caplog: pytest.LogCapt
     assert onnx_file.stat().st_mode & 0o777 == 0o644 and not list(cache.glob(".*"))  # no temporaries left
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="worker.inference.model.onnx_runtime"):
-        second = load_detector(path, runtime="onnx", onnx_cache=cache)
+        second = load_classifier(path, runtime="onnx", onnx_cache=cache)
     assert not [r for r in caplog.records if r.getMessage().startswith("exported ")]
     assert onnx_file.stat().st_mtime_ns == stamp and list(cache.glob("*.onnx")) == [onnx_file]
     assert sorted(p.name for p in cache.iterdir()) == sorted([onnx_file.name, "digests.json"])
     assert isinstance(second.model, OnnxClassifier) and second.model.path == onnx_file
     assert second.predict(_pixels(3)) == first.predict(_pixels(3))
     # Other weights are another version, hence another export next to the first.
-    load_detector(str(save_tiny_vit(tmp_path / "other", REAL_FAKE, seed=1)), runtime="onnx", onnx_cache=cache)
+    load_classifier(
+        str(save_tiny_vit(tmp_path / "other", REAL_FAKE, seed=1)), runtime="onnx", onnx_cache=cache
+    )
     assert len(list(cache.glob("*.onnx"))) == 2
 
 
@@ -77,8 +79,8 @@ def test_int8_onnx_quantises_and_agrees_with_fp32(tmp_path: Path) -> None:
     is taken at the fp32 median rather than at 0.5 (which would be trivially 1.0)."""
     cache = tmp_path / "c"
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=0))
-    fp32 = load_detector(path, runtime="onnx", onnx_cache=cache)
-    int8 = load_detector(path, int8=True, runtime="onnx", onnx_cache=cache)
+    fp32 = load_classifier(path, runtime="onnx", onnx_cache=cache)
+    int8 = load_classifier(path, int8=True, runtime="onnx", onnx_cache=cache)
     assert int8.int8 and int8.version == fp32.version + "+int8-onnx"
     assert isinstance(int8.model, OnnxClassifier) and int8.model.path.name.endswith(".int8.onnx")
     ops = _graph_ops(int8.model.path)
@@ -102,11 +104,11 @@ def _graph_ops(path: Path) -> set[str]:
 def test_cuda_with_onnx_is_refused_with_a_hint(tmp_path: Path) -> None:
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
     with pytest.raises(ModelLoadError) as info:
-        load_detector(path, device="cuda", runtime="onnx", onnx_cache=tmp_path / "c")
+        load_classifier(path, device="cuda", runtime="onnx", onnx_cache=tmp_path / "c")
     assert info.value.code == "MODEL_LOAD_FAILED"
     assert "onnx runtime is CPU only" in info.value.message and "DFSCAN_DEVICE=cpu" in info.value.message
     with pytest.raises(ModelLoadError, match="unknown runtime 'tensorrt'; use auto, torch or onnx"):
-        load_detector(path, runtime="tensorrt")
+        load_classifier(path, runtime="tensorrt")
     assert not (tmp_path / "c").exists()  # refused before anything was exported
 
 
@@ -114,8 +116,8 @@ def test_cuda_with_onnx_is_refused_with_a_hint(tmp_path: Path) -> None:
 def test_reversed_twin_gives_the_same_p_fake_under_onnx(tmp_path: Path, id2label: dict[int, str]) -> None:
     original = save_tiny_vit(tmp_path / "a", id2label, seed=3, head_scale=20.0)
     twin = save_reversed_twin(original, tmp_path / "b")
-    a = load_detector(str(original), runtime="onnx", onnx_cache=tmp_path / "c")
-    b = load_detector(str(twin), runtime="onnx", onnx_cache=tmp_path / "c")
+    a = load_classifier(str(original), runtime="onnx", onnx_cache=tmp_path / "c")
+    b = load_classifier(str(twin), runtime="onnx", onnx_cache=tmp_path / "c")
     assert a.fake_index != b.fake_index
     x = _pixels(8)
     scores_a, scores_b = a.predict(x), b.predict(x)
@@ -125,13 +127,13 @@ def test_reversed_twin_gives_the_same_p_fake_under_onnx(tmp_path: Path, id2label
 
 def test_auto_is_onnx_on_cpu_in_fp32_and_torch_with_int8(tmp_path: Path) -> None:
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0))
-    reference = load_detector(path, device="cpu", runtime="torch", onnx_cache=tmp_path / "c")
-    auto = load_detector(path, device="auto", runtime="auto", onnx_cache=tmp_path / "c")
+    reference = load_classifier(path, device="cpu", runtime="torch", onnx_cache=tmp_path / "c")
+    auto = load_classifier(path, device="auto", runtime="auto", onnx_cache=tmp_path / "c")
     assert isinstance(auto.model, OnnxClassifier) and auto.device == torch.device("cpu")
     assert auto.version == reference.version
     x = _pixels(6)
     assert auto.predict(x) == pytest.approx(reference.predict(x), abs=1e-5)
-    int8 = load_detector(path, runtime="auto", int8=True, onnx_cache=tmp_path / "c")
+    int8 = load_classifier(path, runtime="auto", int8=True, onnx_cache=tmp_path / "c")
     assert not isinstance(int8.model, OnnxClassifier) and int8.version == reference.version + "+int8"
 
 
@@ -142,14 +144,14 @@ def test_a_warm_onnx_start_neither_loads_the_torch_weights_nor_rehashes_them(
 
     path = save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=3, head_scale=20.0)
     cache = tmp_path / "c"
-    first = load_detector(str(path), runtime="auto", onnx_cache=cache)
+    first = load_classifier(str(path), runtime="auto", onnx_cache=cache)
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a warm start must not do this")
 
     monkeypatch.setattr(model_module, "_load_torch", forbidden)
     monkeypatch.setattr(model_module, "checkpoint_digest", forbidden)
-    warm = load_detector(str(path), runtime="auto", onnx_cache=cache)
+    warm = load_classifier(str(path), runtime="auto", onnx_cache=cache)
     assert isinstance(warm.model, OnnxClassifier) and warm.version == first.version
     assert warm.id2label == first.id2label and warm.preprocess == first.preprocess
     assert (warm.fake_index, warm.real_index) == (first.fake_index, first.real_index)
@@ -159,19 +161,19 @@ def test_a_warm_onnx_start_neither_loads_the_torch_weights_nor_rehashes_them(
 def test_the_digest_cache_misses_when_the_weights_change(tmp_path: Path) -> None:
     cache = tmp_path / "c"
     path = save_tiny_vit(tmp_path / "m", REAL_FAKE, seed=0)
-    first = load_detector(str(path), onnx_cache=cache)
+    first = load_classifier(str(path), onnx_cache=cache)
     # Other weights written in place under the same name: size and mtime may even match; ctime does not.
     save_tiny_vit(tmp_path / "other", REAL_FAKE, seed=1)
     for name in ("model.safetensors", "config.json"):
         (path / name).write_bytes((tmp_path / "other" / name).read_bytes())
-    changed = load_detector(str(path), onnx_cache=cache)
+    changed = load_classifier(str(path), onnx_cache=cache)
     assert changed.version != first.version
-    assert changed.version == load_detector(
+    assert changed.version == load_classifier(
         str(tmp_path / "other"), onnx_cache=tmp_path / "fresh"
     ).version.replace("other@", "m@")
     # A torn or foreign cache file is ignored, then replaced.
     (cache / "digests.json").write_text("{not json")
-    assert load_detector(str(path), onnx_cache=cache).version == changed.version
+    assert load_classifier(str(path), onnx_cache=cache).version == changed.version
     assert json.loads((cache / "digests.json").read_text())[str(path.resolve())]["sha256"]
 
 
@@ -186,10 +188,10 @@ def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_does_not(
     monkeypatch.setattr(onnx_runtime, "_export", broken)
     path = str(save_tiny_vit(tmp_path / "m", REAL_FAKE))
     with caplog.at_level(logging.WARNING, logger="worker.inference.model.classifier"):
-        detector = load_detector(path, runtime="auto", onnx_cache=tmp_path / "c")
+        detector = load_classifier(path, runtime="auto", onnx_cache=tmp_path / "c")
     assert not isinstance(detector.model, OnnxClassifier) and len(detector.predict(_pixels(2))) == 2
     assert any(
         "unsupported op" in r.getMessage() and "torch instead" in r.getMessage() for r in caplog.records
     )
     with pytest.raises(ModelLoadError, match="unsupported op"):
-        load_detector(path, runtime="onnx", onnx_cache=tmp_path / "c")
+        load_classifier(path, runtime="onnx", onnx_cache=tmp_path / "c")

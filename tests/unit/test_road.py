@@ -338,7 +338,9 @@ def test_the_full_size_image_counts_against_decode_memory_while_its_faces_are_fo
     finally:
         judge.close()
     assert verdict.done and verdict.judged_on == FACES
-    assert finder.held_while_detecting == [800 * 600 * 4]  # held while the detector looked
+    assert finder.held_while_detecting == [
+        800 * 600 * 4 + 600 * 8
+    ]  # pixels and row pointers, held while the detector looked
     assert _budget(images.decode_memory).used == 0  # and released once the crops were made
 
 

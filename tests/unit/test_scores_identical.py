@@ -19,7 +19,7 @@ from tests.fixtures.videos import make_clip
 from worker.inference.faces.crops import FacePolicy, load_face_detector, select_faces, square_crop
 from worker.inference.images.decode import ImagePolicy, decode_image
 from worker.inference.judge import Judge
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.model.preprocess import load_pixels, to_tensor
 from worker.inference.sources.read import SourcePolicy
 from worker.inference.video.aggregate import aggregate_frames
@@ -33,9 +33,9 @@ VIDEOS = VideoPolicy(frames=8)
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     path = save_tiny_vit(tmp_path_factory.mktemp("model") / "m", DEEPFAKE_REAL, seed=5, head_scale=30.0)
-    return load_detector(str(path))
+    return load_classifier(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def mtcnn():  # type: ignore[no-untyped-def]
     return load_face_detector("mtcnn", "cpu")
 
 
-def _judge(detector: Detector, face_detector, mode: str | None) -> Judge:  # type: ignore[no-untyped-def]
+def _judge(detector: Classifier, face_detector, mode: str | None) -> Judge:  # type: ignore[no-untyped-def]
     faces = None
     if mode is not None:
         faces = FacePolicy(mode, face_detector, margin=MARGIN, max_faces=MAX_FACES, min_face_px=MIN_FACE_PX)
@@ -58,12 +58,12 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _predict(detector: Detector, images: list[Image.Image]) -> list[float]:
+def _predict(detector: Classifier, images: list[Image.Image]) -> list[float]:
     """One forward pass per input (no batch neighbours), as a reference free of batching."""
     return [detector.predict(to_tensor(image, detector.preprocess).unsqueeze(0))[0] for image in images]
 
 
-def _reference_frame(detector: Detector, mtcnn, image: Image.Image, mode: str | None):  # type: ignore[no-untyped-def]
+def _reference_frame(detector: Classifier, mtcnn, image: Image.Image, mode: str | None):  # type: ignore[no-untyped-def]
     """(score or None, [(box, detector score, p(fake))]) of one frame, the pre-refactor way."""
     if mode is None:
         return _predict(detector, [image])[0], []
@@ -74,7 +74,7 @@ def _reference_frame(detector: Detector, mtcnn, image: Image.Image, mode: str | 
     return max(scores), [(face.box, face.score, p) for face, p in zip(chosen, scores, strict=True)]
 
 
-def test_a_whole_image_scores_as_before(detector: Detector) -> None:
+def test_a_whole_image_scores_as_before(detector: Classifier) -> None:
     data = _png(face_scene(90, seed=4, size=(320, 240)).image)
     judge = _judge(detector, None, None)
     try:
@@ -88,7 +88,7 @@ def test_a_whole_image_scores_as_before(detector: Detector) -> None:
 
 
 @pytest.mark.parametrize("mode", ["auto", "require"])
-def test_an_image_on_faces_scores_as_before(detector: Detector, mtcnn, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_image_on_faces_scores_as_before(detector: Classifier, mtcnn, mode: str) -> None:  # type: ignore[no-untyped-def]
     data = _png(face_scene([120, 100], seed=11, size=(640, 480)).image)
     judge = _judge(detector, mtcnn, mode)
     try:
@@ -104,7 +104,7 @@ def test_an_image_on_faces_scores_as_before(detector: Detector, mtcnn, mode: str
     assert [f.fake_score for f in verdict.faces] == pytest.approx([p for _, _, p in faces], abs=TOL)
 
 
-def test_an_image_without_a_face_in_auto_scores_whole_as_before(detector: Detector, mtcnn) -> None:  # type: ignore[no-untyped-def]
+def test_an_image_without_a_face_in_auto_scores_whole_as_before(detector: Classifier, mtcnn) -> None:  # type: ignore[no-untyped-def]
     data = _png(Image.new("RGB", (200, 150), (40, 120, 200)))
     judge = _judge(detector, mtcnn, "auto")
     try:
@@ -117,7 +117,7 @@ def test_an_image_without_a_face_in_auto_scores_whole_as_before(detector: Detect
     )
 
 
-def _reference_video(detector: Detector, mtcnn, data: bytes, mode: str | None):  # type: ignore[no-untyped-def]
+def _reference_video(detector: Classifier, mtcnn, data: bytes, mode: str | None):  # type: ignore[no-untyped-def]
     frames = []
     for sampled in sample_frames(data, VIDEOS):
         score, faces = _reference_frame(detector, mtcnn, sampled.image, mode)
@@ -138,7 +138,7 @@ def _assert_video(verdict, frames, total, *, on_faces: bool) -> None:  # type: i
     assert verdict.peak_t == total.peak_t
 
 
-def test_a_whole_video_scores_as_before(detector: Detector) -> None:
+def test_a_whole_video_scores_as_before(detector: Classifier) -> None:
     data = make_clip(width=64, height=48, fps=10, seconds=2.0, gop=10, fake_spans=((0.5, 1.0),))
     judge = _judge(detector, None, None)
     try:
@@ -151,7 +151,7 @@ def test_a_whole_video_scores_as_before(detector: Detector) -> None:
 
 
 @pytest.mark.parametrize("mode", ["auto", "require"])
-def test_a_video_on_faces_scores_as_before(detector: Detector, mtcnn, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_video_on_faces_scores_as_before(detector: Classifier, mtcnn, mode: str) -> None:  # type: ignore[no-untyped-def]
     data, _ = face_clip([True, True, False, True, False, True, True, True], fps=4)
     judge = _judge(detector, mtcnn, mode)
     try:

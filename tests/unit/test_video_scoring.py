@@ -19,7 +19,7 @@ from tests.fixtures.videos import make_clip
 from worker.inference.budget import Budget, Limits
 from worker.inference.faces.crops import Face, FacePolicy, square_crop
 from worker.inference.model.batcher import DynamicBatcher
-from worker.inference.model.classifier import load_detector
+from worker.inference.model.classifier import load_classifier
 from worker.inference.model.preprocess import PreprocessConfig, to_tensor
 from worker.inference.regions import ClipFrame, ClipScore, scale_box, score_clip
 from worker.inference.video.aggregate import aggregate_frames
@@ -124,7 +124,7 @@ def test_a_fake_stretch_is_flagged_and_one_noisy_frame_is_not_through_the_batche
 
 
 def test_scores_match_the_detector_on_the_same_frames(checkpoint: Path, cfg: PreprocessConfig) -> None:
-    detector = load_detector(str(checkpoint), device="cpu")
+    detector = load_classifier(str(checkpoint), device="cpu")
     data = make_clip(width=48, height=40, fps=10, seconds=4.0, gop=10, fake_spans=((1.0, 2.0),))
     batcher = DynamicBatcher(detector.predict, max_batch=4, max_wait=0.005)
     try:

@@ -1,5 +1,5 @@
 """Build the core's objects from settings: `dfscan scan`, the worker and `dfscan evaluate` all load their
-detector with :func:`new_detector` and their Judge with :func:`new_judge`, so the three judge every source
+detector with :func:`new_classifier` and their Judge with :func:`new_judge`, so the three judge every source
 under the same policies (sources, decode caps and memory, video sampling, faces, the per-job budget)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dfscan.settings import Settings
 from worker.inference.faces.crops import FacePolicy, load_face_detector
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, Known
-from worker.inference.model.classifier import Detector, load_detector
+from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.sources.read import SourcePolicy
 from worker.inference.video.decode import VideoPolicy
 
@@ -65,9 +65,11 @@ def default_threads(settings: Settings) -> int:
     return settings.threads or max(1, os.cpu_count() or 1)
 
 
-def new_detector(settings: Settings, *, model: str | None = None, revision: str | None = None) -> Detector:
+def new_classifier(
+    settings: Settings, *, model: str | None = None, revision: str | None = None
+) -> Classifier:
     """Load ``model`` (default ``DFSCAN_MODEL`` at ``DFSCAN_MODEL_REVISION``) as the settings say."""
-    return load_detector(
+    return load_classifier(
         model or settings.model,
         revision=revision if model else settings.model_revision,
         device=settings.device,
@@ -80,7 +82,7 @@ def new_detector(settings: Settings, *, model: str | None = None, revision: str 
 
 def new_judge(
     settings: Settings,
-    detector: Detector,
+    detector: Classifier,
     *,
     threshold: float | None = None,
     batch_size: int | None = None,
@@ -106,7 +108,7 @@ def new_judge(
 
 
 def face_policy(
-    settings: Settings, detector: Detector, *, trained_on: dict[str, Any] | None = None
+    settings: Settings, detector: Classifier, *, trained_on: dict[str, Any] | None = None
 ) -> FacePolicy | None:
     """The face policy of ``DFSCAN_FACES`` (None when off), its detector loaded on the model's device.
 

@@ -92,7 +92,7 @@ from worker.inference.images.decode import (
     sniff_format,
 )
 from worker.inference.model.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
-from worker.inference.model.classifier import Detector
+from worker.inference.model.classifier import Classifier
 from worker.inference.model.preprocess import load_pixels
 from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
 from worker.inference.sources.media import video_container
@@ -112,11 +112,11 @@ _MEMO_SIZE = 4096
 
 
 class Judge:
-    """A detector, the batcher that feeds it, and the policies every source is judged under."""
+    """A classifier, the batcher that feeds it, and the policies every source is judged under."""
 
     def __init__(
         self,
-        detector: Detector,
+        classifier: Classifier,
         *,
         sources: SourcePolicy,
         images: ImagePolicy,
@@ -131,7 +131,7 @@ class Judge:
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
-        self.detector = detector
+        self.classifier = classifier
         self.sources = sources
         self.images = images
         self.videos = videos or VideoPolicy()
@@ -145,9 +145,9 @@ class Judge:
         # On a CPU every input costs its full forward pass: a video's frames never share an image's
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
         # GPU a few more inputs per batch are nearly free: frames fill images' batches and batch freely).
-        mix = detector.device.type != "cpu"
+        mix = classifier.device.type != "cpu"
         self.batcher = DynamicBatcher(
-            detector.predict,
+            classifier.predict,
             max_batch=batch_size,
             max_wait=batch_wait,
             on_batch=on_batch,
@@ -171,11 +171,11 @@ class Judge:
 
     @property
     def version(self) -> str:
-        """The model version verdicts record (and the duplicate cache is keyed on): the detector's,
+        """The model version verdicts record (and the duplicate cache is keyed on): the classifier's,
         plus ``+faces:...`` naming the face detector and its settings when faces are on."""
         if self.faces is None:
-            return self.detector.version
-        return f"{self.detector.version}+{self.faces.version}"
+            return self.classifier.version
+        return f"{self.classifier.version}+{self.faces.version}"
 
     @property
     def video_version(self) -> str:
@@ -255,7 +255,7 @@ class Judge:
             if self.faces is None and observe is None:
                 # Decode, reduce and preprocess inside the decode memory budget (and, with
                 # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
-                pixels, (width, height) = load_pixels(data, self.detector.preprocess, self.images)
+                pixels, (width, height) = load_pixels(data, self.classifier.preprocess, self.images)
                 frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
             else:  # full size: faces are cropped from the original pixels (no JPEG draft)
                 image, (width, height) = self._decode_held(data, budget, kept)
@@ -345,7 +345,7 @@ class Judge:
         try:
             scored = score_clip(
                 frames,
-                self.detector.preprocess,
+                self.classifier.preprocess,
                 lambda region: self._score(region.key, region.pixels, priority),
                 budget,
                 faces=self.faces,
@@ -432,7 +432,7 @@ class Judge:
             budget.enter("video decode")
             scored = score_clip(
                 frames(),
-                self.detector.preprocess,
+                self.classifier.preprocess,
                 # behind images: a video never starves the images queued after it
                 lambda region: self._score(region.key, region.pixels, BACKGROUND),
                 budget,

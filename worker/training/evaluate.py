@@ -1,6 +1,6 @@
 """Score labelled images with a deployed checkpoint, exactly as serving does, and compute its metrics.
 
-Backs ``dfscan evaluate --model M --data D``: ``M`` is any checkpoint ``load_detector`` accepts (a local
+Backs ``dfscan evaluate --model M --data D``: ``M`` is any checkpoint ``load_classifier`` accepts (a local
 ``save_pretrained`` folder or a public hub id), ``D`` any layout ``worker.training.data`` reads. The
 detector and the Judge are built by :mod:`worker.inference.factory` from the settings (``DFSCAN_*``: the
 runtime, decode caps and memory, JPEG draft, batch wait), so images go through the serving road
@@ -24,7 +24,7 @@ from dfscan.exceptions import InferenceError, SourceNotFoundError, TrainingDataE
 from dfscan.settings import Settings
 from dfscan.verdicts import NOT_APPLICABLE, Verdict
 from worker.inference.faces.crops import FacePolicy, load_face_detector
-from worker.inference.factory import default_threads, new_detector, new_judge
+from worker.inference.factory import default_threads, new_classifier, new_judge
 from worker.training.data import Example
 from worker.training.faces import FaceCropConfig
 from worker.training.metrics import evaluate_scores
@@ -80,7 +80,7 @@ def score_face_examples(
     settings = settings or Settings()
     if device != "auto":
         settings = settings.model_copy(update={"device": device})
-    detector = new_detector(settings, model=ref, revision=revision)
+    detector = new_classifier(settings, model=ref, revision=revision)
     face_policy = None
     if faces is not None:  # judged on faces as serving does under DFSCAN_FACES=require
         face_policy = FacePolicy(

@@ -48,8 +48,8 @@ _HUB_HINT = (
 
 
 @dataclass
-class Detector:
-    """A loaded classifier, ready to score batches. Build it with :func:`load_detector`."""
+class Classifier:
+    """A loaded classifier, ready to score batches. Build it with :func:`load_classifier`."""
 
     version: str
     source: str
@@ -150,7 +150,7 @@ RUNTIMES = ("auto", "torch", "onnx")
 DIGESTS_FILE = "digests.json"
 
 
-def load_detector(
+def load_classifier(
     ref: str,
     *,
     revision: str | None = None,
@@ -159,7 +159,7 @@ def load_detector(
     threads: int | None = None,
     runtime: str = "torch",
     onnx_cache: Path | None = None,
-) -> Detector:
+) -> Classifier:
     """Load the checkpoint ``ref`` (hub id or local directory) onto ``device``.
 
     ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``. ``threads`` sets
@@ -246,7 +246,7 @@ def load_detector(
         torch.get_num_threads(),
         extra={"model_version": version},
     )
-    return Detector(
+    return Classifier(
         version=version,
         source=ref,
         device=target,

@@ -1,12 +1,12 @@
 """Run a loaded classifier with ONNX Runtime on CPU instead of torch (``DFSCAN_RUNTIME=onnx``).
 
-The fp32 model that :func:`worker.inference.model.classifier.load_detector` loaded is exported to ONNX once per
+The fp32 model that :func:`worker.inference.model.classifier.load_classifier` loaded is exported to ONNX once per
 model version (torch's TorchScript exporter, a dynamic batch axis) into a cache directory, then run by
 an ``onnxruntime.InferenceSession`` with its graph optimisations on. Exports are written to a temporary
 file and renamed into place, so worker processes that start together never read a half-written file.
 
-:class:`OnnxClassifier` is a drop-in for the torch model inside a ``Detector``: called with
-``pixel_values=`` it returns an object with ``.logits``, so ``Detector.predict`` (its input checks,
+:class:`OnnxClassifier` is a drop-in for the torch model inside a ``Classifier``: called with
+``pixel_values=`` it returns an object with ``.logits``, so ``Classifier.predict`` (its input checks,
 the softmax over the fake and real columns, the output invariants) is the same code for both runtimes.
 fp32 ONNX computes the same logits as torch (within 1e-5), which is why the model version does not
 change. ``int8`` quantises the exported graph with ONNX Runtime's dynamic quantisation (int8 weights,
