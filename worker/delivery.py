@@ -1,9 +1,9 @@
 """Deliver webhook events from the outbox (``webhook_deliveries``): sign, POST, record, retry.
 
-A callback URL is untrusted input, handled like an image URL (``dfscan/urlguard.py``,
-``sources.py``): http(s) only; the host is resolved once and every address must be public or in
-``DFSCAN_WEBHOOK_ALLOWLIST``; the connection goes to that very address (no DNS rebinding); no
-redirects are followed; one timeout bounds the whole POST; at most
+A callback URL is untrusted input, handled like an image URL and by the same client
+(``dfscan/urlguard.py``, ``dfscan/pinned_http.py``): http(s) only; the host is resolved once and
+every address must be public or in ``DFSCAN_WEBHOOK_ALLOWLIST``; the connection goes to that very
+address (no DNS rebinding); no redirects are followed; one timeout bounds the whole POST; at most
 ``DFSCAN_WEBHOOK_MAX_RESPONSE_BYTES`` of the answer are read. A refused URL
 (``BLOCKED_DESTINATION``, ``UNSUPPORTED_SOURCE``) fails its delivery at once; anything else (no
 answer, a non-2xx status) is tried again with exponential backoff up to ``DFSCAN_WEBHOOK_MAX_ATTEMPTS``.
@@ -51,10 +51,10 @@ from dfscan.exceptions import (
     HttpStatusError,
     UnsupportedSourceError,
 )
+from dfscan.pinned_http import open_target, pinned_connection, start_clock
 from dfscan.settings import FIXED, Settings
 from dfscan.urlguard import IPAddress, SourcePolicy, Target, parse_url
 from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
-from worker.inference.sources.read import open_target, pinned_connection, start_clock
 
 log = logging.getLogger(__name__)
 

@@ -81,6 +81,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.broker",
         "dfscan.webhooks",
         "dfscan.urlguard",
+        "dfscan.pinned_http",
         "dfscan.ids",
     ),
     "db": ("db",),

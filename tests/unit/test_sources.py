@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dfscan import pinned_http
 from dfscan.exceptions import (
     BlockedDestinationError,
     DfscanError,
@@ -244,12 +245,12 @@ def test_dns_rebinding_to_loopback_never_reaches_it(
     asked = fake_dns(monkeypatch, {"rebind.test": [["93.184.215.14"], ["127.0.0.1"]]})
     dialed: list[tuple[str, int]] = []
 
-    class RecordingConnection(sources.HTTPConnection):
+    class RecordingConnection(pinned_http.HTTPConnection):
         def connect(self) -> None:  # nothing leaves the machine: record the address and refuse
             dialed.append((self.host, self.port))
             raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr(sources, "HTTPConnection", RecordingConnection)
+    monkeypatch.setattr(pinned_http, "HTTPConnection", RecordingConnection)
     error = refused(FetchError, f"http://rebind.test:{server.port}/ok.jpg", SourcePolicy())
     assert dialed == [("93.184.215.14", server.port)]
     assert asked == ["rebind.test"]

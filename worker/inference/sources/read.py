@@ -3,7 +3,8 @@
 URLs: every hop is checked (``urlguard``), the host is resolved once and every address it resolves
 to must be public (or allow-listed); the connection then goes to that very checked address, with
 the original name in ``Host:`` and, for https, in SNI and the certificate check, so DNS rebinding
-cannot swap the address between check and connect. Redirects are followed by hand, each re-checked.
+cannot swap the address between check and connect (the client is :mod:`dfscan.pinned_http`, shared
+with webhook delivery). Redirects are followed by hand, each re-checked.
 A watchdog shuts the socket down at the total deadline, so slow DNS, a trickled header or a
 trickled body all end as FETCH_TIMEOUT. Bodies are streamed under a byte cap; a declared
 Content-Length over the cap is refused before the body is read. Content-Encoding is refused
@@ -28,29 +29,18 @@ with ``fstat`` on the open descriptor: only regular files are read, at most ``ma
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import ipaddress
 import logging
 import os
-import socket
-import ssl
 import stat
 import threading
-import time
-from collections.abc import Iterator
-from http.client import HTTPException, IncompleteRead
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import urllib3
-import urllib3.util.ssl_match_hostname
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from dfscan.exceptions import (
     DfscanError,
     FetchError,
-    FetchTimeoutError,
-    HostNotFoundError,
     HttpStatusError,
     PathNotAllowedError,
     SourceNotFoundError,
@@ -58,16 +48,8 @@ from dfscan.exceptions import (
     TooManyRedirectsError,
     UnsupportedSourceError,
 )
-from dfscan.urlguard import (
-    IPAddress,
-    SourcePolicy,
-    Target,
-    check_address,
-    check_url,
-    host_allowed,
-    is_url,
-    parse_url,
-)
+from dfscan.pinned_http import Clock, pinned_connection, resolve, start_clock
+from dfscan.urlguard import IPAddress, SourcePolicy, Target, check_url, is_url, parse_url
 from dfscan.verdicts import UNKNOWN
 from worker.inference.sources.media import SNIFF_BYTES, media_kind, video_container
 
@@ -78,9 +60,6 @@ log = logging.getLogger(__name__)
 _CHUNK = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
-_DNS_NOT_FOUND = {
-    getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY") if hasattr(socket, n)
-}
 
 
 def read_source(source: str, policy: SourcePolicy) -> bytes:
@@ -120,30 +99,12 @@ class _Seen:
 # --- URLs ----------------------------------------------------------------------------------------
 
 
-class _Clock:
-    """The total deadline of one fetch."""
-
-    def __init__(self, seconds: float, display: str) -> None:
-        self.end = time.monotonic() + seconds
-        self.seconds = seconds
-        self.display = display
-
-    def remaining(self) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise self.expired()
-        return left
-
-    def expired(self) -> FetchTimeoutError:
-        return FetchTimeoutError(f"gave up on {self.display}: no complete answer within {self.seconds:g}s")
-
-
 def _fetch(url: str, policy: SourcePolicy, seen: _Seen) -> bytes:
     target = parse_url(url, policy)
-    clock = _Clock(policy.deadline, target.display)
+    clock = start_clock(target, policy)
     hops = 0
     while True:
-        ip = _resolve(target, policy, clock)
+        ip = resolve(target, policy, clock)
         answer = _fetch_once(target, ip, policy, clock, seen)
         if isinstance(answer, bytes):
             return answer
@@ -166,105 +127,8 @@ def _follow(target: Target, location: str, policy: SourcePolicy) -> Target:
         raise type(exc)(f"{target.display} redirected to a refused URL: {exc.message}") from None
 
 
-def _resolve(target: Target, policy: SourcePolicy, clock: _Clock) -> IPAddress:
-    """The one address to connect to, after checking every address the host resolves to."""
-    if target.ip is not None:
-        return target.ip  # a literal, checked by parse_url
-    infos = _getaddrinfo(target, clock)
-    addresses: list[IPAddress] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise HostNotFoundError(f"host of {target.display} has no addresses")
-    if not host_allowed(target.host, policy):
-        for address in addresses:
-            check_address(address, target, policy)
-    return addresses[0]
-
-
-def _getaddrinfo(target: Target, clock: _Clock) -> list[tuple]:  # type: ignore[type-arg]
-    """One DNS lookup, bounded by the deadline (the lookup thread is abandoned if it is late)."""
-    result: list[object] = []
-
-    def lookup() -> None:
-        try:
-            result.append(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
-        except Exception as exc:  # handed to the caller below
-            result.append(exc)
-
-    worker = threading.Thread(target=lookup, name="dfscan-dns", daemon=True)
-    worker.start()
-    worker.join(clock.remaining())
-    if not result:
-        raise clock.expired()
-    outcome = result[0]
-    if isinstance(outcome, socket.gaierror):
-        if outcome.errno in _DNS_NOT_FOUND:
-            raise HostNotFoundError(f"host of {target.display} does not resolve ({outcome.strerror})")
-        raise FetchError(f"DNS lookup for {target.display} failed ({outcome.strerror})")
-    if isinstance(outcome, BaseException):
-        raise FetchError(f"DNS lookup for {target.display} failed ({type(outcome).__name__})")
-    return outcome  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def pinned_connection(
-    target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock
-) -> Iterator[tuple[HTTPConnection, threading.Event]]:
-    """An open HTTP(S) connection to ``ip``, the very address the SSRF guard checked (``target``'s
-    name goes in ``Host:`` and TLS SNI), with connect and read timeouts and a watchdog that cuts it
-    at ``clock``'s deadline (the event is set when it did). Network errors inside the block become
-    stable dfscan errors (FETCH_TIMEOUT, FETCH_FAILED, ...). Shared by image fetches and webhooks."""
-    conn: HTTPConnection
-    timeout = min(policy.connect_timeout, clock.remaining())
-    if target.scheme == "https":
-        named = target.ip is None
-        conn = HTTPSConnection(
-            str(ip),
-            target.port,
-            timeout=timeout,
-            cert_reqs="CERT_REQUIRED",
-            server_hostname=target.host if named else None,
-            assert_hostname=target.host if named else None,
-        )
-    else:
-        conn = HTTPConnection(str(ip), target.port, timeout=timeout)
-    fired = threading.Event()
-    watchdog = threading.Timer(clock.remaining(), _cut, args=(conn, fired))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        conn.connect()
-        conn.timeout = min(policy.read_timeout, clock.remaining())
-        yield conn, fired
-    except DfscanError:
-        raise
-    except Exception as exc:
-        if fired.is_set():
-            raise clock.expired() from None
-        raise _network_error(target, ip, exc) from None
-    finally:
-        watchdog.cancel()
-        conn.close()
-
-
-def open_target(url: str, policy: SourcePolicy) -> tuple[Target, IPAddress, _Clock]:
-    """Check ``url`` with the SSRF guard and resolve it once: the target, the checked address to
-    connect to (with :func:`pinned_connection`), and the clock of its total deadline."""
-    target = parse_url(url, policy)
-    clock = start_clock(target, policy)
-    return target, _resolve(target, policy, clock), clock
-
-
-def start_clock(target: Target, policy: SourcePolicy) -> _Clock:
-    """A fresh total deadline (``policy.deadline``) for one more request to an opened target."""
-    return _Clock(policy.deadline, target.display)
-
-
 def _fetch_once(
-    target: Target, ip: IPAddress, policy: SourcePolicy, clock: _Clock, seen: _Seen
+    target: Target, ip: IPAddress, policy: SourcePolicy, clock: Clock, seen: _Seen
 ) -> bytes | str:
     """GET ``target`` from ``ip``: the body, or the Location of a redirect."""
     log.debug("fetching %s from %s", target.display, ip)
@@ -291,7 +155,7 @@ def _handle(
     response: urllib3.HTTPResponse,
     policy: SourcePolicy,
     fired: threading.Event,
-    clock: _Clock,
+    clock: Clock,
     seen: _Seen,
 ) -> bytes | str:
     status = response.status
@@ -361,58 +225,6 @@ def _location(header: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return "".join(chr(byte) if byte < 0x80 else f"%{byte:02X}" for byte in raw)
-
-
-def _cut(conn: HTTPConnection, fired: threading.Event) -> None:
-    """Watchdog: at the deadline, shut the socket down so any blocked connect or read returns."""
-    fired.set()
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _network_error(target: Target, ip: IPAddress, exc: Exception) -> DfscanError:
-    where = f"{target.display}" + ("" if target.ip is not None else f" ({ip})")
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return FetchError(f"could not connect to {where}: {_reason(exc)}")
-    if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
-        return FetchTimeoutError(f"timed out talking to {where}")
-    incomplete = _find_cause(exc, IncompleteRead)
-    if isinstance(incomplete, IncompleteRead):
-        got = len(incomplete.partial) if isinstance(incomplete.partial, bytes) else incomplete.partial
-        return FetchError(
-            f"{where} closed the connection early: body ended after {got} bytes, short of its length"
-        )
-    tls = _find_cause(
-        exc, (ssl.SSLError, ssl.CertificateError, urllib3.util.ssl_match_hostname.CertificateError)
-    )
-    if tls is not None:
-        return FetchError(f"TLS with {where} failed: {str(tls)[:200]}")
-    if isinstance(exc, HTTPException | urllib3.exceptions.HTTPError) and _find_cause(exc, OSError) is None:
-        return FetchError(f"bad HTTP answer from {where}: {type(exc).__name__}")
-    return FetchError(f"fetching {where} failed: {_reason(exc)}")
-
-
-def _find_cause(
-    exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
-) -> BaseException | None:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, kind):
-            return exc
-        nested = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
-        exc = exc.__cause__ or exc.__context__ or (nested[0] if nested else None)
-        seen += 1
-    return None
-
-
-def _reason(exc: BaseException) -> str:
-    error = _find_cause(exc, OSError)
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    text = str(error or exc)[:120]
-    return text.lower() if text else type(exc).__name__
 
 
 # --- paths ---------------------------------------------------------------------------------------
