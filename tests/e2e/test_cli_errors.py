@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -15,23 +14,11 @@ import pytest
 from db import jobs
 from db.migrate import upgrade
 from db.session import new_engine, new_session_factory
+from tests.e2e.test_scan_cli import dfscan
 from tests.fixtures.corpus import make_corpus
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 
 UNKNOWN = str(uuid.UUID(int=0x5EED))
-
-
-def dfscan(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DFSCAN_")}
-    base.update({"HF_HUB_OFFLINE": "1", "DFSCAN_THREADS": "1", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "dfscan.cli.main", *args],
-        cwd=cwd,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
