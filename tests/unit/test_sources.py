@@ -165,6 +165,24 @@ def test_bodies_without_a_length_are_capped(server: LocalHttpServer, path: str) 
     assert error.message.endswith("more than the 1048576-byte limit (limit: bytes)")
 
 
+def test_a_body_is_sniffed_once_however_many_chunks_it_comes_in(
+    server: LocalHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A body that looks like neither an image nor a video (media None) was sniffed again at every chunk,
+    # joining all chunks so far each time: reading 20 MB took seconds and ran out a fetch deadline.
+    calls: list[int] = []
+    real = sources.media_kind
+
+    def counting(head: bytes) -> str | None:
+        calls.append(len(head))
+        return real(head)
+
+    monkeypatch.setattr(sources, "media_kind", counting)
+    policy = SourcePolicy(url_allowlist=("127.0.0.1",), max_bytes=4 * 1024 * 1024, deadline=60.0)
+    refused(TooLargeError, server.url("/nolength"), policy)  # 64 KiB chunks of b"x"
+    assert calls == [16]
+
+
 def test_a_declared_length_over_the_cap_is_refused_before_the_body(server: LocalHttpServer) -> None:
     # TOO_LARGE, not FETCH_TIMEOUT: the trickled body (1 byte per 0.2 s) was never waited for.
     error = refused(TooLargeError, server.url("/big"), LOCAL)

@@ -88,12 +88,15 @@ def failed_media(exc: BaseException) -> str:
 
 
 class _Seen:
-    """The kind of body a read learnt from its first bytes (None until 16 of them arrived)."""
+    """The kind of body a read learnt from its first bytes (None until 16 of them arrived, or when
+    they look like neither an image nor a video). Sniffed once: a body is read in many chunks."""
 
     media: str | None = None
+    sniffed: bool = False
 
     def sniff(self, head: bytes) -> None:
         self.media = media_kind(head)
+        self.sniffed = True
 
 
 # --- URLs ----------------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def _handle(
             return b"".join(chunks)
         total += len(data)
         chunks.append(data)
-        if seen.media is None and total >= SNIFF_BYTES:
+        if not seen.sniffed and total >= SNIFF_BYTES:
             seen.sniff(b"".join(chunks)[:SNIFF_BYTES])
         if not cap.decided and total >= SNIFF_BYTES:
             cap.decide(b"".join(chunks)[:SNIFF_BYTES])
