@@ -101,7 +101,7 @@ def test_the_worker_extra_alone_migrates_and_scans_a_face_photo_and_a_video_with
     assert {"dfscan", "torch", "transformers", "av", "onnxruntime"} <= have
     assert not have & NOT_FOR_THE_WORKER, have & NOT_FOR_THE_WORKER
     weights = run(
-        [bin_dir / "python", "-c", "from worker.inference import face_mtcnn as m; print(m._weights_dir())"],
+        [bin_dir / "python", "-c", "from worker.inference.faces import mtcnn as m; print(m._weights_dir())"],
         cwd=tmp_path,
     )
     assert weights.strip().endswith("site-packages/worker/inference/weights"), weights
