@@ -18,14 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import typer
 from PIL import Image
 
-from dfscan.cli.main import app
 from dfscan.settings import Settings
+from tests.fixtures.cli import resolve
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.service import Service
 from tests.fixtures.videos import make_clip
@@ -52,17 +50,6 @@ def dfscan_args(line: str) -> list[str] | None:
     if words and Path(words[0]).name == "dfscan":
         return words[1:]
     return None
-
-
-def resolve(args: list[str]) -> tuple[Any, list[str]]:
-    """The click command `dfscan ARGS` runs, and the arguments left for it."""
-    command: Any = typer.main.get_command(app)
-    rest = list(args)
-    while hasattr(command, "commands") and rest and not rest[0].startswith("-"):
-        sub = command.commands.get(rest[0])
-        assert sub is not None, f"`{rest[0]}` is not a dfscan command (has {sorted(command.commands)})"
-        command, rest = sub, rest[1:]
-    return command, rest
 
 
 def dfscan_shim(directory: Path) -> Path:

@@ -13,11 +13,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import typer.main
 import yaml
 
-from dfscan.cli.main import app
 from dfscan.settings import CURRENT
+from tests.fixtures.cli import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -44,20 +43,6 @@ def dfscan_services() -> dict[str, dict[str, Any]]:
 def command_of(name: str) -> list[str]:
     command = SERVICES[name]["command"]
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
-
-
-def resolve(args: list[str]) -> tuple[Any, list[str]]:
-    """The (click) command that `dfscan ARGS` runs, and the arguments left for it.
-
-    typer 0.29 vendors click (``typer._click``), so groups are recognised by their ``commands``.
-    """
-    command: Any = typer.main.get_command(app)
-    rest = list(args)
-    while hasattr(command, "commands") and rest and not rest[0].startswith("-"):
-        sub = command.commands.get(rest[0])
-        assert sub is not None, f"`{rest[0]}` is not a dfscan command (has {sorted(command.commands)})"
-        command, rest = sub, rest[1:]
-    return command, rest
 
 
 def workers(queue: str) -> dict[str, list[str]]:

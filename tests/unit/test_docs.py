@@ -6,12 +6,10 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 import pytest
-import typer
 
-from dfscan.cli.main import app
+from tests.fixtures.cli import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -39,16 +37,6 @@ def dfscan_invocations(line: str) -> list[list[str]]:
                 found.append(words[i + 1 :])
                 break
     return found
-
-
-def resolve(args: list[str]) -> tuple[Any, list[str]]:
-    command: Any = typer.main.get_command(app)
-    rest = list(args)
-    while hasattr(command, "commands") and rest and not rest[0].startswith("-"):
-        sub = command.commands.get(rest[0])
-        assert sub is not None, f"`{rest[0]}` is not a dfscan command (has {sorted(command.commands)})"
-        command, rest = sub, rest[1:]
-    return command, rest
 
 
 DFSCAN_LINES = [
