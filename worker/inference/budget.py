@@ -136,23 +136,20 @@ class Budget:
 
     def take_model_inputs(self, count: int, stage: str = "model") -> None:
         self.model_inputs += count
-        if self.model_inputs > self.limits.model_inputs:
-            raise BudgetExceededError(
-                f"the job's budget ran out in {stage}: {self.model_inputs} model inputs, over its limit "
-                f"of {self.limits.model_inputs}",
-                stage=stage,
-                limit=f"model_inputs={self.limits.model_inputs}",
-            )
-        self.check(stage)
+        self._count("model_inputs", "model inputs", self.model_inputs, stage)
 
     def take_detector_inputs(self, count: int, stage: str = "face detection") -> None:
         self.detector_inputs += count
-        if self.detector_inputs > self.limits.detector_inputs:
+        self._count("detector_inputs", "face-detector inputs", self.detector_inputs, stage)
+
+    def _count(self, name: str, what: str, used: int, stage: str) -> None:
+        """Fail when ``used`` inputs are over the limit called ``name``; then check the seconds."""
+        limit = getattr(self.limits, name)
+        if used > limit:
             raise BudgetExceededError(
-                f"the job's budget ran out in {stage}: {self.detector_inputs} face-detector inputs, over "
-                f"its limit of {self.limits.detector_inputs}",
+                f"the job's budget ran out in {stage}: {used} {what}, over its limit of {limit}",
                 stage=stage,
-                limit=f"detector_inputs={self.limits.detector_inputs}",
+                limit=f"{name}={limit}",
             )
         self.check(stage)
 

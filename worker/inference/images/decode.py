@@ -375,9 +375,7 @@ class _MemoryBudget:
         try:
             yield
         finally:
-            with self._cond:
-                self.used -= need
-                self._cond.notify_all()
+            self._release(need)
 
     @contextlib.contextmanager
     def take(self, need: int) -> Iterator[None]:
@@ -387,9 +385,12 @@ class _MemoryBudget:
         try:
             yield
         finally:
-            with self._cond:
-                self.used -= need
-                self._cond.notify_all()
+            self._release(need)
+
+    def _release(self, need: int) -> None:
+        with self._cond:
+            self.used -= need
+            self._cond.notify_all()
 
 
 _budgets: dict[int, _MemoryBudget] = {}
