@@ -87,11 +87,10 @@ def _cpu() -> float:
 def run_strategy(name: str, data: bytes) -> dict[str, float]:
     import av
 
+    from worker.inference.video.container import index_packets, open_container
     from worker.inference.video.decode import (
         VideoPolicy,
         VideoReformatter,
-        _index,
-        _open,
         decode_cost,
         plan_runs,
         sample_frames,
@@ -102,9 +101,9 @@ def run_strategy(name: str, data: bytes) -> dict[str, float]:
 
     policy = VideoPolicy(frames=FRAMES)
     wall, cpu = time.perf_counter(), _cpu()
-    with _open(data, policy) as container:
+    with open_container(data, policy) as container:
         stream = container.streams.video[0]
-        index = _index(container, stream, policy, time.monotonic() + 600)
+        index = index_packets(container, stream, policy, lambda what: None)
         picks = _targets_of(index, policy.frames, policy.fps, policy.max_samples)
         span = index.end - index.start
         targets = [index.start + (i + 0.5) * span / FRAMES for i in range(FRAMES)]
@@ -233,7 +232,8 @@ def run_job(path: Path, model: Path | None) -> dict[str, float]:
     from bench.core import random_vit_base
     from worker.inference.model.classifier import load_classifier
     from worker.inference.model.preprocess import to_tensor
-    from worker.inference.video.decode import VideoPolicy, _index, _open, sample_frames
+    from worker.inference.video.container import index_packets, open_container
+    from worker.inference.video.decode import VideoPolicy, sample_frames
 
     data = path.read_bytes()
     model_dir = model or random_vit_base(CORE_CACHE / "vit-base-random")
@@ -243,8 +243,8 @@ def run_job(path: Path, model: Path | None) -> dict[str, float]:
     stages: dict[str, float] = {}
     start = time.perf_counter()
     t, c = time.perf_counter(), _cpu()
-    with _open(data, policy) as container:
-        _index(container, container.streams.video[0], policy, time.monotonic() + 600)
+    with open_container(data, policy) as container:
+        index_packets(container, container.streams.video[0], policy, lambda what: None)
     stages["index (demux)"], stages["index cpu"] = time.perf_counter() - t, _cpu() - c
     t, c = time.perf_counter(), _cpu()
     frames = list(sample_frames(data, policy))  # index again + decode + scale

@@ -83,6 +83,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.urlguard",
         "dfscan.pinned_http",
         "dfscan.ids",
+        "dfscan.tenants",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),

@@ -317,9 +317,9 @@ def test_the_decoder_refuses_frames_over_the_cap_even_when_the_header_check_is_p
     """FFmpeg's max_pixels is the backstop for a stream whose frames grow past what its header said."""
     import dataclasses
 
-    from worker.inference.video import decode as video
+    from worker.inference.video import container as video
 
-    original = video._check_headers
+    original = video.check_headers
 
     def lenient(
         container: av.container.InputContainer, kind: str, codecs: frozenset[str], policy: VideoPolicy
@@ -327,7 +327,7 @@ def test_the_decoder_refuses_frames_over_the_cap_even_when_the_header_check_is_p
         original(container, kind, codecs, dataclasses.replace(policy, max_frame_pixels=10**9))
         container.streams.video[0].codec_context.options = {"max_pixels": str(policy.max_frame_pixels)}
 
-    monkeypatch.setattr(video, "_check_headers", lenient)
+    monkeypatch.setattr(video, "check_headers", lenient)
     with pytest.raises(DfscanError) as err:
         list(sample_frames(corpus["huge_dimensions"][0], POLICY))
     assert err.value.code == "CORRUPT_VIDEO" and "0 of" in err.value.message  # no 4096x4096 frame came out

@@ -2,23 +2,11 @@
 
 Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are applied:
 
-1. **Kind from the bytes** (:func:`~worker.inference.sources.media.video_container`): an ISO-BMFF ``ftyp`` box whose brand is not an image brand
-   (AVIF/HEIF are images) is MP4/MOV; the EBML magic ``1A 45 DF A3`` is Matroska/WebM. The name of a file
-   or URL is never consulted. The demuxer is then *forced* to the sniffed one (FFmpeg probes nothing else).
-2. **Allow-list**: MP4/MOV with H.264 or H.265, Matroska/WebM with VP8, VP9 or AV1 (decoded by dav1d).
-   Anything else (MPEG-4 part 2, FFV1, AVI, audio-only files) is ``UNSUPPORTED_FORMAT``.
-3. **Caps from the headers, before any frame is decoded**: bytes (``TOO_LARGE``), streams
-   (``TOO_LARGE``), declared duration (``VIDEO_TOO_LONG``), width x height of the video stream
-   (``TOO_LARGE``). FFmpeg's own ``max_pixels`` option is set to the same cap on every decoder, so a
-   stream whose parameter sets change size mid-stream is refused by the decoder too (a hard backstop).
-4. **A demux pass (no decoding) indexes the packets**: presentation timestamps and keyframe flags. It
-   catches timestamps that contradict the header (a moov atom that lies: ``VIDEO_TOO_LONG``), caps the
-   number of frames (``max_seconds * max_fps``, counted in packets: ``VIDEO_TOO_LONG``) and checks the
-   deadline every 256 packets, so a file that repeats one cluster (millions of packets over a few
-   timestamps) stops as early as any other. The declared duration is end minus start (a clip that starts
-   2^40 ms in is as long as its frames say). Timestamps that cannot tell frames apart (fewer distinct ones
-   than half the packets: zeroed frame durations) switch to frames by order, timed evenly over the
-   declared duration and decoded in one pass from the start.
+1.-4. **Opening and indexing**, before any frame is decoded (:mod:`worker.inference.video.container`): the
+   kind sniffed from the bytes and the demuxer forced to it, an allow-list of containers and codecs, caps
+   from the headers (bytes, streams, declared duration, frame size; FFmpeg's ``max_pixels`` as a backstop),
+   and a demux pass that indexes the packets (frame cap and deadline counted in packets, timestamps that
+   contradict the header refused, repeated timestamps told apart by order).
 5. **Sampling plan** (:mod:`worker.inference.video.plan`), and its cost, known before decoding: a plan
    that would decode more pixels than the decode budget (``deadline_s`` x ``decode_pixels_per_s`` per
    decoder thread) is ``TOO_LARGE`` at once, where it would otherwise run out the deadline (a 4K
@@ -35,7 +23,6 @@ Pure: PyAV (FFmpeg), NumPy and Pillow only. The rules, in the order they are app
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
@@ -44,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import av
@@ -52,15 +38,8 @@ import av.error
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from dfscan.exceptions import (
-    CorruptVideoError,
-    DfscanError,
-    TooLargeError,
-    UnsupportedFormatError,
-    VideoTooLargeError,
-    VideoTooLongError,
-)
-from worker.inference.sources.media import video_container
+from dfscan.exceptions import CorruptVideoError, VideoTooLargeError
+from worker.inference.video.container import CONTAINERS, MiB, index_packets, open_container, reason
 from worker.inference.video.plan import Index, Run, decode_cost, plan_runs, targets, tolerance
 
 __all__ = [
@@ -74,14 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
-
-# Sniffed container -> (FFmpeg demuxer forced at open, codecs allowed in it). FFmpeg's decoder names.
-CONTAINERS: dict[str, tuple[str, frozenset[str]]] = {
-    "mp4": ("mov", frozenset({"h264", "hevc"})),
-    "matroska": ("matroska", frozenset({"vp8", "vp9", "av1", "libdav1d"})),
-}
 
 
 @dataclass(frozen=True)
@@ -172,9 +143,9 @@ def open_video(
     ``policy.deadline_s`` from now (``TOO_LARGE``, limit ``video_time``).
     """
     deadline = check or _deadline(policy)
-    with _open(data, policy) as container:
+    with open_container(data, policy) as container:
         stream = container.streams.video[0]
-        index = _index(container, stream, policy, deadline)
+        index = index_packets(container, stream, policy, deadline)
         runs = _plan(index, stream, policy)
         frames = _decode_runs(data, container, stream, index, runs, policy, deadline)
         first = next(frames)  # _decode_runs yields at least one frame or raises
@@ -231,202 +202,6 @@ def _plan(index: Index, stream: av.video.stream.VideoStream, policy: VideoPolicy
             limit="video_time",
         )
     return runs
-
-
-# --- opening and checking ------------------------------------------------------------------------
-
-
-def _open(data: bytes, policy: VideoPolicy) -> av.container.InputContainer:
-    kind = video_container(data)
-    if kind is None:
-        raise UnsupportedFormatError(
-            f"not a video in an allowed container (MP4/MOV, WebM/MKV); starts with {data[:8]!r}"
-        )
-    if len(data) > policy.max_bytes:
-        raise TooLargeError(f"video has {len(data)} bytes, more than the {policy.max_bytes}-byte video limit")
-    if kind == "mp4":
-        _check_boxes(data)
-    demuxer, codecs = CONTAINERS[kind]
-    options = {"max_pixels": str(policy.max_frame_pixels)}
-    try:
-        container = av.open(
-            io.BytesIO(data),
-            mode="r",
-            format=demuxer,
-            options=options,
-            container_options={"probesize": str(min(len(data), 5 * MiB) or 32), "analyzeduration": "2000000"},
-        )
-    except MemoryError as exc:
-        raise VideoTooLargeError(
-            "out of memory while reading the video's headers", limit="video_memory"
-        ) from exc
-    except (av.error.FFmpegError, ValueError, OSError) as exc:
-        raise CorruptVideoError(f"{kind} data cannot be parsed: {_reason(exc)}") from exc
-    try:
-        _check_headers(container, kind, codecs, policy)
-    except BaseException:
-        container.close()
-        raise
-    return container
-
-
-def _check_boxes(data: bytes) -> None:
-    """Walk the top-level ISO-BMFF boxes: one that runs past the end of the data means a truncated file.
-
-    FFmpeg reads what it can of a cut-off ``moov`` and may report a file without its video track; a cut-off
-    ``mdat`` loses the end of the clip. Both are broken downloads far more often than anything else, and
-    are refused as truncated, as truncated images are.
-    """
-    offset, end = 0, len(data)
-    while offset + 8 <= end:
-        size = int.from_bytes(data[offset : offset + 4], "big")
-        box = data[offset + 4 : offset + 8]
-        if size == 1:
-            if offset + 16 > end:
-                break
-            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
-        elif size == 0:
-            return  # extends to the end of the file
-        if size < 8:
-            raise CorruptVideoError(f"MP4 box {box!r} at offset {offset} declares an impossible size {size}")
-        if offset + size > end:
-            raise CorruptVideoError(
-                f"truncated MP4: box {box!r} at offset {offset} declares {size} bytes, only {end - offset} remain"
-            )
-        offset += size
-    if offset != end:
-        raise CorruptVideoError(f"truncated MP4: {end - offset} stray bytes after the last complete box")
-
-
-def _check_headers(
-    container: av.container.InputContainer, kind: str, codecs: frozenset[str], policy: VideoPolicy
-) -> None:
-    streams = container.streams
-    if len(streams) > policy.max_streams:
-        raise VideoTooLargeError(
-            f"video has {len(streams)} streams, over the cap of {policy.max_streams}", limit="streams"
-        )
-    if not streams.video:
-        raise UnsupportedFormatError(f"{kind} file has no video stream (audio or data only)")
-    stream = streams.video[0]
-    ctx = stream.codec_context
-    codec = (
-        stream.codec_context.codec.name if ctx is not None else (stream.codec.name if stream.codec else "?")
-    )
-    if ctx is None or codec not in codecs:
-        allowed = ", ".join(sorted(c for c in codecs if not c.startswith("lib")))
-        raise UnsupportedFormatError(f"{kind} video coded with {codec!r}, not one of {allowed}")
-    width, height = ctx.width, ctx.height
-    if width <= 0 or height <= 0:
-        raise CorruptVideoError(f"video declares an empty frame size {width}x{height}")
-    if width * height > policy.max_frame_pixels:
-        raise VideoTooLargeError(
-            f"video frames are {width}x{height} = {width * height} pixels, over the cap of {policy.max_frame_pixels}"
-        )
-    declared = _declared_seconds(container, stream)
-    if declared is not None and declared > policy.max_seconds:
-        raise VideoTooLongError(f"video declares {declared:.1f} s, over the cap of {policy.max_seconds:g} s")
-    ctx.thread_count = policy.decode_threads
-    ctx.options = {"max_pixels": str(policy.max_frame_pixels)}
-
-
-def _declared_seconds(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> float | None:
-    """The duration the headers declare. A container's duration is where it ends (FFmpeg adds the start
-    time to it), so its start is taken off: a 2 s clip that starts 2^40 ms in is 2 s long."""
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        seconds = container.duration / 1_000_000
-        start = (container.start_time or 0) / 1_000_000
-        return seconds - start if 0 < start < seconds else seconds
-    return None
-
-
-def _index(
-    container: av.container.InputContainer,
-    stream: av.video.stream.VideoStream,
-    policy: VideoPolicy,
-    deadline: Callable[[str], None],
-) -> Index:
-    """Demux every packet of the video stream (no decoding): timestamps and keyframe flags.
-
-    The deadline and the frame cap count packets, not distinct timestamps: a file that repeats one
-    cluster (millions of packets over a few timestamps) stops at the cap or the deadline like any other."""
-    tb = stream.time_base or Fraction(1, 90_000)
-    max_frames = int(policy.max_seconds * policy.max_fps) + 1
-    max_span = policy.max_seconds / tb
-    entries: dict[int, bool] = {}
-    order: list[bool] = []  # keyframe flag of every packet, in demux order
-    durations: list[int] = []
-    lo: int | None = None
-    hi: int | None = None
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue  # the flush packet at the end
-            pts = packet.pts if packet.pts is not None else packet.dts
-            if pts is None:
-                continue
-            order.append(bool(packet.is_keyframe))
-            if len(order) > max_frames:
-                raise VideoTooLongError(f"video has more than {max_frames} frames (packets)")
-            if len(order) % 256 == 0:
-                deadline("reading the video's index")
-            entries[pts] = entries.get(pts, False) or bool(packet.is_keyframe)
-            if packet.duration:
-                durations.append(packet.duration)
-            lo = pts if lo is None else min(lo, pts)
-            hi = pts if hi is None else max(hi, pts)
-            if hi - lo > max_span:
-                raise VideoTooLongError(
-                    f"video timestamps run past {policy.max_seconds:g} s (the header said otherwise)"
-                )
-    except DfscanError:
-        raise
-    except MemoryError as exc:
-        raise VideoTooLargeError(
-            "out of memory while indexing the video's packets", limit="video_memory"
-        ) from exc
-    except (av.error.FFmpegError, ValueError, OSError) as exc:
-        if not entries:
-            raise CorruptVideoError(f"video packets cannot be read: {_reason(exc)}") from exc
-        logger.info("video index stops early at a broken packet: %s", _reason(exc))
-    deadline("reading the video's index")
-    if not entries or lo is None or hi is None:
-        raise CorruptVideoError("video stream has no packets")
-    if len(entries) * 2 < len(order):
-        return _sequential(container, stream, order)
-    ordered = sorted(entries)
-    step = (
-        sorted(durations)[len(durations) // 2]
-        if durations
-        else (ordered[-1] - ordered[-2] if len(ordered) > 1 else 1)
-    )
-    return Index(
-        pts=ordered, key=[entries[p] for p in ordered], time_base=tb, start=lo, end=hi + max(step, 1)
-    )
-
-
-def _sequential(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, order: list[bool]
-) -> Index:
-    """An index by frame order, for a stream whose timestamps repeat (fewer than half are distinct):
-    frames are spread evenly over the declared duration (25 per second when none is declared)."""
-    declared = _declared_seconds(container, stream)
-    seconds = (
-        declared if declared is not None and math.isfinite(declared) and declared > 0 else len(order) / 25
-    )
-    logger.info("video timestamps repeat (%d packets): frames are told apart by their order", len(order))
-    return Index(
-        pts=list(range(len(order))),
-        key=order,
-        time_base=Fraction(seconds).limit_denominator(1_000_000) / len(order),
-        start=0,
-        end=len(order),
-        sequential=True,
-    )
 
 
 def _info(
@@ -511,7 +286,7 @@ def _decode_runs(
         try:
             container.seek(run.seek_pts, stream=stream, backward=True, any_frame=False)
         except (av.error.FFmpegError, OSError) as exc:
-            logger.info("video seek to %s failed (%s): decoding from the start", run.seek_pts, _reason(exc))
+            logger.info("video seek to %s failed (%s): decoding from the start", run.seek_pts, reason(exc))
         else:
             before = (state.yielded, state.failures)
             yield from state.decode(container.demux(stream), set(run.wanted), max(run.wanted))
@@ -522,7 +297,7 @@ def _decode_runs(
         break
     if rest:
         wanted = {p for r in rest for p in r.wanted}
-        with _open(data, policy) as again:
+        with open_container(data, policy) as again:
             yield from state.decode(again.demux(again.streams.video[0]), wanted, max(wanted))
     state.finish()
 
@@ -560,7 +335,7 @@ class _Decoding:
                 break
             except (av.error.FFmpegError, OSError) as exc:
                 self.failures += 1
-                logger.info("video demux stops at a broken packet: %s", _reason(exc))
+                logger.info("video demux stops at a broken packet: %s", reason(exc))
                 break
             try:
                 frames = packet.decode()
@@ -571,7 +346,7 @@ class _Decoding:
             except (av.error.FFmpegError, ValueError) as exc:
                 self.failures += 1
                 if self.failures > 4 * self.wanted + 16:
-                    raise CorruptVideoError(f"too many video packets fail to decode: {_reason(exc)}") from exc
+                    raise CorruptVideoError(f"too many video packets fail to decode: {reason(exc)}") from exc
                 continue
             for frame in frames:
                 ordinal += 1
@@ -608,8 +383,3 @@ class _Decoding:
                 f"only {self.yielded} of {self.wanted} sampled video frames could be decoded "
                 f"({self.failures} broken packets)"
             )
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).split("; last error log:")[0]
-    return f"{type(exc).__name__}: {text}"[:300]
