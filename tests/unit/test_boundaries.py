@@ -166,7 +166,7 @@ CORE_MAY_IMPORT: dict[str, set[str]] = {
     "video": {"sources"},
     "images": {"lanes", "video"},
     "model": {"lanes", "images"},
-    "budget": {"images", "sources", "video"},
+    "budget": {"images", "lanes", "sources", "video"},
     "regions": {"budget", "faces", "model", "video"},
     "annotate": {"regions"},
     "judge": {"budget", "faces", "images", "lanes", "model", "regions", "sources", "video"},

@@ -19,6 +19,9 @@ Running out of any of them raises :class:`~dfscan.exceptions.BudgetExceededError
 permanent (the input itself is too costly), except when the seconds ran out while the job's thread got
 less than half a CPU for them (the worker was busy, not the input heavy): then it is retried.
 
+A bulk job's budget checks are also where it gives way to interactive jobs in flight
+(:mod:`worker.inference.lanes`); that wait is not counted either.
+
 Pure: standard library plus the image policy's memory reservation.
 """
 
@@ -30,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dfscan.exceptions import BudgetExceededError
+from worker.inference import lanes
 from worker.inference.images.decode import ImagePolicy, hold_decoded
 from worker.inference.sources.read import SourcePolicy
 from worker.inference.video.decode import VideoPolicy
@@ -118,7 +122,12 @@ class Budget:
         self.stage = stage
 
     def check(self, stage: str | None = None) -> None:
-        """Raise BUDGET_EXCEEDED when the working seconds are spent."""
+        """Raise BUDGET_EXCEEDED when the working seconds are spent. Every stage calls it, so it is where
+        a bulk job gives way to interactive jobs in flight (:func:`lanes.yield_to_interactive`, waiting, not
+        counted), when it holds no decoded pixels (an interactive decode may need their room)."""
+        if not self.held and self._wait_started is None and lanes.interactive_in_flight():
+            with self.waiting():
+                lanes.yield_to_interactive()
         worked = self.worked()
         if worked <= self.limits.seconds:
             return

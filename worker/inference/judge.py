@@ -165,6 +165,7 @@ class Judge:
                 wrap_error=lambda exc: InferenceError(f"face detector fault: {type(exc).__name__}: {exc}"),
                 mix=mix,
                 reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
+                yield_bulk=True,
             )
         self._memo: OrderedDict[str, Future[float]] = OrderedDict()
         self._memo_lock = threading.Lock()

@@ -18,7 +18,9 @@ submitting thread works for) and, inside it, a priority: ``FOREGROUND`` (an imag
 ``BACKGROUND`` (the many inputs of a video job). Interactive items are always batched first; inside a lane
 images go before frames. On a CPU no two classes share a batch and only the most urgent class (interactive
 images) is batched more than ``background_batch`` (1) at a time, so a full bulk backlog of videos or crowd
-images costs an interactive image at most the one bulk step already running (see :class:`MicroBatcher`).
+images costs an interactive image at most the one bulk step already running (see :class:`MicroBatcher`);
+with ``yield_bulk`` no bulk batch starts while an interactive job is in flight in the process, and a bulk
+batch runs at the bulk lane's OS priority (:mod:`worker.inference.lanes`).
 
 The worker uses the same mechanism for its database round trips (claims, cache look-ups and verdict
 writes of concurrent tasks share one statement each), with ``max_wait=0``: a batch is whatever
@@ -59,6 +61,8 @@ CLASSES: tuple[Class, ...] = tuple((lane, priority) for lane in lanes.LANES for 
 # steady stream of images slows a video down but never starves it. Lanes never overtake: bulk work waits
 # for as long as interactive work is queued (interactive traffic is the small part, by design).
 STARVE_AFTER_S = 2.0
+# How often a batch thread holding bulk work back looks whether the interactive jobs in flight are done.
+_YIELD_POLL_S = 0.02
 
 
 @dataclass
@@ -110,6 +114,7 @@ class MicroBatcher(Generic[T, R]):
         background_batch: int | None = None,
         starve_after: float = STARVE_AFTER_S,
         reserved: int = 0,
+        yield_bulk: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -127,6 +132,9 @@ class MicroBatcher(Generic[T, R]):
             background_batch = max_batch if mix else 1
         self.background_batch = max(1, background_batch)
         self.starve_after = starve_after
+        # Hold bulk batches back while an interactive job is in flight in the process (each bulk item at
+        # most lanes.YIELD_CEILING_S): a model or detector step of bulk work would share the CPU with it.
+        self.yield_bulk = yield_bulk
         self.stats = BatchStats()
         self._waiting: dict[Class, deque[_Pending[T, R]]] = {cls: deque() for cls in CLASSES}
         self._ready = threading.Condition()
@@ -211,6 +219,9 @@ class MicroBatcher(Generic[T, R]):
                         return [], True
                     self._ready.wait()
                     continue
+                if self._yields(head, now):
+                    self._ready.wait(_YIELD_POLL_S)  # interactive jobs in flight: look again shortly
+                    continue
                 classes = [head] + ([c for c in CLASSES if c != head and c in serves] if self.mix else [])
                 limit = self.max_batch if head == CLASSES[0] or self.mix else self.background_batch
                 ready = sum(len(self._waiting[cls]) for cls in classes)
@@ -226,6 +237,15 @@ class MicroBatcher(Generic[T, R]):
                     batch.append(queue.popleft())
             return batch, False
 
+    def _yields(self, head: Class, now: float) -> bool:
+        """Whether a batch headed by ``head`` waits for interactive jobs in flight (see ``yield_bulk``)."""
+        return (
+            self.yield_bulk
+            and head[0] != lanes.INTERACTIVE
+            and lanes.interactive_in_flight() > 0
+            and now - self._waiting[head][0].enqueued < lanes.YIELD_CEILING_S
+        )
+
     def _run(self, serves: frozenset[Class]) -> None:
         while True:
             batch, stop = self._collect(serves)
@@ -236,7 +256,8 @@ class MicroBatcher(Generic[T, R]):
     def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
         started = time.perf_counter()
         try:
-            results = list(self._run_batch_fn([pending.item for pending in batch]))
+            with lanes.os_priority(min(pending.cls[0] for pending in batch)):  # a bulk batch runs niced
+                results = list(self._run_batch_fn([pending.item for pending in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"the {self.name} returned {len(results)} results for a batch of {len(batch)}; "
@@ -299,4 +320,5 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
             mix=mix,
             background_batch=background_batch,
             reserved=reserved,
+            yield_bulk=True,
         )
