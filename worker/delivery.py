@@ -20,9 +20,11 @@ Fairness: the loop is a scheduler of ``THREADS`` POST slots. Each step (one tran
 POSTs that finished, renews leases, and claims due events receiver by receiver (``scheme://host:port``,
 the one waiting longest first) into the free slots, at most ``PER_RECEIVER`` in flight per receiver,
 and starts their POSTs at once; a finished POST wakes the next step. A hung or slow receiver thus
-holds only its own slots, and its circuit breaker (:class:`Breaker`) stops claiming its events after
-``BREAKER_FAILURES`` failures in a row, probing once per open period (5 s doubling to 5 min), so a
-receiver that is down costs one POST per period whatever its backlog. The loop sleeps on ``LISTEN
+holds only its own slots, and its circuit breaker stops claiming its events after ``BREAKER_FAILURES``
+failures in a row, probing once per open period (5 s doubling to 5 min), so a receiver that is down
+costs one POST per period whatever its backlog. The breakers are shared by every loop of the deployment
+(in Redis, :mod:`worker.breakers`): the count of failures in a row, the open period and the probe are
+one per receiver, not one per loop. The loop sleeps on ``LISTEN
 dfscan_webhooks`` (the transaction that writes events sends ``NOTIFY`` at its commit) up to
 ``POLL_INTERVAL``, the fallback for retries coming due, SQLite and a lost connection. Each callback
 URL is checked and resolved at most once a second (``ROUND_CACHE``); each POST has its own connection
@@ -55,6 +57,7 @@ from dfscan.pinned_http import open_target, pinned_connection, start_clock
 from dfscan.settings import FIXED, Settings
 from dfscan.urlguard import IPAddress, SourcePolicy, Target, parse_url
 from dfscan.webhooks import EVENT_HEADER, EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
+from worker.breakers import BREAKER_FAILURES, BREAKER_MAX, BREAKER_OPEN, Breakers, shared_breakers
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +68,9 @@ THREADS = 64
 # POSTs in flight at once per receiver (scheme://host:port) per loop: a slow or hung receiver holds
 # at most this many slots, so the others keep THREADS - PER_RECEIVER at least.
 PER_RECEIVER = 16
-# The circuit breaker: failed attempts in a row that open it, and how long it stays open (doubling
-# each time it reopens, up to the max). A receiver that is down costs one probe per period.
-BREAKER_FAILURES = 3
-BREAKER_OPEN = 5.0
-BREAKER_MAX = 300.0
+# The circuit breaker (worker/breakers.py): BREAKER_FAILURES failed attempts in a row open it for
+# BREAKER_OPEN s, doubling up to BREAKER_MAX; shared by all loops.
+__all__ = ["BREAKER_FAILURES", "BREAKER_MAX", "BREAKER_OPEN", "Deliverer", "check_secret"]
 # Longest wait of an idle loop: on Postgres a new event wakes it at once (LISTEN/NOTIFY); the poll is
 # the fallback for retries and breakers coming due, SQLite and a lost LISTEN connection.
 POLL_INTERVAL = float(FIXED["webhook_poll_interval"].value)
@@ -78,9 +79,8 @@ POLL_INTERVAL = float(FIXED["webhook_poll_interval"].value)
 MIN_ROUND_INTERVAL = float(FIXED["webhook_min_round_interval"].value)
 # Seconds before the first retry; doubles each attempt up to DFSCAN_WEBHOOK_RETRY_MAX.
 RETRY_BASE = float(FIXED["webhook_retry_base"].value)
-# Receivers looked at per step, longest waiting first; breakers kept before idle ones are forgotten.
+# Receivers looked at per step, longest waiting first.
 _RECEIVERS = 256
-_BREAKERS_KEPT = 4096
 # Seconds a callback URL's check and DNS answer are reused across steps.
 ROUND_CACHE = 1.0
 # Seconds between two attempts to LISTEN again after the connection was lost (polling meanwhile).
@@ -209,7 +209,9 @@ class Deliverer:
     piece of state; POST threads only hand back results (``_finished``) and wake it.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], settings: Settings, breakers: Breakers | None = None
+    ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.secret = check_secret(settings)
@@ -230,7 +232,12 @@ class Deliverer:
         self._in_flight: dict[uuid.UUID, tuple[webhooks.Due, float]] = {}  # id -> (due, claimed at)
         self._outcomes: list[webhooks.Outcome] = []  # finished, not yet recorded
         self._unsent: list[webhooks.Due] = []  # claimed, never POSTed, not yet released
-        self._receivers: dict[str, Breaker] = {}
+        self._per_receiver: dict[str, int] = {}  # receiver -> this loop's POSTs in flight to it
+        self._blocked: set[str] = set()  # receivers whose breaker let nothing through at the last claim
+        # The receivers' circuit breakers, shared by the deployment's loops (a probe is held at most a lease).
+        self.breakers: Breakers = breakers or shared_breakers(
+            settings.broker_url, settings.database_url, probe_lease=self.lease
+        )
         self._renewed = time.monotonic()
         self._destinations = _Destinations(self.policy)
         self._destinations_at = time.monotonic()
@@ -256,12 +263,15 @@ class Deliverer:
         outcomes, unsent = self._outcomes, self._unsent
         for due, result in finished:
             self._in_flight.pop(due.id, None)
-            breaker = self._receivers[due.receiver]
-            breaker.in_flight -= 1
+            left = self._per_receiver[due.receiver] - 1
+            if left:
+                self._per_receiver[due.receiver] = left
+            else:
+                del self._per_receiver[due.receiver]
             if result is None:
                 unsent.append(due)
             else:
-                outcomes.append(self._outcome(due, result, breaker, now))
+                outcomes.append(self._outcome(due, result))
         renew = (
             [due for due, _ in self._in_flight.values()] if now - self._renewed >= self.renew_every else []
         )
@@ -291,20 +301,31 @@ class Deliverer:
         return len(claimed)
 
     def _claim(self, session: Session, free: int, now: float) -> list[webhooks.Due]:
-        if len(self._receivers) > _BREAKERS_KEPT:  # forget receivers with nothing to remember
-            self._receivers = {r: b for r, b in self._receivers.items() if b.in_flight or b.failures}
+        """Claim due rows receiver by receiver, as the shared breakers allow (one Redis round trip for the
+        receivers blocked at the last claim, one for the others the query returns)."""
+        counts = self._per_receiver
+        rooms, probes = self.breakers.room(sorted(self._blocked), PER_RECEIVER, counts)
+        blocked = [r for r, n in rooms.items() if n <= 0]
+        due = webhooks.due_receivers(session, limit=_RECEIVERS, skip=blocked)
+        more, more_probes = self.breakers.room([r for r in due if r not in rooms], PER_RECEIVER, counts)
+        rooms.update(more)
+        probes |= more_probes
         claimed: list[webhooks.Due] = []
-        blocked = [r for r, b in self._receivers.items() if b.room(now) <= 0]
-        for receiver in webhooks.due_receivers(session, limit=_RECEIVERS, skip=blocked):
-            breaker = self._receivers.setdefault(receiver, Breaker())
-            room = min(free - len(claimed), breaker.room(now))
+        got: set[str] = set()
+        for receiver in due:
+            room = min(free - len(claimed), rooms[receiver])
             if room <= 0:
                 continue
             rows = webhooks.claim_due(session, limit=room, lease_seconds=self.lease, receiver=receiver)
-            breaker.in_flight += len(rows)
+            if rows:
+                counts[receiver] = counts.get(receiver, 0) + len(rows)
+                got.add(receiver)
             claimed.extend(rows)
             if len(claimed) >= free:
                 break
+        for receiver in probes - got:  # another loop took its events, or none was due: no probe
+            self.breakers.release_probe(receiver)
+        self._blocked = {r for r, n in rooms.items() if n <= 0}
         return claimed
 
     def _post(self, due: webhooks.Due, secret: str, destinations: _Destinations, claimed: float) -> None:
@@ -335,24 +356,23 @@ class Deliverer:
             log.exception("webhook %s: unexpected error", due.id)
             return DfscanError(f"unexpected error: {exc!r}")
 
-    def _outcome(
-        self, due: webhooks.Due, attempt: int | DfscanError, breaker: Breaker, now: float
-    ) -> webhooks.Outcome:
+    def _outcome(self, due: webhooks.Due, attempt: int | DfscanError) -> webhooks.Outcome:
         """What to store for one attempt (and count it in ``report`` and the receiver's breaker)."""
         report = self.report
         if not isinstance(attempt, DfscanError):
-            breaker.succeeded()
+            self.breakers.succeeded(due.receiver)
             report.delivered += 1
             return webhooks.Outcome(due.id, attempt, token=due.token)
         exc = attempt
         extra = {"delivery_id": str(due.id), "attempt": due.attempts}
         status = exc.status if isinstance(exc, HttpStatusError) else None
         permanent = isinstance(exc, PERMANENT)
-        if not permanent and breaker.failed(now):
+        failure = None if permanent else self.breakers.failed(due.receiver)
+        if failure is not None and failure.opened:
             log.warning(
                 "webhook receiver failing (%d in a row): no attempts to it for %.0f s",
-                breaker.failures,
-                breaker.open_until - now,
+                failure.failures,
+                failure.open_for,
                 extra=extra,
             )
         give_up = permanent or due.attempts >= self.settings.webhook_max_attempts
@@ -451,43 +471,6 @@ def _deprecated(settings: Settings, name: str, default: float) -> float:
     """A folded setting: its constant, or (for one release; Settings warns) the old variable's value."""
     value = settings.fixed(name)
     return default if value is None else float(value)
-
-
-@dataclass
-class Breaker:
-    """One receiver's share of a loop: POSTs in flight, and a circuit breaker.
-
-    Closed: up to ``PER_RECEIVER`` POSTs at once. After ``BREAKER_FAILURES`` failed attempts in a row
-    it opens for ``BREAKER_OPEN`` s, doubling each time it opens again up to ``BREAKER_MAX``: no
-    claims for the receiver (its events wait, their attempts unspent). Then one probe at a time
-    (half-open) until an attempt succeeds, which closes it.
-    """
-
-    in_flight: int = 0
-    failures: int = 0  # failed attempts in a row
-    opened: int = 0  # times opened in a row
-    open_until: float = 0.0  # time.monotonic()
-
-    def room(self, now: float) -> int:
-        """How many more of this receiver's rows may be claimed now."""
-        if self.failures < BREAKER_FAILURES:
-            return PER_RECEIVER - self.in_flight
-        if now < self.open_until:
-            return 0
-        return 1 - self.in_flight  # half-open: one probe
-
-    def succeeded(self) -> None:
-        self.failures = self.opened = 0
-        self.open_until = 0.0
-
-    def failed(self, now: float) -> bool:
-        """Count a failed attempt; True when this one opened the breaker."""
-        self.failures += 1
-        if self.failures < BREAKER_FAILURES or now < self.open_until:
-            return False
-        self.opened += 1
-        self.open_until = now + min(BREAKER_MAX, BREAKER_OPEN * 2 ** (self.opened - 1))
-        return True
 
 
 def start_delivery_thread(

@@ -35,7 +35,8 @@ from tests.integration.faults.webhook_scenarios import (
     settings_for,
     write_events,
 )
-from worker.delivery import BREAKER_FAILURES, BREAKER_OPEN, PER_RECEIVER, Deliverer, check_secret
+from worker.breakers import RedisBreakers
+from worker.delivery import BREAKER_FAILURES, PER_RECEIVER, Deliverer, check_secret
 from worker.sweeper import prune_webhooks
 
 
@@ -78,40 +79,62 @@ def _attempts(sessions: sessionmaker[Session], url: str) -> int:
         )
 
 
-def test_the_breaker_backs_a_failing_receiver_off_and_a_probe_closes_it(
+def _end_open_period(deliverer: Deliverer, receiver: str) -> None:
+    """The open period is over (as if BREAKER_OPEN seconds had passed), in the shared state."""
+    assert isinstance(deliverer.breakers, RedisBreakers)
+    assert deliverer.breakers.client.hset(deliverer.breakers.key(receiver), "open_until", 0) == 0
+
+
+def test_the_breaker_is_shared_by_two_loops_and_a_probe_closes_it(
     migrated: str, sessions: sessionmaker[Session]
 ) -> None:
     down = Receiver()  # never started: every connection is refused
     write_events(sessions, down.url, 20)
-    deliverer = Deliverer(sessions, settings_for(migrated, 2.0))
+    receiver = webhooks_receiver(down.url)
+    first = Deliverer(sessions, settings_for(migrated, 2.0))
+    second = Deliverer(sessions, settings_for(migrated, 2.0))
     try:
-        report = deliverer.deliver_once()
+        report = first.deliver_once()
         spent = _attempts(sessions, down.url)
         # The first claim takes PER_RECEIVER; until BREAKER_FAILURES have failed a few more may go.
         assert PER_RECEIVER <= spent <= PER_RECEIVER + BREAKER_FAILURES - 1, spent
         assert report.retrying == spent and report.delivered == 0
-        breaker = deliverer._receivers[webhooks_receiver(down.url)]
-        assert breaker.open_until > time.monotonic()
+        assert first.breakers.room([receiver], PER_RECEIVER, {}) == ({receiver: 0}, set())
 
-        assert deliverer.deliver_once().attempted == 0  # open: the dead receiver costs nothing
+        # Open for every loop: the second loop never tried this receiver and still costs it nothing.
+        assert second.deliver_once().attempted == 0
+        assert first.deliver_once().attempted == 0
         assert _attempts(sessions, down.url) == spent
 
-        breaker.open_until = 0.0  # the open period is over: one probe, which fails and reopens longer
-        assert deliverer.deliver_once().attempted == 1
-        assert breaker.opened == 2 and breaker.open_until - time.monotonic() > BREAKER_OPEN * 1.5
+        # The open period is over: one probe across both loops (the second holds it; the first gets
+        # nothing meanwhile), which fails and reopens the breaker for twice as long.
+        _end_open_period(first, receiver)
+        assert second.step() == 1
+        assert first.step() == 0
+        assert second.deliver_once().attempted == 1
+        assert first.deliver_once().attempted == 0
+        client = second.breakers.client  # type: ignore[attr-defined]
+        key = second.breakers.key(receiver)  # type: ignore[attr-defined]
+        assert int(client.hget(key, "opened")) == 2
+        assert int(client.pttl(key)) > 0  # forgotten on its own once idle
 
+        # Back up: the probe (the first loop's this time) succeeds and closes it for both loops.
         down.start()
-        breaker.open_until = 0.0
-        report = deliverer.deliver_once()  # the probe succeeds, the breaker closes, the rest go
+        _end_open_period(first, receiver)
+        probed = first.deliver_once()
+        assert client.exists(key) == 0
+        assert second.breakers.room([receiver], PER_RECEIVER, {}) == ({receiver: PER_RECEIVER}, set())
+        rest = second.deliver_once()
         with sessions() as s:
-            never_tried = s.scalar(
+            delivered = s.scalar(
                 select(func.count()).where(
                     WebhookDelivery.url == down.url, WebhookDelivery.state == "delivered"
                 )
             )
-        assert breaker.failures == 0 and report.delivered == never_tried == 20 - spent - 1
+        assert delivered == 20 - spent - 1 == probed.delivered + rest.delivered
     finally:
-        deliverer.close()
+        first.close()
+        second.close()
         down.stop()
 
 

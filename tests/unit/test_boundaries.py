@@ -98,6 +98,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "worker.metrics",
         "worker.metrics_server",
         "worker.delivery",
+        "worker.breakers",
         "worker.messages",
         "worker.training_tasks",
     ),

@@ -26,7 +26,7 @@ from db.models import WebhookDelivery
 from db.results import CheckReport
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings
-from tests.fixtures.service import Service
+from tests.fixtures.service import REDIS_DB, REDIS_URL, Service
 from tests.fixtures.webhook_receiver import Receiver
 from tests.integration.faults.scenarios import Outcome
 from worker.delivery import Deliverer
@@ -41,6 +41,7 @@ def settings_for(database_url: str, timeout: float) -> Settings:
         webhook_secret=SECRET,
         webhook_allowlist="127.0.0.1",
         webhook_timeout=timeout,
+        broker_url=f"{REDIS_URL}/{REDIS_DB}",  # the loops' shared breakers (keys named by the database)
     )
 
 
