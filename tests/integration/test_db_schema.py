@@ -178,10 +178,13 @@ def test_timestamps_are_timezone_aware_on_postgres(pg_engine: Engine) -> None:
     factory = new_session_factory(pg_engine)
     before = datetime.now(timezone.utc)
     job_id = _job(factory)
+    after = datetime.now(timezone.utc)
     with factory.begin() as s:
         job = jobs.get_job(s, job_id)
         assert job is not None and job.created_at.tzinfo is not None
-        assert abs((job.created_at - before).total_seconds()) < 60
+        # Between the two readings of the clock around the insert, however long it took (a wrong zone
+        # would be hours off); a second either side for the two clocks' rounding.
+        assert before - timedelta(seconds=1) <= job.created_at <= after + timedelta(seconds=1)
 
 
 def test_concurrent_finish_done_blocks_then_writes_nothing(pg_engine: Engine) -> None:

@@ -7,6 +7,9 @@ beside a full bulk backlog. Used by ``python -m bench.faults`` like tests/integr
   over all and per kind, and whether every job ended final, failed ones with a code. ``allocator``
   starts the worker with other malloc variables (``{"MALLOC_ARENA_MAX": "16"}``: glibc's own behaviour
   on 2 cores, since dfscan leaves the allocator alone when either variable is set).
+- :func:`adversarial_clips_beside_interactive`: two bulk 32-frame clips of a texture made by gradient
+  ascent on MTCNN's P-net (``bench/face_cost.py``) in one worker with faces on, and an interactive image
+  alone and beside them. Notes: the probe's p50/p99 alone and beside, and each clip's seconds and code.
 - :func:`interactive_beside_backlog`: an interactive image's time from submit to verdict (the job row's
   ``created_at`` to ``finished_at``), one at a time, alone and then beside a bulk backlog of crowd JPEGs
   and clips that keeps every bulk task thread busy. Notes: p50 and p99 (nearest rank) of each, their
@@ -241,6 +244,78 @@ def interactive_beside_backlog(
     return outcome
 
 
+# --- (c) clips of an adversarial face-detector texture beside an interactive probe -------------------
+
+
+def adversarial_clip(steps: int = 150, offset: int = 0, frames: int = 32) -> bytes:
+    """A 640x640 MP4 of ``frames`` frames of a texture made by gradient ascent on MTCNN's P-net
+    (``bench/face_cost.py``), shifted a few pixels a frame (``offset``: another clip, other bytes)."""
+    import torch
+
+    from bench.face_cost import adversarial_texture
+    from tests.fixtures.videos import encode_images
+    from worker.inference.faces.mtcnn import MtcnnDetector
+
+    texture = np.asarray(adversarial_texture(MtcnnDetector(torch.device("cpu")).pnet, steps=steps))
+    shifted = [Image.fromarray(np.roll(texture, offset + 2 * i, axis=1)) for i in range(frames)]
+    return encode_images(shifted, fps=8, gop=8)
+
+
+def _clip_seconds(svc: Service, submission_id: object) -> list[str]:
+    """Each clip's outcome: seconds from claim to final, and its code."""
+    sessions = new_session_factory(new_engine(svc.database_url))
+    with sessions() as session:
+        rows = session.execute(
+            select(ScanJob.started_at, ScanJob.finished_at, ScanJob.error_code).where(
+                ScanJob.submission_id == submission_id
+            )
+        ).all()
+    return [
+        f"{(finished - started).total_seconds():.0f}s {code or 'done'}"
+        for started, finished, code in rows
+        if started is not None and finished is not None
+    ]
+
+
+def adversarial_clips_beside_interactive(svc: Service, *, samples: int = 8, clips: int = 2) -> Outcome:
+    """Two bulk clips of the adversarial texture (32 frames each) in one worker with faces on, and an
+    interactive image submitted one at a time, alone and then while the clips are judged."""
+    images = {f"face{i:02d}.jpg": _jpeg(face_scene(120, seed=300 + i).image) for i in range(2 * samples + 1)}
+    interactive = _write(svc.images / "interactive", images)
+    texture_clip = adversarial_clip()
+    backlog = {
+        f"texture{k}.mp4": adversarial_clip(offset=100 * k) if k else texture_clip for k in range(clips)
+    }
+    bulk_paths = _write(svc.images / "clips", backlog)
+    worker = svc.start_worker(env={"DFSCAN_FACES": "auto"})
+    client = ScanClient(settings_for(svc))
+    _interactive(svc, client, interactive[0])  # warm-up: loads MTCNN's weights
+    alone = [_interactive(svc, client, path) for path in interactive[1 : samples + 1]]
+    bulk = client.submit(bulk_paths, client_ref="texture clips")
+    wait_for(svc, lambda c: c.get("running", 0) >= 1, 300)
+    beside: list[float] = []
+    where: list[str] = []
+    during = 0
+    for path in interactive[samples + 1 :]:
+        beside.append(_interactive(svc, client, path, where))
+        during += bulk.status()["running"] > 0
+    outcome = finish("adversarial clips beside an interactive image", svc, bulk, 900)
+    assert worker.proc.poll() is None, worker.text()[-3000:]
+    a50, a99 = _percentile(alone, 0.5), _percentile(alone, 0.99)
+    b50, b99 = _percentile(beside, 0.5), _percentile(beside, 0.99)
+    outcome.notes.update(
+        alone_p50_s=round(a50, 2),
+        alone_p99_s=round(a99, 2),
+        beside_p50_s=round(b50, 2),
+        beside_p99_s=round(b99, 2),
+        p99_ratio=round(b99 / a99, 2),
+        probes_while_clips_ran=during,
+        clips=_clip_seconds(svc, bulk.id),
+        clip_codes=dict(outcome.report.failed_codes) or "-",
+    )
+    return outcome
+
+
 def _bounded(outcome: Outcome) -> Outcome:
     peak = outcome.notes["peak_rss_mib"]
     assert isinstance(peak, int)
@@ -266,5 +341,9 @@ ROWS: list[tuple[str, Callable[[Service], Outcome]]] = [
     (
         "interactive image beside a bulk backlog (p99 <= 2x alone)",
         lambda svc: _within_twice(interactive_beside_backlog(svc)),
+    ),
+    (  # measured, not a target: every clip final with a code, the probe's latency recorded
+        "adversarial-texture clips beside an interactive image",
+        adversarial_clips_beside_interactive,
     ),
 ]
