@@ -283,7 +283,13 @@ VERDICT_FIELDS = (*STORED, "worker")
 # ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows, and
 # ``frames``, a video's ``(t, fake_score)`` pairs stored as verdict_frames rows (``(t, fake_score, faces)``
 # for a frame judged on faces: its faces as above, stored in verdict_frames.faces).
-OPTIONAL_FIELDS: dict[str, Any] = {"judged_on": "image", "media": "image", "duration_s": None, "peak_t": None}
+OPTIONAL_FIELDS: dict[str, Any] = {
+    "judged_on": "image",
+    "media": "image",
+    "duration_s": None,
+    "peak_t": None,
+    "provenance": None,
+}
 
 
 def _face_json(face: dict[str, Any]) -> dict[str, Any]:

@@ -186,6 +186,14 @@ class Settings(BaseSettings):
         "saw 256 px faces, and 32 px is the smallest size measured with full detector recall.",
     )
 
+    # --- provenance -----------------------------------------------------------------------------
+    provenance: bool = Field(
+        True,
+        description="Read what every source declares about its origin (C2PA manifest and signature, IPTC "
+        "digital source type, EXIF software) and report it as the verdict's provenance, beside p(fake) "
+        "and never in it. A file without a manifest costs well under a millisecond (bench/provenance.py).",
+    )
+
     # --- sources (untrusted by default) --------------------------------------------------------
     allowed_roots: CommaList = Field(
         (),

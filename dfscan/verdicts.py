@@ -46,6 +46,7 @@ STORED = (
     "media",
     "duration_s",
     "peak_t",
+    "provenance",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -68,6 +69,7 @@ OUTPUT = (
     "duration_s",
     "peak_t",
     "frames",
+    "provenance",
     "error_code",
     "error",
     "error_detail",
@@ -140,6 +142,50 @@ def stored_frames(frames: Sequence[tuple[Any, ...]]) -> tuple[Frame, ...]:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What a source declares about where it came from, read beside the model's score and never
+    changing it (:mod:`worker.inference.provenance` reads it; docs/trust.md says how to use it).
+
+    ``manifest``: a C2PA manifest store is embedded. ``signature_valid``: its active manifest's
+    signature and hashes check out (True), fail (False, ``signature_errors`` say which C2PA checks), or
+    there is nothing to check (None). Valid means intact since signing by the certificate in
+    ``signer``; it does not mean the signer is on a trust list. ``claim_generator``: the software that
+    made the manifest; ``actions``: its active manifest's action names (``c2pa.created``, ...).
+    ``digital_source_type``: the IPTC digital source type declared (the vocabulary's short name, e.g.
+    ``trainedAlgorithmicMedia``), by ``declared_by`` (``c2pa`` or ``xmp``). ``declared_ai``: True when
+    that type is generated media, False when it is a capture, None when nothing is declared.
+    ``software``: EXIF Software (or PNG Software, or XMP CreatorTool). ``error``: what could not be
+    read (over a cap, unreadable); the other fields say what could."""
+
+    manifest: bool = False
+    signature_valid: bool | None = None
+    signature_errors: tuple[str, ...] = ()
+    signer: str | None = None
+    claim_generator: str | None = None
+    actions: tuple[str, ...] = ()
+    digital_source_type: str | None = None
+    declared_by: str | None = None
+    declared_ai: bool | None = None
+    software: str | None = None
+    error: str | None = None
+
+    def output(self) -> dict[str, Any]:
+        """As printed, stored (the verdict's ``provenance`` JSON) and sent in webhooks."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["signature_errors"] = list(self.signature_errors)
+        out["actions"] = list(self.actions)
+        return out
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> Provenance:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in stored.items() if k in known}
+        for name in ("signature_errors", "actions"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
     score (None for not_applicable), what it was judged on, and its faces; for a video also its
@@ -185,6 +231,8 @@ class Verdict:
     duration_s: float | None = None
     peak_t: float | None = None
     frames: tuple[Frame, ...] | None = None
+    # What the source declares about its origin (C2PA, IPTC, EXIF): beside the score, never in it.
+    provenance: Provenance | None = None
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -203,7 +251,9 @@ class Verdict:
         """The ``verdicts`` columns of a done verdict (the caller adds ``job_id`` and ``worker``)."""
         if not self.done:
             raise ValueError(f"a {self.status} verdict has no verdict row ({self.error_code})")
-        return {name: getattr(self, name) for name in STORED}
+        row = {name: getattr(self, name) for name in STORED}
+        row["provenance"] = None if self.provenance is None else self.provenance.output()
+        return row
 
     def face_rows(self) -> list[dict[str, Any]]:
         """The ``verdict_faces`` rows of this verdict, largest face first."""
@@ -216,6 +266,7 @@ class Verdict:
         out["frames"] = (
             None if self.frames is None else [frame.output(self.threshold) for frame in self.frames]
         )
+        out["provenance"] = None if self.provenance is None else self.provenance.output()
         return out
 
     def frame_rows(self) -> list[tuple[Any, ...]]:
@@ -252,6 +303,8 @@ class Verdict:
         stored.setdefault("media", UNKNOWN)  # no verdict row (failed, queued): what it was is not stored
         if stored.get("media") == VIDEO:
             stored["frames"] = stored_frames(frames or ())
+        if isinstance(stored.get("provenance"), Mapping):
+            stored["provenance"] = Provenance.from_stored(stored["provenance"])
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

@@ -72,6 +72,7 @@ from dfscan.verdicts import (
     VIDEO,
     FaceVerdict,
     Frame,
+    Provenance,
     Stored,
     Verdict,
     label_for,
@@ -94,6 +95,7 @@ from worker.inference.images.decode import (
 from worker.inference.model.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
 from worker.inference.model.classifier import Classifier
 from worker.inference.model.preprocess import load_pixels
+from worker.inference.provenance import ProvenancePolicy, read_provenance
 from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
@@ -128,6 +130,7 @@ class Judge:
         faces: FacePolicy | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         limits: Limits | None = None,
+        provenance: ProvenancePolicy | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -155,6 +158,8 @@ class Judge:
             background_batch=None if mix else 1,
         )
         self.faces = faces
+        # Read every source's C2PA manifest, XMP and EXIF declarations (None: not read).
+        self.provenance = provenance
         self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
         if faces is not None:
             self._face_batcher = MicroBatcher(
@@ -235,9 +240,43 @@ class Judge:
     ) -> Verdict:
         """Judge image or video bytes already read (``source`` names them in the verdict), under
         ``budget`` (a new one when None). ``observe(frame, score)``, when given, is called with every
-        judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once)."""
+        judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once).
+        The verdict carries the bytes' provenance (read every time, a duplicate's too: it is cheap and
+        depends on no model)."""
         budget = budget or self.new_budget()
         container = video_container(data)
+        verdict = self._judge_read(data, container, source, fetch_ms, budget, observe)
+        if self.provenance is None:
+            return verdict
+        return replace(verdict, provenance=self._provenance(data, VIDEO if container else IMAGE))
+
+    def _provenance(self, data: bytes, media: str) -> Provenance:
+        """What ``data`` declares about its origin (:mod:`worker.inference.provenance`), bounded by its
+        own caps (it never fails a verdict); the native C2PA reader runs in a decode child when decodes
+        do."""
+        assert self.provenance is not None
+        isolate = None
+        if self.images.decode_processes > 0:
+            from worker.inference.images.decode_pool import run_isolated
+
+            def isolate(fn: Callable[..., Provenance], *args: object) -> Provenance:
+                return run_isolated(self.images, fn, *args)
+
+        try:
+            return read_provenance(data, self.provenance, media=media, isolate=isolate)
+        except Exception as exc:  # a bug in reading declarations never costs the verdict
+            log.error("provenance reading failed: %r", exc, exc_info=exc)
+            return Provenance(error=f"unreadable: {type(exc).__name__}")
+
+    def _judge_read(
+        self,
+        data: bytes,
+        container: str | None,
+        source: str,
+        fetch_ms: float,
+        budget: Budget,
+        observe: Observe | None,
+    ) -> Verdict:
         if container is not None:
             return self._judge_video(data, container, source, fetch_ms, budget, observe)
         sha = image_sha256(data)
