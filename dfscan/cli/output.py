@@ -49,9 +49,11 @@ def declared(row: Mapping[str, Any]) -> str:
     if not found:
         return "-"
     by = found.get("declared_by")
-    what = {True: "AI", False: "capture"}.get(found.get("declared_ai"), "")
+    ai = found.get("declared_ai")
+    what = "AI" if ai is True else "capture" if ai is False else ""
     if found.get("manifest"):
-        check = {True: "signed", False: "INVALID signature"}.get(found.get("signature_valid"), "unread")
+        valid = found.get("signature_valid")
+        check = "signed" if valid is True else "INVALID signature" if valid is False else "unread"
         where = f"c2pa, {check}" if by in (None, "c2pa") else f"{by}; c2pa, {check}"
     else:
         where = by or ""
