@@ -24,6 +24,8 @@ FAKE = "fake"
 REAL = "real"
 # DFSCAN_FACES=require and no face found: the job is done, but there was nothing to judge.
 NOT_APPLICABLE = "not_applicable"
+# A second opinion's combined label when the two models disagree by more than the setting allows.
+INCONCLUSIVE = "inconclusive"
 FACES = "faces"
 IMAGE = "image"
 
@@ -47,6 +49,7 @@ STORED = (
     "duration_s",
     "peak_t",
     "provenance",
+    "second_opinion",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -70,6 +73,7 @@ OUTPUT = (
     "peak_t",
     "frames",
     "provenance",
+    "second_opinion",
     "error_code",
     "error",
     "error_detail",
@@ -186,6 +190,38 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class SecondOpinion:
+    """A second model's p(fake) for the whole image (``DFSCAN_SECOND_MODEL``) and the rule that combines
+    it with the verdict's own score, which it never replaces (:func:`combine`)."""
+
+    model_version: str
+    fake_score: float
+    combined_score: float | None
+    combined_label: str
+    max_disagreement: float
+
+    def output(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> SecondOpinion:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+
+def combine(
+    first: float, second: float, *, threshold: float, max_disagreement: float, model_version: str
+) -> SecondOpinion:
+    """The documented rule: when the two p(fake) differ by more than ``max_disagreement`` the combined
+    label is ``inconclusive`` (no combined score: a person looks); else the combined score is their
+    mean, labelled by the verdict's threshold."""
+    if abs(first - second) > max_disagreement:
+        return SecondOpinion(model_version, second, None, INCONCLUSIVE, max_disagreement)
+    mean = (first + second) / 2
+    return SecondOpinion(model_version, second, mean, label_for(mean, threshold), max_disagreement)
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
     score (None for not_applicable), what it was judged on, and its faces; for a video also its
@@ -198,6 +234,7 @@ class Stored:
     duration_s: float | None = None
     peak_t: float | None = None
     frames: tuple[Frame, ...] = ()
+    second_opinion: SecondOpinion | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +270,8 @@ class Verdict:
     frames: tuple[Frame, ...] | None = None
     # What the source declares about its origin (C2PA, IPTC, EXIF): beside the score, never in it.
     provenance: Provenance | None = None
+    # A second model's score for the whole image and the combined reading (DFSCAN_SECOND_MODEL).
+    second_opinion: SecondOpinion | None = None
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -253,6 +292,7 @@ class Verdict:
             raise ValueError(f"a {self.status} verdict has no verdict row ({self.error_code})")
         row = {name: getattr(self, name) for name in STORED}
         row["provenance"] = None if self.provenance is None else self.provenance.output()
+        row["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
         return row
 
     def face_rows(self) -> list[dict[str, Any]]:
@@ -267,6 +307,7 @@ class Verdict:
             None if self.frames is None else [frame.output(self.threshold) for frame in self.frames]
         )
         out["provenance"] = None if self.provenance is None else self.provenance.output()
+        out["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
         return out
 
     def frame_rows(self) -> list[tuple[Any, ...]]:
@@ -305,6 +346,8 @@ class Verdict:
             stored["frames"] = stored_frames(frames or ())
         if isinstance(stored.get("provenance"), Mapping):
             stored["provenance"] = Provenance.from_stored(stored["provenance"])
+        if isinstance(stored.get("second_opinion"), Mapping):
+            stored["second_opinion"] = SecondOpinion.from_stored(stored["second_opinion"])
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

@@ -1,5 +1,6 @@
 """Verdicts carry what the source declares about its origin: ``provenance``, a JSON object (C2PA
-manifest and signature check, IPTC digital source type, EXIF software; dfscan.verdicts.Provenance).
+manifest and signature check, IPTC digital source type, EXIF software; dfscan.verdicts.Provenance),
+and a second model's opinion, ``second_opinion`` (its score and the combined reading).
 
 Existing verdicts get NULL (not read).
 
@@ -27,8 +28,10 @@ _JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgre
 def upgrade() -> None:
     with op.batch_alter_table("verdicts") as batch:
         batch.add_column(sa.Column("provenance", _JSON, nullable=True))
+        batch.add_column(sa.Column("second_opinion", _JSON, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("verdicts") as batch:
+        batch.drop_column("second_opinion")
         batch.drop_column("provenance")

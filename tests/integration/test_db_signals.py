@@ -1,10 +1,12 @@
-"""Provenance in the database, on PostgreSQL and SQLite: stored beside the verdict, read back by
-`dfscan results`, and sent in the job.completed webhook body; the migration both ways."""
+"""Provenance and the second opinion in the database, on PostgreSQL and SQLite: stored beside the
+verdict, read back by `dfscan results` and the duplicate cache, and sent in the job.completed webhook
+body; the migration both ways."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +16,7 @@ from db import jobs, migrate, results
 from db.models import Verdict as VerdictRow
 from db.models import WebhookDelivery
 from db.session import new_engine, new_session_factory
-from dfscan.verdicts import Provenance, Verdict
+from dfscan.verdicts import Provenance, SecondOpinion, Verdict
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -41,7 +43,10 @@ def factory(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def _verdict(provenance: Provenance | None) -> Verdict:
+OPINION = SecondOpinion("second@sha256:ab", 0.86, None, "inconclusive", 0.5)
+
+
+def _verdict(provenance: Provenance | None, second: SecondOpinion | None = None) -> Verdict:
     return Verdict(
         source="/x/a.jpg",
         status="done",
@@ -56,6 +61,7 @@ def _verdict(provenance: Provenance | None) -> Verdict:
         height=48,
         judged_on="image",
         provenance=provenance,
+        second_opinion=second,
     )
 
 
@@ -72,8 +78,11 @@ def test_provenance_is_stored_read_back_and_sent_in_the_webhook(factory: session
         done = jobs.finish_done_many(
             s,
             [
-                {"job_id": ids[0], **jobs.done_fields(_verdict(PROVENANCE), worker="w")},
-                {"job_id": ids[1], **jobs.done_fields(_verdict(None), worker="w")},
+                {"job_id": ids[0], **jobs.done_fields(_verdict(PROVENANCE, OPINION), worker="w")},
+                {
+                    "job_id": ids[1],
+                    **jobs.done_fields(replace(_verdict(None), image_sha256="cd" * 32), worker="w"),
+                },
             ],
         )
         assert done == set(ids)
@@ -84,10 +93,14 @@ def test_provenance_is_stored_read_back_and_sent_in_the_webhook(factory: session
         assert read[ids[0]].verdict.provenance == PROVENANCE
         assert read[ids[0]].verdict.fake_score == 0.12  # the score is the model's, whatever is declared
         assert read[ids[1]].verdict.provenance is None
+        assert read[ids[0]].verdict.second_opinion == OPINION and read[ids[1]].verdict.second_opinion is None
+        cached = jobs.cached_verdicts(s, ["ab" * 32, "cd" * 32], "m1")
+        assert cached["ab" * 32].second_opinion == OPINION and cached["cd" * 32].second_opinion is None
         bodies = {d.job_id: json.loads(d.body) for d in s.scalars(select(WebhookDelivery))}
     assert bodies[ids[0]]["data"]["provenance"]["declared_ai"] is True
     assert bodies[ids[0]]["data"]["provenance"]["signature_errors"] == ["assertion.dataHash.mismatch"]
     assert bodies[ids[1]]["data"]["provenance"] is None
+    assert bodies[ids[0]]["data"]["second_opinion"]["combined_label"] == "inconclusive"
 
 
 def test_the_provenance_migration_goes_down_and_up(factory: sessionmaker[Session]) -> None:

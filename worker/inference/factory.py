@@ -106,6 +106,8 @@ def new_judge(
         faces=face_policy(settings, detector) if faces == "settings" else faces,  # type: ignore[arg-type]
         on_batch=on_batch,
         provenance=ProvenancePolicy() if settings.provenance else None,
+        second=new_classifier(settings, model=settings.second_model) if settings.second_model else None,
+        second_disagreement=settings.second_disagreement,
     )
 
 

@@ -73,8 +73,10 @@ from dfscan.verdicts import (
     FaceVerdict,
     Frame,
     Provenance,
+    SecondOpinion,
     Stored,
     Verdict,
+    combine,
     label_for,
 )
 from worker.inference.budget import Budget, Limits, rgb_bytes
@@ -92,9 +94,9 @@ from worker.inference.images.decode import (
     image_sha256,
     sniff_format,
 )
-from worker.inference.model.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
+from worker.inference.model.batcher import BACKGROUND, FOREGROUND, PRIMARY, DynamicBatcher, MicroBatcher
 from worker.inference.model.classifier import Classifier
-from worker.inference.model.preprocess import load_pixels
+from worker.inference.model.preprocess import load_pixels, to_tensor
 from worker.inference.provenance import ProvenancePolicy, read_provenance
 from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
 from worker.inference.sources.media import video_container
@@ -107,6 +109,8 @@ log = logging.getLogger(__name__)
 # (a float), or what it said in full (a Stored: score or none, judged_on, faces).
 Known = Callable[[str, str], "float | Stored | None"]
 
+# The batcher's name for the second model (DFSCAN_SECOND_MODEL).
+SECOND = "second"
 # How long a caller waits for the model thread before its image counts as a model fault.
 MODEL_TIMEOUT_S = 600.0
 # Scores remembered by sha256, so repeats of the same bytes in flight or just judged skip the model.
@@ -131,6 +135,8 @@ class Judge:
         on_batch: Callable[[int, float], None] | None = None,
         limits: Limits | None = None,
         provenance: ProvenancePolicy | None = None,
+        second: Classifier | None = None,
+        second_disagreement: float = 0.5,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -149,6 +155,10 @@ class Judge:
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
         # GPU a few more inputs per batch are nearly free: frames fill images' batches and batch freely).
         mix = classifier.device.type != "cpu"
+        # A second opinion (DFSCAN_SECOND_MODEL): another classifier judging every still image whole,
+        # fed by the same batcher (its inputs wait in the same lanes as the first model's).
+        self.second = second
+        self.second_disagreement = second_disagreement
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -156,6 +166,7 @@ class Judge:
             on_batch=on_batch,
             mix=mix,
             background_batch=None if mix else 1,
+            others=None if second is None else {SECOND: second.predict},
         )
         self.faces = faces
         # Read every source's C2PA manifest, XMP and EXIF declarations (None: not read).
@@ -176,8 +187,16 @@ class Judge:
 
     @property
     def version(self) -> str:
-        """The model version verdicts record (and the duplicate cache is keyed on): the classifier's,
-        plus ``+faces:...`` naming the face detector and its settings when faces are on."""
+        """The model version image verdicts record (and the duplicate cache is keyed on): the
+        classifier's, plus ``+faces:...`` naming the face detector and its settings when faces are on,
+        plus ``+second:<version>:d=<disagreement>`` with a second opinion (its score is in the verdict)."""
+        if self.second is None:
+            return self._clip_version
+        return f"{self._clip_version}+second:{self.second.version}:d={self.second_disagreement:g}"
+
+    @property
+    def _clip_version(self) -> str:
+        """What judged a clip's frames (no second opinion: only still images get one)."""
         if self.faces is None:
             return self.classifier.version
         return f"{self.classifier.version}+{self.faces.version}"
@@ -189,13 +208,13 @@ class Judge:
         with a verdict sampled otherwise."""
         videos = self.videos
         sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
-        return f"{self.version}+video:{sampling}:side={videos.frame_side}"
+        return f"{self._clip_version}+video:{sampling}:side={videos.frame_side}"
 
     @property
     def animation_version(self) -> str:
         """The model version of an animated image's verdict: :attr:`version` plus its sampling
         (``+animation:frames=32:side=640``), so a verdict of its first frame alone is never reused."""
-        return f"{self.version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
+        return f"{self._clip_version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
 
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
@@ -291,7 +310,7 @@ class Judge:
         kept = contextlib.ExitStack()  # the full-size image's share of the decode memory, while held
         try:
             budget.enter("decode")
-            if self.faces is None and observe is None:
+            if self.faces is None and observe is None and self.second is None:
                 # Decode, reduce and preprocess inside the decode memory budget (and, with
                 # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
                 pixels, (width, height) = load_pixels(data, self.classifier.preprocess, self.images)
@@ -381,6 +400,9 @@ class Judge:
         """An image (one frame) or an animated image (``clip``: sampled frames) down the region road."""
         priority = BACKGROUND if clip else FOREGROUND
         started = time.perf_counter()
+        second: list[tuple[Future[float], bool]] = []  # the second model's future, and whether it was new
+        if self.second is not None and not clip:
+            frames = self._with_second(frames, budget, second)
         try:
             scored = score_clip(
                 frames,
@@ -393,6 +415,9 @@ class Judge:
                 timeout=MODEL_TIMEOUT_S,
                 observe=observe,
             )
+            if second:
+                with budget.waiting():
+                    second_score = float(second[0][0].result(timeout=MODEL_TIMEOUT_S))
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
         if self.faces is not None:
@@ -403,13 +428,41 @@ class Judge:
         if scored.fake_score is None:  # require, and no face: nothing was judged
             return self._not_applicable(source, **facts)
         faces = () if clip else tuple(scored.frames[0].faces)
+        if second:
+            facts["second_opinion"] = self._opinion(scored.fake_score, second_score)
         return self._done(
             source,
             scored.fake_score,
-            cached=scored.cached,
+            cached=scored.cached and not (second and second[0][1]),
             judged_on=FACES if scored.on_faces else IMAGE,
             faces=faces,
             **facts,  # type: ignore[arg-type]
+        )
+
+    def _with_second(
+        self, frames: Iterable[ClipFrame], budget: Budget, futures: list[tuple[Future[float], bool]]
+    ) -> Iterator[ClipFrame]:
+        """``frames`` (one: a still image), its whole image submitted to the second model on the way
+        (preprocessed as that model's checkpoint says); the future is appended to ``futures``."""
+        assert self.second is not None
+        for frame in frames:
+            if not futures:
+                if frame.image is None:
+                    raise ValueError("a second opinion needs the frame's image")
+                budget.take_model_inputs(1)
+                pixels = to_tensor(frame.image, self.second.preprocess)
+                futures.append(self._score(f"{frame.key}#second", pixels, FOREGROUND, model=SECOND))
+            yield frame
+            del frame
+
+    def _opinion(self, first: float, second: float) -> SecondOpinion:
+        assert self.second is not None
+        return combine(
+            first,
+            second,
+            threshold=self.threshold,
+            max_disagreement=self.second_disagreement,
+            model_version=self.second.version,
         )
 
     def _find_faces(self, image: Image.Image, priority: int = FOREGROUND) -> list[Face]:
@@ -505,7 +558,7 @@ class Judge:
         )
 
     def _score(
-        self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND
+        self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND, *, model: str = PRIMARY
     ) -> tuple[Future[float], bool]:
         """The model's score for one region (``sha``: its memo key, the source's sha256 for a whole
         image): a future shared by every caller with the same key while it is in flight or remembered.
@@ -515,7 +568,7 @@ class Judge:
             if future is not None:
                 self._memo.move_to_end(sha)
                 return future, False
-            future = self.batcher.submit(pixels, priority=priority)
+            future = self.batcher.submit(pixels, priority=priority, model=model)
             self._memo[sha] = future
             while len(self._memo) > _MEMO_SIZE:
                 self._memo.popitem(last=False)
@@ -568,6 +621,8 @@ class Judge:
                 judged_on=stored.judged_on,
                 **facts,  # type: ignore[arg-type]
             )
+        if stored.second_opinion is not None:
+            facts["second_opinion"] = self._opinion(stored.fake_score, stored.second_opinion.fake_score)
         return self._done(
             source, stored.fake_score, cached=True, judged_on=stored.judged_on, faces=stored.faces, **facts
         )
