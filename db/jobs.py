@@ -23,7 +23,7 @@ from db import webhooks
 from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, utcnow
 from db.results import faces_of, verdict_frames
 from dfscan.exceptions import IdempotencyConflictError, MaxAttemptsError
-from dfscan.verdicts import STORED, VIDEO, FaceVerdict, Stored, stored_frames
+from dfscan.verdicts import STORED, VIDEO, FaceVerdict, SecondOpinion, Stored, stored_frames
 from dfscan.verdicts import Verdict as VerdictResult
 from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 
@@ -283,7 +283,14 @@ VERDICT_FIELDS = (*STORED, "worker")
 # ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows, and
 # ``frames``, a video's ``(t, fake_score)`` pairs stored as verdict_frames rows (``(t, fake_score, faces)``
 # for a frame judged on faces: its faces as above, stored in verdict_frames.faces).
-OPTIONAL_FIELDS: dict[str, Any] = {"judged_on": "image", "media": "image", "duration_s": None, "peak_t": None}
+OPTIONAL_FIELDS: dict[str, Any] = {
+    "judged_on": "image",
+    "media": "image",
+    "duration_s": None,
+    "peak_t": None,
+    "provenance": None,
+    "second_opinion": None,
+}
 
 
 def _face_json(face: dict[str, Any]) -> dict[str, Any]:
@@ -547,6 +554,7 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
             Verdict.media,
             Verdict.duration_s,
             Verdict.peak_t,
+            Verdict.second_opinion,
         )
         .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
         .order_by(Verdict.id)
@@ -563,6 +571,7 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
             duration_s=row.duration_s,
             peak_t=row.peak_t,
             frames=stored_frames(frames.get(row.job_id, [])),
+            second_opinion=SecondOpinion.from_stored(row.second_opinion) if row.second_opinion else None,
         )
         for sha, row in newest.items()
     }

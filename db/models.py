@@ -204,6 +204,12 @@ class Verdict(Base):
     media: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
     duration_s: Mapped[float | None] = mapped_column(Float)
     peak_t: Mapped[float | None] = mapped_column(Float)
+    # What the source declares about its origin (C2PA manifest, IPTC digital source type, EXIF
+    # software): dfscan.verdicts.Provenance as JSON, beside the score. NULL when it was not read.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # A second model's p(fake) for the whole image and the combined reading (dfscan.verdicts.SecondOpinion
+    # as JSON); NULL without DFSCAN_SECOND_MODEL.
+    second_opinion: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
 
     __table_args__ = (
         CheckConstraint(_in("label", LABELS), name="label_valid"),

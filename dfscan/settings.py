@@ -186,6 +186,32 @@ class Settings(BaseSettings):
         "saw 256 px faces, and 32 px is the smallest size measured with full detector recall.",
     )
 
+    # --- a second opinion ------------------------------------------------------------------------
+    second_model: str | None = Field(
+        None,
+        description="A second Hugging Face image-classification checkpoint (hub id or local path; labels "
+        "mapped by name like DFSCAN_MODEL) judged on the whole image of every still image, beside the "
+        "first model. The verdict keeps the first model's label and score and adds second_opinion: "
+        "the second score and the combined reading. Unset: no second model. Costs one more model "
+        "input per image (bench/second_model.py).",
+    )
+    second_disagreement: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="When the two models' p(fake) differ by more than this, the combined reading is "
+        "'inconclusive' (no combined score); within it, the combined score is their mean. 0.5: 0.8 "
+        "beside 0.2 is inconclusive, 0.7 beside 0.4 combines to 0.55.",
+    )
+
+    # --- provenance -----------------------------------------------------------------------------
+    provenance: bool = Field(
+        True,
+        description="Read what every source declares about its origin (C2PA manifest and signature, IPTC "
+        "digital source type, EXIF software) and report it as the verdict's provenance, beside p(fake) "
+        "and never in it. A file without a manifest costs well under a millisecond (bench/provenance.py).",
+    )
+
     # --- sources (untrusted by default) --------------------------------------------------------
     allowed_roots: CommaList = Field(
         (),

@@ -24,6 +24,8 @@ FAKE = "fake"
 REAL = "real"
 # DFSCAN_FACES=require and no face found: the job is done, but there was nothing to judge.
 NOT_APPLICABLE = "not_applicable"
+# A second opinion's combined label when the two models disagree by more than the setting allows.
+INCONCLUSIVE = "inconclusive"
 FACES = "faces"
 IMAGE = "image"
 
@@ -46,6 +48,8 @@ STORED = (
     "media",
     "duration_s",
     "peak_t",
+    "provenance",
+    "second_opinion",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -68,6 +72,8 @@ OUTPUT = (
     "duration_s",
     "peak_t",
     "frames",
+    "provenance",
+    "second_opinion",
     "error_code",
     "error",
     "error_detail",
@@ -140,6 +146,82 @@ def stored_frames(frames: Sequence[tuple[Any, ...]]) -> tuple[Frame, ...]:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What a source declares about where it came from, read beside the model's score and never
+    changing it (:mod:`worker.inference.provenance` reads it; docs/trust.md says how to use it).
+
+    ``manifest``: a C2PA manifest store is embedded. ``signature_valid``: its active manifest's
+    signature and hashes check out (True), fail (False, ``signature_errors`` say which C2PA checks), or
+    there is nothing to check (None). Valid means intact since signing by the certificate in
+    ``signer``; it does not mean the signer is on a trust list. ``claim_generator``: the software that
+    made the manifest; ``actions``: its active manifest's action names (``c2pa.created``, ...).
+    ``digital_source_type``: the IPTC digital source type declared (the vocabulary's short name, e.g.
+    ``trainedAlgorithmicMedia``), by ``declared_by`` (``c2pa`` or ``xmp``). ``declared_ai``: True when
+    that type is generated media, False when it is a capture, None when nothing is declared.
+    ``software``: EXIF Software (or PNG Software, or XMP CreatorTool). ``error``: what could not be
+    read (over a cap, unreadable); the other fields say what could."""
+
+    manifest: bool = False
+    signature_valid: bool | None = None
+    signature_errors: tuple[str, ...] = ()
+    signer: str | None = None
+    claim_generator: str | None = None
+    actions: tuple[str, ...] = ()
+    digital_source_type: str | None = None
+    declared_by: str | None = None
+    declared_ai: bool | None = None
+    software: str | None = None
+    error: str | None = None
+
+    def output(self) -> dict[str, Any]:
+        """As printed, stored (the verdict's ``provenance`` JSON) and sent in webhooks."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["signature_errors"] = list(self.signature_errors)
+        out["actions"] = list(self.actions)
+        return out
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> Provenance:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in stored.items() if k in known}
+        for name in ("signature_errors", "actions"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SecondOpinion:
+    """A second model's p(fake) for the whole image (``DFSCAN_SECOND_MODEL``) and the rule that combines
+    it with the verdict's own score, which it never replaces (:func:`combine`)."""
+
+    model_version: str
+    fake_score: float
+    combined_score: float | None
+    combined_label: str
+    max_disagreement: float
+
+    def output(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> SecondOpinion:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+
+def combine(
+    first: float, second: float, *, threshold: float, max_disagreement: float, model_version: str
+) -> SecondOpinion:
+    """The documented rule: when the two p(fake) differ by more than ``max_disagreement`` the combined
+    label is ``inconclusive`` (no combined score: a person looks); else the combined score is their
+    mean, labelled by the verdict's threshold."""
+    if abs(first - second) > max_disagreement:
+        return SecondOpinion(model_version, second, None, INCONCLUSIVE, max_disagreement)
+    mean = (first + second) / 2
+    return SecondOpinion(model_version, second, mean, label_for(mean, threshold), max_disagreement)
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
     score (None for not_applicable), what it was judged on, and its faces; for a video also its
@@ -152,6 +234,7 @@ class Stored:
     duration_s: float | None = None
     peak_t: float | None = None
     frames: tuple[Frame, ...] = ()
+    second_opinion: SecondOpinion | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +268,10 @@ class Verdict:
     duration_s: float | None = None
     peak_t: float | None = None
     frames: tuple[Frame, ...] | None = None
+    # What the source declares about its origin (C2PA, IPTC, EXIF): beside the score, never in it.
+    provenance: Provenance | None = None
+    # A second model's score for the whole image and the combined reading (DFSCAN_SECOND_MODEL).
+    second_opinion: SecondOpinion | None = None
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -203,7 +290,10 @@ class Verdict:
         """The ``verdicts`` columns of a done verdict (the caller adds ``job_id`` and ``worker``)."""
         if not self.done:
             raise ValueError(f"a {self.status} verdict has no verdict row ({self.error_code})")
-        return {name: getattr(self, name) for name in STORED}
+        row = {name: getattr(self, name) for name in STORED}
+        row["provenance"] = None if self.provenance is None else self.provenance.output()
+        row["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
+        return row
 
     def face_rows(self) -> list[dict[str, Any]]:
         """The ``verdict_faces`` rows of this verdict, largest face first."""
@@ -216,6 +306,8 @@ class Verdict:
         out["frames"] = (
             None if self.frames is None else [frame.output(self.threshold) for frame in self.frames]
         )
+        out["provenance"] = None if self.provenance is None else self.provenance.output()
+        out["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
         return out
 
     def frame_rows(self) -> list[tuple[Any, ...]]:
@@ -252,6 +344,10 @@ class Verdict:
         stored.setdefault("media", UNKNOWN)  # no verdict row (failed, queued): what it was is not stored
         if stored.get("media") == VIDEO:
             stored["frames"] = stored_frames(frames or ())
+        if isinstance(stored.get("provenance"), Mapping):
+            stored["provenance"] = Provenance.from_stored(stored["provenance"])
+        if isinstance(stored.get("second_opinion"), Mapping):
+            stored["second_opinion"] = SecondOpinion.from_stored(stored["second_opinion"])
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

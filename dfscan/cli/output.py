@@ -25,6 +25,7 @@ KEYS = (
     "threshold",
     "judged_on",
     "n_faces",
+    "declared_ai",
     "model_version",
     "error_code",
     "error",
@@ -39,6 +40,26 @@ def n_faces(row: Mapping[str, Any]) -> int | None:
     if row.get("frames"):
         return sum(len(frame.get("faces") or ()) for frame in row["frames"])
     return len(row.get("faces") or ())
+
+
+def declared(row: Mapping[str, Any]) -> str:
+    """A done row's provenance in a few words: what it declares and whether its signature holds
+    ("AI (c2pa, signed)", "AI (c2pa, INVALID signature)", "capture (xmp)", "c2pa", "-")."""
+    found = row.get("provenance") or {}
+    if not found:
+        return "-"
+    by = found.get("declared_by")
+    ai = found.get("declared_ai")
+    what = "AI" if ai is True else "capture" if ai is False else ""
+    if found.get("manifest"):
+        valid = found.get("signature_valid")
+        check = "signed" if valid is True else "INVALID signature" if valid is False else "unread"
+        where = f"c2pa, {check}" if by in (None, "c2pa") else f"{by}; c2pa, {check}"
+    else:
+        where = by or ""
+    if not what and not where:
+        return "-"
+    return f"{what} ({where})" if what else where
 
 
 class Format(str, Enum):
@@ -60,7 +81,10 @@ def print_rows(rows: list[dict[str, Any]], fmt: Format, *, extra_keys: tuple[str
     elif fmt is Format.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(keys), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({**row, "n_faces": n_faces(row)} for row in rows)
+        writer.writerows(
+            {**row, "n_faces": n_faces(row), "declared_ai": (row.get("provenance") or {}).get("declared_ai")}
+            for row in rows
+        )
     else:
         print_table(rows)
 
@@ -73,6 +97,7 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
         ("p(fake)", "right"),
         ("threshold", "right"),
         ("faces", "right"),
+        ("declared", "left"),
         ("model or error", "left"),
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
@@ -90,14 +115,15 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
                 "" if score is None else f"{score:.4f}",
                 "" if threshold is None else f"{threshold:.4f}",
                 str(n_faces(row)) if row.get("judged_on") == "faces" else "-",
+                declared(row),
                 str(row["model_version"]),
             )
         elif row["status"] == "failed":
             table.add_row(
-                str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", "", "", str(row["error"])
+                str(row["source"]), f"[yellow]{row['error_code']}[/yellow]", "", "", "", "", str(row["error"])
             )
         else:
-            table.add_row(str(row["source"]), str(row["status"]), "", "", "", "")
+            table.add_row(str(row["source"]), str(row["status"]), "", "", "", "", "")
     # Piped or redirected output is read by programs and people alike: do not fold it at 80 columns.
     width = None if sys.stdout.isatty() else 240
     Console(soft_wrap=False, width=width).print(table)

@@ -170,8 +170,20 @@ CORE_MAY_IMPORT: dict[str, set[str]] = {
     "budget": {"images", "lanes", "sources", "video"},
     "regions": {"budget", "faces", "model", "video"},
     "annotate": {"regions"},
-    "judge": {"budget", "faces", "images", "lanes", "model", "regions", "sources", "video"},
-    "factory": {"budget", "faces", "images", "judge", "lanes", "model", "regions", "sources", "video"},
+    "provenance": set(),  # what a source declares: bytes in, a Provenance out (the Judge isolates it)
+    "judge": {"budget", "faces", "images", "lanes", "model", "provenance", "regions", "sources", "video"},
+    "factory": {
+        "budget",
+        "faces",
+        "images",
+        "judge",
+        "lanes",
+        "model",
+        "provenance",
+        "regions",
+        "sources",
+        "video",
+    },
 }
 
 

@@ -15,6 +15,7 @@ from worker.inference.faces.crops import FacePolicy, load_face_detector
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, Known
 from worker.inference.model.classifier import Classifier, load_classifier
+from worker.inference.provenance import ProvenancePolicy
 from worker.inference.sources.read import SourcePolicy
 from worker.inference.video.decode import VideoPolicy
 
@@ -104,6 +105,9 @@ def new_judge(
         known=known,
         faces=face_policy(settings, detector) if faces == "settings" else faces,  # type: ignore[arg-type]
         on_batch=on_batch,
+        provenance=ProvenancePolicy() if settings.provenance else None,
+        second=new_classifier(settings, model=settings.second_model) if settings.second_model else None,
+        second_disagreement=settings.second_disagreement,
     )
 
 

@@ -72,8 +72,11 @@ from dfscan.verdicts import (
     VIDEO,
     FaceVerdict,
     Frame,
+    Provenance,
+    SecondOpinion,
     Stored,
     Verdict,
+    combine,
     label_for,
 )
 from worker.inference.budget import Budget, Limits, rgb_bytes
@@ -91,9 +94,10 @@ from worker.inference.images.decode import (
     image_sha256,
     sniff_format,
 )
-from worker.inference.model.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
+from worker.inference.model.batcher import BACKGROUND, FOREGROUND, PRIMARY, DynamicBatcher, MicroBatcher
 from worker.inference.model.classifier import Classifier
-from worker.inference.model.preprocess import load_pixels
+from worker.inference.model.preprocess import load_pixels, to_tensor
+from worker.inference.provenance import ProvenancePolicy, read_provenance
 from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
@@ -105,6 +109,8 @@ log = logging.getLogger(__name__)
 # (a float), or what it said in full (a Stored: score or none, judged_on, faces).
 Known = Callable[[str, str], "float | Stored | None"]
 
+# The batcher's name for the second model (DFSCAN_SECOND_MODEL).
+SECOND = "second"
 # How long a caller waits for the model thread before its image counts as a model fault.
 MODEL_TIMEOUT_S = 600.0
 # Scores remembered by sha256, so repeats of the same bytes in flight or just judged skip the model.
@@ -128,6 +134,9 @@ class Judge:
         faces: FacePolicy | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         limits: Limits | None = None,
+        provenance: ProvenancePolicy | None = None,
+        second: Classifier | None = None,
+        second_disagreement: float = 0.5,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -146,6 +155,10 @@ class Judge:
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
         # GPU a few more inputs per batch are nearly free: frames fill images' batches and batch freely).
         mix = classifier.device.type != "cpu"
+        # A second opinion (DFSCAN_SECOND_MODEL): another classifier judging every still image whole,
+        # fed by the same batcher (its inputs wait in the same lanes as the first model's).
+        self.second = second
+        self.second_disagreement = second_disagreement
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -153,8 +166,11 @@ class Judge:
             on_batch=on_batch,
             mix=mix,
             background_batch=None if mix else 1,
+            others=None if second is None else {SECOND: second.predict},
         )
         self.faces = faces
+        # Read every source's C2PA manifest, XMP and EXIF declarations (None: not read).
+        self.provenance = provenance
         self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
         if faces is not None:
             self._face_batcher = MicroBatcher(
@@ -172,8 +188,16 @@ class Judge:
 
     @property
     def version(self) -> str:
-        """The model version verdicts record (and the duplicate cache is keyed on): the classifier's,
-        plus ``+faces:...`` naming the face detector and its settings when faces are on."""
+        """The model version image verdicts record (and the duplicate cache is keyed on): the
+        classifier's, plus ``+faces:...`` naming the face detector and its settings when faces are on,
+        plus ``+second:<version>:d=<disagreement>`` with a second opinion (its score is in the verdict)."""
+        if self.second is None:
+            return self._clip_version
+        return f"{self._clip_version}+second:{self.second.version}:d={self.second_disagreement:g}"
+
+    @property
+    def _clip_version(self) -> str:
+        """What judged a clip's frames (no second opinion: only still images get one)."""
         if self.faces is None:
             return self.classifier.version
         return f"{self.classifier.version}+{self.faces.version}"
@@ -185,13 +209,13 @@ class Judge:
         with a verdict sampled otherwise."""
         videos = self.videos
         sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
-        return f"{self.version}+video:{sampling}:side={videos.frame_side}"
+        return f"{self._clip_version}+video:{sampling}:side={videos.frame_side}"
 
     @property
     def animation_version(self) -> str:
         """The model version of an animated image's verdict: :attr:`version` plus its sampling
         (``+animation:frames=32:side=640``), so a verdict of its first frame alone is never reused."""
-        return f"{self.version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
+        return f"{self._clip_version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
 
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
@@ -236,9 +260,43 @@ class Judge:
     ) -> Verdict:
         """Judge image or video bytes already read (``source`` names them in the verdict), under
         ``budget`` (a new one when None). ``observe(frame, score)``, when given, is called with every
-        judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once)."""
+        judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once).
+        The verdict carries the bytes' provenance (read every time, a duplicate's too: it is cheap and
+        depends on no model)."""
         budget = budget or self.new_budget()
         container = video_container(data)
+        verdict = self._judge_read(data, container, source, fetch_ms, budget, observe)
+        if self.provenance is None:
+            return verdict
+        return replace(verdict, provenance=self._provenance(data, VIDEO if container else IMAGE))
+
+    def _provenance(self, data: bytes, media: str) -> Provenance:
+        """What ``data`` declares about its origin (:mod:`worker.inference.provenance`), bounded by its
+        own caps (it never fails a verdict); the native C2PA reader runs in a decode child when decodes
+        do."""
+        assert self.provenance is not None
+        isolate = None
+        if self.images.decode_processes > 0:
+            from worker.inference.images.decode_pool import run_isolated
+
+            def isolate(fn: Callable[..., Provenance], *args: object) -> Provenance:
+                return run_isolated(self.images, fn, *args)
+
+        try:
+            return read_provenance(data, self.provenance, media=media, isolate=isolate)
+        except Exception as exc:  # a bug in reading declarations never costs the verdict
+            log.error("provenance reading failed: %r", exc, exc_info=exc)
+            return Provenance(error=f"unreadable: {type(exc).__name__}")
+
+    def _judge_read(
+        self,
+        data: bytes,
+        container: str | None,
+        source: str,
+        fetch_ms: float,
+        budget: Budget,
+        observe: Observe | None,
+    ) -> Verdict:
         if container is not None:
             return self._judge_video(data, container, source, fetch_ms, budget, observe)
         sha = image_sha256(data)
@@ -253,7 +311,7 @@ class Judge:
         kept = contextlib.ExitStack()  # the full-size image's share of the decode memory, while held
         try:
             budget.enter("decode")
-            if self.faces is None and observe is None:
+            if self.faces is None and observe is None and self.second is None:
                 # Decode, reduce and preprocess inside the decode memory budget (and, with
                 # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
                 pixels, (width, height) = load_pixels(data, self.classifier.preprocess, self.images)
@@ -343,6 +401,9 @@ class Judge:
         """An image (one frame) or an animated image (``clip``: sampled frames) down the region road."""
         priority = BACKGROUND if clip else FOREGROUND
         started = time.perf_counter()
+        second: list[tuple[Future[float], bool]] = []  # the second model's future, and whether it was new
+        if self.second is not None and not clip:
+            frames = self._with_second(frames, budget, second)
         try:
             scored = score_clip(
                 frames,
@@ -355,6 +416,9 @@ class Judge:
                 timeout=MODEL_TIMEOUT_S,
                 observe=observe,
             )
+            if second:
+                with budget.waiting():
+                    second_score = float(second[0][0].result(timeout=MODEL_TIMEOUT_S))
         except Exception as exc:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
         if self.faces is not None:
@@ -365,13 +429,41 @@ class Judge:
         if scored.fake_score is None:  # require, and no face: nothing was judged
             return self._not_applicable(source, **facts)
         faces = () if clip else tuple(scored.frames[0].faces)
+        if second:
+            facts["second_opinion"] = self._opinion(scored.fake_score, second_score)
         return self._done(
             source,
             scored.fake_score,
-            cached=scored.cached,
+            cached=scored.cached and not (second and second[0][1]),
             judged_on=FACES if scored.on_faces else IMAGE,
             faces=faces,
             **facts,  # type: ignore[arg-type]
+        )
+
+    def _with_second(
+        self, frames: Iterable[ClipFrame], budget: Budget, futures: list[tuple[Future[float], bool]]
+    ) -> Iterator[ClipFrame]:
+        """``frames`` (one: a still image), its whole image submitted to the second model on the way
+        (preprocessed as that model's checkpoint says); the future is appended to ``futures``."""
+        assert self.second is not None
+        for frame in frames:
+            if not futures:
+                if frame.image is None:
+                    raise ValueError("a second opinion needs the frame's image")
+                budget.take_model_inputs(1)
+                pixels = to_tensor(frame.image, self.second.preprocess)
+                futures.append(self._score(f"{frame.key}#second", pixels, FOREGROUND, model=SECOND))
+            yield frame
+            del frame
+
+    def _opinion(self, first: float, second: float) -> SecondOpinion:
+        assert self.second is not None
+        return combine(
+            first,
+            second,
+            threshold=self.threshold,
+            max_disagreement=self.second_disagreement,
+            model_version=self.second.version,
         )
 
     def _find_faces(self, image: Image.Image, priority: int = FOREGROUND) -> list[Face]:
@@ -467,7 +559,7 @@ class Judge:
         )
 
     def _score(
-        self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND
+        self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND, *, model: str = PRIMARY
     ) -> tuple[Future[float], bool]:
         """The model's score for one region (``sha``: its memo key, the source's sha256 for a whole
         image): a future shared by every caller with the same key while it is in flight or remembered.
@@ -477,7 +569,7 @@ class Judge:
             if future is not None:
                 self._memo.move_to_end(sha)
                 return future, False
-            future = self.batcher.submit(pixels, priority=priority)
+            future = self.batcher.submit(pixels, priority=priority, model=model)
             self._memo[sha] = future
             while len(self._memo) > _MEMO_SIZE:
                 self._memo.popitem(last=False)
@@ -530,6 +622,8 @@ class Judge:
                 judged_on=stored.judged_on,
                 **facts,  # type: ignore[arg-type]
             )
+        if stored.second_opinion is not None:
+            facts["second_opinion"] = self._opinion(stored.fake_score, stored.second_opinion.fake_score)
         return self._done(
             source, stored.fake_score, cached=True, judged_on=stored.judged_on, faces=stored.faces, **facts
         )

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -290,13 +290,43 @@ def _model_error(exc: Exception) -> Exception:
     return exc if isinstance(exc, InferenceError) else InferenceError(f"model fault: {exc}")
 
 
-def _stacked(predict: PredictFn) -> Callable[[list[torch.Tensor]], list[float]]:
-    return lambda items: [float(score) for score in predict(torch.stack(items))]
+# The name of a DynamicBatcher's first model; others are named by the caller (``second``).
+PRIMARY = "primary"
+# One model input: which model judges it, and its (3, H, W) tensor (each model's own preprocessing).
+ModelInput = tuple[str, torch.Tensor]
 
 
-class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
-    """Feeds the model: each item is a (3, H, W) tensor, each result its p(fake). One model thread for
-    every lane plus ``reserved`` (1) for interactive inputs only."""
+def _grouped(models: Mapping[str, PredictFn]) -> Callable[[list[ModelInput]], list[float]]:
+    """A batch function over inputs for several models: each model runs once on its own inputs (stacked),
+    and the results come back in the batch's order."""
+
+    def run(items: list[ModelInput]) -> list[float]:
+        results: list[float] = [0.0] * len(items)
+        by_model: dict[str, list[int]] = {}
+        for index, (name, _) in enumerate(items):
+            by_model.setdefault(name, []).append(index)
+        for name, indices in by_model.items():
+            scores = models[name](torch.stack([items[i][1] for i in indices]))
+            if len(scores) != len(indices):
+                raise RuntimeError(
+                    f"the {name} model returned {len(scores)} results for a batch of {len(indices)}; "
+                    "every item must get exactly one"
+                )
+            for index, score in zip(indices, scores, strict=True):
+                results[index] = float(score)
+        return results
+
+    return run
+
+
+class DynamicBatcher(MicroBatcher[ModelInput, float]):
+    """Feeds the models: each item is a (3, H, W) tensor for one model, each result its p(fake). One
+    model thread for every lane plus ``reserved`` (1) for interactive inputs only.
+
+    ``predict`` is the first model (``PRIMARY``); ``others`` more models by name (a second opinion).
+    Every model's inputs wait in the same lanes and run on the same threads, so a second model takes
+    its turn with the first instead of competing with it for the CPU; a batch holding inputs of both
+    runs each model once on its share."""
 
     def __init__(
         self,
@@ -309,9 +339,11 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
         mix: bool = True,
         background_batch: int | None = None,
         reserved: int = 1,
+        others: Mapping[str, PredictFn] | None = None,
     ) -> None:
+        self.models: dict[str, PredictFn] = {PRIMARY: predict, **(others or {})}
         super().__init__(
-            _stacked(predict),
+            _grouped(self.models),
             max_batch=max_batch,
             max_wait=max_wait,
             name=name,
@@ -322,3 +354,11 @@ class DynamicBatcher(MicroBatcher[torch.Tensor, float]):
             reserved=reserved,
             yield_bulk=True,
         )
+
+    def submit(  # type: ignore[override]
+        self, item: torch.Tensor, *, priority: int = FOREGROUND, lane: int | None = None, model: str = PRIMARY
+    ) -> Future[float]:
+        """Queue one input of ``model`` (default: the first)."""
+        if model not in self.models:
+            raise ValueError(f"no model named {model!r} in this batcher (it has {sorted(self.models)})")
+        return super().submit((model, item), priority=priority, lane=lane)
