@@ -13,8 +13,12 @@ The cascade is facenet-pytorch's ``detect_face`` with these changes:
 
 - each image is first shrunk so its longest side is at most ``detect_side`` pixels (the cost then no
   longer grows with the photo's resolution); boxes are mapped back to the original's pixels;
-- the P-net runs per image (images differ in size), the R-net and O-net run once for all candidate boxes
-  of all images of a call (batched on the detector's device);
+- every network is fed many images at once, on the detector's device (the model's): the P-net runs once
+  per pyramid level for all images of a call (images of different sizes padded to a common one, the
+  padding masked out so each image's maps are what it gives alone: :meth:`PNet.forward`), the R-net and
+  O-net once for all candidate boxes of all images; uint8 pixels cross to the device and are normalised
+  there. Candidates, caps and NMS stay per image, so a batch finds what each image finds alone
+  (``tests/unit/test_face_mtcnn_batched.py``);
 - the facial landmarks are not returned (dfscan crops boxes);
 - the work per image is capped (``MAX_LEVEL_CANDIDATES`` per pyramid level before its NMS,
   ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``), keeping the best-scoring boxes, so no texture can make one
@@ -63,6 +67,12 @@ DETECT_SIDE = 640
 MAX_LEVEL_CANDIDATES = 2000
 MAX_RNET_INPUTS = 2000
 MAX_ONET_INPUTS = 500
+# How the P-net is fed many images at once (one forward per pyramid level for all of a call's images):
+# images of different sizes are padded to a common one, at most PAD_WASTE times their own pixels (else
+# they go in several forwards), and one forward takes at most MAX_PNET_PIXELS pixels (its first layer's
+# output is 40 bytes a pixel: 4 Mpx is ~170 MB).
+PAD_WASTE = 1.5
+MAX_PNET_PIXELS = 1 << 22
 
 
 # The three networks' state dicts, package data in worker/inference/weights/ (see the LICENSE there).
@@ -106,12 +116,41 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``: a batch of images, each padded at its right and bottom; ``sizes``: ``(N, 2)`` the height and
+        width of each image before padding (None: none is padded).
+
+        Every layer but the pooling is a valid (unpadded) convolution, so an output cell inside an image's own
+        output map sees only that image's pixels, with one exception that the masks below remove: the
+        ceil-mode pooling's last, partial window. Alone, it takes the maximum of the image's last column
+        (row) of features; in a padded batch it would also see the padding's. The features beyond each image
+        are set to -inf before pooling (the maximum ignores them: the same numbers as alone) and the pooled
+        cells made only of padding to 0 after it (finite, so no convolution algorithm spreads an infinity
+        into a neighbouring cell). The caller crops each image's map to :func:`pnet_output_size`.
+        """
         x = self.prelu1(self.conv1(x))
+        if sizes is not None:
+            x = x.masked_fill(_beyond(sizes - 2, x.shape[2], x.shape[3]), float("-inf"))
         x = self.pool1(x)
+        if sizes is not None:
+            x = x.masked_fill(_beyond((sizes - 1) // 2, x.shape[2], x.shape[3]), 0.0)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+
+
+def _beyond(sizes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, 1, height, width)`` True where a cell lies outside its image's ``sizes`` (N, 2: rows, columns)."""
+    rows = torch.arange(height, device=sizes.device)[None, :, None] >= sizes[:, 0, None, None]
+    cols = torch.arange(width, device=sizes.device)[None, None, :] >= sizes[:, 1, None, None]
+    return (rows | cols)[:, None]
+
+
+def pnet_output_size(height: int, width: int) -> tuple[int, int]:
+    """The P-net's output map for an image of ``height`` x ``width``: conv 3, ceil-mode pool 2, conv 3, conv 3."""
+    return (height - 2 + 1) // 2 - 4, (width - 2 + 1) // 2 - 4
 
 
 class RNet(nn.Module):
@@ -268,10 +307,9 @@ class MtcnnDetector:
             small, scale = self._shrink(image)
             smalls.append(small)
             scales.append(scale)
-        # Stage 1: the P-net over each image's pyramid.
+        # Stage 1: the P-net over every image's pyramid, one forward per level (and padding group) for all.
         boxes_all: list[np.ndarray] = []
-        for index, small in enumerate(smalls):
-            found = self._stage_one(small)
+        for index, found in enumerate(self._stage_one(smalls)):
             if len(found):
                 boxes_all.append(np.concatenate([found, np.full((len(found), 1), index, np.float64)], axis=1))
         result: list[list[Face]] = [[] for _ in images]
@@ -303,31 +341,76 @@ class MtcnnDetector:
         # then resamples; several times faster than a plain resize of a large photo, same result at 12 px.
         return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), scale
 
-    def _tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        """uint8 HWC arrays to the nets' normalised NCHW float input (channels_last memory), on the device."""
-        batch = torch.from_numpy(np.stack(arrays)).to(self.device)
+    def _tensor(self, arrays: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """uint8 HWC arrays (a list, or one NHWC array) to the nets' normalised NCHW float input
+        (channels_last memory), on the device: uint8 crosses to the device, the arithmetic happens there."""
+        stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+        batch = torch.from_numpy(stacked).to(self.device)
         return ((batch.float() - 127.5) * 0.0078125).permute(0, 3, 1, 2)
 
-    def _stage_one(self, img: Image.Image) -> np.ndarray:
-        w, h = img.size
+    def _stage_one(self, smalls: list[Image.Image]) -> list[np.ndarray]:
+        """Each image's P-net candidates (``x1 y1 x2 y2 score``, squared), after NMS within and across levels.
+
+        Level by level, the images that still have that level are resampled (Pillow) and go through the
+        P-net together, padded to a common size (:meth:`PNet.forward` masks the padding out); images whose
+        sizes differ too much for one padded batch go in several (:func:`_padding_groups`). Candidates,
+        caps and NMS stay per image, as if each image were alone.
+        """
         m = 12.0 / self.min_face
-        minl = min(h, w) * m
+        # The same float arithmetic as one image at a time: the scale and each image's shorter side
+        # shrink by PYRAMID_FACTOR per level.
+        minl = [min(img.size) * m for img in smalls]
         scale = m
-        found: list[np.ndarray] = []
-        while minl >= 12:
-            # Pillow's BOX filter is the area average facenet-pytorch resamples with, several times faster
-            # on CPU than torch's adaptive pooling at these ratios.
-            level_img = img.resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
-            reg, probs = self.pnet(self._tensor([np.asarray(level_img)]))
-            boxes = _generate(reg[0].cpu().numpy(), probs[0, 1].cpu().numpy(), scale, THRESHOLDS[0])
-            if len(boxes) > self.max_level_candidates:  # before NMS, whose cost is candidates x kept
-                best = np.argpartition(-boxes[:, 4], self.max_level_candidates - 1)
-                boxes = boxes[best[: self.max_level_candidates]]
-            if len(boxes):
-                keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
-                found.append(boxes[keep])
+        found: list[list[np.ndarray]] = [[] for _ in smalls]
+        while True:
+            active = [i for i, side in enumerate(minl) if side >= 12]
+            if not active:
+                break
+            levels: dict[int, np.ndarray] = {}
+            for i in active:
+                w, h = smalls[i].size
+                # Pillow's BOX filter is the area average facenet-pytorch resamples with, several times
+                # faster on CPU than torch's adaptive pooling at these ratios.
+                levels[i] = np.asarray(
+                    smalls[i].resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
+                )
+            for group in _padding_groups([(i, levels[i].shape[:2]) for i in active]):
+                for i, (reg, probs) in zip(group, self._pnet([levels[i] for i in group]), strict=True):
+                    boxes = _generate(reg, probs, scale, THRESHOLDS[0])
+                    if len(boxes) > self.max_level_candidates:  # before NMS, whose cost is candidates x kept
+                        best = np.argpartition(-boxes[:, 4], self.max_level_candidates - 1)
+                        boxes = boxes[best[: self.max_level_candidates]]
+                    if len(boxes):
+                        keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
+                        found[i].append(boxes[keep])
             scale *= PYRAMID_FACTOR
-            minl *= PYRAMID_FACTOR
+            minl = [side * PYRAMID_FACTOR for side in minl]
+        return [self._merge_levels(levels_found) for levels_found in found]
+
+    def _pnet(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The P-net over uint8 HWC images of one level in one forward: per image its box regression
+        ``(4, h, w)`` and face probability ``(h, w)`` maps, cropped to its own size; one device sync."""
+        heights = [a.shape[0] for a in arrays]
+        widths = [a.shape[1] for a in arrays]
+        height, width = max(heights), max(widths)
+        if all(h == height and w == width for h, w in zip(heights, widths, strict=True)):
+            reg, probs = self.pnet(self._tensor(arrays))
+        else:
+            batch = np.zeros((len(arrays), height, width, 3), np.uint8)
+            for k, a in enumerate(arrays):
+                batch[k, : a.shape[0], : a.shape[1]] = a
+            sizes = torch.tensor(list(zip(heights, widths, strict=True)), device=self.device)
+            reg, probs = self.pnet(self._tensor(batch), sizes)
+        reg_np = reg.cpu().numpy()
+        probs_np = probs[:, 1].cpu().numpy()
+        out = []
+        for k, (h, w) in enumerate(zip(heights, widths, strict=True)):
+            oh, ow = pnet_output_size(h, w)
+            out.append((reg_np[k, :, :oh, :ow], probs_np[k, :oh, :ow]))
+        return out
+
+    def _merge_levels(self, found: list[np.ndarray]) -> np.ndarray:
+        """One image's candidates of every level: NMS across levels, the R-net cap, boxes regressed and squared."""
         if not found:
             return np.empty((0, 5))
         boxes = np.concatenate(found)
@@ -396,6 +479,29 @@ class MtcnnDetector:
         out = _bbreg(boxes, reg_all)
         keep = _batched_nms(out, score, out[:, 5], 0.7, "min")
         return out[keep]
+
+
+def _padding_groups(shapes: list[tuple[int, tuple[int, int]]]) -> list[list[int]]:
+    """Images of one pyramid level (``(index, (height, width))``) in groups that go through the P-net
+    together: each group's padded batch is at most ``PAD_WASTE`` times its images' own pixels and at
+    most ``MAX_PNET_PIXELS`` (unless one image alone is larger). Same-size images (frames of a video,
+    photos from one camera) need no padding and share one group."""
+    ordered = sorted(shapes, key=lambda item: (-item[1][0], -item[1][1], item[0]))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    top = widest = own = 0
+    for index, (h, w) in ordered:
+        if current:
+            padded = (len(current) + 1) * top * max(widest, w)
+            if padded <= PAD_WASTE * (own + h * w) and padded <= MAX_PNET_PIXELS:
+                current.append(index)
+                widest, own = max(widest, w), own + h * w
+                continue
+            groups.append(current)
+        current, top, widest, own = [index], h, w, h * w
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _best_per_image(boxes: np.ndarray, cap: int) -> np.ndarray:
