@@ -98,22 +98,21 @@ def real_photos(photos: Path) -> list[tuple[str, Image.Image]]:
 
 def measure(detector: Any, image: Image.Image, repeats: int) -> dict[str, Any]:
     """CPU seconds of one detect call (median), the work each stage saw, and the faces found."""
-    from worker.inference.faces import mtcnn as face_mtcnn
 
     counts: dict[str, int] = {"level_max": 0, "rnet": 0, "onet": 0}
-    generate = face_mtcnn._generate
+    pnet = detector._pnet
     refine = detector._refine
 
-    def counting_generate(*args: Any, **kwargs: Any) -> np.ndarray:
-        boxes = generate(*args, **kwargs)
-        counts["level_max"] = max(counts["level_max"], len(boxes))
-        return boxes
+    def counting_pnet(*args: Any, **kwargs: Any) -> list[np.ndarray]:
+        found: list[np.ndarray] = pnet(*args, **kwargs)
+        counts["level_max"] = max([counts["level_max"], *(len(boxes) for boxes in found)])
+        return found
 
     def counting_refine(smalls: Any, boxes: np.ndarray, net: Any, size: int, *rest: Any) -> np.ndarray:
         counts["rnet" if size == 24 else "onet"] = len(boxes)
         return refine(smalls, boxes, net, size, *rest)
 
-    face_mtcnn._generate = counting_generate  # type: ignore[assignment]
+    detector._pnet = counting_pnet
     detector._refine = counting_refine
     try:
         times, faces = [], []
@@ -122,7 +121,7 @@ def measure(detector: Any, image: Image.Image, repeats: int) -> dict[str, Any]:
             faces = detector.detect([image])[0]
             times.append(time.process_time() - before)
     finally:
-        face_mtcnn._generate = generate  # type: ignore[assignment]
+        del detector._pnet
         del detector._refine
     return {"cpu_s": statistics.median(times), **counts, "faces": [f.box for f in faces]}
 

@@ -144,9 +144,28 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None,
         description="torch threads per process; unset means every core (one inference worker per "
-        "machine). Running N worker processes on one machine? Set cores / N, so they never oversubscribe.",
+        "machine), and 2 for `dfscan worker` on a CUDA GPU (the GPU does the model's work). Running N worker "
+        "processes on one machine? Set cores / N, so they never oversubscribe.",
     )
-    batch_size: int = Field(8, ge=1, description="Images per forward pass. 4-16 is fastest on CPU.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Numerics of the model. auto: fp32 on CPU; on CUDA bf16 autocast where the GPU has native "
+        "bf16 (compute capability 8.0 on: A100, H100, L4), else fp16 autocast (V100, T4). The model version "
+        "ends in +bf16 or +fp16 unless DFSCAN_SHARE_CACHE_ACROSS_PRECISION, so cached verdicts of one "
+        "numerics never answer for another.",
+    )
+    share_cache_across_precision: bool = Field(
+        False,
+        description="Leave the +bf16/+fp16 suffix out of the model version, so GPU and CPU workers share "
+        "cached verdicts. Set it only after bench/gpu.py measured max |p(bf16) - p(fp32)| within 0.01 on your "
+        "GPU and model (docs/deploy.md, GPU host).",
+    )
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Images per forward pass. 4-16 is fastest on CPU. Unset, `dfscan worker` on a CUDA GPU "
+        "picks 64-256 from the GPU's memory (docs/deploy.md, GPU host).",
+    )
     batch_wait_ms: int = Field(
         20, ge=0, description="Worker: longest wait for a batch to fill before running it anyway."
     )

@@ -69,10 +69,12 @@ def run_worker(
     fork follows it. Training runs one run at a time (concurrency 1) in its own worker process.
     """
     tune_allocator()  # before worker.app imports torch and the task threads start
-    from worker.app import app
-
     concrete = expand_queues(queues)
     training_only = all(queue == "training" for queue in concrete)
+    if not training_only:
+        settings = hardware_defaults(settings)
+    from worker.app import app
+
     threads = concurrency or (1 if training_only else max(4, 2 * settings.batch_size))
     if INTERACTIVE_QUEUE in concrete and INFERENCE_QUEUE in concrete:
         # Bulk messages hold at most `threads` task threads; the reserved ones only ever run interactive
@@ -116,6 +118,38 @@ def run_worker(
             "--without-gossip",
         ]
     )
+
+
+def hardware_defaults(settings: Settings, environ: MutableMapping[str, str] = os.environ) -> Settings:
+    """``settings`` with the serving defaults of the hardware found (on a CUDA GPU: batch size 64-256 by
+    its memory, 2 torch threads; :mod:`worker.inference.hardware`) for each the operator left unset.
+
+    They are written to ``environ`` as ``DFSCAN_*`` and the process's settings re-read, so every reader
+    of :func:`~dfscan.settings.get_settings` in this process (the runtime, the task threads' count, the
+    database pool) sees the same values. A setting given in the environment or ``.env`` always wins.
+    """
+    from dfscan.settings import get_settings
+    from worker.inference.hardware import probe, serving_defaults
+
+    hardware = probe(settings.device)
+    chosen = {
+        name: value
+        for name, value in serving_defaults(hardware).items()
+        if name not in settings.model_fields_set
+    }
+    if not chosen:
+        return settings
+    for name, value in chosen.items():
+        environ[f"DFSCAN_{name.upper()}"] = str(value)
+    log.info(
+        "%s (%.0f GiB, compute capability %d.%d): %s",
+        hardware.name,
+        hardware.memory_gib,
+        *hardware.capability,
+        ", ".join(f"DFSCAN_{name.upper()}={value}" for name, value in chosen.items()),
+    )
+    get_settings.cache_clear()
+    return get_settings()
 
 
 def _load_model_or_exit() -> None:

@@ -78,6 +78,8 @@ def new_classifier(
         threads=default_threads(settings),
         runtime=settings.runtime,
         onnx_cache=settings.onnx_cache,
+        precision=settings.precision,
+        share_cache_across_precision=settings.share_cache_across_precision,
     )
 
 

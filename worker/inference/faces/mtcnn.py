@@ -13,8 +13,12 @@ The cascade is facenet-pytorch's ``detect_face`` with these changes:
 
 - each image is first shrunk so its longest side is at most ``detect_side`` pixels (the cost then no
   longer grows with the photo's resolution); boxes are mapped back to the original's pixels;
-- the P-net runs per image (images differ in size), the R-net and O-net run once for all candidate boxes
-  of all images of a call (batched on the detector's device);
+- every network is fed many images at once, on the detector's device (the model's): the P-net runs once
+  per pyramid level for all images of a call (images of different sizes padded to a common one, the
+  padding masked out so each image's maps are what it gives alone: :meth:`PNet.forward`), the R-net and
+  O-net once for all candidate boxes of all images; uint8 pixels cross to the device and are normalised
+  there. Candidates, caps and NMS stay per image, so a batch finds what each image finds alone
+  (``tests/unit/test_face_mtcnn_batched.py``);
 - the facial landmarks are not returned (dfscan crops boxes);
 - the work per image is capped (``MAX_LEVEL_CANDIDATES`` per pyramid level before its NMS,
   ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``), keeping the best-scoring boxes, so no texture can make one
@@ -63,6 +67,12 @@ DETECT_SIDE = 640
 MAX_LEVEL_CANDIDATES = 2000
 MAX_RNET_INPUTS = 2000
 MAX_ONET_INPUTS = 500
+# How the P-net is fed many images at once (one forward per pyramid level for all of a call's images):
+# images of different sizes are padded to a common one, at most PAD_WASTE times their own pixels (else
+# they go in several forwards), and one forward takes at most MAX_PNET_PIXELS pixels (its first layer's
+# output is 40 bytes a pixel: 4 Mpx is ~170 MB).
+PAD_WASTE = 1.5
+MAX_PNET_PIXELS = 1 << 22
 
 
 # The three networks' state dicts, package data in worker/inference/weights/ (see the LICENSE there).
@@ -106,12 +116,41 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``: a batch of images, each padded at its right and bottom; ``sizes``: ``(N, 2)`` the height and
+        width of each image before padding (None: none is padded).
+
+        Every layer but the pooling is a valid (unpadded) convolution, so an output cell inside an image's own
+        output map sees only that image's pixels, with one exception that the masks below remove: the
+        ceil-mode pooling's last, partial window. Alone, it takes the maximum of the image's last column
+        (row) of features; in a padded batch it would also see the padding's. The features beyond each image
+        are set to -inf before pooling (the maximum ignores them: the same numbers as alone) and the pooled
+        cells made only of padding to 0 after it (finite, so no convolution algorithm spreads an infinity
+        into a neighbouring cell). The caller crops each image's map to :func:`pnet_output_size`.
+        """
         x = self.prelu1(self.conv1(x))
+        if sizes is not None:
+            x = x.masked_fill(_beyond(sizes - 2, x.shape[2], x.shape[3]), float("-inf"))
         x = self.pool1(x)
+        if sizes is not None:
+            x = x.masked_fill(_beyond((sizes - 1) // 2, x.shape[2], x.shape[3]), 0.0)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+
+
+def _beyond(sizes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, 1, height, width)`` True where a cell lies outside its image's ``sizes`` (N, 2: rows, columns)."""
+    rows = torch.arange(height, device=sizes.device)[None, :, None] >= sizes[:, 0, None, None]
+    cols = torch.arange(width, device=sizes.device)[None, None, :] >= sizes[:, 1, None, None]
+    return (rows | cols)[:, None]
+
+
+def pnet_output_size(height: int, width: int) -> tuple[int, int]:
+    """The P-net's output map for an image of ``height`` x ``width``: conv 3, ceil-mode pool 2, conv 3, conv 3."""
+    return (height - 2 + 1) // 2 - 4, (width - 2 + 1) // 2 - 4
 
 
 class RNet(nn.Module):
@@ -268,10 +307,9 @@ class MtcnnDetector:
             small, scale = self._shrink(image)
             smalls.append(small)
             scales.append(scale)
-        # Stage 1: the P-net over each image's pyramid.
+        # Stage 1: the P-net over every image's pyramid, one forward per level (and padding group) for all.
         boxes_all: list[np.ndarray] = []
-        for index, small in enumerate(smalls):
-            found = self._stage_one(small)
+        for index, found in enumerate(self._stage_one(smalls)):
             if len(found):
                 boxes_all.append(np.concatenate([found, np.full((len(found), 1), index, np.float64)], axis=1))
         result: list[list[Face]] = [[] for _ in images]
@@ -303,31 +341,77 @@ class MtcnnDetector:
         # then resamples; several times faster than a plain resize of a large photo, same result at 12 px.
         return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), scale
 
-    def _tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        """uint8 HWC arrays to the nets' normalised NCHW float input (channels_last memory), on the device."""
-        batch = torch.from_numpy(np.stack(arrays)).to(self.device)
+    def _tensor(self, arrays: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """uint8 HWC arrays (a list, or one NHWC array) to the nets' normalised NCHW float input
+        (channels_last memory), on the device: uint8 crosses to the device, the arithmetic happens there."""
+        stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+        batch = torch.from_numpy(stacked).to(self.device)
         return ((batch.float() - 127.5) * 0.0078125).permute(0, 3, 1, 2)
 
-    def _stage_one(self, img: Image.Image) -> np.ndarray:
-        w, h = img.size
+    def _stage_one(self, smalls: list[Image.Image]) -> list[np.ndarray]:
+        """Each image's P-net candidates (``x1 y1 x2 y2 score``, squared), after NMS within and across levels.
+
+        Level by level, the images that still have that level are resampled (Pillow) and go through the
+        P-net together, padded to a common size (:meth:`PNet.forward` masks the padding out); images whose
+        sizes differ too much for one padded batch go in several (:func:`_padding_groups`). Candidates,
+        caps and NMS stay per image, as if each image were alone.
+        """
         m = 12.0 / self.min_face
-        minl = min(h, w) * m
+        # The same float arithmetic as one image at a time: the scale and each image's shorter side
+        # shrink by PYRAMID_FACTOR per level.
+        minl = [min(img.size) * m for img in smalls]
         scale = m
-        found: list[np.ndarray] = []
-        while minl >= 12:
-            # Pillow's BOX filter is the area average facenet-pytorch resamples with, several times faster
-            # on CPU than torch's adaptive pooling at these ratios.
-            level_img = img.resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
-            reg, probs = self.pnet(self._tensor([np.asarray(level_img)]))
-            boxes = _generate(reg[0].cpu().numpy(), probs[0, 1].cpu().numpy(), scale, THRESHOLDS[0])
-            if len(boxes) > self.max_level_candidates:  # before NMS, whose cost is candidates x kept
-                best = np.argpartition(-boxes[:, 4], self.max_level_candidates - 1)
-                boxes = boxes[best[: self.max_level_candidates]]
-            if len(boxes):
-                keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
-                found.append(boxes[keep])
+        found: list[list[np.ndarray]] = [[] for _ in smalls]
+        while True:
+            active = [i for i, side in enumerate(minl) if side >= 12]
+            if not active:
+                break
+            levels: dict[int, Image.Image] = {}
+            for i in active:
+                w, h = smalls[i].size
+                # Pillow's BOX filter is the area average facenet-pytorch resamples with, several times
+                # faster on CPU than torch's adaptive pooling at these ratios.
+                levels[i] = smalls[i].resize((int(w * scale + 1), int(h * scale + 1)), Image.Resampling.BOX)
+            for group in _padding_groups([(i, levels[i].size[::-1]) for i in active]):
+                for i, boxes in zip(group, self._pnet([levels[i] for i in group], scale), strict=True):
+                    if len(boxes) > self.max_level_candidates:  # before NMS, whose cost is candidates x kept
+                        best = np.argpartition(-boxes[:, 4], self.max_level_candidates - 1)
+                        boxes = boxes[best[: self.max_level_candidates]]
+                    if len(boxes):
+                        keep = nms(boxes[:, :4], boxes[:, 4], 0.5)
+                        found[i].append(boxes[keep])
             scale *= PYRAMID_FACTOR
-            minl *= PYRAMID_FACTOR
+            minl = [side * PYRAMID_FACTOR for side in minl]
+        return [self._merge_levels(levels_found) for levels_found in found]
+
+    def _pnet(self, images: list[Image.Image], scale: float) -> list[np.ndarray]:
+        """The P-net over RGB images of one level (``scale``) in one forward; per image its candidate boxes
+        ``x1 y1 x2 y2 score dx1 dy1 dx2 dy2`` in the shrunk image's pixels (:func:`_generate`).
+
+        The threshold is applied on the device over the whole batch (the padding's cells excluded), and
+        only the cells that pass come back: one device sync per level, whatever the number of images."""
+        heights = [image.height for image in images]
+        widths = [image.width for image in images]
+        height, width = max(heights), max(widths)
+        batch = self._tensor(_stacked(images, height, width))
+        if all(h == height and w == width for h, w in zip(heights, widths, strict=True)):
+            reg, probs = self.pnet(batch)
+            hit = probs[:, 1] >= THRESHOLDS[0]
+        else:
+            sizes = torch.tensor(list(zip(heights, widths, strict=True)), device=self.device)
+            reg, probs = self.pnet(batch, sizes)
+            outputs = torch.tensor([pnet_output_size(h, w) for h, w in zip(heights, widths, strict=True)])
+            hit = probs[:, 1] >= THRESHOLDS[0]
+            hit &= ~_beyond(outputs.to(self.device), hit.shape[1], hit.shape[2])[:, 0]
+        n, ys, xs = hit.nonzero(as_tuple=True)  # row-major: per image, the order numpy's nonzero gives
+        cells = torch.stack([n, ys, xs]).cpu().numpy()
+        score = probs[n, 1, ys, xs].cpu().numpy()
+        offsets = reg[n, :, ys, xs].cpu().numpy()
+        boxes = _generate(cells[1], cells[2], score, offsets, scale)
+        return np.split(boxes, np.cumsum(np.bincount(cells[0], minlength=len(images)))[:-1])
+
+    def _merge_levels(self, found: list[np.ndarray]) -> np.ndarray:
+        """One image's candidates of every level: NMS across levels, the R-net cap, boxes regressed and squared."""
         if not found:
             return np.empty((0, 5))
         boxes = np.concatenate(found)
@@ -358,7 +442,7 @@ class MtcnnDetector:
     ) -> np.ndarray:
         if len(boxes) == 0:
             return boxes
-        patches: list[np.ndarray] = []
+        patches: list[Image.Image] = []
         kept: list[int] = []
         for k, (x1, y1, x2, y2, _, index) in enumerate(boxes):
             img = smalls[int(index)]
@@ -369,13 +453,12 @@ class MtcnnDetector:
             ex = min(int(math.trunc(x2)), w)
             ey = min(int(math.trunc(y2)), h)
             if ey > y - 1 and ex > x - 1:
-                patch = img.resize((size, size), Image.Resampling.BOX, box=(x - 1, y - 1, ex, ey))
-                patches.append(np.asarray(patch))
+                patches.append(img.resize((size, size), Image.Resampling.BOX, box=(x - 1, y - 1, ex, ey)))
                 kept.append(k)
         if not patches:
             return boxes[:0]
         boxes = boxes[kept]
-        data = self._tensor(patches)
+        data = self._tensor(_stacked(patches, size, size))
         regs: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for start in range(0, len(data), 512):  # bounded device memory per forward
@@ -398,6 +481,38 @@ class MtcnnDetector:
         return out[keep]
 
 
+def _stacked(images: list[Image.Image], height: int, width: int) -> np.ndarray:
+    """``(N, height, width, 3)`` uint8: the images pasted (top left, zero padding) into one canvas and read
+    out once (each ``np.asarray`` of a Pillow image costs a ``tobytes`` call: ~0.1 ms of Python apiece)."""
+    canvas = Image.new("RGB", (width, height * len(images)))
+    for k, image in enumerate(images):
+        canvas.paste(image, (0, k * height))
+    return np.array(canvas).reshape(len(images), height, width, 3)
+
+
+def _padding_groups(shapes: list[tuple[int, tuple[int, int]]]) -> list[list[int]]:
+    """Images of one pyramid level (``(index, (height, width))``) in groups that go through the P-net
+    together: each group's padded batch is at most ``PAD_WASTE`` times its images' own pixels and at
+    most ``MAX_PNET_PIXELS`` (unless one image alone is larger). Same-size images (frames of a video,
+    photos from one camera) need no padding and share one group."""
+    ordered = sorted(shapes, key=lambda item: (-item[1][0], -item[1][1], item[0]))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    top = widest = own = 0
+    for index, (h, w) in ordered:
+        if current:
+            padded = (len(current) + 1) * top * max(widest, w)
+            if padded <= PAD_WASTE * (own + h * w) and padded <= MAX_PNET_PIXELS:
+                current.append(index)
+                widest, own = max(widest, w), own + h * w
+                continue
+            groups.append(current)
+        current, top, widest, own = [index], h, w, h * w
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _best_per_image(boxes: np.ndarray, cap: int) -> np.ndarray:
     """At most ``cap`` boxes (column 5: the image) of each image, its best-scoring (column 4), in order."""
     if len(boxes) <= cap:
@@ -411,19 +526,16 @@ def _best_per_image(boxes: np.ndarray, cap: int) -> np.ndarray:
     return boxes[np.sort(np.concatenate(keep))]
 
 
-def _generate(reg: np.ndarray, probs: np.ndarray, scale: float, threshold: float) -> np.ndarray:
-    """P-net output map to candidate boxes ``x1 y1 x2 y2 score dx1 dy1 dx2 dy2`` in the shrunk image."""
-    ys, xs = np.nonzero(probs >= threshold)
+def _generate(ys: np.ndarray, xs: np.ndarray, score: np.ndarray, reg: np.ndarray, scale: float) -> np.ndarray:
+    """P-net output cells that passed the threshold (row ``ys``, column ``xs``, their face probability and
+    ``(k, 4)`` box regression) to candidate boxes ``x1 y1 x2 y2 score dx1 dy1 dx2 dy2`` in the shrunk image."""
     if len(ys) == 0:
         return np.empty((0, 9))
-    score = probs[ys, xs]
     q1x = np.floor((2 * xs + 1) / scale)
     q1y = np.floor((2 * ys + 1) / scale)
     q2x = np.floor((2 * xs + 12) / scale)
     q2y = np.floor((2 * ys + 12) / scale)
-    return np.stack(
-        [q1x, q1y, q2x, q2y, score, reg[0, ys, xs], reg[1, ys, xs], reg[2, ys, xs], reg[3, ys, xs]], axis=1
-    )
+    return np.stack([q1x, q1y, q2x, q2y, score, reg[:, 0], reg[:, 1], reg[:, 2], reg[:, 3]], axis=1)
 
 
 def _to_face(

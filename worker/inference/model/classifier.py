@@ -5,8 +5,9 @@ processor, either a hub id (optionally pinned to a revision) or a local ``save_p
 directory. Its classes are mapped to fake/real by *name* (``labels.fake_real_indices``), never by
 index, because public checkpoints disagree on the order.
 
-Every detector carries a ``version`` that identifies the exact weights it runs, so stored verdicts
-(and the exact-duplicate cache keyed on image bytes) never mix two models.
+Every detector carries a ``version`` that identifies the exact weights it runs and the numerics it
+runs them in, so stored verdicts (and the exact-duplicate cache keyed on image bytes) never mix two
+models, nor a GPU's bf16 scores with a CPU's fp32 ones (see :data:`PRECISION_TOLERANCE`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ _DECISIVE_JSON = ("config.json", "preprocessor_config.json", "model.safetensors.
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
+# The numerics a model runs in: fp32 (CPU, always; CUDA on request) or a CUDA autocast dtype. The version
+# of a bf16 or fp16 classifier ends in ``+bf16`` / ``+fp16`` (fp32 adds nothing), so the duplicate cache
+# keeps their verdicts apart. They can share it only where the operator has measured (``bench/gpu.py``:
+# max |p(bf16) - p(fp32)| on the same images) a difference within PRECISION_TOLERANCE and says so with
+# DFSCAN_SHARE_CACHE_ACROSS_PRECISION: then the suffix is left out and both answer for each other.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_TOLERANCE = 0.01
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# After an out-of-memory split, this many successful forwards at the smaller chunk let it double again
+# (the memory that ran out is usually another process's or a transient peak, not this model's for good).
+GROW_AFTER = 16
+
 _HUB_HINT = (
     "If this machine cannot reach huggingface.co, download the checkpoint elsewhere "
     "(e.g. `hf download {ref} --local-dir ./model`, the huggingface_hub CLI), copy the directory here and set "
@@ -60,8 +73,12 @@ class Classifier:
     id2label: dict[int, str]
     int8: bool
     model: torch.nn.Module = field(repr=False)
-    # Largest chunk the device managed after an out-of-memory error; later batches start there.
+    # Largest chunk the device managed after an out-of-memory error; later batches start there, and
+    # after GROW_AFTER successful forwards at it the chunk doubles again (None: no limit).
     max_chunk: int | None = field(default=None, repr=False)
+    # "fp32" or the CUDA autocast dtype's name ("bf16", "fp16"): what the version's suffix says.
+    precision: str = "fp32"
+    _fits: int = field(default=0, repr=False)
 
     def predict(self, pixels: torch.Tensor) -> list[float]:
         """Score a batch: ``(N, 3, H, W)`` float32 pixels -> N p(fake) values in [0, 1].
@@ -72,8 +89,9 @@ class Classifier:
         CPU it is always fp32 (no bf16 units on common server CPUs: emulated bf16 is ~6x slower).
 
         On ``torch.cuda.OutOfMemoryError`` the batch is split in halves and retried, down to one
-        image; the smaller size is remembered for later calls. Raises InferenceError when even one
-        image does not fit, or when the output breaks an invariant (not N finite values).
+        image; the smaller size is remembered for later calls, and doubles again after
+        :data:`GROW_AFTER` forwards that fit. Raises InferenceError when even one image does not fit, or
+        when the output breaks an invariant (not N finite values).
         """
         self._check_input(pixels)
         n = int(pixels.shape[0])
@@ -104,6 +122,7 @@ class Classifier:
                 )
                 continue
             start += len(piece)
+            self._grow_back(n)
         if len(scores) != n or not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores):
             raise InferenceError(
                 f"model {self.version} returned {len(scores)} scores for {n} images, or a non-finite "
@@ -111,6 +130,30 @@ class Classifier:
                 "normalised pixels; check the model with `dfscan scan` on a known image"
             )
         return scores
+
+    def _grow_back(self, batch: int) -> None:
+        """Count a forward that fit; after GROW_AFTER of them at a split size, double the size again (no
+        limit once it reaches ``batch``, the size of the batches now asked for)."""
+        if self.max_chunk is None:
+            return
+        self._fits += 1
+        if self._fits >= GROW_AFTER:
+            self._fits = 0
+            grown = self.max_chunk * 2
+            self.max_chunk = None if grown >= batch else grown
+            logger.info(
+                "no out-of-memory error in %d forwards on %s; chunks of up to %s images again",
+                GROW_AFTER,
+                self.device,
+                self.max_chunk or "any number of",
+                extra={"model_version": self.version},
+            )
+
+    def warm_up(self, batch: int = 1) -> None:
+        """One forward on ``batch`` blank images, so the first real batch does not pay for lazy CUDA module
+        loading, cuBLAS/cuDNN handles and kernel selection (hundreds of ms on a GPU)."""
+        height, width = self.preprocess.size
+        self.predict(torch.zeros(batch, 3, height, width))
 
     def _check_input(self, pixels: torch.Tensor) -> None:
         height, width = self.preprocess.size
@@ -135,9 +178,12 @@ class Classifier:
                 if not piece.is_pinned():
                     piece = piece.pin_memory()
                 piece = piece.to(self.device, non_blocking=True)
-                amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-                with torch.autocast("cuda", dtype=amp):
+                amp = _AUTOCAST.get(self.precision)
+                if amp is None:
                     logits = self.model(pixel_values=piece).logits
+                else:
+                    with torch.autocast("cuda", dtype=amp):
+                        logits = self.model(pixel_values=piece).logits
             else:
                 logits = self.model(pixel_values=piece).logits
             pair = logits.float()[:, [self.fake_index, self.real_index]]
@@ -159,6 +205,9 @@ def load_classifier(
     threads: int | None = None,
     runtime: str = "torch",
     onnx_cache: Path | None = None,
+    precision: str = "auto",
+    share_cache_across_precision: bool = False,
+    warm_up: bool | None = None,
 ) -> Classifier:
     """Load the checkpoint ``ref`` (hub id or local directory) onto ``device``.
 
@@ -182,6 +231,12 @@ def load_classifier(
     path fails under ``auto`` (an architecture the exporter cannot trace, a cache that cannot be
     written), the model runs with torch and a warning says why.
 
+    ``precision``: ``auto`` is fp32 on CPU and, on CUDA, bf16 autocast where the GPU computes bf16 natively
+    (compute capability 8.0 and later: A100, H100, L4, RTX 30xx on) and fp16 autocast before that (V100,
+    T4); ``fp32``, ``bf16`` and ``fp16`` ask for one (bf16 and fp16 on CUDA only). The version gains
+    ``+bf16`` or ``+fp16`` (see :data:`PRECISION_TOLERANCE`) unless ``share_cache_across_precision``.
+    ``warm_up`` (default: on CUDA) runs one forward before returning.
+
     A local directory's version hashes its weights; the hash is cached in ``onnx_cache``
     (``digests.json``) by path, size, mtime and inode, so a warm start does not read the weights.
 
@@ -200,6 +255,7 @@ def load_classifier(
     target = _pick_device("cpu" if runtime == "onnx" else device)
     if int8 and target.type != "cpu":
         raise ModelLoadError(f"int8 quantisation is CPU only, but the device is {target}; unset DFSCAN_INT8")
+    numerics = resolve_precision(precision, target)
     chosen = _resolve_runtime(runtime, target, int8)
     cache_dir = (onnx_cache or default_cache_dir()).expanduser()
 
@@ -235,18 +291,21 @@ def load_classifier(
     elif int8:
         model = _quantise_int8(model)
         version += "+int8"
+    if numerics != "fp32" and not share_cache_across_precision:
+        version += f"+{numerics}"
     logger.info(
-        "loaded model %s on %s with %s (fake=%d real=%d, int8=%s, threads=%d)",
+        "loaded model %s on %s with %s in %s (fake=%d real=%d, int8=%s, threads=%d)",
         version,
         target,
         chosen,
+        numerics,
         fake_index,
         real_index,
         int8,
         torch.get_num_threads(),
         extra={"model_version": version},
     )
-    return Classifier(
+    classifier = Classifier(
         version=version,
         source=ref,
         device=target,
@@ -256,7 +315,44 @@ def load_classifier(
         id2label=id2label,
         int8=int8,
         model=model,
+        precision=numerics,
     )
+    if warm_up if warm_up is not None else target.type == "cuda":
+        classifier.warm_up()
+    return classifier
+
+
+def resolve_precision(precision: str, target: torch.device) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what ``precision`` (see :func:`load_classifier`) means on ``target``.
+
+    bf16 counts only where the GPU computes it natively (compute capability 8.0 on): torch's
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is emulated (it runs, many times slower),
+    so it would never choose the fp16 a V100 or T4 needs.
+    """
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if target.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise ModelLoadError(
+                f"precision {precision} is CUDA only (autocast on the GPU), but the device is {target}; "
+                "unset DFSCAN_PRECISION (CPU runs fp32)"
+            )
+        return "fp32"
+    native_bf16 = native_bf16_cuda(target)
+    if precision == "auto":
+        return "bf16" if native_bf16 else "fp16"
+    if precision == "bf16" and not native_bf16:
+        raise ModelLoadError(
+            f"DFSCAN_PRECISION=bf16 but {torch.cuda.get_device_name(target)} has no native bf16 (compute "
+            "capability below 8.0); use fp16 or auto"
+        )
+    return precision
+
+
+def native_bf16_cuda(target: torch.device) -> bool:
+    """Whether the CUDA device computes bf16 natively (Ampere, compute capability 8.0, and later)."""
+    major, _ = torch.cuda.get_device_capability(target)
+    return major >= 8
 
 
 def _resolve_runtime(runtime: str, target: torch.device, int8: bool) -> str:
