@@ -44,6 +44,7 @@ def create_submission(
     callback_url: str | None = None,
     callback_events: Sequence[str] | None = None,
     tenant_id: uuid.UUID = DEFAULT_TENANT_ID,
+    api_key_id: uuid.UUID | None = None,
 ) -> tuple[Submission, list[ScanJob], bool]:
     """Store a submission and one queued, unsent job per source (``seq`` = position in ``sources``).
 
@@ -54,7 +55,7 @@ def create_submission(
     submission's callback is never silently kept for a caller that asked for another.
     ``callback_url`` asks for webhook events (``callback_events``, default every event) as jobs end.
     Everything written belongs to ``tenant_id`` (default: the default tenant); an idempotency key is
-    looked up within that tenant only.
+    looked up within that tenant only. ``api_key_id``: the HTTP API key submitting (its quota counts the jobs).
     """
     events = ",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None
     if idempotency_key is not None:
@@ -75,6 +76,7 @@ def create_submission(
         ScanJob(
             submission_id=submission.id,
             tenant_id=tenant_id,
+            api_key_id=api_key_id,
             seq=seq,
             source=source,
             client_ref=client_ref,
@@ -128,6 +130,12 @@ def _replay(
             "another callback URL or other callback events; resubmit with the same callback, or use a new key"
         )
     return submission, jobs, False
+
+
+def outstanding_jobs(session: Session, api_key_id: uuid.UUID) -> int:
+    """Jobs the API key submitted that are queued or running (its quota)."""
+    query = select(func.count()).where(ScanJob.api_key_id == api_key_id, ScanJob.state.in_(ACTIVE))
+    return int(session.scalar(query) or 0)
 
 
 def unsent_jobs(session: Session, limit: int = 500) -> list[ScanJob]:

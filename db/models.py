@@ -197,6 +197,8 @@ class ScanJob(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     submission_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"))
     tenant_id: Mapped[uuid.UUID] = _tenant_column()
+    # The API key that submitted it over HTTP (NULL from ScanClient, the CLI, foreign messages).
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     seq: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(Text)
     client_ref: Mapped[str | None] = mapped_column(String(255))
@@ -224,6 +226,13 @@ class ScanJob(Base):
         Index("ix_scan_jobs_submission_id_state", "submission_id", "state"),
         Index("ix_scan_jobs_state_lease_until", "state", "lease_until"),
         Index("ix_scan_jobs_tenant_id_created_at", "tenant_id", "created_at"),
+        # A key's jobs outstanding (its quota). Partial: only the backlog is indexed.
+        Index(
+            "ix_scan_jobs_api_key_id_active",
+            "api_key_id",
+            postgresql_where=text("state IN ('queued', 'running')"),
+            sqlite_where=text("state IN ('queued', 'running')"),
+        ),
         # The outbox: jobs whose message still has to be sent. Partial, so it stays tiny.
         Index(
             "ix_scan_jobs_unsent",

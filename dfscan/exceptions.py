@@ -323,6 +323,13 @@ class MalformedRequestError(DfscanError):
     code = "MALFORMED_REQUEST"
 
 
+class RequestTimeoutError(DfscanError):
+    """An HTTP request body that did not arrive within DFSCAN_API_BODY_TIMEOUT seconds (408)."""
+
+    code = "REQUEST_TIMEOUT"
+    permanent = False
+
+
 class UnknownEndpointError(DfscanError):
     """An HTTP path the API does not have, or a method the path does not take (404 or 405)."""
 

@@ -8,7 +8,8 @@
 - ``submissions.tenant_id`` and ``scan_jobs.tenant_id``: NOT NULL, defaulting to the ``default`` tenant
   (inserted here with the fixed id of ``dfscan.tenants.DEFAULT_TENANT_ID``), so rows written by
   ScanClient, `dfscan submit`, foreign messages and the previous release during a rolling update all
-  belong to it.
+  belong to it. ``scan_jobs.api_key_id``: the key that submitted the job over HTTP (NULL otherwise), for
+  the per-key quota on jobs outstanding.
 - An idempotency key is unique within its tenant (two tenants may pick the same key).
 
 Revision ID: 0009
@@ -88,6 +89,19 @@ def upgrade() -> None:
     with op.batch_alter_table("scan_jobs") as batch:
         batch.add_column(sa.Column("tenant_id", sa.Uuid(), nullable=False, server_default=default))
         batch.create_foreign_key(op.f("fk_scan_jobs_tenant_id_tenants"), "tenants", ["tenant_id"], ["id"])
+        batch.add_column(sa.Column("api_key_id", sa.Uuid(), nullable=True))
+        batch.create_foreign_key(
+            op.f("fk_scan_jobs_api_key_id_api_keys"), "api_keys", ["api_key_id"], ["id"], ondelete="SET NULL"
+        )
+    # The per-key quota counts a key's queued and running jobs: partial, so it stays as small as the backlog.
+    op.create_index(
+        "ix_scan_jobs_api_key_id_active",
+        "scan_jobs",
+        ["api_key_id"],
+        unique=False,
+        postgresql_where=sa.text("state IN ('queued', 'running')"),
+        sqlite_where=sa.text("state IN ('queued', 'running')"),
+    )
     # GET /v1/results pages one tenant's jobs newest first.
     op.create_index("ix_scan_jobs_tenant_id_created_at", "scan_jobs", ["tenant_id", "created_at"], unique=False)
     op.create_index("ix_submissions_tenant_id", "submissions", ["tenant_id"], unique=False)
@@ -96,7 +110,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_submissions_tenant_id", table_name="submissions")
     op.drop_index("ix_scan_jobs_tenant_id_created_at", table_name="scan_jobs")
+    op.drop_index("ix_scan_jobs_api_key_id_active", table_name="scan_jobs")
     with op.batch_alter_table("scan_jobs") as batch:
+        batch.drop_constraint(op.f("fk_scan_jobs_api_key_id_api_keys"), type_="foreignkey")
+        batch.drop_column("api_key_id")
         batch.drop_constraint(op.f("fk_scan_jobs_tenant_id_tenants"), type_="foreignkey")
         batch.drop_column("tenant_id")
     # Idempotency keys were unique per tenant and become unique overall: other tenants' submissions lose

@@ -21,15 +21,19 @@ from alembic.migration import MigrationContext
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from dfscan.api.bodies import BodyGuard
 from dfscan.api.errors import install_handlers
+from dfscan.api.quotas import Quotas
+from dfscan.queueing import new_celery_app
 from dfscan.settings import Settings, get_settings
+from dfscan.uploads import new_store
 
 log = logging.getLogger(__name__)
 
 # Routers create_app includes, in order. A module adding endpoints appends its router here.
 ROUTERS: list[APIRouter] = []
 # Modules imported by create_app before it includes ROUTERS (each appends its router when imported).
-ROUTER_MODULES: list[str] = ["dfscan.api.results"]
+ROUTER_MODULES: list[str] = ["dfscan.api.scans", "dfscan.api.results"]
 
 health = APIRouter(tags=["health"])
 
@@ -84,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = new_session_factory(app.state.engine)
     app.state.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
     app.state.schema_head = head()
+    app.state.celery = new_celery_app(settings)
+    app.state.uploads = new_store(settings.upload_store)
+    app.state.quotas = Quotas(settings)
+    app.add_middleware(BodyGuard, settings=settings)
     install_handlers(app)
     app.include_router(health)
     seen: set[int] = set()
@@ -104,7 +112,18 @@ def _version() -> str:
 
 
 def run(settings: Settings, *, host: str, port: int, **uvicorn_options: Any) -> None:
-    """Serve the API with uvicorn (`dfscan api`)."""
+    """Serve the API with uvicorn (`dfscan api`).
+
+    Slow or idle clients are bounded: an idle keep-alive connection closes after 5 s, a request's
+    headers must fit h11's 16 KiB, its body must arrive within DFSCAN_API_BODY_TIMEOUT (BodyGuard), and
+    past DFSCAN_API_MAX_CONNECTIONS concurrent connections new requests get 503 at once."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options)
+    options: dict[str, Any] = {
+        "timeout_keep_alive": 5,
+        "limit_concurrency": settings.api_max_connections,
+        "server_header": False,
+        "proxy_headers": False,
+        **uvicorn_options,
+    }
+    uvicorn.run(create_app(settings), host=host, port=port, **options)

@@ -67,9 +67,12 @@ def require_scope(scope: str) -> Callable[..., Principal]:
             principal = authenticate(session, credentials.credentials)
         if principal is None:
             raise UnauthenticatedError("the API key is unknown or revoked")
+        request.state.principal = principal
+        quotas = getattr(request.app.state, "quotas", None)
+        if quotas is not None:  # every authenticated request counts against the key's rate
+            quotas.hit(principal.key_id)
         if scope not in principal.scopes:
             raise ForbiddenError(f"this API key lacks the {scope!r} scope")
-        request.state.principal = principal
         return principal
 
     dependency.__name__ = f"require_scope_{scope}"

@@ -85,6 +85,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.pinned_http",
         "dfscan.ids",
         "dfscan.tenants",
+        "dfscan.media",
+        "dfscan.uploads",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),
