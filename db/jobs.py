@@ -24,6 +24,7 @@ from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, u
 from db.results import faces_of, verdict_frames
 from dfscan.exceptions import IdempotencyConflictError, MaxAttemptsError
 from dfscan.tenants import DEFAULT_TENANT_ID
+from dfscan.uploads import UPLOAD_SCHEME
 from dfscan.verdicts import STORED, VIDEO, FaceVerdict, Stored, stored_frames
 from dfscan.verdicts import Verdict as VerdictResult
 from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
@@ -136,6 +137,14 @@ def outstanding_jobs(session: Session, api_key_id: uuid.UUID) -> int:
     """Jobs the API key submitted that are queued or running (its quota)."""
     query = select(func.count()).where(ScanJob.api_key_id == api_key_id, ScanJob.state.in_(ACTIVE))
     return int(session.scalar(query) or 0)
+
+
+def active_upload_digests(session: Session) -> set[str]:
+    """SHA-256 digests of uploads that queued or running jobs still have to read (kept by the retention sweep)."""
+    query = select(ScanJob.source).where(
+        ScanJob.state.in_(ACTIVE), ScanJob.source.startswith(UPLOAD_SCHEME, autoescape=True)
+    )
+    return {source[len(UPLOAD_SCHEME) :] for source in session.scalars(query)}
 
 
 def unsent_jobs(session: Session, limit: int = 500) -> list[ScanJob]:

@@ -46,9 +46,7 @@ class Quotas:
         stats = self.limiter.get_window_stats(self.rate, "dfscan-api", str(key_id))
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimitedError(
-            f"this API key is over its rate of {self.rate.amount} requests per "
-            f"{self.rate.multiples if self.rate.multiples > 1 else ''}{self.rate.GRANULARITY.name}; retry after "
-            f"{wait} s",
+            f"this API key is over its rate of {self.rate} (DFSCAN_API_RATE_LIMIT); retry after {wait} s",
             retry_after=wait,
         )
 
