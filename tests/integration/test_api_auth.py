@@ -1,6 +1,7 @@
 """`dfscan api` against a real uvicorn server, Postgres and Redis: health, keys, scopes, revocation,
 tenant isolation on the reading endpoints, and the one error body."""
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import uuid

@@ -2,6 +2,7 @@
 429 with Retry-After and succeeds after waiting that long; another key is not affected; uploaded bytes
 are deleted by the sweeper after DFSCAN_UPLOAD_RETENTION_HOURS unless a job still needs them."""
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import subprocess

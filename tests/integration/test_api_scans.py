@@ -2,6 +2,7 @@
 judged end to end, intake refusals (paths, internal URLs, callbacks, formats, sizes), idempotency per
 tenant, and tenant isolation on the ids the API hands out."""
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 import json
