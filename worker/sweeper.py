@@ -7,7 +7,9 @@ Each sweep (every ``DFSCAN_SWEEP_INTERVAL`` seconds, from ``dfscan sweeper`` or 
 2. re-sends jobs stuck ``queued`` or ``running`` past their lease (a flushed Redis, a worker killed
    while the broker was down) and fails those out of attempts with ``MAX_ATTEMPTS``;
 3. deletes webhook events delivered or given up more than ``DFSCAN_WEBHOOK_RETENTION_DAYS`` ago, in
-   batches (``db.webhooks.prune_settled``), so the outbox holds the retention window, not history.
+   batches (``db.webhooks.prune_settled``), so the outbox holds the retention window, not history;
+4. deletes uploaded bytes (the HTTP API's upload store) last uploaded more than
+   ``DFSCAN_UPLOAD_RETENTION_HOURS`` ago, except those of jobs still queued or running (verdicts stay).
 
 Re-sending a job whose message still exists only costs a duplicate message: the claim guard makes
 the second delivery a no-op, and the schema allows one verdict per job.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +33,7 @@ from db.models import utcnow
 from dfscan.outbox import queued_job_ids, relay_unsent, send_jobs
 from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE
 from dfscan.settings import Settings
+from dfscan.uploads import new_store
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class SweepReport:
     failed: int
     runs: int = 0
     pruned: int = 0
+    uploads_deleted: int = 0
 
 
 # Webhook events deleted per statement, and statements per sweep at most (the rest: next sweep).
@@ -61,6 +66,30 @@ def prune_webhooks(sessions: sessionmaker[Session], settings: Settings) -> int:
         if n < PRUNE_BATCH:
             break
     return pruned
+
+
+# Walking the upload store costs a directory listing: at most once per this many seconds (or half the
+# retention, when that is shorter).
+UPLOAD_SWEEP_EVERY = 600.0
+_last_upload_sweep = 0.0
+
+
+def prune_uploads(sessions: sessionmaker[Session], settings: Settings, *, force: bool = False) -> int:
+    """Delete uploads older than DFSCAN_UPLOAD_RETENTION_HOURS that no queued or running job needs."""
+    global _last_upload_sweep
+    retention = settings.upload_retention_hours * 3600
+    if retention <= 0:
+        return 0
+    now = time.monotonic()
+    if not force and now - _last_upload_sweep < min(UPLOAD_SWEEP_EVERY, retention / 2):
+        return 0
+    _last_upload_sweep = now
+    with sessions() as session:
+        keep = jobs.active_upload_digests(session)
+    deleted = new_store(settings.upload_store).sweep(retention, keep)
+    if deleted:
+        log.info("deleted %d uploads older than %g h", len(deleted), settings.upload_retention_hours)
+    return len(deleted)
 
 
 def lost_queued_jobs(session: Session, broker_url: str, *, lease_seconds: int) -> list[uuid.UUID] | bool:
@@ -103,8 +132,14 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
     for run_id in runs:  # the training task claims a stale run only once its heartbeat is old
         app.send_task(TRAIN_TASK, kwargs={"run_id": str(run_id)}, queue=TRAINING_QUEUE, task_id=str(run_id))
     pruned = prune_webhooks(sessions, settings)
+    uploads_deleted = prune_uploads(sessions, settings)
     report = SweepReport(
-        relayed=relayed, resent=resent, failed=len(failed_ids), runs=len(runs), pruned=pruned
+        relayed=relayed,
+        resent=resent,
+        failed=len(failed_ids),
+        runs=len(runs),
+        pruned=pruned,
+        uploads_deleted=uploads_deleted,
     )
     if relayed or resent or failed_ids or pruned:
         log.info(
