@@ -90,3 +90,47 @@ def test_timeline_marks_the_first_highest_frame_as_the_peak() -> None:
     assert len([c for c in root.findall(f".//{SVG}circle") if c.get("class") == "frame"]) == 4
     assert root.find(f".//{SVG}polyline") is not None
     assert ET.fromstring(timeline([], 0.5)).find(f".//{SVG}polyline") is None
+
+
+def test_export_writes_the_train_layout_and_a_manifest_of_every_job(tmp_path) -> None:
+    import io
+    import json
+
+    from PIL import Image
+
+    from dfscan.console.export import Decided, export
+    from worker.training.data import load_labelled_data
+
+    def png(colour: tuple[int, int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    when = datetime(2026, 12, 4, tzinfo=timezone.utc)
+    items = [
+        Decided(f"f{i}", "fake", "image", "PNG", "0" * 64, when, lambda i=i: png((200, i * 20, 0)))
+        for i in range(5)
+    ]
+    items += [
+        Decided(f"r{i}", "real", "image", "PNG", "1" * 64, when, lambda i=i: png((0, i * 20, 200)))
+        for i in range(5)
+    ]
+    items += [
+        Decided("gone", "fake", "image", "PNG", "2" * 64, when, lambda: None),
+        Decided("esc", "escalate", "image", "PNG", "3" * 64, when, lambda: b"x"),
+        Decided("vid", "real", "video", "MP4", "4" * 64, when, lambda: b"x"),
+        Decided("heic", "real", "image", "HEIF", "5" * 64, when, lambda: b"x"),
+    ]
+    report = export(items, tmp_path, tenant="acme", since=when)
+    assert report.written == {"fake": 5, "real": 5}
+    assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == [f"f{i}.png" for i in range(5)]
+    manifest = json.loads(report.manifest.read_text())
+    assert [e["job_id"] for e in manifest["jobs"]] == [i.job_id for i in items]
+    assert {e["job_id"]: e.get("skipped") for e in manifest["jobs"] if "skipped" in e} == {
+        "gone": "bytes no longer held",
+        "esc": "decision escalate",
+        "vid": "media video",
+        "heic": "format HEIF not read by dfscan train",
+    }
+    data = load_labelled_data(tmp_path)  # the layout `dfscan train` reads
+    assert sum(sum(c.values()) for c in data.counts().values()) == 10
