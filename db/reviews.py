@@ -102,7 +102,7 @@ def _record_event(session: Session, job: ScanJob, entry: ReviewEntry) -> None:
     event_id = uuid.uuid4()
     data = {"job_id": str(job.id), "submission_id": str(job.submission_id), "client_ref": job.client_ref}
     data["review"] = entry.output()
-    verdict = session.get(VerdictRow, job.id, populate_existing=True)
+    verdict = verdict_row(session, job.id)
     if verdict is not None:
         data.update(label=verdict.label, fake_score=verdict.fake_score, model_version=verdict.model_version)
     session.execute(
@@ -300,7 +300,7 @@ def item(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> tuple[Sca
 
 
 def verdict_row(session: Session, job_id: uuid.UUID) -> VerdictRow | None:
-    return session.get(VerdictRow, job_id)
+    return session.execute(select(VerdictRow).where(VerdictRow.job_id == job_id)).scalar_one_or_none()
 
 
 @dataclass(frozen=True)

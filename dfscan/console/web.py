@@ -38,7 +38,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make Chromium send "Origin: null" on our own POSTs
     "Cache-Control": "no-store",
 }
 PAGE = 50
@@ -127,7 +127,7 @@ def _to_login() -> Response:
 
 
 def _not_found(reviewer: Reviewer, what: str) -> HTMLResponse:
-    return _page("error.html", 404, status="Not found", message=what, **reviewer.context())
+    return _page("error.html", 404, title="Not found", message=what, **reviewer.context())
 
 
 def _same_origin(request: Request) -> bool:
@@ -279,7 +279,11 @@ def item_page(
         boxes = [svg.Box(f["x"], f["y"], f["w"], f["h"], f["fake_score"]) for f in faces]
         boxes_svg = Markup(svg.face_boxes(verdict.width, verdict.height, boxes, verdict.threshold))
     if verdict.media == "video":
-        points = [svg.Point(float(frame[0]), float(frame[1])) for frame in (result.verdict.frames or ())]
+        points = [
+            svg.Point(frame.t, frame.fake_score)
+            for frame in (result.verdict.frames or ())
+            if frame.fake_score is not None  # a frame not judged (no face) has no point
+        ]
         timeline_svg = Markup(svg.timeline(points, verdict.threshold, duration_s=verdict.duration_s))
     item = {
         "job_id": job.id,
