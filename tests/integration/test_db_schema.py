@@ -82,6 +82,8 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
         "promotions",
         "training_runs",
         "webhook_deliveries",
+        "tenants",
+        "api_keys",
     }
     assert {d[0] for d in diffs} == {"add_table", "add_index"}
     migrate.upgrade(url)
