@@ -52,7 +52,7 @@ LABELS = ("real", "fake", "not_applicable")  # not_applicable: DFSCAN_FACES=requ
 JUDGED_ON = ("faces", "image")
 MEDIA = ("image", "video")
 PROMOTION_REASONS = ("promote", "rollback", "default")
-WEBHOOK_EVENTS = ("job.completed", "submission.completed")
+WEBHOOK_EVENTS = ("job.completed", "submission.completed", "job.reviewed")
 DELIVERY_STATES = ("pending", "delivered", "failed")
 
 # Constraint names are stable and predictable, so migrations can name what they drop or alter
@@ -498,3 +498,43 @@ class WebhookDelivery(Base):
         # The retention sweep deletes settled rows oldest first.
         Index("ix_webhook_deliveries_state_updated_at", "state", "updated_at"),
     )
+
+
+REVIEW_DECISIONS = ("fake", "real", "not_applicable", "escalate")
+
+
+class Review(Base):
+    """One reviewer's decision on a job's verdict. Every decision is kept (the history); the latest (highest
+    ``id``) counts. ``api_key_id`` is the key the reviewer signed in with (NULL once that key is deleted: the
+    decision outlives it); ``tenant_id`` is the job's tenant, copied so a tenant's reviews are read by index."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    decision: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(_in("decision", REVIEW_DECISIONS), name="decision_valid"),
+        CheckConstraint("note IS NULL OR length(note) <= 2000", name="note_length"),
+        # The latest decision of a job: the last entry of (job_id, id).
+        Index("ix_reviews_job_id_id", "job_id", "id"),
+        # Export and agreement: a tenant's decisions by time.
+        Index("ix_reviews_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+
+# The review queue: a tenant's done jobs newest first, read backwards by keyset (created_at, id). Partial,
+# so queued and failed jobs do not weigh on it.
+Index(
+    "ix_scan_jobs_review_queue",
+    ScanJob.tenant_id,
+    ScanJob.created_at,
+    ScanJob.id,
+    postgresql_where=text("state = 'done'"),
+    sqlite_where=text("state = 'done'"),
+)

@@ -346,6 +346,21 @@ class Settings(BaseSettings):
         "container whose port is published.",
     )
 
+    # --- the review console (/ui of `dfscan api`) ----------------------------------------------
+    console_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key that signs the review console's session cookies (and their CSRF tokens). Give "
+        "every `dfscan api` replica the same value. Blank: each process makes a random one, so a sign-in "
+        "lasts until that process restarts and holds on that replica only.",
+    )
+    console_session_hours: float = Field(
+        8.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a console sign-in lasts (a working shift). The key is checked again on "
+        "every request: revoking it ends its sessions at once.",
+    )
+
     # --- metrics and the scaling signal ------------------------------------------------------
     metrics_port: int | None = Field(
         None,

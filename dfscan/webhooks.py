@@ -5,7 +5,7 @@ Standard library only, so a backend can ``from dfscan.webhooks import verify`` w
 Every POST carries::
 
     X-Dfscan-Event-Id: <uuid>                 the same on every redelivery of one event
-    X-Dfscan-Event: job.completed | submission.completed
+    X-Dfscan-Event: job.completed | submission.completed | job.reviewed
     X-Dfscan-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">
 
 Stripe's scheme: the timestamp is signed with the body, so a captured request cannot be replayed
@@ -24,7 +24,10 @@ from urllib.parse import urlsplit
 
 JOB_COMPLETED = "job.completed"
 SUBMISSION_COMPLETED = "submission.completed"
-EVENTS = (JOB_COMPLETED, SUBMISSION_COMPLETED)
+# A reviewer's decision on a job's verdict (the review console, ``POST /v1/jobs/{id}/review``); sent to the
+# job's submission's callback URL, once per decision.
+JOB_REVIEWED = "job.reviewed"
+EVENTS = (JOB_COMPLETED, SUBMISSION_COMPLETED, JOB_REVIEWED)
 
 SIGNATURE_HEADER = "X-Dfscan-Signature"
 EVENT_ID_HEADER = "X-Dfscan-Event-Id"
@@ -40,7 +43,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def parse_events(value: str | None) -> tuple[str, ...]:
-    """``"job.completed,submission.completed"`` -> the event names, checked; None or "" -> both."""
+    """``"job.completed,submission.completed"`` -> the event names, checked; None or "" -> all of them."""
     if not value:
         return EVENTS
     names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))

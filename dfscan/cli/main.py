@@ -15,6 +15,7 @@ from rich.console import Console
 
 from dfscan.cli.errors import EXIT_FAKE, EXIT_NO, EXIT_TIMEOUT, DfscanGroup, fail, parse_since, print_error
 from dfscan.cli.output import Format, emit_json, print_rows, summary
+from dfscan.cli.reviews import reviews_app
 from dfscan.cli.tenants import keys_app, tenants_app
 from dfscan.cli.training import evaluate, models_app, train_app
 from dfscan.cli.webhooks import exporter, webhooks_app
@@ -37,6 +38,7 @@ app.add_typer(webhooks_app, name="webhooks")
 app.command("exporter")(exporter)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
+app.add_typer(reviews_app, name="reviews")
 err = Console(stderr=True)
 
 

@@ -58,7 +58,7 @@ def test_verification_fails_on_a_wrong_secret_a_changed_body_an_old_or_malformed
 
 
 def test_events_are_chosen_by_name() -> None:
-    assert parse_events(None) == ("job.completed", "submission.completed")
+    assert parse_events(None) == ("job.completed", "submission.completed", "job.reviewed")
     assert parse_events("submission.completed") == ("submission.completed",)
     with pytest.raises(ValueError, match="unknown webhook events"):
         parse_events("job.done")

@@ -1,0 +1,263 @@
+"""The review console end to end: a real `dfscan api` (uvicorn on 127.0.0.1, real Postgres and Redis), a real
+headless Chromium driven by Playwright, and a real webhook receiver fed by the delivery loop.
+
+One test is the proof of the feature (sign in, queue, item, face boxes, keyboard decisions, the decision seen
+through the API and the webhook, tenant isolation, XSS shown as text, CSRF, cookie replay, CSP); it saves the
+screenshots in docs/img/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy import func, select
+
+from db.models import Review, Tenant, VerdictFace
+from db.session import new_engine, new_session_factory
+from dfscan.console.session import SESSION_COOKIE
+from dfscan.settings import Settings
+from dfscan.webhooks import verify
+from tests.fixtures.api import ApiServer, make_key, start_api
+from tests.fixtures.browser import SCREENSHOTS, browser  # noqa: F401
+from tests.fixtures.console import XSS_NOTE, XSS_REF, XSS_SOURCE, seed
+from tests.fixtures.service import Service, service  # noqa: F401
+from tests.fixtures.webhook_receiver import Receiver
+from worker.delivery import Deliverer
+
+CEILING = 120.0
+CONSOLE_SECRET = "console-test-secret-0123456789"
+WEBHOOK_SECRET = "whsec-console"
+
+
+def wait_until(predicate: Any, what: str, timeout: float = CEILING) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rx = Receiver()
+    rx.start()
+    yield rx
+    rx.stop()
+
+
+@pytest.fixture
+def console(service: Service, tmp_path: Path) -> Iterator[ApiServer]:  # noqa: F811
+    media = tmp_path / "uploads"
+    media.mkdir()
+    env = {
+        **service.env,
+        "DFSCAN_CONSOLE_SECRET": CONSOLE_SECRET,
+        "DFSCAN_UPLOAD_STORE": str(media),
+        "DFSCAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "DFSCAN_WEBHOOK_ALLOWLIST": "127.0.0.1",
+    }
+    server = start_api(env, service.database_url, service.tmp / "api.log")
+    server.env["media"] = str(media)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _tenant_id(database_url: str, name: str) -> uuid.UUID:
+    engine = new_engine(database_url)
+    try:
+        with new_session_factory(engine)() as s:
+            return s.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _sign_in(page: Any, base: str, key: str) -> None:
+    page.goto(f"{base}/ui/login")
+    page.fill("input[name=api_key]", key)
+    page.click("button[type=submit]")
+    try:
+        page.wait_for_url(f"{base}/ui/queue", timeout=15000)
+    except Exception:
+        print("URL", page.url, page.content()[:3000])
+        raise
+
+
+def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_the_webhook(
+    console: ApiServer,
+    browser: Any,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    base = console.base_url
+    review_key = make_key(console.database_url, "acme", "read,review")
+    read_key = make_key(console.database_url, "acme", "read")
+    other_key = make_key(console.database_url, "globex", "review")
+    acme = _tenant_id(console.database_url, "acme")
+    globex = _tenant_id(console.database_url, "globex")
+    engine = new_engine(console.database_url)
+    sessions = new_session_factory(engine)
+    media = Path(console.env["media"])
+    with sessions.begin() as s:
+        seeded = seed(s, acme, media, callback_url=receiver.url)
+        theirs = seed(s, globex, media, client_ref="globex-ref", extra_images=0)
+    with sessions() as s:
+        stored_faces = s.scalar(
+            select(func.count()).select_from(VerdictFace).where(VerdictFace.job_id == seeded.image_with_faces)
+        )
+    assert stored_faces == 2
+
+    stop = threading.Event()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=console.database_url,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allowlist="127.0.0.1",
+        webhook_timeout=5,
+    )
+    deliverer = Deliverer(sessions, settings)
+    deliverer.poll_interval = 0.2
+    loop = threading.Thread(target=deliverer.run, args=(stop,), daemon=True)
+    loop.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    other = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # Sign in: the session cookie is HttpOnly, SameSite=Strict, and never holds the key.
+        _sign_in(page, base, review_key)
+        cookie = next(c for c in context.cookies() if c["name"] == SESSION_COOKIE)
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert review_key not in cookie["value"]
+
+        # The queue: the tenant's verdicts only, newest first; hostile strings are text.
+        rows = page.locator("table.queue tr.row")
+        assert rows.count() == len(seeded.all_jobs)
+        assert rows.first.get_attribute("data-job-id") == str(seeded.image_with_faces)
+        assert page.locator("td.client-ref").first.inner_text() == XSS_REF
+        assert page.locator("td.source a").first.inner_text() == XSS_SOURCE
+        assert page.evaluate("window.__xss") is None
+        page.screenshot(path=str(SCREENSHOTS / "console-queue.png"), full_page=True)
+
+        # Keyboard: j moves the selection, Enter opens the item; its boxes match the stored faces.
+        page.keyboard.press("j")
+        page.keyboard.press("k")
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{base}/ui/jobs/{seeded.image_with_faces}*")
+        page.wait_for_function("document.querySelector('img.subject').complete")
+        assert page.evaluate("document.querySelector('img.subject').naturalWidth") == 800
+        boxes = page.locator("svg.faces rect[data-face-index]")
+        assert boxes.count() == stored_faces
+        assert [boxes.nth(i).get_attribute("data-face-index") for i in range(boxes.count())] == ["0", "1"]
+        assert page.locator("h1.source").inner_text() == XSS_SOURCE
+        page.screenshot(path=str(SCREENSHOTS / "console-image-item.png"), full_page=True)
+
+        # A note holding markup, then Escalate (a button), then "f" from the keyboard: the latest counts.
+        page.fill("#note", XSS_NOTE)
+        page.click("button[value=escalate]")
+        page.wait_for_url("**/ui/jobs/**")
+        page.goto(f"{base}/ui/jobs/{seeded.image_with_faces}")
+        assert page.locator("q.note").inner_text() == XSS_NOTE
+        assert page.evaluate("window.__xss") is None
+        page.keyboard.press("f")
+        page.wait_for_url(f"{base}/ui/jobs/{seeded.image_without_faces}*")  # on to the next (older) item
+        assert "No face judged" in page.locator("p.whole").inner_text()
+        page.keyboard.press("r")
+        page.wait_for_url(f"{base}/ui/jobs/{seeded.video}*")
+
+        # The video: the timeline with its peak marked.
+        peak = page.locator("svg.timeline circle.peak")
+        assert peak.count() == 1 and peak.get_attribute("data-t") == "1.5"
+        page.screenshot(path=str(SCREENSHOTS / "console-video-item.png"), full_page=True)
+        page.keyboard.press("k")
+        page.wait_for_url(f"{base}/ui/jobs/{seeded.image_without_faces}*")
+        assert errors == []
+
+        # The decision through the API: GET /v1/jobs/{id} carries the latest review.
+        with console.client(read_key) as api:
+            got = api.get(f"/v1/jobs/{seeded.image_with_faces}").json()
+        assert got["review"]["decision"] == "fake"
+        with sessions() as s:
+            history = list(
+                s.scalars(
+                    select(Review.decision)
+                    .where(Review.job_id == seeded.image_with_faces)
+                    .order_by(Review.id)
+                )
+            )
+        assert history == ["escalate", "fake"]
+
+        # ... and through the webhook: one signed job.reviewed event per decision.
+        def reviewed() -> list[Any]:
+            return [r for r in receiver.received if r.event["type"] == "job.reviewed"]
+
+        wait_until(lambda: len(reviewed()) == 3, f"job.reviewed events: {len(reviewed())} of 3")
+        for got_event in reviewed():
+            assert verify(WEBHOOK_SECRET, got_event.headers["X-Dfscan-Signature"], got_event.body)
+        decisions = sorted((e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed())
+        assert decisions == sorted(
+            [
+                (str(seeded.image_with_faces), "escalate"),
+                (str(seeded.image_with_faces), "fake"),
+                (str(seeded.image_without_faces), "real"),
+            ]
+        )
+
+        # Another tenant's reviewer: 404 on the first tenant's item and media; its own queue only.
+        other_page = other.new_page()
+        _sign_in(other_page, base, other_key)
+        assert other_page.locator("table.queue tr.row").count() == len(theirs.all_jobs)
+        answer = other_page.goto(f"{base}/ui/jobs/{seeded.image_with_faces}")
+        assert answer is not None and answer.status == 404
+        assert other.request.get(f"{base}/ui/media/{seeded.image_with_faces}").status == 404
+        assert context.request.get(f"{base}/ui/media/{seeded.image_with_faces}").status == 200
+        assert context.request.get(f"{base}/ui/media/{theirs.image_with_faces}").status == 404
+
+        # A POST without the CSRF token is refused and changes nothing.
+        refused = context.request.post(
+            f"{base}/ui/jobs/{seeded.video}/review", form={"decision": "fake"}, max_redirects=0
+        )
+        assert refused.status == 403
+
+        # Every page carries the CSP: scripts from this origin only, no inline code.
+        answer = page.goto(f"{base}/ui/queue")
+        assert answer is not None
+        csp = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    finally:
+        context.close()
+        other.close()
+        stop.set()
+        loop.join(CEILING)
+        deliverer.close()
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Review).where(Review.job_id == seeded.video)) == 0
+    engine.dispose()
+
+    # Cookies cannot be replayed for another tenant: one re-signed for globex with another secret is
+    # refused, and acme's own cookie edited to name globex fails its signature.
+    forged = URLSafeTimedSerializer("not-the-secret", salt="dfscan.console.session").dumps(
+        {"k": str(uuid.uuid4()), "t": str(globex), "c": "x"}
+    )
+    acme_cookie = cookie["value"]
+    _, data = URLSafeTimedSerializer("any", salt="dfscan.console.session").loads_unsafe(acme_cookie)
+    assert data["t"] == str(acme)
+    data["t"] = str(globex)
+    payload = URLSafeTimedSerializer("any", salt="dfscan.console.session").dumps(data).rsplit(".", 2)[0]
+    edited = payload + "." + ".".join(acme_cookie.rsplit(".", 2)[1:])  # acme's timestamp and signature
+    for value in (forged, edited):
+        with httpx.Client(base_url=base, cookies={SESSION_COOKIE: value}) as raw:
+            answer_raw = raw.get(f"/ui/jobs/{theirs.image_with_faces}")
+            assert answer_raw.status_code == 303 and answer_raw.headers["location"] == "/ui/login"
+    with httpx.Client(base_url=base, cookies={SESSION_COOKIE: acme_cookie}) as raw:
+        assert raw.get(f"/ui/jobs/{theirs.image_with_faces}").status_code == 404
+        assert raw.get(f"/ui/jobs/{seeded.image_with_faces}").status_code == 200
