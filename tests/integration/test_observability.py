@@ -13,9 +13,10 @@ from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from producer.client import ScanClient
 from tests.fixtures.service import Service
 from tests.fixtures.webhook_receiver import free_port
-from tests.integration.test_service import write_images
+from tests.integration.test_service import settings_for, write_images
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -141,10 +142,13 @@ def exporter(svc: Service, port: int) -> Iterator[subprocess.Popen[bytes]]:
 def test_the_exporter_serves_queue_depth_age_and_the_scaling_signal(service: Service) -> None:
     port = free_port()
     paths = write_images(service.images, 5)
+    client = ScanClient(
+        settings_for(service)
+    )  # `dfscan submit` is this client (tests/integration/test_service.py)
     for path in paths[:3]:
-        assert service.cli("submit", str(path)).returncode == 0
+        client.submit([str(path)])
     for path in paths[3:]:
-        assert service.cli("submit", str(path), "--priority", "5").returncode == 0
+        client.submit([str(path)], priority=5)
     service.redis().lpush("inference\x06\x163", b"{}")  # a message in a kombu priority list
     time.sleep(1.2)
     with exporter(service, port):

@@ -21,6 +21,7 @@ Every file is generated here from tests/fixtures (faces.py, hostile.py, videos.p
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -247,16 +248,23 @@ def interactive_beside_backlog(
 # --- (c) clips of an adversarial face-detector texture beside an interactive probe -------------------
 
 
-def adversarial_clip(steps: int = 150, offset: int = 0, frames: int = 32) -> bytes:
-    """A 640x640 MP4 of ``frames`` frames of a texture made by gradient ascent on MTCNN's P-net
-    (``bench/face_cost.py``), shifted a few pixels a frame (``offset``: another clip, other bytes)."""
+@functools.cache
+def _texture(steps: int) -> np.ndarray:
+    """A 640x640 texture made by gradient ascent on MTCNN's P-net (``bench/face_cost.py``), once per run."""
     import torch
 
     from bench.face_cost import adversarial_texture
-    from tests.fixtures.videos import encode_images
     from worker.inference.faces.mtcnn import MtcnnDetector
 
-    texture = np.asarray(adversarial_texture(MtcnnDetector(torch.device("cpu")).pnet, steps=steps))
+    return np.asarray(adversarial_texture(MtcnnDetector(torch.device("cpu")).pnet, steps=steps))
+
+
+def adversarial_clip(steps: int = 150, offset: int = 0, frames: int = 32) -> bytes:
+    """A 640x640 MP4 of ``frames`` frames of the adversarial texture, shifted a few pixels a frame
+    (``offset``: another clip, other bytes)."""
+    from tests.fixtures.videos import encode_images
+
+    texture = _texture(steps)
     shifted = [Image.fromarray(np.roll(texture, offset + 2 * i, axis=1)) for i in range(frames)]
     return encode_images(shifted, fps=8, gop=8)
 

@@ -17,6 +17,9 @@ def assert_all_done(outcome: Outcome, n: int) -> None:
     assert (report.submitted, report.done, report.failed) == (n, n, 0), report.summary()
 
 
+# slow: the same recovery (claimed, unfinished jobs come back after their lease) as a kill mid-model, the
+# default suite's proof; `make faults` runs this row too.
+@pytest.mark.slow
 def test_sigkill_while_jobs_wait_in_the_batcher(fault_service: Service) -> None:  # noqa: F811
     outcome = scenarios.kill_while_buffering(fault_service)
     assert outcome.notes["buffered_at_kill"] >= 8  # type: ignore[operator]

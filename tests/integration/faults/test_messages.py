@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fixtures.faults import fault_service  # noqa: F401
 from tests.fixtures.service import Service
 from tests.integration.faults import scenarios
 
 
+# slow: tests/integration/test_service.py::test_duplicate_delivery_gives_one_verdict is the default suite's
+# proof (the same three deliveries per job); `make faults` runs this row too.
+@pytest.mark.slow
 def test_a_message_delivered_three_times_gives_one_verdict_per_job(fault_service: Service) -> None:  # noqa: F811
     outcome = scenarios.duplicate_delivery(fault_service)
     report = outcome.report
