@@ -4,14 +4,22 @@ images the heatmap's largest cell is the pasted patch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
+from dfscan.verdicts import Heatmap
 from tests.fixtures.models import REAL_FAKE
+from worker.inference.annotate import overlay
+from worker.inference.images.decode import ImagePolicy
+from worker.inference.judge import Judge
 from worker.inference.model.classifier import Classifier, load_classifier
 from worker.inference.model.explain import explainable, heatmap, peak
+from worker.inference.sources.read import SourcePolicy
 
 SIDE, PATCH = 32, 8
 CELLS = SIDE // PATCH
@@ -93,3 +101,38 @@ def test_a_model_without_gradients_is_not_explained(detector: Classifier) -> Non
     assert not explainable(frozen)
     with pytest.raises(ValueError, match="cannot be explained"):
         heatmap(frozen, torch.zeros(3, SIDE, SIDE))
+
+
+def test_the_judge_explains_each_region_only_when_asked(tmp_path: Path, detector: Classifier) -> None:
+    rng = np.random.default_rng(11)  # one of the images the heatmap gets right (not all are: see above)
+    image, (r, c) = _pasted(rng)
+    path = tmp_path / "pasted.png"
+    Image.fromarray(((image.transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)).save(path)
+    sources = SourcePolicy(allowed_roots=(tmp_path,))
+    asked = Judge(detector, sources=sources, images=ImagePolicy(), explain=True)
+    plain = Judge(detector, sources=sources, images=ImagePolicy())
+    try:
+        explained, unexplained = asked.judge(str(path)), plain.judge(str(path))
+    finally:
+        asked.close()
+        plain.close()
+
+    assert explained.done and unexplained.done, (explained.error, unexplained.error)
+    assert unexplained.explanation is None
+    assert explained.fake_score == pytest.approx(unexplained.fake_score, abs=1e-6)  # never in the score
+    assert explained.model_version == unexplained.model_version
+    assert explained.explanation is not None and len(explained.explanation) == 1
+    (heat,) = explained.explanation
+    assert heat.box is None and peak(heat.grid) == (r, c)
+    out = explained.output()["explanation"]
+    assert out[0]["box"] is None and len(out[0]["grid"]) == CELLS
+
+
+def test_the_overlay_reddens_where_the_heatmap_is_hot() -> None:
+    image = Image.new("RGB", (80, 40), (0, 120, 0))
+    grid = ((0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))  # hot at the bottom right
+    drawn = overlay(image, [Heatmap(None, grid), Heatmap((0, 0, 20, 20), ((1.0,),))])
+
+    assert drawn.getpixel((75, 37))[0] > 120 and drawn.getpixel((40, 5)) == (0, 120, 0)
+    assert drawn.getpixel((10, 10))[0] > 120  # the second map, over its own box
+    assert image.getpixel((75, 37)) == (0, 120, 0)  # drawn on a copy

@@ -108,6 +108,7 @@ def new_judge(
         provenance=ProvenancePolicy() if settings.provenance else None,
         second=new_classifier(settings, model=settings.second_model) if settings.second_model else None,
         second_disagreement=settings.second_disagreement,
+        explain=settings.explain,
     )
 
 

@@ -96,9 +96,10 @@ from worker.inference.images.decode import (
 )
 from worker.inference.model.batcher import BACKGROUND, FOREGROUND, PRIMARY, DynamicBatcher, MicroBatcher
 from worker.inference.model.classifier import Classifier
+from worker.inference.model.explain import Grid, explainable, heatmap
 from worker.inference.model.preprocess import load_pixels, to_tensor
 from worker.inference.provenance import ProvenancePolicy, read_provenance
-from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
+from worker.inference.regions import ClipFrame, ClipScore, Observe, Region, score_clip
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
 from worker.inference.video.decode import VideoInfo, VideoPolicy, open_video
@@ -137,6 +138,7 @@ class Judge:
         provenance: ProvenancePolicy | None = None,
         second: Classifier | None = None,
         second_disagreement: float = 0.5,
+        explain: bool = False,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -159,6 +161,10 @@ class Judge:
         # fed by the same batcher (its inputs wait in the same lanes as the first model's).
         self.second = second
         self.second_disagreement = second_disagreement
+        # Heatmaps for every judged region of a still image (paid only when asked for).
+        self.explain = explain and explainable(classifier)
+        if explain and not self.explain:
+            log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", classifier.version)
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -303,7 +309,8 @@ class Judge:
         facts["image_format"] = sniff_format(data, self.images)
         count = frame_count(data, self.images)
         version = self.version if count == 1 else self.animation_version
-        stored = self.known(sha, version) if self.known is not None else None
+        # The duplicate cache keeps no heatmaps: a verdict asked to explain is judged again.
+        stored = self.known(sha, version) if self.known is not None and not self.explain else None
         if stored is not None:
             return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
@@ -414,6 +421,7 @@ class Judge:
                 max_in_flight=self.videos.in_flight if clip else None,
                 timeout=MODEL_TIMEOUT_S,
                 observe=observe,
+                explain=self._heatmap if self.explain and not clip else None,
             )
             if second:
                 with budget.waiting():
@@ -428,6 +436,8 @@ class Judge:
         if scored.fake_score is None:  # require, and no face: nothing was judged
             return self._not_applicable(source, **facts)
         faces = () if clip else tuple(scored.frames[0].faces)
+        if self.explain and not clip:
+            facts["explanation"] = tuple(scored.frames[0].heatmaps)
         if second:
             facts["second_opinion"] = self._opinion(scored.fake_score, second_score)
         return self._done(
@@ -454,6 +464,9 @@ class Judge:
                 futures.append(self._score(f"{frame.key}#second", pixels, FOREGROUND, model=SECOND))
             yield frame
             del frame
+
+    def _heatmap(self, region: Region) -> Grid:
+        return heatmap(self.classifier, region.pixels)
 
     def _opinion(self, first: float, second: float) -> SecondOpinion:
         assert self.second is not None
