@@ -139,6 +139,7 @@ class Judge:
         second: Classifier | None = None,
         second_disagreement: float = 0.5,
         explain: bool = False,
+        explainer: Classifier | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -161,10 +162,13 @@ class Judge:
         # fed by the same batcher (its inputs wait in the same lanes as the first model's).
         self.second = second
         self.second_disagreement = second_disagreement
-        # Heatmaps for every judged region of a still image (paid only when asked for).
-        self.explain = explain and explainable(classifier)
-        if explain and not self.explain:
+        # Heatmaps for every judged region of a still image (paid only when asked for), made with
+        # ``explainer``: the same checkpoint in torch float32 (the classifier itself when it is that).
+        self.explainer = (explainer or classifier) if explain else None
+        if self.explainer is not None and not explainable(self.explainer):
             log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", classifier.version)
+            self.explainer = None
+        self.explain = self.explainer is not None
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -466,7 +470,8 @@ class Judge:
             del frame
 
     def _heatmap(self, region: Region) -> Grid:
-        return heatmap(self.classifier, region.pixels)
+        assert self.explainer is not None
+        return heatmap(self.explainer, region.pixels)
 
     def _opinion(self, first: float, second: float) -> SecondOpinion:
         assert self.second is not None
