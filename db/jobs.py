@@ -325,6 +325,7 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "peak_t": None,
     "provenance": None,
     "second_opinion": None,
+    "explanation": None,
 }
 
 

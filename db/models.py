@@ -280,6 +280,9 @@ class Verdict(Base):
     # A second model's p(fake) for the whole image and the combined reading (dfscan.verdicts.SecondOpinion
     # as JSON); NULL without DFSCAN_SECOND_MODEL.
     second_opinion: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # Explanation heatmaps, one per judged region ([{"box": [x, y, w, h] or null, "grid": [[...]]}]),
+    # when they were asked for (DFSCAN_EXPLAIN, dfscan scan --explain); NULL otherwise.
+    explanation: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
 
     __table_args__ = (
         CheckConstraint(_in("label", LABELS), name="label_valid"),

@@ -223,6 +223,15 @@ class Settings(BaseSettings):
         "beside 0.2 is inconclusive, 0.7 beside 0.4 combines to 0.55.",
     )
 
+    # --- explanations -----------------------------------------------------------------------------
+    explain: bool = Field(
+        False,
+        description="Add a heatmap to every judged region of a still image (gradient x input per ViT "
+        "patch, stored as a small grid of floats): one more forward and backward pass per region, "
+        "paid only when this is on (`dfscan scan --explain` turns it on for one scan; "
+        "bench/explain.py measures it). Torch float32 checkpoints only: ONNX and int8 give none.",
+    )
+
     # --- provenance -----------------------------------------------------------------------------
     provenance: bool = Field(
         True,

@@ -50,6 +50,7 @@ STORED = (
     "peak_t",
     "provenance",
     "second_opinion",
+    "explanation",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -74,6 +75,7 @@ OUTPUT = (
     "frames",
     "provenance",
     "second_opinion",
+    "explanation",
     "error_code",
     "error",
     "error_detail",
@@ -190,6 +192,30 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Heatmap:
+    """Where in one judged region the model saw its evidence (``dfscan scan --explain``,
+    ``DFSCAN_EXPLAIN``): ``grid`` rows of cells in [0, 1] over the region as the model saw it (one cell
+    per ViT patch: 14 x 14 for the shipped model), 1 at the strongest; ``box`` what the grid covers,
+    ``(x, y, w, h)`` in pixels of the image: a face's square crop with its margin (around the face's
+    own box), or None for the whole image. Method: gradient x input
+    (:mod:`worker.inference.model.explain`)."""
+
+    box: tuple[int, int, int, int] | None
+    grid: tuple[tuple[float, ...], ...]
+
+    def output(self) -> dict[str, Any]:
+        return {"box": None if self.box is None else list(self.box), "grid": [list(row) for row in self.grid]}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> Heatmap:
+        box = stored.get("box")
+        x, y, w, h = (int(v) for v in box) if box else (0, 0, 0, 0)
+        return cls(
+            (x, y, w, h) if box else None, tuple(tuple(float(v) for v in row) for row in stored["grid"])
+        )
+
+
+@dataclass(frozen=True)
 class SecondOpinion:
     """A second model's p(fake) for the whole image (``DFSCAN_SECOND_MODEL``) and the rule that combines
     it with the verdict's own score, which it never replaces (:func:`combine`)."""
@@ -272,6 +298,8 @@ class Verdict:
     provenance: Provenance | None = None
     # A second model's score for the whole image and the combined reading (DFSCAN_SECOND_MODEL).
     second_opinion: SecondOpinion | None = None
+    # One heatmap per judged region of a still image, when explanations were asked for.
+    explanation: tuple[Heatmap, ...] | None = None
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -293,6 +321,7 @@ class Verdict:
         row = {name: getattr(self, name) for name in STORED}
         row["provenance"] = None if self.provenance is None else self.provenance.output()
         row["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
+        row["explanation"] = None if self.explanation is None else [h.output() for h in self.explanation]
         return row
 
     def face_rows(self) -> list[dict[str, Any]]:
@@ -308,6 +337,7 @@ class Verdict:
         )
         out["provenance"] = None if self.provenance is None else self.provenance.output()
         out["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
+        out["explanation"] = None if self.explanation is None else [h.output() for h in self.explanation]
         return out
 
     def frame_rows(self) -> list[tuple[Any, ...]]:
@@ -348,6 +378,8 @@ class Verdict:
             stored["provenance"] = Provenance.from_stored(stored["provenance"])
         if isinstance(stored.get("second_opinion"), Mapping):
             stored["second_opinion"] = SecondOpinion.from_stored(stored["second_opinion"])
+        if isinstance(stored.get("explanation"), list):
+            stored["explanation"] = tuple(Heatmap.from_stored(h) for h in stored["explanation"])
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
         return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
 

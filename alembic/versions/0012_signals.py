@@ -1,6 +1,7 @@
 """Verdicts carry what the source declares about its origin: ``provenance``, a JSON object (C2PA
 manifest and signature check, IPTC digital source type, EXIF software; dfscan.verdicts.Provenance),
-and a second model's opinion, ``second_opinion`` (its score and the combined reading).
+a second model's opinion, ``second_opinion`` (its score and the combined reading), and the
+explanation heatmaps asked for, ``explanation`` (a grid of floats per judged region).
 
 Existing verdicts get NULL (not read).
 
@@ -29,9 +30,11 @@ def upgrade() -> None:
     with op.batch_alter_table("verdicts") as batch:
         batch.add_column(sa.Column("provenance", _JSON, nullable=True))
         batch.add_column(sa.Column("second_opinion", _JSON, nullable=True))
+        batch.add_column(sa.Column("explanation", _JSON, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("verdicts") as batch:
+        batch.drop_column("explanation")
         batch.drop_column("second_opinion")
         batch.drop_column("provenance")

@@ -89,6 +89,14 @@ def scan(
         FailOn | None,
         typer.Option("--fail-on", help="fake: exit 4 when any verdict is fake (for pipelines)."),
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Add a heatmap per judged region (in the JSON's explanation; drawn by --annotate). "
+            "Costs one more forward and backward pass per region (DFSCAN_EXPLAIN).",
+        ),
+    ] = False,
 ) -> None:
     """Scan images in this process (no servers) and store every result (SQLite by default).
 
@@ -102,6 +110,8 @@ def scan(
         if faces not in ("auto", "require", "off"):
             raise typer.BadParameter(f"--faces must be auto, require or off, not {faces!r}")
         settings = settings.model_copy(update={"faces": faces})
+    if explain:
+        settings = settings.model_copy(update={"explain": True})
     sources, roots = collect_sources(targets, recursive=recursive)
     if not sources:
         print_error(SourceNotFoundError.code, "nothing to scan: no files found in " + ", ".join(targets))

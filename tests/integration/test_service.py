@@ -63,6 +63,8 @@ def test_submit_wait_results_and_check_from_the_cli(service: Service) -> None:
         assert row["status"] == "done", row
         assert row["label"] in ("real", "fake") and 0.0 <= row["fake_score"] <= 1.0
         assert row["model_version"].startswith("model@sha256:")
+        # The worker read what the file declares (nothing) and stored it beside the score.
+        assert row["provenance"] is not None and row["provenance"]["manifest"] is False
         uuid.UUID(row["job_id"])
     assert by_name["broken.jpg"]["error_code"] == "CORRUPT_IMAGE"
     assert by_name["notes.txt"]["error_code"] == "UNSUPPORTED_FORMAT"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dfscan.verdicts import NOT_APPLICABLE, Verdict, label_for
+from dfscan.verdicts import NOT_APPLICABLE, Heatmap, Verdict, label_for
 
 if TYPE_CHECKING:
     from worker.inference.regions import ClipFrame, FrameScore
@@ -66,6 +66,25 @@ def annotate(image: Image.Image, marks: Sequence[Mark]) -> Image.Image:
         tx = max(0, min(left, width - tw))
         draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
         draw.text((tx + line - tl, ty + line - tt), text, fill=(255, 255, 255), font=font)
+    return out
+
+
+def overlay(image: Image.Image, heatmaps: Sequence[Heatmap], *, strength: float = 0.6) -> Image.Image:
+    """A copy of ``image`` (as RGB) with each heatmap drawn over the area it covers (the whole image
+    when its box is None): red, as opaque as ``strength`` where the cell is 1, clear where it is 0.
+    Cells are scaled up with bilinear smoothing, so the patches' edges do not read as evidence."""
+    out = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    for heat in heatmaps:
+        x, y, w, h = heat.box if heat.box is not None else (0, 0, out.width, out.height)
+        if w <= 0 or h <= 0 or not heat.grid:
+            continue
+        rows, cols = len(heat.grid), len(heat.grid[0])
+        cells = Image.new("L", (cols, rows))
+        cells.putdata([round(255 * strength * min(1.0, max(0.0, v))) for row in heat.grid for v in row])
+        alpha = cells.resize((w, h), Image.Resampling.BILINEAR)
+        red = Image.new("RGB", (w, h), (255, 0, 0))
+        region = out.crop((x, y, x + w, y + h))
+        out.paste(Image.composite(red, region, alpha), (x, y))
     return out
 
 
@@ -168,12 +187,14 @@ class Pictures:
             tuple[float, Image.Image, tuple[int, int], float | None, list[tuple[Box, float]]]
         ] = []
         self._lock = threading.Lock()
+        self._heatmaps: list[Heatmap] = []  # a still image's, when explanations were asked for
 
     def __call__(self, frame: ClipFrame, score: FrameScore) -> None:
         if frame.image is None:
             return
         faces = [(face.box, face.fake_score) for face in score.faces]
         with self._lock:
+            self._heatmaps = list(score.heatmaps)
             self._frames.append((score.t, frame.image, frame.size, score.fake_score, faces))
             if len(self._frames) > 1:  # a clip: only thumbnails are kept while the rest decode
                 self._frames = [
@@ -194,7 +215,8 @@ class Pictures:
                 marks = [Mark(f.box, f.fake_score, label_for(f.fake_score, threshold)) for f in verdict.faces]
             else:
                 marks = [Mark((0, 0, image.width, image.height), verdict.fake_score, str(verdict.label))]
-            return annotate(image, marks)
+            heatmaps = verdict.explanation or self._heatmaps
+            return annotate(overlay(image, heatmaps) if heatmaps else image, marks)
         tiles = [
             Tile(
                 _thumbnail(image, self.thumb),

@@ -16,6 +16,7 @@ from worker.inference.faces.crops import FacePolicy, load_face_detector
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, Known
 from worker.inference.model.classifier import Classifier, load_classifier
+from worker.inference.model.explain import explainable
 from worker.inference.provenance import ProvenancePolicy
 from worker.inference.sources.read import SourcePolicy
 from worker.inference.video.decode import VideoPolicy
@@ -112,6 +113,22 @@ def new_judge(
         provenance=ProvenancePolicy() if settings.provenance else None,
         second=new_classifier(settings, model=settings.second_model) if settings.second_model else None,
         second_disagreement=settings.second_disagreement,
+        explain=settings.explain,
+        explainer=_explainer(settings, detector) if settings.explain else None,
+    )
+
+
+def _explainer(settings: Settings, detector: Classifier) -> Classifier:
+    """The checkpoint of ``detector`` as heatmaps need it: torch, float32 (``detector`` itself when it is
+    that; else, e.g. served by ONNX Runtime or int8, a second copy is loaded, only when explaining)."""
+    if explainable(detector):
+        return detector
+    return load_classifier(
+        detector.source,
+        revision=settings.model_revision if detector.source == settings.model else None,
+        device=settings.device,
+        threads=default_threads(settings),
+        runtime="torch",
     )
 
 

@@ -96,9 +96,10 @@ from worker.inference.images.decode import (
 )
 from worker.inference.model.batcher import BACKGROUND, FOREGROUND, PRIMARY, DynamicBatcher, MicroBatcher
 from worker.inference.model.classifier import Classifier
+from worker.inference.model.explain import Grid, explainable, heatmap
 from worker.inference.model.preprocess import load_pixels, to_tensor
 from worker.inference.provenance import ProvenancePolicy, read_provenance
-from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
+from worker.inference.regions import ClipFrame, ClipScore, Observe, Region, score_clip
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
 from worker.inference.video.decode import VideoInfo, VideoPolicy, open_video
@@ -137,6 +138,8 @@ class Judge:
         provenance: ProvenancePolicy | None = None,
         second: Classifier | None = None,
         second_disagreement: float = 0.5,
+        explain: bool = False,
+        explainer: Classifier | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -159,6 +162,13 @@ class Judge:
         # fed by the same batcher (its inputs wait in the same lanes as the first model's).
         self.second = second
         self.second_disagreement = second_disagreement
+        # Heatmaps for every judged region of a still image (paid only when asked for), made with
+        # ``explainer``: the same checkpoint in torch float32 (the classifier itself when it is that).
+        self.explainer = (explainer or classifier) if explain else None
+        if self.explainer is not None and not explainable(self.explainer):
+            log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", classifier.version)
+            self.explainer = None
+        self.explain = self.explainer is not None
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -304,7 +314,8 @@ class Judge:
         facts["image_format"] = sniff_format(data, self.images)
         count = frame_count(data, self.images)
         version = self.version if count == 1 else self.animation_version
-        stored = self.known(sha, version) if self.known is not None else None
+        # The duplicate cache keeps no heatmaps: a verdict asked to explain is judged again.
+        stored = self.known(sha, version) if self.known is not None and not self.explain else None
         if stored is not None:
             return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
@@ -415,6 +426,7 @@ class Judge:
                 max_in_flight=self.videos.in_flight if clip else None,
                 timeout=MODEL_TIMEOUT_S,
                 observe=observe,
+                explain=self._heatmap if self.explain and not clip else None,
             )
             if second:
                 with budget.waiting():
@@ -429,6 +441,8 @@ class Judge:
         if scored.fake_score is None:  # require, and no face: nothing was judged
             return self._not_applicable(source, **facts)
         faces = () if clip else tuple(scored.frames[0].faces)
+        if self.explain and not clip:
+            facts["explanation"] = tuple(scored.frames[0].heatmaps)
         if second:
             facts["second_opinion"] = self._opinion(scored.fake_score, second_score)
         return self._done(
@@ -455,6 +469,10 @@ class Judge:
                 futures.append(self._score(f"{frame.key}#second", pixels, FOREGROUND, model=SECOND))
             yield frame
             del frame
+
+    def _heatmap(self, region: Region) -> Grid:
+        assert self.explainer is not None
+        return heatmap(self.explainer, region.pixels)
 
     def _opinion(self, first: float, second: float) -> SecondOpinion:
         assert self.second is not None

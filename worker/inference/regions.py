@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from dfscan.verdicts import FaceVerdict
+from dfscan.verdicts import FaceVerdict, Heatmap
 from worker.inference.budget import Budget
-from worker.inference.faces.crops import Face, FacePolicy, select_faces, square_crop
+from worker.inference.faces.crops import Face, FacePolicy, crop_box, select_faces, square_crop
 from worker.inference.model.preprocess import PreprocessConfig, to_tensor
 from worker.inference.video.aggregate import aggregate_frames
 
@@ -70,6 +70,9 @@ class Region:
     pixels: torch.Tensor
     face: Face | None = None
     box: tuple[int, int, int, int] | None = None
+    # What ``pixels`` cover, (x, y, w, h) in the frame's displayed pixels: a face's square crop with
+    # its margin (None: the whole frame). An explanation's heatmap is drawn over it.
+    area: tuple[int, int, int, int] | None = None
 
 
 def frame_regions(
@@ -91,6 +94,7 @@ def frame_regions(
             to_tensor(face_crop(frame.image, face, faces.margin), cfg),
             face,
             scale_box(face.box, frame.image.size, frame.size),
+            scale_box(_xywh(crop_box(frame.image.size, face, faces.margin)), frame.image.size, frame.size),
         )
         for face in chosen
     ]
@@ -101,6 +105,11 @@ def face_crop(image: Image.Image, face: Face, margin: float) -> Image.Image:
     (:func:`~worker.inference.faces.crops.square_crop`). Serving, training (``dfscan train --faces``) and
     evaluation cut every face region with this function, from the full-size decoded image."""
     return square_crop(image, face, margin)
+
+
+def _xywh(corners: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    left, top, right, bottom = corners
+    return left, top, right - left, bottom - top
 
 
 def _whole(frame: ClipFrame, cfg: PreprocessConfig) -> Region:
@@ -135,6 +144,8 @@ class FrameScore:
     t: float
     fake_score: float | None
     faces: list[FaceVerdict] = field(default_factory=list)
+    # One per region when explanations were asked for (box None: the whole frame).
+    heatmaps: list[Heatmap] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,8 @@ class ClipScore:
 # ``submit(region)``: the region's future from the model batcher (through the memo), and whether this
 # call put it there (False: it was already in flight or remembered).
 Submit = Callable[[Region], "tuple[Future[float], bool]"]
+# ``explain(region)``: the region's heatmap grid (rows of cells in [0, 1]), when explanations are asked for.
+Explain = Callable[[Region], "tuple[tuple[float, ...], ...]"]
 # ``observe(frame, score)``: called with each frame once its regions are scored (e.g. to draw it).
 Observe = Callable[[ClipFrame, FrameScore], None]
 
@@ -183,12 +196,14 @@ def score_clip(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     observe: Observe | None = None,
+    explain: Explain | None = None,
 ) -> ClipScore:
     """Score every frame of ``frames`` through its regions and gather them (see the module docstring).
 
     Raises whatever a frame source, the face detector or a region's future raises (an InferenceError
     from the model: the job goes back to the queue), BudgetExceededError, and ``TimeoutError`` when one
-    region waits longer than ``timeout`` seconds for the model."""
+    region waits longer than ``timeout`` seconds for the model. ``explain``, when given, makes a heatmap
+    of every region once its score is in (on this thread: its cost counts in the job's budget)."""
     if max_in_flight is not None and max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
     started = time.perf_counter()
@@ -222,8 +237,11 @@ def score_clip(
             for region, p in zip(item.regions, results, strict=True)
             if region.face is not None and region.box is not None
         ]
+        heatmaps = [Heatmap(region.area, explain(region)) for region in item.regions] if explain else []
         # A frame's score is its most suspicious region: the max over its faces, or the whole frame.
-        score = FrameScore(t=item.t, fake_score=max(results) if results else None, faces=judged)
+        score = FrameScore(
+            t=item.t, fake_score=max(results) if results else None, faces=judged, heatmaps=heatmaps
+        )
         scores.append(score)
         if observe is not None and item.frame is not None:
             observe(item.frame, score)
