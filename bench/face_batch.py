@@ -1,9 +1,9 @@
 """The extra CPU of faces auto on small face-free JPEGs: this tree's detector against a baseline tree's.
 
-``python -m bench.face_batch --baseline REF [--pairs 3] [--images 240] [--size 128x96] [--threads 8]
+``python -m bench.face_batch --baseline REF [--candidate REF] [--pairs 3] [--images 240] [--size 128x96] [--threads 8]
 [--json PATH]``
 
-``REF`` is a git revision of this repository (its tree is exported with ``git archive`` into a temporary
+Each ``REF`` is a git revision of this repository (its tree is exported with ``git archive`` into a temporary
 folder) or a folder holding a dfscan source tree. Each measurement is a separate process importing one
 tree: the tests' tiny ViT (the model costs next to nothing), ``--images`` generated photo-like JPEGs of
 ``--size`` (no faces), judged through :func:`worker.inference.judge.judge_stream` on ``--threads`` task
@@ -56,16 +56,20 @@ verdicts = list(judge_stream(judge, timed, threads=threads))
 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
 assert len(verdicts) == len(timed) and all(v.status == "done" for v in verdicts)
 judged_on = sorted({v.judged_on for v in verdicts})
+faces_batcher = judge._face_batcher
+stats = faces_batcher.stats if faces_batcher is not None else None
+per_batch = stats.items / stats.batches if stats is not None and stats.batches else 0.0
 judge.close()
-print(json.dumps({"cpu_s": cpu, "wall_s": wall, "images": len(timed), "judged_on": judged_on}))
+print(json.dumps({"cpu_s": cpu, "wall_s": wall, "images": len(timed), "judged_on": judged_on,
+                  "detector_batch": per_batch}))
 """
 
 
-def _tree(ref: str, tmp: Path) -> Path:
+def _tree(ref: str, tmp: Path, name: str) -> Path:
     """A folder holding the dfscan source tree of ``ref`` (a folder, or a git revision exported here)."""
     if Path(ref).is_dir():
         return Path(ref).resolve()
-    out = tmp / "baseline"
+    out = tmp / name
     out.mkdir()
     archive = subprocess.run(["git", "archive", ref], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
@@ -93,6 +97,11 @@ def _spread(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, help="git revision or source folder to compare with")
+    parser.add_argument(
+        "--candidate",
+        default=str(Path(__file__).resolve().parent.parent),
+        help="revision or folder (default: this checkout)",
+    )
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--size", default="128x96")
@@ -106,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dfscan-face-batch-") as name:
         tmp = Path(name)
-        baseline = _tree(args.baseline, tmp)
+        baseline = _tree(args.baseline, tmp, "baseline")
+        candidate = _tree(args.candidate, tmp, "candidate")
         model = save_tiny_vit(tmp / "model")
         images = tmp / "images"
         write_small_images(images, 2 * args.threads, size=(width, height), prefix="warm", seed=1)
@@ -115,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         load = os.getloadavg()[0]
         for pair in range(args.pairs):
-            for label, tree in (("baseline", baseline), ("this tree", here)):
+            for label, tree in (("baseline", baseline), ("this tree", candidate)):
                 for faces in ("off", "auto"):
                     result = _measure(tree, model, images, faces, args.threads)
                     runs.setdefault(f"{label} {faces}", []).append(result)
                     print(
                         f"pair {pair + 1} {label:9s} faces {faces:4s}: {result['cpu_s']:.2f} CPU s, "
-                        f"{result['wall_s']:.2f} s wall, judged on {result['judged_on']}",
+                        f"{result['wall_s']:.2f} s wall, judged on {result['judged_on']}, "
+                        f"{result['detector_batch']:.1f} images per detector batch",
                         flush=True,
                     )
         n = args.images

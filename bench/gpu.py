@@ -243,7 +243,8 @@ def processes(cuda: bool, dry: bool) -> dict[str, Any]:
     """Total img/s of N processes sharing the device against one process at N x the batch."""
     device = "cuda" if cuda else "cpu"
     batch, seconds = (2, 0.5) if dry else (64, 5.0)
-    ctx = multiprocessing.get_context("spawn")  # CUDA and fork do not mix
+    # CUDA and fork do not mix: spawn on a GPU; the dry run forks (the children skip importing torch again).
+    ctx = multiprocessing.get_context("spawn" if cuda else "fork")
     out: dict[str, Any] = {"mps_daemon": _mps_running(), "batch_per_process": batch}
     for n in (2,) if dry else (1, 2, 4):
         queue = ctx.Queue()
@@ -319,6 +320,7 @@ def scan(model: Path, images: Path, count: int, cuda: bool, batch: int, tmp: Pat
             **os.environ,
             "DFSCAN_DATABASE_URL": f"sqlite:///{tmp / f'scan-{faces}.db'}",
             "DFSCAN_DEVICE": "cuda" if cuda else "cpu",
+            "DFSCAN_RUNTIME": "torch",  # what auto picks on CUDA; on a CPU it skips the one-off ONNX export
             "HF_HUB_OFFLINE": "1",
         }
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -394,19 +394,29 @@ class MtcnnDetector:
         widths = [image.width for image in images]
         height, width = max(heights), max(widths)
         batch = self._tensor(_stacked(images, height, width))
-        if all(h == height and w == width for h, w in zip(heights, widths, strict=True)):
-            reg, probs = self.pnet(batch)
-            hit = probs[:, 1] >= THRESHOLDS[0]
+        padded = any(h != height or w != width for h, w in zip(heights, widths, strict=True))
+        sizes = torch.tensor(list(zip(heights, widths, strict=True)), device=self.device) if padded else None
+        reg, probs = self.pnet(batch, sizes)
+        outputs = [pnet_output_size(h, w) for h, w in zip(heights, widths, strict=True)]
+        if self.device.type == "cpu":  # numpy's few calls cost less than torch's many small ones here
+            prob_np = probs[:, 1].numpy()
+            hit_np = prob_np >= THRESHOLDS[0]
+            if padded:
+                for k, (oh, ow) in enumerate(outputs):
+                    hit_np[k, oh:] = False
+                    hit_np[k, :, ow:] = False
+            n_np, ys_np, xs_np = np.nonzero(hit_np)
+            cells = np.stack([n_np, ys_np, xs_np])
+            score = prob_np[n_np, ys_np, xs_np]
+            offsets = reg.numpy()[n_np, :, ys_np, xs_np]
         else:
-            sizes = torch.tensor(list(zip(heights, widths, strict=True)), device=self.device)
-            reg, probs = self.pnet(batch, sizes)
-            outputs = torch.tensor([pnet_output_size(h, w) for h, w in zip(heights, widths, strict=True)])
             hit = probs[:, 1] >= THRESHOLDS[0]
-            hit &= ~_beyond(outputs.to(self.device), hit.shape[1], hit.shape[2])[:, 0]
-        n, ys, xs = hit.nonzero(as_tuple=True)  # row-major: per image, the order numpy's nonzero gives
-        cells = torch.stack([n, ys, xs]).cpu().numpy()
-        score = probs[n, 1, ys, xs].cpu().numpy()
-        offsets = reg[n, :, ys, xs].cpu().numpy()
+            if padded:
+                hit &= ~_beyond(torch.tensor(outputs, device=self.device), hit.shape[1], hit.shape[2])[:, 0]
+            n, ys, xs = hit.nonzero(as_tuple=True)  # row-major: per image, the order numpy's nonzero gives
+            cells = torch.stack([n, ys, xs]).cpu().numpy()
+            score = probs[n, 1, ys, xs].cpu().numpy()
+            offsets = reg[n, :, ys, xs].cpu().numpy()
         boxes = _generate(cells[1], cells[2], score, offsets, scale)
         return np.split(boxes, np.cumsum(np.bincount(cells[0], minlength=len(images)))[:-1])
 
@@ -484,6 +494,8 @@ class MtcnnDetector:
 def _stacked(images: list[Image.Image], height: int, width: int) -> np.ndarray:
     """``(N, height, width, 3)`` uint8: the images pasted (top left, zero padding) into one canvas and read
     out once (each ``np.asarray`` of a Pillow image costs a ``tobytes`` call: ~0.1 ms of Python apiece)."""
+    if len(images) == 1:
+        return np.array(images[0])[None]
     canvas = Image.new("RGB", (width, height * len(images)))
     for k, image in enumerate(images):
         canvas.paste(image, (0, k * height))
