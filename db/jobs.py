@@ -425,21 +425,62 @@ def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, 
 
 def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
     """Mark the job failed with ``code``; True if this call made the outcome (False: already final)."""
+    return job_id in finish_failed_many(session, [job_id], code=code, message=message)
+
+
+def finish_failed_many(
+    session: Session, job_ids: Sequence[uuid.UUID], *, code: str, message: str
+) -> set[uuid.UUID]:
+    """Mark every job of ``job_ids`` that is not final yet failed with ``code``, in one UPDATE (rows
+    locked in id order), then write their webhook events once (``webhooks.record_final``: no job row
+    is updated after it in the transaction). Returns the ids this call made final."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return set()
     now = utcnow()
-    made = _guarded_update(
-        session,
-        job_id,
-        ACTIVE,
-        state="failed",
-        error_code=code,
-        error_message=message,
-        finished_at=now,
-        updated_at=now,
-        lease_until=None,
-    )
-    if made:
-        webhooks.record_final(session, [job_id])
-    return made
+    failed = session.scalars(
+        update(ScanJob)
+        .where(ScanJob.id.in_(ids), ScanJob.state.in_(ACTIVE))
+        .values(
+            state="failed",
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+            updated_at=now,
+            lease_until=None,
+        )
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    if failed:
+        webhooks.record_final(session, failed)
+    return set(failed)
+
+
+def give_back(session: Session, job_ids: Sequence[uuid.UUID], *, worker: str) -> set[uuid.UUID]:
+    """Put ``worker``'s running jobs back to queued and refund the attempt their claim counted (one
+    UPDATE): the worker, not the job, failed (a broken device), so the job keeps every attempt it had.
+    Guarded on ``state = 'running' AND worker = worker``: a job taken over meanwhile is left alone.
+    Returns the ids given back."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return set()
+    given = session.scalars(
+        update(ScanJob)
+        .where(ScanJob.id.in_(ids), ScanJob.state == "running", ScanJob.worker == worker)
+        .values(
+            state="queued",
+            worker=None,
+            lease_until=None,
+            attempts=func.greatest(ScanJob.attempts - 1, 0)
+            if session.get_bind().dialect.name == "postgresql"
+            else func.max(ScanJob.attempts - 1, 0),
+            updated_at=utcnow(),
+        )
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return set(given)
 
 
 def release_job(session: Session, job_id: uuid.UUID) -> None:

@@ -7,6 +7,9 @@ Celery, SQL and the broker live here and in ``worker/tasks.py``; the model itsel
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 import threading
 
 from celery.signals import worker_ready, worker_shutdown
@@ -23,6 +26,9 @@ app = new_celery_app(get_settings())
 app.conf.imports = ("worker.tasks", "worker.training_tasks")
 
 _runtimes: dict[str, WorkerRuntime] = {}
+# Why this process must end with status 1 (a sticky device fault): `dfscan worker` exits with it.
+fatal: list[str] = []
+_fatal_lock = threading.Lock()
 _runtime_lock = threading.Lock()
 # Set on worker shutdown: stops the sweeper thread of `dfscan worker --sweeper`.
 stop_sweeper = threading.Event()
@@ -51,6 +57,19 @@ def consumes_inference(consumer: object) -> bool:
     """Whether this worker's consumer (Celery's ``Consumer``) takes inference queues."""
     queues = getattr(getattr(consumer, "task_consumer", None), "queues", None) or []
     return any(queue.name.startswith("inference") for queue in queues)
+
+
+def fail_process(code: str, message: str) -> None:
+    """End this worker with status 1 and one clear line on stderr: a warm shutdown (tasks running
+    now finish or give their jobs back; messages not started go back to the queue), then
+    ``dfscan worker`` exits 1 so the orchestrator restarts it. Only the first call acts."""
+    with _fatal_lock:
+        if fatal:
+            return
+        fatal.append(f"error {code}: the worker cannot serve: {' '.join(message.split())}")
+    print(fatal[0], file=sys.stderr, flush=True)
+    log.critical("stopping this worker: %s (status 1)", code)
+    os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
 
 
 @worker_ready.connect

@@ -91,7 +91,14 @@ from worker.inference.images.decode import (
     image_sha256,
     sniff_format,
 )
-from worker.inference.model.batcher import BACKGROUND, FOREGROUND, DynamicBatcher, MicroBatcher
+from worker.inference.model.batcher import (
+    BACKGROUND,
+    FOREGROUND,
+    DynamicBatcher,
+    MicroBatcher,
+    is_sticky_device_error,
+    model_error,
+)
 from worker.inference.model.classifier import Classifier
 from worker.inference.model.preprocess import load_pixels
 from worker.inference.regions import ClipFrame, ClipScore, Observe, score_clip
@@ -162,7 +169,11 @@ class Judge:
                 max_batch=batch_size,
                 max_wait=batch_wait,
                 name="dfscan-faces",
-                wrap_error=lambda exc: InferenceError(f"face detector fault: {type(exc).__name__}: {exc}"),
+                wrap_error=lambda exc: (
+                    model_error(exc, "face detector")
+                    if is_sticky_device_error(exc)
+                    else InferenceError(f"face detector fault: {type(exc).__name__}: {exc}")
+                ),
                 mix=mix,
                 reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
             )
