@@ -269,9 +269,9 @@ class Settings(BaseSettings):
     task_events: bool = Field(
         False,
         description="Celery task events (sent, received, started, succeeded): what Flower's task pages and "
-        "rates are made of. Each costs a Redis publish per message, about a third of a worker's CPU per "
-        "image at one image per message, so they are off unless asked for; a running Flower turns them on "
-        "in the workers it sees, and this setting adds the producer's sent events.",
+        "rates are made of. Each is a message built and published to Redis, four per image at one image "
+        "per message, so they are off unless asked for; a running Flower turns them on in the workers it "
+        "sees, and this setting adds the producer's sent events.",
     )
     visibility_timeout: int = Field(
         300,
