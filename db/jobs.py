@@ -30,6 +30,11 @@ from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS_CODE = MaxAttemptsError.code
+# The tables under the models: the worker's hot statements (claim, verdict write, cache look-up) are
+# Core statements on them, which skip the ORM's compile and result machinery (about half of their
+# client-side cost: bench/feed_cpu.py); they load no objects, so they lose nothing by it.
+_JOBS = ScanJob.__table__
+_VERDICTS = Verdict.__table__
 ACTIVE = ("queued", "running")
 
 
@@ -168,25 +173,25 @@ def claim_jobs(
     if not ids:
         return {}
     now = utcnow()
+    jobs_ = _JOBS.c
     claimed = session.execute(
-        update(ScanJob)
-        .where(ScanJob.id.in_(ids), _claimable(now), ScanJob.attempts < max_attempts)
+        update(_JOBS)
+        .where(jobs_.id.in_(ids), _claimable(now), jobs_.attempts < max_attempts)
         .values(
             state="running",
-            attempts=ScanJob.attempts + 1,
+            attempts=jobs_.attempts + 1,
             worker=worker,
             started_at=now,
             lease_until=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
         .returning(
-            ScanJob.id,
-            ScanJob.source,
-            ScanJob.attempts,
-            ScanJob.priority,
-            func.coalesce(ScanJob.enqueued_at, ScanJob.created_at).label("queued_at"),
-        ),
-        execution_options={"synchronize_session": False},
+            jobs_.id,
+            jobs_.source,
+            jobs_.attempts,
+            jobs_.priority,
+            func.coalesce(jobs_.enqueued_at, jobs_.created_at).label("queued_at"),
+        )
     ).all()
     out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
@@ -209,9 +214,10 @@ def _claimable(now: datetime) -> Any:
     A redelivered message (Redis' visibility timeout, a sweeper's re-send) of a job that a live
     worker holds is acknowledged and does nothing: one job is never judged by two workers at once.
     """
+    jobs_ = _JOBS.c
     return or_(
-        ScanJob.state == "queued",
-        and_(ScanJob.state == "running", or_(ScanJob.lease_until.is_(None), ScanJob.lease_until < now)),
+        jobs_.state == "queued",
+        and_(jobs_.state == "running", or_(jobs_.lease_until.is_(None), jobs_.lease_until < now)),
     )
 
 
@@ -308,8 +314,8 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
         return set()
     now = utcnow()
     done = session.scalars(
-        update(ScanJob)
-        .where(ScanJob.id.in_(sorted(by_id)), ScanJob.state.in_(ACTIVE))
+        update(_JOBS)
+        .where(_JOBS.c.id.in_(sorted(by_id)), _JOBS.c.state.in_(ACTIVE))
         .values(
             state="done",
             error_code=None,
@@ -319,8 +325,7 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
             lease_until=None,
             worker=_single_worker(by_id),
         )
-        .returning(ScanJob.id),
-        execution_options={"synchronize_session": False},
+        .returning(_JOBS.c.id)
     ).all()
     rows = [
         {
@@ -579,18 +584,11 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
     shas = sorted(set(image_sha256s))
     if not shas:
         return {}
+    v = _VERDICTS.c
     query = (
-        select(
-            Verdict.job_id,
-            Verdict.image_sha256,
-            Verdict.fake_score,
-            Verdict.judged_on,
-            Verdict.media,
-            Verdict.duration_s,
-            Verdict.peak_t,
-        )
-        .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
-        .order_by(Verdict.id)
+        select(v.job_id, v.image_sha256, v.fake_score, v.judged_on, v.media, v.duration_s, v.peak_t)
+        .where(v.image_sha256.in_(shas), v.model_version == model_version)
+        .order_by(v.id)
     )
     newest = {row.image_sha256: row for row in session.execute(query)}
     faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
