@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,9 +30,8 @@ from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS_CODE = MaxAttemptsError.code
-# The tables under the models: the worker's hot statements (claim, verdict write, cache look-up) are
-# Core statements on them, which skip the ORM's compile and result machinery (about half of their
-# client-side cost: bench/feed_cpu.py); they load no objects, so they lose nothing by it.
+# The tables under the models: the worker's hottest statements (claim, verdict write, cache look-up)
+# are Core statements on them, built once at import with bound parameters.
 _JOBS = ScanJob.__table__
 _VERDICTS = Verdict.__table__
 ACTIVE = ("queued", "running")
@@ -173,25 +172,15 @@ def claim_jobs(
     if not ids:
         return {}
     now = utcnow()
-    jobs_ = _JOBS.c
     claimed = session.execute(
-        update(_JOBS)
-        .where(jobs_.id.in_(ids), _claimable(now), jobs_.attempts < max_attempts)
-        .values(
-            state="running",
-            attempts=jobs_.attempts + 1,
-            worker=worker,
-            started_at=now,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(
-            jobs_.id,
-            jobs_.source,
-            jobs_.attempts,
-            jobs_.priority,
-            func.coalesce(jobs_.enqueued_at, jobs_.created_at).label("queued_at"),
-        )
+        _CLAIM,
+        {
+            "ids": ids,
+            "now": now,
+            "max_attempts": max_attempts,
+            "claim_worker": worker,
+            "claim_lease": now + timedelta(seconds=lease_seconds),
+        },
     ).all()
     out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
@@ -208,7 +197,7 @@ def claim_jobs(
     return out
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: Any) -> Any:
     """Queued, or running for a worker that is gone (its lease ran out: live workers renew theirs).
 
     A redelivered message (Redis' visibility timeout, a sweeper's re-send) of a job that a live
@@ -219,6 +208,32 @@ def _claimable(now: datetime) -> Any:
         jobs_.state == "queued",
         and_(jobs_.state == "running", or_(jobs_.lease_until.is_(None), jobs_.lease_until < now)),
     )
+
+
+# Built once: constructing a statement object costs more CPU than compiling (cached) and sending it.
+_CLAIM = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(bindparam("ids", expanding=True)),
+        _claimable(bindparam("now")),
+        _JOBS.c.attempts < bindparam("max_attempts"),
+    )
+    .values(
+        state="running",
+        attempts=_JOBS.c.attempts + 1,
+        worker=bindparam("claim_worker"),
+        started_at=bindparam("now"),
+        lease_until=bindparam("claim_lease"),
+        updated_at=bindparam("now"),
+    )
+    .returning(
+        _JOBS.c.id,
+        _JOBS.c.source,
+        _JOBS.c.attempts,
+        _JOBS.c.priority,
+        func.coalesce(_JOBS.c.enqueued_at, _JOBS.c.created_at).label("queued_at"),
+    )
+)
 
 
 def renew_leases(
@@ -298,6 +313,22 @@ def _face_json(face: dict[str, Any]) -> dict[str, Any]:
     return {"box": [x, y, w, h], "score": float(face["score"]), "fake_score": float(face["fake_score"])}
 
 
+_FINISH_DONE = (
+    update(_JOBS)
+    .where(_JOBS.c.id.in_(bindparam("ids", expanding=True)), _JOBS.c.state.in_(ACTIVE))
+    .values(
+        state="done",
+        error_code=None,
+        error_message=None,
+        finished_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        lease_until=None,
+        worker=bindparam("done_worker"),
+    )
+    .returning(_JOBS.c.id)
+)
+
+
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
     """Mark jobs done and store their verdicts (one UPDATE and one INSERT for the lot).
 
@@ -314,18 +345,7 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
         return set()
     now = utcnow()
     done = session.scalars(
-        update(_JOBS)
-        .where(_JOBS.c.id.in_(sorted(by_id)), _JOBS.c.state.in_(ACTIVE))
-        .values(
-            state="done",
-            error_code=None,
-            error_message=None,
-            finished_at=now,
-            updated_at=now,
-            lease_until=None,
-            worker=_single_worker(by_id),
-        )
-        .returning(_JOBS.c.id)
+        _FINISH_DONE, {"ids": sorted(by_id), "now": now, "done_worker": _single_worker(by_id)}
     ).all()
     rows = [
         {
@@ -573,6 +593,24 @@ def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uui
     return [(row.id, row.priority) for row in rows]
 
 
+_CACHED = (
+    select(
+        _VERDICTS.c.job_id,
+        _VERDICTS.c.image_sha256,
+        _VERDICTS.c.fake_score,
+        _VERDICTS.c.judged_on,
+        _VERDICTS.c.media,
+        _VERDICTS.c.duration_s,
+        _VERDICTS.c.peak_t,
+    )
+    .where(
+        _VERDICTS.c.image_sha256.in_(bindparam("shas", expanding=True)),
+        _VERDICTS.c.model_version == bindparam("version"),
+    )
+    .order_by(_VERDICTS.c.id)
+)
+
+
 def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, Stored]:
     """What an earlier verdict said about the same bytes with the same model version, per sha256: its
     score, what it was judged on and its faces, and for a video its duration, peak time and judged
@@ -584,13 +622,8 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
     shas = sorted(set(image_sha256s))
     if not shas:
         return {}
-    v = _VERDICTS.c
-    query = (
-        select(v.job_id, v.image_sha256, v.fake_score, v.judged_on, v.media, v.duration_s, v.peak_t)
-        .where(v.image_sha256.in_(shas), v.model_version == model_version)
-        .order_by(v.id)
-    )
-    newest = {row.image_sha256: row for row in session.execute(query)}
+    rows = session.execute(_CACHED, {"shas": shas, "version": model_version})
+    newest = {row.image_sha256: row for row in rows}
     faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
     frames = verdict_frames(session, [row.job_id for row in newest.values() if row.media == VIDEO])
     return {
