@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,6 +82,123 @@ def fresh_postgres_url() -> Iterator[str]:
         _drop(name)
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# application_name of the benchmark worker's Postgres connections (libpq reads PGAPPNAME), so the CPU of
+# the backends serving the worker can be told from the producer's and other users' of the server.
+WORKER_APP = "dfscan-bench-worker"
+
+
+def worker_backends(database_url: str) -> list[int]:
+    """The pids of the Postgres backends serving the benchmark worker (``WORKER_APP``)."""
+    from sqlalchemy.engine import make_url
+
+    conn = psycopg2.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=make_url(database_url).database, connect_timeout=5
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+                (WORKER_APP,),
+            )
+            return [int(row[0]) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+@dataclass
+class MachineCpu:
+    """CPU seconds of what serves one worker: the worker process, its Postgres backends (by
+    ``WORKER_APP``) and the Redis server (when it is the benchmark's own, ``private_redis``)."""
+
+    worker: float
+    postgres: float
+    redis: float
+
+    @property
+    def total(self) -> float:
+        return self.worker + self.postgres + self.redis
+
+    def __sub__(self, other: MachineCpu) -> MachineCpu:
+        return MachineCpu(
+            self.worker - other.worker, self.postgres - other.postgres, self.redis - other.redis
+        )
+
+
+class CpuMeter:
+    """Reads :class:`MachineCpu`; backends that appear later count from zero (their CPU before the
+    first reading is connection set-up, small), backends that leave keep their last reading."""
+
+    def __init__(self, worker_pid: int, database_url: str, redis_pid: int | None) -> None:
+        self.worker_pid, self.database_url, self.redis_pid = worker_pid, database_url, redis_pid
+        self._seen: dict[int, float] = {}
+
+    def read(self) -> MachineCpu:
+        for pid in worker_backends(self.database_url):
+            self._seen[pid] = max(self._seen.get(pid, 0.0), proc_cpu_seconds(pid))
+        return MachineCpu(
+            proc_cpu_seconds(self.worker_pid),
+            sum(self._seen.values()),
+            proc_cpu_seconds(self.redis_pid) if self.redis_pid else 0.0,
+        )
+
+
+@dataclass
+class RedisServer:
+    url: str
+    pid: int | None  # None: a shared server whose CPU is not the benchmark's
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis server of the benchmark's own (``redis-server`` on PATH, a free port on 127.0.0.1, no
+    persistence), so its CPU is the benchmark's; else the shared one (``flushed_redis``), pid None."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        log.warning("redis-server not on PATH: using the shared Redis, whose CPU is not counted")
+        with flushed_redis() as url:
+            yield RedisServer(url, None)
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="dfscan-bench-redis-") as folder:
+        proc = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the benchmark's redis-server did not start") from None
+                    time.sleep(0.05)
+            client.close()
+            yield RedisServer(f"redis://127.0.0.1:{port}/0", proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 @contextmanager
 def flushed_redis() -> Iterator[str]:
     """The benchmark's Redis database URL, flushed before and after."""
@@ -143,6 +263,7 @@ def worker_env(
             "DFSCAN_DEVICE": "cpu",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            "PGAPPNAME": WORKER_APP,
         }
     )
     return env
@@ -172,8 +293,7 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the worker process so far (all its threads)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_seconds(self.proc.pid)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (Celery's warm shutdown), then SIGKILL of the group if it does not exit."""
@@ -187,7 +307,12 @@ class WorkerProcess:
             self.proc.wait(10)
 
 
-def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int) -> WorkerProcess:
+def start_worker(
+    env: dict[str, str], log_path: Path, *, concurrency: int, source: Path | None = None
+) -> WorkerProcess:
+    """``dfscan worker`` from this tree, or from ``source`` (another checkout: a baseline's code)."""
+    if source is not None:
+        env = {**env, "PYTHONPATH": str(source)}
     handle = log_path.open("wb")
     proc = subprocess.Popen(
         [
@@ -201,6 +326,7 @@ def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int) -> Wo
             "--loglevel=INFO",
         ],
         env=env,
+        cwd=source,
         stdout=handle,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -210,8 +336,10 @@ def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int) -> Wo
 
 
 @contextmanager
-def running_worker(env: dict[str, str], log_path: Path, *, concurrency: int) -> Iterator[WorkerProcess]:
-    worker = start_worker(env, log_path, concurrency=concurrency)
+def running_worker(
+    env: dict[str, str], log_path: Path, *, concurrency: int, source: Path | None = None
+) -> Iterator[WorkerProcess]:
+    worker = start_worker(env, log_path, concurrency=concurrency, source=source)
     try:
         worker.wait_loaded()
         yield worker

@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,6 +32,10 @@ from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS_CODE = MaxAttemptsError.code
+# The tables under the models: the worker's hottest statements (claim, verdict write, cache look-up)
+# are Core statements on them, built once at import with bound parameters.
+_JOBS = ScanJob.__table__
+_VERDICTS = Verdict.__table__
 ACTIVE = ("queued", "running")
 
 
@@ -204,24 +208,14 @@ def claim_jobs(
         return {}
     now = utcnow()
     claimed = session.execute(
-        update(ScanJob)
-        .where(ScanJob.id.in_(ids), _claimable(now), ScanJob.attempts < max_attempts)
-        .values(
-            state="running",
-            attempts=ScanJob.attempts + 1,
-            worker=worker,
-            started_at=now,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(
-            ScanJob.id,
-            ScanJob.source,
-            ScanJob.attempts,
-            ScanJob.priority,
-            func.coalesce(ScanJob.enqueued_at, ScanJob.created_at).label("queued_at"),
-        ),
-        execution_options={"synchronize_session": False},
+        _CLAIM,
+        {
+            "ids": ids,
+            "now": now,
+            "max_attempts": max_attempts,
+            "claim_worker": worker,
+            "claim_lease": now + timedelta(seconds=lease_seconds),
+        },
     ).all()
     out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
     rest = [job_id for job_id in ids if job_id not in out]
@@ -238,16 +232,43 @@ def claim_jobs(
     return out
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: Any) -> Any:
     """Queued, or running for a worker that is gone (its lease ran out: live workers renew theirs).
 
     A redelivered message (Redis' visibility timeout, a sweeper's re-send) of a job that a live
     worker holds is acknowledged and does nothing: one job is never judged by two workers at once.
     """
+    jobs_ = _JOBS.c
     return or_(
-        ScanJob.state == "queued",
-        and_(ScanJob.state == "running", or_(ScanJob.lease_until.is_(None), ScanJob.lease_until < now)),
+        jobs_.state == "queued",
+        and_(jobs_.state == "running", or_(jobs_.lease_until.is_(None), jobs_.lease_until < now)),
     )
+
+
+# Built once: constructing a statement object costs more CPU than compiling (cached) and sending it.
+_CLAIM = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(bindparam("ids", expanding=True)),
+        _claimable(bindparam("now")),
+        _JOBS.c.attempts < bindparam("max_attempts"),
+    )
+    .values(
+        state="running",
+        attempts=_JOBS.c.attempts + 1,
+        worker=bindparam("claim_worker"),
+        started_at=bindparam("now"),
+        lease_until=bindparam("claim_lease"),
+        updated_at=bindparam("now"),
+    )
+    .returning(
+        _JOBS.c.id,
+        _JOBS.c.source,
+        _JOBS.c.attempts,
+        _JOBS.c.priority,
+        func.coalesce(_JOBS.c.enqueued_at, _JOBS.c.created_at).label("queued_at"),
+    )
+)
 
 
 def renew_leases(
@@ -335,6 +356,22 @@ def _face_json(face: dict[str, Any]) -> dict[str, Any]:
     return {"box": [x, y, w, h], "score": float(face["score"]), "fake_score": float(face["fake_score"])}
 
 
+_FINISH_DONE = (
+    update(_JOBS)
+    .where(_JOBS.c.id.in_(bindparam("ids", expanding=True)), _JOBS.c.state.in_(ACTIVE))
+    .values(
+        state="done",
+        error_code=None,
+        error_message=None,
+        finished_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        lease_until=None,
+        worker=bindparam("done_worker"),
+    )
+    .returning(_JOBS.c.id)
+)
+
+
 def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
     """Mark jobs done and store their verdicts (one UPDATE and one INSERT for the lot).
 
@@ -351,19 +388,7 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
         return set()
     now = utcnow()
     done = session.scalars(
-        update(ScanJob)
-        .where(ScanJob.id.in_(sorted(by_id)), ScanJob.state.in_(ACTIVE))
-        .values(
-            state="done",
-            error_code=None,
-            error_message=None,
-            finished_at=now,
-            updated_at=now,
-            lease_until=None,
-            worker=_single_worker(by_id),
-        )
-        .returning(ScanJob.id),
-        execution_options={"synchronize_session": False},
+        _FINISH_DONE, {"ids": sorted(by_id), "now": now, "done_worker": _single_worker(by_id)}
     ).all()
     rows = [
         {
@@ -468,21 +493,62 @@ def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, 
 
 def finish_failed(session: Session, job_id: uuid.UUID, *, code: str, message: str) -> bool:
     """Mark the job failed with ``code``; True if this call made the outcome (False: already final)."""
+    return job_id in finish_failed_many(session, [job_id], code=code, message=message)
+
+
+def finish_failed_many(
+    session: Session, job_ids: Sequence[uuid.UUID], *, code: str, message: str
+) -> set[uuid.UUID]:
+    """Mark every job of ``job_ids`` that is not final yet failed with ``code``, in one UPDATE (rows
+    locked in id order), then write their webhook events once (``webhooks.record_final``: no job row
+    is updated after it in the transaction). Returns the ids this call made final."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return set()
     now = utcnow()
-    made = _guarded_update(
-        session,
-        job_id,
-        ACTIVE,
-        state="failed",
-        error_code=code,
-        error_message=message,
-        finished_at=now,
-        updated_at=now,
-        lease_until=None,
-    )
-    if made:
-        webhooks.record_final(session, [job_id])
-    return made
+    failed = session.scalars(
+        update(ScanJob)
+        .where(ScanJob.id.in_(ids), ScanJob.state.in_(ACTIVE))
+        .values(
+            state="failed",
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+            updated_at=now,
+            lease_until=None,
+        )
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    if failed:
+        webhooks.record_final(session, failed)
+    return set(failed)
+
+
+def give_back(session: Session, job_ids: Sequence[uuid.UUID], *, worker: str) -> set[uuid.UUID]:
+    """Put ``worker``'s running jobs back to queued and refund the attempt their claim counted (one
+    UPDATE): the worker, not the job, failed (a broken device), so the job keeps every attempt it had.
+    Guarded on ``state = 'running' AND worker = worker``: a job taken over meanwhile is left alone.
+    Returns the ids given back."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return set()
+    given = session.scalars(
+        update(ScanJob)
+        .where(ScanJob.id.in_(ids), ScanJob.state == "running", ScanJob.worker == worker)
+        .values(
+            state="queued",
+            worker=None,
+            lease_until=None,
+            attempts=func.greatest(ScanJob.attempts - 1, 0)
+            if session.get_bind().dialect.name == "postgresql"
+            else func.max(ScanJob.attempts - 1, 0),
+            updated_at=utcnow(),
+        )
+        .returning(ScanJob.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return set(given)
 
 
 def release_job(session: Session, job_id: uuid.UUID) -> None:
@@ -570,6 +636,25 @@ def priorities(session: Session, job_ids: Sequence[uuid.UUID]) -> list[tuple[uui
     return [(row.id, row.priority) for row in rows]
 
 
+_CACHED = (
+    select(
+        _VERDICTS.c.job_id,
+        _VERDICTS.c.image_sha256,
+        _VERDICTS.c.fake_score,
+        _VERDICTS.c.judged_on,
+        _VERDICTS.c.media,
+        _VERDICTS.c.duration_s,
+        _VERDICTS.c.peak_t,
+        _VERDICTS.c.second_opinion,
+    )
+    .where(
+        _VERDICTS.c.image_sha256.in_(bindparam("shas", expanding=True)),
+        _VERDICTS.c.model_version == bindparam("version"),
+    )
+    .order_by(_VERDICTS.c.id)
+)
+
+
 def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, Stored]:
     """What an earlier verdict said about the same bytes with the same model version, per sha256: its
     score, what it was judged on and its faces, and for a video its duration, peak time and judged
@@ -581,21 +666,8 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
     shas = sorted(set(image_sha256s))
     if not shas:
         return {}
-    query = (
-        select(
-            Verdict.job_id,
-            Verdict.image_sha256,
-            Verdict.fake_score,
-            Verdict.judged_on,
-            Verdict.media,
-            Verdict.duration_s,
-            Verdict.peak_t,
-            Verdict.second_opinion,
-        )
-        .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
-        .order_by(Verdict.id)
-    )
-    newest = {row.image_sha256: row for row in session.execute(query)}
+    rows = session.execute(_CACHED, {"shas": shas, "version": model_version})
+    newest = {row.image_sha256: row for row in rows}
     faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
     frames = verdict_frames(session, [row.job_id for row in newest.values() if row.media == VIDEO])
     return {

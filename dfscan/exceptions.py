@@ -213,6 +213,15 @@ class InferenceError(DfscanError):
     permanent = False
 
 
+class DeviceFaultError(InferenceError):
+    """The accelerator is broken for this process (a sticky CUDA error: an illegal memory access, a
+    device-side assert, ECC): every later call fails too. The worker puts its claimed jobs back without
+    spending their attempt and exits with status 1, so the orchestrator restarts it on a healthy context."""
+
+    code = "DEVICE_FAULT"
+    permanent = False
+
+
 # --- the system ------------------------------------------------------------------------------
 
 

@@ -68,10 +68,11 @@ def new_celery_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Flower: per-image task events (received/started/succeeded/failed) and sent events.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        task_track_started=True,
+        # Flower: per-image task events (received/started/succeeded/failed) and sent events, when asked
+        # for (DFSCAN_TASK_EVENTS, or Flower's enable_events): each is a Redis publish per message.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        task_track_started=settings.task_events,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a Redis restart must not end the worker
         broker_transport_options={

@@ -320,6 +320,13 @@ class Settings(BaseSettings):
         description="Bulk lane: jobs per task message. 1 gives Flower one task per image; 8 cuts Celery's "
         "per-message cost (receive, ack, events) eightfold for backfills. The interactive lane always sends 1.",
     )
+    task_events: bool = Field(
+        False,
+        description="Celery task events (sent, received, started, succeeded): what Flower's task pages and "
+        "rates are made of. Each is a message built and published to Redis, four per image at one image "
+        "per message, so they are off unless asked for; a running Flower turns them on in the workers it "
+        "sees, and this setting adds the producer's sent events.",
+    )
     visibility_timeout: int = Field(
         300,
         ge=1,

@@ -41,7 +41,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 from dfscan.exceptions import BadMessageError
 from dfscan.queueing import INFERENCE_QUEUE, INTERACTIVE_QUEUE, TRAINING_QUEUE
 from dfscan.settings import Settings
-from worker.metrics_server import MetricsServer
+from worker.metrics_server import Health, MetricsServer
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,13 +72,14 @@ LANES = (INFERENCE_QUEUE, INTERACTIVE_QUEUE, TRAINING_QUEUE)
 OTHER_LANE = "other"
 
 
-def serve(settings: Settings) -> MetricsServer | None:
+def serve(settings: Settings, health: Health | None = None) -> MetricsServer | None:
     """Serve the default registry at DFSCAN_METRICS_ADDR:DFSCAN_METRICS_PORT (off when unset or 0),
-    with idle timeouts and a connection cap (``worker/metrics_server.py``)."""
+    with idle timeouts and a connection cap (``worker/metrics_server.py``), and the probes ``/livez``
+    and ``/readyz`` answered by ``health``."""
     if not settings.metrics_port:
         return None
     try:
-        server = MetricsServer(settings.metrics_addr, settings.metrics_port).start()
+        server = MetricsServer(settings.metrics_addr, settings.metrics_port, health=health).start()
     except OSError as exc:  # a port taken by another worker must not stop this one from working
         log.warning("metrics not served on %s:%d: %s", settings.metrics_addr, settings.metrics_port, exc)
         return None

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,13 +41,33 @@ MAX_CONNECTIONS = 64
 HANDLER_THREADS = 2
 
 
+# A probe's answer: (HTTP status, one line of text). ``/livez`` and ``/readyz`` ask it; every other path
+# is the metrics.
+Health = Callable[[str], tuple[int, str]]
+
+
 class _Handler(MetricsHandler):
     timeout = IDLE_TIMEOUT  # socket timeout while reading the request and writing the answer
     registry = REGISTRY
+    health: Health | None = None
+
+    def do_GET(self) -> None:
+        probe = self.path.split("?", 1)[0].strip("/")
+        if probe in ("livez", "readyz") and self.health is not None:
+            status, text = type(self).health(probe)  # type: ignore[misc]
+            body = (text + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
 
 
 class MetricsServer:
-    """Serve ``registry`` at ``http://addr:port/metrics`` from :meth:`start` until :meth:`close`."""
+    """Serve ``registry`` at ``http://addr:port/metrics`` from :meth:`start` until :meth:`close`, and
+    ``health`` (when given) at ``/livez`` and ``/readyz`` for probes."""
 
     def __init__(
         self,
@@ -57,6 +78,7 @@ class MetricsServer:
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         handler_threads: int = HANDLER_THREADS,
+        health: Health | None = None,
     ) -> None:
         family, _, _, _, sockaddr = socket.getaddrinfo(
             addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -71,7 +93,9 @@ class MetricsServer:
             raise
         self._listener.setblocking(False)
         self.port = int(self._listener.getsockname()[1])
-        self._handler = type("Handler", (_Handler,), {"registry": registry, "timeout": idle_timeout})
+        self._handler = type(
+            "Handler", (_Handler,), {"registry": registry, "timeout": idle_timeout, "health": health}
+        )
         self._idle_timeout = idle_timeout
         self._max = max_connections
         self._waiting: OrderedDict[socket.socket, float] = OrderedDict()  # connection -> deadline

@@ -17,8 +17,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +40,12 @@ log = logging.getLogger(__name__)
 
 # Most job rows one database statement claims, looks up or finishes.
 _DB_BATCH = 64
+# How long a claim, cache look-up or verdict write waits for the statements of other tasks in progress
+# to join it (never when it is the only task: see MicroBatcher's ``expected``). Each statement costs a
+# pool checkout, BEGIN, the statement and COMMIT in the worker and in Postgres whatever its size, so at
+# one image per message sharing them is most of the CPU per image (bench/feed_cpu.py); 2 ms is what an
+# image can wait at each of the three without its latency showing.
+_DB_LINGER = 0.002
 
 # How long a replaced batcher stays open for tasks that took it just before a promotion.
 _RETIRE_AFTER = 30.0
@@ -60,11 +67,19 @@ def _outcome(judge: Judge, source: str, lane: int) -> Verdict | Exception:
 class WorkerRuntime:
     """Settings, a name for this process, and database sessions."""
 
-    def __init__(self, settings: Settings | None = None, *, pool_size: int = 5) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, pool_size: int = 5, pre_ping: bool = True
+    ) -> None:
         self.settings = settings or get_settings()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.engine = new_engine(self.settings.database_url, pool_size=pool_size, max_overflow=10)
+        self.engine = new_engine(
+            self.settings.database_url, pool_size=pool_size, max_overflow=10, pool_pre_ping=pre_ping
+        )
         self.sessions: sessionmaker[Session] = new_session_factory(self.engine)
+        # Reads that need no transaction (the duplicate cache): no BEGIN/ROLLBACK round trip.
+        self.reads: sessionmaker[Session] = new_session_factory(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -77,27 +92,61 @@ class InferenceRuntime(WorkerRuntime):
         settings = settings or get_settings()
         # One pooled connection per task thread (`dfscan worker` runs 2 x batch size threads): with
         # SQLAlchemy's default 5 + 10 overflow, busy threads opened and closed a connection per query.
-        super().__init__(settings, pool_size=max(5, 2 * settings.batch_size))
+        # No ping before each checkout (a round trip per statement, a fifth of the worker's CPU per
+        # image): a connection the server dropped fails its statement, SQLAlchemy then replaces every
+        # pooled connection at once, and the task takes the database-outage path (retry with backoff,
+        # the job row untouched or left to its lease), as it does for an outage mid-statement.
+        super().__init__(settings, pool_size=max(5, 2 * settings.batch_size), pre_ping=False)
         self._judge: Judge | None = None
         self._lock = threading.Lock()
+        # Set when the device failed for good (DEVICE_FAULT): tasks take no more jobs, the process ends.
+        self.broken: str | None = None
+        self._tasks = 0  # tasks between their claim and their verdict write: who may join a statement
+        self._tasks_lock = threading.Lock()
         # The database round trips of concurrent tasks share statements: a batch is whatever queued
         # up while the previous statement ran (max_wait 0), so a lone task never waits for company.
         self._claims: MicroBatcher[uuid.UUID, jobs.Claim | None] = MicroBatcher(
-            self._claim_batch, max_batch=_DB_BATCH, max_wait=0.0, name="claim"
+            self._claim_batch,
+            max_batch=_DB_BATCH,
+            max_wait=_DB_LINGER,
+            name="claim",
+            expected=self.in_progress,
         )
         self._lookups: MicroBatcher[tuple[str, str], Stored | None] = MicroBatcher(
-            self._lookup_batch, max_batch=_DB_BATCH, max_wait=0.0, name="cache lookup"
+            self._lookup_batch,
+            max_batch=_DB_BATCH,
+            max_wait=_DB_LINGER,
+            name="cache lookup",
+            expected=self.in_progress,
         )
         # Judges the images of a message of several jobs side by side (one thread per image in flight).
         self._judge_pool = ThreadPoolExecutor(
             max_workers=max(4, 2 * self.settings.batch_size), thread_name_prefix="dfscan-judge"
         )
         self._finishes: MicroBatcher[dict[str, Any], bool] = MicroBatcher(
-            self._finish_batch, max_batch=_DB_BATCH, max_wait=0.0, name="verdict write"
+            self._finish_batch,
+            max_batch=_DB_BATCH,
+            max_wait=_DB_LINGER,
+            name="verdict write",
+            expected=self.in_progress,
         )
         self.leases = LeaseKeeper(self.sessions, self.name, self.settings.lease_seconds)
 
     # --- the job rows, batched across concurrent tasks ------------------------------------------
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Count a task in progress for the block (its claim, look-ups and verdict writes may be shared)."""
+        with self._tasks_lock:
+            self._tasks += 1
+        try:
+            yield
+        finally:
+            with self._tasks_lock:
+                self._tasks -= 1
+
+    def in_progress(self) -> int:
+        return self._tasks
 
     def claim(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, jobs.Claim]:
         """Claim jobs for this worker: ``{job_id: Claim(source, attempts, priority)}`` for those claimed (the others
@@ -143,7 +192,7 @@ class InferenceRuntime(WorkerRuntime):
         by_version: dict[str, list[str]] = {}
         for sha, version in keys:
             by_version.setdefault(version, []).append(sha)
-        with self.sessions() as session:
+        with self.reads() as session:
             found = {
                 (sha, version): score
                 for version, shas in by_version.items()
@@ -229,4 +278,14 @@ class InferenceRuntime(WorkerRuntime):
         self.leases.close()
         for batcher in (self._claims, self._lookups, self._finishes):
             batcher.close(timeout=30)
+            stats = batcher.stats
+            if stats.batches:
+                log.info(
+                    "%s: %d statements for %d jobs (%.1f a statement, at most %d)",
+                    batcher.name,
+                    stats.batches,
+                    stats.items,
+                    stats.items / stats.batches,
+                    stats.largest,
+                )
         super().close()

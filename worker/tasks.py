@@ -14,22 +14,23 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.worker.request import Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import jobs
 from db.session import is_outage
-from dfscan.exceptions import BadMessageError, IdempotencyConflictError
+from dfscan.exceptions import BadMessageError, DeviceFaultError, IdempotencyConflictError
 from dfscan.outbox import send_job, send_jobs
 from dfscan.queueing import SCAN_TASK
 from dfscan.urlguard import mask_url_credentials
 from dfscan.verdicts import Verdict
 from worker import metrics
-from worker.app import app, inference_runtime
+from worker.app import app, fail_process, inference_runtime
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
 from worker.runtime import InferenceRuntime, lane_of
 
@@ -84,11 +85,9 @@ def scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             "rejected message %s: %s", self.request.id, exc, extra={"job_ids": [str(i) for i in named]}
         )
         code, text = exc.code, exc.message
-        if named:
-            made = _with_db(
-                self, rt, lambda s: [jobs.finish_failed(s, i, code=code, message=text) for i in named]
-            )
-            metrics.count_rejected(self, sum(made))  # only the jobs this rejection made final
+        if named:  # one statement: per-job updates after record_final could deadlock with another worker
+            made = _with_db(self, rt, lambda s: jobs.finish_failed_many(s, named, code=code, message=text))
+            metrics.count_rejected(self, len(made))  # only the jobs this rejection made final
         return {"status": "rejected", "error_code": code, "error": text}
     if isinstance(message, SourcesMessage):
         return _fan_out(self, rt, message)
@@ -158,11 +157,14 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
 @metrics.tracked  # jobs in flight, outcomes by lane
 def _process(task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
     """Claim the message's jobs, judge them side by side, and record one outcome for each."""
-    claimed = _db_call(task, lambda: rt.claim(job_ids))
-    if not claimed:
-        return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
-    with rt.leases.holding(claimed):  # the claim lasts while this worker is alive (worker/leases.py)
-        return _judge_claimed(task, rt, job_ids, claimed)
+    if rt.broken is not None:  # the device failed for good: take nothing more, the process is ending
+        raise Reject(f"this worker is stopping: {rt.broken}", requeue=True)
+    with rt.working():  # concurrent tasks share their claim, look-up and verdict statements
+        claimed = _db_call(task, lambda: rt.claim(job_ids))
+        if not claimed:
+            return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
+        with rt.leases.holding(claimed):  # the claim lasts while this worker is alive (worker/leases.py)
+            return _judge_claimed(task, rt, job_ids, claimed)
 
 
 def _judge_claimed(
@@ -180,6 +182,9 @@ def _judge_claimed(
         out if isinstance(out, Verdict) else _unexpected(claimed[job_id].source, out)
         for job_id, out in zip(order, outcomes, strict=True)
     ]
+    fault = next((v for v in verdicts if v.error_code == DeviceFaultError.code), None)
+    if fault is not None:
+        _device_fault(task, rt, order, fault.error or DeviceFaultError.code)
     done = [(job_id, verdict) for job_id, verdict in zip(order, verdicts, strict=True) if verdict.done]
     summary: dict[str, Any] = {"status": "done", "jobs": {}}
     for job_id, verdict in zip(order, verdicts, strict=True):
@@ -202,6 +207,18 @@ def _judge_claimed(
         (only,) = summary["jobs"].values() if summary["jobs"] else ("skipped",)
         return {"job_id": str(job_ids[0]), **(only if isinstance(only, dict) else {"status": only})}
     return summary
+
+
+def _device_fault(task: Task, rt: InferenceRuntime, job_ids: list[uuid.UUID], error: str) -> NoReturn:
+    """The device is broken for this process: give the message's jobs back with their attempt
+    refunded, requeue the message, and end the process (``worker.app.fail_process``)."""
+    rt.broken = error
+    given = _with_db(task, rt, lambda s: jobs.give_back(s, job_ids, worker=rt.name))
+    log.error(
+        "device fault: %d jobs given back with their attempt; stopping", len(given), extra={"error": error}
+    )
+    fail_process(DeviceFaultError.code, error)
+    raise Reject(f"device fault: {error}", requeue=True)
 
 
 def _unexpected(source: str, exc: Exception) -> Verdict:

@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 from collections.abc import MutableMapping
+from typing import Any
 
 from dfscan.broker import limit_queue
 from dfscan.queueing import INFERENCE_QUEUE, INTERACTIVE_QUEUE, expand_queues
@@ -105,15 +106,27 @@ def run_worker(
         thread.start()
         start_delivery_thread(sessions, settings, stop_sweeper)  # webhooks ride with the sweeper
     node = name or f"dfscan-{'+'.join(queues.split(','))}@{socket.gethostname()}-{os.getpid()}"
+    try:
+        _celery_worker(app, threads, concrete, node, loglevel, settings.task_events)
+    finally:
+        from worker.app import fatal
+
+        if fatal:  # a sticky device fault ended the worker: say so in the exit status
+            raise SystemExit(1)
+
+
+def _celery_worker(
+    app: Any, threads: int, queues: list[str], node: str, loglevel: str, task_events: bool
+) -> None:
     app.worker_main(
         [
             "worker",
             "--pool=threads",
             f"--concurrency={threads}",
-            f"--queues={','.join(concrete)}",
+            f"--queues={','.join(queues)}",
             f"--hostname={node}",
             f"--loglevel={loglevel}",
-            "--task-events",
+            *(["--task-events"] if task_events else []),
             "--without-mingle",
             "--without-gossip",
         ]

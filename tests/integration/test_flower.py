@@ -108,9 +108,10 @@ def flower(service: Service) -> Iterator[int]:  # noqa: F811
 def test_flower_shows_each_image_as_a_succeeded_scan_task(service: Service, flower: int) -> None:  # noqa: F811
     # Flower's event receiver must be connected before the tasks run: Redis does not keep events.
     time.sleep(1.0)
-    service.start_worker()
+    service.start_worker(env={"DFSCAN_TASK_EVENTS": "true"})  # off by default: they cost CPU per message
     paths = write_images(service.images, 5)
-    sub = ScanClient(settings_for(service)).submit([str(path) for path in paths])
+    producer = settings_for(service).model_copy(update={"task_events": True})  # the sent events
+    sub = ScanClient(producer).submit([str(path) for path in paths])
     sub.wait(60)
     job_ids = {str(job_id) for job_id in sub.job_ids}
     assert len(job_ids) == 5

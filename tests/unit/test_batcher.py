@@ -316,3 +316,27 @@ def test_a_reserved_thread_runs_an_interactive_image_while_a_bulk_batch_holds_th
     assert [f.result(timeout=60) for f in (bulk, frame, more_bulk)] == [20, 10, 21]
     batcher.close(timeout=10)
     assert seen == [[1], [20], [10], [21]]
+
+
+def test_a_batch_waits_for_the_callers_on_their_way_and_never_for_a_lone_one() -> None:
+    seen: list[list[int]] = []
+    expected = [1]
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        lambda items: seen.append(list(items)) or list(items),
+        max_batch=64,
+        max_wait=3 * CEILING,  # longer than the test waits: only `expected` can end the wait
+        name="db",
+        expected=lambda: expected[0],
+    )
+    try:
+        assert batcher.submit(7).result(timeout=CEILING) == 7  # alone: runs at once
+        expected[0] = 3
+        futures = [batcher.submit(1), batcher.submit(2)]
+        time.sleep(0.2)
+        assert not any(f.done() for f in futures)  # a third caller is on its way: the batch waits
+        futures.append(batcher.submit(3))
+        assert [f.result(timeout=CEILING) for f in futures] == [1, 2, 3]
+        assert seen == [[7], [1, 2, 3]]
+    finally:
+        expected[0] = 0
+        batcher.close(timeout=CEILING)

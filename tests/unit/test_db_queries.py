@@ -575,3 +575,28 @@ def test_the_lease_keeper_renews_held_jobs_until_the_task_lets_go(factory: sessi
         assert keeper.renewals == renewals  # nothing held: no statement runs
     finally:
         keeper.close()
+
+
+def test_finish_failed_many_fails_the_active_jobs_in_one_statement_and_skips_final_ones(
+    factory: sessionmaker[Session],
+) -> None:
+    queued, running, done = _submit(factory, ["a", "b", "c"])
+    with factory.begin() as s:
+        jobs.claim_job(s, running, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+        jobs.claim_job(s, done, worker="w1", lease_seconds=60, max_attempts=MAX_ATTEMPTS)
+    with factory.begin() as s:
+        assert jobs.finish_done(s, done, **_verdict()) is True
+    missing = uuid.uuid4()
+    with factory.begin() as s:
+        made = jobs.finish_failed_many(
+            s, [running, queued, done, running, missing], code="BAD_MESSAGE", message="bad"
+        )
+    assert made == {queued, running}
+    with factory() as s:
+        rows = {row.id: row for row in s.scalars(select(ScanJob))}
+    assert (rows[queued].state, rows[queued].error_code) == ("failed", "BAD_MESSAGE")
+    assert (rows[running].state, rows[running].lease_until) == ("failed", None)
+    assert (rows[done].state, rows[done].error_code) == ("done", None)
+    with factory.begin() as s:  # already final: a second call makes nothing
+        assert jobs.finish_failed_many(s, [queued, running], code="BAD_MESSAGE", message="again") == set()
+        assert jobs.finish_failed_many(s, [], code="BAD_MESSAGE", message="none") == set()

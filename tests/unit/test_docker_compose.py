@@ -284,6 +284,16 @@ def test_cpu_image_takes_torch_from_the_cpu_index_and_cuda_image_from_a_cuda_bas
     assert "whl/cpu" not in DOCKERFILES["Dockerfile.cuda"]
 
 
+def test_cuda_image_takes_the_torch_build_of_its_base_images_cuda() -> None:
+    text = DOCKERFILES["Dockerfile.cuda"]
+    (base,) = re.findall(r"^FROM nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+", text, flags=re.M)
+    (index,) = re.findall(
+        r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu(\d+)$", text, flags=re.M
+    )
+    assert index == base[0] + base[1], f"torch cu{index} on a CUDA {'.'.join(base)} base image"
+    assert re.search(r'^RUN pip install torch==\S+ --index-url "\$TORCH_INDEX_URL"$', text, flags=re.M)
+
+
 def test_healthcheck_matches_worker_nodes_on_this_host_only() -> None:
     on_this_host = load_healthcheck().on_this_host
     assert on_this_host("gpu0@box1", "box1")
@@ -299,3 +309,15 @@ def test_both_images_run_with_the_workers_allocator_defaults() -> None:
     for name, text in DOCKERFILES.items():
         for variable, value in ALLOCATOR_DEFAULTS.items():
             assert re.search(rf"^\s*(ENV\s+)?{variable}={value}\b", text, flags=re.M), f"{name}: {variable}"
+
+
+def test_the_gpu_worker_manifest_probes_readiness_and_liveness_on_the_metrics_port() -> None:
+    (deployment,) = yaml.safe_load_all((ROOT / "docker/k8s/worker-gpu.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["DFSCAN_METRICS_PORT"] == str(ports["metrics"])
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert float(container["resources"]["requests"]["cpu"]) >= 4

@@ -9,6 +9,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+import pytest
+
 from worker.metrics_server import MetricsServer
 
 
@@ -68,3 +70,38 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
         assert b"HELP" in _scrape(server.port)
     finally:
         server.close()
+
+
+def test_the_probes_answer_from_the_health_function_and_metrics_stay_at_every_other_path() -> None:
+    import urllib.error
+    import urllib.request
+
+    answers = {"livez": (200, "ok"), "readyz": (503, "not ready: loading")}
+    server = MetricsServer("127.0.0.1", 0, health=lambda probe: answers[probe]).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(f"{base}/livez", timeout=10) as answer:
+            assert (answer.status, answer.read()) == (200, b"ok\n")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/readyz", timeout=10)
+        assert refused.value.code == 503 and refused.value.read() == b"not ready: loading\n"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+            assert b"# HELP" in answer.read()
+    finally:
+        server.close()
+
+
+def test_the_worker_is_not_ready_before_it_consumes_and_neither_ready_nor_live_after_a_device_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker import app
+
+    monkeypatch.setattr(app, "fatal", [])
+    monkeypatch.setattr(app, "_ready", threading.Event())
+    assert app.health("livez") == (200, "ok")
+    assert app.health("readyz")[0] == 503
+    app._ready.set()
+    assert app.health("readyz") == (200, "ok")
+    app.fatal.append("error DEVICE_FAULT: the worker cannot serve: CUDA error: an illegal memory access")
+    assert app.health("livez") == (503, app.fatal[0])
+    assert app.health("readyz")[0] == 503

@@ -94,7 +94,15 @@ from worker.inference.images.decode import (
     image_sha256,
     sniff_format,
 )
-from worker.inference.model.batcher import BACKGROUND, FOREGROUND, PRIMARY, DynamicBatcher, MicroBatcher
+from worker.inference.model.batcher import (
+    BACKGROUND,
+    FOREGROUND,
+    PRIMARY,
+    DynamicBatcher,
+    MicroBatcher,
+    is_sticky_device_error,
+    model_error,
+)
 from worker.inference.model.classifier import Classifier
 from worker.inference.model.explain import Grid, explainable, heatmap
 from worker.inference.model.preprocess import load_pixels, to_tensor
@@ -188,7 +196,11 @@ class Judge:
                 max_batch=batch_size,
                 max_wait=batch_wait,
                 name="dfscan-faces",
-                wrap_error=lambda exc: InferenceError(f"face detector fault: {type(exc).__name__}: {exc}"),
+                wrap_error=lambda exc: (
+                    model_error(exc, "face detector")
+                    if is_sticky_device_error(exc)
+                    else InferenceError(f"face detector fault: {type(exc).__name__}: {exc}")
+                ),
                 mix=mix,
                 reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
                 yield_bulk=True,

@@ -40,7 +40,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from dfscan.exceptions import InferenceError
+from dfscan.exceptions import DeviceFaultError, InferenceError
 from worker.inference import lanes
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class MicroBatcher(Generic[T, R]):
     sharing an interactive image's batch, or a bulk batch of 8 just started, would add its cost to the
     image's latency). A batch being collected waits up to ``max_wait`` after its oldest item for more of
     them, and gives way at once to more urgent items that arrive meanwhile.
+
+    ``expected`` (optional) says how many items are on their way (the callers now working towards a
+    ``submit``): a batch waits its ``max_wait`` only while fewer than that are waiting, so a lone caller
+    never waits for company that is not coming, and concurrent callers share one batch.
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class MicroBatcher(Generic[T, R]):
         starve_after: float = STARVE_AFTER_S,
         reserved: int = 0,
         yield_bulk: bool = False,
+        expected: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -135,6 +140,7 @@ class MicroBatcher(Generic[T, R]):
         # Hold bulk batches back while an interactive job is in flight in the process (each bulk item at
         # most lanes.YIELD_CEILING_S): a model or detector step of bulk work would share the CPU with it.
         self.yield_bulk = yield_bulk
+        self._expected = expected
         self.stats = BatchStats()
         self._waiting: dict[Class, deque[_Pending[T, R]]] = {cls: deque() for cls in CLASSES}
         self._ready = threading.Condition()
@@ -228,6 +234,8 @@ class MicroBatcher(Generic[T, R]):
                 remaining = self._waiting[head][0].enqueued + self.max_wait - now
                 if ready >= limit or remaining <= 0 or self._closed:
                     break
+                if self._expected is not None and ready >= min(limit, self._expected()):
+                    break  # nobody else is on the way: run what is here
                 # Wait for the batch to fill; a newly submitted item wakes us up to look again.
                 self._ready.wait(min(remaining, self.starve_after))
             batch: list[_Pending[T, R]] = []
@@ -286,8 +294,46 @@ class MicroBatcher(Generic[T, R]):
             pending.future.set_result(result)
 
 
+# What torch says when a CUDA context is broken for good (every later call in the process fails the
+# same way): c10/cuda/CUDAException.h, cudaGetErrorString, cuBLAS/cuDNN execution failures, NCCL.
+STICKY_DEVICE_ERRORS = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "uncorrectable ecc error",
+    "hardware stack error",
+    "cuda error: an illegal",
+    "cuda error: unknown error",
+    "cublas_status_execution_failed",
+    "cudnn_status_execution_failed",
+    "cudnn_status_internal_error",
+    "cuda driver error",
+    "nvml_success == r internal assert failed",
+)
+
+
+def is_sticky_device_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the device context of this process is broken for good."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(mark in text for mark in STICKY_DEVICE_ERRORS)
+
+
+def model_error(exc: Exception, what: str = "model") -> Exception:
+    """The exception every item of a failed batch gets: DEVICE_FAULT for a sticky device error (the
+    process must go), else INFERENCE_FAILED (the jobs go back and are tried again)."""
+    if isinstance(exc, InferenceError):
+        return exc
+    if is_sticky_device_error(exc):
+        return DeviceFaultError(
+            f"{what} fault, the device is unusable in this process: {type(exc).__name__}: {exc}"
+        )
+    return InferenceError(f"{what} fault: {exc}")
+
+
 def _model_error(exc: Exception) -> Exception:
-    return exc if isinstance(exc, InferenceError) else InferenceError(f"model fault: {exc}")
+    return model_error(exc)
 
 
 # The name of a DynamicBatcher's first model; others are named by the caller (``second``).
