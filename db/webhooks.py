@@ -28,7 +28,7 @@ import logging
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -37,8 +37,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db import results
-from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, WebhookDelivery, utcnow
+from db.models import FINAL_JOB_STATES, JOB_STATES, ScanJob, Submission, Tenant, WebhookDelivery, utcnow
 from db.notifications import notify
+from db.tenants import webhook_secrets
 from dfscan.webhooks import JOB_COMPLETED, SUBMISSION_COMPLETED, parse_events, receiver_of
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,9 @@ class Due:
     attempts: int  # including this one
     token: uuid.UUID  # the claim's fencing token
     receiver: str = ""
+    # The secrets of the submission's tenant to sign with (the current one, and the previous one during a
+    # rotation's grace period); empty: DFSCAN_WEBHOOK_SECRET signs it.
+    secrets: tuple[str, ...] = ()
 
 
 def due_receivers(
@@ -311,6 +315,22 @@ def claim_due(
     params = {"now": now, "limit": limit, "lease_until": until, "token": token, "b_receiver": receiver}
     rows = session.execute(_CLAIM, params).all()
     return [Due(row.id, row.event, row.url, row.body, row.attempts, token, receiver) for row in rows]
+
+
+def with_secrets(session: Session, rows: Sequence[Due], *, now: datetime | None = None) -> list[Due]:
+    """``rows`` with the signing secrets of their tenants (one query for the lot)."""
+    if not rows:
+        return []
+    query = (
+        select(WebhookDelivery.id, Tenant)
+        .join(Submission, Submission.id == WebhookDelivery.submission_id)
+        .join(Tenant, Tenant.id == Submission.tenant_id)
+        .where(WebhookDelivery.id.in_([row.id for row in rows]))
+    )
+    secrets = {
+        delivery_id: tuple(webhook_secrets(tenant, now=now)) for delivery_id, tenant in session.execute(query)
+    }
+    return [replace(row, secrets=secrets.get(row.id, ())) for row in rows]
 
 
 def _by_token(held: Sequence[Due]) -> dict[uuid.UUID, list[uuid.UUID]]:

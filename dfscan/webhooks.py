@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 JOB_COMPLETED = "job.completed"
@@ -67,10 +68,12 @@ def signature(secret: str, body: bytes, timestamp: int) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def signature_header(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The value of ``X-Dfscan-Signature`` for ``body``, signed now (or at ``timestamp``)."""
+def signature_header(secret: str | Sequence[str], body: bytes, timestamp: int | None = None) -> str:
+    """The value of ``X-Dfscan-Signature`` for ``body``, signed now (or at ``timestamp``): one ``v1`` per
+    secret (a tenant's new and previous secret during a rotation; a receiver accepts either)."""
     when = int(time.time()) if timestamp is None else timestamp
-    return f"t={when},v1={signature(secret, body, when)}"
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    return f"t={when}," + ",".join(f"v1={signature(one, body, when)}" for one in secrets)
 
 
 def verify(

@@ -317,6 +317,7 @@ class Deliverer:
             if room <= 0:
                 continue
             rows = webhooks.claim_due(session, limit=room, lease_seconds=self.lease, receiver=receiver)
+            rows = webhooks.with_secrets(session, rows)  # each tenant's own secret(s), if it has one
             if rows:
                 counts[receiver] = counts.get(receiver, 0) + len(rows)
                 got.add(receiver)
@@ -343,7 +344,8 @@ class Deliverer:
         """POST one delivery: its 2xx status, or the error (never raised)."""
         body = due.body.encode()
         headers = {
-            SIGNATURE_HEADER: signature_header(secret, body),
+            # The tenant's secrets (both during a rotation), else DFSCAN_WEBHOOK_SECRET.
+            SIGNATURE_HEADER: signature_header(due.secrets or (secret,), body),
             EVENT_ID_HEADER: str(due.id),
             EVENT_HEADER: due.event,
         }

@@ -92,7 +92,7 @@ _REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ScanRequest"}},
+            "application/json": {"schema": ScanRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {"type": "object", "properties": _MULTIPART_FIELDS, "required": ["file"]}
             },

@@ -249,7 +249,7 @@ def test_dockerfile_pins_the_tested_torch_and_runs_as_a_user_with_a_healthcheck(
     assert pins == [tested], f"{dockerfile}: torch pins {pins}, the tests run torch {tested}"
     # The image installs the wheel built in its first stage (migrations inside), never an editable tree.
     assert re.search(r"^RUN pip wheel --no-deps .* -w /dist \.$", text, flags=re.M)
-    assert re.search(r'pip install "\$\{wheel\}\[train,flower\]"', text)
+    assert re.search(r'pip install "\$\{wheel\}\[train,flower,api\]"', text)
     # One install: the face detector's weights are in the wheel, no second (--no-deps) package.
     assert re.findall(r"pip install", text) == ["pip install", "pip install"]  # torch, then the wheel
     assert "facenet" not in text and "pip install --no-deps" not in text
@@ -261,7 +261,7 @@ def test_dockerfile_pins_the_tested_torch_and_runs_as_a_user_with_a_healthcheck(
 
 
 # The extra each kind of service needs (pyproject.toml); `train` includes `worker`.
-ROLE_EXTRAS = {"inference": {"worker", "train"}, "training": {"train"}, "flower": {"flower"}}
+ROLE_EXTRAS = {"inference": {"worker", "train"}, "training": {"train"}, "flower": {"flower"}, "api": {"api"}}
 
 
 def test_each_image_installs_the_extras_of_every_service_that_runs_it() -> None:
