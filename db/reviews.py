@@ -100,7 +100,11 @@ def _record_event(session: Session, job: ScanJob, entry: ReviewEntry) -> None:
 
     now = utcnow()
     event_id = uuid.uuid4()
-    data = {"job_id": str(job.id), "submission_id": str(job.submission_id), "client_ref": job.client_ref}
+    data: dict[str, Any] = {
+        "job_id": str(job.id),
+        "submission_id": str(job.submission_id),
+        "client_ref": job.client_ref,
+    }
     data["review"] = entry.output()
     verdict = verdict_row(session, job.id)
     if verdict is not None:
@@ -188,7 +192,7 @@ class QueuePage:
     next_cursor: uuid.UUID | None
 
 
-def _queue_query(tenant_id: uuid.UUID, filters: QueueFilters) -> Select[Any]:
+def _queue_query(tenant_id: uuid.UUID, filters: QueueFilters) -> Select[ScanJob, VerdictRow]:
     query = (
         select(ScanJob, VerdictRow)
         .join(VerdictRow, VerdictRow.job_id == ScanJob.id)
@@ -213,7 +217,9 @@ def _queue_query(tenant_id: uuid.UUID, filters: QueueFilters) -> Select[Any]:
         elif filters.state == "unreviewed":
             query = query.where(~reviewed)
         else:
-            raise ValueError(f"unknown state filter {filters.state!r}: choose from {', '.join(STATE_FILTERS)}")
+            raise ValueError(
+                f"unknown state filter {filters.state!r}: choose from {', '.join(STATE_FILTERS)}"
+            )
     return query
 
 
@@ -244,11 +250,17 @@ def queue(
     more = len(pairs) > limit
     pairs = pairs[:limit]
     ids = [job.id for job, _ in pairs]
-    faces = dict(
-        session.execute(
-            select(VerdictFace.job_id, func.count()).where(VerdictFace.job_id.in_(ids)).group_by(VerdictFace.job_id)
-        ).all()
-    ) if ids else {}
+    faces = (
+        dict(
+            session.execute(
+                select(VerdictFace.job_id, func.count())
+                .where(VerdictFace.job_id.in_(ids))
+                .group_by(VerdictFace.job_id)
+            ).all()
+        )
+        if ids
+        else {}
+    )
     decisions = latest(session, ids)
     rows = [
         QueueRow(
@@ -290,7 +302,9 @@ def neighbours(
     return newer, older
 
 
-def item(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> tuple[ScanJob, results.ResultRow] | None:
+def item(
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> tuple[ScanJob, results.ResultRow] | None:
     """A done job of the tenant with its full stored result (faces, frames), or None."""
     job = _tenant_job(session, tenant_id, job_id)
     if job is None or job.state != "done":

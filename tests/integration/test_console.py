@@ -203,7 +203,9 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         wait_until(lambda: len(reviewed()) == 3, f"job.reviewed events: {len(reviewed())} of 3")
         for got_event in reviewed():
             assert verify(WEBHOOK_SECRET, got_event.headers["X-Dfscan-Signature"], got_event.body)
-        decisions = sorted((e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed())
+        decisions = sorted(
+            (e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed()
+        )
         assert decisions == sorted(
             [
                 (str(seeded.image_with_faces), "escalate"),
