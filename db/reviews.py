@@ -321,7 +321,7 @@ def verdict_row(session: Session, job_id: uuid.UUID) -> VerdictRow | None:
 class Decided:
     job_id: uuid.UUID
     model_label: str
-    fake_score: float
+    fake_score: float | None  # None: the model said not_applicable (no face under DFSCAN_FACES=require)
     threshold: float
     media: str
     image_format: str | None
@@ -359,7 +359,7 @@ def decided(
         Decided(
             job_id=review.job_id,
             model_label=verdict.label,
-            fake_score=float(verdict.fake_score if verdict.fake_score is not None else 0.0),
+            fake_score=verdict.fake_score,
             threshold=verdict.threshold,
             media=verdict.media,
             image_format=verdict.image_format,

@@ -407,6 +407,7 @@ def agreement_page(request: Request, model_version: str = "") -> Response:
             str(r.job_id), r.model_label, r.fake_score, r.threshold, r.decision, _utc(r.decided_at)
         )
         for r in rows
+        if r.fake_score is not None  # a model not_applicable has no score to agree or disagree with
     ]
     return _page(
         "agreement.html",
