@@ -247,7 +247,15 @@ def queue_page(
     filters = _filters(label, media_kind, client_ref, model_version, state)
     with sessions_of(request)() as db:
         page = reviews.queue(db, reviewer.tenant_id, filters, limit=PAGE, cursor=after)
-    rows = [{**row.__dict__, "href": _job_href(row.job_id, filters)} for row in page.rows]
+    store = held_media(request)
+    rows = [
+        {
+            **row.__dict__,
+            "href": _job_href(row.job_id, filters),
+            "held": store is not None and store.holds(row.image_sha256),
+        }
+        for row in page.rows
+    ]
     next_href = None
     if page.next_cursor is not None:
         next_href = "/ui/queue?" + urlencode({**filters.query_params(), "after": str(page.next_cursor)})
@@ -292,7 +300,11 @@ def item_page(
             if frame.fake_score is not None  # a frame not judged (no face) has no point
         ]
         timeline_svg = Markup(svg.timeline(points, verdict.threshold, duration_s=verdict.duration_s))
+    store = held_media(request)
     item = {
+        "held": store is not None
+        and media.content_type(verdict.image_format) is not None
+        and store.holds(verdict.image_sha256),
         "job_id": job.id,
         "source": job.source,
         "client_ref": job.client_ref,

@@ -146,6 +146,10 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         assert page.locator("td.client-ref").first.inner_text() == XSS_REF
         assert page.locator("td.source a").first.inner_text() == XSS_SOURCE
         assert page.evaluate("window.__xss") is None
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert (
+            page.locator("td.thumb img").count() == len(seeded.all_jobs) - 1
+        )  # every image; the video has none
         page.screenshot(path=str(SCREENSHOTS / "console-queue.png"), full_page=True)
 
         # Keyboard: j moves the selection, Enter opens the item; its boxes match the stored faces.
