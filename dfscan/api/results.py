@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from db import results
+from db import results, reviews
 from dfscan.api.app import ROUTERS
 from dfscan.api.auth import Principal, require_scope, sessions_of
 from dfscan.api.errors import ERROR_RESPONSES
@@ -49,6 +49,11 @@ class JobResult(BaseModel):
     attempts: int
     created_at: str
     finished_at: str | None = None
+    review: dict[str, Any] | None = Field(
+        None,
+        description="The latest reviewer decision on the verdict ({decision, note, reviewer_key_id, "
+        "reviewed_at}; POST /v1/jobs/{id}/review), null if none.",
+    )
 
 
 class SubmissionStatus(BaseModel):
@@ -111,9 +116,10 @@ def get_job(
 ) -> JSONResponse:
     with sessions_of(request)() as session:
         rows = results.results(session, job_ids=[job_id], tenant_id=principal.tenant_id)
+        review = reviews.latest(session, [job_id]).get(job_id) if rows else None
     if not rows:
         raise UnknownIdError(f"no job {job_id}")
-    return JSONResponse(public(rows[0]))
+    return JSONResponse({**public(rows[0]), "review": review.output() if review else None})
 
 
 @router.get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,10 @@ def export_cmd(
             rows = reviews.decided(session, tenant_row.id, since=when)
     finally:
         engine.dispose()
+
+    def reader(sha256: str) -> Callable[[], bytes | None]:
+        return (lambda: store.read(sha256)) if store is not None else (lambda: None)
+
     items = [
         Decided(
             job_id=str(row.job_id),
@@ -51,7 +56,7 @@ def export_cmd(
             image_format=row.image_format,
             image_sha256=row.image_sha256,
             decided_at=row.decided_at,
-            read=(lambda sha=row.image_sha256: store.read(sha)) if store is not None else (lambda: None),
+            read=reader(row.image_sha256),
         )
         for row in reversed(rows)  # oldest first: the manifest reads as the decisions were made
     ]

@@ -34,6 +34,10 @@ CONTENT_TYPES = {
 
 
 class HeldMedia(Protocol):
+    def holds(self, sha256: str) -> bool:
+        """Whether the bytes with this sha256 are still held."""
+        ...
+
     def read(self, sha256: str) -> bytes | None:
         """The bytes with this sha256 if they are still held, else None."""
         ...
@@ -49,6 +53,12 @@ class DirectoryMedia:
         if not _SHA256.fullmatch(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256
+
+    def holds(self, sha256: str) -> bool:
+        try:
+            return self.path_of(sha256).is_file()
+        except ValueError:
+            return False
 
     def read(self, sha256: str) -> bytes | None:
         try:

@@ -55,7 +55,7 @@ class Signer:
         if not value:
             return None
         try:
-            data = self._session.loads(value, max_age=self.max_age_s)
+            data = self._session.loads(value, max_age=int(self.max_age_s))
             return ConsoleSession(uuid.UUID(data["k"]), uuid.UUID(data["t"]), str(data["c"]))
         except (BadSignature, KeyError, TypeError, ValueError):
             return None

@@ -169,7 +169,9 @@ def login_page(request: Request) -> Response:
 @router.post("/login")
 def login(request: Request, api_key: str = Form(""), csrf_token: str = Form("")) -> Response:
     signer = _signer(request)
-    if not _same_origin(request) or not tokens_match(signer.read_login(request.cookies.get(LOGIN_COOKIE)), csrf_token):
+    if not _same_origin(request) or not tokens_match(
+        signer.read_login(request.cookies.get(LOGIN_COOKIE)), csrf_token
+    ):
         return _refused("The sign-in form expired or came from elsewhere: reload the sign-in page.")
     from dfscan.api.auth import authenticate
 
@@ -178,14 +180,17 @@ def login(request: Request, api_key: str = Form(""), csrf_token: str = Form(""))
     if principal is None or "review" not in principal.scopes:
         value, token = signer.login_cookie()
         response = _page(
-            "login.html", 401, csrf_token=token, principal=None, error="That key is unknown, revoked, or "
-            "lacks the review scope."
+            "login.html",
+            401,
+            csrf_token=token,
+            principal=None,
+            error="That key is unknown, revoked, or lacks the review scope.",
         )
         response.set_cookie(LOGIN_COOKIE, value, httponly=True, samesite="strict", path="/ui", max_age=3600)
         return response
     value, _ = signer.session_cookie(principal.key_id, principal.tenant_id)
-    response = _secure(RedirectResponse("/ui/queue", status_code=303))
-    response.set_cookie(
+    redirect = _secure(RedirectResponse("/ui/queue", status_code=303))
+    redirect.set_cookie(
         SESSION_COOKIE,
         value,
         httponly=True,
@@ -194,8 +199,8 @@ def login(request: Request, api_key: str = Form(""), csrf_token: str = Form(""))
         path="/ui",
         max_age=int(signer.max_age_s),
     )
-    response.delete_cookie(LOGIN_COOKIE, path="/ui")
-    return response
+    redirect.delete_cookie(LOGIN_COOKIE, path="/ui")
+    return redirect
 
 
 @router.post("/logout")
@@ -210,7 +215,9 @@ def logout(request: Request, csrf_token: str = Form("")) -> Response:
     return response
 
 
-def _filters(label: str, media_kind: str, client_ref: str, model_version: str, state: str) -> reviews.QueueFilters:
+def _filters(
+    label: str, media_kind: str, client_ref: str, model_version: str, state: str
+) -> reviews.QueueFilters:
     return reviews.QueueFilters(
         label=label if label in reviews.LABEL_FILTERS else "all",
         media=media_kind if media_kind in ("image", "video") else None,
@@ -240,7 +247,15 @@ def queue_page(
     filters = _filters(label, media_kind, client_ref, model_version, state)
     with sessions_of(request)() as db:
         page = reviews.queue(db, reviewer.tenant_id, filters, limit=PAGE, cursor=after)
-    rows = [{**row.__dict__, "href": _job_href(row.job_id, filters)} for row in page.rows]
+    store = held_media(request)
+    rows = [
+        {
+            **row.__dict__,
+            "href": _job_href(row.job_id, filters),
+            "held": store is not None and store.holds(row.image_sha256),
+        }
+        for row in page.rows
+    ]
     next_href = None
     if page.next_cursor is not None:
         next_href = "/ui/queue?" + urlencode({**filters.query_params(), "after": str(page.next_cursor)})
@@ -276,7 +291,7 @@ def item_page(
     ]
     boxes_svg = timeline_svg = None
     if verdict.media == "image" and verdict.width and verdict.height:
-        boxes = [svg.Box(f["x"], f["y"], f["w"], f["h"], f["fake_score"]) for f in faces]
+        boxes = [svg.Box(*f.box, fake_score=f.fake_score) for f in result.verdict.faces]
         boxes_svg = Markup(svg.face_boxes(verdict.width, verdict.height, boxes, verdict.threshold))
     if verdict.media == "video":
         points = [
@@ -285,7 +300,11 @@ def item_page(
             if frame.fake_score is not None  # a frame not judged (no face) has no point
         ]
         timeline_svg = Markup(svg.timeline(points, verdict.threshold, duration_s=verdict.duration_s))
+    store = held_media(request)
     item = {
+        "held": store is not None
+        and media.content_type(verdict.image_format) is not None
+        and store.holds(verdict.image_sha256),
         "job_id": job.id,
         "source": job.source,
         "client_ref": job.client_ref,
@@ -293,8 +312,21 @@ def item_page(
         **{
             name: getattr(verdict, name)
             for name in (
-                "media", "label", "fake_score", "threshold", "judged_on", "model_version", "width", "height",
-                "image_format", "duration_s", "peak_t", "fetch_ms", "decode_ms", "infer_ms", "created_at",
+                "media",
+                "label",
+                "fake_score",
+                "threshold",
+                "judged_on",
+                "model_version",
+                "width",
+                "height",
+                "image_format",
+                "duration_s",
+                "peak_t",
+                "fetch_ms",
+                "decode_ms",
+                "infer_ms",
+                "created_at",
                 "image_sha256",
             )
         },
@@ -331,7 +363,12 @@ def review_form(
         return _secure(HTMLResponse("unknown decision or note too long", status_code=422))
     with sessions_of(request)() as db, db.begin():
         entry = reviews.record(
-            db, tenant_id=reviewer.tenant_id, job_id=job_id, decision=decision, note=note, api_key_id=reviewer.key_id
+            db,
+            tenant_id=reviewer.tenant_id,
+            job_id=job_id,
+            decision=decision,
+            note=note,
+            api_key_id=reviewer.key_id,
         )
     if entry is None:
         return _not_found(reviewer, "No such verdict in your tenant.")
@@ -382,6 +419,7 @@ def agreement_page(request: Request, model_version: str = "") -> Response:
             str(r.job_id), r.model_label, r.fake_score, r.threshold, r.decision, _utc(r.decided_at)
         )
         for r in rows
+        if r.fake_score is not None  # a model not_applicable has no score to agree or disagree with
     ]
     return _page(
         "agreement.html",

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from db.models import Review, Tenant, VerdictFace
 from db.session import new_engine, new_session_factory
+from db.tenants import webhook_secrets
 from dfscan.console.session import SESSION_COOKIE
 from dfscan.settings import Settings
 from dfscan.webhooks import verify
@@ -146,6 +147,16 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         assert page.locator("td.client-ref").first.inner_text() == XSS_REF
         assert page.locator("td.source a").first.inner_text() == XSS_SOURCE
         assert page.evaluate("window.__xss") is None
+        # (page.evaluate polled from here: wait_for_function evaluates strings in the page, which the CSP forbids)
+        wait_until(
+            lambda: page.evaluate(
+                "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+            ),
+            "thumbnails not loaded",
+        )
+        assert (
+            page.locator("td.thumb img").count() == len(seeded.all_jobs) - 1
+        )  # every image; the video has none
         page.screenshot(path=str(SCREENSHOTS / "console-queue.png"), full_page=True)
 
         # Keyboard: j moves the selection, Enter opens the item; its boxes match the stored faces.
@@ -153,7 +164,7 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         page.keyboard.press("k")
         page.keyboard.press("Enter")
         page.wait_for_url(f"{base}/ui/jobs/{seeded.image_with_faces}*")
-        page.wait_for_function("document.querySelector('img.subject').complete")
+        wait_until(lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "image")
         assert page.evaluate("document.querySelector('img.subject').naturalWidth") == 800
         boxes = page.locator("svg.faces rect[data-face-index]")
         assert boxes.count() == stored_faces
@@ -201,9 +212,17 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
             return [r for r in receiver.received if r.event["type"] == "job.reviewed"]
 
         wait_until(lambda: len(reviewed()) == 3, f"job.reviewed events: {len(reviewed())} of 3")
+        with (
+            sessions() as s
+        ):  # the tenant's own secret where delivery signs per tenant, else the deployment's
+            keys = [*webhook_secrets(s.get_one(Tenant, acme)), WEBHOOK_SECRET]
         for got_event in reviewed():
-            assert verify(WEBHOOK_SECRET, got_event.headers["X-Dfscan-Signature"], got_event.body)
-        decisions = sorted((e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed())
+            header = got_event.headers["X-Dfscan-Signature"]
+            assert any(verify(key, header, got_event.body) for key in keys)
+            assert not verify("another-secret", header, got_event.body)
+        decisions = sorted(
+            (e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed()
+        )
         assert decisions == sorted(
             [
                 (str(seeded.image_with_faces), "escalate"),

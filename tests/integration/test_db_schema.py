@@ -84,6 +84,7 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
         "webhook_deliveries",
         "tenants",
         "api_keys",
+        "reviews",
     }
     assert {d[0] for d in diffs} == {"add_table", "add_index"}
     migrate.upgrade(url)

@@ -87,6 +87,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.tenants",
         "dfscan.media",
         "dfscan.uploads",
+        # The review console's pure parts (agreement, SVG, export layout, media store, cookie signing).
+        "dfscan.console",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),
@@ -105,7 +107,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "worker.messages",
         "worker.training_tasks",
     ),
-    "api": ("dfscan.api",),
+    "api": ("dfscan.api", "dfscan.console.web"),
     "cli": ("dfscan.cli", "dfscan.docs_reference"),
 }
 MAY_IMPORT: dict[str, set[str]] = {

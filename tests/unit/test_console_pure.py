@@ -134,3 +134,28 @@ def test_export_writes_the_train_layout_and_a_manifest_of_every_job(tmp_path) ->
     }
     data = load_labelled_data(tmp_path)  # the layout `dfscan train` reads
     assert sum(sum(c.values()) for c in data.counts().values()) == 10
+
+
+def test_session_cookies_are_signed_bound_to_their_tenant_and_expire() -> None:
+    import uuid as _uuid
+
+    from dfscan.console.session import Signer, tokens_match
+
+    signer = Signer("secret-a", max_age_s=3600)
+    key, tenant = _uuid.uuid4(), _uuid.uuid4()
+    value, session = signer.session_cookie(key, tenant)
+    read = signer.read_session(value)
+    assert read == session and read.tenant_id == tenant and read.key_id == key
+    assert Signer("secret-b", max_age_s=3600).read_session(value) is None  # another deployment's key
+    assert signer.read_session(value[:-2] + ("A" if value[-2] != "A" else "B") + value[-1]) is None
+    assert signer.read_session("") is None and signer.read_session("garbage") is None
+    login, token = signer.login_cookie()
+    assert signer.read_login(login) == token
+    assert signer.read_session(login) is None  # a sign-in cookie is not a session (its own salt)
+    assert tokens_match(session.csrf, session.csrf)
+    assert not tokens_match(session.csrf, "") and not tokens_match(None, session.csrf)
+    expired = Signer("secret-a", max_age_s=0.0)
+    import time as _time
+
+    _time.sleep(1.1)
+    assert expired.read_session(value) is None
