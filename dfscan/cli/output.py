@@ -109,6 +109,9 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
             label = f"[{colour}]{row['label']}[/{colour}]"
             if row.get("media") == "video" and row.get("peak_t") is not None:
                 label += f" video {row.get('duration_s') or 0:.1f} s, peak at {row['peak_t']:.1f} s"
+            second = row.get("second_opinion")
+            if second:  # the combined reading with a second model: real, fake or inconclusive
+                label += f" (with 2nd model: {second.get('combined_label')})"
             table.add_row(
                 str(row["source"]),
                 label,

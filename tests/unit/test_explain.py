@@ -14,7 +14,8 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from dfscan.verdicts import Heatmap
 from tests.fixtures.models import REAL_FAKE
-from worker.inference.annotate import overlay
+from worker.inference.annotate import Pictures, overlay
+from worker.inference.faces.crops import Face, FacePolicy, crop_box
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge
 from worker.inference.model.classifier import Classifier, load_classifier
@@ -136,3 +137,43 @@ def test_the_overlay_reddens_where_the_heatmap_is_hot() -> None:
     assert drawn.getpixel((75, 37))[0] > 120 and drawn.getpixel((40, 5)) == (0, 120, 0)
     assert drawn.getpixel((10, 10))[0] > 120  # the second map, over its own box
     assert image.getpixel((75, 37)) == (0, 120, 0)  # drawn on a copy
+
+
+def test_each_face_gets_a_heatmap_over_its_crop_and_annotate_draws_them(
+    tmp_path: Path, detector: Classifier
+) -> None:
+    faces = [Face((10, 10, 40, 40), 0.99), Face((120, 20, 50, 50), 0.98)]
+
+    class Fixed:
+        version = "fixed"
+
+        def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+            return [list(faces) for _ in images]
+
+    path = tmp_path / "two.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, size=(120, 200, 3), dtype=np.uint8)).save(path)
+    judge = Judge(
+        detector,
+        sources=SourcePolicy(allowed_roots=(tmp_path,)),
+        images=ImagePolicy(),
+        faces=FacePolicy("auto", Fixed(), margin=0.3, min_face_px=8),  # type: ignore[arg-type]
+        explain=True,
+    )
+    pictures = Pictures()
+    try:
+        verdict = judge.judge(str(path), observe=pictures)
+    finally:
+        judge.close()
+
+    assert verdict.done and verdict.judged_on == "faces", verdict.error
+    assert verdict.explanation is not None and len(verdict.explanation) == 2
+    for heat, face in zip(
+        sorted(verdict.explanation, key=lambda h: h.box or ()),
+        sorted(faces, key=lambda f: f.box),
+        strict=True,
+    ):
+        left, top, right, bottom = crop_box((200, 120), face, 0.3)
+        assert heat.box == (left, top, right - left, bottom - top)
+        assert len(heat.grid) == CELLS and max(max(row) for row in heat.grid) == 1.0
+    drawn = pictures.picture(verdict)
+    assert drawn is not None and drawn.size == (200, 120)

@@ -186,3 +186,24 @@ def test_the_verdict_carries_provenance_beside_an_unchanged_score(
     assert read.provenance is not None and read.provenance.signature_valid is True
     assert read.provenance.declared_ai is True
     assert again.provenance == read.provenance
+
+
+@pytest.mark.parametrize("where", ["label", "boxes", "truncated"])
+def test_a_damaged_manifest_store_is_reported_never_raised(where: str) -> None:
+    signed = bytearray(signed_jpeg())
+    start = signed.find(b"jumb")
+    if where == "label":  # the store's own description box
+        signed[start + 8 : start + 40] = bytes(32)
+    elif where == "boxes":  # sizes and contents further in: claim, signature, assertions
+        for offset in range(start + 200, min(len(signed), start + 20_000), 97):
+            signed[offset] ^= 0xA5
+    else:  # cut inside the manifest
+        signed = signed[: start + 600]
+    found = read_provenance(bytes(signed), POLICY)
+
+    if where == "label":  # no recognisable store: read as absent (a stripped manifest looks the same)
+        assert found == Provenance()
+    else:  # a store that is there but broken: present, not valid, and why
+        assert found.manifest is True and found.signature_valid is False, found
+        assert found.error is not None and found.error.startswith("c2pa: ")
+        assert found.declared_ai is None  # nothing read from a broken store is reported as declared

@@ -4,6 +4,7 @@ combined reading (mean, or inconclusive beyond DFSCAN_SECOND_DISAGREEMENT)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,15 @@ def test_the_duplicate_cache_answers_with_the_stored_second_score(
     assert verdict.cached and seen == [judge.version] and "+second:" in seen[0]
     assert verdict.second_opinion is not None and verdict.second_opinion.fake_score == 0.1
     assert verdict.second_opinion.combined_label == INCONCLUSIVE
+
+
+def test_the_table_shows_the_combined_reading(capsys: pytest.CaptureFixture[str]) -> None:
+    from dfscan.cli.output import print_table
+
+    opinion = SecondOpinion("v2", 0.1, None, INCONCLUSIVE, 0.5)
+    verdict = Verdict(
+        source="a.jpg", status="done", label="fake", fake_score=0.9, threshold=0.5, model_version="m"
+    )
+    print_table([replace(verdict, second_opinion=opinion).output(), verdict.output()])
+    out = capsys.readouterr().out
+    assert out.count("with 2nd model: inconclusive") == 1
