@@ -13,7 +13,7 @@ and a Redis server of its own:
   images / (first submit -> last job final).
 
 With ``--profile`` (py-spy on PATH) one more B run is sampled and the worker's CPU split into stages
-(Celery message, claim, cache look-up, fetch/read, decode, preprocess, model, verdict write, ack,
+(Celery message, claim, cache look-up, fetch/read, decode + preprocess, model, verdict write, ack,
 metrics, leases) by the frames its busy samples are in; Postgres and Redis come from ``/proc``.
 Medians, spread (min-max) and B/A ratios are printed and written to ``bench/out/feed_cpu.json``.
 """
@@ -197,8 +197,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cache lookup", ("_lookup_batch", "InferenceRuntime.known", "cached_verdicts")),
     ("verdict write", ("_finish_batch", "InferenceRuntime.finish", "finish_done_many", "record_batch")),
     ("model", ("MicroBatcher._run_batch", "DynamicBatcher", "Classifier.predict", "forward (")),
-    ("preprocess", ("preprocess",)),
-    ("decode", ("images/decode", "decode_pool", "PIL/")),
+    ("decode + preprocess", ("preprocess", "images/decode", "decode_pool", "PIL/")),
     ("fetch/read", ("sources/read", "sources/media", "hashlib", "read_source")),
     ("ack", ("basic_ack", "Request.acknowledge", ".ack (", "acknowledge")),
     ("database (other)", ("sqlalchemy/", "psycopg2")),

@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS_CODE = MaxAttemptsError.code
 # The tables under the models: the worker's hottest statements (claim, verdict write, cache look-up)
 # are Core statements on them, built once at import with bound parameters.
-_JOBS = ScanJob.__table__
-_VERDICTS = Verdict.__table__
+_JOBS: Table = ScanJob.__table__  # type: ignore[assignment]
+_VERDICTS: Table = Verdict.__table__  # type: ignore[assignment]
 ACTIVE = ("queued", "running")
 
 

@@ -47,16 +47,25 @@ def test_each_caller_gets_its_own_score_and_batches_form() -> None:
     assert batcher.stats.items == 16
 
 
-def test_model_fault_fails_every_item_of_the_batch_with_inference_error() -> None:
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("mat1 and mat2 shapes cannot be multiplied (3x4 and 5x6)", "INFERENCE_FAILED"),
+        # torch's words for a CUDA context broken for good: the process must go (DEVICE_FAULT)
+        ("CUDA error: device-side assert triggered", "DEVICE_FAULT"),
+        ("CUDA error: an illegal memory access was encountered", "DEVICE_FAULT"),
+    ],
+)
+def test_model_fault_fails_every_item_of_the_batch_with_inference_error(error: str, code: str) -> None:
     def broken(pixels: torch.Tensor) -> list[float]:
-        raise RuntimeError("CUDA error: device-side assert")
+        raise RuntimeError(error)
 
     batcher = DynamicBatcher(broken, max_batch=4, max_wait=0.05)
     futures = [batcher.submit(torch.zeros(3, 2, 2)) for _ in range(3)]
     for future in futures:
-        with pytest.raises(InferenceError, match="device-side assert") as info:
+        with pytest.raises(InferenceError, match=error.split(" (")[0]) as info:
             future.result(timeout=CEILING)
-        assert info.value.code == "INFERENCE_FAILED" and not info.value.permanent
+        assert info.value.code == code and not info.value.permanent
     batcher.close(timeout=5)
     assert batcher.stats.failed_batches >= 1
 
