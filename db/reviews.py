@@ -75,6 +75,8 @@ def record(
     note = (note or "").strip() or None
     if note is not None and len(note) > MAX_NOTE:
         raise ValueError(f"a note has at most {MAX_NOTE} characters, got {len(note)}")
+    if note is not None and "\x00" in note:
+        raise ValueError("a note cannot hold a NUL character")
     job = _tenant_job(session, tenant_id, job_id)
     if job is None or job.state != "done":
         return None

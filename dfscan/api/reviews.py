@@ -11,7 +11,7 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from db import reviews
 from dfscan.api.app import ROUTERS
@@ -27,6 +27,13 @@ class ReviewIn(BaseModel):
 
     decision: Literal["fake", "real", "not_applicable", "escalate"]
     note: str | None = Field(None, max_length=reviews.MAX_NOTE)
+
+    @field_validator("note")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("a note cannot hold a NUL character")
+        return value
 
 
 class ReviewOut(BaseModel):

@@ -359,7 +359,7 @@ def review_form(
         return _to_login()
     if not _same_origin(request) or not tokens_match(reviewer.csrf, csrf_token):
         return _refused("Missing or wrong CSRF token: reload the page and decide again.")
-    if decision not in agreement.DECISIONS or len(note) > reviews.MAX_NOTE:
+    if decision not in agreement.DECISIONS or len(note) > reviews.MAX_NOTE or "\x00" in note:
         return _secure(HTMLResponse("unknown decision or note too long", status_code=422))
     with sessions_of(request)() as db, db.begin():
         entry = reviews.record(

@@ -133,6 +133,10 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # Our own pages break no rule of their CSP (an inline style or script would show here).
+        page.on(
+            "console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None
+        )
 
         # Sign in: the session cookie is HttpOnly, SameSite=Strict, and never holds the key.
         _sign_in(page, base, review_key)

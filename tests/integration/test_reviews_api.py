@@ -70,6 +70,7 @@ def test_review_endpoint_scopes_tenants_history_and_the_job_result(server: ApiSe
             {"decision": "maybe"},
             {"decision": "fake", "extra": 1},
             {"decision": "fake", "note": "x" * 2001},
+            {"decision": "fake", "note": "nul\u0000byte"},
         ):
             bad = api.post(f"/v1/jobs/{job}/review", json=body)
             assert bad.status_code in (400, 422) and "error" in bad.json(), body
