@@ -53,8 +53,9 @@ def queue_run(svc: Service, data: Path, *extra: str) -> str:
 
 def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(service: Service) -> None:
     service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
-    data = write_split_folder(service.tmp / "data", {"train": 24, "validation": 8, "test": 8})
-    run_id = queue_run(service, data, "--epochs", "3")
+    # The least training that registers a version with a report: one epoch of 8 images a class.
+    data = write_split_folder(service.tmp / "data", {"train": 8, "validation": 4, "test": 4})
+    run_id = queue_run(service, data, "--epochs", "1")
     service.start_worker("--queues=training", "--name=trainer@test")
     info = wait_run(service, run_id, lambda i: i["state"] in ("done", "failed", "cancelled"))
     assert info["state"] == "done", info
@@ -107,6 +108,9 @@ def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(se
     assert again.returncode == 1 and again.stderr.startswith("error NOTHING_TO_ROLL_BACK: "), again.stderr
 
 
+# slow (minutes of a training worker): the flag is tests/unit/test_db_queries.py (request_cancel,
+# is_cancel_requested) and the loop stopping on it tests/unit/test_training_train.py (cancel and resume).
+@pytest.mark.slow
 def test_cancel_stops_a_running_run(service: Service) -> None:
     service.env["DFSCAN_MODEL_STORE"] = str(service.tmp / "store")
     data = write_split_folder(service.tmp / "data", {"train": 64, "validation": 8, "test": 8})

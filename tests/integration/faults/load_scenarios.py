@@ -351,7 +351,7 @@ ROWS: list[tuple[str, Callable[[Service], Outcome]]] = [
         lambda svc: _within_twice(interactive_beside_backlog(svc)),
     ),
     (  # measured, not a target: every clip final with a code, the probe's latency recorded
-        "adversarial-texture clips beside an interactive image",
+        "adversarial-texture clips beside an interactive probe",
         adversarial_clips_beside_interactive,
     ),
 ]
