@@ -15,9 +15,7 @@ a step that would pass ``--budget-s`` is skipped and says so):
 1. **install**: ``pip install --no-index --no-deps --target`` the wheels of ``--wheels``; every later step
    imports dfscan from there (the scans run ``python -m dfscan.cli.main`` with that ``PYTHONPATH``).
 2. **ceiling**: a random-init ViT-B/16 (``ViTConfig()`` defaults, 224 px; no hub download) forward in
-   img/s by batch size in bf16 and fp16 autocast and fp32, then bf16 at the largest batch under
-   ``torch.compile`` and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs). These are the
-   numbers the model-serving defaults cannot measure on a CPU.
+   img/s by batch size in bf16 and fp16 autocast and fp32.
 3. **processes**: N processes (1, 2, 4) each running that forward loop at once on the one GPU (under
    CUDA MPS where its daemon runs, else time-sliced), total img/s against one process at N times the batch:
    whether N workers per GPU or one model owner feeds it better.
@@ -28,6 +26,9 @@ a step that would pass ``--budget-s`` is skipped and says so):
    max and mean |Δp|, against ``PRECISION_TOLERANCE`` (whether DFSCAN_SHARE_CACHE_ACROSS_PRECISION may be set).
 6. **memory**: peak GPU memory of one worker's model and face detector at the scan's batch size
    (``torch.cuda.max_memory_reserved``; what each worker process on a shared GPU needs).
+7. **compile** (last: its compilations take the longest): bf16 img/s at the scan's batch size eager, under
+   ``torch.compile`` and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), the numbers
+   that decide whether serving should compile; a CPU cannot measure them.
 
 ``--dry-run`` runs every step on the CPU at small sizes (a tiny ViT, 16 images, batch sizes 1 and 2, fp32
 only, no torch.compile); CUDA-only measurements are recorded as skipped. The test suite runs it, so the
@@ -217,19 +218,22 @@ def ceiling(cuda: bool, dry: bool) -> dict[str, Any]:
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
-    out: dict[str, Any] = {"img_per_s": rates}
-    if cuda:
-        big = max(rates["bf16"])
-        for mode in ("default", "reduce-overhead"):  # reduce-overhead: CUDA graphs
-            try:
-                compiled = torch.compile(model, mode=mode)
-                out[f"compile_{mode}_bf16_b{big}"] = round(
-                    forward_rate(compiled, device, big, "bf16", 3.0), 1
-                )
-            except Exception as exc:  # an Inductor failure is a result too
-                out[f"compile_{mode}_bf16_b{big}"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    else:
-        out["compile"] = "skipped: CUDA only (torch.compile and CUDA graphs are measured on a GPU)"
+    return {"img_per_s": rates}
+
+
+def compiled(cuda: bool, batch: int) -> dict[str, Any]:
+    """bf16 img/s at ``batch`` eager, under ``torch.compile`` and under CUDA graphs (reduce-overhead)."""
+    import torch
+
+    if not cuda:
+        return {"skipped": "CUDA only (torch.compile and CUDA graphs are measured on a GPU)"}
+    model = vit(tiny=False).to("cuda")
+    out: dict[str, Any] = {"batch": batch, "eager": round(forward_rate(model, "cuda", batch, "bf16", 3.0), 1)}
+    for mode in ("default", "reduce-overhead"):  # reduce-overhead: CUDA graphs
+        try:
+            out[mode] = round(forward_rate(torch.compile(model, mode=mode), "cuda", batch, "bf16", 3.0), 1)
+        except Exception as exc:  # an Inductor failure is a result too
+            out[mode] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return out
 
 
@@ -296,6 +300,10 @@ def write_images(folder: Path, count: int, dry: bool) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     sizes = [(320, 240), (256, 192)] if dry else [(1024, 768), (800, 600), (640, 480), (768, 1024)]
     jobs = [(folder / f"img-{i:05d}.jpg", *sizes[i % len(sizes)], i) for i in range(count)]
+    if dry:  # a few small images: no pool to start
+        for job in jobs:
+            _write_one(job)
+        return [job[0] for job in jobs]
     with multiprocessing.get_context("spawn").Pool(max(1, min(16, os.cpu_count() or 1))) as pool:
         pool.map(_write_one, jobs, chunksize=16)
     return [job[0] for job in jobs]
@@ -389,7 +397,8 @@ def memory(model: Path, cuda: bool, batch: int) -> dict[str, Any]:
     detector = load_face_detector("mtcnn", device, 2)
     height, width = clf.preprocess.size
     clf.predict(torch.rand(batch, 3, height, width) * 2 - 1)
-    detector.detect([photo(1024, 768, k) for k in range(min(batch, 32))])
+    side = (320, 240) if not cuda else (1024, 768)
+    detector.detect([photo(*side, k) for k in range(min(batch, 32))])
     if not cuda:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return {"gpu": "skipped: no CUDA (the code path ran)", "process_peak_rss_mib": round(rss)}
@@ -451,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run.step("numerics", 10 if args.dry_run else 30, lambda: numerics(model, paths[:256], cuda))
         run.step("memory", 10 if args.dry_run else 20, lambda: memory(model, cuda, batch))
+        run.step("compile", 1 if args.dry_run else 120, lambda: compiled(cuda, batch))
     report = {
         "device": device,
         "cuda": cuda,

@@ -14,6 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(
+    1500
+)  # ~1 min on an idle 2-core machine: two `dfscan scan` runs and a few imports of torch
 def test_the_dry_run_runs_every_step_and_writes_one_json_and_one_table(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
@@ -35,9 +38,10 @@ def test_the_dry_run_runs_every_step_and_writes_one_json_and_one_table(tmp_path:
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["dry_run"] is True and report["cuda"] is False
     steps = report["steps"]
-    assert set(steps) == {"ceiling", "processes", "scan", "numerics", "memory"}
-    assert not [name for name, step in steps.items() if "error" in step or "skipped" in step]
-    assert steps["ceiling"]["img_per_s"]["fp32"][str(1)] > 0 and "CUDA only" in steps["ceiling"]["compile"]
+    assert set(steps) == {"ceiling", "processes", "scan", "numerics", "memory", "compile"}
+    assert not [name for name, step in steps.items() if "error" in step]
+    assert [name for name, step in steps.items() if "skipped" in step] == ["compile"]  # CUDA only
+    assert steps["ceiling"]["img_per_s"]["fp32"][str(1)] > 0
     assert steps["processes"]["2_processes_img_per_s"] > 0
     for faces in ("off", "auto"):
         scan = steps["scan"][f"faces_{faces}"]
