@@ -369,12 +369,6 @@ class Settings(BaseSettings):
         "every `dfscan api` replica the same value. Blank: each process makes a random one, so a sign-in "
         "lasts until that process restarts and holds on that replica only.",
     )
-    upload_store: Path | None = Field(
-        None,
-        description="Directory of uploaded bytes, content-addressed by sha256 (ROOT/ab/abcd...): what the "
-        "review console shows and `dfscan reviews export` writes, while retention keeps them. Unset: the "
-        "console shows verdicts without their media.",
-    )
     console_session_hours: float = Field(
         8.0,
         gt=0,
