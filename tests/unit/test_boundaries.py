@@ -170,6 +170,7 @@ def test_the_import_graph_is_a_tree_of_layers() -> None:
 # road; the factory on everything. A new edge is a design decision: state it here.
 CORE_MAY_IMPORT: dict[str, set[str]] = {
     "lanes": set(),
+    "hardware": set(),  # what the machine offers (GPU, memory, cores): torch only
     "sources": set(),
     "faces": set(),
     "video": {"sources"},
