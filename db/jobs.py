@@ -283,7 +283,15 @@ VERDICT_FIELDS = (*STORED, "worker")
 # ``{"box": (x, y, w, h), "score": float, "fake_score": float}`` stored as verdict_faces rows, and
 # ``frames``, a video's ``(t, fake_score)`` pairs stored as verdict_frames rows (``(t, fake_score, faces)``
 # for a frame judged on faces: its faces as above, stored in verdict_frames.faces).
-OPTIONAL_FIELDS: dict[str, Any] = {"judged_on": "image", "media": "image", "duration_s": None, "peak_t": None}
+OPTIONAL_FIELDS: dict[str, Any] = {
+    "judged_on": "image",
+    "media": "image",
+    "duration_s": None,
+    "peak_t": None,
+    "faces_found": None,
+    "faces_judged": None,
+    "faces_skipped": None,
+}
 
 
 def _face_json(face: dict[str, Any]) -> dict[str, Any]:
@@ -547,6 +555,9 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
             Verdict.media,
             Verdict.duration_s,
             Verdict.peak_t,
+            Verdict.faces_found,
+            Verdict.faces_judged,
+            Verdict.faces_skipped,
         )
         .where(Verdict.image_sha256.in_(shas), Verdict.model_version == model_version)
         .order_by(Verdict.id)
@@ -563,6 +574,9 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
             duration_s=row.duration_s,
             peak_t=row.peak_t,
             frames=stored_frames(frames.get(row.job_id, [])),
+            faces_found=row.faces_found,
+            faces_judged=row.faces_judged,
+            faces_skipped=row.faces_skipped,
         )
         for sha, row in newest.items()
     }

@@ -37,6 +37,7 @@ def register_version(
     params: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     threshold: float | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Add a model version. A version name is registered once; a second time raises ``ValueError``."""
     if session.get(ModelVersion, version) is not None:
@@ -51,6 +52,7 @@ def register_version(
         params=params,
         metrics=metrics,
         threshold=threshold,
+        calibration=calibration,
     )
     session.add(row)
     session.flush()

@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         description="Faces whose shorter side is under this many pixels are not judged: the checkpoints "
         "saw 256 px faces, and 32 px is the smallest size measured with full detector recall.",
     )
+    min_face_score: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Detected faces under this detector confidence are not judged (counted as low_score); "
+        "chosen with bench/real_faces.py on real photographs (docs/faces-and-video.md).",
+    )
 
     # --- sources (untrusted by default) --------------------------------------------------------
     allowed_roots: CommaList = Field(

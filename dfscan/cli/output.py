@@ -25,6 +25,9 @@ KEYS = (
     "threshold",
     "judged_on",
     "n_faces",
+    "faces_found",
+    "faces_judged",
+    "faces_skipped",
     "model_version",
     "error_code",
     "error",
@@ -39,6 +42,21 @@ def n_faces(row: Mapping[str, Any]) -> int | None:
     if row.get("frames"):
         return sum(len(frame.get("faces") or ()) for frame in row["frames"])
     return len(row.get("faces") or ())
+
+
+def skipped_text(skipped: Mapping[str, int] | None) -> str:
+    """``too_small 3, over_cap 1``: the faces not judged, by reason ('' when none)."""
+    return ", ".join(f"{reason} {count}" for reason, count in (skipped or {}).items())
+
+
+def faces_cell(row: Mapping[str, Any]) -> str:
+    """The console's faces column: judged of found, and why the others were skipped ('-': faces off)."""
+    found = row.get("faces_found")
+    if found is None:
+        return str(n_faces(row)) if row.get("judged_on") == "faces" else "-"
+    text = f"{row.get('faces_judged')}/{found}"
+    skipped = skipped_text(row.get("faces_skipped"))
+    return f"{text} (skipped: {skipped})" if skipped else text
 
 
 class Format(str, Enum):
@@ -60,7 +78,10 @@ def print_rows(rows: list[dict[str, Any]], fmt: Format, *, extra_keys: tuple[str
     elif fmt is Format.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(keys), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({**row, "n_faces": n_faces(row)} for row in rows)
+        writer.writerows(
+            {**row, "n_faces": n_faces(row), "faces_skipped": skipped_text(row.get("faces_skipped"))}
+            for row in rows
+        )
     else:
         print_table(rows)
 
@@ -89,7 +110,7 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
                 label,
                 "" if score is None else f"{score:.4f}",
                 "" if threshold is None else f"{threshold:.4f}",
-                str(n_faces(row)) if row.get("judged_on") == "faces" else "-",
+                faces_cell(row),
                 str(row["model_version"]),
             )
         elif row["status"] == "failed":

@@ -225,6 +225,7 @@ def _face_crop_params(settings: Any) -> dict[str, Any]:
         "margin": settings.face_margin,
         "min_face_px": settings.min_face_px,
         "max_faces": settings.max_faces,
+        "min_score": settings.min_face_score,
     }
 
 

@@ -128,4 +128,5 @@ def face_policy(
         margin=margin,
         max_faces=settings.max_faces,
         min_face_px=settings.min_face_px,
+        min_score=settings.min_face_score,
     )
