@@ -59,6 +59,20 @@ def register_version(
     return row
 
 
+def set_calibration(
+    session: Session, version: str, threshold: float | None, calibration: dict[str, Any]
+) -> ModelVersion:
+    """Store a version's re-measured threshold and where it was measured (its calibration road)."""
+    row = session.get(ModelVersion, version)
+    if row is None:
+        raise UnknownIdError(f"model version {version!r} is not registered")
+    row.threshold = threshold
+    row.calibration = calibration
+    session.flush()
+    log.info("calibrated model %s: threshold %s", version, threshold, extra={"model_version": version})
+    return row
+
+
 def get_version(session: Session, version: str) -> ModelVersion | None:
     return session.get(ModelVersion, version)
 

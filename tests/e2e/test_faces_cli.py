@@ -20,7 +20,16 @@ def test_evaluate_on_faces_reports_the_images_without_a_face(tmp_path: Path) -> 
     data = write_face_folder(tmp_path / "data", {"train": 1, "test": 2}, face_free={"test": 2})
     model = save_tiny_vit(tmp_path / "m", REAL_FAKE)
     out = dfscan(
-        "evaluate", "--model", str(model), "--data", str(data), "--out", "r", "--faces", cwd=tmp_path
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        "r",
+        "--faces",
+        "require",
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
