@@ -67,7 +67,7 @@ SIZES = (16, 20, 24, 32, 48, 64, 96)
 SCORES = (0.8, 0.85, 0.88, 0.9, 0.95)
 # The faces judged before and after the defaults measured here (docs/faces-and-video.md).
 BEFORE = {"max_faces": 8, "min_face_px": 32, "min_score": 0.0, "landmarks": False}
-AFTER = {"max_faces": 32, "min_face_px": 24, "min_score": 0.9, "landmarks": True}
+AFTER = {"max_faces": 16, "min_face_px": 24, "min_score": 0.9, "landmarks": True}
 THREADS = 2
 
 Box = tuple[int, int, int, int]

@@ -255,6 +255,7 @@ def models_list(
                 # A version registered without a threshold is judged with DFSCAN_THRESHOLD.
                 "threshold": row.threshold if row.threshold is not None else settings.threshold,
                 "threshold_from": "version" if row.threshold is not None else "DFSCAN_THRESHOLD",
+                "calibration": row.calibration,
                 "training_run_id": str(row.training_run_id) if row.training_run_id else None,
                 "data_fingerprint": row.data_fingerprint,
                 "metrics": row.metrics,
@@ -269,6 +270,7 @@ def models_list(
         "base_model": None,
         "threshold": settings.threshold,
         "threshold_from": "DFSCAN_THRESHOLD",
+        "calibration": None,
         "training_run_id": None,
         "data_fingerprint": None,
         "metrics": None,

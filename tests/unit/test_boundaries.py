@@ -83,6 +83,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.urlguard",
         "dfscan.pinned_http",
         "dfscan.ids",
+        "dfscan.calibration",
+        "dfscan.tenants",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),

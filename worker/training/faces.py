@@ -38,9 +38,9 @@ class FaceCropConfig:
 
     detector: str = "mtcnn"
     margin: float = 0.3
-    min_face_px: int = 32
-    max_faces: int = 8
-    min_score: float = 0.0
+    min_face_px: int = 24
+    max_faces: int = 16
+    min_score: float = 0.9
 
     def to_params(self, detector_version: str) -> dict[str, object]:
         return {**asdict(self), "detector_version": detector_version}

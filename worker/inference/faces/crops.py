@@ -137,7 +137,7 @@ class FacePolicy:
     margin: float = 0.3
     max_faces: int = 16
     min_face_px: int = 24
-    min_score: float = 0.0
+    min_score: float = 0.9
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "require"):
