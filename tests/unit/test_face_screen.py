@@ -120,3 +120,28 @@ def test_faces_off_has_no_counts(tmp_path) -> None:  # type: ignore[no-untyped-d
     finally:
         judge.close()
     assert verdict.done and verdict.faces_found is None and verdict.output()["faces_skipped"] is None
+
+
+def test_a_crowd_of_real_faces_says_how_many_were_found_judged_and_over_the_cap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("skimage", reason="the crowd is scikit-image's lfw_subset (dev extra)")
+    from tests.fixtures.faces import lfw_crowd
+    from worker.inference.faces.crops import load_face_detector
+
+    crowd = lfw_crowd(30, 48)  # 30 real faces (LFW), 48 px each, in one image of 528x336
+    buf = io.BytesIO()
+    crowd.image.save(buf, "PNG")
+    model = load_classifier(str(save_tiny_vit(tmp_path / "m", DEEPFAKE_REAL)))
+    policy = FacePolicy(
+        "auto", load_face_detector("mtcnn", "cpu"), max_faces=16, min_face_px=24, min_score=0.9
+    )
+    judge = Judge(model, sources=SourcePolicy(), images=ImagePolicy(), faces=policy)
+    try:
+        verdict = judge.judge_bytes(buf.getvalue(), source="crowd.png")
+    finally:
+        judge.close()
+    assert verdict.done and verdict.judged_on == "faces"
+    assert verdict.faces_found is not None and verdict.faces_skipped is not None
+    assert verdict.faces_found >= 27  # the detector finds nearly all of them (bench/real_faces.py)
+    assert verdict.faces_judged == len(verdict.faces) == 16
+    assert verdict.faces_found == 16 + sum(verdict.faces_skipped.values())
+    assert verdict.faces_skipped["over_cap"] >= 10  # nothing dropped silently
