@@ -347,6 +347,9 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "provenance": None,
     "second_opinion": None,
     "explanation": None,
+    "faces_found": None,
+    "faces_judged": None,
+    "faces_skipped": None,
 }
 
 
@@ -646,6 +649,9 @@ _CACHED = (
         _VERDICTS.c.duration_s,
         _VERDICTS.c.peak_t,
         _VERDICTS.c.second_opinion,
+        _VERDICTS.c.faces_found,
+        _VERDICTS.c.faces_judged,
+        _VERDICTS.c.faces_skipped,
     )
     .where(
         _VERDICTS.c.image_sha256.in_(bindparam("shas", expanding=True)),
@@ -680,6 +686,9 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
             peak_t=row.peak_t,
             frames=stored_frames(frames.get(row.job_id, [])),
             second_opinion=SecondOpinion.from_stored(row.second_opinion) if row.second_opinion else None,
+            faces_found=row.faces_found,
+            faces_judged=row.faces_judged,
+            faces_skipped=row.faces_skipped,
         )
         for sha, row in newest.items()
     }

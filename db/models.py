@@ -283,9 +283,18 @@ class Verdict(Base):
     # Explanation heatmaps, one per judged region ([{"box": [x, y, w, h] or null, "grid": [[...]]}]),
     # when they were asked for (DFSCAN_EXPLAIN, dfscan scan --explain); NULL otherwise.
     explanation: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    # Faces on: faces the detector found (over every sampled frame), faces judged, and the others by
+    # reason ({"too_small": 3, "over_cap": 1}); NULL when faces were off.
+    faces_found: Mapped[int | None] = mapped_column(Integer)
+    faces_judged: Mapped[int | None] = mapped_column(Integer)
+    faces_skipped: Mapped[dict[str, Any] | None] = mapped_column()
 
     __table_args__ = (
         CheckConstraint(_in("label", LABELS), name="label_valid"),
+        CheckConstraint(
+            "faces_judged IS NULL OR (faces_judged >= 0 AND faces_judged <= faces_found)",
+            name="faces_judged_of_found",
+        ),
         CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
         CheckConstraint(
             "(label = 'not_applicable') = (fake_score IS NULL)", name="not_applicable_iff_no_score"
@@ -404,6 +413,9 @@ class ModelVersion(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column()
     metrics: Mapped[dict[str, Any] | None] = mapped_column()
     threshold: Mapped[float | None] = mapped_column(Float)
+    # Where ``threshold`` was measured: the road (faces mode, detector, margin, face limits, runtime,
+    # judge version) and the data, split and target FPR (worker/training/calibrate.py).
+    calibration: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (

@@ -37,6 +37,7 @@ def register_version(
     params: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     threshold: float | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Add a model version. A version name is registered once; a second time raises ``ValueError``."""
     if session.get(ModelVersion, version) is not None:
@@ -51,9 +52,24 @@ def register_version(
         params=params,
         metrics=metrics,
         threshold=threshold,
+        calibration=calibration,
     )
     session.add(row)
     session.flush()
+    return row
+
+
+def set_calibration(
+    session: Session, version: str, threshold: float | None, calibration: dict[str, Any]
+) -> ModelVersion:
+    """Store a version's re-measured threshold and where it was measured (its calibration road)."""
+    row = session.get(ModelVersion, version)
+    if row is None:
+        raise UnknownIdError(f"model version {version!r} is not registered")
+    row.threshold = threshold
+    row.calibration = calibration
+    session.flush()
+    log.info("calibrated model %s: threshold %s", version, threshold, extra={"model_version": version})
     return row
 
 

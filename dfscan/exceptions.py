@@ -286,6 +286,13 @@ class NothingToRollBackError(DfscanError, LookupError):
     code = "NOTHING_TO_ROLL_BACK"
 
 
+class CalibrationMismatchError(DfscanError):
+    """`dfscan models promote`: the version's threshold was measured on another road (faces mode, face
+    detector or margin) than the one it would serve on; re-measure it with `dfscan models calibrate`."""
+
+    code = "CALIBRATION_MISMATCH"
+
+
 class WaitTimeoutError(DfscanError, TimeoutError):
     """`submit --wait --timeout` (Submission.wait) gave up before every job was final; the jobs go on."""
 

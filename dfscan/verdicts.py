@@ -51,6 +51,9 @@ STORED = (
     "provenance",
     "second_opinion",
     "explanation",
+    "faces_found",
+    "faces_judged",
+    "faces_skipped",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -68,6 +71,9 @@ OUTPUT = (
     "height",
     "cached",
     "judged_on",
+    "faces_found",
+    "faces_judged",
+    "faces_skipped",
     "faces",
     "media",
     "duration_s",
@@ -261,6 +267,9 @@ class Stored:
     peak_t: float | None = None
     frames: tuple[Frame, ...] = ()
     second_opinion: SecondOpinion | None = None
+    faces_found: int | None = None
+    faces_judged: int | None = None
+    faces_skipped: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,12 @@ class Verdict:
     # "faces": fake_score is the maximum over ``faces``; "image": the whole image was judged.
     judged_on: str | None = None
     faces: tuple[FaceVerdict, ...] = ()
+    # Faces on: how many faces the detector found (over all sampled frames of a clip), how many were
+    # judged, and the rest by reason (low_score, implausible, too_small, over_cap; see
+    # worker/inference/faces/screen.py). None when faces are off.
+    faces_found: int | None = None
+    faces_judged: int | None = None
+    faces_skipped: Mapping[str, int] | None = None
     # Videos: media "video", the duration, the most suspicious moment and every sampled frame.
     media: str = IMAGE
     duration_s: float | None = None
@@ -332,6 +347,7 @@ class Verdict:
         """The public JSON object of this verdict (keys :data:`OUTPUT`)."""
         out = {name: getattr(self, name) for name in OUTPUT}
         out["faces"] = [face.output(self.threshold) for face in self.faces]
+        out["faces_skipped"] = None if self.faces_skipped is None else dict(self.faces_skipped)
         out["frames"] = (
             None if self.frames is None else [frame.output(self.threshold) for frame in self.frames]
         )

@@ -79,7 +79,9 @@ def _run(
     # The training core is imported here: an inference worker never loads Trainer and datasets.
     from worker.inference.model.classifier import load_classifier
     from worker.training.data import load_labelled_data
+    from worker.training.evaluate import calibrate, evaluate_model
     from worker.training.faces import FaceCropConfig
+    from worker.training.report import write_report
     from worker.training.train import TrainConfig, TrainHooks, fine_tune
 
     settings = rt.settings
@@ -131,6 +133,22 @@ def _run(
     # Load the new checkpoint through the serving path: it must work there, and its version string
     # is exactly what verdicts will record.
     version = load_classifier(str(published), device="cpu").version
+    # The threshold it serves with is measured on the serving road (the factory's detector, faces
+    # policy and Judge under these settings), on the validation split: not the trainer's own
+    # predictions, which judge one face crop or the whole image outside that road.
+    threshold, calibration = calibrate(
+        str(published),
+        data.validation,
+        split="validation",
+        target_fpr=cfg.target_fpr,
+        trained_on=result.faces,
+        settings=settings,
+    )
+    report = evaluate_model(
+        str(published), data.test, target_fpr=cfg.target_fpr, trained_on=result.faces, settings=settings
+    )
+    metrics = {**result.metrics, "test_serving": report, "calibration": calibration}
+    write_report(report, output_dir / "report", y_true=report.pop("y_true"), p_fake=report.pop("p_fake"))
     with rt.sessions.begin() as session:
         if registry.get_version(session, version) is None:
             registry.register_version(
@@ -144,8 +162,9 @@ def _run(
                 # params["faces"] (crop settings and the detector's version) tells serving that this
                 # version judges face crops.
                 params={**params, "faces": result.faces} if result.faces else params,
-                metrics=result.metrics,
-                threshold=result.threshold,
+                metrics=metrics,
+                threshold=threshold,
+                calibration=calibration,
             )
         training.finish_run(
             session,

@@ -26,6 +26,9 @@ KEYS = (
     "judged_on",
     "n_faces",
     "declared_ai",
+    "faces_found",
+    "faces_judged",
+    "faces_skipped",
     "model_version",
     "error_code",
     "error",
@@ -62,6 +65,21 @@ def declared(row: Mapping[str, Any]) -> str:
     return f"{what} ({where})" if what else where
 
 
+def skipped_text(skipped: Mapping[str, int] | None) -> str:
+    """``too_small 3, over_cap 1``: the faces not judged, by reason ('' when none)."""
+    return ", ".join(f"{reason} {count}" for reason, count in (skipped or {}).items())
+
+
+def faces_cell(row: Mapping[str, Any]) -> str:
+    """The console's faces column: judged of found, and why the others were skipped ('-': faces off)."""
+    found = row.get("faces_found")
+    if found is None:
+        return str(n_faces(row)) if row.get("judged_on") == "faces" else "-"
+    text = f"{row.get('faces_judged')}/{found}"
+    skipped = skipped_text(row.get("faces_skipped"))
+    return f"{text} (skipped: {skipped})" if skipped else text
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -82,7 +100,12 @@ def print_rows(rows: list[dict[str, Any]], fmt: Format, *, extra_keys: tuple[str
         writer = csv.DictWriter(sys.stdout, fieldnames=list(keys), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(
-            {**row, "n_faces": n_faces(row), "declared_ai": (row.get("provenance") or {}).get("declared_ai")}
+            {
+                **row,
+                "n_faces": n_faces(row),
+                "declared_ai": (row.get("provenance") or {}).get("declared_ai"),
+                "faces_skipped": skipped_text(row.get("faces_skipped")),
+            }
             for row in rows
         )
     else:
@@ -117,7 +140,7 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
                 label,
                 "" if score is None else f"{score:.4f}",
                 "" if threshold is None else f"{threshold:.4f}",
-                str(n_faces(row)) if row.get("judged_on") == "faces" else "-",
+                faces_cell(row),
                 declared(row),
                 str(row["model_version"]),
             )

@@ -13,7 +13,13 @@ from rich.table import Table
 
 from db import registry, training
 from db.session import new_engine, new_session_factory
-from dfscan.exceptions import BadArgumentError, DfscanError, TrainingDataError, UnknownIdError
+from dfscan.exceptions import (
+    BadArgumentError,
+    CalibrationMismatchError,
+    DfscanError,
+    TrainingDataError,
+    UnknownIdError,
+)
 from dfscan.ids import parse_id
 from dfscan.settings import Settings, get_settings
 
@@ -164,58 +170,59 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     threshold: Annotated[float, typer.Option(help="Threshold for the confusion matrix.")] = 0.5,
     faces: Annotated[
-        bool,
+        str | None,
         typer.Option(
             "--faces",
-            help="Judge each image on its face crops as serving does (max p(fake) over faces); images "
-            "without a face are counted and skipped.",
+            help="auto, require or off: what each image is judged on, as serving judges it (default "
+            "DFSCAN_FACES, the serving setting, so the threshold is measured on the serving road); "
+            "under require, images without a face are counted and skipped.",
         ),
-    ] = False,
+    ] = None,
 ) -> None:
-    """The seed's evaluation report (plus ROC-AUC, AP, EER, a threshold at DFSCAN_TARGET_FPR) for any checkpoint."""
+    """The seed's evaluation report (plus ROC-AUC, AP, EER, a threshold at DFSCAN_TARGET_FPR) for any
+    checkpoint, judged on the serving road (faces mode, detector, margin, runtime: DFSCAN_*), which the
+    report records under ``road``."""
     from worker.training.data import load_evaluation_data
-    from worker.training.evaluate import score_examples, score_face_examples
-    from worker.training.faces import FaceCropConfig
-    from worker.training.metrics import evaluate_scores
+    from worker.training.evaluate import evaluate_model
     from worker.training.report import format_classification_report, write_report
 
-    settings = get_settings()
+    settings = _with_faces(get_settings(), faces)
     try:
         examples = load_evaluation_data(data, split=split)
-        split_name = split or ("test" if examples.test else "train")
-        no_face: list[str] = []
-        if faces:
-            crop = FaceCropConfig(**_face_crop_params(settings))
-            labels, scores, skipped, no_face, version = score_face_examples(
-                model, examples.split(split_name), crop, batch_size=batch_size, settings=settings
-            )
-        else:
-            labels, scores, skipped, version = score_examples(
-                model, examples.split(split_name), batch_size=batch_size, settings=settings
-            )
-        if not labels:
-            raise TrainingDataError(
-                f"no image of {data} could be scored ({len(skipped)} undecodable, {len(no_face)} without a face)"
-            )
+        split_name = next(iter(examples.splits))  # the named split, else test, else all
+        metrics = evaluate_model(
+            model,
+            examples.split(split_name),
+            batch_size=batch_size,
+            threshold=threshold,
+            target_fpr=settings.target_fpr,
+            settings=settings,
+        )
     except DfscanError as exc:
         from dfscan.cli.errors import fail
 
         raise fail(exc) from exc
-    metrics = evaluate_scores(labels, scores, threshold=threshold, target_fpr=settings.target_fpr)
-    metrics["model_version"] = version
-    metrics["skipped"] = len(skipped)
-    if faces:
-        metrics["no_face"] = len(no_face)
-        metrics["no_face_examples"] = no_face[:10]
+    labels, scores = metrics.pop("y_true"), metrics.pop("p_fake")
+    metrics["split"] = split_name
     paths = write_report(metrics, out, y_true=labels, p_fake=scores)
     print(format_classification_report(metrics))
     chosen = metrics.get("threshold_at_fpr")
+    road = metrics["road"]
     err.print(
-        f"model {version}: ROC-AUC {metrics.get('roc_auc')}, EER {metrics.get('eer')}, "
-        f"threshold at FPR<={settings.target_fpr}: {chosen}; {len(skipped)} images skipped"
-        + (f", {len(no_face)} without a face (skipped)" if faces else "")
+        f"model {metrics['model_version']} on {split_name} ({road['faces']} faces): ROC-AUC "
+        f"{metrics.get('roc_auc')}, EER {metrics.get('eer')}, threshold at FPR<={settings.target_fpr}: "
+        f"{chosen}; {metrics['skipped']} images skipped"
+        + (f", {metrics['no_face']} without a face (skipped)" if road["faces"] == "require" else "")
     )
     err.print("report: " + ", ".join(str(p) for p in paths.values()))
+
+
+def _with_faces(settings: Settings, faces: str | None) -> Settings:
+    if faces is None:
+        return settings
+    if faces not in ("auto", "require", "off"):
+        raise BadArgumentError(f"--faces must be auto, require or off, not {faces!r}")
+    return settings.model_copy(update={"faces": faces})
 
 
 def _face_crop_params(settings: Any) -> dict[str, Any]:
@@ -225,6 +232,7 @@ def _face_crop_params(settings: Any) -> dict[str, Any]:
         "margin": settings.face_margin,
         "min_face_px": settings.min_face_px,
         "max_faces": settings.max_faces,
+        "min_score": settings.min_face_score,
     }
 
 
@@ -247,6 +255,7 @@ def models_list(
                 # A version registered without a threshold is judged with DFSCAN_THRESHOLD.
                 "threshold": row.threshold if row.threshold is not None else settings.threshold,
                 "threshold_from": "version" if row.threshold is not None else "DFSCAN_THRESHOLD",
+                "calibration": row.calibration,
                 "training_run_id": str(row.training_run_id) if row.training_run_id else None,
                 "data_fingerprint": row.data_fingerprint,
                 "metrics": row.metrics,
@@ -261,6 +270,7 @@ def models_list(
         "base_model": None,
         "threshold": settings.threshold,
         "threshold_from": "DFSCAN_THRESHOLD",
+        "calibration": None,
         "training_run_id": None,
         "data_fingerprint": None,
         "metrics": None,
@@ -315,12 +325,92 @@ def models_promote(
             changed = registry.promote_default(session) is not None
         else:
             assert version is not None
+            _check_calibration(session, settings, version)
             registry.promote(session, version)
     if default and not changed:
         err.print(f"the default model already serves ({settings.model})")
         return
     _broadcast_reload(settings)
     err.print(f"promoted {'the default model (' + settings.model + ')' if default else version}")
+
+
+def _check_calibration(session: Any, settings: Settings, version: str) -> None:
+    """CALIBRATION_MISMATCH when ``version``'s threshold was measured on another road than it would
+    serve on under these settings (faces mode, detector, margin)."""
+    from dfscan.calibration import describe, road_mismatch, serving_faces
+
+    row = registry.get_version(session, version)
+    if row is None:
+        return  # registry.promote answers UNKNOWN_ID
+    serving = serving_faces(settings, (row.params or {}).get("faces"))
+    if not row.calibration:
+        err.print(
+            f"note: version {version} records no calibration road; its threshold "
+            f"({row.threshold}) may not be measured on the serving road ({serving['faces']} faces); "
+            f"`dfscan models calibrate {version} --data DIR` measures it there"
+        )
+        return
+    mismatch = road_mismatch(row.calibration, serving)
+    if mismatch:
+        raise CalibrationMismatchError(
+            f"version {version}'s threshold {row.threshold} was measured on another road than it would "
+            f"serve on ({describe(mismatch)}); re-measure it on the serving road with "
+            f"`dfscan models calibrate {version} --data DIR` (labelled images it was not trained on), "
+            "or serve it with the settings it was calibrated under"
+        )
+
+
+@models_app.command("calibrate")
+def models_calibrate(
+    version: Annotated[str, typer.Argument(help="A registered version.")],
+    data: Annotated[Path, typer.Option(help="Labelled images it was not trained on (folder per class).")],
+    split: Annotated[
+        str | None, typer.Option(help="Split to measure on (default: validation if present, else all).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+) -> None:
+    """Measure VERSION's threshold (lowest with FPR <= DFSCAN_TARGET_FPR) on the serving road of these
+    settings (DFSCAN_FACES, detector, margin, face limits, runtime) and store it, with the road, in the
+    registry: the threshold it is then promoted and served with."""
+    from worker.training.data import load_evaluation_data
+    from worker.training.evaluate import calibrate
+
+    settings = get_settings()
+    sessions = _sessions(settings)
+    with sessions() as session:
+        row = registry.get_version(session, version)
+        if row is None:
+            raise UnknownIdError(f"model version {version!r} is not registered")
+        ref, trained_on = row.path or row.source, (row.params or {}).get("faces")
+    try:
+        try:
+            examples = load_evaluation_data(data, split=split or "validation")
+        except TrainingDataError:
+            if split is not None:
+                raise
+            examples = load_evaluation_data(data)
+        split_name = next(iter(examples.splits))
+        threshold, record = calibrate(
+            ref,
+            examples.split(split_name),
+            split=split_name,
+            target_fpr=settings.target_fpr,
+            trained_on=trained_on,
+            settings=settings,
+            batch_size=batch_size,
+        )
+    except DfscanError as exc:
+        from dfscan.cli.errors import fail
+
+        raise fail(exc) from exc
+    record["data"] = str(data.resolve())
+    with sessions.begin() as session:
+        registry.set_calibration(session, version, threshold, record)
+    print(json.dumps(record))
+    err.print(
+        f"{version}: threshold {threshold} at FPR<={settings.target_fpr} on {record['n']} {split_name} "
+        f"images judged on {record['faces']} faces; stored in the registry"
+    )
 
 
 @models_app.command("rollback")

@@ -20,7 +20,16 @@ def test_evaluate_on_faces_reports_the_images_without_a_face(tmp_path: Path) -> 
     data = write_face_folder(tmp_path / "data", {"train": 1, "test": 2}, face_free={"test": 2})
     model = save_tiny_vit(tmp_path / "m", REAL_FAKE)
     out = dfscan(
-        "evaluate", "--model", str(model), "--data", str(data), "--out", "r", "--faces", cwd=tmp_path
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        "r",
+        "--faces",
+        "require",
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -51,6 +60,10 @@ def test_scan_on_faces_shows_and_stores_each_face_and_draws_them(tmp_path: Path)
     assert out.returncode == 0, out.stderr
     rows = {Path(r["source"]).name: r for r in json_rows(out.stdout)}
     assert rows["two.png"]["judged_on"] == "faces" and len(rows["two.png"]["faces"]) == 2
+    # Every verdict says what the detector found, what was judged and why the rest were not.
+    two_counts = [rows["two.png"][k] for k in ("faces_found", "faces_judged", "faces_skipped")]
+    assert two_counts == [2, 2, {}]
+    assert rows["none.png"]["faces_found"] == rows["none.png"]["faces_judged"] == 0
     assert all(matches(tuple(f["box"]), t) for f, t in zip(rows["two.png"]["faces"], two.truth, strict=True))
     assert rows["two.png"]["fake_score"] == max(f["fake_score"] for f in rows["two.png"]["faces"])
     assert (rows["none.png"]["judged_on"], rows["none.png"]["faces"]) == (

@@ -73,6 +73,12 @@ def test_train_registers_a_version_that_promote_rolls_out_to_a_running_worker(se
     assert [row["version"] for row in listing] == [version, "default"]  # the default model is listed last
     assert listing[0]["serving"] is False and listing[0]["threshold"] is not None
     assert listing[1]["serving"] is True and listing[0]["threshold_from"] == "version"
+    # Its threshold was measured on the serving road (faces auto, the worker's default) on validation,
+    # and the report was judged on that road too.
+    calibration = listing[0]["calibration"]
+    assert calibration["faces"] == "auto" and calibration["split"] == "validation"
+    assert listing[0]["threshold"] == calibration["threshold"]
+    assert metrics["road"]["faces"] == "auto" and "+faces:auto:" in metrics["model_version"]
 
     # A running inference worker serves the default model, then the promoted one without a restart.
     (service.images / "a.png").write_bytes(next((data / "test" / "fake").glob("*.png")).read_bytes())

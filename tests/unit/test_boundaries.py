@@ -89,6 +89,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.uploads",
         # The review console's pure parts (agreement, SVG, export layout, media store, cookie signing).
         "dfscan.console",
+        "dfscan.calibration",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),

@@ -78,8 +78,12 @@ def test_faces_are_judged_one_by_one_and_the_image_takes_the_maximum(detector: C
     finally:
         judge.close()
     assert verdict.done and verdict.judged_on == "faces" and len(verdict.faces) == 2
+    assert (verdict.faces_found, verdict.faces_judged, verdict.faces_skipped) == (2, 2, {})
     assert verdict.detect_ms > 0 and verdict.infer_ms > 0  # detection timed apart from the model
-    assert verdict.model_version == f"{detector.version}+faces:auto:{mtcnn.version}:margin=0.3,min=32,max=8"
+    assert (
+        verdict.model_version
+        == f"{detector.version}+faces:auto:{mtcnn.version}:margin=0.3,min=32,max=8,score=0.9"
+    )
     chosen = select_faces(mtcnn.detect([scene.image])[0], 8, 32)
     assert [f.box for f in verdict.faces] == [f.box for f in chosen]  # largest first, in original pixels
     assert all(matches(f.box, t) for f, t in zip(verdict.faces, scene.truth, strict=True))

@@ -219,7 +219,7 @@ class _StubDetector:
 
 
 def _policy(mode: str, min_face_px: int = 8) -> FacePolicy:
-    return FacePolicy(mode, _StubDetector(), margin=0.25, max_faces=8, min_face_px=min_face_px)
+    return FacePolicy(mode, _StubDetector(), margin=0.25, max_faces=8, min_face_px=min_face_px, min_score=0.0)
 
 
 # In pixels of the 32x24 sampled frame (a 64x48 clip at frame_side 32): two faces to judge, one too small.

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dfscan.calibration import serving_faces
 from dfscan.settings import Settings
 from dfscan.uploads import new_store
 from worker.inference.faces.crops import FacePolicy, load_face_detector
@@ -139,18 +140,15 @@ def face_policy(
 
     ``trained_on``: a registry version's ``params["faces"]`` (it was trained on face crops): it is then
     served on faces with the detector and margin it was trained with, even when DFSCAN_FACES is off."""
-    mode = settings.faces
-    name, margin = settings.fixed("face_detector"), settings.face_margin
-    if trained_on:
-        mode = "auto" if mode == "off" else mode
-        name = str(trained_on.get("detector", name))
-        margin = float(trained_on.get("margin", margin))
-    if mode == "off":
+    road = serving_faces(settings, trained_on)
+    if road["faces"] == "off":
         return None
+    mode, name, margin = road["faces"], road["detector"], road["margin"]
     return FacePolicy(
         mode,
         load_face_detector(name, detector.device, default_threads(settings)),
         margin=margin,
         max_faces=settings.max_faces,
         min_face_px=settings.min_face_px,
+        min_score=settings.min_face_score,
     )

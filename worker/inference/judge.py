@@ -447,6 +447,7 @@ class Judge:
             return self._failed(source, exc, **facts, infer_ms=_ms(started))
         if self.faces is not None:
             facts["detect_ms"] = scored.detect_ms
+        facts.update(_face_counts(scored))
         facts["infer_ms"] = scored.total_ms - scored.detect_ms
         if clip:  # an animated image: its frames (media "image": no duration or peak time is stored)
             facts["frames"] = _timeline(scored)
@@ -576,6 +577,7 @@ class Judge:
             infer_ms=scored.wait_ms,
             duration_s=info.duration_s,
             frames=_timeline(scored),
+            **_face_counts(scored),
         )
         if scored.fake_score is None:  # require, and no face in any frame: nothing was judged
             return self._not_applicable(source, **facts)
@@ -641,6 +643,7 @@ class Judge:
         """The duplicate cache's answer as this judge's verdict (its threshold labels the score)."""
         if not isinstance(stored, Stored):
             stored = Stored(float(stored))
+        facts = {**_stored_counts(stored), **facts}
         if stored.fake_score is None:
             return Verdict(
                 source=source,
@@ -729,3 +732,22 @@ def _timeline(scored: ClipScore) -> tuple[Frame, ...]:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
+
+
+def _face_counts(scored: ClipScore) -> dict[str, object]:
+    """A verdict's face counts (found, judged, skipped by reason) over every frame; none with faces off."""
+    counts = scored.face_counts
+    if counts is None:
+        return {}
+    return {"faces_found": counts.found, "faces_judged": counts.judged, "faces_skipped": dict(counts.skipped)}
+
+
+def _stored_counts(stored: Stored) -> dict[str, object]:
+    """The duplicate cache's face counts (absent when faces were off or for verdicts stored without them)."""
+    if stored.faces_found is None:
+        return {}
+    return {
+        "faces_found": stored.faces_found,
+        "faces_judged": stored.faces_judged,
+        "faces_skipped": dict(stored.faces_skipped or {}),
+    }

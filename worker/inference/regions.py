@@ -38,7 +38,8 @@ from PIL import Image
 
 from dfscan.verdicts import FaceVerdict, Heatmap
 from worker.inference.budget import Budget
-from worker.inference.faces.crops import Face, FacePolicy, crop_box, select_faces, square_crop
+from worker.inference.faces.crops import Face, FacePolicy, crop_box, square_crop
+from worker.inference.faces.screen import FaceCounts, choose_faces
 from worker.inference.model.preprocess import PreprocessConfig, to_tensor
 from worker.inference.video.aggregate import aggregate_frames
 
@@ -77,17 +78,25 @@ class Region:
 
 def frame_regions(
     frame: ClipFrame, cfg: PreprocessConfig, faces: FacePolicy | None = None, find: FindFaces | None = None
-) -> list[Region]:
-    """The regions of ``frame``, as serving, training and evaluation judge it (see the module docstring):
-    with ``faces`` (and ``find``, the face detector), the chosen faces' square crops; else, or with no
-    face in ``auto``, the whole frame; with no face in ``require``, none."""
+) -> tuple[list[Region], FaceCounts | None]:
+    """The regions of ``frame``, as serving, training and evaluation judge it (see the module docstring),
+    and its face counts (None when faces are off): with ``faces`` (and ``find``, the face detector), the
+    chosen faces' square crops (:func:`~worker.inference.faces.screen.choose_faces`: every face found is
+    judged or counted under a reason); else, or with no face chosen in ``auto``, the whole frame; with no
+    face chosen in ``require``, none."""
     if faces is None:
-        return [_whole(frame, cfg)]
+        return [_whole(frame, cfg)], None
     if frame.image is None or find is None:
         raise ValueError("judging on faces needs the frame's image and a face detector")
-    chosen = select_faces(find(frame.image), faces.max_faces, faces.min_face_px)
+    choice = choose_faces(
+        find(frame.image),
+        max_faces=faces.max_faces,
+        min_face_px=faces.min_face_px,
+        min_score=faces.min_score,
+    )
+    chosen = choice.chosen
     if not chosen:
-        return [] if faces.mode == "require" else [_whole(frame, cfg)]
+        return ([] if faces.mode == "require" else [_whole(frame, cfg)]), choice.counts
     return [
         Region(
             f"{frame.key}#face{face.box}",
@@ -97,7 +106,7 @@ def frame_regions(
             scale_box(_xywh(crop_box(frame.image.size, face, faces.margin)), frame.image.size, frame.size),
         )
         for face in chosen
-    ]
+    ], choice.counts
 
 
 def face_crop(image: Image.Image, face: Face, margin: float) -> Image.Image:
@@ -146,6 +155,7 @@ class FrameScore:
     faces: list[FaceVerdict] = field(default_factory=list)
     # One per region when explanations were asked for (box None: the whole frame).
     heatmaps: list[Heatmap] = field(default_factory=list)
+    counts: FaceCounts | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,12 @@ class ClipScore:
         """Whether any frame was judged on faces."""
         return any(frame.faces for frame in self.frames)
 
+    @property
+    def face_counts(self) -> FaceCounts | None:
+        """The faces found, judged and skipped over every frame (None when faces are off)."""
+        counts = [frame.counts for frame in self.frames if frame.counts is not None]
+        return sum(counts, FaceCounts()) if counts else None
+
 
 # ``submit(region)``: the region's future from the model batcher (through the memo), and whether this
 # call put it there (False: it was already in flight or remembered).
@@ -183,6 +199,7 @@ class _Pending:
     t: float
     regions: list[Region]
     futures: list[Future[float]]
+    counts: FaceCounts | None
 
 
 def score_clip(
@@ -240,7 +257,11 @@ def score_clip(
         heatmaps = [Heatmap(region.area, explain(region)) for region in item.regions] if explain else []
         # A frame's score is its most suspicious region: the max over its faces, or the whole frame.
         score = FrameScore(
-            t=item.t, fake_score=max(results) if results else None, faces=judged, heatmaps=heatmaps
+            t=item.t,
+            fake_score=max(results) if results else None,
+            faces=judged,
+            heatmaps=heatmaps,
+            counts=item.counts,
         )
         scores.append(score)
         if observe is not None and item.frame is not None:
@@ -250,7 +271,7 @@ def score_clip(
     # computes); they are simply dropped.
     for frame in frames:
         budget.enter("regions")
-        regions = frame_regions(frame, cfg, faces, timed_find if find is not None else None)
+        regions, counts = frame_regions(frame, cfg, faces, timed_find if find is not None else None)
         budget.take_model_inputs(len(regions))
         cap = len(regions) if max_in_flight is None else max_in_flight
         while pending and in_flight + len(regions) > cap:
@@ -260,7 +281,7 @@ def score_clip(
             future, first = submit(region)
             cached = cached and not first
             futures.append(future)
-        pending.append(_Pending(frame if observe is not None else None, frame.t, regions, futures))
+        pending.append(_Pending(frame if observe is not None else None, frame.t, regions, futures, counts))
         in_flight += len(regions)
         del frame  # its pixels go as soon as the source releases them (and their share of the budget)
         budget.enter("frames")

@@ -8,9 +8,11 @@ runtime, decode caps and memory, JPEG draft, batch wait), so images go through t
 worker) and the numbers describe what production would answer. An image that fails to decode is
 skipped and counted in ``skipped``, not fatal.
 
-With ``faces`` (``dfscan evaluate --faces``) the Judge judges on faces as serving does with
-``DFSCAN_FACES=require``: the serving detector and margin, every chosen face scored, the image's score
-their maximum. Images without a face (``not_applicable``) are counted in ``no_face`` and skipped.
+The face policy comes from the same factory as serving (``DFSCAN_FACES``, detector, margin, face limits,
+and for a registered version trained on faces its recorded detector and margin), so a threshold
+measured here is measured on the road it is applied on (:func:`calibrate`, :func:`road_mismatch`). Under
+``require`` images without a face (``not_applicable``) are counted in ``no_face`` and skipped; under
+``auto`` they are judged whole, as serving judges them.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
+from dfscan.calibration import serving_faces
 from dfscan.exceptions import InferenceError, SourceNotFoundError, TrainingDataError
 from dfscan.settings import Settings
 from dfscan.verdicts import NOT_APPLICABLE, Verdict
-from worker.inference.faces.crops import FacePolicy, load_face_detector
-from worker.inference.factory import default_threads, new_classifier, new_judge
+from worker.inference.faces.crops import FacePolicy
+from worker.inference.factory import face_policy, new_classifier, new_judge
+from worker.inference.model.classifier import Classifier
 from worker.training.data import Example
 from worker.training.faces import FaceCropConfig
 from worker.training.metrics import evaluate_scores
@@ -42,21 +47,21 @@ def score_examples(
     settings: Settings | None = None,
     threads: int = 2,
 ) -> tuple[list[int], list[float], list[str], str]:
-    """p(fake) for each decodable example: ``(labels, scores, skipped names, model version)``.
+    """p(fake) for each decodable example on the whole image: ``(labels, scores, skipped names, version)``.
 
-    Every example goes through :meth:`Judge.judge_bytes`, the road `dfscan scan` and the worker take.
-    """
-    labels, scores, skipped, _, version = score_face_examples(
+    Every example goes through :meth:`Judge.judge_bytes`, the road `dfscan scan` and the worker take,
+    with faces off (DFSCAN_FACES=off)."""
+    settings = (settings or Settings()).model_copy(update={"faces": "off"})
+    scored = score_on_road(
         ref,
         examples,
-        None,
         batch_size=batch_size,
         device=device,
         revision=revision,
         settings=settings,
         threads=threads,
     )
-    return labels, scores, skipped, version
+    return scored.labels, scored.scores, scored.skipped, scored.version
 
 
 def score_face_examples(
@@ -70,27 +75,95 @@ def score_face_examples(
     settings: Settings | None = None,
     threads: int = 2,
 ) -> tuple[list[int], list[float], list[str], list[str], str]:
-    """Like :func:`score_examples`, on faces when ``faces`` is given: ``(labels, scores, skipped names,
-    names without a face, model version)``; the version then names the face detector and its settings.
+    """Like :func:`score_examples`, on faces when ``faces`` is given, as serving judges under
+    DFSCAN_FACES=require with those crop settings: ``(labels, scores, skipped names, names without a
+    face, model version)``; the version then names the face detector and its settings."""
+    settings = settings or Settings()
+    if faces is not None:
+        settings = settings.model_copy(
+            update={
+                "faces": "require",
+                "face_margin": faces.margin,
+                "max_faces": faces.max_faces,
+                "min_face_px": faces.min_face_px,
+                "min_face_score": faces.min_score,
+                "face_detector": faces.detector,
+            }
+        )
+    else:
+        settings = settings.model_copy(update={"faces": "off"})
+    scored = score_on_road(
+        ref,
+        examples,
+        batch_size=batch_size,
+        device=device,
+        revision=revision,
+        settings=settings,
+        threads=threads,
+    )
+    return scored.labels, scored.scores, scored.skipped, scored.no_face, scored.version
 
-    ``settings`` (default: the process's, ``DFSCAN_*``) are the serving settings the detector and the
-    Judge are built with; ``device`` overrides its device (``auto``: the settings')."""
+
+@dataclass(frozen=True)
+class Scored:
+    """What :func:`score_on_road` measured: a label and p(fake) per judged example, the examples not
+    judged (undecodable: ``skipped``; ``require`` and no face: ``no_face``), the judge's version (the
+    model's, plus the faces settings when on) and the road (:func:`road_of`)."""
+
+    labels: list[int]
+    scores: list[float]
+    skipped: list[str]
+    no_face: list[str]
+    version: str
+    road: dict[str, Any]
+
+
+def road_of(
+    settings: Settings,
+    policy: FacePolicy | None,
+    detector: Classifier,
+    trained_on: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The serving road a threshold is measured on, as recorded in reports and the registry: the faces
+    mode (``off`` without a policy), its detector (name and version), margin, face-size floor, cap and
+    minimum score, and the model runtime setting, int8 and device the checkpoint was loaded with."""
+    model = {"runtime": settings.runtime, "int8": settings.int8, "device": str(detector.device)}
+    if policy is None:
+        return {"faces": "off", **model}
+    return {
+        **serving_faces(settings, trained_on),
+        "detector_version": policy.detector.version,
+        "min_face_px": policy.min_face_px,
+        "max_faces": policy.max_faces,
+        "min_face_score": policy.min_score,
+        **model,
+    }
+
+
+def score_on_road(
+    ref: str,
+    examples: Sequence[Example],
+    *,
+    trained_on: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    revision: str | None = None,
+    settings: Settings | None = None,
+    threads: int = 2,
+) -> Scored:
+    """Judge ``examples`` exactly as serving would judge them with ``settings`` (default: the process's,
+    ``DFSCAN_*``): the detector from :func:`~worker.inference.factory.new_classifier`, the face policy
+    from :func:`~worker.inference.factory.face_policy` (``trained_on``: the version's registry
+    ``params["faces"]``, as a worker serving that version passes it) and the Judge from
+    :func:`~worker.inference.factory.new_judge`. ``device`` overrides the settings' device."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     settings = settings or Settings()
     if device != "auto":
         settings = settings.model_copy(update={"device": device})
     detector = new_classifier(settings, model=ref, revision=revision)
-    face_policy = None
-    if faces is not None:  # judged on faces as serving does under DFSCAN_FACES=require
-        face_policy = FacePolicy(
-            "require",
-            load_face_detector(faces.detector, detector.device, default_threads(settings)),
-            margin=faces.margin,
-            max_faces=faces.max_faces,
-            min_face_px=faces.min_face_px,
-        )
-    judge = new_judge(settings, detector, batch_size=batch_size, faces=face_policy)
+    policy = face_policy(settings, detector, trained_on=trained_on)
+    judge = new_judge(settings, detector, batch_size=batch_size, faces=policy)
     labels: list[int] = []
     scores: list[float] = []
     skipped: list[str] = []
@@ -121,7 +194,46 @@ def score_face_examples(
                 scores.append(verdict.fake_score)
     finally:
         judge.close()
-    return labels, scores, skipped, no_face, judge.version
+    return Scored(
+        labels, scores, skipped, no_face, judge.version, road_of(settings, policy, detector, trained_on)
+    )
+
+
+def calibrate(
+    ref: str,
+    examples: Sequence[Example],
+    *,
+    split: str,
+    target_fpr: float,
+    trained_on: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> tuple[float | None, dict[str, Any]]:
+    """The threshold serving should use for ``ref``: the lowest with FPR <= ``target_fpr`` on
+    ``examples`` judged on the serving road (:func:`score_on_road`), and the calibration record the
+    registry keeps beside it (the road, the judge's version, the split, counts and the threshold)."""
+    scored = score_on_road(
+        ref, examples, trained_on=trained_on, settings=settings, batch_size=batch_size, device=device
+    )
+    if not scored.labels:
+        raise TrainingDataError(f"no {split} image could be judged on the serving road; nothing to calibrate")
+    metrics = evaluate_scores(scored.labels, scored.scores, target_fpr=target_fpr)
+    threshold = metrics.get("threshold_at_fpr")
+    record = {
+        **scored.road,
+        "judge_version": scored.version,
+        "split": split,
+        "n": metrics["n"],
+        "skipped": len(scored.skipped),
+        "no_face": len(scored.no_face),
+        "target_fpr": target_fpr,
+        "threshold": threshold,
+        "fpr_at_threshold": metrics.get("fpr_at_threshold"),
+        "tpr_at_fpr": metrics.get("tpr_at_fpr"),
+        "roc_auc": metrics.get("roc_auc"),
+    }
+    return threshold, record
 
 
 def evaluate_model(
@@ -134,32 +246,55 @@ def evaluate_model(
     device: str = "auto",
     revision: str | None = None,
     faces: FaceCropConfig | None = None,
+    trained_on: dict[str, Any] | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """``evaluate_scores`` of ``ref`` on ``data_split``, plus ``model_version`` and ``skipped`` (count and
-    names); with ``faces``, judged on face crops, and ``no_face`` (count and names) too."""
-    labels, scores, skipped, no_face, version = score_face_examples(
-        ref, data_split, faces, batch_size=batch_size, device=device, revision=revision, settings=settings
+    """``evaluate_scores`` of ``ref`` on ``data_split``, plus ``model_version``, ``road`` (what it was
+    judged on, :func:`road_of`), ``skipped`` and ``no_face`` (counts and names), and ``y_true`` and
+    ``p_fake`` (for the report's pictures). Judged on the serving road of ``settings``; ``faces``
+    forces face crops with those settings under ``require`` (``dfscan evaluate --faces require``)."""
+    settings = settings or Settings()
+    if faces is not None:
+        settings = settings.model_copy(
+            update={
+                "faces": "require",
+                "face_margin": faces.margin,
+                "max_faces": faces.max_faces,
+                "min_face_px": faces.min_face_px,
+                "min_face_score": faces.min_score,
+                "face_detector": faces.detector,
+            }
+        )
+    scored = score_on_road(
+        ref,
+        data_split,
+        trained_on=trained_on,
+        batch_size=batch_size,
+        device=device,
+        revision=revision,
+        settings=settings,
     )
-    if not labels:
+    if not scored.labels:
         raise TrainingDataError(
             f"none of the {len(data_split)} images could be decoded"
-            + (f" or showed a face ({len(no_face)} without one)" if faces is not None else "")
+            + (f" or showed a face ({len(scored.no_face)} without one)" if scored.no_face else "")
             + "; nothing to evaluate"
         )
-    metrics = evaluate_scores(labels, scores, threshold=threshold, target_fpr=target_fpr)
-    metrics["model_version"] = version
-    metrics["skipped"] = len(skipped)
-    metrics["skipped_examples"] = skipped[:10]
-    if faces is not None:
-        metrics["no_face"] = len(no_face)
-        metrics["no_face_examples"] = no_face[:10]
+    metrics = evaluate_scores(scored.labels, scored.scores, threshold=threshold, target_fpr=target_fpr)
+    metrics["model_version"] = scored.version
+    metrics["road"] = scored.road
+    metrics["skipped"] = len(scored.skipped)
+    metrics["skipped_examples"] = scored.skipped[:10]
+    metrics["no_face"] = len(scored.no_face)
+    metrics["no_face_examples"] = scored.no_face[:10]
+    metrics["y_true"] = scored.labels
+    metrics["p_fake"] = scored.scores
     log.info(
         "evaluated %s on %d images: accuracy %.4f, ROC-AUC %s (%d skipped)",
         ref,
         metrics["n"],
         metrics["accuracy"],
         metrics["roc_auc"],
-        len(skipped),
+        len(scored.skipped),
     )
     return metrics

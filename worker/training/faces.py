@@ -2,7 +2,7 @@
 
 ``dfscan train --faces`` and ``dfscan evaluate --faces`` run the serving face detector with the serving
 margin over every labelled image first: the decoded (EXIF-oriented) image, the detector's faces, the
-serving choice (:func:`~worker.inference.faces.crops.select_faces`) and the serving crop
+serving choice (:func:`~worker.inference.faces.screen.choose_faces`: score, landmarks, size, cap) and the serving crop
 (:func:`~worker.inference.regions.face_crop`, the function the region road cuts every face with).
 Images without a face are counted and skipped, never silently judged whole.
 
@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from PIL import Image
 
 from dfscan.exceptions import DfscanError
-from worker.inference.faces.crops import FaceDetector, select_faces
+from worker.inference.faces.crops import FaceDetector
+from worker.inference.faces.screen import choose_faces
 from worker.inference.images.decode import ImagePolicy, decode_image
 from worker.inference.regions import face_crop
 from worker.training.data import Example
@@ -37,8 +38,9 @@ class FaceCropConfig:
 
     detector: str = "mtcnn"
     margin: float = 0.3
-    min_face_px: int = 32
-    max_faces: int = 8
+    min_face_px: int = 24
+    max_faces: int = 16
+    min_score: float = 0.9
 
     def to_params(self, detector_version: str) -> dict[str, object]:
         return {**asdict(self), "detector_version": detector_version}
@@ -85,7 +87,9 @@ def face_examples(
                 undecodable.append(example.name)
         found = detector.detect([image for _, image in chunk]) if chunk else []
         for (example, _), faces in zip(chunk, found, strict=True):
-            chosen = select_faces(faces, limit, cfg.min_face_px)
+            chosen = choose_faces(
+                faces, max_faces=limit, min_face_px=cfg.min_face_px, min_score=cfg.min_score
+            ).chosen
             if not chosen:
                 no_face.append(example.name)
                 continue

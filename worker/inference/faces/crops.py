@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -29,10 +29,12 @@ from dfscan.exceptions import ModelLoadError
 @dataclass(frozen=True)
 class Face:
     """A detected face: ``box`` is ``(x, y, w, h)`` in pixels of the EXIF-oriented original image;
-    ``score`` is the detector's confidence in [0, 1]."""
+    ``score`` is the detector's confidence in [0, 1]; ``landmarks``, when the detector gives them, the
+    five points left eye, right eye, nose, left and right mouth corner as ``(x, y)`` in the same pixels."""
 
     box: tuple[int, int, int, int]
     score: float
+    landmarks: tuple[tuple[float, float], ...] | None = field(default=None, compare=False)
 
     @property
     def side(self) -> int:
@@ -127,13 +129,15 @@ FACE_MODES = ("auto", "require", "off")
 @dataclass(frozen=True)
 class FacePolicy:
     """How a Judge uses faces (``DFSCAN_FACES`` auto or require; off means no FacePolicy at all):
-    the loaded detector, the crop margin, how many faces at most and how small at least."""
+    the loaded detector, the crop margin, how many faces at most, how small at least, and the lowest
+    detector score a face is kept with (:mod:`worker.inference.faces.screen`)."""
 
     mode: str
     detector: FaceDetector
     margin: float = 0.3
-    max_faces: int = 8
-    min_face_px: int = 32
+    max_faces: int = 16
+    min_face_px: int = 24
+    min_score: float = 0.9
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "require"):
@@ -146,4 +150,5 @@ class FacePolicy:
         return (
             f"faces:{self.mode}:{self.detector.version}"
             f":margin={self.margin:g},min={self.min_face_px},max={self.max_faces}"
+            f",score={self.min_score:g}"
         )

@@ -19,7 +19,8 @@ The cascade is facenet-pytorch's ``detect_face`` with these changes:
   O-net once for all candidate boxes of all images; uint8 pixels cross to the device and are normalised
   there. Candidates, caps and NMS stay per image, so a batch finds what each image finds alone
   (``tests/unit/test_face_mtcnn_batched.py``);
-- the facial landmarks are not returned (dfscan crops boxes);
+- the O-net's five facial landmarks (eyes, nose, mouth corners) come back on each Face, in the original's
+  pixels, for :mod:`worker.inference.faces.screen`'s plausibility check;
 - the work per image is capped (``MAX_LEVEL_CANDIDATES`` per pyramid level before its NMS,
   ``MAX_RNET_INPUTS``, ``MAX_ONET_INPUTS``), keeping the best-scoring boxes, so no texture can make one
   image cost more than the caps allow (``bench/face_cost.py``: a 640 px image forced through every stage
@@ -196,16 +197,16 @@ class ONet(nn.Module):
         self.prelu5 = nn.PReLU(256)
         self.dense6_1 = nn.Linear(256, 2)
         self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)  # landmarks: loaded with the weights, not used
+        self.dense6_3 = nn.Linear(256, 10)  # landmarks: 5 x, then 5 y, relative to the box
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))
         x = x.permute(0, 3, 2, 1).contiguous()
         x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
-        return self.dense6_2(x), torch.softmax(self.dense6_1(x), dim=1)
+        return self.dense6_2(x), torch.softmax(self.dense6_1(x), dim=1), self.dense6_3(x)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
@@ -320,9 +321,10 @@ class MtcnnDetector:
         boxes = self._refine(smalls, boxes, self.rnet, 24, THRESHOLDS[1], "union")
         boxes = _best_per_image(boxes, self.max_onet_inputs)
         boxes = self._refine(smalls, boxes, self.onet, 48, THRESHOLDS[2], "min")
-        for x1, y1, x2, y2, score, index in boxes:
+        for row in boxes:
+            x1, y1, x2, y2, score, index = row[:6]
             i = int(index)
-            face = _to_face(x1, y1, x2, y2, float(score), scales[i], images[i].size)
+            face = _to_face(x1, y1, x2, y2, float(score), scales[i], images[i].size, row[6:16])
             if face is not None:
                 result[i].append(face)
         for faces in result:
@@ -471,15 +473,24 @@ class MtcnnDetector:
         data = self._tensor(_stacked(patches, size, size))
         regs: list[np.ndarray] = []
         scores: list[np.ndarray] = []
+        marks: list[np.ndarray] = []
         for start in range(0, len(data), 512):  # bounded device memory per forward
-            reg, probs = net(data[start : start + 512])
+            reg, probs, *points = net(data[start : start + 512])
             regs.append(reg.cpu().numpy())
             scores.append(probs[:, 1].cpu().numpy())
+            marks.extend(p.cpu().numpy() for p in points)
         reg_all = np.concatenate(regs)
         score = np.concatenate(scores)
         passed = score > threshold
         boxes, reg_all, score = boxes[passed], reg_all[passed], score[passed]
         boxes[:, 4] = score
+        if marks:  # the O-net: landmarks relative to the box before regression (facenet-pytorch's rule)
+            rel = np.concatenate(marks)[passed]
+            w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            points_x = w * rel[:, 0:5] + boxes[:, 0:1] - 1
+            points_y = h * rel[:, 5:10] + boxes[:, 1:2] - 1
+            boxes = np.concatenate([boxes[:, :6], points_x, points_y], axis=1)
         if method == "union":
             keep = _batched_nms(boxes, score, boxes[:, 5], 0.7)
             boxes, reg_all = boxes[keep], reg_all[keep]
@@ -551,9 +562,17 @@ def _generate(ys: np.ndarray, xs: np.ndarray, score: np.ndarray, reg: np.ndarray
 
 
 def _to_face(
-    x1: float, y1: float, x2: float, y2: float, score: float, scale: float, size: tuple[int, int]
+    x1: float,
+    y1: float,
+    x2: float,
+    y2: float,
+    score: float,
+    scale: float,
+    size: tuple[int, int],
+    points: np.ndarray | None = None,
 ) -> Face | None:
-    """A box of the shrunk copy as a Face in the original's pixels, clipped to the image."""
+    """A box of the shrunk copy as a Face in the original's pixels, clipped to the image; ``points``
+    (5 x then 5 y, the O-net's landmarks in the shrunk copy) as ``landmarks`` in the original's pixels."""
     width, height = size
     left = max(0, min(width, math.floor(x1 / scale)))
     top = max(0, min(height, math.floor(y1 / scale)))
@@ -561,7 +580,10 @@ def _to_face(
     bottom = max(0, min(height, math.ceil(y2 / scale)))
     if right - left < 1 or bottom - top < 1 or not math.isfinite(score):
         return None
-    return Face(box=(left, top, right - left, bottom - top), score=score)
+    landmarks = None
+    if points is not None and len(points) == 10 and np.isfinite(points).all():
+        landmarks = tuple((float(points[k]) / scale, float(points[k + 5]) / scale) for k in range(5))
+    return Face(box=(left, top, right - left, bottom - top), score=score, landmarks=landmarks)
 
 
 @register_face_detector("mtcnn")
