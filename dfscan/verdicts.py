@@ -46,6 +46,9 @@ STORED = (
     "media",
     "duration_s",
     "peak_t",
+    "near_duplicate_of",
+    "near_distance",
+    "matches",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -68,6 +71,11 @@ OUTPUT = (
     "duration_s",
     "peak_t",
     "frames",
+    "pdq",
+    "pdq_quality",
+    "near_duplicate_of",
+    "near_distance",
+    "matches",
     "error_code",
     "error",
     "error_detail",
@@ -140,6 +148,29 @@ def stored_frames(frames: Sequence[tuple[Any, ...]]) -> tuple[Frame, ...]:
 
 
 @dataclass(frozen=True)
+class FrameHash:
+    """One perceptual hash of a verdict: PDQ (64 hex digits) of an image, or of one sampled frame of a video
+    or animation at ``t`` seconds (vPDQ), with its quality (0-100)."""
+
+    t: float
+    pdq: str
+    quality: int
+
+
+@dataclass(frozen=True)
+class BankMatch:
+    """A hash bank entry the source matched: the bank's name, the entry's id in it (the imported id, or its
+    row id), and the Hamming distance (for a clip: the smallest over its matching frames)."""
+
+    bank: str
+    id: str
+    distance: int
+
+    def output(self) -> dict[str, Any]:
+        return {"bank": self.bank, "id": self.id, "distance": self.distance}
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
     score (None for not_applicable), what it was judged on, and its faces; for a video also its
@@ -185,6 +216,15 @@ class Verdict:
     duration_s: float | None = None
     peak_t: float | None = None
     frames: tuple[Frame, ...] | None = None
+    # Perceptual hashes (docs/near-duplicates.md): every frame's, and an image's own PDQ and quality (a
+    # quality under DFSCAN_HASH_QUALITY_FLOOR is stored but never matched).
+    hashes: tuple[FrameHash, ...] = ()
+    # A near-duplicate of an earlier verdict of the same tenant and model version: that job's id and the
+    # Hamming distance; the label and score are that verdict's.
+    near_duplicate_of: str | None = None
+    near_distance: int | None = None
+    # Hash bank entries the source matched (any bank that forces a label has set ``label``).
+    matches: tuple[BankMatch, ...] = ()
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -192,6 +232,15 @@ class Verdict:
     @property
     def done(self) -> bool:
         return self.status == DONE
+
+    @property
+    def pdq(self) -> str | None:
+        """An image's PDQ hash (None for a video: its frames' hashes are ``hashes``)."""
+        return self.hashes[0].pdq if self.media != VIDEO and len(self.hashes) == 1 else None
+
+    @property
+    def pdq_quality(self) -> int | None:
+        return self.hashes[0].quality if self.media != VIDEO and len(self.hashes) == 1 else None
 
     @property
     def error_detail(self) -> dict[str, str] | None:
@@ -203,7 +252,16 @@ class Verdict:
         """The ``verdicts`` columns of a done verdict (the caller adds ``job_id`` and ``worker``)."""
         if not self.done:
             raise ValueError(f"a {self.status} verdict has no verdict row ({self.error_code})")
-        return {name: getattr(self, name) for name in STORED}
+        row = {name: getattr(self, name) for name in STORED}
+        row["matches"] = [match.output() for match in self.matches] or None
+        return row
+
+    def hash_rows(self) -> list[dict[str, Any]]:
+        """The ``verdict_hashes`` rows of this verdict (the caller adds the job, tenant and model version)."""
+        return [
+            {"seq": seq, "t": h.t, "pdq": bytes.fromhex(h.pdq), "quality": h.quality}
+            for seq, h in enumerate(self.hashes)
+        ]
 
     def face_rows(self) -> list[dict[str, Any]]:
         """The ``verdict_faces`` rows of this verdict, largest face first."""
@@ -216,6 +274,7 @@ class Verdict:
         out["frames"] = (
             None if self.frames is None else [frame.output(self.threshold) for frame in self.frames]
         )
+        out["matches"] = [match.output() for match in self.matches]
         return out
 
     def frame_rows(self) -> list[tuple[Any, ...]]:
@@ -244,16 +303,30 @@ class Verdict:
         row: Mapping[str, Any] | None,
         faces: Sequence[Mapping[str, Any]] = (),
         frames: Sequence[tuple[Any, ...]] | None = None,
+        hashes: Sequence[FrameHash] = (),
     ) -> Verdict:
         """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done), its
         stored faces, and a video's stored frames as (t, fake_score) or (t, fake_score, faces)."""
-        stored = {name: row[name] for name in STORED} if row is not None else {}
+        stored = {name: row[name] for name in STORED if name in row} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
+        stored["matches"] = tuple(
+            BankMatch(str(m["bank"]), str(m["id"]), int(m["distance"])) for m in stored.get("matches") or ()
+        )
+        if stored.get("near_duplicate_of") is not None:
+            stored["near_duplicate_of"] = str(stored["near_duplicate_of"])
         stored.setdefault("media", UNKNOWN)  # no verdict row (failed, queued): what it was is not stored
         if stored.get("media") == VIDEO:
             stored["frames"] = stored_frames(frames or ())
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
-        return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
+        return cls(
+            source=source,
+            status=status,
+            error_code=error_code,
+            error=error,
+            faces=judged,
+            hashes=tuple(hashes),
+            **stored,
+        )
 
 
 VERDICT_FIELDS = tuple(field.name for field in fields(Verdict))

@@ -12,6 +12,7 @@ from typing import Any
 
 from dfscan.settings import Settings
 from worker.inference.faces.crops import FacePolicy, load_face_detector
+from worker.inference.hashing.pdq import NearPolicy, Similar
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, Known
 from worker.inference.model.classifier import Classifier, load_classifier
@@ -90,6 +91,7 @@ def new_judge(
     known: Known | None = None,
     faces: FacePolicy | None | str = "settings",
     on_batch: Callable[[int, float], None] | None = None,
+    similar: Similar | None = None,
 ) -> Judge:
     """A :class:`Judge` for ``detector`` under the settings' source, image and face policies
     (``faces``: a FacePolicy or None to override ``DFSCAN_FACES``)."""
@@ -104,6 +106,17 @@ def new_judge(
         known=known,
         faces=face_policy(settings, detector) if faces == "settings" else faces,  # type: ignore[arg-type]
         on_batch=on_batch,
+        similar=similar,
+        near=near_policy(settings),
+    )
+
+
+def near_policy(settings: Settings) -> NearPolicy:
+    """How sources are matched (docs/near-duplicates.md): distance, quality floor, vPDQ frame share."""
+    return NearPolicy(
+        distance=settings.near_distance,
+        quality_floor=settings.hash_quality_floor,
+        video_percent=settings.video_match_percent,
     )
 
 
