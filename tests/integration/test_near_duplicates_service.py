@@ -8,7 +8,7 @@ import json
 import uuid
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 from skimage import data as skdata
 from sqlalchemy import select, update
 
@@ -19,8 +19,12 @@ from tests.fixtures.service import Service
 OTHER_TENANT = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 
 
-def _photo(folder: Path, name: str, *, quality: int | None = None, scale: float = 1.0) -> Path:
+def _photo(
+    folder: Path, name: str, *, quality: int | None = None, scale: float = 1.0, mirror: bool = False
+) -> Path:
     image = Image.fromarray(skdata.chelsea()).convert("RGB")
+    if mirror:
+        image = ImageOps.mirror(image)
     if scale != 1.0:
         image = image.resize(
             (round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC
@@ -76,3 +80,36 @@ def test_a_reencoded_reupload_reuses_its_own_tenants_verdict_never_another_tenan
         assert by_job[str(second["job_id"])].infer_ms > 0.0
         hashes = session.scalars(select(VerdictHash.job_id)).all()
         assert len(hashes) == 3  # every verdict stores its hash, reused or not
+
+
+def test_a_shared_bank_that_forces_fake_matches_every_tenants_reencoded_upload(service: Service) -> None:
+    from worker.inference.hashing.pdq import pdq_of
+
+    original = Image.fromarray(skdata.chelsea()).convert("RGB")
+    known = service.tmp / "known.txt"
+    known.write_text(f"# a partner's list\n{pdq_of(original).hex} partner-17\n")
+    assert service.cli("banks", "create", "partner", "--shared", "--force-label", "fake").returncode == 0
+    imported = service.cli("banks", "import", "partner", str(known))
+    assert imported.returncode == 0 and "imported 1" in imported.stdout, imported.stderr
+    bad = service.tmp / "bad.csv"
+    bad.write_text("signal_type,signal_value,id\npdq,abc,1\n")
+    refused = service.cli("banks", "import", "partner", str(bad))
+    assert refused.returncode == 2 and "line 2" in refused.stderr, refused.stderr
+
+    service.start_worker()
+    row = _submit(service, _photo(service.images, "mirrored.jpg", quality=50, scale=0.6, mirror=True))
+    assert row["matches"] and row["matches"][0]["bank"] == "partner", row  # type: ignore[index]
+    assert row["matches"][0]["id"] == "partner-17"  # type: ignore[index]
+    assert row["label"] == "fake"
+
+    added = service.cli("banks", "add", "partner", "--from-job", str(row["job_id"]))
+    assert added.returncode == 0, added.stderr
+    exported = service.cli("banks", "export", "partner")
+    lines = exported.stdout.splitlines()
+    assert lines[0] == f"{pdq_of(original).hex} partner-17" and lines[1].endswith(str(row["job_id"]))
+    as_csv = service.cli("banks", "export", "partner", "--csv").stdout.splitlines()
+    assert as_csv[0] == "signal_type,signal_value,id" and len(as_csv) == 3
+    listed = [json.loads(line) for line in service.cli("banks", "list", "--json").stdout.splitlines()]
+    assert listed == [
+        {"name": "partner", "entries": 2, "shared": True, "enabled": True, "force_label": "fake", "own": True}
+    ]
