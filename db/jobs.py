@@ -43,6 +43,8 @@ def create_submission(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     callback_events: Sequence[str] | None = None,
+    tenant_id: uuid.UUID = DEFAULT_TENANT_ID,
+    api_key_id: uuid.UUID | None = None,
 ) -> tuple[Submission, list[ScanJob], bool]:
     """Store a submission and one queued, unsent job per source (``seq`` = position in ``sources``).
 
@@ -52,14 +54,17 @@ def create_submission(
     or other events, raises IDEMPOTENCY_CONFLICT (IdempotencyConflictError, a ValueError): the first
     submission's callback is never silently kept for a caller that asked for another.
     ``callback_url`` asks for webhook events (``callback_events``, default every event) as jobs end.
+    Everything written belongs to ``tenant_id`` (default: the default tenant); an idempotency key is
+    looked up within that tenant only. ``api_key_id``: the HTTP API key submitting (its quota counts the jobs).
     """
     events = ",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None
     if idempotency_key is not None:
-        existing = _replay(session, idempotency_key, sources, (callback_url, events))
+        existing = _replay(session, tenant_id, idempotency_key, sources, (callback_url, events))
         if existing is not None:
             return existing
     submission = Submission(
         id=uuid.uuid4(),
+        tenant_id=tenant_id,
         client_ref=client_ref,
         idempotency_key=idempotency_key,
         priority=priority,
@@ -68,7 +73,15 @@ def create_submission(
         callback_events=events,
     )
     jobs = [
-        ScanJob(submission_id=submission.id, seq=seq, source=source, client_ref=client_ref, priority=priority)
+        ScanJob(
+            submission_id=submission.id,
+            tenant_id=tenant_id,
+            api_key_id=api_key_id,
+            seq=seq,
+            source=source,
+            client_ref=client_ref,
+            priority=priority,
+        )
         for seq, source in enumerate(sources)
     ]
     try:
@@ -79,7 +92,7 @@ def create_submission(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = _replay(session, idempotency_key, sources, (callback_url, events))
+        existing = _replay(session, tenant_id, idempotency_key, sources, (callback_url, events))
         if existing is None:
             raise
         return existing
@@ -90,10 +103,16 @@ def create_submission(
 
 
 def _replay(
-    session: Session, idempotency_key: str, sources: Sequence[str], callback: tuple[str | None, str | None]
+    session: Session,
+    tenant_id: uuid.UUID,
+    idempotency_key: str,
+    sources: Sequence[str],
+    callback: tuple[str | None, str | None],
 ) -> tuple[Submission, list[ScanJob], bool] | None:
     submission = session.scalars(
-        select(Submission).where(Submission.idempotency_key == idempotency_key)
+        select(Submission).where(
+            Submission.tenant_id == tenant_id, Submission.idempotency_key == idempotency_key
+        )
     ).one_or_none()
     if submission is None:
         return None
@@ -111,6 +130,12 @@ def _replay(
             "another callback URL or other callback events; resubmit with the same callback, or use a new key"
         )
     return submission, jobs, False
+
+
+def outstanding_jobs(session: Session, api_key_id: uuid.UUID) -> int:
+    """Jobs the API key submitted that are queued or running (its quota)."""
+    query = select(func.count()).where(ScanJob.api_key_id == api_key_id, ScanJob.state.in_(ACTIVE))
+    return int(session.scalar(query) or 0)
 
 
 def unsent_jobs(session: Session, limit: int = 500) -> list[ScanJob]:

@@ -114,14 +114,68 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+class Tenant(Base):
+    """A client of the HTTP API: its keys, submissions and jobs, and the secret its webhooks are signed with.
+
+    ``webhook_secret`` NULL: DFSCAN_WEBHOOK_SECRET signs its events (the ``default`` tenant's case). After a
+    rotation the previous secret stays valid until ``previous_webhook_secret_until``: events carry a
+    signature with each secret until then.
+    """
+
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_webhook_secret_until: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("length(name) >= 1", name="name_not_empty"),
+        CheckConstraint(
+            "(previous_webhook_secret IS NULL) = (previous_webhook_secret_until IS NULL)",
+            name="previous_secret_has_deadline",
+        ),
+    )
+
+
+class ApiKey(Base):
+    """A key of the HTTP API. Only ``key_hash`` (SHA-256 of the key) is stored: a key has 256 random bits,
+    so a slow password hash would add no protection, and a plain digest lets each request find its key
+    by an index lookup. ``prefix`` is the key's public start, shown by `dfscan keys list`; ``scopes`` a
+    comma-separated subset of ``dfscan.api.auth.SCOPES``."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (CheckConstraint("length(key_hash) = 64", name="key_hash_length"),)
+
+
+# Rows written without a tenant (ScanClient, `dfscan submit`, foreign messages) belong to the default
+# tenant: a Python default for ORM and Core inserts; the migration sets the same as the server default
+# (a uuid on Postgres, 32 hex digits on SQLite), for writers of the previous release.
+def _tenant_column() -> Mapped[uuid.UUID]:
+    return mapped_column(ForeignKey("tenants.id"), default=DEFAULT_TENANT_ID)
+
+
 class Submission(Base):
     """One call to submit: a batch of sources that share a client reference and a priority."""
 
     __tablename__ = "submissions"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = _tenant_column()
     client_ref: Mapped[str | None] = mapped_column(String(255))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Unique within the tenant (two tenants may choose the same key).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     n_jobs: Mapped[int] = mapped_column(Integer)
     # Where to POST events (untrusted: the SSRF guard applies at delivery) and which ones,
@@ -130,7 +184,11 @@ class Submission(Base):
     callback_events: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
-    __table_args__ = (CheckConstraint("n_jobs >= 0", name="n_jobs_nonnegative"),)
+    __table_args__ = (
+        CheckConstraint("n_jobs >= 0", name="n_jobs_nonnegative"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_submissions_tenant_id", "tenant_id"),
+    )
 
 
 class ScanJob(Base):
@@ -140,6 +198,9 @@ class ScanJob(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     submission_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = _tenant_column()
+    # The API key that submitted it over HTTP (NULL from ScanClient, the CLI, foreign messages).
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     seq: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(Text)
     client_ref: Mapped[str | None] = mapped_column(String(255))
@@ -166,6 +227,14 @@ class ScanJob(Base):
         ),
         Index("ix_scan_jobs_submission_id_state", "submission_id", "state"),
         Index("ix_scan_jobs_state_lease_until", "state", "lease_until"),
+        Index("ix_scan_jobs_tenant_id_created_at", "tenant_id", "created_at"),
+        # A key's jobs outstanding (its quota). Partial: only the backlog is indexed.
+        Index(
+            "ix_scan_jobs_api_key_id_active",
+            "api_key_id",
+            postgresql_where=text("state IN ('queued', 'running')"),
+            sqlite_where=text("state IN ('queued', 'running')"),
+        ),
         # The outbox: jobs whose message still has to be sent. Partial, so it stays tiny.
         Index(
             "ix_scan_jobs_unsent",

@@ -84,13 +84,31 @@ class ResultRow:
         }
 
 
-def submission_counts(session: Session, submission_id: uuid.UUID) -> dict[str, int]:
+# Tenants: every reading function takes ``tenant_id``. The HTTP API always passes the caller's tenant, so
+# another tenant's rows are never read (they look like ids that do not exist); None reads every tenant,
+# for callers inside the trust boundary (ScanClient, the CLI, the invariant checker).
+
+
+def _of_tenant(query: Any, tenant_id: uuid.UUID | None) -> Any:
+    return query if tenant_id is None else query.where(ScanJob.tenant_id == tenant_id)
+
+
+def get_submission(
+    session: Session, submission_id: uuid.UUID, *, tenant_id: uuid.UUID | None
+) -> Submission | None:
+    """The submission, if it exists and belongs to ``tenant_id`` (None: any tenant)."""
+    query = select(Submission).where(Submission.id == submission_id)
+    if tenant_id is not None:
+        query = query.where(Submission.tenant_id == tenant_id)
+    return session.scalars(query).one_or_none()
+
+
+def submission_counts(
+    session: Session, submission_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+) -> dict[str, int]:
     """Jobs of the submission per state, every state present (0 if none), plus ``total``."""
-    rows = session.execute(
-        select(ScanJob.state, func.count())
-        .where(ScanJob.submission_id == submission_id)
-        .group_by(ScanJob.state)
-    ).all()
+    query = select(ScanJob.state, func.count()).where(ScanJob.submission_id == submission_id)
+    rows = session.execute(_of_tenant(query, tenant_id).group_by(ScanJob.state)).all()
     counts = dict.fromkeys(JOB_STATES, 0)
     for state, n in rows:
         counts[state] = n
@@ -106,13 +124,15 @@ def results(
     since: datetime | None = None,
     limit: int | None = None,
     job_ids: Sequence[uuid.UUID] | None = None,
+    tenant_id: uuid.UUID | None = None,
 ) -> list[ResultRow]:
     """Jobs with their verdicts, in submission order (by ``seq`` within one submission).
 
     ``label`` keeps done jobs with that label; ``since`` keeps jobs finished at or after it;
-    ``job_ids`` keeps those jobs.
+    ``job_ids`` keeps those jobs; ``tenant_id`` that tenant's jobs.
     """
     query = select(ScanJob, VerdictRow).outerjoin(VerdictRow, VerdictRow.job_id == ScanJob.id)
+    query = _of_tenant(query, tenant_id)
     if job_ids is not None:
         query = query.where(ScanJob.id.in_(list(job_ids)))
         # Read inside the transaction that just finished them (webhooks): rows the session already
@@ -148,15 +168,18 @@ def page(
     error_code: str | None = None,
     limit: int = 100,
     cursor: uuid.UUID | None = None,
+    tenant_id: uuid.UUID | None = None,
 ) -> Page:
     """Jobs with their verdicts, newest submission first (a submission's jobs in source order), at
     most ``limit``; ``cursor`` (the ``next_cursor`` of the page before: the id of its last job)
     continues after that job, so pages neither skip nor repeat rows while new jobs arrive.
 
     ``client_ref`` and ``error_code`` keep jobs with that reference or failure code; ``label`` and
-    ``since`` as in :func:`results`. An unknown cursor is UNKNOWN_ID.
+    ``since`` as in :func:`results`; ``tenant_id`` keeps that tenant's jobs (a cursor from another tenant
+    is UNKNOWN_ID). An unknown cursor is UNKNOWN_ID.
     """
     query = select(ScanJob, VerdictRow).outerjoin(VerdictRow, VerdictRow.job_id == ScanJob.id)
+    query = _of_tenant(query, tenant_id)
     if submission_id is not None:
         query = query.where(ScanJob.submission_id == submission_id)
     if label is not None:
@@ -169,7 +192,10 @@ def page(
         query = query.where(ScanJob.error_code == error_code)
     if cursor is not None:
         anchor = session.execute(
-            select(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq).where(ScanJob.id == cursor)
+            _of_tenant(
+                select(ScanJob.created_at, ScanJob.submission_id, ScanJob.seq).where(ScanJob.id == cursor),
+                tenant_id,
+            )
         ).first()
         if anchor is None:
             raise UnknownIdError(f"no job {cursor}: the cursor must be a job id from an earlier page")

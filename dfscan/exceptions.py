@@ -290,6 +290,52 @@ class ConfigError(DfscanError):
     code = "CONFIG_ERROR"
 
 
+# --- the HTTP API ------------------------------------------------------------------------------
+
+
+class UnauthenticatedError(DfscanError):
+    """An HTTP API request without a valid key: none given, malformed, unknown or revoked (401)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(DfscanError):
+    """An HTTP API key without the scope the endpoint needs (submit, read or review) (403)."""
+
+    code = "FORBIDDEN"
+
+
+class RateLimitedError(DfscanError):
+    """An HTTP API key over its quota (requests per second or jobs outstanding); retry after
+    ``Retry-After`` seconds (429)."""
+
+    code = "RATE_LIMITED"
+    permanent = False
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MalformedRequestError(DfscanError):
+    """An HTTP request whose body cannot be parsed (not JSON, a broken multipart body) (400)."""
+
+    code = "MALFORMED_REQUEST"
+
+
+class RequestTimeoutError(DfscanError):
+    """An HTTP request body that did not arrive within DFSCAN_API_BODY_TIMEOUT seconds (408)."""
+
+    code = "REQUEST_TIMEOUT"
+    permanent = False
+
+
+class UnknownEndpointError(DfscanError):
+    """An HTTP path the API does not have, or a method the path does not take (404 or 405)."""
+
+    code = "UNKNOWN_ENDPOINT"
+
+
 # --- the TOO_LARGE family and the codes of the previous release ---------------------------------
 
 

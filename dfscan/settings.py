@@ -376,6 +376,53 @@ class Settings(BaseSettings):
         "1M events a day is ~33 GB, so lower it at that volume.",
     )
 
+    # --- the HTTP API (`dfscan api`) -----------------------------------------------------------------
+    upload_store: Path = Field(
+        Path("uploads"),
+        description="Directory of uploaded bytes, named by their SHA-256 (a volume shared by the API and the "
+        "workers in compose and Kubernetes). Workers read it by digest only: it is not an allowed root.",
+    )
+    upload_retention_hours: float = Field(
+        24.0,
+        ge=0,
+        description="The sweeper deletes uploaded bytes this many hours after their last upload (verdicts "
+        "stay); uploads of jobs still queued or running are kept. 0 keeps them forever.",
+    )
+    api_max_sources: int = Field(
+        1000, ge=1, description="Sources (URLs or files) in one POST /v1/scans: bigger batches are split."
+    )
+    api_max_files: int = Field(
+        16,
+        ge=1,
+        description="File parts in one multipart POST /v1/scans; each is capped by DFSCAN_MAX_BYTES "
+        "(images) or DFSCAN_MAX_VIDEO_BYTES (videos).",
+    )
+    api_max_json_bytes: int = Field(
+        MiB, ge=1024, description="Byte cap on a JSON request body (413 TOO_LARGE past it, unread)."
+    )
+    api_body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client has to send a whole request body; a slower one gets 408 and the "
+        "connection closes (a slow client cannot hold a connection slot for ever).",
+    )
+    api_rate_limit: str = Field(
+        "50/second",
+        description="Requests per API key, in the `limits` library's notation (`50/second`, "
+        "`1000/minute`), counted in Redis so every API replica shares it (429 RATE_LIMITED past it).",
+    )
+    api_max_outstanding: int = Field(
+        10_000,
+        ge=1,
+        description="Jobs of one API key queued or running at once; a submission that would pass it gets "
+        "429 RATE_LIMITED. Keeps one client from filling the queue in front of everyone else.",
+    )
+    api_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Concurrent connections one `dfscan api` process serves; past it new ones get 503.",
+    )
+
     # --- retired: read for this release only, with a warning (values and reasons in FIXED) ---------
     connect_timeout: float | None = _retired(gt=0)
     read_timeout: float | None = _retired(gt=0)

@@ -34,6 +34,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import idna
@@ -171,6 +172,8 @@ class SourcePolicy:
     read_timeout: float = 10.0
     deadline: float = 30.0  # whole fetch incl. redirects, DNS and slow bodies
     max_redirects: int = 3
+    # Where ``upload:sha256:...`` sources are read from (a dfscan.uploads.UploadStore); None: refused.
+    uploads: Any = None
 
 
 @dataclass(frozen=True)

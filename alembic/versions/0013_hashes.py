@@ -5,7 +5,7 @@ Tenants: ``tenant_id`` columns default to the default tenant (dfscan/tenants.py)
 here; the tenants migration may add one.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | Sequence[str] | None = "0008"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

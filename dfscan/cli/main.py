@@ -16,6 +16,7 @@ from rich.console import Console
 from dfscan.cli.banks import banks_app
 from dfscan.cli.errors import EXIT_FAKE, EXIT_NO, EXIT_TIMEOUT, DfscanGroup, fail, parse_since, print_error
 from dfscan.cli.output import Format, emit_json, print_rows, summary
+from dfscan.cli.tenants import keys_app, tenants_app
 from dfscan.cli.training import evaluate, models_app, train_app
 from dfscan.cli.webhooks import exporter, webhooks_app
 from dfscan.exceptions import BadArgumentError, DfscanError, SourceNotFoundError
@@ -36,6 +37,8 @@ app.command("evaluate")(evaluate)
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(banks_app, name="banks")
 app.command("exporter")(exporter)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
 
@@ -314,6 +317,17 @@ def flower(
         run_flower(get_settings(), port=port, address=address)
     except DfscanError as exc:
         raise fail(exc) from exc
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Serve the HTTP API (FastAPI on uvicorn): tenants, API keys, uploads; see docs/api.md."""
+    from dfscan.api.app import run
+
+    run(get_settings(), host=host, port=port)
 
 
 @db_app.command("upgrade")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dfscan.settings import Settings
+from dfscan.uploads import new_store
 from worker.inference.faces.crops import FacePolicy, load_face_detector
 from worker.inference.hashing.pdq import NearPolicy, Similar
 from worker.inference.images.decode import ImagePolicy
@@ -33,6 +34,7 @@ def source_policy(settings: Settings, *, extra_roots: Sequence[Path] = ()) -> So
         read_timeout=settings.fixed("read_timeout"),
         deadline=settings.fetch_deadline,
         max_redirects=settings.max_redirects,
+        uploads=new_store(settings.upload_store),
     )
     if extra_roots:
         policy = replace(policy, allowed_roots=tuple(dict.fromkeys((*roots, *extra_roots))))

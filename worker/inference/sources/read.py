@@ -49,6 +49,7 @@ from dfscan.exceptions import (
     UnsupportedSourceError,
 )
 from dfscan.pinned_http import Clock, pinned_connection, resolve, start_clock
+from dfscan.uploads import digest_of, is_upload_source
 from dfscan.urlguard import IPAddress, SourcePolicy, Target, check_url, is_url, parse_url
 from dfscan.verdicts import UNKNOWN
 from worker.inference.sources.media import SNIFF_BYTES, media_kind, video_container
@@ -73,12 +74,29 @@ def read_source(source: str, policy: SourcePolicy) -> bytes:
             raise UnsupportedSourceError("refused an empty source: give an http(s) URL or a file path")
         if source[:5].lower() == "file:":
             return _read_path(_non_utf8_path(source), policy, seen, shown=source)
+        if is_upload_source(source):
+            return _read_upload(source, policy, seen)
         if is_url(source):
             return _fetch(source, policy, seen)
         return _read_path(source, policy, seen)
     except DfscanError as exc:
         exc.media = seen.media
         raise
+
+
+def _read_upload(source: str, policy: SourcePolicy, seen: _Seen) -> bytes:
+    """An upload of the HTTP API, by digest from the upload store (never a path: the store is not an
+    allowed root), under the same byte caps as any other source."""
+    if policy.uploads is None:
+        raise UnsupportedSourceError("refused an upload source: this worker has no upload store")
+    digest = digest_of(source)
+    data: bytes = policy.uploads.read(digest, max(policy.max_bytes, policy.max_video_bytes or 0))
+    seen.sniff(data[:SNIFF_BYTES])
+    cap = _Cap(policy, f"upload {digest[:12]}...")
+    cap.decide(data[:SNIFF_BYTES])
+    if len(data) > cap.limit:
+        raise TooLargeError(f"upload {digest[:12]}... has {len(data)} bytes, more than the {cap.describe()}")
+    return data
 
 
 def failed_media(exc: BaseException) -> str:

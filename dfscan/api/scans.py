@@ -1,0 +1,258 @@
+"""POST /v1/scans: queue sources for judging, from JSON (URLs) or a multipart upload (files).
+
+The same road as ScanClient: rows in Postgres first (the caller's tenant, the key that submitted), then
+one message per job (the outbox). What differs is the intake, because the caller is outside the trust
+boundary:
+
+- a JSON source must be an http(s) URL that passes the SSRF guard's static checks (scheme, host, no
+  internal address unless DFSCAN_URL_ALLOWLIST names it); a path is refused (UNSUPPORTED_SOURCE): a
+  client never names a file on the server. Host names are resolved and checked again at fetch time.
+- an uploaded file is sniffed (its first bytes must start like an image or a video: 415
+  UNSUPPORTED_FORMAT otherwise) and capped (DFSCAN_MAX_BYTES, DFSCAN_MAX_VIDEO_BYTES: 413 TOO_LARGE)
+  before anything is stored or queued, then stored by its SHA-256 (``dfscan.uploads``);
+- the callback URL is checked by ``check_callback_url``, as at every other intake;
+- ``Idempotency-Key`` works as ScanClient's key, within the tenant;
+- the key's quotas (rate, jobs outstanding) and the queue's depth apply (429, 503).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.datastructures import UploadFile
+
+from db import jobs
+from dfscan.api.app import ROUTERS
+from dfscan.api.auth import Principal, require_scope
+from dfscan.api.errors import ERROR_RESPONSES
+from dfscan.exceptions import (
+    BadArgumentError,
+    DfscanError,
+    QueueFullError,
+    TooLargeError,
+    UnsupportedFormatError,
+    UnsupportedSourceError,
+)
+from dfscan.media import SNIFF_BYTES, media_kind
+from dfscan.outbox import queue_depth, send_jobs
+from dfscan.queueing import INTERACTIVE_PRIORITY
+from dfscan.uploads import upload_source
+from dfscan.urlguard import SourcePolicy, check_callback_url, is_url, parse_url
+from dfscan.webhooks import EVENTS, parse_events
+
+router = APIRouter(prefix="/v1", tags=["scans"], responses=ERROR_RESPONSES)
+
+Lane = Literal["bulk", "interactive"]
+LANE_PRIORITY = {"bulk": 0, "interactive": INTERACTIVE_PRIORITY}
+Source = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+
+
+class ScanRequest(BaseModel):
+    """Sources to judge (http or https URLs) and how to report back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[Source] = Field(min_length=1, description="http(s) URLs of images or videos.")
+    # No length here: check_callback_url decides (CALLBACK_URL_TOO_LONG), as at every other intake.
+    callback_url: str | None = Field(None, description="POST signed webhook events here.")
+    events: list[Literal["job.completed", "submission.completed"]] | None = Field(
+        None, description="Which events (default both); needs callback_url."
+    )
+    client_ref: str | None = Field(None, max_length=255, description="Your reference, stored on each job.")
+    lane: Lane = Field("bulk", description="interactive: a few urgent items go ahead of bulk backfills.")
+
+
+class JobRef(BaseModel):
+    job_id: uuid.UUID
+    source: str
+    filename: str | None = None
+
+
+class ScanAccepted(BaseModel):
+    submission_id: uuid.UUID
+    jobs: list[JobRef]
+    created: bool = Field(description="False when Idempotency-Key named an earlier submission.")
+
+
+_MULTIPART_FIELDS = {
+    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+    "client_ref": {"type": "string", "maxLength": 255},
+    "callback_url": {"type": "string"},
+    "events": {"type": "string", "description": "Comma-separated: " + ", ".join(EVENTS)},
+    "lane": {"type": "string", "enum": ["bulk", "interactive"]},
+}
+_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ScanRequest"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": _MULTIPART_FIELDS, "required": ["file"]}
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/scans",
+    status_code=202,
+    response_model=ScanAccepted,
+    summary="Queue URLs (JSON) or uploaded files (multipart) for judging",
+    openapi_extra=_REQUEST_BODY,
+)
+async def create_scan(
+    request: Request,
+    principal: Principal = Depends(require_scope("submit")),
+    idempotency_key: str | None = Header(
+        None, max_length=255, description="Same key, same submission: safe retries (per tenant)."
+    ),
+) -> JSONResponse:
+    settings = request.app.state.settings
+    content_type = request.headers.get("content-type", "").lower()
+    filenames: list[str | None]
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=settings.api_max_files, max_fields=16)
+        try:
+            parts = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
+            if not parts:
+                raise BadArgumentError("a multipart scan needs one or more `file` parts")
+            fields = {name: form.get(name) for name in ("client_ref", "callback_url", "events", "lane")}
+            if any(value is not None and not isinstance(value, str) for value in fields.values()):
+                raise BadArgumentError("client_ref, callback_url, events and lane are text fields, not files")
+            unknown = sorted(set(form.keys()) - {"file", *fields})
+            if unknown:
+                raise BadArgumentError(f"unknown form fields: {', '.join(unknown)}")
+            events = [e.strip() for e in str(fields["events"]).split(",")] if fields["events"] else None
+            try:
+                scan = ScanRequest.model_validate(
+                    {
+                        "sources": ["upload"] * len(parts),  # placeholders: checked below, not as URLs
+                        "callback_url": fields["callback_url"],
+                        "events": events,
+                        "client_ref": fields["client_ref"],
+                        "lane": fields["lane"] or "bulk",
+                    }
+                )
+            except ValidationError as exc:
+                raise RequestValidationError(exc.errors()) from None
+            sources = [await _store_upload(request, part) for part in parts]
+            filenames = [part.filename for part in parts]
+        finally:
+            await form.close()
+    elif content_type.startswith("application/json") or not content_type:
+        body = await request.body()
+        try:
+            scan = ScanRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        policy = SourcePolicy(url_allowlist=settings.url_allowlist)
+        sources = [_checked_url(index, source, policy) for index, source in enumerate(scan.sources)]
+        filenames = [None] * len(sources)
+    else:
+        raise UnsupportedFormatError(
+            f"send application/json (URLs) or multipart/form-data (files), not {content_type[:80]!r}"
+        )
+    if len(sources) > settings.api_max_sources:
+        raise BadArgumentError(
+            f"{len(sources)} sources in one request; at most {settings.api_max_sources} "
+            "(DFSCAN_API_MAX_SOURCES): split the batch"
+        )
+    accepted = await run_in_threadpool(
+        _submit, request.app.state, principal, sources, scan, idempotency_key, filenames
+    )
+    return JSONResponse(accepted, status_code=202)
+
+
+def _checked_url(index: int, source: str, policy: SourcePolicy) -> str:
+    if not is_url(source):
+        raise UnsupportedSourceError(
+            f"sources[{index}]: only http(s) URLs are accepted over HTTP; upload a file with multipart/form-data "
+            "instead of naming a path on the server"
+        )
+    try:
+        parse_url(source, policy)
+    except DfscanError as exc:  # UNSUPPORTED_SOURCE, BLOCKED_DESTINATION: keep the code, say which source
+        raise type(exc)(f"sources[{index}]: {exc.message}") from None
+    return source
+
+
+async def _store_upload(request: Request, part: UploadFile) -> str:
+    """Sniff, cap and store one uploaded file; its source (``upload:sha256:...``)."""
+    settings = request.app.state.settings
+    head = await part.read(SNIFF_BYTES)
+    kind = media_kind(head)
+    name = (part.filename or "file")[:100]
+    if kind is None:
+        raise UnsupportedFormatError(f"{name!r} does not start like an image or a video dfscan can judge")
+    cap = settings.max_video_bytes if kind == "video" else settings.max_bytes
+    size = part.size if part.size is not None else 0
+    if size > cap:
+        limit = "DFSCAN_MAX_VIDEO_BYTES" if kind == "video" else "DFSCAN_MAX_BYTES"
+        raise TooLargeError(f"{name!r} has {size} bytes, more than the {cap}-byte cap on a {kind} ({limit})")
+    await part.seek(0)
+    store = request.app.state.uploads
+
+    def chunks() -> Iterator[bytes]:
+        while data := part.file.read(1024 * 1024):
+            yield data
+
+    digest, _ = await run_in_threadpool(store.put, chunks())
+    return upload_source(digest)
+
+
+def _submit(
+    state: Any,
+    principal: Principal,
+    sources: list[str],
+    scan: ScanRequest,
+    idempotency_key: str | None,
+    filenames: list[str | None],
+) -> dict[str, Any]:
+    settings = state.settings
+    events = None
+    if scan.callback_url is not None:
+        check_callback_url(scan.callback_url, settings.webhook_allowlist)
+        events = parse_events(",".join(scan.events) if scan.events else None)
+    elif scan.events:
+        raise BadArgumentError("events needs a callback_url")
+    depth = queue_depth(settings.broker_url)
+    if depth + len(sources) > settings.queue_max_depth:
+        raise QueueFullError(
+            f"the queue holds {depth} messages and {len(sources)} more would pass its limit; retry later"
+        )
+    with state.sessions.begin() as session:
+        submission, new_jobs, created = jobs.create_submission(
+            session,
+            sources,
+            client_ref=scan.client_ref,
+            priority=LANE_PRIORITY[scan.lane],
+            idempotency_key=idempotency_key,
+            callback_url=scan.callback_url,
+            callback_events=events,
+            tenant_id=principal.tenant_id,
+            api_key_id=principal.key_id,
+        )
+        if created:  # counted after the insert, so this submission's own jobs are in; over: rolled back
+            state.quotas.check_outstanding(session, principal.key_id, 0)
+        out = {
+            "submission_id": str(submission.id),
+            "jobs": [
+                {"job_id": str(job.id), "source": job.source, "filename": filenames[job.seq]}
+                for job in new_jobs
+            ],
+            "created": created,
+        }
+        unsent = [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
+    send_jobs(state.celery, state.sessions, unsent, per_message=settings.jobs_per_message)
+    return out
+
+
+ROUTERS.append(router)
