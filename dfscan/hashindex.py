@@ -78,11 +78,12 @@ class _Block:
         substring = (which // len(flips)) % _SUBSTRINGS
         rows = self._order_flat[lo[which] + offsets + substring * n].astype(np.int64)
         qn = which // (len(flips) * _SUBSTRINGS)
-        dist = np.bitwise_count(self.hashes[rows] ^ queries[qn]).sum(axis=1, dtype=np.int64)
+        words, qwords = self.hashes.view(np.uint64), queries.view(np.uint64)
+        dist = np.bitwise_count(words[rows] ^ qwords[qn]).sum(axis=1, dtype=np.int64)
         keep = dist <= radius
         pairs = np.unique(qn[keep] * n + rows[keep])  # few: only the matches
         qn, rows = pairs // n, pairs % n
-        dist = np.bitwise_count(self.hashes[rows] ^ queries[qn]).sum(axis=1, dtype=np.int64)
+        dist = np.bitwise_count(words[rows] ^ qwords[qn]).sum(axis=1, dtype=np.int64)
         return qn, self.keys[rows], dist
 
     @property
@@ -176,7 +177,8 @@ class HashIndex:
         found = [block.search(array, radius) for block in self._blocks]
         if self._buffered:
             hashes, keys = self._buffer()
-            dist = np.bitwise_count(hashes[None, :, :] ^ array[:, None, :]).sum(axis=2, dtype=np.int64)
+            words, qwords = hashes.view(np.uint64), array.view(np.uint64)  # 4 words a hash: 8x fewer ops
+            dist = np.bitwise_count(words[None, :, :] ^ qwords[:, None, :]).sum(axis=2, dtype=np.int64)
             qn, rows = np.nonzero(dist <= radius)
             found.append((qn, keys[rows], dist[qn, rows]))
         for qn, keys_found, dist_found in found:

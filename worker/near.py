@@ -190,6 +190,29 @@ class NearIndex:
             force_label=force,
         )
 
+    def match(
+        self, hashed: MediaHash, tenant_id: uuid.UUID
+    ) -> tuple[tuple[BankMatch, ...], list[tuple[uuid.UUID, int]]]:
+        """Match without judging (the API): the bank entries ``hashed`` matches for ``tenant_id``, and the
+        tenant's own verdicts within the distance, of any model version, as (job id, distance), nearest
+        first. A hash under the quality floor matches nothing."""
+        self.refresh()
+        good = [f for f in hashed.frames if f.quality >= self.policy.quality_floor]
+        if not good:
+            return (), []
+        queries = [f.bits for f in good] if hashed.video else [good[0].bits, *hashed.variants]
+        with self._lock:
+            verdict_hits = self._verdicts.search(queries, self.policy.distance)
+            entry_hits = self._entries.search(queries, self.policy.distance)
+            matches, _force = self._bank_matches(entry_hits, dict(self._banks), tenant_id)
+            jobs: dict[uuid.UUID, int] = {}
+            for per_query in verdict_hits:
+                for row_id, distance in per_query:
+                    meta = self._verdict_meta[row_id]
+                    if meta.tenant_id == tenant_id:
+                        jobs[meta.job_id] = min(distance, jobs.get(meta.job_id, distance))
+        return matches, sorted(jobs.items(), key=lambda kv: (kv[1], str(kv[0])))
+
     def _bank_matches(
         self, hits: list[list[tuple[int, int]]], banks: dict[int, HashBank], tenant_id: uuid.UUID
     ) -> tuple[tuple[BankMatch, ...], str | None]:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Routers create_app includes, in order. A module adding endpoints appends its router here.
 ROUTERS: list[APIRouter] = []
 # Modules imported by create_app before it includes ROUTERS (each appends its router when imported).
-ROUTER_MODULES: list[str] = ["dfscan.api.scans", "dfscan.api.results"]
+ROUTER_MODULES: list[str] = ["dfscan.api.scans", "dfscan.api.results", "dfscan.api.matches"]
 
 health = APIRouter(tags=["health"])
 

@@ -117,7 +117,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "producer": {"contract", "db", "outbox"},
     "edge": {"contract", "db", "core", "outbox"},
     # The HTTP API is an edge beside the producer: it writes jobs and sends their messages (outbox).
-    "api": {"contract", "db", "outbox"},
+    # dfscan.api.matches hashes an uploaded image as the worker does and searches the worker's index
+    # (worker.inference.hashing, worker.near: no torch): the API's one use of the core and an edge.
+    "api": {"contract", "db", "outbox", "core", "edge"},
     "cli": {"contract", "db", "core", "outbox", "producer", "edge", "api"},
 }
 
