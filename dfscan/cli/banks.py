@@ -41,10 +41,8 @@ def _tenant(session, name: str | None):  # type: ignore[no-untyped-def]
 
     if name is None or name == DEFAULT_TENANT_NAME:
         return DEFAULT_TENANT_ID
-    try:
-        from db.tenants import tenant_by_name  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - a build without tenants
-        raise BadArgumentError("this build has only the default tenant") from exc
+    from db.tenants import tenant_by_name
+
     tenant = tenant_by_name(session, name)
     if tenant is None:
         from dfscan.exceptions import UnknownIdError
