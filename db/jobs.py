@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import webhooks
-from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, utcnow
+from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, VerdictHash, utcnow
 from db.results import faces_of, verdict_frames
 from dfscan.exceptions import IdempotencyConflictError, MaxAttemptsError
 from dfscan.tenants import DEFAULT_TENANT_ID
@@ -350,6 +350,9 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "faces_found": None,
     "faces_judged": None,
     "faces_skipped": None,
+    "near_duplicate_of": None,
+    "near_distance": None,
+    "matches": None,
 }
 
 
@@ -399,6 +402,7 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
             **{k: by_id[job_id].get(k, OPTIONAL_FIELDS.get(k)) for k in VERDICT_FIELDS},
             "judged_on": by_id[job_id].get("judged_on") or "image",
             "media": by_id[job_id].get("media") or "image",
+            "near_duplicate_of": _uuid_or_none(by_id[job_id].get("near_duplicate_of")),
         }
         for job_id in done
     ]
@@ -424,9 +428,26 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
     ]
     if frames:  # a video's timeline beside its verdict, in the same transaction
         session.execute(_insert_ignoring_duplicate(session, VerdictFrame, ("job_id", "seq")), frames)
+    hashes = [
+        {
+            "job_id": job_id,
+            **row,
+            "tenant_id": by_id[job_id].get("tenant_id") or DEFAULT_TENANT_ID,
+            "model_version": by_id[job_id]["model_version"],
+            "media": by_id[job_id].get("media") or "image",
+        }
+        for job_id in done
+        for row in by_id[job_id].get("hashes") or ()
+    ]
+    if hashes:  # perceptual hashes, read by every worker's near-duplicate index (dfscan/near.py)
+        session.execute(_insert_ignoring_duplicate(session, VerdictHash, ("job_id", "seq")), hashes)
     if done:  # the job.completed events, written in the transaction that made the jobs final
         webhooks.record_final(session, done)
     return set(done)
+
+
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    return None if value is None else value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def face_row(job_id: uuid.UUID, seq: int, face: dict[str, Any]) -> dict[str, Any]:
@@ -481,7 +502,13 @@ def _insert_ignoring_duplicate(
 def done_fields(verdict: VerdictResult, *, worker: str) -> dict[str, Any]:
     """What ``finish_done``/``finish_done_many`` store for a done verdict: its verdict row, its face
     rows and its video frames, and the worker. The one mapping both the worker and `dfscan scan` use."""
-    return {**verdict.row(), "faces": verdict.face_rows(), "frames": verdict.frame_rows(), "worker": worker}
+    return {
+        **verdict.row(),
+        "faces": verdict.face_rows(),
+        "frames": verdict.frame_rows(),
+        "hashes": verdict.hash_rows(),
+        "worker": worker,
+    }
 
 
 def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:

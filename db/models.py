@@ -29,7 +29,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -288,6 +290,13 @@ class Verdict(Base):
     faces_found: Mapped[int | None] = mapped_column(Integer)
     faces_judged: Mapped[int | None] = mapped_column(Integer)
     faces_skipped: Mapped[dict[str, Any] | None] = mapped_column()
+    # Near-duplicates (docs/near-duplicates.md): the earlier job whose verdict this one reuses and the
+    # Hamming distance; the hash bank entries matched (``[{"bank", "id", "distance"}]``).
+    near_duplicate_of: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    near_distance: Mapped[int | None] = mapped_column(Integer)
+    matches: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"), nullable=True
+    )
 
     __table_args__ = (
         CheckConstraint(_in("label", LABELS), name="label_valid"),
@@ -359,6 +368,72 @@ class VerdictFrame(Base):
         CheckConstraint("t >= 0", name="t_nonnegative"),
         CheckConstraint("fake_score >= 0 AND fake_score <= 1", name="fake_score_range"),
     )
+
+
+class VerdictHash(Base):
+    """A perceptual hash of a verdict (PDQ, 32 bytes): an image's (``seq`` 0), or one per sampled frame of a
+    video or animation (vPDQ). The tenant and model version are copied from the job and verdict, so the
+    near-duplicate index is refreshed from this table alone, by ``id`` (see dfscan/near.py)."""
+
+    __tablename__ = "verdict_hashes"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("verdicts.job_id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    t: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    pdq: Mapped[bytes] = mapped_column(LargeBinary)
+    quality: Mapped[int] = mapped_column(SmallInteger)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, default=DEFAULT_TENANT_ID, server_default=text(f"'{DEFAULT_TENANT_ID}'")
+    )
+    model_version: Mapped[str] = mapped_column(String(255))
+    media: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint("seq >= 0", name="seq_nonnegative"),
+        CheckConstraint("length(pdq) = 32", name="pdq_length"),
+        CheckConstraint("quality >= 0 AND quality <= 100", name="quality_range"),
+        CheckConstraint(_in("media", MEDIA), name="media_valid"),
+    )
+
+
+class HashBank(Base):
+    """A named list of hashes to match every source against (known fakes, a partner's list). It belongs to
+    a tenant; ``shared`` banks are matched for every tenant. ``force_label`` (fake or real), when set,
+    is the label of every source that matches it."""
+
+    __tablename__ = "hash_banks"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, default=DEFAULT_TENANT_ID, server_default=text(f"'{DEFAULT_TENANT_ID}'")
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    force_label: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        CheckConstraint("force_label IS NULL OR force_label IN ('fake', 'real')", name="force_label_valid"),
+    )
+
+
+class BankEntry(Base):
+    """One hash of a bank: PDQ (32 bytes), its id in the bank (imported, or the job it came from), quality."""
+
+    __tablename__ = "bank_entries"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    bank_id: Mapped[int] = mapped_column(ForeignKey("hash_banks.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    pdq: Mapped[bytes] = mapped_column(LargeBinary)
+    quality: Mapped[int | None] = mapped_column(SmallInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("length(pdq) = 32", name="pdq_length"),)
 
 
 class TrainingRun(Base):

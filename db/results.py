@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import JOB_STATES, ScanJob, Submission, VerdictFace, VerdictFrame
+from db.models import JOB_STATES, ScanJob, Submission, VerdictFace, VerdictFrame, VerdictHash
 from db.models import Verdict as VerdictRow
 from dfscan.exceptions import UnknownIdError
-from dfscan.verdicts import STORED, VIDEO, Verdict
+from dfscan.verdicts import STORED, VIDEO, FrameHash, Verdict
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,11 @@ def _rows(session: Session, pairs: list[Any]) -> list[ResultRow]:
     faces = faces_of(session, [v.job_id for _, v in pairs if v is not None and v.judged_on == "faces"])
     videos = [job.id for job, verdict in pairs if verdict is not None and verdict.media == VIDEO]
     frames = verdict_frames(session, videos)
-    return [_row(job, verdict, faces.get(job.id, []), frames.get(job.id)) for job, verdict in pairs]
+    hashed = _hashes_of(session, [job.id for job, verdict in pairs if verdict is not None])
+    return [
+        _row(job, verdict, faces.get(job.id, []), frames.get(job.id), hashed.get(job.id, ()))
+        for job, verdict in pairs
+    ]
 
 
 def _row(
@@ -235,6 +239,7 @@ def _row(
     verdict: VerdictRow | None,
     faces: list[dict[str, Any]] | None = None,
     frames: list[tuple[Any, ...]] | None = None,
+    hashes: Sequence[FrameHash] = (),
 ) -> ResultRow:
     stored = None if verdict is None else {name: getattr(verdict, name) for name in STORED}
     return ResultRow(
@@ -252,8 +257,24 @@ def _row(
             row=stored,
             faces=faces or (),
             frames=frames,
+            hashes=hashes,
         ),
     )
+
+
+def _hashes_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FrameHash]]:
+    """The stored perceptual hashes of these jobs' verdicts, in frame order."""
+    out: dict[uuid.UUID, list[FrameHash]] = {}
+    if not job_ids:
+        return out
+    query = (
+        select(VerdictHash.job_id, VerdictHash.t, VerdictHash.pdq, VerdictHash.quality)
+        .where(VerdictHash.job_id.in_(sorted(set(job_ids))))
+        .order_by(VerdictHash.job_id, VerdictHash.seq)
+    )
+    for job_id, t, pdq, quality in session.execute(query):
+        out.setdefault(job_id, []).append(FrameHash(t, bytes(pdq).hex(), quality))
+    return out
 
 
 def faces_of(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:

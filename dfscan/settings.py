@@ -314,6 +314,34 @@ class Settings(BaseSettings):
         gt=0,
         description="Sample this many frames per second instead of DFSCAN_VIDEO_FRAMES (at most 256 a video).",
     )
+    # --- near-duplicates (docs/near-duplicates.md) ------------------------------------------------
+    near_duplicates: bool = Field(
+        True,
+        description="Answer a near-duplicate of a verdict the same tenant already has (same model version) "
+        "with that verdict instead of judging it. Off: every source is judged; hashes are still stored and "
+        "bank matches still reported.",
+    )
+    near_distance: int = Field(
+        31,
+        ge=0,
+        le=64,
+        description="Largest Hamming distance between two PDQ hashes (of 256 bits) that counts as a match: "
+        "31 is PDQ's published operating point (the index is exact up to 31 and stays exact, slower, above).",
+    )
+    hash_quality_floor: int = Field(
+        50,
+        ge=0,
+        le=100,
+        description="PDQ quality (0-100) under which a hash is stored but never matched: flat, featureless "
+        "images match too much. 50 is ThreatExchange's vPDQ quality threshold.",
+    )
+    video_match_percent: float = Field(
+        80.0,
+        ge=0,
+        le=100,
+        description="vPDQ: share of a video's good frames that must match some frame of the other video "
+        "(ThreatExchange's query threshold, 80).",
+    )
     # --- storage and broker --------------------------------------------------------------------
     database_url: str = Field(
         "sqlite:///dfscan.db",

@@ -54,6 +54,9 @@ STORED = (
     "faces_found",
     "faces_judged",
     "faces_skipped",
+    "near_duplicate_of",
+    "near_distance",
+    "matches",
 )
 
 # What `dfscan scan` and `dfscan results` print (JSON keys, in order; table and CSV pick from them).
@@ -82,6 +85,11 @@ OUTPUT = (
     "provenance",
     "second_opinion",
     "explanation",
+    "pdq",
+    "pdq_quality",
+    "near_duplicate_of",
+    "near_distance",
+    "matches",
     "error_code",
     "error",
     "error_detail",
@@ -254,6 +262,29 @@ def combine(
 
 
 @dataclass(frozen=True)
+class FrameHash:
+    """One perceptual hash of a verdict: PDQ (64 hex digits) of an image, or of one sampled frame of a video
+    or animation at ``t`` seconds (vPDQ), with its quality (0-100)."""
+
+    t: float
+    pdq: str
+    quality: int
+
+
+@dataclass(frozen=True)
+class BankMatch:
+    """A hash bank entry the source matched: the bank's name, the entry's id in it (the imported id, or its
+    row id), and the Hamming distance (for a clip: the smallest over its matching frames)."""
+
+    bank: str
+    id: str
+    distance: int
+
+    def output(self) -> dict[str, Any]:
+        return {"bank": self.bank, "id": self.id, "distance": self.distance}
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
     score (None for not_applicable), what it was judged on, and its faces; for a video also its
@@ -315,6 +346,15 @@ class Verdict:
     second_opinion: SecondOpinion | None = None
     # One heatmap per judged region of a still image, when explanations were asked for.
     explanation: tuple[Heatmap, ...] | None = None
+    # Perceptual hashes (docs/near-duplicates.md): every frame's, and an image's own PDQ and quality (a
+    # quality under DFSCAN_HASH_QUALITY_FLOOR is stored but never matched).
+    hashes: tuple[FrameHash, ...] = ()
+    # A near-duplicate of an earlier verdict of the same tenant and model version: that job's id and the
+    # Hamming distance; the label and score are that verdict's.
+    near_duplicate_of: str | None = None
+    near_distance: int | None = None
+    # Hash bank entries the source matched (any bank that forces a label has set ``label``).
+    matches: tuple[BankMatch, ...] = ()
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -322,6 +362,15 @@ class Verdict:
     @property
     def done(self) -> bool:
         return self.status == DONE
+
+    @property
+    def pdq(self) -> str | None:
+        """An image's PDQ hash (None for a video: its frames' hashes are ``hashes``)."""
+        return self.hashes[0].pdq if self.media != VIDEO and len(self.hashes) == 1 else None
+
+    @property
+    def pdq_quality(self) -> int | None:
+        return self.hashes[0].quality if self.media != VIDEO and len(self.hashes) == 1 else None
 
     @property
     def error_detail(self) -> dict[str, str] | None:
@@ -337,7 +386,15 @@ class Verdict:
         row["provenance"] = None if self.provenance is None else self.provenance.output()
         row["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
         row["explanation"] = None if self.explanation is None else [h.output() for h in self.explanation]
+        row["matches"] = [match.output() for match in self.matches] or None
         return row
+
+    def hash_rows(self) -> list[dict[str, Any]]:
+        """The ``verdict_hashes`` rows of this verdict (the caller adds the job, tenant and model version)."""
+        return [
+            {"seq": seq, "t": h.t, "pdq": bytes.fromhex(h.pdq), "quality": h.quality}
+            for seq, h in enumerate(self.hashes)
+        ]
 
     def face_rows(self) -> list[dict[str, Any]]:
         """The ``verdict_faces`` rows of this verdict, largest face first."""
@@ -354,6 +411,7 @@ class Verdict:
         out["provenance"] = None if self.provenance is None else self.provenance.output()
         out["second_opinion"] = None if self.second_opinion is None else self.second_opinion.output()
         out["explanation"] = None if self.explanation is None else [h.output() for h in self.explanation]
+        out["matches"] = [match.output() for match in self.matches]
         return out
 
     def frame_rows(self) -> list[tuple[Any, ...]]:
@@ -382,11 +440,17 @@ class Verdict:
         row: Mapping[str, Any] | None,
         faces: Sequence[Mapping[str, Any]] = (),
         frames: Sequence[tuple[Any, ...]] | None = None,
+        hashes: Sequence[FrameHash] = (),
     ) -> Verdict:
         """Rebuild a verdict from a job's state, its stored ``verdicts`` row (None unless done), its
         stored faces, and a video's stored frames as (t, fake_score) or (t, fake_score, faces)."""
-        stored = {name: row[name] for name in STORED} if row is not None else {}
+        stored = {name: row[name] for name in STORED if name in row} if row is not None else {}
         stored = {k: v for k, v in stored.items() if v is not None}
+        stored["matches"] = tuple(
+            BankMatch(str(m["bank"]), str(m["id"]), int(m["distance"])) for m in stored.get("matches") or ()
+        )
+        if stored.get("near_duplicate_of") is not None:
+            stored["near_duplicate_of"] = str(stored["near_duplicate_of"])
         stored.setdefault("media", UNKNOWN)  # no verdict row (failed, queued): what it was is not stored
         if stored.get("media") == VIDEO:
             stored["frames"] = stored_frames(frames or ())
@@ -397,7 +461,15 @@ class Verdict:
         if isinstance(stored.get("explanation"), list):
             stored["explanation"] = tuple(Heatmap.from_stored(h) for h in stored["explanation"])
         judged = tuple(FaceVerdict.from_stored(f) for f in faces)
-        return cls(source=source, status=status, error_code=error_code, error=error, faces=judged, **stored)
+        return cls(
+            source=source,
+            status=status,
+            error_code=error_code,
+            error=error,
+            faces=judged,
+            hashes=tuple(hashes),
+            **stored,
+        )
 
 
 VERDICT_FIELDS = tuple(field.name for field in fields(Verdict))

@@ -24,17 +24,20 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs, registry
+from db import hashes, jobs, registry
 from db.session import new_engine, new_session_factory
 from dfscan.queueing import INTERACTIVE_PRIORITY
 from dfscan.settings import Settings, get_settings
+from dfscan.tenants import DEFAULT_TENANT_ID
 from dfscan.verdicts import Stored, Verdict
 from worker import metrics
 from worker.inference import lanes
-from worker.inference.factory import face_policy, new_classifier, new_judge
+from worker.inference.factory import face_policy, near_policy, new_classifier, new_judge
+from worker.inference.hashing.pdq import MediaHash, Near, Similar
 from worker.inference.judge import Judge
 from worker.inference.model.batcher import MicroBatcher
 from worker.leases import LeaseKeeper
+from worker.near import NearIndex
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,13 @@ def lane_of(priority: int) -> int:
     return lanes.INTERACTIVE if priority >= INTERACTIVE_PRIORITY else lanes.BULK
 
 
-def _outcome(judge: Judge, source: str, lane: int) -> Verdict | Exception:
+def _outcome(judge: Judge, source: str, lane: int, similar: Similar | None = None) -> Verdict | Exception:
     try:
         with lanes.running_in(lane):  # every batcher and decode slot below serves it in its lane
-            return judge.judge(source)
-    except Exception as exc:  # only the duplicate-cache look-up raises: the database is down
+            return judge.judge(source, similar=similar)
+    except (
+        Exception
+    ) as exc:  # only the duplicate-cache and near-duplicate look-ups raise: the database is down
         return exc
 
 
@@ -131,6 +136,8 @@ class InferenceRuntime(WorkerRuntime):
             expected=self.in_progress,
         )
         self.leases = LeaseKeeper(self.sessions, self.name, self.settings.lease_seconds)
+        # Every verdict hash and bank entry, kept in step with the database (worker/near.py).
+        self.near = NearIndex(self.sessions, near_policy(self.settings), reuse=self.settings.near_duplicates)
 
     # --- the job rows, batched across concurrent tasks ------------------------------------------
 
@@ -156,21 +163,52 @@ class InferenceRuntime(WorkerRuntime):
         metrics.observe_claims(got for got in claimed.values() if got is not None)
         return {job_id: got for job_id, got in claimed.items() if got is not None}
 
-    def finish(self, done: Sequence[tuple[uuid.UUID, Verdict]]) -> list[bool]:
-        """Store done verdicts and mark their jobs done; True where this call made the outcome."""
+    def finish(
+        self, done: Sequence[tuple[uuid.UUID, Verdict]], tenants: dict[uuid.UUID, uuid.UUID] | None = None
+    ) -> list[bool]:
+        """Store done verdicts and mark their jobs done; True where this call made the outcome.
+        ``tenants``: each job's tenant, stored with its hashes (the default tenant when absent)."""
+        tenants = tenants or {}
         futures = [
-            self._finishes.submit({"job_id": job_id, **jobs.done_fields(verdict, worker=self.name)})
+            self._finishes.submit(
+                {
+                    "job_id": job_id,
+                    **jobs.done_fields(verdict, worker=self.name),
+                    "tenant_id": tenants.get(job_id, DEFAULT_TENANT_ID),
+                }
+            )
             for job_id, verdict in done
         ]
         return [future.result() for future in futures]
 
-    def judge_many(self, sources: Sequence[str], lane: int = lanes.BULK) -> list[Verdict | Exception]:
-        """Judge each source with the serving model, concurrently (fetch and decode overlap), in ``lane``.
-        A verdict per source, done or failed; an exception only where the duplicate-cache look-up failed."""
+    def tenants(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        """The tenant of each job."""
+        with self.sessions() as session:
+            return hashes.job_tenants(session, job_ids)
+
+    def similar_for(self, tenant_id: uuid.UUID) -> Similar:
+        """The near-duplicate look-up of one tenant's sources."""
+
+        def similar(hashed: MediaHash, version: str) -> Near | None:
+            return self.near.similar(hashed, version, tenant_id)
+
+        return similar
+
+    def judge_many(
+        self,
+        sources: Sequence[str],
+        lane: int = lanes.BULK,
+        tenants: Sequence[uuid.UUID] | None = None,
+    ) -> list[Verdict | Exception]:
+        """Judge each source with the serving model, concurrently (fetch and decode overlap), in ``lane``;
+        ``tenants`` (one per source, default tenant when None) scopes its near-duplicate look-up.
+        A verdict per source, done or failed; an exception only where a database look-up failed."""
         judge = self.judge()  # one model version for the whole message
+        looks = [self.similar_for(t) for t in (tenants or [DEFAULT_TENANT_ID] * len(sources))]
         if len(sources) == 1:
-            return [_outcome(judge, sources[0], lane)]
-        return list(self._judge_pool.map(lambda source: _outcome(judge, source, lane), sources))
+            return [_outcome(judge, sources[0], lane, looks[0])]
+        pairs = list(zip(sources, looks, strict=True))
+        return list(self._judge_pool.map(lambda pair: _outcome(judge, pair[0], lane, pair[1]), pairs))
 
     def known(self, sha256: str, version: str) -> Stored | None:
         """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""
@@ -267,6 +305,11 @@ class InferenceRuntime(WorkerRuntime):
             on_batch=metrics.model_batch,
         )
         metrics.serving(judge.version, detector.device)  # the version its verdicts carry
+        try:  # the near-duplicate index is built at start (later look-ups read only what arrived since)
+            self.near.refresh(force=True)
+            log.info("near-duplicate index: %d verdict hashes, %d bank entries", *self.near.size)
+        except Exception as exc:  # the database is down at start: the first look-up builds it
+            log.warning("could not build the near-duplicate index yet: %s", exc)
         return judge
 
     def close(self) -> None:

@@ -173,7 +173,9 @@ def _judge_claimed(
     order = list(claimed)
     # The message's lane is its most urgent job's (the interactive queue sends one job a message).
     lane = min(lane_of(claim.priority) for claim in claimed.values())
-    outcomes = rt.judge_many([claimed[job_id].source for job_id in order], lane)
+    # Near-duplicates are looked up among the job's own tenant's verdicts (docs/near-duplicates.md).
+    tenants = _db_call(task, lambda: rt.tenants(order))
+    outcomes = rt.judge_many([claimed[job_id].source for job_id in order], lane, [tenants[j] for j in order])
     metrics.observe_outcomes(outcomes)
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError) and is_outage(out)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
@@ -191,7 +193,7 @@ def _judge_claimed(
         if not verdict.done:
             summary["jobs"][str(job_id)] = _settle_failure(task, rt, job_id, claimed[job_id], verdict)
     with metrics.stage("db_write"):
-        recorded = _db_call(task, lambda: rt.finish(done))
+        recorded = _db_call(task, lambda: rt.finish(done, tenants))
     for (job_id, verdict), made in zip(done, recorded, strict=True):
         summary["jobs"][str(job_id)] = (
             {

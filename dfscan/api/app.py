@@ -37,6 +37,7 @@ ROUTER_MODULES: list[str] = [
     "dfscan.api.scans",
     "dfscan.api.results",
     "dfscan.api.reviews",
+    "dfscan.api.matches",
     "dfscan.console.web",
 ]
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dfscan.cli.banks import banks_app
 from dfscan.cli.errors import EXIT_FAKE, EXIT_NO, EXIT_TIMEOUT, DfscanGroup, fail, parse_since, print_error
 from dfscan.cli.output import Format, emit_json, print_rows, summary
 from dfscan.cli.reviews import reviews_app
@@ -35,6 +36,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.command("evaluate")(evaluate)
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(banks_app, name="banks")
 app.command("exporter")(exporter)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")

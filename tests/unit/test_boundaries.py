@@ -84,6 +84,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "dfscan.urlguard",
         "dfscan.pinned_http",
         "dfscan.ids",
+        "dfscan.hashindex",
         "dfscan.tenants",
         "dfscan.media",
         "dfscan.uploads",
@@ -107,6 +108,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "worker.breakers",
         "worker.messages",
         "worker.training_tasks",
+        "worker.near",
     ),
     "api": ("dfscan.api", "dfscan.console.web"),
     "cli": ("dfscan.cli", "dfscan.docs_reference"),
@@ -119,7 +121,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "producer": {"contract", "db", "outbox"},
     "edge": {"contract", "db", "core", "outbox"},
     # The HTTP API is an edge beside the producer: it writes jobs and sends their messages (outbox).
-    "api": {"contract", "db", "outbox"},
+    # dfscan.api.matches hashes an uploaded image as the worker does and searches the worker's index
+    # (worker.inference.hashing, worker.near: no torch): the API's one use of the core and an edge.
+    "api": {"contract", "db", "outbox", "core", "edge"},
     "cli": {"contract", "db", "core", "outbox", "producer", "edge", "api"},
 }
 
@@ -172,19 +176,32 @@ def test_the_import_graph_is_a_tree_of_layers() -> None:
 CORE_MAY_IMPORT: dict[str, set[str]] = {
     "lanes": set(),
     "hardware": set(),  # what the machine offers (GPU, memory, cores): torch only
+    "hashing": set(),
     "sources": set(),
     "faces": set(),
     "video": {"sources"},
-    "images": {"lanes", "video"},
-    "model": {"lanes", "images"},
+    "images": {"hashing", "lanes", "video"},
+    "model": {"hashing", "lanes", "images"},
     "budget": {"images", "lanes", "sources", "video"},
     "regions": {"budget", "faces", "model", "video"},
     "annotate": {"regions"},
     "provenance": set(),  # what a source declares: bytes in, a Provenance out (the Judge isolates it)
-    "judge": {"budget", "faces", "images", "lanes", "model", "provenance", "regions", "sources", "video"},
+    "judge": {
+        "budget",
+        "faces",
+        "hashing",
+        "images",
+        "lanes",
+        "model",
+        "provenance",
+        "regions",
+        "sources",
+        "video",
+    },
     "factory": {
         "budget",
         "faces",
+        "hashing",
         "images",
         "judge",
         "lanes",

@@ -196,7 +196,7 @@ def test_an_unexpected_error_is_an_internal_error_worth_a_retry(
     def buggy(data: bytes, cfg: object, policy: object) -> torch.Tensor:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(judge_module, "load_pixels", buggy)
+    monkeypatch.setattr(judge_module, "load_pixels_hashed", buggy)
     (verdict,) = _run(_judge(detector, tmp_path), [_write_image(tmp_path / "a.jpg", 1)])
     assert verdict.error_code == "INTERNAL_ERROR" and verdict.retryable
     assert "ZeroDivisionError" in (verdict.error or "")
@@ -257,7 +257,12 @@ def test_sources_are_consumed_lazily(tmp_path: Path, detector: Classifier) -> No
 def test_a_verdict_maps_to_its_row_and_back(tmp_path: Path, detector: Classifier) -> None:
     (verdict,) = _run(_judge(detector, tmp_path), [_write_image(tmp_path / "a.jpg", 1)])
     back = Verdict.from_stored(
-        source=verdict.source, status="done", error_code=None, error=None, row=verdict.row()
+        source=verdict.source,
+        status="done",
+        error_code=None,
+        error=None,
+        row=verdict.row(),
+        hashes=verdict.hashes,
     )
     assert back.output() == verdict.output()
 

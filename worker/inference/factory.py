@@ -14,6 +14,7 @@ from dfscan.calibration import serving_faces
 from dfscan.settings import Settings
 from dfscan.uploads import new_store
 from worker.inference.faces.crops import FacePolicy, load_face_detector
+from worker.inference.hashing.pdq import NearPolicy, Similar
 from worker.inference.images.decode import ImagePolicy
 from worker.inference.judge import Judge, Known
 from worker.inference.model.classifier import Classifier, load_classifier
@@ -97,6 +98,7 @@ def new_judge(
     known: Known | None = None,
     faces: FacePolicy | None | str = "settings",
     on_batch: Callable[[int, float], None] | None = None,
+    similar: Similar | None = None,
 ) -> Judge:
     """A :class:`Judge` for ``detector`` under the settings' source, image and face policies
     (``faces``: a FacePolicy or None to override ``DFSCAN_FACES``)."""
@@ -116,6 +118,17 @@ def new_judge(
         second_disagreement=settings.second_disagreement,
         explain=settings.explain,
         explainer=_explainer(settings, detector) if settings.explain else None,
+        similar=similar,
+        near=near_policy(settings),
+    )
+
+
+def near_policy(settings: Settings) -> NearPolicy:
+    """How sources are matched (docs/near-duplicates.md): distance, quality floor, vPDQ frame share."""
+    return NearPolicy(
+        distance=settings.near_distance,
+        quality_floor=settings.hash_quality_floor,
+        video_percent=settings.video_match_percent,
     )
 
 

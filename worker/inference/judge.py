@@ -81,6 +81,16 @@ from dfscan.verdicts import (
 )
 from worker.inference.budget import Budget, Limits, rgb_bytes
 from worker.inference.faces.crops import Face, FacePolicy
+from worker.inference.hashing.pdq import (
+    MediaHash,
+    Near,
+    NearPolicy,
+    Pdq,
+    Similar,
+    frame_hashes,
+    pdq_dihedral,
+    pdq_of,
+)
 from worker.inference.images.animation import (
     AnimationFrame,
     animation_frames,
@@ -105,7 +115,7 @@ from worker.inference.model.batcher import (
 )
 from worker.inference.model.classifier import Classifier
 from worker.inference.model.explain import Grid, explainable, heatmap
-from worker.inference.model.preprocess import load_pixels, to_tensor
+from worker.inference.model.preprocess import load_pixels_hashed, to_tensor
 from worker.inference.provenance import ProvenancePolicy, read_provenance
 from worker.inference.regions import ClipFrame, ClipScore, Observe, Region, score_clip
 from worker.inference.sources.media import video_container
@@ -148,6 +158,8 @@ class Judge:
         second_disagreement: float = 0.5,
         explain: bool = False,
         explainer: Classifier | None = None,
+        similar: Similar | None = None,
+        near: NearPolicy | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -157,6 +169,9 @@ class Judge:
         self.videos = videos or VideoPolicy()
         self.threshold = threshold
         self.known = known
+        # The near-duplicate look-up (docs/near-duplicates.md) when a call does not bring its own.
+        self.similar = similar
+        self.near = near or NearPolicy()
         # One job's allowance (working seconds, pixel bytes held, model and detector inputs).
         self.limits = limits or Limits.for_policies(
             sources, images, self.videos, faces.max_faces if faces is not None else 0
@@ -259,9 +274,12 @@ class Judge:
 
     # --- one source ------------------------------------------------------------------------------
 
-    def judge(self, source: str, *, observe: Observe | None = None) -> Verdict:
+    def judge(
+        self, source: str, *, observe: Observe | None = None, similar: Similar | None = None
+    ) -> Verdict:
         """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it; ``observe``
-        sees every judged frame (see :meth:`judge_bytes`)."""
+        sees every judged frame, ``similar`` is this source's near-duplicate look-up (see
+        :meth:`judge_bytes`)."""
         budget = self.new_budget()  # the road's entrance: every stage below draws from it
         started = time.perf_counter()
         try:
@@ -269,7 +287,9 @@ class Judge:
             budget.check("fetch")
         except Exception as exc:
             return self._failed(source, exc, fetch_ms=_ms(started), media=failed_media(exc))
-        return self.judge_bytes(data, source=source, fetch_ms=_ms(started), budget=budget, observe=observe)
+        return self.judge_bytes(
+            data, source=source, fetch_ms=_ms(started), budget=budget, observe=observe, similar=similar
+        )
 
     def judge_bytes(
         self,
@@ -279,15 +299,22 @@ class Judge:
         fetch_ms: float = 0.0,
         budget: Budget | None = None,
         observe: Observe | None = None,
+        similar: Similar | None = None,
     ) -> Verdict:
         """Judge image or video bytes already read (``source`` names them in the verdict), under
         ``budget`` (a new one when None). ``observe(frame, score)``, when given, is called with every
         judged frame and its pixels (``dfscan scan --annotate`` draws them: the source is read once).
         The verdict carries the bytes' provenance (read every time, a duplicate's too: it is cheap and
-        depends on no model)."""
+        depends on no model).
+
+        Every source is hashed from the pixels decoded for the model (PDQ; vPDQ, one PDQ per sampled frame,
+        for a clip). ``similar`` (default: the Judge's) looks the hash up: an image that is a near-duplicate
+        of a verdict it returns is answered with that verdict before any model input is spent; a clip's
+        frames are matched once they have been judged (their hashes come from the same pass)."""
         budget = budget or self.new_budget()
+        similar = similar or self.similar
         container = video_container(data)
-        verdict = self._judge_read(data, container, source, fetch_ms, budget, observe)
+        verdict = self._judge_read(data, container, source, fetch_ms, budget, observe, similar)
         if self.provenance is None:
             return verdict
         return replace(verdict, provenance=self._provenance(data, VIDEO if container else IMAGE))
@@ -318,9 +345,12 @@ class Judge:
         fetch_ms: float,
         budget: Budget,
         observe: Observe | None,
+        similar: Similar | None,
     ) -> Verdict:
         if container is not None:
-            return self._judge_video(data, container, source, fetch_ms, budget, observe)
+            hashed: list[Pdq] = []
+            verdict = self._judge_video(data, container, source, fetch_ms, budget, observe, hashed)
+            return self._matched_clip(verdict, hashed, similar)
         sha = image_sha256(data)
         facts: dict[str, object] = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
         facts["image_format"] = sniff_format(data, self.images)
@@ -336,11 +366,15 @@ class Judge:
             budget.enter("decode")
             if self.faces is None and observe is None and self.second is None:
                 # Decode, reduce and preprocess inside the decode memory budget (and, with
-                # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor comes back.
-                pixels, (width, height) = load_pixels(data, self.classifier.preprocess, self.images)
+                # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor (and the hash
+                # of the pixels) comes back.
+                pixels, (width, height), pdq, variants = load_pixels_hashed(
+                    data, self.classifier.preprocess, self.images
+                )
                 frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
             else:  # full size: faces are cropped from the original pixels (no JPEG draft)
                 image, (width, height) = self._decode_held(data, budget, kept)
+                pdq, variants = pdq_dihedral(image) if count == 1 else (pdq_of(image), ())
                 frame = ClipFrame(0.0, (width, height), sha, image=image)
                 del image
             budget.check("decode")
@@ -351,13 +385,43 @@ class Judge:
         if count > 1:
             del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
             kept.close()
-            verdict = self._judge_clip(
-                self._animation_frames(data, sha, budget), source, facts, budget, observe, clip=True
-            )
-            return replace(verdict, model_version=version)
+            frame_pdqs: list[Pdq] = []
+            sampled = _hashing(self._animation_frames(data, sha, budget), frame_pdqs)
+            verdict = self._judge_clip(sampled, source, facts, budget, observe, clip=True)
+            return self._matched_clip(replace(verdict, model_version=version), frame_pdqs, similar)
+        facts["hashes"] = frame_hashes((pdq,))
+        near = self._look_up(MediaHash((pdq,), variants), version, similar)
+        if near is not None and near.stored is not None:
+            kept.close()
+            del frame  # answered from the earlier verdict: no model input
+            answer = replace(self._from_stored(source, near.stored, **facts), cached=False)
+            return _with_near(answer, near)
         frames = [frame]
         del frame  # only the road holds the image now: it is dropped once its regions are made
-        return self._judge_clip(self._held(frames, kept), source, facts, budget, observe, clip=False)
+        verdict = self._judge_clip(self._held(frames, kept), source, facts, budget, observe, clip=False)
+        return _with_near(verdict, near)
+
+    def _look_up(self, hashed: MediaHash, version: str, similar: Similar | None) -> Near | None:
+        """The near-duplicate look-up for a hash good enough to match (None otherwise, or without one)."""
+        if similar is None:
+            return None
+        good = [f for f in hashed.frames if f.quality >= self.near.quality_floor]
+        if not good:
+            return None
+        return similar(hashed, version)
+
+    def _matched_clip(self, verdict: Verdict, hashed: list[Pdq], similar: Similar | None) -> Verdict:
+        """A judged clip (video or animation) with its frames' hashes, matched once judged (vPDQ)."""
+        if not verdict.done or not hashed:
+            return verdict
+        frames = tuple(hashed)
+        verdict = replace(verdict, hashes=frame_hashes(frames))
+        near = self._look_up(MediaHash(frames, video=True), verdict.model_version or self.version, similar)
+        if near is not None and near.stored is not None and near.stored.fake_score is not None:
+            # the earlier verdict's answer, so one clip gets one answer (its own frames stay)
+            score = near.stored.fake_score
+            verdict = replace(verdict, fake_score=score, label=label_for(score, self.threshold))
+        return _with_near(verdict, near)
 
     def _decode_held(
         self, data: bytes, budget: Budget, kept: contextlib.ExitStack
@@ -510,9 +574,11 @@ class Judge:
         fetch_ms: float,
         budget: Budget,
         observe: Observe | None,
+        hashed: list[Pdq],
     ) -> Verdict:
-        """A video's verdict, under the version that names its sampling (:attr:`video_version`)."""
-        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe)
+        """A video's verdict, under the version that names its sampling (:attr:`video_version`); its
+        sampled frames' hashes are appended to ``hashed``."""
+        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe, hashed)
         return replace(verdict, model_version=self.video_version)
 
     def _video_verdict(
@@ -523,6 +589,7 @@ class Judge:
         fetch_ms: float,
         budget: Budget,
         observe: Observe | None,
+        hashed: list[Pdq],
     ) -> Verdict:
         sha = image_sha256(data)
         facts: dict[str, object] = {
@@ -555,7 +622,7 @@ class Judge:
         try:
             budget.enter("video decode")
             scored = score_clip(
-                frames(),
+                _hashing(frames(), hashed),
                 self.classifier.preprocess,
                 # behind images: a video never starves the images queued after it
                 lambda region: self._score(region.key, region.pixels, BACKGROUND),
@@ -724,6 +791,28 @@ def judge_stream(
         finally:
             for future in window:
                 future.cancel()
+
+
+def _hashing(frames: Iterable[ClipFrame], hashed: list[Pdq]) -> Iterator[ClipFrame]:
+    """Pass ``frames`` on, appending each frame's PDQ hash (from its pixels, at its time) to ``hashed``."""
+    for frame in frames:
+        if frame.image is not None:
+            hashed.append(pdq_of(frame.image, frame.t))
+        yield frame
+        del frame
+
+
+def _with_near(verdict: Verdict, near: Near | None) -> Verdict:
+    """``verdict`` with what the near-duplicate look-up found: the earlier job it repeats, the banks it
+    matched, and a label a bank forces."""
+    if near is None or not verdict.done:
+        return verdict
+    changes: dict[str, object] = {"matches": near.matches}
+    if near.stored is not None:
+        changes.update(near_duplicate_of=near.of, near_distance=near.distance)
+    if near.force_label is not None and verdict.fake_score is not None:  # not_applicable stays so
+        changes["label"] = near.force_label
+    return replace(verdict, **changes)  # type: ignore[arg-type]
 
 
 def _timeline(scored: ClipScore) -> tuple[Frame, ...]:

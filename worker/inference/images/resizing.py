@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from worker.inference.hashing.pdq import HASH_SIDE, Pdq, pdq_dihedral
 from worker.inference.images.decode import ImagePolicy, decode_in_process
 
 # Largest resized-but-not-yet-cropped image made on the exact path (3 MiB of RGB).
@@ -96,3 +97,23 @@ def decode_resized(
     """Decode in the calling process and resize: what a decode child runs for ``load_pixels``. Returns the
     model-sized RGB image and the original (width, height) as displayed."""
     return decode_in_process(data, policy, draft_size, finish=lambda image: apply(image, spec))
+
+
+def decode_resized_hashed(
+    data: bytes, policy: ImagePolicy, spec: Resize, draft_size: tuple[int, int] | None
+) -> tuple[Image.Image, tuple[int, int], Pdq, tuple[bytes, ...]]:
+    """:func:`decode_resized`, and the PDQ hash (with its seven dihedral variants) of the decoded pixels:
+    taken from the model-sized image when the model's resize keeps the whole frame (a fixed size) at
+    least ``HASH_SIDE`` square, else from the decoded image (before a centre crop, or when the model's input
+    is smaller than the hash's: hashing/pdq.py)."""
+    hashed: list[tuple[Pdq, tuple[bytes, ...]]] = []
+
+    def finish(image: Image.Image) -> Image.Image:
+        resized = apply(image, spec)
+        whole = spec.do_resize and spec.shortest_edge is None and min(spec.size) >= HASH_SIDE
+        hashed.append(pdq_dihedral(resized if whole else image))
+        return resized
+
+    image, original = decode_in_process(data, policy, draft_size, finish=finish)
+    pdq, variants = hashed[0]
+    return image, original, pdq, variants
