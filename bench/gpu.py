@@ -247,8 +247,8 @@ def processes(cuda: bool, dry: bool) -> dict[str, Any]:
     """Total img/s of N processes sharing the device against one process at N x the batch."""
     device = "cuda" if cuda else "cpu"
     batch, seconds = (2, 0.5) if dry else (64, 5.0)
-    # CUDA and fork do not mix: spawn on a GPU; the dry run forks (the children skip importing torch again).
-    ctx = multiprocessing.get_context("spawn" if cuda else "fork")
+    # spawn: CUDA does not survive a fork, and neither does the OpenMP pool the CPU forwards above started.
+    ctx = multiprocessing.get_context("spawn")
     out: dict[str, Any] = {"mps_daemon": _mps_running(), "batch_per_process": batch}
     for n in (2,) if dry else (1, 2, 4):
         queue = ctx.Queue()
