@@ -27,6 +27,7 @@ from tests.fixtures.cli import resolve
 from tests.fixtures.models import REAL_FAKE, save_tiny_vit
 from tests.fixtures.service import Service
 from tests.fixtures.videos import make_clip
+from tests.fixtures.webhook_receiver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -252,3 +253,77 @@ def test_the_service_quick_start_runs_as_written(service: Service, tmp_path: Pat
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(30)
     assert submission and worker is not None
+
+
+def test_the_http_quick_start_runs_as_written(service: Service, tmp_path: Path) -> None:
+    """The API in the background, a tenant, a key captured by `$(...)`, an upload with curl, then the
+    results with the submission id the upload answered (the README's port is replaced by a free one)."""
+    lines = section_block("Quick start: the HTTP API")
+    work = tmp_path / "work"
+    work.mkdir()
+    bin_dir = dfscan_shim(work)
+    port = str(free_port())
+    env = {
+        **service.env,
+        "DFSCAN_UPLOAD_STORE": str(tmp_path / "uploads"),
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    assert service.cli("db", "upgrade").returncode == 0
+    service.env["DFSCAN_UPLOAD_STORE"] = env["DFSCAN_UPLOAD_STORE"]
+    service.start_worker()
+    api: subprocess.Popen[bytes] | None = None
+    log = tmp_path / "api.log"
+    submission = ""
+    try:
+        for line in (line.replace("8000", port) for line in lines):
+            if line.endswith("&"):  # the server, in the background
+                assert (dfscan_args(line.rstrip("& ")) or [""])[0] == "api", line
+                with log.open("wb") as handle:
+                    api = subprocess.Popen(
+                        ["bash", "-c", f"exec {line.rstrip('& ')}"],
+                        cwd=work,
+                        env=env,
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                deadline = time.monotonic() + 120
+                while run(f"curl -sf http://127.0.0.1:{port}/healthz", work, env).returncode != 0:
+                    assert api.poll() is None, log.read_text(errors="replace")[-4000:]
+                    assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
+                    time.sleep(0.3)
+            elif line.startswith("KEY=$("):
+                result = run(line[len("KEY=$(") : line.rindex(")")], work, env)
+                assert result.returncode == 0, result.stderr
+                env["KEY"] = result.stdout.strip()
+                assert env["KEY"], result.stderr
+            elif line.startswith("curl") and "/v1/scans" in line:
+                for name in re.findall(r"file=@(\S+)", line):
+                    made = make_sources(["scan", name], work, work)
+                    assert made, name
+                result = run(line, work, env)
+                assert result.returncode == 0, result.stderr
+                submission = json.loads(result.stdout)["submission_id"]
+            elif line.startswith("curl"):
+                assert submission, f"{line!r} comes before the upload that names SUBMISSION"
+                line = line.replace("SUBMISSION", submission)
+                deadline = time.monotonic() + 180
+                while True:  # the worker judges the upload: poll, as a client would
+                    result = run(line, work, env)
+                    assert result.returncode == 0, result.stderr
+                    rows = json.loads(result.stdout)["results"]
+                    if all(row["status"] in ("done", "failed") for row in rows):
+                        break
+                    assert time.monotonic() < deadline, rows
+                    time.sleep(0.5)
+                assert [row["status"] for row in rows] == ["done"], rows
+                assert 0 <= rows[0]["fake_score"] <= 1
+            else:
+                result = run(line, work, env)
+                assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+    finally:
+        if api is not None and api.poll() is None:
+            os.killpg(api.pid, signal.SIGKILL)
+            api.wait(30)
+    assert submission and env.get("KEY")

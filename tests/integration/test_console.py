@@ -3,7 +3,7 @@ headless Chromium driven by Playwright, and a real webhook receiver fed by the d
 
 One test is the proof of the feature (sign in, queue, item, face boxes, keyboard decisions, the decision seen
 through the API and the webhook, tenant isolation, XSS shown as text, CSRF, cookie replay, CSP); it saves the
-screenshots in docs/img/.
+screenshots (docs/img/ when DFSCAN_SCREENSHOTS=docs/img).
 """
 
 from __future__ import annotations
