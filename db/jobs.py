@@ -680,15 +680,23 @@ _CACHED = (
         _VERDICTS.c.faces_judged,
         _VERDICTS.c.faces_skipped,
     )
+    .join(_JOBS, _JOBS.c.id == _VERDICTS.c.job_id)
     .where(
         _VERDICTS.c.image_sha256.in_(bindparam("shas", expanding=True)),
         _VERDICTS.c.model_version == bindparam("version"),
+        _JOBS.c.tenant_id == bindparam("tenant"),  # a tenant never learns what another one scanned
     )
     .order_by(_VERDICTS.c.id)
 )
 
 
-def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_version: str) -> dict[str, Stored]:
+def cached_verdicts(
+    session: Session,
+    image_sha256s: Sequence[str],
+    model_version: str,
+    *,
+    tenant_id: uuid.UUID = DEFAULT_TENANT_ID,
+) -> dict[str, Stored]:
     """What an earlier verdict said about the same bytes with the same model version, per sha256: its
     score, what it was judged on and its faces, and for a video its duration, peak time and judged
     frames (the duplicate cache; the newest verdict wins).
@@ -699,7 +707,7 @@ def cached_verdicts(session: Session, image_sha256s: Sequence[str], model_versio
     shas = sorted(set(image_sha256s))
     if not shas:
         return {}
-    rows = session.execute(_CACHED, {"shas": shas, "version": model_version})
+    rows = session.execute(_CACHED, {"shas": shas, "version": model_version, "tenant": tenant_id})
     newest = {row.image_sha256: row for row in rows}
     faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
     frames = verdict_frames(session, [row.job_id for row in newest.values() if row.media == VIDEO])

@@ -34,7 +34,7 @@ from worker import metrics
 from worker.inference import lanes
 from worker.inference.factory import face_policy, near_policy, new_classifier, new_judge
 from worker.inference.hashing.pdq import MediaHash, Near, Similar
-from worker.inference.judge import Judge
+from worker.inference.judge import Judge, Known
 from worker.inference.model.batcher import MicroBatcher
 from worker.leases import LeaseKeeper
 from worker.near import NearIndex
@@ -59,10 +59,12 @@ def lane_of(priority: int) -> int:
     return lanes.INTERACTIVE if priority >= INTERACTIVE_PRIORITY else lanes.BULK
 
 
-def _outcome(judge: Judge, source: str, lane: int, similar: Similar | None = None) -> Verdict | Exception:
+def _outcome(
+    judge: Judge, source: str, lane: int, similar: Similar | None = None, known: Known | None = None
+) -> Verdict | Exception:
     try:
         with lanes.running_in(lane):  # every batcher and decode slot below serves it in its lane
-            return judge.judge(source, similar=similar)
+            return judge.judge(source, similar=similar, known=known)
     except (
         Exception
     ) as exc:  # only the duplicate-cache and near-duplicate look-ups raise: the database is down
@@ -117,7 +119,7 @@ class InferenceRuntime(WorkerRuntime):
             name="claim",
             expected=self.in_progress,
         )
-        self._lookups: MicroBatcher[tuple[str, str], Stored | None] = MicroBatcher(
+        self._lookups: MicroBatcher[tuple[str, str, uuid.UUID], Stored | None] = MicroBatcher(
             self._lookup_batch,
             max_batch=_DB_BATCH,
             max_wait=_DB_LINGER,
@@ -204,15 +206,21 @@ class InferenceRuntime(WorkerRuntime):
         ``tenants`` (one per source, default tenant when None) scopes its near-duplicate look-up.
         A verdict per source, done or failed; an exception only where a database look-up failed."""
         judge = self.judge()  # one model version for the whole message
-        looks = [self.similar_for(t) for t in (tenants or [DEFAULT_TENANT_ID] * len(sources))]
+        owners = list(tenants or [DEFAULT_TENANT_ID] * len(sources))
+        looks = [self.similar_for(t) for t in owners]
+        knowns = [self.known_for(t) for t in owners]
         if len(sources) == 1:
-            return [_outcome(judge, sources[0], lane, looks[0])]
-        pairs = list(zip(sources, looks, strict=True))
-        return list(self._judge_pool.map(lambda pair: _outcome(judge, pair[0], lane, pair[1]), pairs))
+            return [_outcome(judge, sources[0], lane, looks[0], knowns[0])]
+        triples = list(zip(sources, looks, knowns, strict=True))
+        return list(self._judge_pool.map(lambda t: _outcome(judge, t[0], lane, t[1], t[2]), triples))
 
-    def known(self, sha256: str, version: str) -> Stored | None:
+    def known_for(self, tenant_id: uuid.UUID) -> Known:
+        """The exact-bytes duplicate cache of one tenant's verdicts (tenants never see each other's)."""
+        return lambda sha256, version: self.known(sha256, version, tenant_id)
+
+    def known(self, sha256: str, version: str, tenant_id: uuid.UUID = DEFAULT_TENANT_ID) -> Stored | None:
         """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""
-        return self._lookups.submit((sha256, version)).result()
+        return self._lookups.submit((sha256, version, tenant_id)).result()
 
     def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[jobs.Claim | None]:
         with self.sessions.begin() as session:
@@ -226,15 +234,15 @@ class InferenceRuntime(WorkerRuntime):
         # A message delivered twice at once: only its first copy gets the claim.
         return [claimed.pop(job_id, None) for job_id in job_ids]
 
-    def _lookup_batch(self, keys: list[tuple[str, str]]) -> list[Stored | None]:
-        by_version: dict[str, list[str]] = {}
-        for sha, version in keys:
-            by_version.setdefault(version, []).append(sha)
+    def _lookup_batch(self, keys: list[tuple[str, str, uuid.UUID]]) -> list[Stored | None]:
+        by_owner: dict[tuple[str, uuid.UUID], list[str]] = {}
+        for sha, version, tenant in keys:
+            by_owner.setdefault((version, tenant), []).append(sha)
         with self.reads() as session:
             found = {
-                (sha, version): score
-                for version, shas in by_version.items()
-                for sha, score in jobs.cached_verdicts(session, shas, version).items()
+                (sha, version, tenant): score
+                for (version, tenant), shas in by_owner.items()
+                for sha, score in jobs.cached_verdicts(session, shas, version, tenant_id=tenant).items()
             }
         return [found.get(key) for key in keys]
 

@@ -16,6 +16,7 @@ from db import jobs, registry, results, training
 from db.migrate import upgrade
 from db.models import ScanJob, Submission, Verdict
 from db.session import new_engine, new_session_factory
+from db.tenants import create_tenant
 from dfscan.exceptions import IdempotencyConflictError, NothingToRollBackError, UnknownIdError
 from tests.fixtures.databases import sqlite_url  # noqa: F401
 
@@ -296,6 +297,18 @@ def test_cached_score_matches_bytes_and_model_version(factory: sessionmaker[Sess
         assert jobs.cached_verdicts(s, [SHA], "m1")[SHA].fake_score == 0.25
         assert jobs.cached_verdicts(s, [SHA], "m2") == {}
         assert jobs.cached_verdicts(s, ["cd" * 32], "m1") == {}
+
+
+def test_the_duplicate_cache_never_crosses_tenants(factory: sessionmaker[Session]) -> None:
+    """Bytes one tenant scanned are judged afresh for another: a cache hit would tell it they were seen."""
+    with factory.begin() as s:
+        other = create_tenant(s, "other").id
+    (job_id,) = _submit(factory, ["a"], tenant_id=other)
+    with factory.begin() as s:
+        jobs.finish_done(s, job_id, **_verdict(fake_score=0.25, label="real"))
+    with factory.begin() as s:
+        assert jobs.cached_verdicts(s, [SHA], "m1", tenant_id=other)[SHA].fake_score == 0.25
+        assert jobs.cached_verdicts(s, [SHA], "m1") == {}  # the default tenant's cache
 
 
 def test_counts_and_result_filters(factory: sessionmaker[Session]) -> None:

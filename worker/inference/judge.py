@@ -275,11 +275,16 @@ class Judge:
     # --- one source ------------------------------------------------------------------------------
 
     def judge(
-        self, source: str, *, observe: Observe | None = None, similar: Similar | None = None
+        self,
+        source: str,
+        *,
+        observe: Observe | None = None,
+        similar: Similar | None = None,
+        known: Known | None = None,
     ) -> Verdict:
         """Read ``source`` (an http(s) URL or a path under the allowed roots) and judge it; ``observe``
-        sees every judged frame, ``similar`` is this source's near-duplicate look-up (see
-        :meth:`judge_bytes`)."""
+        sees every judged frame, ``similar`` and ``known`` are this source's near-duplicate and exact
+        duplicate look-ups (see :meth:`judge_bytes`)."""
         budget = self.new_budget()  # the road's entrance: every stage below draws from it
         started = time.perf_counter()
         try:
@@ -288,7 +293,13 @@ class Judge:
         except Exception as exc:
             return self._failed(source, exc, fetch_ms=_ms(started), media=failed_media(exc))
         return self.judge_bytes(
-            data, source=source, fetch_ms=_ms(started), budget=budget, observe=observe, similar=similar
+            data,
+            source=source,
+            fetch_ms=_ms(started),
+            budget=budget,
+            observe=observe,
+            similar=similar,
+            known=known,
         )
 
     def judge_bytes(
@@ -300,6 +311,7 @@ class Judge:
         budget: Budget | None = None,
         observe: Observe | None = None,
         similar: Similar | None = None,
+        known: Known | None = None,
     ) -> Verdict:
         """Judge image or video bytes already read (``source`` names them in the verdict), under
         ``budget`` (a new one when None). ``observe(frame, score)``, when given, is called with every
@@ -313,8 +325,9 @@ class Judge:
         frames are matched once they have been judged (their hashes come from the same pass)."""
         budget = budget or self.new_budget()
         similar = similar or self.similar
+        known = known or self.known  # the exact-bytes cache: the caller scopes it (a tenant's verdicts)
         container = video_container(data)
-        verdict = self._judge_read(data, container, source, fetch_ms, budget, observe, similar)
+        verdict = self._judge_read(data, container, source, fetch_ms, budget, observe, similar, known)
         if self.provenance is None:
             return verdict
         return replace(verdict, provenance=self._provenance(data, VIDEO if container else IMAGE))
@@ -346,10 +359,11 @@ class Judge:
         budget: Budget,
         observe: Observe | None,
         similar: Similar | None,
+        known: Known | None,
     ) -> Verdict:
         if container is not None:
             hashed: list[Pdq] = []
-            verdict = self._judge_video(data, container, source, fetch_ms, budget, observe, hashed)
+            verdict = self._judge_video(data, container, source, fetch_ms, budget, observe, hashed, known)
             return self._matched_clip(verdict, hashed, similar)
         sha = image_sha256(data)
         facts: dict[str, object] = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
@@ -357,7 +371,7 @@ class Judge:
         count = frame_count(data, self.images)
         version = self.version if count == 1 else self.animation_version
         # The duplicate cache keeps no heatmaps: a verdict asked to explain is judged again.
-        stored = self.known(sha, version) if self.known is not None and not self.explain else None
+        stored = known(sha, version) if known is not None and not self.explain else None
         if stored is not None:
             return replace(self._from_stored(source, stored, **facts), model_version=version)
         started = time.perf_counter()
@@ -575,10 +589,11 @@ class Judge:
         budget: Budget,
         observe: Observe | None,
         hashed: list[Pdq],
+        known: Known | None,
     ) -> Verdict:
         """A video's verdict, under the version that names its sampling (:attr:`video_version`); its
         sampled frames' hashes are appended to ``hashed``."""
-        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe, hashed)
+        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe, hashed, known)
         return replace(verdict, model_version=self.video_version)
 
     def _video_verdict(
@@ -590,6 +605,7 @@ class Judge:
         budget: Budget,
         observe: Observe | None,
         hashed: list[Pdq],
+        known: Known | None,
     ) -> Verdict:
         sha = image_sha256(data)
         facts: dict[str, object] = {
@@ -600,7 +616,7 @@ class Judge:
             "media": VIDEO,
         }
         # The same bytes judged before with this model and sampling: its verdict and frames, no decoding.
-        stored = self.known(sha, self.video_version) if self.known is not None else None
+        stored = known(sha, self.video_version) if known is not None else None
         if isinstance(stored, Stored) and stored.media == VIDEO:
             facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
             return self._from_stored(source, stored, **facts)
