@@ -20,13 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import webhooks
-from db.models import ScanJob, Submission, Verdict, VerdictFace, VerdictFrame, VerdictHash, utcnow
+from db.models import ScanJob, Submission, VerdictFace, VerdictFrame, VerdictHash, VerdictRow, utcnow
 from db.results import faces_of, verdict_frames
 from dfscan.exceptions import IdempotencyConflictError, MaxAttemptsError
 from dfscan.tenants import DEFAULT_TENANT_ID
 from dfscan.uploads import UPLOAD_SCHEME
-from dfscan.verdicts import STORED, VIDEO, FaceVerdict, SecondOpinion, Stored, stored_frames
-from dfscan.verdicts import Verdict as VerdictResult
+from dfscan.verdicts import STORED, VIDEO, FaceVerdict, SecondOpinion, Stored, Verdict, stored_frames
 from dfscan.webhooks import EVENTS as WEBHOOK_EVENTS
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ MAX_ATTEMPTS_CODE = MaxAttemptsError.code
 # The tables under the models: the worker's hottest statements (claim, verdict write, cache look-up)
 # are Core statements on them, built once at import with bound parameters.
 _JOBS: Table = ScanJob.__table__  # type: ignore[assignment]
-_VERDICTS: Table = Verdict.__table__  # type: ignore[assignment]
+_VERDICTS: Table = VerdictRow.__table__  # type: ignore[assignment]
 ACTIVE = ("queued", "running")
 
 
@@ -407,7 +406,7 @@ def finish_done_many(session: Session, verdicts: Sequence[dict[str, Any]]) -> se
         for job_id in done
     ]
     if rows:
-        session.execute(_insert_ignoring_duplicate(session, Verdict, ["job_id"]), rows)
+        session.execute(_insert_ignoring_duplicate(session, VerdictRow, ["job_id"]), rows)
     faces = [
         face_row(job_id, seq, face)
         for job_id in done
@@ -480,7 +479,7 @@ def finish_done(session: Session, job_id: uuid.UUID, **verdict: Any) -> bool:
 
 
 def _insert_ignoring_duplicate(
-    session: Session, table: Any = Verdict, key: Sequence[str] = ("job_id",)
+    session: Session, table: Any = VerdictRow, key: Sequence[str] = ("job_id",)
 ) -> Any:
     """``INSERT INTO verdicts ... ON CONFLICT (job_id) DO NOTHING`` (or another table and key), to execute
     with a list of rows."""
@@ -499,7 +498,7 @@ def _insert_ignoring_duplicate(
     return insert(table)
 
 
-def done_fields(verdict: VerdictResult, *, worker: str) -> dict[str, Any]:
+def done_fields(verdict: Verdict, *, worker: str) -> dict[str, Any]:
     """What ``finish_done``/``finish_done_many`` store for a done verdict: its verdict row, its face
     rows and its video frames, and the worker. The one mapping both the worker and `dfscan scan` use."""
     return {
@@ -511,7 +510,7 @@ def done_fields(verdict: VerdictResult, *, worker: str) -> dict[str, Any]:
     }
 
 
-def record_verdict(session: Session, job_id: uuid.UUID, verdict: VerdictResult, *, worker: str) -> bool:
+def record_verdict(session: Session, job_id: uuid.UUID, verdict: Verdict, *, worker: str) -> bool:
     """Store the final outcome ``verdict`` of a job: done with its verdict row, or failed with its code.
     True if this call made the outcome (False: the job was already final)."""
     if verdict.done:
