@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import BankEntry, HashBank, ScanJob, Verdict, VerdictHash
+from db.models import BankEntry, HashBank, ScanJob, VerdictHash, VerdictRow
 from db.results import faces_of, verdict_frames
 from dfscan.exceptions import BadArgumentError, UnknownIdError
 from dfscan.tenants import DEFAULT_TENANT_ID
@@ -87,7 +87,9 @@ def stored_by_job(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.U
     """What these jobs' verdicts said (score, judged on, faces; a video's timeline), per job."""
     if not job_ids:
         return {}
-    rows = list(session.execute(select(Verdict).where(Verdict.job_id.in_(sorted(set(job_ids))))).scalars())
+    rows = list(
+        session.execute(select(VerdictRow).where(VerdictRow.job_id.in_(sorted(set(job_ids))))).scalars()
+    )
     faces = faces_of(session, [row.job_id for row in rows if row.judged_on == "faces"])
     frames = verdict_frames(session, [row.job_id for row in rows if row.media == VIDEO])
     return {

@@ -245,7 +245,7 @@ class ScanJob(Base):
     )
 
 
-class Verdict(Base):
+class VerdictRow(Base):
     """The outcome of one done job. ``job_id`` is unique: the schema allows at most one per job."""
 
     __tablename__ = "verdicts"

@@ -16,8 +16,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import JOB_STATES, ScanJob, Submission, VerdictFace, VerdictFrame, VerdictHash
-from db.models import Verdict as VerdictRow
+from db.models import JOB_STATES, ScanJob, Submission, VerdictFace, VerdictFrame, VerdictHash, VerdictRow
 from dfscan.exceptions import UnknownIdError
 from dfscan.verdicts import STORED, VIDEO, FrameHash, Verdict
 

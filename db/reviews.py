@@ -17,8 +17,16 @@ from sqlalchemy import Select, and_, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from db import results
-from db.models import REVIEW_DECISIONS, Review, ScanJob, Submission, VerdictFace, WebhookDelivery, utcnow
-from db.models import Verdict as VerdictRow
+from db.models import (
+    REVIEW_DECISIONS,
+    Review,
+    ScanJob,
+    Submission,
+    VerdictFace,
+    VerdictRow,
+    WebhookDelivery,
+    utcnow,
+)
 from db.notifications import notify
 from dfscan.webhooks import JOB_REVIEWED, parse_events, receiver_of
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, migrate, results
-from db.models import Verdict, VerdictFace
+from db.models import VerdictFace, VerdictRow
 from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
 
@@ -72,7 +72,7 @@ def test_a_faces_verdict_stores_one_row_per_face_once(factory: sessionmaker[Sess
     with factory.begin() as s:  # a redelivery writes nothing
         assert jobs.finish_done_many(s, [{"job_id": job_id, **verdict(faces=FACES[:1])}]) == set()
     with factory.begin() as s:
-        row = s.scalars(select(Verdict)).one()
+        row = s.scalars(select(VerdictRow)).one()
         assert (row.judged_on, row.label, row.fake_score) == ("faces", "fake", 0.91)
         faces = s.scalars(select(VerdictFace).order_by(VerdictFace.seq)).all()
         assert [(f.seq, f.x, f.y, f.w, f.h, f.score, f.fake_score) for f in faces] == [

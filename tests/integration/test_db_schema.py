@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, migrate
-from db.models import Verdict
+from db.models import VerdictRow
 from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
 
@@ -138,7 +138,7 @@ def test_constraints_hold_on_postgres(pg_engine: Engine) -> None:
     with factory.begin() as s:
         assert jobs.finish_done(s, job_id, worker="w1", **VERDICT) is True
     with pytest.raises(IntegrityError, match="uq_verdicts_job_id"), factory.begin() as s:
-        s.add(Verdict(job_id=job_id, worker="w2", **VERDICT))
+        s.add(VerdictRow(job_id=job_id, worker="w2", **VERDICT))
     other = _job(factory)
     bad_rows = {
         "ck_scan_jobs_failed_iff_error_code": "UPDATE scan_jobs SET state='failed', finished_at=now() WHERE id=:id",
@@ -155,9 +155,9 @@ def test_constraints_hold_on_postgres(pg_engine: Engine) -> None:
     ):
         s.execute(text("UPDATE scan_jobs SET error_code='X' WHERE id=:id"), {"id": str(other)})
     with pytest.raises(IntegrityError, match="ck_verdicts_fake_score_range"), factory.begin() as s:
-        s.add(Verdict(job_id=other, **{**VERDICT, "fake_score": 1.5}))
+        s.add(VerdictRow(job_id=other, **{**VERDICT, "fake_score": 1.5}))
     with pytest.raises(IntegrityError, match="fk_verdicts_job_id_scan_jobs"), factory.begin() as s:
-        s.add(Verdict(job_id=uuid.uuid4(), **VERDICT))
+        s.add(VerdictRow(job_id=uuid.uuid4(), **VERDICT))
 
 
 def test_constraints_hold_on_sqlite(sqlite_url: str) -> None:  # noqa: F811
@@ -168,7 +168,7 @@ def test_constraints_hold_on_sqlite(sqlite_url: str) -> None:  # noqa: F811
     with factory.begin() as s:
         jobs.finish_done(s, job_id, worker="w1", **VERDICT)
     with pytest.raises(IntegrityError, match="UNIQUE"), factory.begin() as s:
-        s.add(Verdict(job_id=job_id, **VERDICT))
+        s.add(VerdictRow(job_id=job_id, **VERDICT))
     other = _job(factory)
     with pytest.raises(IntegrityError, match="failed_iff_error_code"), factory.begin() as s:
         s.execute(
@@ -176,7 +176,7 @@ def test_constraints_hold_on_sqlite(sqlite_url: str) -> None:  # noqa: F811
             {"id": other.hex},
         )
     with pytest.raises(IntegrityError, match="FOREIGN KEY"), factory.begin() as s:
-        s.add(Verdict(job_id=uuid.uuid4(), **VERDICT))
+        s.add(VerdictRow(job_id=uuid.uuid4(), **VERDICT))
     engine.dispose()
 
 
@@ -219,7 +219,7 @@ def test_concurrent_finish_done_blocks_then_writes_nothing(pg_engine: Engine) ->
     assert not thread.is_alive()
     assert outcome["made"] is False and outcome["at"] >= committed_at  # type: ignore[operator]
     with factory.begin() as s:
-        rows = s.execute(select(Verdict.worker, Verdict.label).where(Verdict.job_id == job_id)).all()
+        rows = s.execute(select(VerdictRow.worker, VerdictRow.label).where(VerdictRow.job_id == job_id)).all()
     assert [tuple(r) for r in rows] == [("w1", "fake")]
 
 
@@ -251,9 +251,10 @@ def test_racing_redeliveries_store_exactly_one_verdict(pg_engine: Engine) -> Non
     assert sorted(j for j, _ in made) == sorted(job_ids)  # exactly one winner per job
     with factory.begin() as s:
         counts = {
-            row[0]: row[1] for row in s.execute(select(Verdict.job_id, func.count()).group_by(Verdict.job_id))
+            row[0]: row[1]
+            for row in s.execute(select(VerdictRow.job_id, func.count()).group_by(VerdictRow.job_id))
         }
-        workers = {row[0]: row[1] for row in s.execute(select(Verdict.job_id, Verdict.worker))}
+        workers = {row[0]: row[1] for row in s.execute(select(VerdictRow.job_id, VerdictRow.worker))}
     assert counts == dict.fromkeys(job_ids, 1)
     assert workers == dict(made)
 

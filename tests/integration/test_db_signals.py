@@ -13,8 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, migrate, results
-from db.models import Verdict as VerdictRow
-from db.models import WebhookDelivery
+from db.models import VerdictRow, WebhookDelivery
 from db.session import new_engine, new_session_factory
 from dfscan.verdicts import Provenance, SecondOpinion, Verdict
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, migrate
-from db.models import Verdict, VerdictFrame
+from db.models import VerdictFrame, VerdictRow
 from db.results import results, verdict_frames
 from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
@@ -97,9 +97,9 @@ def test_constraints_guard_video_verdicts(backend: str, request: pytest.FixtureR
     _, job_id = _job(factory)
     fields = {k: v for k, v in BASE.items() if k not in ("media", "duration_s", "peak_t")}
     with pytest.raises(IntegrityError, match="image_has_no_timeline"), factory.begin() as s:
-        s.add(Verdict(job_id=job_id, peak_t=1.0, **fields))
+        s.add(VerdictRow(job_id=job_id, peak_t=1.0, **fields))
     with pytest.raises(IntegrityError, match="media_valid"), factory.begin() as s:
-        s.add(Verdict(job_id=job_id, media="audio", **fields))
+        s.add(VerdictRow(job_id=job_id, media="audio", **fields))
     with factory.begin() as s:
         assert jobs.finish_done(s, job_id, **VIDEO)
     with pytest.raises(IntegrityError, match="fake_score_range"), factory.begin() as s:

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from skimage import data as skdata
 from sqlalchemy import select, update
 
-from db.models import Verdict, VerdictHash
+from db.models import VerdictHash, VerdictRow
 from db.session import new_engine, new_session_factory
 from tests.fixtures.service import Service
 
@@ -69,8 +69,8 @@ def test_a_reencoded_reupload_reuses_its_own_tenants_verdict_never_another_tenan
         by_job = {
             str(v.job_id): v
             for v in session.scalars(
-                select(Verdict).where(
-                    Verdict.job_id.in_([uuid.UUID(str(second["job_id"])), uuid.UUID(str(third["job_id"]))])
+                select(VerdictRow).where(
+                    VerdictRow.job_id.in_([uuid.UUID(str(second["job_id"])), uuid.UUID(str(third["job_id"]))])
                 )
             )
         }

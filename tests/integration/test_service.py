@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from db.models import ScanJob, Verdict
+from db.models import ScanJob, VerdictRow
 from db.session import new_engine, new_session_factory
 from dfscan.outbox import send_job
 from dfscan.queueing import SCAN_TASK, new_celery_app
@@ -42,7 +42,7 @@ def counts(svc: Service) -> tuple[int, int, int]:
     sessions = new_session_factory(new_engine(svc.database_url))
     with sessions() as session:
         jobs = session.scalar(select(func.count()).select_from(ScanJob)) or 0
-        verdicts = session.scalar(select(func.count()).select_from(Verdict)) or 0
+        verdicts = session.scalar(select(func.count()).select_from(VerdictRow)) or 0
         done = session.scalar(select(func.count()).select_from(ScanJob).where(ScanJob.state == "done")) or 0
     return jobs, done, verdicts
 

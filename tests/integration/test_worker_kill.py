@@ -9,7 +9,7 @@ import time
 
 from sqlalchemy import func, select
 
-from db.models import ScanJob, Verdict
+from db.models import ScanJob, VerdictRow
 from db.session import new_engine, new_session_factory
 from producer.client import ScanClient
 from tests.fixtures.service import Service, save_slow_vit
@@ -20,7 +20,7 @@ def state_counts(svc: Service) -> dict[str, int]:
     sessions = new_session_factory(new_engine(svc.database_url))
     with sessions() as session:
         rows = session.execute(select(ScanJob.state, func.count()).group_by(ScanJob.state)).all()
-        verdicts = session.scalar(select(func.count()).select_from(Verdict)) or 0
+        verdicts = session.scalar(select(func.count()).select_from(VerdictRow)) or 0
     return {**{state: n for state, n in rows}, "verdicts": verdicts}
 
 
@@ -51,9 +51,9 @@ def test_two_workers_share_one_queue_and_never_judge_a_job_twice(service: Servic
     sessions = new_session_factory(new_engine(service.database_url))
     with sessions() as session:
         per_worker = dict(
-            session.execute(select(Verdict.worker, func.count()).group_by(Verdict.worker)).all()
+            session.execute(select(VerdictRow.worker, func.count()).group_by(VerdictRow.worker)).all()
         )
-        total = session.scalar(select(func.count()).select_from(Verdict))
+        total = session.scalar(select(func.count()).select_from(VerdictRow))
     assert total == 48
     assert len(per_worker) == 2, f"one worker did everything: {per_worker}"
     assert min(per_worker.values()) >= 8, per_worker

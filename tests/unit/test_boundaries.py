@@ -186,15 +186,24 @@ CORE_MAY_IMPORT: dict[str, set[str]] = {
     "regions": {"budget", "faces", "model", "video"},
     "annotate": {"regions"},
     "provenance": set(),  # what a source declares: bytes in, a Provenance out (the Judge isolates it)
+    "outcomes": {"hashing", "regions"},  # a judged source's facts as verdict fields; a failed verdict
+    "signals": {"budget", "images", "model", "provenance", "regions"},  # provenance, second opinion
+    # The Judge's two paths; "judge" only for its type (under TYPE_CHECKING: no import at run time).
+    "judge_image": {"budget", "hashing", "images", "judge", "model", "outcomes", "regions", "signals"},
+    "judge_video": {"budget", "hashing", "images", "judge", "model", "outcomes", "regions", "video"},
     "judge": {
         "budget",
         "faces",
         "hashing",
         "images",
+        "judge_image",
+        "judge_video",
         "lanes",
         "model",
+        "outcomes",
         "provenance",
         "regions",
+        "signals",
         "sources",
         "video",
     },

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, registry, results, training
 from db.migrate import upgrade
-from db.models import ScanJob, Submission, Verdict
+from db.models import ScanJob, Submission, VerdictRow
 from db.session import new_engine, new_session_factory
 from db.tenants import create_tenant
 from dfscan.exceptions import IdempotencyConflictError, NothingToRollBackError, UnknownIdError
@@ -68,7 +68,7 @@ def _job(factory: sessionmaker[Session], job_id: uuid.UUID) -> ScanJob:
 
 def _n_verdicts(factory: sessionmaker[Session], job_id: uuid.UUID) -> int:
     with factory.begin() as s:
-        return s.scalar(select(func.count()).select_from(Verdict).where(Verdict.job_id == job_id)) or 0
+        return s.scalar(select(func.count()).select_from(VerdictRow).where(VerdictRow.job_id == job_id)) or 0
 
 
 def test_submission_is_idempotent_per_key(factory: sessionmaker[Session]) -> None:
@@ -387,7 +387,7 @@ def test_check_submission_reports_every_kind_of_violation(factory: sessionmaker[
     assert "lost=3 duplicated=1 over_attempts=1" in report.summary()
     # A second verdict for one job is not even representable.
     with pytest.raises(IntegrityError), factory.begin() as s:
-        s.add(Verdict(job_id=ok_done, **_verdict()))
+        s.add(VerdictRow(job_id=ok_done, **_verdict()))
         s.flush()
     with factory.begin() as s, pytest.raises(LookupError):
         results.check_submission(s, uuid.uuid4(), max_attempts=MAX_ATTEMPTS)

@@ -17,6 +17,7 @@ from dfscan.verdicts import Verdict
 from tests.fixtures.corpus import make_image_bytes
 from tests.fixtures.models import DEEPFAKE_REAL, REAL_FAKE, save_tiny_vit
 from worker.inference import judge as judge_module
+from worker.inference import judge_image
 from worker.inference.images.decode import ImagePolicy, image_sha256
 from worker.inference.judge import Judge, Known, judge_stream
 from worker.inference.model.classifier import Classifier, load_classifier
@@ -196,7 +197,7 @@ def test_an_unexpected_error_is_an_internal_error_worth_a_retry(
     def buggy(data: bytes, cfg: object, policy: object) -> torch.Tensor:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(judge_module, "load_pixels_hashed", buggy)
+    monkeypatch.setattr(judge_image, "load_pixels_hashed", buggy)
     (verdict,) = _run(_judge(detector, tmp_path), [_write_image(tmp_path / "a.jpg", 1)])
     assert verdict.error_code == "INTERNAL_ERROR" and verdict.retryable
     assert "ZeroDivisionError" in (verdict.error or "")

@@ -15,7 +15,10 @@ One source, on the calling thread::
 Every stage draws from one :class:`~worker.inference.budget.Budget` made at the entrance (working
 seconds, pixel bytes held, model and detector inputs); waiting for a batcher never counts, and running
 out is ``BUDGET_EXCEEDED`` naming the stage and the limit. The road itself is
-:mod:`worker.inference.regions`; this module decides where frames come from and writes the verdict.
+:mod:`worker.inference.regions`; this module holds the policies, batchers and verdicts, and sends a
+source down its path: :mod:`worker.inference.judge_image` (still and animated images) or
+:mod:`worker.inference.judge_video`. The signals beside a score (provenance, a second opinion) are
+:mod:`worker.inference.signals`; a failed verdict and a clip's facts are :mod:`worker.inference.outcomes`.
 
 - **An image** is a one-frame clip. Faces off: decoded straight to the model's size (inside the decode
   memory budget, in a decode child with ``DFSCAN_DECODE_PROCESSES``). Faces on (a
@@ -49,7 +52,6 @@ worker tries again up to ``DFSCAN_MAX_ATTEMPTS``; ``dfscan scan`` has one attemp
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import threading
@@ -62,50 +64,25 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError, InferenceError
+from dfscan.exceptions import InferenceError
 from dfscan.verdicts import (
     DONE,
-    FACES,
-    FAILED,
     IMAGE,
     NOT_APPLICABLE,
     VIDEO,
     FaceVerdict,
-    Frame,
-    Provenance,
     SecondOpinion,
     Stored,
     Verdict,
-    combine,
     label_for,
 )
-from worker.inference.budget import Budget, Limits, rgb_bytes
+from worker.inference.budget import Budget, Limits
 from worker.inference.faces.crops import Face, FacePolicy
-from worker.inference.hashing.pdq import (
-    MediaHash,
-    Near,
-    NearPolicy,
-    Pdq,
-    Similar,
-    frame_hashes,
-    pdq_dihedral,
-    pdq_of,
-)
-from worker.inference.images.animation import (
-    AnimationFrame,
-    animation_frames,
-    frame_count,
-    list_animation_frames,
-)
-from worker.inference.images.decode import (
-    ImagePolicy,
-    decode_in_process,
-    decode_with_size,
-    image_sha256,
-    sniff_format,
-)
+from worker.inference.hashing.pdq import MediaHash, Near, NearPolicy, Pdq, Similar, frame_hashes
+from worker.inference.images.decode import ImagePolicy
+from worker.inference.judge_image import judge_image
+from worker.inference.judge_video import judge_video
 from worker.inference.model.batcher import (
-    BACKGROUND,
     FOREGROUND,
     PRIMARY,
     DynamicBatcher,
@@ -115,12 +92,13 @@ from worker.inference.model.batcher import (
 )
 from worker.inference.model.classifier import Classifier
 from worker.inference.model.explain import Grid, explainable, heatmap
-from worker.inference.model.preprocess import load_pixels_hashed, to_tensor
-from worker.inference.provenance import ProvenancePolicy, read_provenance
-from worker.inference.regions import ClipFrame, ClipScore, Observe, Region, score_clip
+from worker.inference.outcomes import MODEL_TIMEOUT_S, failed, ms, stored_counts, with_near
+from worker.inference.provenance import ProvenancePolicy
+from worker.inference.regions import Observe, Region
+from worker.inference.signals import SECOND, opinion, provenance_of
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
-from worker.inference.video.decode import VideoInfo, VideoPolicy, open_video
+from worker.inference.video.decode import VideoPolicy
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +106,6 @@ log = logging.getLogger(__name__)
 # (a float), or what it said in full (a Stored: score or none, judged_on, faces).
 Known = Callable[[str, str], "float | Stored | None"]
 
-# The batcher's name for the second model (DFSCAN_SECOND_MODEL).
-SECOND = "second"
-# How long a caller waits for the model thread before its image counts as a model fault.
-MODEL_TIMEOUT_S = 600.0
 # Scores remembered by sha256, so repeats of the same bytes in flight or just judged skip the model.
 _MEMO_SIZE = 4096
 
@@ -291,11 +265,11 @@ class Judge:
             data = read_source(source, self.sources)
             budget.check("fetch")
         except Exception as exc:
-            return self._failed(source, exc, fetch_ms=_ms(started), media=failed_media(exc))
+            return self._failed(source, exc, fetch_ms=ms(started), media=failed_media(exc))
         return self.judge_bytes(
             data,
             source=source,
-            fetch_ms=_ms(started),
+            fetch_ms=ms(started),
             budget=budget,
             observe=observe,
             similar=similar,
@@ -330,25 +304,8 @@ class Judge:
         verdict = self._judge_read(data, container, source, fetch_ms, budget, observe, similar, known)
         if self.provenance is None:
             return verdict
-        return replace(verdict, provenance=self._provenance(data, VIDEO if container else IMAGE))
-
-    def _provenance(self, data: bytes, media: str) -> Provenance:
-        """What ``data`` declares about its origin (:mod:`worker.inference.provenance`), bounded by its
-        own caps (it never fails a verdict); the native C2PA reader runs in a decode child when decodes
-        do."""
-        assert self.provenance is not None
-        isolate = None
-        if self.images.decode_processes > 0:
-            from worker.inference.images.decode_pool import run_isolated
-
-            def isolate(fn: Callable[..., Provenance], *args: object) -> Provenance:
-                return run_isolated(self.images, fn, *args)
-
-        try:
-            return read_provenance(data, self.provenance, media=media, isolate=isolate)
-        except Exception as exc:  # a bug in reading declarations never costs the verdict
-            log.error("provenance reading failed: %r", exc, exc_info=exc)
-            return Provenance(error=f"unreadable: {type(exc).__name__}")
+        media = VIDEO if container else IMAGE
+        return replace(verdict, provenance=provenance_of(data, self.provenance, self.images, media))
 
     def _judge_read(
         self,
@@ -363,57 +320,9 @@ class Judge:
     ) -> Verdict:
         if container is not None:
             hashed: list[Pdq] = []
-            verdict = self._judge_video(data, container, source, fetch_ms, budget, observe, hashed, known)
+            verdict = judge_video(self, data, container, source, fetch_ms, budget, observe, hashed, known)
             return self._matched_clip(verdict, hashed, similar)
-        sha = image_sha256(data)
-        facts: dict[str, object] = {"image_sha256": sha, "n_bytes": len(data), "fetch_ms": fetch_ms}
-        facts["image_format"] = sniff_format(data, self.images)
-        count = frame_count(data, self.images)
-        version = self.version if count == 1 else self.animation_version
-        # The duplicate cache keeps no heatmaps: a verdict asked to explain is judged again.
-        stored = known(sha, version) if known is not None and not self.explain else None
-        if stored is not None:
-            return replace(self._from_stored(source, stored, **facts), model_version=version)
-        started = time.perf_counter()
-        kept = contextlib.ExitStack()  # the full-size image's share of the decode memory, while held
-        try:
-            budget.enter("decode")
-            if self.faces is None and observe is None and self.second is None:
-                # Decode, reduce and preprocess inside the decode memory budget (and, with
-                # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor (and the hash
-                # of the pixels) comes back.
-                pixels, (width, height), pdq, variants = load_pixels_hashed(
-                    data, self.classifier.preprocess, self.images
-                )
-                frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
-            else:  # full size: faces are cropped from the original pixels (no JPEG draft)
-                image, (width, height) = self._decode_held(data, budget, kept)
-                pdq, variants = pdq_dihedral(image) if count == 1 else (pdq_of(image), ())
-                frame = ClipFrame(0.0, (width, height), sha, image=image)
-                del image
-            budget.check("decode")
-        except Exception as exc:
-            kept.close()
-            return self._failed(source, exc, **facts, decode_ms=_ms(started))
-        facts.update(width=width, height=height, decode_ms=_ms(started))
-        if count > 1:
-            del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
-            kept.close()
-            frame_pdqs: list[Pdq] = []
-            sampled = _hashing(self._animation_frames(data, sha, budget), frame_pdqs)
-            verdict = self._judge_clip(sampled, source, facts, budget, observe, clip=True)
-            return self._matched_clip(replace(verdict, model_version=version), frame_pdqs, similar)
-        facts["hashes"] = frame_hashes((pdq,))
-        near = self._look_up(MediaHash((pdq,), variants), version, similar)
-        if near is not None and near.stored is not None:
-            kept.close()
-            del frame  # answered from the earlier verdict: no model input
-            answer = replace(self._from_stored(source, near.stored, **facts), cached=False)
-            return _with_near(answer, near)
-        frames = [frame]
-        del frame  # only the road holds the image now: it is dropped once its regions are made
-        verdict = self._judge_clip(self._held(frames, kept), source, facts, budget, observe, clip=False)
-        return _with_near(verdict, near)
+        return judge_image(self, data, source, fetch_ms, budget, observe, similar, known)
 
     def _look_up(self, hashed: MediaHash, version: str, similar: Similar | None) -> Near | None:
         """The near-duplicate look-up for a hash good enough to match (None otherwise, or without one)."""
@@ -435,131 +344,7 @@ class Judge:
             # the earlier verdict's answer, so one clip gets one answer (its own frames stay)
             score = near.stored.fake_score
             verdict = replace(verdict, fake_score=score, label=label_for(score, self.threshold))
-        return _with_near(verdict, near)
-
-    def _decode_held(
-        self, data: bytes, budget: Budget, kept: contextlib.ExitStack
-    ) -> tuple[Image.Image, tuple[int, int]]:
-        """The full-size decode, its RGB image counted against the job's and the process's decode memory
-        from inside the decode's own reservation (never outside the budget) until ``kept`` closes."""
-        stage = "face crops" if self.faces is not None else "regions"
-        if self.images.decode_processes > 0:  # decoded in a child: counted as it arrives
-            image, size = decode_with_size(data, self.images)
-            kept.enter_context(budget.hold(rgb_bytes(image.size), stage))
-            return image, size
-
-        def keep(rgb: Image.Image) -> Image.Image:
-            kept.enter_context(budget.hold(rgb_bytes(rgb.size), stage, wait=False))
-            return rgb
-
-        return decode_in_process(data, self.images, None, keep)
-
-    def _held(self, frames: list[ClipFrame], kept: contextlib.ExitStack) -> Iterator[ClipFrame]:
-        """Yield the frames of ``frames`` (emptied as it goes); once the road has made the regions of
-        one, its pixels are dropped and ``kept`` (their share of the decode memory) is released."""
-        try:
-            while frames:
-                frame = frames.pop(0)
-                yield frame
-                del frame
-        finally:
-            kept.close()
-
-    def _animation_frames(self, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
-        """The sampled frames of an animated image, sampled like a video's (count and side)."""
-        videos = self.videos
-        if self.images.decode_processes > 0:
-            from worker.inference.images.decode_pool import run_isolated
-
-            sampled: Iterable[AnimationFrame] = run_isolated(
-                self.images, list_animation_frames, data, self.images, videos.frames, videos.frame_side
-            )
-        else:
-            sampled = animation_frames(data, self.images, videos.frames, videos.frame_side, budget.check)
-        try:
-            for frame in sampled:
-                with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
-                    yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t!r}", image=frame.image)
-        except DfscanError:
-            raise
-        except MemoryError as exc:
-            raise ImageTooLargeError(
-                "animation too large: out of memory while decoding a frame", limit="decode_memory"
-            ) from exc
-        except Exception as exc:  # Pillow raises OSError, ValueError, EOFError, ... on a broken frame
-            raise CorruptImageError(f"corrupt animation frame: {type(exc).__name__}: {exc}") from exc
-
-    def _judge_clip(
-        self,
-        frames: Iterable[ClipFrame],
-        source: str,
-        facts: dict[str, object],
-        budget: Budget,
-        observe: Observe | None,
-        *,
-        clip: bool,
-    ) -> Verdict:
-        """An image (one frame) or an animated image (``clip``: sampled frames) down the region road."""
-        priority = BACKGROUND if clip else FOREGROUND
-        started = time.perf_counter()
-        second: list[tuple[Future[float], bool]] = []  # the second model's future, and whether it was new
-        if self.second is not None and not clip:
-            frames = self._with_second(frames, budget, second)
-        try:
-            scored = score_clip(
-                frames,
-                self.classifier.preprocess,
-                lambda region: self._score(region.key, region.pixels, priority),
-                budget,
-                faces=self.faces,
-                find=None if self.faces is None else lambda image: self._find_faces(image, priority),
-                max_in_flight=self.videos.in_flight if clip else None,
-                timeout=MODEL_TIMEOUT_S,
-                observe=observe,
-                explain=self._heatmap if self.explain and not clip else None,
-            )
-            if second:
-                with budget.waiting():
-                    second_score = float(second[0][0].result(timeout=MODEL_TIMEOUT_S))
-        except Exception as exc:
-            return self._failed(source, exc, **facts, infer_ms=_ms(started))
-        if self.faces is not None:
-            facts["detect_ms"] = scored.detect_ms
-        facts.update(_face_counts(scored))
-        facts["infer_ms"] = scored.total_ms - scored.detect_ms
-        if clip:  # an animated image: its frames (media "image": no duration or peak time is stored)
-            facts["frames"] = _timeline(scored)
-        if scored.fake_score is None:  # require, and no face: nothing was judged
-            return self._not_applicable(source, **facts)
-        faces = () if clip else tuple(scored.frames[0].faces)
-        if self.explain and not clip:
-            facts["explanation"] = tuple(scored.frames[0].heatmaps)
-        if second:
-            facts["second_opinion"] = self._opinion(scored.fake_score, second_score)
-        return self._done(
-            source,
-            scored.fake_score,
-            cached=scored.cached and not (second and second[0][1]),
-            judged_on=FACES if scored.on_faces else IMAGE,
-            faces=faces,
-            **facts,  # type: ignore[arg-type]
-        )
-
-    def _with_second(
-        self, frames: Iterable[ClipFrame], budget: Budget, futures: list[tuple[Future[float], bool]]
-    ) -> Iterator[ClipFrame]:
-        """``frames`` (one: a still image), its whole image submitted to the second model on the way
-        (preprocessed as that model's checkpoint says); the future is appended to ``futures``."""
-        assert self.second is not None
-        for frame in frames:
-            if not futures:
-                if frame.image is None:
-                    raise ValueError("a second opinion needs the frame's image")
-                budget.take_model_inputs(1)
-                pixels = to_tensor(frame.image, self.second.preprocess)
-                futures.append(self._score(f"{frame.key}#second", pixels, FOREGROUND, model=SECOND))
-            yield frame
-            del frame
+        return with_near(verdict, near)
 
     def _heatmap(self, region: Region) -> Grid:
         assert self.explainer is not None
@@ -567,111 +352,18 @@ class Judge:
 
     def _opinion(self, first: float, second: float) -> SecondOpinion:
         assert self.second is not None
-        return combine(
+        return opinion(
             first,
             second,
             threshold=self.threshold,
             max_disagreement=self.second_disagreement,
-            model_version=self.second.version,
+            second_model=self.second,
         )
 
     def _find_faces(self, image: Image.Image, priority: int = FOREGROUND) -> list[Face]:
         """The faces of one image or frame, from the face micro-batcher (waited on)."""
         assert self._face_batcher is not None
         return self._face_batcher.submit(image, priority=priority).result(timeout=MODEL_TIMEOUT_S)
-
-    def _judge_video(
-        self,
-        data: bytes,
-        container: str,
-        source: str,
-        fetch_ms: float,
-        budget: Budget,
-        observe: Observe | None,
-        hashed: list[Pdq],
-        known: Known | None,
-    ) -> Verdict:
-        """A video's verdict, under the version that names its sampling (:attr:`video_version`); its
-        sampled frames' hashes are appended to ``hashed``."""
-        verdict = self._video_verdict(data, container, source, fetch_ms, budget, observe, hashed, known)
-        return replace(verdict, model_version=self.video_version)
-
-    def _video_verdict(
-        self,
-        data: bytes,
-        container: str,
-        source: str,
-        fetch_ms: float,
-        budget: Budget,
-        observe: Observe | None,
-        hashed: list[Pdq],
-        known: Known | None,
-    ) -> Verdict:
-        sha = image_sha256(data)
-        facts: dict[str, object] = {
-            "image_sha256": sha,
-            "n_bytes": len(data),
-            "fetch_ms": fetch_ms,
-            "image_format": container.upper(),
-            "media": VIDEO,
-        }
-        # The same bytes judged before with this model and sampling: its verdict and frames, no decoding.
-        stored = known(sha, self.video_version) if known is not None else None
-        if isinstance(stored, Stored) and stored.media == VIDEO:
-            facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
-            return self._from_stored(source, stored, **facts)
-        opened: list[VideoInfo] = []
-
-        def frames() -> Iterator[ClipFrame]:
-            # The deadline is the job's budget: it counts decoding, not waiting for the model or detector.
-            with open_video(data, self.videos, check=budget.check) as video:
-                opened.append(video.info)
-                for sampled in video.frames:
-                    image = sampled.image
-                    with budget.hold(rgb_bytes(image.size), "video frames"):
-                        yield ClipFrame(
-                            sampled.t, sampled.size or image.size, f"{sha}@{sampled.t!r}", image=image
-                        )
-                    del sampled, image
-
-        started = time.perf_counter()
-        try:
-            budget.enter("video decode")
-            scored = score_clip(
-                _hashing(frames(), hashed),
-                self.classifier.preprocess,
-                # behind images: a video never starves the images queued after it
-                lambda region: self._score(region.key, region.pixels, BACKGROUND),
-                budget,
-                faces=self.faces,
-                find=None if self.faces is None else lambda image: self._find_faces(image, BACKGROUND),
-                max_in_flight=self.videos.in_flight,
-                timeout=MODEL_TIMEOUT_S,
-                observe=observe,
-            )
-        except Exception as exc:
-            return self._failed(source, exc, **facts, decode_ms=_ms(started))
-        info = opened[0]
-        facts.update(
-            width=info.width,
-            height=info.height,
-            decode_ms=scored.total_ms - scored.wait_ms - scored.detect_ms,
-            detect_ms=scored.detect_ms,
-            infer_ms=scored.wait_ms,
-            duration_s=info.duration_s,
-            frames=_timeline(scored),
-            **_face_counts(scored),
-        )
-        if scored.fake_score is None:  # require, and no face in any frame: nothing was judged
-            return self._not_applicable(source, **facts)
-        return self._done(
-            source,
-            scored.fake_score,
-            cached=scored.cached,
-            judged_on=FACES if scored.on_faces else IMAGE,
-            peak_t=scored.peak_t,
-            **facts,  # type: ignore[arg-type]
-        )
 
     def _score(
         self, sha: str, pixels: torch.Tensor, priority: int = FOREGROUND, *, model: str = PRIMARY
@@ -726,7 +418,7 @@ class Judge:
         """The duplicate cache's answer as this judge's verdict (its threshold labels the score)."""
         if not isinstance(stored, Stored):
             stored = Stored(float(stored))
-        facts = {**_stored_counts(stored), **facts}
+        facts = {**stored_counts(stored), **facts}
         if stored.fake_score is None:
             return Verdict(
                 source=source,
@@ -757,28 +449,7 @@ class Judge:
         )
 
     def _failed(self, source: str, exc: Exception, **facts: object) -> Verdict:
-        if isinstance(exc, TimeoutError):  # a future of the model (or face detector) batcher ran out
-            exc = InferenceError(f"the model did not answer within {MODEL_TIMEOUT_S:.0f}s")
-        if not isinstance(exc, DfscanError):
-            log.error("unexpected error judging %s: %r", source, exc, exc_info=exc, extra={"source": source})
-            exc = DfscanError(f"unexpected {type(exc).__name__}: {exc}", code="INTERNAL_ERROR")
-            retryable = True
-        else:
-            retryable = not exc.permanent
-            if type(exc) is DfscanError:  # the base class is an internal error: worth another try
-                retryable = True
-        if isinstance(exc, InferenceError):
-            log.error("model fault judging %s: %s", source, exc, extra={"model_version": self.version})
-        return Verdict(
-            source=source,
-            status=FAILED,
-            threshold=self.threshold,
-            model_version=self.version,
-            error_code=exc.code,
-            error=exc.message,
-            retryable=retryable,
-            **facts,  # type: ignore[arg-type]
-        )
+        return failed(source, exc, threshold=self.threshold, model_version=self.version, **facts)
 
 
 def judge_stream(
@@ -807,52 +478,3 @@ def judge_stream(
         finally:
             for future in window:
                 future.cancel()
-
-
-def _hashing(frames: Iterable[ClipFrame], hashed: list[Pdq]) -> Iterator[ClipFrame]:
-    """Pass ``frames`` on, appending each frame's PDQ hash (from its pixels, at its time) to ``hashed``."""
-    for frame in frames:
-        if frame.image is not None:
-            hashed.append(pdq_of(frame.image, frame.t))
-        yield frame
-        del frame
-
-
-def _with_near(verdict: Verdict, near: Near | None) -> Verdict:
-    """``verdict`` with what the near-duplicate look-up found: the earlier job it repeats, the banks it
-    matched, and a label a bank forces."""
-    if near is None or not verdict.done:
-        return verdict
-    changes: dict[str, object] = {"matches": near.matches}
-    if near.stored is not None:
-        changes.update(near_duplicate_of=near.of, near_distance=near.distance)
-    if near.force_label is not None and verdict.fake_score is not None:  # not_applicable stays so
-        changes["label"] = near.force_label
-    return replace(verdict, **changes)  # type: ignore[arg-type]
-
-
-def _timeline(scored: ClipScore) -> tuple[Frame, ...]:
-    return tuple(Frame(t=f.t, fake_score=f.fake_score, faces=tuple(f.faces)) for f in scored.frames)
-
-
-def _ms(since: float) -> float:
-    return (time.perf_counter() - since) * 1000
-
-
-def _face_counts(scored: ClipScore) -> dict[str, object]:
-    """A verdict's face counts (found, judged, skipped by reason) over every frame; none with faces off."""
-    counts = scored.face_counts
-    if counts is None:
-        return {}
-    return {"faces_found": counts.found, "faces_judged": counts.judged, "faces_skipped": dict(counts.skipped)}
-
-
-def _stored_counts(stored: Stored) -> dict[str, object]:
-    """The duplicate cache's face counts (absent when faces were off or for verdicts stored without them)."""
-    if stored.faces_found is None:
-        return {}
-    return {
-        "faces_found": stored.faces_found,
-        "faces_judged": stored.faces_judged,
-        "faces_skipped": dict(stored.faces_skipped or {}),
-    }

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from db.models import ScanJob, Verdict
+from db.models import ScanJob, VerdictRow
 from db.session import new_engine, new_session_factory
 from producer.client import ScanClient
 from tests.fixtures import faults
@@ -179,10 +179,10 @@ def _job_seconds(svc: Service, submission_id: object) -> tuple[float, str]:
                 ScanJob.started_at,
                 ScanJob.finished_at,
                 ScanJob.error_code,
-                Verdict.decode_ms,
-                Verdict.infer_ms,
+                VerdictRow.decode_ms,
+                VerdictRow.infer_ms,
             )
-            .outerjoin(Verdict, Verdict.job_id == ScanJob.id)
+            .outerjoin(VerdictRow, VerdictRow.job_id == ScanJob.id)
             .where(ScanJob.submission_id == submission_id)
         ).one()
     assert code is None and finished is not None, f"the interactive image failed: {code}"
