@@ -16,10 +16,10 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import BankEntry, HashBank, ScanJob, VerdictHash, VerdictRow
-from db.results import faces_of, verdict_frames
+from db.verdicts import stored_of
 from dfscan.exceptions import BadArgumentError, UnknownIdError
 from dfscan.tenants import DEFAULT_TENANT_ID
-from dfscan.verdicts import VIDEO, FaceVerdict, Stored, stored_frames
+from dfscan.verdicts import Stored
 
 
 class HashRow(NamedTuple):
@@ -84,26 +84,13 @@ def all_banks(session: Session) -> list[HashBank]:
 
 
 def stored_by_job(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stored]:
-    """What these jobs' verdicts said (score, judged on, faces; a video's timeline), per job."""
+    """What these jobs' verdicts said (:func:`db.verdicts.stored_of`), per job."""
     if not job_ids:
         return {}
     rows = list(
         session.execute(select(VerdictRow).where(VerdictRow.job_id.in_(sorted(set(job_ids))))).scalars()
     )
-    faces = faces_of(session, [row.job_id for row in rows if row.judged_on == "faces"])
-    frames = verdict_frames(session, [row.job_id for row in rows if row.media == VIDEO])
-    return {
-        row.job_id: Stored(
-            row.fake_score,
-            row.judged_on,
-            tuple(FaceVerdict.from_stored(f) for f in faces.get(row.job_id, [])),
-            media=row.media,
-            duration_s=row.duration_s,
-            peak_t=row.peak_t,
-            frames=stored_frames(frames.get(row.job_id, [])),
-        )
-        for row in rows
-    }
+    return stored_of(session, rows)
 
 
 def job_tenants(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:

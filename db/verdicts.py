@@ -199,10 +199,18 @@ def cached_verdicts(
         return {}
     rows = session.execute(_CACHED, {"shas": shas, "version": model_version, "tenant": tenant_id})
     newest = {row.image_sha256: row for row in rows}
-    faces = faces_of(session, [row.job_id for row in newest.values() if row.judged_on == "faces"])
-    frames = verdict_frames(session, [row.job_id for row in newest.values() if row.media == VIDEO])
+    stored = stored_of(session, list(newest.values()))
+    return {sha: stored[row.job_id] for sha, row in newest.items()}
+
+
+def stored_of(session: Session, rows: Sequence[Any]) -> dict[uuid.UUID, Stored]:
+    """What verdict rows (a ``verdicts`` row or any row with its columns) said, per job: score, judged on
+    and faces, face counts, second opinion, and for a video its duration, peak time and judged frames.
+    The one reading of a stored verdict, for the duplicate cache and near-duplicate reuse alike."""
+    faces = faces_of(session, [row.job_id for row in rows if row.judged_on == "faces"])
+    frames = verdict_frames(session, [row.job_id for row in rows if row.media == VIDEO])
     return {
-        sha: Stored(
+        row.job_id: Stored(
             row.fake_score,
             row.judged_on,
             tuple(FaceVerdict.from_stored(f) for f in faces.get(row.job_id, [])),
@@ -215,5 +223,5 @@ def cached_verdicts(
             faces_judged=row.faces_judged,
             faces_skipped=row.faces_skipped,
         )
-        for sha, row in newest.items()
+        for row in rows
     }

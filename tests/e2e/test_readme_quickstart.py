@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,28 @@ def make_sources(args: list[str], cwd: Path, home: Path) -> list[Path]:
 
 def run(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def start_in_background(
+    line: str, cwd: Path, env: dict[str, str], log: Path, ready: Callable[[], bool]
+) -> subprocess.Popen[bytes]:
+    """Run ``line`` as a long-lived process logging to ``log``; return once ``ready()`` holds (or fail with
+    the log's tail when the process dies or two minutes pass: a ceiling, not a timing claim)."""
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {line}"],
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
+        time.sleep(0.2)
+    return proc
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -217,20 +240,9 @@ def test_the_service_quick_start_runs_as_written(service: Service, tmp_path: Pat
                 result = run(line, work, env)
                 assert result.returncode == 0, result.stderr
             elif args[0] == "worker":
-                with log.open("wb") as handle:
-                    worker = subprocess.Popen(
-                        ["bash", "-c", f"exec {line}"],
-                        cwd=work,
-                        env=env,
-                        stdout=handle,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                deadline = time.monotonic() + 120
-                while "ready." not in log.read_text(errors="replace"):
-                    assert worker.poll() is None, log.read_text(errors="replace")[-4000:]
-                    assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
-                    time.sleep(0.2)
+                worker = start_in_background(
+                    line, work, env, log, lambda: "ready." in log.read_text(errors="replace")
+                )
             elif args[0] == "submit":
                 made = make_sources(args, work, work)
                 result = run(line, work, env)
@@ -279,20 +291,13 @@ def test_the_http_quick_start_runs_as_written(service: Service, tmp_path: Path) 
         for line in (line.replace("8000", port) for line in lines):
             if line.endswith("&"):  # the server, in the background
                 assert (dfscan_args(line.rstrip("& ")) or [""])[0] == "api", line
-                with log.open("wb") as handle:
-                    api = subprocess.Popen(
-                        ["bash", "-c", f"exec {line.rstrip('& ')}"],
-                        cwd=work,
-                        env=env,
-                        stdout=handle,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                deadline = time.monotonic() + 120
-                while run(f"curl -sf http://127.0.0.1:{port}/healthz", work, env).returncode != 0:
-                    assert api.poll() is None, log.read_text(errors="replace")[-4000:]
-                    assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
-                    time.sleep(0.3)
+                api = start_in_background(
+                    line.rstrip("& "),
+                    work,
+                    env,
+                    log,
+                    lambda: run(f"curl -sf http://127.0.0.1:{port}/healthz", work, env).returncode == 0,
+                )
             elif line.startswith("KEY=$("):
                 result = run(line[len("KEY=$(") : line.rindex(")")], work, env)
                 assert result.returncode == 0, result.stderr

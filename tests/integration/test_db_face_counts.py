@@ -1,5 +1,5 @@
 """Face counts in the database, on PostgreSQL and SQLite: a verdict's faces found, judged and skipped by
-reason are stored, read back by `dfscan results`, answered by the duplicate cache, and carried in the
+reason are stored, read back by `dfscan results`, answered by the duplicate cache and near-duplicate reuse, and carried in the
 webhook payload; migration 0011 goes down and up with them."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs, migrate, registry, results, webhooks
+from db import hashes, jobs, migrate, registry, results, webhooks
 from db.models import ModelVersion
 from db.session import new_engine, new_session_factory
 from tests.fixtures.databases import pg_url, sqlite_url  # noqa: F401
@@ -49,13 +49,15 @@ def test_counts_are_stored_shown_cached_and_sent(factory: sessionmaker[Session])
     with factory.begin() as s:
         by_id = {r.job_id: r for r in results.results(s)}
         cached = jobs.cached_verdicts(s, [SHA], FACES_VERSION)[SHA]
+        reused = hashes.stored_by_job(s, [a])[a]  # what a near-duplicate re-upload is answered with
         body = webhooks.result_json(by_id[a])
     out = by_id[a].output()
     assert {k: out[k] for k in COUNTS} == COUNTS
     assert {k: body[k] for k in COUNTS} == COUNTS  # the webhook's data is the result JSON
-    assert (cached.faces_found, cached.faces_judged, dict(cached.faces_skipped or {})) == tuple(
-        COUNTS.values()
-    )
+    for stored in (cached, reused):
+        assert (stored.faces_found, stored.faces_judged, dict(stored.faces_skipped or {})) == tuple(
+            COUNTS.values()
+        )
     plain_out = by_id[b].output()
     assert (plain_out["faces_found"], plain_out["faces_judged"], plain_out["faces_skipped"]) == (
         None,
