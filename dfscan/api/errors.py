@@ -91,7 +91,10 @@ def dfscan_error_response(exc: DfscanError) -> JSONResponse:
         headers = {"Retry-After": "5"}
     if isinstance(exc, UnauthenticatedError):
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(STATUS.get(exc.code, 500), exc.code, exc.message, headers)
+    # A code without its own status: the input itself is bad (a corrupt or empty image sent to match)
+    # is the client's to fix, 422; a transient one (the database is down) is 503, never a bare 500.
+    status = STATUS.get(exc.code, 422 if exc.permanent else 503)
+    return error_response(status, exc.code, exc.message, headers)
 
 
 async def _dfscan_error(request: Request, exc: Exception) -> JSONResponse:

@@ -67,10 +67,11 @@ def test_uploads_are_judged_and_read_back_as_the_cli_prints_them(api: ApiServer,
         assert {page["results"][0]["job_id"], rest["results"][0]["job_id"]} == {
             j["job_id"] for j in accepted["jobs"]
         }
-    # The same JSON object as `dfscan results --format json`.
+    # The same JSON object as `dfscan results --format json`, plus the API's `review` (no decision yet).
     cli = service.cli("results", accepted["submission_id"], "--format", "json")
     assert cli.returncode == 0, cli.stderr
     by_id = {row["job_id"]: row for row in map(json.loads, cli.stdout.splitlines())}
+    assert job.pop("review") is None
     assert by_id[job_id] == job
     # The upload store holds the bytes under their digest; the store is no allowed root.
     stored = list((service.tmp / "uploads").glob("*/*"))

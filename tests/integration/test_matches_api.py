@@ -50,6 +50,8 @@ def test_a_file_matches_shared_banks_and_only_its_own_tenants_banks(service: Ser
             "CORRUPT_IMAGE",
             "UNSUPPORTED_FORMAT",
         )
+        empty = client.post("/v1/matches/file", content=b"")  # found by schemathesis: it answered 500
+        assert empty.status_code == 422 and empty.json()["error"]["code"] == "CORRUPT_IMAGE", empty.text
     with api.client() as anonymous:
         assert anonymous.post("/v1/matches/hash", json={"pdq": known}).status_code == 401
 
