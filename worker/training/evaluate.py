@@ -79,19 +79,9 @@ def score_face_examples(
     DFSCAN_FACES=require with those crop settings: ``(labels, scores, skipped names, names without a
     face, model version)``; the version then names the face detector and its settings."""
     settings = settings or Settings()
-    if faces is not None:
-        settings = settings.model_copy(
-            update={
-                "faces": "require",
-                "face_margin": faces.margin,
-                "max_faces": faces.max_faces,
-                "min_face_px": faces.min_face_px,
-                "min_face_score": faces.min_score,
-                "face_detector": faces.detector,
-            }
-        )
-    else:
-        settings = settings.model_copy(update={"faces": "off"})
+    settings = (
+        _on_faces(settings, faces) if faces is not None else settings.model_copy(update={"faces": "off"})
+    )
     scored = score_on_road(
         ref,
         examples,
@@ -255,16 +245,7 @@ def evaluate_model(
     forces face crops with those settings under ``require`` (``dfscan evaluate --faces require``)."""
     settings = settings or Settings()
     if faces is not None:
-        settings = settings.model_copy(
-            update={
-                "faces": "require",
-                "face_margin": faces.margin,
-                "max_faces": faces.max_faces,
-                "min_face_px": faces.min_face_px,
-                "min_face_score": faces.min_score,
-                "face_detector": faces.detector,
-            }
-        )
+        settings = _on_faces(settings, faces)
     scored = score_on_road(
         ref,
         data_split,
@@ -298,3 +279,17 @@ def evaluate_model(
         len(scored.skipped),
     )
     return metrics
+
+
+def _on_faces(settings: Settings, faces: FaceCropConfig) -> Settings:
+    """``settings`` judging face crops only (``DFSCAN_FACES=require``) with ``faces``' crop settings."""
+    return settings.model_copy(
+        update={
+            "faces": "require",
+            "face_margin": faces.margin,
+            "max_faces": faces.max_faces,
+            "min_face_px": faces.min_face_px,
+            "min_face_score": faces.min_score,
+            "face_detector": faces.detector,
+        }
+    )
