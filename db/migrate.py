@@ -1,7 +1,7 @@
 """Run Alembic from code: upgrade a database, ask its revision, detect drift from the models.
 
 The service and ``dfscan scan`` call :func:`upgrade` at start-up; tests call :func:`check_drift`,
-which fails loudly when someone edits ``db/models.py`` without writing a migration.
+which fails loudly when someone edits ``db/models/`` without writing a migration.
 """
 
 from __future__ import annotations

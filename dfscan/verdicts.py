@@ -5,7 +5,7 @@ failed, whoever asked: ``dfscan scan``, a Celery worker, ``dfscan evaluate``. Th
 the standard library, so the producer and the database layer can use it without torch.
 
 Adding a verdict field touches three places: the field here (with its entry in :data:`STORED`, if
-it is stored), the column in ``db/models.py`` with its migration, and nothing else: the worker and
+it is stored), the column in ``db/models/`` with its migration, and nothing else: the worker and
 ``dfscan scan`` store :meth:`Verdict.row`, ``dfscan results`` and ``dfscan scan`` print
 :meth:`Verdict.output`.
 """
