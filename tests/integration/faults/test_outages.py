@@ -9,6 +9,9 @@ from tests.fixtures.service import Service
 from tests.integration.faults import scenarios
 from tests.integration.faults.test_kills import assert_all_done
 
+# Stopping PostgreSQL or restarting Redis would break every test running beside these.
+pytestmark = pytest.mark.serial
+
 
 def test_postgres_stopped_5s_mid_run(fault_service: Service) -> None:  # noqa: F811
     assert_all_done(scenarios.postgres_outage(fault_service, 5), 32)
