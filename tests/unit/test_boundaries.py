@@ -91,6 +91,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         # The review console's pure parts (agreement, SVG, export layout, media store, cookie signing).
         "dfscan.console",
         "dfscan.calibration",
+        "dfscan.options",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),

@@ -64,7 +64,8 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from dfscan.exceptions import InferenceError
+from dfscan.exceptions import BadOptionError, InferenceError
+from dfscan.options import JobOptions
 from dfscan.verdicts import (
     DONE,
     IMAGE,
@@ -134,6 +135,8 @@ class Judge:
         explainer: Classifier | None = None,
         similar: Similar | None = None,
         near: NearPolicy | None = None,
+        load_explainer: Callable[[], Classifier] | None = None,
+        load_faces: Callable[[], FacePolicy | None] | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -147,6 +150,7 @@ class Judge:
         self.similar = similar
         self.near = near or NearPolicy()
         # One job's allowance (working seconds, pixel bytes held, model and detector inputs).
+        self._limits_given = limits is not None
         self.limits = limits or Limits.for_policies(
             sources, images, self.videos, faces.max_faces if faces is not None else 0
         )
@@ -166,6 +170,14 @@ class Judge:
             log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", classifier.version)
             self.explainer = None
         self.explain = self.explainer is not None
+        # What a job's own options may need that the settings did not load (:meth:`for_options`): the
+        # explainer (default: the classifier, when it is torch float32) and a face policy, each loaded
+        # once, on the first job that asks, and shared by every later one.
+        self._load_explainer = load_explainer
+        self._load_faces = load_faces
+        self._spare_lock = threading.Lock()
+        self._spare_explainer: Classifier | None = None
+        self._spare_faces: FacePolicy | None = None
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -179,23 +191,81 @@ class Judge:
         # Read every source's C2PA manifest, XMP and EXIF declarations (None: not read).
         self.provenance = provenance
         self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
+        self._batching = (batch_size, batch_wait, mix)
         if faces is not None:
-            self._face_batcher = MicroBatcher(
-                faces.detector.detect,
-                max_batch=batch_size,
-                max_wait=batch_wait,
-                name="dfscan-faces",
-                wrap_error=lambda exc: (
-                    model_error(exc, "face detector")
-                    if is_sticky_device_error(exc)
-                    else InferenceError(f"face detector fault: {type(exc).__name__}: {exc}")
-                ),
-                mix=mix,
-                reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
-                yield_bulk=True,
-            )
+            self._face_batcher = self._new_face_batcher(faces)
         self._memo: OrderedDict[str, Future[float]] = OrderedDict()
         self._memo_lock = threading.Lock()
+
+    def _new_face_batcher(self, faces: FacePolicy) -> MicroBatcher[Image.Image, list[Face]]:
+        batch_size, batch_wait, mix = self._batching
+        return MicroBatcher(
+            faces.detector.detect,
+            max_batch=batch_size,
+            max_wait=batch_wait,
+            name="dfscan-faces",
+            wrap_error=lambda exc: (
+                model_error(exc, "face detector")
+                if is_sticky_device_error(exc)
+                else InferenceError(f"face detector fault: {type(exc).__name__}: {exc}")
+            ),
+            mix=mix,
+            reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
+            yield_bulk=True,
+        )
+
+    def for_options(self, options: JobOptions) -> Judge:
+        """This judge as one job asked for it (dfscan/options.py): the same model, batchers, memo and
+        threshold, with the job's ``explain`` and ``faces`` in place of the settings'. Every job still
+        takes the one road (:meth:`judge`); only the policies it is judged under differ, and
+        :attr:`version` names the faces road, so the duplicate cache never mixes modes. A job that asks
+        for nothing gets this judge itself."""
+        if options.default:
+            return self
+        twin = copy.copy(self)
+        if options.explain is not None and options.explain != self.explain:
+            twin.explainer = self._job_explainer() if options.explain else None
+            twin.explain = twin.explainer is not None
+        if options.faces is not None:
+            twin.faces = self._job_faces(options.faces)
+            twin._face_batcher = self._face_batcher
+            if not self._limits_given:
+                max_faces = twin.faces.max_faces if twin.faces is not None else 0
+                twin.limits = Limits.for_policies(self.sources, self.images, self.videos, max_faces)
+        return twin
+
+    def _job_explainer(self) -> Classifier | None:
+        """The explainer of a job that asks for heatmaps: the settings' one, or one loaded on first use
+        (None, with a warning, when the checkpoint cannot be explained)."""
+        if self.explainer is not None:
+            return self.explainer
+        with self._spare_lock:
+            if self._spare_explainer is None:
+                loaded = self._load_explainer() if self._load_explainer is not None else self.classifier
+                if not explainable(loaded):
+                    log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", loaded.version)
+                    return None
+                self._spare_explainer = loaded
+            return self._spare_explainer
+
+    def _job_faces(self, mode: str) -> FacePolicy | None:
+        """The face policy of a job's ``faces`` mode: None for off; the settings' policy in that mode;
+        or, when the settings serve no faces, the detector loaded on first use (and its micro-batcher)."""
+        if mode == "off":
+            return None
+        base = self.faces
+        if base is None:
+            with self._spare_lock:
+                if self._spare_faces is None:
+                    loaded = self._load_faces() if self._load_faces is not None else None
+                    if loaded is None:
+                        raise BadOptionError(
+                            f"faces {mode!r} was asked for, but this judge has no face detector to use"
+                        )
+                    self._face_batcher = self._new_face_batcher(loaded)
+                    self._spare_faces = loaded
+                base = self._spare_faces
+        return base if base.mode == mode else replace(base, mode=mode)
 
     @property
     def version(self) -> str:
