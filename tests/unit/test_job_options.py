@@ -72,7 +72,9 @@ def test_a_stored_row_is_checked_again() -> None:
 
 
 def test_a_foreign_message_carries_options_or_is_refused_with_their_code() -> None:
-    message = parse_scan_message([], {"sources": ["https://example.com/a.jpg"], "explain": True, "faces": "off"})
+    message = parse_scan_message(
+        [], {"sources": ["https://example.com/a.jpg"], "explain": True, "faces": "off"}
+    )
     assert message.options == JobOptions(explain=True, faces="off")  # type: ignore[union-attr]
     with pytest.raises(BadMessageError) as caught:
         parse_scan_message([], {"sources": ["https://example.com/a.jpg"], "faces": "sometimes"})
