@@ -95,8 +95,8 @@ from worker.inference.model.classifier import Classifier
 from worker.inference.model.explain import Grid, explainable, heatmap
 from worker.inference.outcomes import MODEL_TIMEOUT_S, failed, ms, stored_counts, with_near
 from worker.inference.provenance import ProvenancePolicy
-from worker.inference.regions import Observe, Region
-from worker.inference.signals import SECOND, opinion, provenance_of
+from worker.inference.regions import ClipFrame, Observe, Region
+from worker.inference.signals import SECOND, ClipSecond, opinion, provenance_of, with_second_per_frame
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
 from worker.inference.video.decode import VideoPolicy
@@ -152,18 +152,24 @@ class Judge:
         # One job's allowance (working seconds, pixel bytes held, model and detector inputs).
         self._limits_given = limits is not None
         self.limits = limits or Limits.for_policies(
-            sources, images, self.videos, faces.max_faces if faces is not None else 0
+            sources,
+            images,
+            self.videos,
+            faces.max_faces if faces is not None else 0,
+            second=second is not None,
         )
         # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
         # On a CPU every input costs its full forward pass: a video's frames never share an image's
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
         # GPU a few more inputs per batch are nearly free: frames fill images' batches and batch freely).
         mix = classifier.device.type != "cpu"
-        # A second opinion (DFSCAN_SECOND_MODEL): another classifier judging every still image whole,
-        # fed by the same batcher (its inputs wait in the same lanes as the first model's).
+        # A second opinion (DFSCAN_SECOND_MODEL): another classifier judging every still image whole (and
+        # every sampled frame of a clip), fed by the same batcher (its inputs wait in the same lanes as
+        # the first model's).
         self.second = second
         self.second_disagreement = second_disagreement
-        # Heatmaps for every judged region of a still image (paid only when asked for), made with
+        # Heatmaps for every judged region of a still image, or of a clip's most suspicious frame (paid
+        # only when asked for), made with
         # ``explainer``: the same checkpoint in torch float32 (the classifier itself when it is that).
         self.explainer = (explainer or classifier) if explain else None
         if self.explainer is not None and not explainable(self.explainer):
@@ -231,7 +237,9 @@ class Judge:
             twin._face_batcher = self._face_batcher
             if not self._limits_given:
                 max_faces = twin.faces.max_faces if twin.faces is not None else 0
-                twin.limits = Limits.for_policies(self.sources, self.images, self.videos, max_faces)
+                twin.limits = Limits.for_policies(
+                    self.sources, self.images, self.videos, max_faces, second=self.second is not None
+                )
         return twin
 
     def _job_explainer(self) -> Classifier | None:
@@ -272,16 +280,12 @@ class Judge:
         """The model version image verdicts record (and the duplicate cache is keyed on): the
         classifier's, plus ``+faces:...`` naming the face detector and its settings when faces are on,
         plus ``+second:<version>:d=<disagreement>`` with a second opinion (its score is in the verdict)."""
-        if self.second is None:
-            return self._clip_version
-        return f"{self._clip_version}+second:{self.second.version}:d={self.second_disagreement:g}"
-
-    @property
-    def _clip_version(self) -> str:
-        """What judged a clip's frames (no second opinion: only still images get one)."""
-        if self.faces is None:
-            return self.classifier.version
-        return f"{self.classifier.version}+{self.faces.version}"
+        version = self.classifier.version
+        if self.faces is not None:
+            version = f"{version}+{self.faces.version}"
+        if self.second is not None:
+            version = f"{version}+second:{self.second.version}:d={self.second_disagreement:g}"
+        return version
 
     @property
     def video_version(self) -> str:
@@ -290,13 +294,13 @@ class Judge:
         with a verdict sampled otherwise."""
         videos = self.videos
         sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
-        return f"{self._clip_version}+video:{sampling}:side={videos.frame_side}"
+        return f"{self.version}+video:{sampling}:side={videos.frame_side}"
 
     @property
     def animation_version(self) -> str:
         """The model version of an animated image's verdict: :attr:`version` plus its sampling
         (``+animation:frames=32:side=640``), so a verdict of its first frame alone is never reused."""
-        return f"{self._clip_version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
+        return f"{self.version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
 
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
@@ -419,6 +423,22 @@ class Judge:
     def _heatmap(self, region: Region) -> Grid:
         assert self.explainer is not None
         return heatmap(self.explainer, region.pixels)
+
+    def _second_per_frame(
+        self, frames: Iterable[ClipFrame], budget: Budget, clip: ClipSecond, priority: int
+    ) -> Iterator[ClipFrame]:
+        """A clip's frames, each one's whole image submitted to the second model on the way, at most the
+        clip's ``in_flight`` of them waiting in the batcher (:func:`~worker.inference.signals.with_second_per_frame`)."""
+        assert self.second is not None
+        return with_second_per_frame(
+            frames,
+            budget,
+            clip,
+            self.second,
+            lambda key, pixels: self._score(key, pixels, priority, model=SECOND),
+            max_pending=self.videos.in_flight,
+            timeout=MODEL_TIMEOUT_S,
+        )
 
     def _opinion(self, first: float, second: float) -> SecondOpinion:
         assert self.second is not None
