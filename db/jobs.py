@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -48,6 +48,7 @@ def create_submission(
     callback_events: Sequence[str] | None = None,
     tenant_id: uuid.UUID = DEFAULT_TENANT_ID,
     api_key_id: uuid.UUID | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Submission, list[ScanJob], bool]:
     """Store a submission and one queued, unsent job per source (``seq`` = position in ``sources``).
 
@@ -59,10 +60,15 @@ def create_submission(
     ``callback_url`` asks for webhook events (``callback_events``, default every event) as jobs end.
     Everything written belongs to ``tenant_id`` (default: the default tenant); an idempotency key is
     looked up within that tenant only. ``api_key_id``: the HTTP API key submitting (its quota counts the jobs).
+    ``options``: the per-job options every intake checked (``dfscan.options.JobOptions.stored()``), kept on
+    each job row for the worker; a replayed key with other options is IDEMPOTENCY_CONFLICT too.
     """
+    stored_options = dict(options) if options else None
     events = ",".join(callback_events or WEBHOOK_EVENTS) if callback_url else None
     if idempotency_key is not None:
-        existing = _replay(session, tenant_id, idempotency_key, sources, (callback_url, events))
+        existing = _replay(
+            session, tenant_id, idempotency_key, sources, (callback_url, events), stored_options
+        )
         if existing is not None:
             return existing
     submission = Submission(
@@ -84,6 +90,7 @@ def create_submission(
             source=source,
             client_ref=client_ref,
             priority=priority,
+            **({"options": stored_options} if stored_options else {}),  # none: SQL NULL, not JSON null
         )
         for seq, source in enumerate(sources)
     ]
@@ -95,7 +102,9 @@ def create_submission(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = _replay(session, tenant_id, idempotency_key, sources, (callback_url, events))
+        existing = _replay(
+            session, tenant_id, idempotency_key, sources, (callback_url, events), stored_options
+        )
         if existing is None:
             raise
         return existing
@@ -111,6 +120,7 @@ def _replay(
     idempotency_key: str,
     sources: Sequence[str],
     callback: tuple[str | None, str | None],
+    options: dict[str, Any] | None = None,
 ) -> tuple[Submission, list[ScanJob], bool] | None:
     submission = session.scalars(
         select(Submission).where(
@@ -131,6 +141,11 @@ def _replay(
         raise IdempotencyConflictError(
             f"idempotency key {idempotency_key!r} was already used for submission {submission.id} with "
             "another callback URL or other callback events; resubmit with the same callback, or use a new key"
+        )
+    if any((job.options or None) != options for job in jobs):
+        raise IdempotencyConflictError(
+            f"idempotency key {idempotency_key!r} was already used for submission {submission.id} with "
+            "other options (explain, faces); resubmit with the same options, or use a new key"
         )
     return submission, jobs, False
 
@@ -190,6 +205,8 @@ class Claim(NamedTuple):
     priority: int
     # When the job was (last) sent, or written if that send is not recorded yet: its queue wait starts here.
     queued_at: datetime | None = None
+    # The per-job options as stored (dfscan/options.py), None when the submission gave none.
+    options: dict[str, Any] | None = None
 
 
 def claim_jobs(
@@ -215,7 +232,9 @@ def claim_jobs(
             "claim_lease": now + timedelta(seconds=lease_seconds),
         },
     ).all()
-    out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
+    out = {
+        row.id: Claim(row.source, row.attempts, row.priority, row.queued_at, row.options) for row in claimed
+    }
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:  # out of attempts (fail it), or held by a live worker's lease (leave it to that worker)
         message = f"job was tried {max_attempts} times (the limit) without finishing"
@@ -265,6 +284,7 @@ _CLAIM = (
         _JOBS.c.attempts,
         _JOBS.c.priority,
         func.coalesce(_JOBS.c.enqueued_at, _JOBS.c.created_at).label("queued_at"),
+        _JOBS.c.options,
     )
 )
 

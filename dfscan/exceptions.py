@@ -274,6 +274,13 @@ class BadArgumentError(DfscanError, ValueError):
     code = "BAD_ARGUMENT"
 
 
+class BadOptionError(DfscanError, ValueError):
+    """A per-job option with a value dfscan does not know (``explain`` not a boolean, ``faces`` not auto,
+    require or off): refused at every intake (dfscan/options.py)."""
+
+    code = "BAD_OPTION"
+
+
 class UnknownIdError(DfscanError, LookupError):
     """A well-formed id (submission, delivery, training run, model version) that names nothing stored."""
 

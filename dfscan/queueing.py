@@ -7,8 +7,10 @@ Contract (documented in the README, stable):
 - task ``dfscan.scan`` on queue ``inference`` (bulk) or ``inference.interactive`` (the interactive
   lane a bulk backfill cannot starve: workers consume both and kombu rotates between them),
   JSON kwargs ``{"job_id": "<uuid>"}`` from dfscan's own producer, or from a foreign Celery client
-  (celery-node, another language) ``{"sources": ["https://...", ...], "client_ref": "..."}``; a
-  positional ``[["https://..."]]`` works too. Foreign jobs are written to Postgres first.
+  (celery-node, another language) ``{"sources": ["https://...", ...], "client_ref": "..."}`` with the
+  per-job options ``"explain": true|false`` and ``"faces": "auto"|"require"|"off"`` if wanted
+  (dfscan/options.py); a positional ``[["https://..."]]`` works too. Foreign jobs are written to Postgres
+  first. A job's options live on its row, never in a ``job_id`` message: the row is the truth.
 - task ``dfscan.train`` on queue ``training``, kwargs ``{"run_id": "<uuid>"}``.
 - broadcast ``dfscan_reload_model``: a running inference worker re-reads the promoted model version.
 """

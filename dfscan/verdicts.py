@@ -212,20 +212,29 @@ class Heatmap:
     per ViT patch: 14 x 14 for the shipped model), 1 at the strongest; ``box`` what the grid covers,
     ``(x, y, w, h)`` in pixels of the image: a face's square crop with its margin (around the face's
     own box), or None for the whole image. Method: gradient x input
-    (:mod:`worker.inference.model.explain`)."""
+    (:mod:`worker.inference.model.explain`). ``t``: for a clip (a video, an animated image), the time
+    in seconds of the frame explained, its most suspicious one (None for a still image)."""
 
     box: tuple[int, int, int, int] | None
     grid: tuple[tuple[float, ...], ...]
+    t: float | None = None
 
     def output(self) -> dict[str, Any]:
-        return {"box": None if self.box is None else list(self.box), "grid": [list(row) for row in self.grid]}
+        out: dict[str, Any] = {"box": None if self.box is None else list(self.box)}
+        if self.t is not None:
+            out["t"] = self.t
+        out["grid"] = [list(row) for row in self.grid]
+        return out
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, Any]) -> Heatmap:
         box = stored.get("box")
         x, y, w, h = (int(v) for v in box) if box else (0, 0, 0, 0)
+        t = stored.get("t")
         return cls(
-            (x, y, w, h) if box else None, tuple(tuple(float(v) for v in row) for row in stored["grid"])
+            (x, y, w, h) if box else None,
+            tuple(tuple(float(v) for v in row) for row in stored["grid"]),
+            None if t is None else float(t),
         )
 
 

@@ -26,6 +26,7 @@ from db.results import Page
 from db.session import new_engine, new_session_factory
 from dfscan.exceptions import BadArgumentError, QueueFullError, UnknownIdError, WaitTimeoutError
 from dfscan.ids import parse_id
+from dfscan.options import parse_options
 from dfscan.outbox import queue_depth, send_jobs
 from dfscan.queueing import new_celery_app
 from dfscan.settings import Settings, get_settings
@@ -93,6 +94,8 @@ class ScanClient:
         wait_for_capacity: float | None = None,
         callback_url: str | None = None,
         callback_events: Sequence[str] | None = None,
+        explain: bool | None = None,
+        faces: str | None = None,
     ) -> Submission:
         """Queue one job per source. ``idempotency_key`` makes a retried call return the first one.
 
@@ -104,11 +107,16 @@ class ScanClient:
         resolved, at every delivery. Reusing ``idempotency_key`` with other sources or another callback
         raises IDEMPOTENCY_CONFLICT; a bad argument BAD_ARGUMENT (both are also ValueErrors).
 
+        ``explain`` (a heatmap per judged region) and ``faces`` (``auto``, ``require`` or ``off``) are
+        this submission's own options (dfscan/options.py); None leaves each to the worker's settings. A
+        value dfscan does not know raises BAD_OPTION (BadOptionError, a ValueError) before anything is stored.
+
         Past ``DFSCAN_QUEUE_MAX_DEPTH`` queued messages this raises QueueFullError at once, or, with
         ``wait_for_capacity=SECONDS``, waits up to that long for the queue to drain.
         """
         if not sources:
             raise BadArgumentError("nothing to submit: give at least one source")
+        options = parse_options(explain, faces)
         events = None
         if callback_url is not None:
             check_callback_url(callback_url, self.settings.webhook_allowlist)
@@ -128,6 +136,7 @@ class ScanClient:
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
                 callback_events=events,
+                options=options.stored(),
             )
             submission_id = submission.id
             job_ids = [job.id for job in new_jobs]

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dfscan.exceptions import BadMessageError, DfscanError
+from dfscan.exceptions import BadMessageError, BadOptionError, DfscanError
+from dfscan.options import DEFAULT_OPTIONS, OPTION_NAMES, JobOptions, parse_options
 from dfscan.urlguard import check_callback_url
 from dfscan.webhooks import parse_events
 
@@ -20,7 +21,7 @@ MAX_SOURCES_PER_MESSAGE = 1000
 MAX_JOBS_PER_MESSAGE = 64
 MAX_SOURCE_LENGTH = 4096
 _JOB_KEYS = {"job_id", "job_ids"}
-_SOURCES_KEYS = {"sources", "client_ref", "priority", "callback_url", "callback_events"}
+_SOURCES_KEYS = {"sources", "client_ref", "priority", "callback_url", "callback_events", *OPTION_NAMES}
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SourcesMessage:
     priority: int
     callback_url: str | None = None
     callback_events: tuple[str, ...] | None = None
+    options: JobOptions = DEFAULT_OPTIONS
 
 
 def _uuid(value: object) -> uuid.UUID | None:
@@ -100,7 +102,11 @@ def parse_scan_message(
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             raise BadMessageError("priority must be an integer from 0 to 9")
         callback_url, events = _callback(kwargs, callback_allowlist)
-        return SourcesMessage(tuple(sources), client_ref, priority, callback_url, events)
+        try:  # the per-job options (dfscan/options.py), checked as at every other intake
+            options = parse_options(kwargs.get("explain"), kwargs.get("faces"))
+        except BadOptionError as exc:
+            raise BadMessageError(exc.message, code=exc.code) from None
+        return SourcesMessage(tuple(sources), client_ref, priority, callback_url, events, options)
     raise BadMessageError(f"message has neither job_id nor sources (fields: {sorted(kwargs)[:10]})")
 
 

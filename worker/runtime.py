@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import hashes, jobs, registry
 from db.session import new_engine, new_session_factory
+from dfscan.exceptions import BadOptionError
+from dfscan.options import options_of
 from dfscan.queueing import INTERACTIVE_PRIORITY
 from dfscan.settings import Settings, get_settings
 from dfscan.tenants import DEFAULT_TENANT_ID
@@ -60,8 +62,19 @@ def lane_of(priority: int) -> int:
 
 
 def _outcome(
-    judge: Judge, source: str, lane: int, similar: Similar | None = None, known: Known | None = None
+    judge: Judge,
+    source: str,
+    lane: int,
+    similar: Similar | None = None,
+    known: Known | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Verdict | Exception:
+    try:  # the job row's options, checked again (BAD_OPTION fails the job: a retry cannot help)
+        judge = judge.for_options(options_of(options))
+    except BadOptionError as exc:
+        return Verdict(
+            source=source, status="failed", error_code=exc.code, error=exc.message, retryable=False
+        )
     try:
         with lanes.running_in(lane):  # every batcher and decode slot below serves it in its lane
             return judge.judge(source, similar=similar, known=known)
@@ -201,18 +214,21 @@ class InferenceRuntime(WorkerRuntime):
         sources: Sequence[str],
         lane: int = lanes.BULK,
         tenants: Sequence[uuid.UUID] | None = None,
+        options: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[Verdict | Exception]:
         """Judge each source with the serving model, concurrently (fetch and decode overlap), in ``lane``;
-        ``tenants`` (one per source, default tenant when None) scopes its near-duplicate look-up.
+        ``tenants`` (one per source, default tenant when None) scopes its near-duplicate look-up;
+        ``options`` (one per source, as the job row stores them) are its job's own (dfscan/options.py).
         A verdict per source, done or failed; an exception only where a database look-up failed."""
         judge = self.judge()  # one model version for the whole message
         owners = list(tenants or [DEFAULT_TENANT_ID] * len(sources))
+        asked = list(options or [None] * len(sources))
         looks = [self.similar_for(t) for t in owners]
         knowns = [self.known_for(t) for t in owners]
         if len(sources) == 1:
-            return [_outcome(judge, sources[0], lane, looks[0], knowns[0])]
-        triples = list(zip(sources, looks, knowns, strict=True))
-        return list(self._judge_pool.map(lambda t: _outcome(judge, t[0], lane, t[1], t[2]), triples))
+            return [_outcome(judge, sources[0], lane, looks[0], knowns[0], asked[0])]
+        rows = list(zip(sources, looks, knowns, asked, strict=True))
+        return list(self._judge_pool.map(lambda t: _outcome(judge, t[0], lane, t[1], t[2], t[3]), rows))
 
     def known_for(self, tenant_id: uuid.UUID) -> Known:
         """The exact-bytes duplicate cache of one tenant's verdicts (tenants never see each other's)."""

@@ -135,6 +135,7 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
             idempotency_key=f"celery-task:{task.request.id}",
             callback_url=message.callback_url,
             callback_events=message.callback_events,
+            options=message.options.stored(),
         )
         return submission.id, [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
 
@@ -175,7 +176,12 @@ def _judge_claimed(
     lane = min(lane_of(claim.priority) for claim in claimed.values())
     # Near-duplicates are looked up among the job's own tenant's verdicts (docs/near-duplicates.md).
     tenants = _db_call(task, lambda: rt.tenants(order))
-    outcomes = rt.judge_many([claimed[job_id].source for job_id in order], lane, [tenants[j] for j in order])
+    outcomes = rt.judge_many(
+        [claimed[job_id].source for job_id in order],
+        lane,
+        [tenants[j] for j in order],
+        [claimed[j].options for j in order],  # each job's own options (dfscan/options.py)
+    )
     metrics.observe_outcomes(outcomes)
     db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError) and is_outage(out)), None)
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -19,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.models.base import FINAL_JOB_STATES, JOB_STATES, Base, one_of
+from db.models.base import FINAL_JOB_STATES, JOB_STATES, Base, JsonType, one_of
 from db.models.tenants import tenant_column
 
 
@@ -62,6 +63,9 @@ class ScanJob(Base):
     source: Mapped[str] = mapped_column(Text)
     client_ref: Mapped[str | None] = mapped_column(String(255))
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # What the submission asked of the judge beyond the worker's settings (dfscan/options.py:
+    # ``{"explain": true, "faces": "off"}``); NULL: the worker's settings.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     state: Mapped[str] = mapped_column(String(16), default="queued", server_default=text("'queued'"))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     error_code: Mapped[str | None] = mapped_column(String(64))

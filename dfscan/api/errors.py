@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dfscan.exceptions import (
     BadArgumentError,
+    BadOptionError,
     BlockedDestinationError,
     CallbackUrlTooLongError,
     DfscanError,
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[str, int] = {
     BadArgumentError.code: 422,
+    BadOptionError.code: 422,
     MalformedRequestError.code: 400,
     UnsupportedSourceError.code: 422,
     PathNotAllowedError.code: 422,

@@ -41,6 +41,7 @@ from dfscan.exceptions import (
     UnsupportedSourceError,
 )
 from dfscan.media import SNIFF_BYTES, media_kind
+from dfscan.options import FACES_MODES, JobOptions, parse_options
 from dfscan.outbox import queue_depth, send_jobs
 from dfscan.queueing import INTERACTIVE_PRIORITY
 from dfscan.uploads import upload_source
@@ -67,6 +68,22 @@ class ScanRequest(BaseModel):
     )
     client_ref: str | None = Field(None, max_length=255, description="Your reference, stored on each job.")
     lane: Lane = Field("bulk", description="interactive: a few urgent items go ahead of bulk backfills.")
+    # Per-job options (dfscan/options.py), checked by parse_options as at every intake (BAD_OPTION):
+    # typed loosely here so a bad value answers its own code, described exactly for the OpenAPI document.
+    explain: Any = Field(
+        None,
+        description="true: a heatmap per judged region in each result's explanation; false: none. "
+        "Default: the worker's DFSCAN_EXPLAIN.",
+        json_schema_extra={"type": "boolean"},
+    )
+    faces: Any = Field(
+        None,
+        description="auto, require or off: what each source is judged on. Default: the worker's DFSCAN_FACES.",
+        json_schema_extra={"type": "string", "enum": list(FACES_MODES)},
+    )
+
+    def options(self) -> JobOptions:
+        return parse_options(self.explain, self.faces)
 
 
 class JobRef(BaseModel):
@@ -87,6 +104,8 @@ _MULTIPART_FIELDS = {
     "callback_url": {"type": "string"},
     "events": {"type": "string", "description": "Comma-separated: " + ", ".join(EVENTS)},
     "lane": {"type": "string", "enum": ["bulk", "interactive"]},
+    "explain": {"type": "string", "enum": ["true", "false"]},
+    "faces": {"type": "string", "enum": list(FACES_MODES)},
 }
 _REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
@@ -124,9 +143,10 @@ async def create_scan(
             parts = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
             if not parts:
                 raise BadArgumentError("a multipart scan needs one or more `file` parts")
-            fields = {name: form.get(name) for name in ("client_ref", "callback_url", "events", "lane")}
+            names = ("client_ref", "callback_url", "events", "lane", "explain", "faces")
+            fields = {name: form.get(name) for name in names}
             if any(value is not None and not isinstance(value, str) for value in fields.values()):
-                raise BadArgumentError("client_ref, callback_url, events and lane are text fields, not files")
+                raise BadArgumentError(f"{', '.join(names)} are text fields, not files")
             unknown = sorted(set(form.keys()) - {"file", *fields})
             if unknown:
                 raise BadArgumentError(f"unknown form fields: {', '.join(unknown)}")
@@ -139,10 +159,13 @@ async def create_scan(
                         "events": events,
                         "client_ref": fields["client_ref"],
                         "lane": fields["lane"] or "bulk",
+                        "explain": _form_bool(fields["explain"]),
+                        "faces": fields["faces"],
                     }
                 )
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors()) from None
+            scan.options()  # BAD_OPTION before any upload is stored
             sources = [await _store_upload(request, part) for part in parts]
             filenames = [part.filename for part in parts]
         finally:
@@ -153,6 +176,7 @@ async def create_scan(
             scan = ScanRequest.model_validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
+        scan.options()  # BAD_OPTION before any source is checked
         policy = SourcePolicy(url_allowlist=settings.url_allowlist)
         sources = [_checked_url(index, source, policy) for index, source in enumerate(scan.sources)]
         filenames = [None] * len(sources)
@@ -169,6 +193,12 @@ async def create_scan(
         _submit, request.app.state, principal, sources, scan, idempotency_key, filenames
     )
     return JSONResponse(accepted, status_code=202)
+
+
+def _form_bool(value: object) -> object:
+    """A multipart ``explain`` field: ``true``/``false`` as booleans; anything else as it came (refused
+    by parse_options with BAD_OPTION)."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
 
 
 def _checked_url(index: int, source: str, policy: SourcePolicy) -> str:
@@ -239,6 +269,7 @@ def _submit(
             callback_events=events,
             tenant_id=principal.tenant_id,
             api_key_id=principal.key_id,
+            options=scan.options().stored(),
         )
         if created:  # counted after the insert, so this submission's own jobs are in; over: rolled back
             state.quotas.check_outstanding(session, principal.key_id, 0)

@@ -22,6 +22,7 @@ from dfscan.cli.training import evaluate, models_app, train_app
 from dfscan.cli.webhooks import exporter, webhooks_app
 from dfscan.exceptions import BadArgumentError, DfscanError, SourceNotFoundError
 from dfscan.ids import parse_id
+from dfscan.options import parse_options
 from dfscan.settings import get_settings
 
 app = typer.Typer(
@@ -169,11 +170,23 @@ def submit(
     callback_events: Annotated[
         str | None, typer.Option(help="Comma-separated: job.completed, submission.completed (default both).")
     ] = None,
+    faces: Annotated[
+        str | None,
+        typer.Option(help="auto, require or off for these jobs (default: the worker's DFSCAN_FACES)."),
+    ] = None,
+    explain: Annotated[
+        bool | None,
+        typer.Option(
+            "--explain/--no-explain",
+            help="A heatmap per judged region for these jobs, or none (default: the worker's DFSCAN_EXPLAIN).",
+        ),
+    ] = None,
 ) -> None:
     """Queue images for the workers (rows in Postgres first, then one message each)."""
     from producer.client import ScanClient
     from producer.sources import expand_targets
 
+    parse_options(explain, faces)  # BAD_OPTION before any source is read or any row written
     try:
         sources = expand_targets(targets, recursive=recursive)
     except (ValueError, OSError) as exc:
@@ -190,6 +203,8 @@ def submit(
             wait_for_capacity=wait_for_capacity,
             callback_url=callback_url,
             callback_events=callback_events.split(",") if callback_events else None,
+            explain=explain,
+            faces=faces,
         )
     except DfscanError as exc:
         raise fail(exc) from exc

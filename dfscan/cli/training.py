@@ -336,13 +336,13 @@ def models_promote(
 
 def _check_calibration(session: Any, settings: Settings, version: str) -> None:
     """CALIBRATION_MISMATCH when ``version``'s threshold was measured on another road than it would
-    serve on under these settings (faces mode, detector, margin)."""
-    from dfscan.calibration import describe, road_mismatch, serving_faces
+    serve on under these settings (every recorded key that changes a score: ``dfscan.calibration.ROAD_KEYS``)."""
+    from dfscan.calibration import describe, road_mismatch, serving_road
 
     row = registry.get_version(session, version)
     if row is None:
         return  # registry.promote answers UNKNOWN_ID
-    serving = serving_faces(settings, (row.params or {}).get("faces"))
+    serving = serving_road(settings, (row.params or {}).get("faces"))
     if not row.calibration:
         err.print(
             f"note: version {version} records no calibration road; its threshold "

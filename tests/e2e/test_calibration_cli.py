@@ -61,6 +61,10 @@ def test_the_promoted_threshold_is_the_one_measured_on_the_serving_road(tmp_path
     assert calibrated.returncode == 0, calibrated.stderr
     record = json.loads(calibrated.stdout)
     assert record["faces"] == "auto" and record["judge_version"] == serving["model_version"]
+    # Which faces are kept changes scores too: a worker with another face-size floor is refused.
+    floor = dfscan("models", "promote", "v1", cwd=tmp_path, env={**env, "DFSCAN_MIN_FACE_PX": "48"})
+    assert floor.returncode == 2 and "CALIBRATION_MISMATCH" in floor.stderr, floor.stderr
+    assert f"min_face_px: calibrated {record['min_face_px']!r}, serving 48" in floor.stderr
     promoted = dfscan("models", "promote", "v1", cwd=tmp_path, env=env)
     assert promoted.returncode == 0, promoted.stderr
     listed = [

@@ -5,18 +5,27 @@ tenant, and tenant isolation on the ids the API hands out."""
 # ruff: noqa: F811
 from __future__ import annotations
 
+import io
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from db.models import ScanJob
+from db.session import new_engine, new_session_factory
+from dfscan.exceptions import BadOptionError
+from producer.client import ScanClient
 from tests.fixtures.api import ApiServer, api, start_api  # noqa: F401
 from tests.fixtures.corpus import make_image_bytes
+from tests.fixtures.faces import face_scene
 from tests.fixtures.http_server import serve_http
 from tests.fixtures.service import Service, service  # noqa: F401
+from tests.integration.test_service import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +139,10 @@ def test_intake_refuses_what_it_must(api: ApiServer, service: Service) -> None: 
         ({"sources": "https://example.com/a.jpg"}, 422, "BAD_ARGUMENT"),
         ({"sources": ["https://example.com/a.jpg"], "unknown": 1}, 422, "BAD_ARGUMENT"),
         ({"sources": ["https://example.com/a.jpg"], "lane": "fast"}, 422, "BAD_ARGUMENT"),
+        ({"sources": ["https://example.com/a.jpg"], "explain": "yes"}, 422, "BAD_OPTION"),
+        ({"sources": ["https://example.com/a.jpg"], "explain": 1}, 422, "BAD_OPTION"),
+        ({"sources": ["https://example.com/a.jpg"], "faces": "sometimes"}, 422, "BAD_OPTION"),
+        ({"sources": ["https://example.com/a.jpg"], "faces": ["off"]}, 422, "BAD_OPTION"),
     ]
     with api.client(key) as http:
         for body, status, code in refused:
@@ -147,6 +160,14 @@ def test_intake_refuses_what_it_must(api: ApiServer, service: Service) -> None: 
         assert response.status_code == 415 and _error(response)["code"] == "UNSUPPORTED_FORMAT"
         response = http.post("/v1/scans", files=[("other", ("a.png", make_image_bytes("PNG"), "image/png"))])
         assert response.status_code == 422, response.text
+        for field in (
+            {"faces": "never"},
+            {"explain": "maybe"},
+        ):  # multipart: refused before the upload is kept
+            response = http.post(
+                "/v1/scans", files=[("file", ("a.png", make_image_bytes("PNG"), "image/png"))], data=field
+            )
+            assert (response.status_code, _error(response)["code"]) == (422, "BAD_OPTION"), response.text
         # a JSON body over DFSCAN_API_MAX_JSON_BYTES (1 MiB): refused from its Content-Length, unread
         big = b'{"sources": ["' + b"a" * (2 * 1024 * 1024) + b'"]}'
         response = http.post("/v1/scans", content=big, headers={"content-type": "application/json"})
@@ -199,3 +220,46 @@ def test_idempotency_keys_replay_within_a_tenant_only(api: ApiServer) -> None:  
             assert a.get(path).status_code == 200
             response = b.get(path)
             assert response.status_code == 404 and _error(response)["code"] == "UNKNOWN_ID", path
+
+
+def test_options_per_request_reach_the_worker(api: ApiServer, service: Service) -> None:  # noqa: F811
+    """``explain`` and ``faces`` are the job's own: one worker (DFSCAN_FACES=auto, DFSCAN_EXPLAIN off)
+    judges one request's scene whole with a heatmap, and the same scene in a plain request on its face
+    without one; ScanClient and `dfscan submit` refuse a bad value with the same code."""
+    pytest.importorskip("skimage", reason="the scene needs scikit-image's astronaut photo (dev extra)")
+    service.start_worker()
+    key = api.tenant("acme", "submit,read")
+    scene = face_scene(160, seed=4, size=(640, 480))
+    buf = io.BytesIO()
+    scene.image.save(buf, "JPEG", quality=92)
+    upload = [("file", ("scene.jpg", buf.getvalue(), "image/jpeg"))]
+    with api.client(key) as http:
+        asked = http.post("/v1/scans", files=upload, data={"explain": "true", "faces": "off"})
+        plain = http.post("/v1/scans", files=upload)
+        assert asked.status_code == plain.status_code == 202, (asked.text, plain.text)
+        jobs_ = {}
+        for name, response in (("asked", asked), ("plain", plain)):
+            assert _wait_done(http, response.json()["submission_id"])["counts"]["done"] == 1
+            jobs_[name] = http.get(f"/v1/jobs/{response.json()['jobs'][0]['job_id']}").json()
+    whole, faces = jobs_["asked"], jobs_["plain"]
+    assert whole["status"] == faces["status"] == "done", (whole, faces)
+    assert whole["judged_on"] == "image" and not whole["faces"] and "+faces:" not in whole["model_version"]
+    (heatmap,) = whole["explanation"]  # the one judged region, the whole image
+    assert heatmap["box"] is None and len(heatmap["grid"]) > 1 and max(map(max, heatmap["grid"])) > 0
+    assert (
+        faces["judged_on"] == "faces"
+        and len(faces["faces"]) == 1
+        and "+faces:auto:" in faces["model_version"]
+    )
+    assert faces["explanation"] is None  # not asked: not paid
+    with new_session_factory(new_engine(service.database_url))() as session:
+        stored = {
+            row.id: row.options
+            for row in session.scalars(select(ScanJob).where(ScanJob.tenant_id.is_not(None)))
+        }
+    assert stored[uuid.UUID(whole["job_id"])] == {"explain": True, "faces": "off"}
+    assert stored[uuid.UUID(faces["job_id"])] is None
+    with pytest.raises(BadOptionError, match="faces"):
+        ScanClient(settings_for(service)).submit(["x.jpg"], faces="sometimes")
+    cli = service.cli("submit", "--faces", "sometimes", str(service.images))
+    assert cli.returncode == 2 and "BAD_OPTION" in cli.stderr, cli.stderr

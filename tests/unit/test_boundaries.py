@@ -91,6 +91,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         # The review console's pure parts (agreement, SVG, export layout, media store, cookie signing).
         "dfscan.console",
         "dfscan.calibration",
+        "dfscan.options",
     ),
     "db": ("db",),
     "core": ("worker.inference", "worker.training"),
@@ -187,10 +188,21 @@ CORE_MAY_IMPORT: dict[str, set[str]] = {
     "annotate": {"regions"},
     "provenance": set(),  # what a source declares: bytes in, a Provenance out (the Judge isolates it)
     "outcomes": {"hashing", "regions"},  # a judged source's facts as verdict fields; a failed verdict
-    "signals": {"budget", "images", "model", "provenance", "regions"},  # provenance, second opinion
+    # provenance, second opinion (a clip's: gathered across frames by the video rule)
+    "signals": {"budget", "images", "model", "provenance", "regions", "video"},
     # The Judge's two paths; "judge" only for its type (under TYPE_CHECKING: no import at run time).
     "judge_image": {"budget", "hashing", "images", "judge", "model", "outcomes", "regions", "signals"},
-    "judge_video": {"budget", "hashing", "images", "judge", "model", "outcomes", "regions", "video"},
+    "judge_video": {
+        "budget",
+        "hashing",
+        "images",
+        "judge",
+        "model",
+        "outcomes",
+        "regions",
+        "signals",
+        "video",
+    },
     "judge": {
         "budget",
         "faces",

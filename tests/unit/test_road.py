@@ -392,3 +392,54 @@ def test_frames_are_counted_from_the_header_and_a_still_image_has_one(fmt: str) 
     # over the frame cap, or truncated: one frame, and the bounded decode of frame 1 reports the problem
     assert frame_count(seven, ImagePolicy(max_frames=5)) == 1
     assert frame_count(seven[:40], ImagePolicy()) == 1
+
+
+def test_evaluate_runs_no_second_model_and_no_heatmaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A threshold is measured on the first model's score only: with DFSCAN_SECOND_MODEL and
+    DFSCAN_EXPLAIN set, evaluation gives the second model no input, while serving under the same
+    settings gives it one per image (counted at each model's predict)."""
+    from dfscan.settings import Settings
+    from worker.inference import factory
+    from worker.inference.model import explain
+    from worker.training.data import Example
+    from worker.training.evaluate import score_examples
+
+    first = str(save_tiny_vit(tmp_path / "first", REAL_FAKE, seed=1))
+    second = str(save_tiny_vit(tmp_path / "second", REAL_FAKE, seed=2))
+    inputs = {first: 0, second: 0}
+    heatmaps = []
+    loaded = factory.load_classifier
+
+    def counting(ref: str, **kwargs):  # type: ignore[no-untyped-def]
+        model = loaded(ref, **kwargs)
+        predict = model.predict
+
+        def counted(pixels: torch.Tensor) -> list[float]:
+            inputs[ref] += len(pixels)
+            return predict(pixels)
+
+        model.predict = counted  # type: ignore[method-assign]
+        return model
+
+    real_heatmap = explain.heatmap
+    monkeypatch.setattr(factory, "load_classifier", counting)
+    monkeypatch.setattr(
+        "worker.inference.judge.heatmap", lambda *a, **k: heatmaps.append(1) or real_heatmap(*a, **k)
+    )
+    images = [_bytes_of(Image.new("RGB", (64, 48), color)) for color in (GREY, RED, (10, 200, 30))]
+    examples = [Example(f"e{i}", i % 2, lambda data=data: data) for i, data in enumerate(images)]
+    settings = Settings(device="cpu", threads=1, faces="off", second_model=second, explain=True)
+    labels, scores, skipped, version = score_examples(first, examples, settings=settings)
+    assert (len(scores), skipped) == (3, [])
+    assert inputs == {first: 3, second: 0} and heatmaps == []
+    assert "+second:" not in version
+    # The same settings on the serving road do pay for both: the counts above would have caught it.
+    judge = factory.new_judge(settings, factory.new_classifier(settings, model=first))
+    try:
+        verdict = judge.judge_bytes(images[0])
+    finally:
+        judge.close()
+    assert verdict.second_opinion is not None and verdict.explanation is not None
+    assert inputs[second] == 1 and heatmaps == [1]

@@ -187,14 +187,12 @@ class Pictures:
             tuple[float, Image.Image, tuple[int, int], float | None, list[tuple[Box, float]]]
         ] = []
         self._lock = threading.Lock()
-        self._heatmaps: list[Heatmap] = []  # a still image's, when explanations were asked for
 
     def __call__(self, frame: ClipFrame, score: FrameScore) -> None:
         if frame.image is None:
             return
         faces = [(face.box, face.fake_score) for face in score.faces]
         with self._lock:
-            self._heatmaps = list(score.heatmaps)
             self._frames.append((score.t, frame.image, frame.size, score.fake_score, faces))
             if len(self._frames) > 1:  # a clip: only thumbnails are kept while the rest decode
                 self._frames = [
@@ -215,7 +213,7 @@ class Pictures:
                 marks = [Mark(f.box, f.fake_score, label_for(f.fake_score, threshold)) for f in verdict.faces]
             else:
                 marks = [Mark((0, 0, image.width, image.height), verdict.fake_score, str(verdict.label))]
-            heatmaps = verdict.explanation or self._heatmaps
+            heatmaps = verdict.explanation
             return annotate(overlay(image, heatmaps) if heatmaps else image, marks)
         tiles = [
             Tile(

@@ -54,16 +54,23 @@ class Limits:
 
     @classmethod
     def for_policies(
-        cls, sources: SourcePolicy, images: ImagePolicy, videos: VideoPolicy, max_faces: int = 0
+        cls,
+        sources: SourcePolicy,
+        images: ImagePolicy,
+        videos: VideoPolicy,
+        max_faces: int = 0,
+        *,
+        second: bool = False,
     ) -> Limits:
         """Limits that admit whatever the policies admit, as one allowance: the fetch deadline plus the
         video deadline of work; the decode memory budget of pixels; one detector input per sampled frame
-        and up to ``max_faces`` model inputs per frame (plus the whole frame)."""
+        and up to ``max_faces`` model inputs per frame (plus the whole frame, plus one for the second
+        model when there is one)."""
         frames = max(videos.frames, videos.max_samples)
         return cls(
             seconds=sources.deadline + videos.deadline_s,
             pixel_bytes=images.decode_memory,
-            model_inputs=frames * (max(0, max_faces) + 1),
+            model_inputs=frames * (max(0, max_faces) + 1 + int(second)),
             detector_inputs=frames,
         )
 

@@ -120,7 +120,15 @@ def new_judge(
         explainer=_explainer(settings, detector) if settings.explain else None,
         similar=similar,
         near=near_policy(settings),
+        # A job's own options (dfscan/options.py) may ask for what the settings did not load.
+        load_explainer=lambda: _explainer(settings, detector),
+        load_faces=lambda: face_policy(_faces_on(settings), detector),
     )
+
+
+def _faces_on(settings: Settings) -> Settings:
+    """The settings with faces on (auto): for a job that asks for faces when DFSCAN_FACES is off."""
+    return settings if settings.faces != "off" else settings.model_copy(update={"faces": "auto"})
 
 
 def near_policy(settings: Settings) -> NearPolicy:

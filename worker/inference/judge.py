@@ -64,7 +64,8 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from dfscan.exceptions import InferenceError
+from dfscan.exceptions import BadOptionError, InferenceError
+from dfscan.options import JobOptions
 from dfscan.verdicts import (
     DONE,
     IMAGE,
@@ -94,8 +95,8 @@ from worker.inference.model.classifier import Classifier
 from worker.inference.model.explain import Grid, explainable, heatmap
 from worker.inference.outcomes import MODEL_TIMEOUT_S, failed, ms, stored_counts, with_near
 from worker.inference.provenance import ProvenancePolicy
-from worker.inference.regions import Observe, Region
-from worker.inference.signals import SECOND, opinion, provenance_of
+from worker.inference.regions import ClipFrame, Observe, Region
+from worker.inference.signals import SECOND, ClipSecond, opinion, provenance_of, with_second_per_frame
 from worker.inference.sources.media import video_container
 from worker.inference.sources.read import SourcePolicy, failed_media, read_source
 from worker.inference.video.decode import VideoPolicy
@@ -134,6 +135,8 @@ class Judge:
         explainer: Classifier | None = None,
         similar: Similar | None = None,
         near: NearPolicy | None = None,
+        load_explainer: Callable[[], Classifier] | None = None,
+        load_faces: Callable[[], FacePolicy | None] | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
@@ -147,25 +150,40 @@ class Judge:
         self.similar = similar
         self.near = near or NearPolicy()
         # One job's allowance (working seconds, pixel bytes held, model and detector inputs).
+        self._limits_given = limits is not None
         self.limits = limits or Limits.for_policies(
-            sources, images, self.videos, faces.max_faces if faces is not None else 0
+            sources,
+            images,
+            self.videos,
+            faces.max_faces if faces is not None else 0,
+            second=second is not None,
         )
         # on_batch(size, seconds) after each model batch: the worker's metrics hook (the core imports none)
         # On a CPU every input costs its full forward pass: a video's frames never share an image's
         # batch there, and run one at a time, so an image arriving waits for at most one frame (on a
         # GPU a few more inputs per batch are nearly free: frames fill images' batches and batch freely).
         mix = classifier.device.type != "cpu"
-        # A second opinion (DFSCAN_SECOND_MODEL): another classifier judging every still image whole,
-        # fed by the same batcher (its inputs wait in the same lanes as the first model's).
+        # A second opinion (DFSCAN_SECOND_MODEL): another classifier judging every still image whole (and
+        # every sampled frame of a clip), fed by the same batcher (its inputs wait in the same lanes as
+        # the first model's).
         self.second = second
         self.second_disagreement = second_disagreement
-        # Heatmaps for every judged region of a still image (paid only when asked for), made with
+        # Heatmaps for every judged region of a still image, or of a clip's most suspicious frame (paid
+        # only when asked for), made with
         # ``explainer``: the same checkpoint in torch float32 (the classifier itself when it is that).
         self.explainer = (explainer or classifier) if explain else None
         if self.explainer is not None and not explainable(self.explainer):
             log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", classifier.version)
             self.explainer = None
         self.explain = self.explainer is not None
+        # What a job's own options may need that the settings did not load (:meth:`for_options`): the
+        # explainer (default: the classifier, when it is torch float32) and a face policy, each loaded
+        # once, on the first job that asks, and shared by every later one.
+        self._load_explainer = load_explainer
+        self._load_faces = load_faces
+        self._spare_lock = threading.Lock()
+        self._spare_explainer: Classifier | None = None
+        self._spare_faces: FacePolicy | None = None
         self.batcher = DynamicBatcher(
             classifier.predict,
             max_batch=batch_size,
@@ -179,39 +197,95 @@ class Judge:
         # Read every source's C2PA manifest, XMP and EXIF declarations (None: not read).
         self.provenance = provenance
         self._face_batcher: MicroBatcher[Image.Image, list[Face]] | None = None
+        self._batching = (batch_size, batch_wait, mix)
         if faces is not None:
-            self._face_batcher = MicroBatcher(
-                faces.detector.detect,
-                max_batch=batch_size,
-                max_wait=batch_wait,
-                name="dfscan-faces",
-                wrap_error=lambda exc: (
-                    model_error(exc, "face detector")
-                    if is_sticky_device_error(exc)
-                    else InferenceError(f"face detector fault: {type(exc).__name__}: {exc}")
-                ),
-                mix=mix,
-                reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
-                yield_bulk=True,
-            )
+            self._face_batcher = self._new_face_batcher(faces)
         self._memo: OrderedDict[str, Future[float]] = OrderedDict()
         self._memo_lock = threading.Lock()
+
+    def _new_face_batcher(self, faces: FacePolicy) -> MicroBatcher[Image.Image, list[Face]]:
+        batch_size, batch_wait, mix = self._batching
+        return MicroBatcher(
+            faces.detector.detect,
+            max_batch=batch_size,
+            max_wait=batch_wait,
+            name="dfscan-faces",
+            wrap_error=lambda exc: (
+                model_error(exc, "face detector")
+                if is_sticky_device_error(exc)
+                else InferenceError(f"face detector fault: {type(exc).__name__}: {exc}")
+            ),
+            mix=mix,
+            reserved=1,  # a detector thread for interactive images only (worker/inference/lanes.py)
+            yield_bulk=True,
+        )
+
+    def for_options(self, options: JobOptions) -> Judge:
+        """This judge as one job asked for it (dfscan/options.py): the same model, batchers, memo and
+        threshold, with the job's ``explain`` and ``faces`` in place of the settings'. Every job still
+        takes the one road (:meth:`judge`); only the policies it is judged under differ, and
+        :attr:`version` names the faces road, so the duplicate cache never mixes modes. A job that asks
+        for nothing gets this judge itself."""
+        if options.default:
+            return self
+        twin = copy.copy(self)
+        if options.explain is not None and options.explain != self.explain:
+            twin.explainer = self._job_explainer() if options.explain else None
+            twin.explain = twin.explainer is not None
+        if options.faces is not None:
+            twin.faces = self._job_faces(options.faces)
+            twin._face_batcher = self._face_batcher
+            if not self._limits_given:
+                max_faces = twin.faces.max_faces if twin.faces is not None else 0
+                twin.limits = Limits.for_policies(
+                    self.sources, self.images, self.videos, max_faces, second=self.second is not None
+                )
+        return twin
+
+    def _job_explainer(self) -> Classifier | None:
+        """The explainer of a job that asks for heatmaps: the settings' one, or one loaded on first use
+        (None, with a warning, when the checkpoint cannot be explained)."""
+        if self.explainer is not None:
+            return self.explainer
+        with self._spare_lock:
+            if self._spare_explainer is None:
+                loaded = self._load_explainer() if self._load_explainer is not None else self.classifier
+                if not explainable(loaded):
+                    log.warning("model %s cannot be explained (ONNX or int8): no heatmaps", loaded.version)
+                    return None
+                self._spare_explainer = loaded
+            return self._spare_explainer
+
+    def _job_faces(self, mode: str) -> FacePolicy | None:
+        """The face policy of a job's ``faces`` mode: None for off; the settings' policy in that mode;
+        or, when the settings serve no faces, the detector loaded on first use (and its micro-batcher)."""
+        if mode == "off":
+            return None
+        base = self.faces
+        if base is None:
+            with self._spare_lock:
+                if self._spare_faces is None:
+                    loaded = self._load_faces() if self._load_faces is not None else None
+                    if loaded is None:
+                        raise BadOptionError(
+                            f"faces {mode!r} was asked for, but this judge has no face detector to use"
+                        )
+                    self._face_batcher = self._new_face_batcher(loaded)
+                    self._spare_faces = loaded
+                base = self._spare_faces
+        return base if base.mode == mode else replace(base, mode=mode)
 
     @property
     def version(self) -> str:
         """The model version image verdicts record (and the duplicate cache is keyed on): the
         classifier's, plus ``+faces:...`` naming the face detector and its settings when faces are on,
         plus ``+second:<version>:d=<disagreement>`` with a second opinion (its score is in the verdict)."""
-        if self.second is None:
-            return self._clip_version
-        return f"{self._clip_version}+second:{self.second.version}:d={self.second_disagreement:g}"
-
-    @property
-    def _clip_version(self) -> str:
-        """What judged a clip's frames (no second opinion: only still images get one)."""
-        if self.faces is None:
-            return self.classifier.version
-        return f"{self.classifier.version}+{self.faces.version}"
+        version = self.classifier.version
+        if self.faces is not None:
+            version = f"{version}+{self.faces.version}"
+        if self.second is not None:
+            version = f"{version}+second:{self.second.version}:d={self.second_disagreement:g}"
+        return version
 
     @property
     def video_version(self) -> str:
@@ -220,13 +294,13 @@ class Judge:
         with a verdict sampled otherwise."""
         videos = self.videos
         sampling = f"fps={videos.fps:g}" if videos.fps else f"frames={videos.frames}"
-        return f"{self._clip_version}+video:{sampling}:side={videos.frame_side}"
+        return f"{self.version}+video:{sampling}:side={videos.frame_side}"
 
     @property
     def animation_version(self) -> str:
         """The model version of an animated image's verdict: :attr:`version` plus its sampling
         (``+animation:frames=32:side=640``), so a verdict of its first frame alone is never reused."""
-        return f"{self._clip_version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
+        return f"{self.version}+animation:frames={self.videos.frames}:side={self.videos.frame_side}"
 
     def with_threshold(self, threshold: float) -> Judge:
         """The same model and batcher under another threshold (a promotion that only moved it)."""
@@ -349,6 +423,22 @@ class Judge:
     def _heatmap(self, region: Region) -> Grid:
         assert self.explainer is not None
         return heatmap(self.explainer, region.pixels)
+
+    def _second_per_frame(
+        self, frames: Iterable[ClipFrame], budget: Budget, clip: ClipSecond, priority: int
+    ) -> Iterator[ClipFrame]:
+        """A clip's frames, each one's whole image submitted to the second model on the way, at most the
+        clip's ``in_flight`` of them waiting in the batcher (:func:`~worker.inference.signals.with_second_per_frame`)."""
+        assert self.second is not None
+        return with_second_per_frame(
+            frames,
+            budget,
+            clip,
+            self.second,
+            lambda key, pixels: self._score(key, pixels, priority, model=SECOND),
+            max_pending=self.videos.in_flight,
+            timeout=MODEL_TIMEOUT_S,
+        )
 
     def _opinion(self, first: float, second: float) -> SecondOpinion:
         assert self.second is not None

@@ -29,7 +29,7 @@ from worker.inference.model.batcher import BACKGROUND, FOREGROUND
 from worker.inference.model.preprocess import load_pixels_hashed
 from worker.inference.outcomes import MODEL_TIMEOUT_S, face_counts, hashing, ms, timeline, with_near
 from worker.inference.regions import ClipFrame, Observe, score_clip
-from worker.inference.signals import SECOND, with_second
+from worker.inference.signals import SECOND, ClipSecond, with_second
 
 if TYPE_CHECKING:  # the Judge calls in here; its type is all this module needs of it
     from worker.inference.judge import Judge, Known
@@ -166,6 +166,7 @@ def judge_frames(
     priority = BACKGROUND if clip else FOREGROUND
     started = time.perf_counter()
     second: list[tuple[Future[float], bool]] = []  # the second model's future, and whether it was new
+    frames_second = ClipSecond()  # an animated image's: its sampled frames, each judged whole
     if judge.second is not None and not clip:
         frames = with_second(
             frames,
@@ -174,6 +175,9 @@ def judge_frames(
             judge.second,
             lambda key, pixels: judge._score(key, pixels, FOREGROUND, model=SECOND),
         )
+    elif judge.second is not None:
+        frames = judge._second_per_frame(frames, budget, frames_second, BACKGROUND)
+    second_score: float | None = None
     try:
         scored = score_clip(
             frames,
@@ -185,11 +189,14 @@ def judge_frames(
             max_in_flight=judge.videos.in_flight if clip else None,
             timeout=MODEL_TIMEOUT_S,
             observe=observe,
-            explain=judge._heatmap if judge.explain and not clip else None,
+            explain=judge._heatmap if judge.explain else None,
+            clip=clip,
         )
-        if second:
-            with budget.waiting():
+        with budget.waiting():
+            if second:
                 second_score = float(second[0][0].result(timeout=MODEL_TIMEOUT_S))
+            elif frames_second.futures:
+                second_score = frames_second.score(MODEL_TIMEOUT_S)
     except Exception as exc:
         return judge._failed(source, exc, **facts, infer_ms=ms(started))
     if judge.faces is not None:
@@ -201,14 +208,14 @@ def judge_frames(
     if scored.fake_score is None:  # require, and no face: nothing was judged
         return judge._not_applicable(source, **facts)
     faces = () if clip else tuple(scored.frames[0].faces)
-    if judge.explain and not clip:
-        facts["explanation"] = tuple(scored.frames[0].heatmaps)
-    if second:
+    if judge.explain:
+        facts["explanation"] = tuple(scored.heatmaps)
+    if second_score is not None:
         facts["second_opinion"] = judge._opinion(scored.fake_score, second_score)
     return judge._done(
         source,
         scored.fake_score,
-        cached=scored.cached and not (second and second[0][1]),
+        cached=scored.cached and not (second and second[0][1]) and frames_second.cached,
         judged_on=FACES if scored.on_faces else IMAGE,
         faces=faces,
         **facts,  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """A video down the Judge's road: sampled frames (bounded by the job's budget), their regions behind
-images in both batchers, and a verdict with its duration, peak time and timeline under
+images in both batchers (with a second model, each frame judged whole by it too; with explanations, the
+heatmaps of the most suspicious frame), and a verdict with its duration, peak time and timeline under
 :attr:`Judge.video_version <worker.inference.judge.Judge.video_version>`, so the duplicate cache answers
 a video only with a verdict sampled the same way."""
 
@@ -17,6 +18,7 @@ from worker.inference.images.decode import image_sha256
 from worker.inference.model.batcher import BACKGROUND
 from worker.inference.outcomes import MODEL_TIMEOUT_S, face_counts, hashing, ms, timeline
 from worker.inference.regions import ClipFrame, Observe, score_clip
+from worker.inference.signals import ClipSecond
 from worker.inference.video.decode import VideoInfo, open_video
 
 if TYPE_CHECKING:  # the Judge calls in here; its type is all this module needs of it
@@ -59,8 +61,9 @@ def _video_verdict(
         "image_format": container.upper(),
         "media": VIDEO,
     }
-    # The same bytes judged before with this model and sampling: its verdict and frames, no decoding.
-    stored = known(sha, judge.video_version) if known is not None else None
+    # The same bytes judged before with this model and sampling: its verdict and frames, no decoding
+    # (the duplicate cache keeps no heatmaps: a video asked to explain is judged again).
+    stored = known(sha, judge.video_version) if known is not None and not judge.explain else None
     if isinstance(stored, Stored) and stored.media == VIDEO:
         facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
         return judge._from_stored(source, stored, **facts)
@@ -79,10 +82,15 @@ def _video_verdict(
                 del sampled, image
 
     started = time.perf_counter()
+    second = ClipSecond()  # with a second model: each sampled frame judged whole by it too
+    second_score: float | None = None
     try:
         budget.enter("video decode")
+        sampled = hashing(frames(), hashed)
+        if judge.second is not None:
+            sampled = judge._second_per_frame(sampled, budget, second, BACKGROUND)
         scored = score_clip(
-            hashing(frames(), hashed),
+            sampled,
             judge.classifier.preprocess,
             # behind images: a video never starves the images queued after it
             lambda region: judge._score(region.key, region.pixels, BACKGROUND),
@@ -92,7 +100,12 @@ def _video_verdict(
             max_in_flight=judge.videos.in_flight,
             timeout=MODEL_TIMEOUT_S,
             observe=observe,
+            explain=judge._heatmap if judge.explain else None,
+            clip=True,
         )
+        if second.futures:
+            with budget.waiting():
+                second_score = second.score(MODEL_TIMEOUT_S)
     except Exception as exc:
         return judge._failed(source, exc, **facts, decode_ms=ms(started))
     info = opened[0]
@@ -108,10 +121,14 @@ def _video_verdict(
     )
     if scored.fake_score is None:  # require, and no face in any frame: nothing was judged
         return judge._not_applicable(source, **facts)
+    if judge.explain:
+        facts["explanation"] = tuple(scored.heatmaps)
+    if second_score is not None:
+        facts["second_opinion"] = judge._opinion(scored.fake_score, second_score)
     return judge._done(
         source,
         scored.fake_score,
-        cached=scored.cached,
+        cached=scored.cached and second.cached,
         judged_on=FACES if scored.on_faces else IMAGE,
         peak_t=scored.peak_t,
         **facts,  # type: ignore[arg-type]

@@ -153,8 +153,6 @@ class FrameScore:
     t: float
     fake_score: float | None
     faces: list[FaceVerdict] = field(default_factory=list)
-    # One per region when explanations were asked for (box None: the whole frame).
-    heatmaps: list[Heatmap] = field(default_factory=list)
     counts: FaceCounts | None = None
 
 
@@ -171,6 +169,9 @@ class ClipScore:
     total_ms: float
     detect_ms: float
     wait_ms: float
+    # When explanations were asked for: one heatmap per region of the most suspicious frame (the only
+    # frame of an image; a clip's frame with the highest score, the earliest of equals), ``t`` set for a clip.
+    heatmaps: list[Heatmap] = field(default_factory=list)
 
     @property
     def on_faces(self) -> bool:
@@ -214,13 +215,17 @@ def score_clip(
     timeout: float | None = None,
     observe: Observe | None = None,
     explain: Explain | None = None,
+    clip: bool = False,
 ) -> ClipScore:
     """Score every frame of ``frames`` through its regions and gather them (see the module docstring).
 
     Raises whatever a frame source, the face detector or a region's future raises (an InferenceError
     from the model: the job goes back to the queue), BudgetExceededError, and ``TimeoutError`` when one
     region waits longer than ``timeout`` seconds for the model. ``explain``, when given, makes a heatmap
-    of every region once its score is in (on this thread: its cost counts in the job's budget)."""
+    of every region of the most suspicious frame once every frame is scored (on this thread: its cost
+    counts in the job's budget). Only that frame's regions are kept for it while the clip goes on, so
+    a clip of 32 frames pays for one frame's heatmaps and holds one frame's tensors more at most;
+    ``clip`` stamps each heatmap with its frame's time."""
     if max_in_flight is not None and max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
     started = time.perf_counter()
@@ -229,6 +234,7 @@ def score_clip(
     scores: list[FrameScore] = []
     waited = detected = 0.0
     cached = True
+    suspect: tuple[float, float, list[Region]] | None = None  # (score, t, regions) of the frame to explain
 
     def timed_find(image: Image.Image) -> list[Face]:
         nonlocal detected
@@ -242,7 +248,7 @@ def score_clip(
             detected += time.perf_counter() - before
 
     def collect_oldest() -> None:
-        nonlocal waited, in_flight
+        nonlocal waited, in_flight, suspect
         item = pending.popleft()
         before = time.perf_counter()
         with budget.waiting():
@@ -254,15 +260,13 @@ def score_clip(
             for region, p in zip(item.regions, results, strict=True)
             if region.face is not None and region.box is not None
         ]
-        heatmaps = [Heatmap(region.area, explain(region)) for region in item.regions] if explain else []
         # A frame's score is its most suspicious region: the max over its faces, or the whole frame.
         score = FrameScore(
-            t=item.t,
-            fake_score=max(results) if results else None,
-            faces=judged,
-            heatmaps=heatmaps,
-            counts=item.counts,
+            t=item.t, fake_score=max(results) if results else None, faces=judged, counts=item.counts
         )
+        frame_p = score.fake_score
+        if explain is not None and frame_p is not None and (suspect is None or frame_p > suspect[0]):
+            suspect = (frame_p, item.t, item.regions)
         scores.append(score)
         if observe is not None and item.frame is not None:
             observe(item.frame, score)
@@ -287,6 +291,11 @@ def score_clip(
         budget.enter("frames")
     while pending:
         collect_oldest()
+    heatmaps: list[Heatmap] = []
+    if explain is not None and suspect is not None:
+        budget.enter("explanation")
+        _, t, regions = suspect
+        heatmaps = [Heatmap(region.area, explain(region), t if clip else None) for region in regions]
     judged = [(s.t, s.fake_score) for s in scores if s.fake_score is not None]
     result = aggregate_frames(judged) if judged else None
     return ClipScore(
@@ -297,4 +306,5 @@ def score_clip(
         total_ms=(time.perf_counter() - started) * 1000.0,
         detect_ms=detected * 1000.0,
         wait_ms=waited * 1000.0,
+        heatmaps=heatmaps,
     )

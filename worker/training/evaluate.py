@@ -116,8 +116,14 @@ def road_of(
 ) -> dict[str, Any]:
     """The serving road a threshold is measured on, as recorded in reports and the registry: the faces
     mode (``off`` without a policy), its detector (name and version), margin, face-size floor, cap and
-    minimum score, and the model runtime setting, int8 and device the checkpoint was loaded with."""
-    model = {"runtime": settings.runtime, "int8": settings.int8, "device": str(detector.device)}
+    minimum score, and the model runtime setting, int8, device and precision (resolved: fp32, bf16 or
+    fp16) the checkpoint was loaded with."""
+    model = {
+        "runtime": settings.runtime,
+        "int8": settings.int8,
+        "device": str(detector.device),
+        "precision": getattr(detector, "precision", "fp32"),  # as resolved on that device
+    }
     if policy is None:
         return {"faces": "off", **model}
     return {
@@ -128,6 +134,10 @@ def road_of(
         "min_face_score": policy.min_score,
         **model,
     }
+
+
+# What the serving road does beside the first model's score, switched off where only the score is wanted.
+_SCORE_ONLY: dict[str, Any] = {"second_model": None, "explain": False, "provenance": False}
 
 
 def score_on_road(
@@ -151,6 +161,9 @@ def score_on_road(
     settings = settings or Settings()
     if device != "auto":
         settings = settings.model_copy(update={"device": device})
+    # The signals beside a score (a second model, heatmaps, provenance) never change it: measuring a
+    # threshold pays for none of them (a second model would be one more model input per example).
+    settings = settings.model_copy(update=_SCORE_ONLY)
     detector = new_classifier(settings, model=ref, revision=revision)
     policy = face_policy(settings, detector, trained_on=trained_on)
     judge = new_judge(settings, detector, batch_size=batch_size, faces=policy)
