@@ -2,6 +2,8 @@
 
 The pure core does the work (``worker.inference.judge``: the same ``Judge`` the worker uses); this edge
 collects the sources the user named, writes one job row per source, and records each verdict as it comes.
+Near-duplicates are looked up as the worker does (``worker.near.NearIndex``: an exact index over the
+hashes of the verdicts in the same database and every enabled bank), unless ``near`` is off.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db import jobs
 from db.migrate import upgrade
 from db.session import new_engine, new_session_factory
 from dfscan.settings import Settings
+from dfscan.tenants import DEFAULT_TENANT_ID
 from dfscan.verdicts import Stored, Verdict
 from producer.sources import list_folder, path_source
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from worker.inference.hashing.pdq import Similar
 
 log = logging.getLogger(__name__)
 WORKER = "dfscan scan"
@@ -52,8 +60,10 @@ def run_local_scan(
     model: str | None,
     batch_size: int,
     annotate: Path | None = None,
+    near: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one output row per source (:meth:`Verdict.output` plus ``job_id``), after storing it."""
+    """Yield one output row per source (:meth:`Verdict.output` plus ``job_id``), after storing it.
+    ``near``: look near-duplicates up among the stored verdicts and the banks (off: judge everything)."""
     # The core is imported here so that `dfscan submit` and friends never import torch.
     from worker.inference.annotate import Pictures
     from worker.inference.factory import default_threads, new_classifier, new_judge
@@ -75,9 +85,15 @@ def run_local_scan(
             return None
 
     # With --annotate every picture is drawn from the frames the judge decoded (the source is read and
-    # decoded once), so the duplicate cache, which answers without decoding, is not asked.
+    # decoded once), so neither the duplicate cache nor the near-duplicate look-up, which answer without
+    # judging, is asked.
     judge = new_judge(
-        settings, detector, batch_size=batch_size, extra_roots=roots, known=None if annotate else known
+        settings,
+        detector,
+        batch_size=batch_size,
+        extra_roots=roots,
+        known=None if annotate else known,
+        similar=_near_look_up(sessions, settings) if near and annotate is None else None,
     )
 
     def judge_one(source: str) -> Verdict:
@@ -100,6 +116,26 @@ def run_local_scan(
             yield {"job_id": str(job_id), **verdict.output()}
     finally:
         judge.close()
+
+
+def _near_look_up(sessions: sessionmaker[Session], settings: Settings) -> Similar:
+    """The near-duplicate look-up of a local scan: the worker's index over this database's verdict hashes
+    and banks (the default tenant's, and shared ones), read at the first look-up and kept in step as
+    verdicts are stored."""
+    from worker.inference.factory import near_policy
+    from worker.inference.hashing.pdq import MediaHash, Near
+    from worker.near import NearIndex
+
+    index = NearIndex(sessions, near_policy(settings), reuse=settings.near_duplicates)
+
+    def similar(hashed: MediaHash, version: str) -> Near | None:
+        try:
+            return index.similar(hashed, version, DEFAULT_TENANT_ID)
+        except Exception:  # a laptop scan goes on without its look-up, as without its cache
+            log.warning("near-duplicate look-up failed; judging anyway", exc_info=True)
+            return None
+
+    return similar
 
 
 def write_annotated(verdict: Verdict, folder: Path, pictures: Any) -> Path | None:

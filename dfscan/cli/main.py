@@ -100,6 +100,15 @@ def scan(
             "Costs one more forward and backward pass per region (DFSCAN_EXPLAIN).",
         ),
     ] = False,
+    near_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--near-duplicates/--no-near-duplicates",
+            help="Look each source up among the stored verdicts and the hash banks first: a near-duplicate "
+            "is answered from its earlier verdict, bank matches are reported (see docs/near-duplicates.md). "
+            "Off: every source is judged.",
+        ),
+    ] = True,
 ) -> None:
     """Scan images in this process (no servers) and store every result (SQLite by default).
 
@@ -128,6 +137,7 @@ def scan(
             model=model,
             batch_size=batch_size or settings.batch_size,
             annotate=annotate,
+            near=near_duplicates,
         )
         show_bar = fmt is not Format.json and len(sources) > 8 and err.is_terminal
         with _progress(len(sources), show_bar) as advance:

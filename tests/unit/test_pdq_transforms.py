@@ -79,20 +79,25 @@ def _brute(rows: np.ndarray, queries: np.ndarray, radius: int) -> list[list[tupl
     return out
 
 
-@pytest.mark.parametrize("radius", [0, 15, 31, 40])
-def test_the_index_finds_exactly_what_brute_force_finds(radius: int) -> None:
+@pytest.mark.parametrize("radius", [0, 10, 21, 31, 40])
+@pytest.mark.parametrize("brute_below", [64, 1 << 30])  # the substring tables, and brute force alone
+def test_the_index_finds_exactly_what_brute_force_finds(radius: int, brute_below: int) -> None:
     rng = np.random.default_rng(radius)
     rows = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
-    queries = rows[rng.integers(0, len(rows), 40)].copy()
-    for q in queries:  # flip 0-45 bits: some within the radius, some just outside
-        for bit in rng.choice(256, int(rng.integers(0, 46)), replace=False):
+    # planted neighbours: for every distance 0-45, queries that far from a stored row (both sides of 31)
+    queries = rows[rng.integers(0, len(rows), 92)].copy()
+    for q, flips in zip(queries, [*range(46), *range(46)], strict=True):
+        for bit in rng.choice(256, flips, replace=False):
             q[bit // 8] ^= 1 << (bit % 8)
-    index = HashIndex()
+    queries = np.concatenate([queries, rng.integers(0, 256, (8, 32), dtype=np.uint8)])  # and unrelated ones
+    expected = _brute(rows, queries, radius)
+    assert sum(map(len, expected)) >= min(2 * radius + 2, 92)  # the planted ones within the radius are there
+    index = HashIndex(brute_below=brute_below)
     for start in range(0, len(rows), 700):  # in blocks, as rows arrive
         index.add(rows[start : start + 700], np.arange(start, min(start + 700, len(rows))))
-    assert index.search(queries, radius) == _brute(rows, queries, radius)
+    assert index.search(queries, radius) == expected
     index.compact()
-    assert index.search(queries, radius) == _brute(rows, queries, radius)
+    assert index.search(queries, radius) == expected
 
 
 def test_the_watermark_waits_for_a_hole_then_gives_it_up() -> None:

@@ -368,9 +368,10 @@ class Judge:
         depends on no model).
 
         Every source is hashed from the pixels decoded for the model (PDQ; vPDQ, one PDQ per sampled frame,
-        for a clip). ``similar`` (default: the Judge's) looks the hash up: an image that is a near-duplicate
-        of a verdict it returns is answered with that verdict before any model input is spent; a clip's
-        frames are matched once they have been judged (their hashes come from the same pass)."""
+        for a clip). ``similar`` (default: the Judge's) looks the hash up: an image, or a video once its
+        sampled frames are hashed, that is a near-duplicate of a verdict it returns is answered with that
+        verdict before any model input is spent; an animation's frames are matched once they have been
+        judged (their hashes come from the same pass)."""
         budget = budget or self.new_budget()
         similar = similar or self.similar
         known = known or self.known  # the exact-bytes cache: the caller scopes it (a tenant's verdicts)
@@ -393,9 +394,7 @@ class Judge:
         known: Known | None,
     ) -> Verdict:
         if container is not None:
-            hashed: list[Pdq] = []
-            verdict = judge_video(self, data, container, source, fetch_ms, budget, observe, hashed, known)
-            return self._matched_clip(verdict, hashed, similar)
+            return judge_video(self, data, container, source, fetch_ms, budget, observe, known, similar)
         return judge_image(self, data, source, fetch_ms, budget, observe, similar, known)
 
     def _look_up(self, hashed: MediaHash, version: str, similar: Similar | None) -> Near | None:

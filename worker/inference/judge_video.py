@@ -2,10 +2,16 @@
 images in both batchers (with a second model, each frame judged whole by it too; with explanations, the
 heatmaps of the most suspicious frame), and a verdict with its duration, peak time and timeline under
 :attr:`Judge.video_version <worker.inference.judge.Judge.video_version>`, so the duplicate cache answers
-a video only with a verdict sampled the same way."""
+a video only with a verdict sampled the same way.
+
+With a near-duplicate look-up, every sampled frame is decoded and hashed before the first model input
+(the frames wait, held in the job's pixel budget: 32 frames of at most 640 px by default, about 40 MiB),
+so a clip that repeats one of the tenant's verdicts (vPDQ's frame shares) is answered from it without
+spending a model input; otherwise the held frames go to the model as they would have."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from dfscan.verdicts import FACES, IMAGE, VIDEO, Stored, Verdict
 from worker.inference.budget import Budget, rgb_bytes
-from worker.inference.hashing.pdq import Pdq
+from worker.inference.hashing.pdq import MediaHash, Near, Pdq, Similar, frame_hashes
 from worker.inference.images.decode import image_sha256
 from worker.inference.model.batcher import BACKGROUND
-from worker.inference.outcomes import MODEL_TIMEOUT_S, face_counts, hashing, ms, timeline
+from worker.inference.outcomes import MODEL_TIMEOUT_S, face_counts, hashing, ms, timeline, with_near
 from worker.inference.regions import ClipFrame, Observe, score_clip
 from worker.inference.signals import ClipSecond
 from worker.inference.video.decode import VideoInfo, open_video
@@ -33,13 +39,21 @@ def judge_video(
     fetch_ms: float,
     budget: Budget,
     observe: Observe | None,
-    hashed: list[Pdq],
     known: Known | None,
+    similar: Similar | None,
 ) -> Verdict:
-    """A video's verdict, under the version that names its sampling (:attr:`Judge.video_version`); its
-    sampled frames' hashes are appended to ``hashed``."""
-    verdict = _video_verdict(judge, data, container, source, fetch_ms, budget, observe, hashed, known)
-    return replace(verdict, model_version=judge.video_version)
+    """A video's verdict, under the version that names its sampling (:attr:`Judge.video_version`), with
+    its sampled frames' hashes and what the near-duplicate look-up (``similar``) found."""
+    hashed: list[Pdq] = []
+    near: list[Near | None] = []
+    verdict = _video_verdict(
+        judge, data, container, source, fetch_ms, budget, observe, hashed, known, similar, near
+    )
+    verdict = replace(verdict, model_version=judge.video_version)
+    if not verdict.done or not hashed:
+        return verdict
+    verdict = replace(verdict, hashes=frame_hashes(tuple(hashed)))
+    return with_near(verdict, near[0]) if near else verdict
 
 
 def _video_verdict(
@@ -52,6 +66,8 @@ def _video_verdict(
     observe: Observe | None,
     hashed: list[Pdq],
     known: Known | None,
+    similar: Similar | None,
+    near: list[Near | None],
 ) -> Verdict:
     sha = image_sha256(data)
     facts: dict[str, object] = {
@@ -84,13 +100,26 @@ def _video_verdict(
     started = time.perf_counter()
     second = ClipSecond()  # with a second model: each sampled frame judged whole by it too
     second_score: float | None = None
+    held: list[tuple[ClipFrame, contextlib.ExitStack]] = []
     try:
         budget.enter("video decode")
-        sampled = hashing(frames(), hashed)
+        clip = hashing(frames(), hashed)
+        if similar is not None:  # every frame hashed before the first model input
+            held = _decoded_ahead(clip, budget)
+            clip = _replay(held)
+            near.append(judge._look_up(MediaHash(tuple(hashed), video=True), judge.video_version, similar))
+            found = near[0]
+            if found is not None and found.stored is not None:
+                _let_go(held)  # answered from the earlier verdict: the held frames go unjudged
+                info = opened[0]
+                facts.update(
+                    width=info.width, height=info.height, duration_s=info.duration_s, decode_ms=ms(started)
+                )
+                return replace(judge._from_stored(source, found.stored, **facts), cached=False)
         if judge.second is not None:
-            sampled = judge._second_per_frame(sampled, budget, second, BACKGROUND)
+            clip = judge._second_per_frame(clip, budget, second, BACKGROUND)
         scored = score_clip(
-            sampled,
+            clip,
             judge.classifier.preprocess,
             # behind images: a video never starves the images queued after it
             lambda region: judge._score(region.key, region.pixels, BACKGROUND),
@@ -108,6 +137,8 @@ def _video_verdict(
                 second_score = second.score(MODEL_TIMEOUT_S)
     except Exception as exc:
         return judge._failed(source, exc, **facts, decode_ms=ms(started))
+    finally:
+        _let_go(held)  # what the road did not take (a generator never started runs no finally)
     info = opened[0]
     facts.update(
         width=info.width,
@@ -133,3 +164,42 @@ def _video_verdict(
         peak_t=scored.peak_t,
         **facts,  # type: ignore[arg-type]
     )
+
+
+def _decoded_ahead(
+    frames: Iterator[ClipFrame], budget: Budget
+) -> list[tuple[ClipFrame, contextlib.ExitStack]]:
+    """Every frame of ``frames`` (decoding and hashing them all), each held in the job's pixel budget
+    until it is passed on (:func:`_replay`)."""
+    held: list[tuple[ClipFrame, contextlib.ExitStack]] = []
+    try:
+        for frame in frames:
+            stack = contextlib.ExitStack()
+            size = frame.image.size if frame.image is not None else (0, 0)
+            stack.enter_context(budget.hold(rgb_bytes(size), "video frames"))
+            held.append((frame, stack))
+    except BaseException:
+        _let_go(held)
+        raise
+    return held
+
+
+def _replay(held: list[tuple[ClipFrame, contextlib.ExitStack]]) -> Iterator[ClipFrame]:
+    """The held frames in order, each let go of once the road has taken it (and all of them when the
+    road stops early or the generator is closed)."""
+    try:
+        while held:
+            frame, stack = held.pop(0)
+            try:
+                yield frame
+            finally:
+                stack.close()
+            del frame
+    finally:
+        _let_go(held)
+
+
+def _let_go(held: list[tuple[ClipFrame, contextlib.ExitStack]]) -> None:
+    for _, stack in held:
+        stack.close()
+    held.clear()

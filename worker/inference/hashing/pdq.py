@@ -78,16 +78,19 @@ def _pack(bits: np.ndarray) -> bytes:
 
 
 def _square(image: Image.Image) -> np.ndarray:
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    """The ``HASH_SIDE`` square the hash is computed from: the luma of ``image`` (ITU-R 601, PDQ's own
+    weights, so the wheel's luma of the grey copy is the grey itself), trimmed of flat bands and
+    box-filtered, as a grey RGB array. Averaging one channel instead of three, and trimming on the same
+    grey copy, keeps a 224-pixel image's hash at about 0.4 ms of CPU."""
+    grey = image.convert("L")
     for _pass in range(_TRIM_PASSES):  # a border, then a flat band inside it (a sky under a letterbox)
-        box = content_box(image)
-        if box == (0, 0, image.width, image.height):
+        box = _content_box(grey)
+        if box == (0, 0, grey.width, grey.height):
             break
-        image = image.crop(box)
-    if image.size != (HASH_SIDE, HASH_SIDE):
-        image = image.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, reducing_gap=2.0)
-    return np.asarray(image)
+        grey = grey.crop(box)
+    if grey.size != (HASH_SIDE, HASH_SIDE):
+        grey = grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, reducing_gap=2.0)
+    return np.repeat(np.asarray(grey)[:, :, None], 3, axis=2)
 
 
 def content_box(image: Image.Image) -> tuple[int, int, int, int]:
@@ -96,7 +99,11 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int]:
     grey levels vary by less than ``_FLAT_STD`` and stay within ``_FLAT_DELTA`` of the edge's own level,
     at most ``_MAX_TRIM`` of the side. Stored and queried hashes both trim, so a photo with a flat sky
     loses the same band whenever it is hashed."""
-    small = image.convert("L")
+    return _content_box(image.convert("L"))
+
+
+def _content_box(grey_image: Image.Image) -> tuple[int, int, int, int]:
+    small = grey_image
     scale = max(small.size) / _TRIM_SIDE
     if scale > 1:
         small = small.resize(
@@ -104,18 +111,22 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int]:
         )
     grey = np.asarray(small, dtype=np.float32)
     h, w = grey.shape
-    top = _flat_run(grey)
-    bottom = _flat_run(grey[::-1])
-    left = _flat_run(grey.T)
-    right = _flat_run(grey.T[::-1])
+    # each row's and column's mean and mean square, once: a band's flatness is read from them
+    square = grey * grey
+    rows = grey.mean(axis=1), square.mean(axis=1)
+    cols = grey.mean(axis=0), square.mean(axis=0)
+    top = _flat_run(*rows)
+    bottom = _flat_run(rows[0][::-1], rows[1][::-1])
+    left = _flat_run(*cols)
+    right = _flat_run(cols[0][::-1], cols[1][::-1])
     if top + bottom >= h - 4 or left + right >= w - 4:  # nearly all flat: keep it whole
-        return 0, 0, image.width, image.height
-    sx, sy = image.width / w, image.height / h
+        return 0, 0, grey_image.width, grey_image.height
+    sx, sy = grey_image.width / w, grey_image.height / h
     return (
         round(left * sx),
         round(top * sy),
-        image.width - round(right * sx),
-        image.height - round(bottom * sy),
+        grey_image.width - round(right * sx),
+        grey_image.height - round(bottom * sy),
     )
 
 
@@ -127,13 +138,13 @@ _MAX_TRIM = 0.3
 _TRIM_PASSES = 3
 
 
-def _flat_run(grey: np.ndarray) -> int:
-    """Rows of ``grey`` from its first row that are flat and at the first row's level."""
-    limit = int(len(grey) * _MAX_TRIM)
-    level = float(grey[0].mean())
-    std = grey[:limit].std(axis=1)
-    mean = grey[:limit].mean(axis=1)
-    flat = (std < _FLAT_STD) & (np.abs(mean - level) < _FLAT_DELTA)
+def _flat_run(mean: np.ndarray, mean_square: np.ndarray) -> int:
+    """Lines (rows or columns, by their ``mean`` and ``mean_square`` grey levels, from the edge) that are
+    flat and at the first line's level."""
+    limit = int(len(mean) * _MAX_TRIM)
+    level = float(mean[0])
+    std = np.sqrt(np.maximum(mean_square[:limit] - mean[:limit] ** 2, 0.0))
+    flat = (std < _FLAT_STD) & (np.abs(mean[:limit] - level) < _FLAT_DELTA)
     run = int(np.argmin(flat)) if not flat.all() else len(flat)
     return run if run >= 2 else 0
 
