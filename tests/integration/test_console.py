@@ -8,6 +8,7 @@ screenshots (docs/img/ when DFSCAN_SCREENSHOTS=docs/img).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import uuid
@@ -284,3 +285,137 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
     with httpx.Client(base_url=base, cookies={SESSION_COOKIE: acme_cookie}) as raw:
         assert raw.get(f"/ui/jobs/{theirs.image_with_faces}").status_code == 404
         assert raw.get(f"/ui/jobs/{seeded.image_with_faces}").status_code == 200
+
+
+def _wait_submission(api: httpx.Client, submission_id: str, timeout: float = 300.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = api.get(f"/v1/submissions/{submission_id}").json()
+        if status["done"]:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"submission {submission_id} not finished after {timeout}s: {status}")
+
+
+def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
+    console: ApiServer,
+    service: Service,  # noqa: F811
+    browser: Any,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    """The whole road: an image with faces and a clip uploaded through POST /v1/scans, judged by a real
+    `dfscan worker` (faces found by its detector), then reviewed in the browser; the item page draws one box
+    per stored face and the clip's timeline, and the keyboard decision reaches the API and the webhook."""
+    from tests.fixtures.faces import face_clip, face_scene
+
+    service.start_worker(env={"DFSCAN_UPLOAD_STORE": console.env["media"], "DFSCAN_VIDEO_FRAMES": "6"})
+    key = make_key(console.database_url, "acme", "submit,read,review")
+    scene = face_scene([160, 120], seed=3, size=(800, 600))
+    buf = io.BytesIO()
+    scene.image.save(buf, "JPEG", quality=92)
+    clip, _ = face_clip([True] * 10, fps=5)
+    with console.client(key) as api:
+        accepted = api.post(
+            "/v1/scans",
+            files=[
+                ("file", ("crowd.jpg", buf.getvalue(), "image/jpeg")),
+                ("file", ("clip.mp4", clip, "video/mp4")),
+            ],
+            data={
+                "client_ref": "worker-run",
+                "callback_url": receiver.url,
+                "events": "job.completed,job.reviewed",
+            },
+        )
+        assert accepted.status_code == 202, accepted.text
+        body = accepted.json()
+        status = _wait_submission(api, body["submission_id"])
+        assert status["counts"]["done"] == 2, status
+        image_id, video_id = (job["job_id"] for job in body["jobs"])
+        image = api.get(f"/v1/jobs/{image_id}").json()
+        video = api.get(f"/v1/jobs/{video_id}").json()
+    assert image["media"] == "image" and image["judged_on"] == "faces", image
+    assert video["media"] == "video" and len(video["frames"]) == 6, video
+    engine = new_engine(console.database_url)
+    sessions = new_session_factory(engine)
+    with sessions() as s:
+        stored_faces = s.scalar(
+            select(func.count()).select_from(VerdictFace).where(VerdictFace.job_id == uuid.UUID(image_id))
+        )
+    assert stored_faces == len(image["faces"]) >= 1
+
+    stop = threading.Event()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=console.database_url,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allowlist="127.0.0.1",
+        webhook_timeout=5,
+    )
+    deliverer = Deliverer(sessions, settings)
+    deliverer.poll_interval = 0.2
+    loop = threading.Thread(target=deliverer.run, args=(stop,), daemon=True)
+    loop.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None
+        )
+        _sign_in(page, console.base_url, key)
+        rows = page.locator("table.queue tr.row")
+        assert rows.count() == 2
+        # Newest first: both were created in one submission, so the order is the queue's; open the image.
+        page.click(f"tr.row[data-job-id='{image_id}'] a.open")
+        page.wait_for_url(f"{console.base_url}/ui/jobs/{image_id}*")
+        wait_until(lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "image")
+        assert page.evaluate("document.querySelector('img.subject').naturalWidth") == 800
+        boxes = page.locator("svg.faces rect[data-face-index]")
+        assert boxes.count() == stored_faces
+        drawn = [
+            tuple(int(boxes.nth(i).get_attribute(a) or -1) for a in ("x", "y", "width", "height"))
+            for i in range(boxes.count())
+        ]
+        assert drawn == [tuple(face["box"]) for face in image["faces"]]
+        with console.client(key) as api:
+            page.keyboard.press("f")  # decides, and the page moves on
+
+            def decision_of(job_id: str) -> str | None:
+                return (api.get(f"/v1/jobs/{job_id}").json()["review"] or {}).get("decision")
+
+            wait_until(lambda: decision_of(image_id) == "fake", "the image's decision")
+
+        page.goto(f"{console.base_url}/ui/jobs/{video_id}")
+        frames = page.locator("svg.timeline circle.frame")
+        assert frames.count() == len([f for f in video["frames"] if f["fake_score"] is not None])
+        peak = page.locator("svg.timeline circle.peak")
+        assert peak.count() == 1 and float(peak.get_attribute("data-t") or "nan") == pytest.approx(
+            video["peak_t"], abs=0.01
+        )
+        with console.client(key) as api:
+            page.keyboard.press("e")
+            wait_until(lambda: decision_of(video_id) == "escalate", "the clip's decision")
+            assert decision_of(image_id) == "fake"
+        assert errors == []
+
+        def reviewed() -> list[Any]:
+            return [r for r in receiver.received if r.event["type"] == "job.reviewed"]
+
+        wait_until(lambda: len(reviewed()) == 2, f"job.reviewed events: {len(reviewed())} of 2")
+        assert sorted(
+            (e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed()
+        ) == sorted([(image_id, "fake"), (video_id, "escalate")])
+        acme = _tenant_id(console.database_url, "acme")
+        with sessions() as s:
+            keys = [*webhook_secrets(s.get_one(Tenant, acme)), WEBHOOK_SECRET]
+        for got_event in reviewed():
+            assert any(verify(k, got_event.headers["X-Dfscan-Signature"], got_event.body) for k in keys)
+    finally:
+        context.close()
+        stop.set()
+        loop.join(CEILING)
+        deliverer.close()
+        engine.dispose()
