@@ -23,6 +23,7 @@ from db.models import (
     ScanJob,
     Submission,
     VerdictFace,
+    VerdictPreview,
     VerdictRow,
     WebhookDelivery,
     utcnow,
@@ -195,6 +196,7 @@ class QueueRow:
     created_at: datetime
     decision: str | None
     image_sha256: str
+    previewed: bool = False  # a stored preview (verdict_previews seq 0) can stand for the media
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,15 @@ def queue(
         else {}
     )
     decisions = latest(session, ids)
+    previewed = (
+        set(
+            session.scalars(
+                select(VerdictPreview.job_id).where(VerdictPreview.job_id.in_(ids), VerdictPreview.seq == 0)
+            )
+        )
+        if ids
+        else set()
+    )
     rows = [
         QueueRow(
             job_id=row.id,
@@ -297,6 +308,7 @@ def queue(
             created_at=row.created_at,
             decision=decisions[row.id].decision if row.id in decisions else None,
             image_sha256=row.image_sha256,
+            previewed=row.id in previewed,
         )
         for row in found
     ]
@@ -338,6 +350,30 @@ def item(
 
 def verdict_row(session: Session, job_id: uuid.UUID) -> VerdictRow | None:
     return session.execute(select(VerdictRow).where(VerdictRow.job_id == job_id)).scalar_one_or_none()
+
+
+def preview_times(session: Session, job_id: uuid.UUID) -> list[tuple[int, float | None]]:
+    """The stored previews of a verdict as (seq, t), in order (the caller has checked the tenant)."""
+    rows = session.execute(
+        select(VerdictPreview.seq, VerdictPreview.t)
+        .where(VerdictPreview.job_id == job_id)
+        .order_by(VerdictPreview.seq)
+    )
+    return [(int(seq), t) for seq, t in rows]
+
+
+def preview(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, seq: int) -> bytes | None:
+    """One stored preview's JPEG bytes, if the job is a done job of the tenant; else None."""
+    return session.execute(
+        select(VerdictPreview.jpeg)
+        .join(ScanJob, ScanJob.id == VerdictPreview.job_id)
+        .where(
+            VerdictPreview.job_id == job_id,
+            VerdictPreview.seq == seq,
+            ScanJob.tenant_id == tenant_id,
+            ScanJob.state == "done",
+        )
+    ).scalar_one_or_none()
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,14 @@ class Point:
     fake_score: float
 
 
+@dataclass(frozen=True)
+class Thumb:
+    """A sampled frame's thumbnail at ``t`` seconds, served at ``href`` (a path of this origin)."""
+
+    t: float
+    href: str
+
+
 def timeline(
     points: Sequence[Point],
     threshold: float,
@@ -70,13 +78,22 @@ def timeline(
     duration_s: float | None = None,
     width: int = 640,
     height: int = 180,
+    thumbs: Sequence[Thumb] = (),
+    aspect: float = 0.75,
 ) -> str:
     """A chart of p(fake) per sampled frame over time: the line, the threshold dashed, the peak marked by a
     ``<circle class="peak" data-t=...>`` (the first of equal highest scores). Empty points -> a chart saying so.
+    ``thumbs``: the frames' thumbnails in a row under the chart, each ``<image class="frame-thumb"
+    data-t=...>`` centred under its time (kept inside the plot), ``aspect`` (height / width) of the video.
     """
     left, right, top, bottom = 40, 10, 10, 28
     plot_w, plot_h = width - left - right, height - top - bottom
-    end = max([duration_s or 0.0, *(p.t for p in points)]) or 1.0
+    end = max([duration_s or 0.0, *(p.t for p in points), *(th.t for th in thumbs)]) or 1.0
+    thumb_w = min(80.0, plot_w / max(1, len(thumbs)))
+    thumb_h = thumb_w * min(4.0, max(0.1, aspect))
+    chart_h = height
+    if thumbs:
+        height = int(chart_h + thumb_h + 8)
 
     def x(t: float) -> float:
         return left + plot_w * (t / end)
@@ -94,15 +111,22 @@ def timeline(
             f'<text x="{left - 4}" y="{_num(y(tick) + 4)}" font-size="11" text-anchor="end">{tick:g}</text>'
         )
     parts.append(
-        f'<text x="{left}" y="{height - 8}" font-size="11">0 s</text>'
-        f'<text x="{width - right}" y="{height - 8}" font-size="11" text-anchor="end">{_num(end)} s</text>'
+        f'<text x="{left}" y="{chart_h - 8}" font-size="11">0 s</text>'
+        f'<text x="{width - right}" y="{chart_h - 8}" font-size="11" text-anchor="end">{_num(end)} s</text>'
     )
+    for thumb in sorted(thumbs, key=lambda th: th.t):
+        at = min(max(x(thumb.t) - thumb_w / 2, left), width - right - thumb_w)
+        parts.append(
+            f'<image class="frame-thumb" data-t="{_num(thumb.t)}" href="{escape(thumb.href)}" '
+            f'x="{_num(at)}" y="{chart_h + 4}" width="{_num(thumb_w)}" height="{_num(thumb_h)}" '
+            f'preserveAspectRatio="xMidYMid meet"><title>{escape(f"t={thumb.t:.2f} s")}</title></image>'
+        )
     parts.append(
         f'<line class="threshold" x1="{left}" x2="{width - right}" y1="{_num(y(threshold))}" '
         f'y2="{_num(y(threshold))}" stroke="{FAKE_COLOUR}" stroke-dasharray="6 4"/>'
     )
     if not points:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no frames judged</text>')
+        parts.append(f'<text x="{width / 2}" y="{chart_h / 2}" text-anchor="middle">no frames judged</text>')
     else:
         ordered = sorted(points, key=lambda p: p.t)
         line = " ".join(f"{_num(x(p.t))},{_num(y(p.fake_score))}" for p in ordered)

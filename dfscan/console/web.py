@@ -284,6 +284,7 @@ def item_page(
         verdict = reviews.verdict_row(db, job_id)
         newer, older = reviews.neighbours(db, reviewer.tenant_id, job_id, filters)
         history = reviews.history(db, reviewer.tenant_id, job_id)
+        previews = reviews.preview_times(db, job_id)
     assert verdict is not None
     faces = [
         {"x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3], "fake_score": f.fake_score}
@@ -299,12 +300,22 @@ def item_page(
             for frame in (result.verdict.frames or ())
             if frame.fake_score is not None  # a frame not judged (no face) has no point
         ]
-        timeline_svg = Markup(svg.timeline(points, verdict.threshold, duration_s=verdict.duration_s))
+        thumbs = [svg.Thumb(t, f"/ui/previews/{job_id}/{seq}") for seq, t in previews if t is not None]
+        aspect = verdict.height / verdict.width if verdict.width and verdict.height else 0.75
+        timeline_svg = Markup(
+            svg.timeline(
+                points, verdict.threshold, duration_s=verdict.duration_s, thumbs=thumbs, aspect=aspect
+            )
+        )
     store = held_media(request)
+    still = [seq for seq, t in previews if t is None]
     item = {
         "held": store is not None
         and media.content_type(verdict.image_format) is not None
         and store.holds(verdict.image_sha256),
+        # The stored preview of a still image: shown when the bytes are no longer held (a URL source).
+        "preview_href": f"/ui/previews/{job_id}/{still[0]}" if still else None,
+        "n_thumbs": sum(1 for _, t in previews if t is not None),
         "job_id": job.id,
         "source": job.source,
         "client_ref": job.client_ref,
@@ -397,6 +408,24 @@ def media_file(job_id: uuid.UUID, request: Request) -> Response:
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response.headers["Cache-Control"] = "private, max-age=300"
     response.headers["Content-Disposition"] = "inline"
+    return response
+
+
+@router.get("/previews/{job_id}/{seq}")
+def preview_file(job_id: uuid.UUID, seq: int, request: Request) -> Response:
+    """A stored preview (a still image's, or a clip frame's thumbnail) of a done job of the reviewer's
+    tenant; 404 for anything else, as for the media."""
+    reviewer = _reviewer(request)
+    if reviewer is None:
+        return _secure(Response(status_code=401))
+    with sessions_of(request)() as db:
+        data = reviews.preview(db, reviewer.tenant_id, job_id, seq) if 0 <= seq < 1 << 15 else None
+    if data is None:
+        return _secure(Response(status_code=404))
+    response = Response(data, media_type="image/jpeg")
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Cache-Control"] = "private, max-age=300"
     return response
 
 

@@ -21,7 +21,7 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 
-from db.models import Review, Tenant, VerdictFace
+from db.models import Review, Tenant, VerdictFace, VerdictPreview
 from db.session import new_engine, new_session_factory
 from db.tenants import webhook_secrets
 from dfscan.console.session import SESSION_COOKIE
@@ -193,7 +193,6 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         # The video: the timeline with its peak marked.
         peak = page.locator("svg.timeline circle.peak")
         assert peak.count() == 1 and peak.get_attribute("data-t") == "1.5"
-        page.screenshot(path=str(SCREENSHOTS / "console-video-item.png"), full_page=True)
         page.keyboard.press("k")
         page.wait_for_url(f"{base}/ui/jobs/{seeded.image_without_faces}*")
         assert errors == []
@@ -344,6 +343,16 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
             select(func.count()).select_from(VerdictFace).where(VerdictFace.job_id == uuid.UUID(image_id))
         )
     assert stored_faces == len(image["faces"]) >= 1
+    with sessions() as s:  # the worker kept a preview of the image and a thumbnail of each sampled frame
+        kept = {
+            job: list(
+                s.execute(select(VerdictPreview.t, VerdictPreview.jpeg).where(VerdictPreview.job_id == job))
+            )
+            for job in (uuid.UUID(image_id), uuid.UUID(video_id))
+        }
+    assert [t for t, _ in kept[uuid.UUID(image_id)]] == [None]
+    assert [t for t, _ in kept[uuid.UUID(video_id)]] == [f["t"] for f in video["frames"]]
+    assert all(len(jpeg) < 20_000 for rows in kept.values() for _, jpeg in rows)
 
     stop = threading.Event()
     settings = Settings(  # type: ignore[call-arg]
@@ -368,6 +377,13 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
         _sign_in(page, console.base_url, key)
         rows = page.locator("table.queue tr.row")
         assert rows.count() == 2
+        wait_until(
+            lambda: page.evaluate(
+                "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+            ),
+            "queue thumbnails not loaded",
+        )
+        assert page.locator("td.thumb img").count() == 2  # the clip's row shows its first frame
         # Newest first: both were created in one submission, so the order is the queue's; open the image.
         page.click(f"tr.row[data-job-id='{image_id}'] a.open")
         page.wait_for_url(f"{console.base_url}/ui/jobs/{image_id}*")
@@ -395,11 +411,48 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
         assert peak.count() == 1 and float(peak.get_attribute("data-t") or "nan") == pytest.approx(
             video["peak_t"], abs=0.01
         )
+        # The frames' thumbnails under the chart, one per kept frame at its time, served to this tenant.
+        thumbs = page.locator("svg.timeline image.frame-thumb")
+        assert thumbs.count() == len(kept[uuid.UUID(video_id)])
+        assert [float(thumbs.nth(i).get_attribute("data-t") or "nan") for i in range(thumbs.count())] == (
+            pytest.approx([f["t"] for f in video["frames"]], abs=0.01)
+        )
+        hrefs = [thumbs.nth(i).get_attribute("href") or "" for i in range(thumbs.count())]
+        for href, (_, jpeg) in zip(hrefs, kept[uuid.UUID(video_id)], strict=True):
+            got = context.request.get(console.base_url + href)
+            assert got.status == 200 and got.headers["content-type"] == "image/jpeg" and got.body() == jpeg
+        page.screenshot(path=str(SCREENSHOTS / "console-video-item.png"), full_page=True)
         with console.client(key) as api:
             page.keyboard.press("e")
             wait_until(lambda: decision_of(video_id) == "escalate", "the clip's decision")
             assert decision_of(image_id) == "fake"
+
+        # Once the uploads are no longer held (past retention, or a URL source), the page shows the stored
+        # preview under the same boxes, and the clip keeps its thumbnails.
+        for body_job in body["jobs"]:
+            digest = body_job["source"].rsplit(":", 1)[1]
+            (Path(console.env["media"]) / digest[:2] / digest).unlink()
+        page.goto(f"{console.base_url}/ui/jobs/{image_id}")
+        wait_until(lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "preview")
+        assert page.evaluate("document.querySelector('img.subject.preview').naturalWidth") == 320
+        assert page.locator("svg.faces rect[data-face-index]").count() == stored_faces
+        assert "small preview kept with the verdict" in page.locator("p.preview-note").inner_text()
+        page.goto(f"{console.base_url}/ui/jobs/{video_id}")
+        assert page.locator("video.subject").count() == 0
+        assert page.locator("svg.timeline image.frame-thumb").count() == len(hrefs)
         assert errors == []
+
+        # Another tenant's reviewer gets 404 for the previews, as for the media.
+        other = browser.new_context()
+        try:
+            other_page = other.new_page()
+            _sign_in(other_page, console.base_url, make_key(console.database_url, "globex", "review"))
+            assert other.request.get(console.base_url + hrefs[0]).status == 404
+            assert other.request.get(f"{console.base_url}/ui/previews/{image_id}/0").status == 404
+        finally:
+            other.close()
+        assert context.request.get(f"{console.base_url}/ui/previews/{image_id}/0").status == 200
+        assert context.request.get(f"{console.base_url}/ui/previews/{image_id}/1").status == 404
 
         def reviewed() -> list[Any]:
             return [r for r in receiver.received if r.event["type"] == "job.reviewed"]
