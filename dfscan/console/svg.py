@@ -30,9 +30,40 @@ def _num(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
 
 
-def face_boxes(width: int, height: int, boxes: Sequence[Box], threshold: float) -> str:
+@dataclass(frozen=True)
+class Heat:
+    """One explanation heatmap: ``grid`` rows of cells in [0, 1] over ``box`` ``(x, y, w, h)`` in image
+    pixels (None: the whole image)."""
+
+    box: tuple[int, int, int, int] | None
+    grid: Sequence[Sequence[float]]
+
+
+def _heat_cells(index: int, heat: Heat, width: int, height: int) -> str:
+    x0, y0, w, h = heat.box if heat.box is not None else (0, 0, width, height)
+    rows = len(heat.grid)
+    parts = [f'<g class="heatmap" data-region="{index}">']
+    for r, row in enumerate(heat.grid):
+        cols = len(row)
+        for c, value in enumerate(row):
+            strength = min(1.0, max(0.0, float(value)))
+            if strength < 0.05:  # invisible anyway: fewer nodes
+                continue
+            parts.append(
+                f'<rect class="heat" x="{_num(x0 + w * c / cols)}" y="{_num(y0 + h * r / rows)}" '
+                f'width="{_num(w / cols)}" height="{_num(h / rows)}" fill="{FAKE_COLOUR}" '
+                f'fill-opacity="{_num(0.6 * strength)}"/>'
+            )
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def face_boxes(
+    width: int, height: int, boxes: Sequence[Box], threshold: float, heats: Sequence[Heat] = ()
+) -> str:
     """An ``<svg>`` the size of the image (viewBox in image pixels, so it scales with the ``<img>``) with one
-    ``<rect data-face-index=i>`` per face, in the order stored, and its p(fake) as a label."""
+    ``<rect data-face-index=i>`` per face, in the order stored, and its p(fake) as a label; under them, each
+    explanation heatmap as a ``<g class="heatmap">`` of translucent cells over its region."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     stroke = max(2.0, min(width, height) / 200)
@@ -41,6 +72,7 @@ def face_boxes(width: int, height: int, boxes: Sequence[Box], threshold: float) 
         f'<svg class="faces" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{len(boxes)} faces">'
     ]
+    parts.extend(_heat_cells(i, heat, width, height) for i, heat in enumerate(heats) if heat.grid)
     for index, box in enumerate(boxes):
         colour = FAKE_COLOUR if box.fake_score >= threshold else REAL_COLOUR
         label = f"face {index + 1}: p(fake) {box.fake_score:.2f}"

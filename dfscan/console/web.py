@@ -293,7 +293,8 @@ def item_page(
     boxes_svg = timeline_svg = None
     if verdict.media == "image" and verdict.width and verdict.height:
         boxes = [svg.Box(*f.box, fake_score=f.fake_score) for f in result.verdict.faces]
-        boxes_svg = Markup(svg.face_boxes(verdict.width, verdict.height, boxes, verdict.threshold))
+        heats = [svg.Heat(h.box, h.grid) for h in result.verdict.explanation or ()]
+        boxes_svg = Markup(svg.face_boxes(verdict.width, verdict.height, boxes, verdict.threshold, heats))
     if verdict.media == "video":
         points = [
             svg.Point(frame.t, frame.fake_score)
@@ -316,6 +317,12 @@ def item_page(
         # The stored preview of a still image: shown when the bytes are no longer held (a URL source).
         "preview_href": f"/ui/previews/{job_id}/{still[0]}" if still else None,
         "n_thumbs": sum(1 for _, t in previews if t is not None),
+        "n_heatmaps": len(result.verdict.explanation or ()),
+        "provenance": result.verdict.provenance,
+        "second_opinion": result.verdict.second_opinion,
+        "near_duplicate_of": _uuid_or_none(result.verdict.near_duplicate_of),
+        "near_distance": result.verdict.near_distance,
+        "matches": result.verdict.matches,
         "job_id": job.id,
         "source": job.source,
         "client_ref": job.client_ref,
@@ -460,6 +467,13 @@ def agreement_page(request: Request, model_version: str = "") -> Response:
         furthest=agreement.furthest(items),
         **reviewer.context(),
     )
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return None if value is None else uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _utc(value: datetime) -> datetime:

@@ -29,7 +29,17 @@ from dfscan.settings import Settings
 from dfscan.webhooks import verify
 from tests.fixtures.api import ApiServer, make_key, start_api
 from tests.fixtures.browser import SCREENSHOTS, browser  # noqa: F401
-from tests.fixtures.console import XSS_NOTE, XSS_REF, XSS_SOURCE, seed
+from tests.fixtures.console import (
+    HEAT_CELLS,
+    XSS_BANK,
+    XSS_ENTRY,
+    XSS_NOTE,
+    XSS_REF,
+    XSS_SIGNER,
+    XSS_SOFTWARE,
+    XSS_SOURCE,
+    seed,
+)
 from tests.fixtures.service import Service, service  # noqa: F401
 from tests.fixtures.webhook_receiver import Receiver
 from worker.delivery import Deliverer
@@ -175,6 +185,18 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         assert boxes.count() == stored_faces
         assert [boxes.nth(i).get_attribute("data-face-index") for i in range(boxes.count())] == ["0", "1"]
         assert page.locator("h1.source").inner_text() == XSS_SOURCE
+        # The signals beside the score, drawn when the verdict has them; what sources and banks say is text.
+        heat = page.locator("svg.faces g.heatmap")
+        assert heat.count() == 2 and page.locator("svg.faces rect.heat").count() == 2 * HEAT_CELLS
+        assert page.locator("dd.prov-signer").inner_text() == XSS_SIGNER
+        assert page.locator("dd.prov-software").inner_text() == XSS_SOFTWARE
+        assert page.locator("dd.prov-actions").inner_text() == "c2pa.created, <i>x</i>"
+        assert page.locator("td.bank").inner_text() == XSS_BANK
+        assert page.locator("td.entry").inner_text() == XSS_ENTRY
+        near = page.locator("a.near-of")
+        assert near.get_attribute("href") == f"/ui/jobs/{seeded.image_without_faces}"
+        assert "distance 12" in page.locator("p.near-duplicate").inner_text()
+        assert page.evaluate("window.__xss") is None
         page.screenshot(path=str(SCREENSHOTS / "console-image-item.png"), full_page=True)
 
         # A note holding markup, then Escalate (a button), then "f" from the keyboard: the latest counts.
