@@ -352,14 +352,61 @@ def verdict_row(session: Session, job_id: uuid.UUID) -> VerdictRow | None:
     return session.execute(select(VerdictRow).where(VerdictRow.job_id == job_id)).scalar_one_or_none()
 
 
-def preview_times(session: Session, job_id: uuid.UUID) -> list[tuple[int, float | None]]:
-    """The stored previews of a verdict as (seq, t), in order (the caller has checked the tenant)."""
-    rows = session.execute(
+def preview_times(
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, image_sha256: str, media: str
+) -> tuple[uuid.UUID, list[tuple[int, float | None]]]:
+    """The stored previews that show a verdict, as (job id, [(seq, t)...]): the job's own, else (a verdict
+    answered from the duplicate cache decodes nothing) those of the newest done job of the same tenant
+    that judged the same bytes as the same media; (job_id, []) when there are none."""
+    own = session.execute(
         select(VerdictPreview.seq, VerdictPreview.t)
         .where(VerdictPreview.job_id == job_id)
         .order_by(VerdictPreview.seq)
+    ).all()
+    if own:
+        return job_id, [(int(seq), t) for seq, t in own]
+    donor = session.scalar(
+        select(ScanJob.id)
+        .join(VerdictRow, VerdictRow.job_id == ScanJob.id)
+        .where(
+            VerdictRow.image_sha256 == image_sha256,
+            VerdictRow.media == media,
+            ScanJob.tenant_id == tenant_id,
+            ScanJob.state == "done",
+            exists().where(VerdictPreview.job_id == ScanJob.id),
+        )
+        .order_by(ScanJob.created_at.desc())
+        .limit(1)
     )
-    return [(int(seq), t) for seq, t in rows]
+    if donor is None:
+        return job_id, []
+    rows = session.execute(
+        select(VerdictPreview.seq, VerdictPreview.t)
+        .where(VerdictPreview.job_id == donor)
+        .order_by(VerdictPreview.seq)
+    )
+    return donor, [(int(seq), t) for seq, t in rows]
+
+
+def size_of_bytes(
+    session: Session, tenant_id: uuid.UUID, image_sha256: str, media: str
+) -> tuple[int, int] | None:
+    """The pixel size some done job of the tenant recorded for these bytes (a verdict answered from the
+    duplicate cache decodes nothing and records none), or None."""
+    row = session.execute(
+        select(VerdictRow.width, VerdictRow.height)
+        .join(ScanJob, ScanJob.id == VerdictRow.job_id)
+        .where(
+            VerdictRow.image_sha256 == image_sha256,
+            VerdictRow.media == media,
+            VerdictRow.width.is_not(None),
+            VerdictRow.height.is_not(None),
+            ScanJob.tenant_id == tenant_id,
+            ScanJob.state == "done",
+        )
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def preview(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, seq: int) -> bytes | None:

@@ -284,25 +284,31 @@ def item_page(
         verdict = reviews.verdict_row(db, job_id)
         newer, older = reviews.neighbours(db, reviewer.tenant_id, job_id, filters)
         history = reviews.history(db, reviewer.tenant_id, job_id)
-        previews = reviews.preview_times(db, job_id)
-    assert verdict is not None
+        assert verdict is not None
+        shown_by, previews = reviews.preview_times(
+            db, reviewer.tenant_id, job_id, verdict.image_sha256, verdict.media
+        )
+        size = (verdict.width, verdict.height) if verdict.width and verdict.height else None
+        if size is None:  # answered from the duplicate cache: the size recorded when the bytes were decoded
+            size = reviews.size_of_bytes(db, reviewer.tenant_id, verdict.image_sha256, verdict.media)
+    width, height = size or (None, None)
     faces = [
         {"x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3], "fake_score": f.fake_score}
         for f in result.verdict.faces
     ]
     boxes_svg = timeline_svg = None
-    if verdict.media == "image" and verdict.width and verdict.height:
+    if verdict.media == "image" and width and height:
         boxes = [svg.Box(*f.box, fake_score=f.fake_score) for f in result.verdict.faces]
         heats = [svg.Heat(h.box, h.grid) for h in result.verdict.explanation or ()]
-        boxes_svg = Markup(svg.face_boxes(verdict.width, verdict.height, boxes, verdict.threshold, heats))
+        boxes_svg = Markup(svg.face_boxes(width, height, boxes, verdict.threshold, heats))
     if verdict.media == "video":
         points = [
             svg.Point(frame.t, frame.fake_score)
             for frame in (result.verdict.frames or ())
             if frame.fake_score is not None  # a frame not judged (no face) has no point
         ]
-        thumbs = [svg.Thumb(t, f"/ui/previews/{job_id}/{seq}") for seq, t in previews if t is not None]
-        aspect = verdict.height / verdict.width if verdict.width and verdict.height else 0.75
+        thumbs = [svg.Thumb(t, f"/ui/previews/{shown_by}/{seq}") for seq, t in previews if t is not None]
+        aspect = height / width if width and height else 0.75
         timeline_svg = Markup(
             svg.timeline(
                 points, verdict.threshold, duration_s=verdict.duration_s, thumbs=thumbs, aspect=aspect
@@ -315,9 +321,11 @@ def item_page(
         and media.content_type(verdict.image_format) is not None
         and store.holds(verdict.image_sha256),
         # The stored preview of a still image: shown when the bytes are no longer held (a URL source).
-        "preview_href": f"/ui/previews/{job_id}/{still[0]}" if still else None,
+        "preview_href": f"/ui/previews/{shown_by}/{still[0]}" if still else None,
         "n_thumbs": sum(1 for _, t in previews if t is not None),
         "n_heatmaps": len(result.verdict.explanation or ()),
+        "width": width,
+        "height": height,
         "provenance": result.verdict.provenance,
         "second_opinion": result.verdict.second_opinion,
         "near_duplicate_of": _uuid_or_none(result.verdict.near_duplicate_of),
@@ -336,8 +344,6 @@ def item_page(
                 "threshold",
                 "judged_on",
                 "model_version",
-                "width",
-                "height",
                 "image_format",
                 "duration_s",
                 "peak_t",

@@ -356,6 +356,13 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
         image_id, video_id = (job["job_id"] for job in body["jobs"])
         image = api.get(f"/v1/jobs/{image_id}").json()
         video = api.get(f"/v1/jobs/{video_id}").json()
+        # The same bytes again: answered from the duplicate cache, nothing decoded, so no preview of its own.
+        again = api.post("/v1/scans", files=[("file", ("again.jpg", buf.getvalue(), "image/jpeg"))]).json()
+        assert _wait_submission(api, again["submission_id"])["counts"]["done"] == 1
+        (again_job,) = again["jobs"]
+        cached_id = again_job["job_id"]
+        cached = api.get(f"/v1/jobs/{cached_id}").json()
+        assert cached["cached"] is True, cached
     assert image["media"] == "image" and image["judged_on"] == "faces", image
     assert video["media"] == "video" and len(video["frames"]) == 6, video
     engine = new_engine(console.database_url)
@@ -370,8 +377,9 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
             job: list(
                 s.execute(select(VerdictPreview.t, VerdictPreview.jpeg).where(VerdictPreview.job_id == job))
             )
-            for job in (uuid.UUID(image_id), uuid.UUID(video_id))
+            for job in (uuid.UUID(image_id), uuid.UUID(video_id), uuid.UUID(cached_id))
         }
+    assert kept.pop(uuid.UUID(cached_id)) == []
     assert [t for t, _ in kept[uuid.UUID(image_id)]] == [None]
     assert [t for t, _ in kept[uuid.UUID(video_id)]] == [f["t"] for f in video["frames"]]
     assert all(len(jpeg) < 20_000 for rows in kept.values() for _, jpeg in rows)
@@ -398,14 +406,14 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
         )
         _sign_in(page, console.base_url, key)
         rows = page.locator("table.queue tr.row")
-        assert rows.count() == 2
+        assert rows.count() == 3
         wait_until(
             lambda: page.evaluate(
                 "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
             ),
             "queue thumbnails not loaded",
         )
-        assert page.locator("td.thumb img").count() == 2  # the clip's row shows its first frame
+        assert page.locator("td.thumb img").count() == 3  # the clip's row shows its first frame
         # Newest first: both were created in one submission, so the order is the queue's; open the image.
         page.click(f"tr.row[data-job-id='{image_id}'] a.open")
         page.wait_for_url(f"{console.base_url}/ui/jobs/{image_id}*")
@@ -419,7 +427,8 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
         ]
         assert drawn == [tuple(face["box"]) for face in image["faces"]]
         with console.client(key) as api:
-            page.keyboard.press("f")  # decides, and the page moves on
+            with page.expect_navigation():  # decides, and the page moves on
+                page.keyboard.press("f")
 
             def decision_of(job_id: str) -> str | None:
                 return (api.get(f"/v1/jobs/{job_id}").json()["review"] or {}).get("decision")
@@ -445,7 +454,8 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
             assert got.status == 200 and got.headers["content-type"] == "image/jpeg" and got.body() == jpeg
         page.screenshot(path=str(SCREENSHOTS / "console-video-item.png"), full_page=True)
         with console.client(key) as api:
-            page.keyboard.press("e")
+            with page.expect_navigation():
+                page.keyboard.press("e")
             wait_until(lambda: decision_of(video_id) == "escalate", "the clip's decision")
             assert decision_of(image_id) == "fake"
 
@@ -454,11 +464,16 @@ def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
         for body_job in body["jobs"]:
             digest = body_job["source"].rsplit(":", 1)[1]
             (Path(console.env["media"]) / digest[:2] / digest).unlink()
-        page.goto(f"{console.base_url}/ui/jobs/{image_id}")
-        wait_until(lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "preview")
-        assert page.evaluate("document.querySelector('img.subject.preview').naturalWidth") == 320
-        assert page.locator("svg.faces rect[data-face-index]").count() == stored_faces
-        assert "small preview kept with the verdict" in page.locator("p.preview-note").inner_text()
+        # The cached verdict shows the preview of the same bytes, with its own faces (if the cache kept them).
+        for shown, n_faces in ((image_id, stored_faces), (cached_id, len(cached["faces"]))):
+            page.goto(f"{console.base_url}/ui/jobs/{shown}")
+            wait_until(
+                lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "preview"
+            )
+            assert page.get_attribute("img.subject.preview", "src") == f"/ui/previews/{image_id}/0"
+            assert page.evaluate("document.querySelector('img.subject.preview').naturalWidth") == 320
+            assert page.locator("svg.faces rect[data-face-index]").count() == n_faces
+            assert "small preview kept with the verdict" in page.locator("p.preview-note").inner_text()
         page.goto(f"{console.base_url}/ui/jobs/{video_id}")
         assert page.locator("video.subject").count() == 0
         assert page.locator("svg.timeline image.frame-thumb").count() == len(hrefs)
