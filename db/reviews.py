@@ -406,7 +406,9 @@ def size_of_bytes(
         )
         .limit(1)
     ).first()
-    return None if row is None else (int(row[0]), int(row[1]))
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return int(row[0]), int(row[1])
 
 
 def preview(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, seq: int) -> bytes | None:
