@@ -23,6 +23,7 @@ from db.models import (
     ScanJob,
     Submission,
     VerdictFace,
+    VerdictPreview,
     VerdictRow,
     WebhookDelivery,
     utcnow,
@@ -195,6 +196,7 @@ class QueueRow:
     created_at: datetime
     decision: str | None
     image_sha256: str
+    previewed: bool = False  # a stored preview (verdict_previews seq 0) can stand for the media
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,15 @@ def queue(
         else {}
     )
     decisions = latest(session, ids)
+    previewed = (
+        set(
+            session.scalars(
+                select(VerdictPreview.job_id).where(VerdictPreview.job_id.in_(ids), VerdictPreview.seq == 0)
+            )
+        )
+        if ids
+        else set()
+    )
     rows = [
         QueueRow(
             job_id=row.id,
@@ -297,6 +308,7 @@ def queue(
             created_at=row.created_at,
             decision=decisions[row.id].decision if row.id in decisions else None,
             image_sha256=row.image_sha256,
+            previewed=row.id in previewed,
         )
         for row in found
     ]
@@ -338,6 +350,79 @@ def item(
 
 def verdict_row(session: Session, job_id: uuid.UUID) -> VerdictRow | None:
     return session.execute(select(VerdictRow).where(VerdictRow.job_id == job_id)).scalar_one_or_none()
+
+
+def preview_times(
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, image_sha256: str, media: str
+) -> tuple[uuid.UUID, list[tuple[int, float | None]]]:
+    """The stored previews that show a verdict, as (job id, [(seq, t)...]): the job's own, else (a verdict
+    answered from the duplicate cache decodes nothing) those of the newest done job of the same tenant
+    that judged the same bytes as the same media; (job_id, []) when there are none."""
+    own = session.execute(
+        select(VerdictPreview.seq, VerdictPreview.t)
+        .where(VerdictPreview.job_id == job_id)
+        .order_by(VerdictPreview.seq)
+    ).all()
+    if own:
+        return job_id, [(int(seq), t) for seq, t in own]
+    donor = session.scalar(
+        select(ScanJob.id)
+        .join(VerdictRow, VerdictRow.job_id == ScanJob.id)
+        .where(
+            VerdictRow.image_sha256 == image_sha256,
+            VerdictRow.media == media,
+            ScanJob.tenant_id == tenant_id,
+            ScanJob.state == "done",
+            exists().where(VerdictPreview.job_id == ScanJob.id),
+        )
+        .order_by(ScanJob.created_at.desc())
+        .limit(1)
+    )
+    if donor is None:
+        return job_id, []
+    rows = session.execute(
+        select(VerdictPreview.seq, VerdictPreview.t)
+        .where(VerdictPreview.job_id == donor)
+        .order_by(VerdictPreview.seq)
+    )
+    return donor, [(int(seq), t) for seq, t in rows]
+
+
+def size_of_bytes(
+    session: Session, tenant_id: uuid.UUID, image_sha256: str, media: str
+) -> tuple[int, int] | None:
+    """The pixel size some done job of the tenant recorded for these bytes (a verdict answered from the
+    duplicate cache decodes nothing and records none), or None."""
+    row = session.execute(
+        select(VerdictRow.width, VerdictRow.height)
+        .join(ScanJob, ScanJob.id == VerdictRow.job_id)
+        .where(
+            VerdictRow.image_sha256 == image_sha256,
+            VerdictRow.media == media,
+            VerdictRow.width.is_not(None),
+            VerdictRow.height.is_not(None),
+            ScanJob.tenant_id == tenant_id,
+            ScanJob.state == "done",
+        )
+        .limit(1)
+    ).first()
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return int(row[0]), int(row[1])
+
+
+def preview(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, seq: int) -> bytes | None:
+    """One stored preview's JPEG bytes, if the job is a done job of the tenant; else None."""
+    return session.execute(
+        select(VerdictPreview.jpeg)
+        .join(ScanJob, ScanJob.id == VerdictPreview.job_id)
+        .where(
+            VerdictPreview.job_id == job_id,
+            VerdictPreview.seq == seq,
+            ScanJob.tenant_id == tenant_id,
+            ScanJob.state == "done",
+        )
+    ).scalar_one_or_none()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import ScanJob, VerdictFace, VerdictFrame, VerdictHash, VerdictRow
+from db.models import ScanJob, VerdictFace, VerdictFrame, VerdictHash, VerdictPreview, VerdictRow
 from db.results import faces_of, verdict_frames
 from dfscan.tenants import DEFAULT_TENANT_ID
 from dfscan.verdicts import STORED, VIDEO, FaceVerdict, SecondOpinion, Stored, Verdict, stored_frames
@@ -103,6 +103,9 @@ def write_rows(session: Session, by_id: dict[uuid.UUID, dict[str, Any]], done: S
     ]
     if hashes:  # perceptual hashes, read by every worker's near-duplicate index (dfscan/near.py)
         session.execute(insert_ignoring_duplicate(session, VerdictHash, ("job_id", "seq")), hashes)
+    previews = [{"job_id": job_id, **row} for job_id in done for row in by_id[job_id].get("previews") or ()]
+    if previews:  # small JPEGs of the judged pixels, for the review console
+        session.execute(insert_ignoring_duplicate(session, VerdictPreview, ("job_id", "seq")), previews)
 
 
 def _uuid_or_none(value: Any) -> uuid.UUID | None:
@@ -152,6 +155,7 @@ def done_fields(verdict: Verdict, *, worker: str) -> dict[str, Any]:
         "faces": verdict.face_rows(),
         "frames": verdict.frame_rows(),
         "hashes": verdict.hash_rows(),
+        "previews": verdict.preview_rows(),
         "worker": worker,
     }
 

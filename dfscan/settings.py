@@ -267,6 +267,12 @@ class Settings(BaseSettings):
         description="Pixel cap per image, well under Pillow's bomb threshold (~89 Mpx).",
     )
     max_frames: int = Field(1000, ge=1, description="Animations with more frames are refused.")
+    previews: bool = Field(
+        True,
+        description="Keep small JPEGs of what was judged for the review console (an image's preview of at "
+        "most 320 px, up to 16 thumbnails of 160 px of a clip's sampled frames; a few KB each), made from the "
+        "pixels already decoded. Off: the console shows only media the upload store still holds.",
+    )
     decode_memory: int = Field(
         512 * MiB,
         ge=64 * MiB,

@@ -294,6 +294,16 @@ class BankMatch:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A small JPEG of what was judged (worker/inference/images/previews.py): a still image's preview
+    (``t`` None) or a sampled frame's thumbnail at ``t`` seconds. Stored in ``verdict_previews`` for the
+    review console; never part of the printed verdict."""
+
+    t: float | None
+    jpeg: bytes
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the duplicate cache answers for bytes already judged with the same model version: the
     score (None for not_applicable), what it was judged on, and its faces; for a video also its
@@ -364,6 +374,8 @@ class Verdict:
     near_distance: int | None = None
     # Hash bank entries the source matched (any bank that forces a label has set ``label``).
     matches: tuple[BankMatch, ...] = ()
+    # Small JPEGs of the judged pixels for the review console (a preview, or a clip's frame thumbnails).
+    previews: tuple[Preview, ...] = ()
     error_code: str | None = None
     error: str | None = None
     retryable: bool = False
@@ -404,6 +416,10 @@ class Verdict:
             {"seq": seq, "t": h.t, "pdq": bytes.fromhex(h.pdq), "quality": h.quality}
             for seq, h in enumerate(self.hashes)
         ]
+
+    def preview_rows(self) -> list[dict[str, Any]]:
+        """The ``verdict_previews`` rows of this verdict (the caller adds the job), in time order."""
+        return [{"seq": seq, "t": p.t, "jpeg": p.jpeg} for seq, p in enumerate(self.previews)]
 
     def face_rows(self) -> list[dict[str, Any]]:
         """The ``verdict_faces`` rows of this verdict, largest face first."""

@@ -36,7 +36,7 @@ from db.models.jobs import ScanJob, Submission
 from db.models.reviews import REVIEW_DECISIONS, Review
 from db.models.tenants import ApiKey, Tenant
 from db.models.training import ModelVersion, Promotion, TrainingRun
-from db.models.verdicts import VerdictFace, VerdictFrame, VerdictHash, VerdictRow
+from db.models.verdicts import VerdictFace, VerdictFrame, VerdictHash, VerdictPreview, VerdictRow
 from db.models.webhooks import WebhookDelivery
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "VerdictFace",
     "VerdictFrame",
     "VerdictHash",
+    "VerdictPreview",
     "VerdictRow",
     "WebhookDelivery",
     "utcnow",

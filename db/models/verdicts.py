@@ -181,3 +181,23 @@ class VerdictHash(Base):
         CheckConstraint("quality >= 0 AND quality <= 100", name="quality_range"),
         CheckConstraint(one_of("media", MEDIA), name="media_valid"),
     )
+
+
+class VerdictPreview(Base):
+    """A small JPEG of what a verdict judged, for the review console: a still image's preview (``t`` null)
+    or one of at most 16 thumbnails of a clip's sampled frames (worker/inference/images/previews.py).
+    Made from pixels the worker had decoded; kept with the verdict (the original bytes may be gone)."""
+
+    __tablename__ = "verdict_previews"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("verdicts.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        CheckConstraint("seq >= 0 AND seq < 16", name="seq_range"),
+        CheckConstraint("length(jpeg) <= 65536", name="jpeg_size"),
+    )

@@ -63,8 +63,8 @@ class ScanRequest(BaseModel):
     sources: list[Source] = Field(min_length=1, description="http(s) URLs of images or videos.")
     # No length here: check_callback_url decides (CALLBACK_URL_TOO_LONG), as at every other intake.
     callback_url: str | None = Field(None, description="POST signed webhook events here.")
-    events: list[Literal["job.completed", "submission.completed"]] | None = Field(
-        None, description="Which events (default both); needs callback_url."
+    events: list[Literal["job.completed", "submission.completed", "job.reviewed"]] | None = Field(
+        None, description="Which events (default all); needs callback_url."
     )
     client_ref: str | None = Field(None, max_length=255, description="Your reference, stored on each job.")
     lane: Lane = Field("bulk", description="interactive: a few urgent items go ahead of bulk backfills.")

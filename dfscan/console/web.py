@@ -284,27 +284,53 @@ def item_page(
         verdict = reviews.verdict_row(db, job_id)
         newer, older = reviews.neighbours(db, reviewer.tenant_id, job_id, filters)
         history = reviews.history(db, reviewer.tenant_id, job_id)
-    assert verdict is not None
+        assert verdict is not None
+        shown_by, previews = reviews.preview_times(
+            db, reviewer.tenant_id, job_id, verdict.image_sha256, verdict.media
+        )
+        size = (verdict.width, verdict.height) if verdict.width and verdict.height else None
+        if size is None:  # answered from the duplicate cache: the size recorded when the bytes were decoded
+            size = reviews.size_of_bytes(db, reviewer.tenant_id, verdict.image_sha256, verdict.media)
+    width, height = size or (None, None)
     faces = [
         {"x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3], "fake_score": f.fake_score}
         for f in result.verdict.faces
     ]
     boxes_svg = timeline_svg = None
-    if verdict.media == "image" and verdict.width and verdict.height:
+    if verdict.media == "image" and width and height:
         boxes = [svg.Box(*f.box, fake_score=f.fake_score) for f in result.verdict.faces]
-        boxes_svg = Markup(svg.face_boxes(verdict.width, verdict.height, boxes, verdict.threshold))
+        heats = [svg.Heat(h.box, h.grid) for h in result.verdict.explanation or ()]
+        boxes_svg = Markup(svg.face_boxes(width, height, boxes, verdict.threshold, heats))
     if verdict.media == "video":
         points = [
             svg.Point(frame.t, frame.fake_score)
             for frame in (result.verdict.frames or ())
             if frame.fake_score is not None  # a frame not judged (no face) has no point
         ]
-        timeline_svg = Markup(svg.timeline(points, verdict.threshold, duration_s=verdict.duration_s))
+        thumbs = [svg.Thumb(t, f"/ui/previews/{shown_by}/{seq}") for seq, t in previews if t is not None]
+        aspect = height / width if width and height else 0.75
+        timeline_svg = Markup(
+            svg.timeline(
+                points, verdict.threshold, duration_s=verdict.duration_s, thumbs=thumbs, aspect=aspect
+            )
+        )
     store = held_media(request)
+    still = [seq for seq, t in previews if t is None]
     item = {
         "held": store is not None
         and media.content_type(verdict.image_format) is not None
         and store.holds(verdict.image_sha256),
+        # The stored preview of a still image: shown when the bytes are no longer held (a URL source).
+        "preview_href": f"/ui/previews/{shown_by}/{still[0]}" if still else None,
+        "n_thumbs": sum(1 for _, t in previews if t is not None),
+        "n_heatmaps": len(result.verdict.explanation or ()),
+        "width": width,
+        "height": height,
+        "provenance": result.verdict.provenance,
+        "second_opinion": result.verdict.second_opinion,
+        "near_duplicate_of": _uuid_or_none(result.verdict.near_duplicate_of),
+        "near_distance": result.verdict.near_distance,
+        "matches": result.verdict.matches,
         "job_id": job.id,
         "source": job.source,
         "client_ref": job.client_ref,
@@ -318,8 +344,6 @@ def item_page(
                 "threshold",
                 "judged_on",
                 "model_version",
-                "width",
-                "height",
                 "image_format",
                 "duration_s",
                 "peak_t",
@@ -400,6 +424,24 @@ def media_file(job_id: uuid.UUID, request: Request) -> Response:
     return response
 
 
+@router.get("/previews/{job_id}/{seq}")
+def preview_file(job_id: uuid.UUID, seq: int, request: Request) -> Response:
+    """A stored preview (a still image's, or a clip frame's thumbnail) of a done job of the reviewer's
+    tenant; 404 for anything else, as for the media."""
+    reviewer = _reviewer(request)
+    if reviewer is None:
+        return _secure(Response(status_code=401))
+    with sessions_of(request)() as db:
+        data = reviews.preview(db, reviewer.tenant_id, job_id, seq) if 0 <= seq < 1 << 15 else None
+    if data is None:
+        return _secure(Response(status_code=404))
+    response = Response(data, media_type="image/jpeg")
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Cache-Control"] = "private, max-age=300"
+    return response
+
+
 def held_media(request: Request) -> media.HeldMedia | None:
     root = getattr(request.app.state.settings, "upload_store", None)
     return media.DirectoryMedia(root) if root else None
@@ -431,6 +473,13 @@ def agreement_page(request: Request, model_version: str = "") -> Response:
         furthest=agreement.furthest(items),
         **reviewer.context(),
     )
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return None if value is None else uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _utc(value: datetime) -> datetime:

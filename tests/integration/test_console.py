@@ -8,6 +8,7 @@ screenshots (docs/img/ when DFSCAN_SCREENSHOTS=docs/img).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import uuid
@@ -20,7 +21,7 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 
-from db.models import Review, Tenant, VerdictFace
+from db.models import Review, Tenant, VerdictFace, VerdictPreview
 from db.session import new_engine, new_session_factory
 from db.tenants import webhook_secrets
 from dfscan.console.session import SESSION_COOKIE
@@ -28,7 +29,17 @@ from dfscan.settings import Settings
 from dfscan.webhooks import verify
 from tests.fixtures.api import ApiServer, make_key, start_api
 from tests.fixtures.browser import SCREENSHOTS, browser  # noqa: F401
-from tests.fixtures.console import XSS_NOTE, XSS_REF, XSS_SOURCE, seed
+from tests.fixtures.console import (
+    HEAT_CELLS,
+    XSS_BANK,
+    XSS_ENTRY,
+    XSS_NOTE,
+    XSS_REF,
+    XSS_SIGNER,
+    XSS_SOFTWARE,
+    XSS_SOURCE,
+    seed,
+)
 from tests.fixtures.service import Service, service  # noqa: F401
 from tests.fixtures.webhook_receiver import Receiver
 from worker.delivery import Deliverer
@@ -174,6 +185,18 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         assert boxes.count() == stored_faces
         assert [boxes.nth(i).get_attribute("data-face-index") for i in range(boxes.count())] == ["0", "1"]
         assert page.locator("h1.source").inner_text() == XSS_SOURCE
+        # The signals beside the score, drawn when the verdict has them; what sources and banks say is text.
+        heat = page.locator("svg.faces g.heatmap")
+        assert heat.count() == 2 and page.locator("svg.faces rect.heat").count() == 2 * HEAT_CELLS
+        assert page.locator("dd.prov-signer").inner_text() == XSS_SIGNER
+        assert page.locator("dd.prov-software").inner_text() == XSS_SOFTWARE
+        assert page.locator("dd.prov-actions").inner_text() == "c2pa.created, <i>x</i>"
+        assert page.locator("td.bank").inner_text() == XSS_BANK
+        assert page.locator("td.entry").inner_text() == XSS_ENTRY
+        near = page.locator("a.near-of")
+        assert near.get_attribute("href") == f"/ui/jobs/{seeded.image_without_faces}"
+        assert "distance 12" in page.locator("p.near-duplicate").inner_text()
+        assert page.evaluate("window.__xss") is None
         page.screenshot(path=str(SCREENSHOTS / "console-image-item.png"), full_page=True)
 
         # A note holding markup, then Escalate (a button), then "f" from the keyboard: the latest counts.
@@ -192,7 +215,6 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
         # The video: the timeline with its peak marked.
         peak = page.locator("svg.timeline circle.peak")
         assert peak.count() == 1 and peak.get_attribute("data-t") == "1.5"
-        page.screenshot(path=str(SCREENSHOTS / "console-video-item.png"), full_page=True)
         page.keyboard.press("k")
         page.wait_for_url(f"{base}/ui/jobs/{seeded.image_without_faces}*")
         assert errors == []
@@ -284,3 +306,206 @@ def test_a_reviewer_decides_in_the_browser_and_the_decision_reaches_the_api_and_
     with httpx.Client(base_url=base, cookies={SESSION_COOKIE: acme_cookie}) as raw:
         assert raw.get(f"/ui/jobs/{theirs.image_with_faces}").status_code == 404
         assert raw.get(f"/ui/jobs/{seeded.image_with_faces}").status_code == 200
+
+
+def _wait_submission(api: httpx.Client, submission_id: str, timeout: float = 300.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = api.get(f"/v1/submissions/{submission_id}").json()
+        if status["done"]:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"submission {submission_id} not finished after {timeout}s: {status}")
+
+
+def test_uploads_judged_by_a_real_worker_are_reviewed_in_the_browser(
+    console: ApiServer,
+    service: Service,  # noqa: F811
+    browser: Any,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    """The whole road: an image with faces and a clip uploaded through POST /v1/scans, judged by a real
+    `dfscan worker` (faces found by its detector), then reviewed in the browser; the item page draws one box
+    per stored face and the clip's timeline, and the keyboard decision reaches the API and the webhook."""
+    from tests.fixtures.faces import face_clip, face_scene
+
+    service.start_worker(env={"DFSCAN_UPLOAD_STORE": console.env["media"], "DFSCAN_VIDEO_FRAMES": "6"})
+    key = make_key(console.database_url, "acme", "submit,read,review")
+    scene = face_scene([160, 120], seed=3, size=(800, 600))
+    buf = io.BytesIO()
+    scene.image.save(buf, "JPEG", quality=92)
+    clip, _ = face_clip([True] * 10, fps=5)
+    with console.client(key) as api:
+        accepted = api.post(
+            "/v1/scans",
+            files=[
+                ("file", ("crowd.jpg", buf.getvalue(), "image/jpeg")),
+                ("file", ("clip.mp4", clip, "video/mp4")),
+            ],
+            data={
+                "client_ref": "worker-run",
+                "callback_url": receiver.url,
+                "events": "job.completed,job.reviewed",
+            },
+        )
+        assert accepted.status_code == 202, accepted.text
+        body = accepted.json()
+        status = _wait_submission(api, body["submission_id"])
+        assert status["counts"]["done"] == 2, status
+        image_id, video_id = (job["job_id"] for job in body["jobs"])
+        image = api.get(f"/v1/jobs/{image_id}").json()
+        video = api.get(f"/v1/jobs/{video_id}").json()
+        # The same bytes again: answered from the duplicate cache, nothing decoded, so no preview of its own.
+        again = api.post("/v1/scans", files=[("file", ("again.jpg", buf.getvalue(), "image/jpeg"))]).json()
+        assert _wait_submission(api, again["submission_id"])["counts"]["done"] == 1
+        (again_job,) = again["jobs"]
+        cached_id = again_job["job_id"]
+        cached = api.get(f"/v1/jobs/{cached_id}").json()
+        assert cached["cached"] is True, cached
+    assert image["media"] == "image" and image["judged_on"] == "faces", image
+    assert video["media"] == "video" and len(video["frames"]) == 6, video
+    engine = new_engine(console.database_url)
+    sessions = new_session_factory(engine)
+    with sessions() as s:
+        stored_faces = s.scalar(
+            select(func.count()).select_from(VerdictFace).where(VerdictFace.job_id == uuid.UUID(image_id))
+        )
+    assert stored_faces == len(image["faces"]) >= 1
+    with sessions() as s:  # the worker kept a preview of the image and a thumbnail of each sampled frame
+        kept = {
+            job: list(
+                s.execute(select(VerdictPreview.t, VerdictPreview.jpeg).where(VerdictPreview.job_id == job))
+            )
+            for job in (uuid.UUID(image_id), uuid.UUID(video_id), uuid.UUID(cached_id))
+        }
+    assert kept.pop(uuid.UUID(cached_id)) == []
+    assert [t for t, _ in kept[uuid.UUID(image_id)]] == [None]
+    assert [t for t, _ in kept[uuid.UUID(video_id)]] == [f["t"] for f in video["frames"]]
+    assert all(len(jpeg) < 20_000 for rows in kept.values() for _, jpeg in rows)
+
+    stop = threading.Event()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=console.database_url,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allowlist="127.0.0.1",
+        webhook_timeout=5,
+    )
+    deliverer = Deliverer(sessions, settings)
+    deliverer.poll_interval = 0.2
+    loop = threading.Thread(target=deliverer.run, args=(stop,), daemon=True)
+    loop.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None
+        )
+        _sign_in(page, console.base_url, key)
+        rows = page.locator("table.queue tr.row")
+        assert rows.count() == 3
+        wait_until(
+            lambda: page.evaluate(
+                "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+            ),
+            "queue thumbnails not loaded",
+        )
+        assert page.locator("td.thumb img").count() == 3  # the clip's row shows its first frame
+        # Newest first: both were created in one submission, so the order is the queue's; open the image.
+        page.click(f"tr.row[data-job-id='{image_id}'] a.open")
+        page.wait_for_url(f"{console.base_url}/ui/jobs/{image_id}*")
+        wait_until(lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "image")
+        assert page.evaluate("document.querySelector('img.subject').naturalWidth") == 800
+        boxes = page.locator("svg.faces rect[data-face-index]")
+        assert boxes.count() == stored_faces
+        drawn = [
+            tuple(int(boxes.nth(i).get_attribute(a) or -1) for a in ("x", "y", "width", "height"))
+            for i in range(boxes.count())
+        ]
+        assert drawn == [tuple(face["box"]) for face in image["faces"]]
+        with console.client(key) as api:
+            with page.expect_navigation():  # decides, and the page moves on
+                page.keyboard.press("f")
+
+            def decision_of(job_id: str) -> str | None:
+                return (api.get(f"/v1/jobs/{job_id}").json()["review"] or {}).get("decision")
+
+            wait_until(lambda: decision_of(image_id) == "fake", "the image's decision")
+
+        page.goto(f"{console.base_url}/ui/jobs/{video_id}")
+        frames = page.locator("svg.timeline circle.frame")
+        assert frames.count() == len([f for f in video["frames"] if f["fake_score"] is not None])
+        peak = page.locator("svg.timeline circle.peak")
+        assert peak.count() == 1 and float(peak.get_attribute("data-t") or "nan") == pytest.approx(
+            video["peak_t"], abs=0.01
+        )
+        # The frames' thumbnails under the chart, one per kept frame at its time, served to this tenant.
+        thumbs = page.locator("svg.timeline image.frame-thumb")
+        assert thumbs.count() == len(kept[uuid.UUID(video_id)])
+        assert [float(thumbs.nth(i).get_attribute("data-t") or "nan") for i in range(thumbs.count())] == (
+            pytest.approx([f["t"] for f in video["frames"]], abs=0.01)
+        )
+        hrefs = [thumbs.nth(i).get_attribute("href") or "" for i in range(thumbs.count())]
+        for href, (_, jpeg) in zip(hrefs, kept[uuid.UUID(video_id)], strict=True):
+            got = context.request.get(console.base_url + href)
+            assert got.status == 200 and got.headers["content-type"] == "image/jpeg" and got.body() == jpeg
+        page.screenshot(path=str(SCREENSHOTS / "console-video-item.png"), full_page=True)
+        with console.client(key) as api:
+            with page.expect_navigation():
+                page.keyboard.press("e")
+            wait_until(lambda: decision_of(video_id) == "escalate", "the clip's decision")
+            assert decision_of(image_id) == "fake"
+
+        # Once the uploads are no longer held (past retention, or a URL source), the page shows the stored
+        # preview under the same boxes, and the clip keeps its thumbnails.
+        for body_job in body["jobs"]:
+            digest = body_job["source"].rsplit(":", 1)[1]
+            (Path(console.env["media"]) / digest[:2] / digest).unlink()
+        # The cached verdict shows the preview of the same bytes, with its own faces (if the cache kept them).
+        for shown, n_faces in ((image_id, stored_faces), (cached_id, len(cached["faces"]))):
+            page.goto(f"{console.base_url}/ui/jobs/{shown}")
+            wait_until(
+                lambda: page.evaluate("() => document.querySelector('img.subject').complete"), "preview"
+            )
+            assert page.get_attribute("img.subject.preview", "src") == f"/ui/previews/{image_id}/0"
+            assert page.evaluate("document.querySelector('img.subject.preview').naturalWidth") == 320
+            assert page.locator("svg.faces rect[data-face-index]").count() == n_faces
+            assert "small preview kept with the verdict" in page.locator("p.preview-note").inner_text()
+        page.goto(f"{console.base_url}/ui/jobs/{video_id}")
+        assert page.locator("video.subject").count() == 0
+        assert page.locator("svg.timeline image.frame-thumb").count() == len(hrefs)
+        assert errors == []
+
+        # Another tenant's reviewer gets 404 for the previews, as for the media.
+        other = browser.new_context()
+        try:
+            other_page = other.new_page()
+            _sign_in(other_page, console.base_url, make_key(console.database_url, "globex", "review"))
+            assert other.request.get(console.base_url + hrefs[0]).status == 404
+            assert other.request.get(f"{console.base_url}/ui/previews/{image_id}/0").status == 404
+        finally:
+            other.close()
+        assert context.request.get(f"{console.base_url}/ui/previews/{image_id}/0").status == 200
+        assert context.request.get(f"{console.base_url}/ui/previews/{image_id}/1").status == 404
+
+        def reviewed() -> list[Any]:
+            return [r for r in receiver.received if r.event["type"] == "job.reviewed"]
+
+        wait_until(lambda: len(reviewed()) == 2, f"job.reviewed events: {len(reviewed())} of 2")
+        assert sorted(
+            (e.event["data"]["job_id"], e.event["data"]["review"]["decision"]) for e in reviewed()
+        ) == sorted([(image_id, "fake"), (video_id, "escalate")])
+        acme = _tenant_id(console.database_url, "acme")
+        with sessions() as s:
+            keys = [*webhook_secrets(s.get_one(Tenant, acme)), WEBHOOK_SECRET]
+        for got_event in reviewed():
+            assert any(verify(k, got_event.headers["X-Dfscan-Signature"], got_event.body) for k in keys)
+    finally:
+        context.close()
+        stop.set()
+        loop.join(CEILING)
+        deliverer.close()
+        engine.dispose()

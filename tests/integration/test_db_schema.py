@@ -83,6 +83,7 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
         "training_runs",
         "webhook_deliveries",
         "verdict_hashes",
+        "verdict_previews",
         "hash_banks",
         "bank_entries",
         "tenants",

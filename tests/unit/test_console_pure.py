@@ -9,7 +9,7 @@ import pytest
 
 from dfscan.console import agreement
 from dfscan.console.agreement import Reviewed
-from dfscan.console.svg import Box, Point, face_boxes, timeline
+from dfscan.console.svg import Box, Heat, Point, Thumb, face_boxes, timeline
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -90,6 +90,37 @@ def test_timeline_marks_the_first_highest_frame_as_the_peak() -> None:
     assert len([c for c in root.findall(f".//{SVG}circle") if c.get("class") == "frame"]) == 4
     assert root.find(f".//{SVG}polyline") is not None
     assert ET.fromstring(timeline([], 0.5)).find(f".//{SVG}polyline") is None
+
+
+def test_heatmaps_are_cells_over_their_region_under_the_face_boxes() -> None:
+    heats = [Heat((100, 50, 40, 20), [[0.0, 1.0], [0.5, 2.0]]), Heat(None, [[0.2, -1.0, 0.6]])]
+    root = ET.fromstring(face_boxes(300, 200, [Box(10, 10, 20, 20, 0.9)], 0.5, heats))
+    groups = root.findall(f"{SVG}g")
+    assert [g.get("class") for g in groups] == ["heatmap", "heatmap", "face"]  # under the boxes
+    first = [(c.get("x"), c.get("y"), c.get("width"), c.get("height")) for c in groups[0]]
+    assert first == [("120", "50", "20", "10"), ("100", "60", "20", "10"), ("120", "60", "20", "10")]
+    assert [c.get("fill-opacity") for c in groups[0]] == ["0.6", "0.3", "0.6"]  # clamped to [0, 1]
+    whole = [(c.get("x"), c.get("width"), c.get("height")) for c in groups[1]]
+    assert whole == [("0", "100", "200"), ("200", "100", "200")]  # the whole image; -1 is not drawn
+
+
+def test_timeline_thumbnails_sit_under_the_chart_at_their_times_inside_the_plot() -> None:
+    points = [Point(t, 0.3) for t in (0.0, 1.0, 2.0, 4.0)]
+    thumbs = [Thumb(4.0, "/ui/previews/j/2"), Thumb(0.0, "/ui/previews/j/0"), Thumb(2.0, '/x"><script>')]
+    plain = ET.fromstring(timeline(points, 0.5, duration_s=4.0))
+    root = ET.fromstring(timeline(points, 0.5, duration_s=4.0, thumbs=thumbs, aspect=0.75))
+    chart_h = float(plain.get("viewBox", "").split()[3])
+    assert float(root.get("viewBox", "").split()[3]) > chart_h  # the row is added below the chart
+    images = root.findall(f".//{SVG}image")
+    assert [i.get("data-t") for i in images] == ["0", "2", "4"]  # in time order
+    assert [i.get("href") for i in images] == ["/ui/previews/j/0", '/x"><script>', "/ui/previews/j/2"]
+    xs = [float(i.get("x", "")) for i in images]
+    widths = [float(i.get("width", "")) for i in images]
+    assert xs == sorted(xs) and xs[0] >= 40 and xs[-1] + widths[-1] <= 640 - 10  # inside the plot
+    assert all(float(i.get("y", "")) >= chart_h for i in images)
+    assert float(images[0].get("height", "")) == pytest.approx(widths[0] * 0.75)
+    assert "<script>" not in timeline(points, 0.5, thumbs=thumbs)  # the href is escaped
+    assert ET.fromstring(timeline(points, 0.5)).find(f".//{SVG}image") is None
 
 
 def test_export_writes_the_train_layout_and_a_manifest_of_every_job(tmp_path) -> None:

@@ -51,6 +51,7 @@ def image_policy(settings: Settings) -> ImagePolicy:
         decode_memory=settings.decode_memory,
         decode_processes=settings.decode_processes,
         decode_timeout=settings.fixed("decode_timeout"),
+        previews=settings.previews,
     )
 
 

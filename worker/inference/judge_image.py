@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from dfscan.exceptions import CorruptImageError, DfscanError, ImageTooLargeError
-from dfscan.verdicts import FACES, IMAGE, Verdict
+from dfscan.verdicts import FACES, IMAGE, Preview, Verdict
 from worker.inference.budget import Budget, rgb_bytes
 from worker.inference.hashing.pdq import MediaHash, Pdq, Similar, frame_hashes, pdq_dihedral, pdq_of
 from worker.inference.images.animation import (
@@ -25,6 +25,7 @@ from worker.inference.images.animation import (
     list_animation_frames,
 )
 from worker.inference.images.decode import decode_in_process, decode_with_size, image_sha256, sniff_format
+from worker.inference.images.previews import Thumbnails, preview_jpeg
 from worker.inference.model.batcher import BACKGROUND, FOREGROUND
 from worker.inference.model.preprocess import load_pixels_hashed
 from worker.inference.outcomes import MODEL_TIMEOUT_S, face_counts, hashing, ms, timeline, with_near
@@ -63,13 +64,14 @@ def judge_image(
             # Decode, reduce and preprocess inside the decode memory budget (and, with
             # DFSCAN_DECODE_PROCESSES, in a child process): only the model-sized tensor (and the hash
             # of the pixels) comes back.
-            pixels, (width, height), pdq, variants = load_pixels_hashed(
+            pixels, (width, height), pdq, variants, preview = load_pixels_hashed(
                 data, judge.classifier.preprocess, judge.images
             )
             frame = ClipFrame(0.0, (width, height), sha, pixels=pixels)
         else:  # full size: faces are cropped from the original pixels (no JPEG draft)
             image, (width, height) = _decode_held(judge, data, budget, kept)
             pdq, variants = pdq_dihedral(image) if count == 1 else (pdq_of(image), ())
+            preview = preview_jpeg(image) if judge.images.previews and count == 1 else None
             frame = ClipFrame(0.0, (width, height), sha, image=image)
             del image
         budget.check("decode")
@@ -81,10 +83,14 @@ def judge_image(
         del frame  # frame 1 passed every check of the bounded decode; the clip reads its frames
         kept.close()
         frame_pdqs: list[Pdq] = []
-        sampled = hashing(_animation_frames(judge, data, sha, budget), frame_pdqs)
+        thumbs = Thumbnails(judge.images.previews)
+        sampled = hashing(_animation_frames(judge, data, sha, budget, thumbs), frame_pdqs)
         verdict = judge_frames(judge, sampled, source, facts, budget, observe, clip=True)
+        verdict = replace(verdict, previews=tuple(Preview(t, jpeg) for t, jpeg in thumbs.kept()))
         return judge._matched_clip(replace(verdict, model_version=version), frame_pdqs, similar)
     facts["hashes"] = frame_hashes((pdq,))
+    if preview is not None:
+        facts["previews"] = (Preview(None, preview),)
     near = judge._look_up(MediaHash((pdq,), variants), version, similar)
     if near is not None and near.stored is not None:
         kept.close()
@@ -127,7 +133,9 @@ def _held(frames: list[ClipFrame], kept: contextlib.ExitStack) -> Iterator[ClipF
         kept.close()
 
 
-def _animation_frames(judge: Judge, data: bytes, sha: str, budget: Budget) -> Iterator[ClipFrame]:
+def _animation_frames(
+    judge: Judge, data: bytes, sha: str, budget: Budget, thumbs: Thumbnails
+) -> Iterator[ClipFrame]:
     """The sampled frames of an animated image, sampled like a video's (count and side)."""
     videos = judge.videos
     if judge.images.decode_processes > 0:
@@ -141,6 +149,7 @@ def _animation_frames(judge: Judge, data: bytes, sha: str, budget: Budget) -> It
     try:
         for frame in sampled:
             with budget.hold(rgb_bytes(frame.image.size), "animation frames"):
+                thumbs.add(frame.t, frame.image)
                 yield ClipFrame(frame.t, frame.size, f"{sha}@{frame.t!r}", image=frame.image)
     except DfscanError:
         raise

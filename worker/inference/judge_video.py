@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dfscan.verdicts import FACES, IMAGE, VIDEO, Stored, Verdict
+from dfscan.verdicts import FACES, IMAGE, VIDEO, Preview, Stored, Verdict
 from worker.inference.budget import Budget, rgb_bytes
 from worker.inference.hashing.pdq import MediaHash, Near, Pdq, Similar, frame_hashes
 from worker.inference.images.decode import image_sha256
+from worker.inference.images.previews import Thumbnails
 from worker.inference.model.batcher import BACKGROUND
 from worker.inference.outcomes import MODEL_TIMEOUT_S, face_counts, hashing, ms, timeline, with_near
 from worker.inference.regions import ClipFrame, Observe, score_clip
@@ -84,6 +85,7 @@ def _video_verdict(
         facts.update(duration_s=stored.duration_s, peak_t=stored.peak_t, frames=stored.frames)
         return judge._from_stored(source, stored, **facts)
     opened: list[VideoInfo] = []
+    thumbs = Thumbnails(judge.images.previews)
 
     def frames() -> Iterator[ClipFrame]:
         # The deadline is the job's budget: it counts decoding, not waiting for the model or detector.
@@ -92,6 +94,7 @@ def _video_verdict(
             for sampled in video.frames:
                 image = sampled.image
                 with budget.hold(rgb_bytes(image.size), "video frames"):
+                    thumbs.add(sampled.t, image)
                     yield ClipFrame(
                         sampled.t, sampled.size or image.size, f"{sha}@{sampled.t!r}", image=image
                     )
@@ -148,6 +151,7 @@ def _video_verdict(
         infer_ms=scored.wait_ms,
         duration_s=info.duration_s,
         frames=timeline(scored),
+        previews=tuple(Preview(t, jpeg) for t, jpeg in thumbs.kept()),
         **face_counts(scored),
     )
     if scored.fake_score is None:  # require, and no face in any frame: nothing was judged

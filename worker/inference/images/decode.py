@@ -128,6 +128,8 @@ class ImagePolicy:
     # photos), so scores would no longer equal what the checkpoint's own preprocessing (and the seed's
     # pipeline, and training) computes; a full decode costs ~15 ms more CPU per 12 Mpx photo.
     jpeg_draft: bool = False
+    # Keep small JPEG previews of the judged pixels (worker/inference/images/previews.py).
+    previews: bool = True
 
 
 def image_sha256(data: bytes) -> str:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from worker.inference.hashing.pdq import HASH_SIDE, Pdq, pdq_dihedral
 from worker.inference.images.decode import ImagePolicy, decode_in_process
+from worker.inference.images.previews import preview_jpeg
 
 # Largest resized-but-not-yet-cropped image made on the exact path (3 MiB of RGB).
 MAX_INTERMEDIATE_PIXELS = 1 << 20
@@ -101,19 +102,22 @@ def decode_resized(
 
 def decode_resized_hashed(
     data: bytes, policy: ImagePolicy, spec: Resize, draft_size: tuple[int, int] | None
-) -> tuple[Image.Image, tuple[int, int], Pdq, tuple[bytes, ...]]:
-    """:func:`decode_resized`, and the PDQ hash (with its seven dihedral variants) of the decoded pixels:
+) -> tuple[Image.Image, tuple[int, int], Pdq, tuple[bytes, ...], bytes | None]:
+    """:func:`decode_resized`, the PDQ hash (with its seven dihedral variants) of the decoded pixels:
     taken from the model-sized image when the model's resize keeps the whole frame (a fixed size) at
     least ``HASH_SIDE`` square, else from the decoded image (before a centre crop, or when the model's input
-    is smaller than the hash's: hashing/pdq.py)."""
+    is smaller than the hash's: hashing/pdq.py), and the decoded image's JPEG preview (None when
+    ``policy.previews`` is off)."""
     hashed: list[tuple[Pdq, tuple[bytes, ...]]] = []
+    previews: list[bytes | None] = []
 
     def finish(image: Image.Image) -> Image.Image:
         resized = apply(image, spec)
         whole = spec.do_resize and spec.shortest_edge is None and min(spec.size) >= HASH_SIDE
         hashed.append(pdq_dihedral(resized if whole else image))
+        previews.append(preview_jpeg(image) if policy.previews else None)
         return resized
 
     image, original = decode_in_process(data, policy, draft_size, finish=finish)
     pdq, variants = hashed[0]
-    return image, original, pdq, variants
+    return image, original, pdq, variants, previews[0]

@@ -232,17 +232,19 @@ def load_pixels(
 
 def load_pixels_hashed(
     data: bytes, cfg: PreprocessConfig, policy: ImagePolicy, *, draft: bool | None = None
-) -> tuple[torch.Tensor, tuple[int, int], Pdq, tuple[bytes, ...]]:
-    """:func:`load_pixels`, plus the PDQ hash of the decoded pixels and its seven dihedral variants
-    (computed where the decode runs, from the pixels it already holds: no second decode)."""
+) -> tuple[torch.Tensor, tuple[int, int], Pdq, tuple[bytes, ...], bytes | None]:
+    """:func:`load_pixels`, plus the PDQ hash of the decoded pixels and its seven dihedral variants, and
+    the JPEG preview (computed where the decode runs, from the pixels it already holds: no second decode)."""
     use_draft = policy.jpeg_draft if draft is None else draft
     draft_size = cfg.draft_size if use_draft else None
     if policy.decode_processes > 0:
         from worker.inference.images.decode_pool import run_isolated
 
-        image, original, pdq, variants = run_isolated(
+        image, original, pdq, variants, preview = run_isolated(
             policy, resizing.decode_resized_hashed, data, policy, cfg.resize, draft_size
         )
     else:
-        image, original, pdq, variants = resizing.decode_resized_hashed(data, policy, cfg.resize, draft_size)
-    return _from_resized(image, cfg), original, pdq, variants
+        image, original, pdq, variants, preview = resizing.decode_resized_hashed(
+            data, policy, cfg.resize, draft_size
+        )
+    return _from_resized(image, cfg), original, pdq, variants, preview
