@@ -190,6 +190,8 @@ class Claim(NamedTuple):
     priority: int
     # When the job was (last) sent, or written if that send is not recorded yet: its queue wait starts here.
     queued_at: datetime | None = None
+    # The job's tenant (its near-duplicate and cache look-ups stay inside it), read by the claim itself.
+    tenant_id: uuid.UUID = DEFAULT_TENANT_ID
 
 
 def claim_jobs(
@@ -215,7 +217,12 @@ def claim_jobs(
             "claim_lease": now + timedelta(seconds=lease_seconds),
         },
     ).all()
-    out = {row.id: Claim(row.source, row.attempts, row.priority, row.queued_at) for row in claimed}
+    out = {
+        row.id: Claim(
+            row.source, row.attempts, row.priority, row.queued_at, row.tenant_id or DEFAULT_TENANT_ID
+        )
+        for row in claimed
+    }
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:  # out of attempts (fail it), or held by a live worker's lease (leave it to that worker)
         message = f"job was tried {max_attempts} times (the limit) without finishing"
@@ -265,6 +272,7 @@ _CLAIM = (
         _JOBS.c.attempts,
         _JOBS.c.priority,
         func.coalesce(_JOBS.c.enqueued_at, _JOBS.c.created_at).label("queued_at"),
+        _JOBS.c.tenant_id,
     )
 )
 
