@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,6 +51,11 @@ _DB_BATCH = 64
 # image can wait at each of the three without its latency showing.
 _DB_LINGER = 0.002
 
+# How long a batch waits for its slowest judgements before it writes the verdicts that are ready: a
+# message whose image is still being fetched or judged then writes its own (a slow URL never holds the
+# batch's other verdicts, nor the next batch).
+_STRAGGLER_S = 0.25
+
 # How long a replaced batcher stays open for tasks that took it just before a promotion.
 _RETIRE_AFTER = 30.0
 
@@ -74,6 +79,9 @@ class Handled:
 
     claimed: dict[uuid.UUID, jobs.Claim]
     outcomes: list[Verdict | Exception] = field(default_factory=list)
+    # The judgements still running when the batch was written (a slow fetch): the task waits for them and
+    # writes this message's verdicts itself (``InferenceRuntime.complete``).
+    pending: list[Future[Verdict | Exception]] = field(default_factory=list)
     recorded: dict[uuid.UUID, bool] = field(default_factory=dict)
     # The database refused this message's verdict write (not an outage): its task raises it.
     error: Exception | None = None
@@ -244,13 +252,31 @@ class InferenceRuntime(WorkerRuntime):
             return handled
         with self.leases.holding(held):  # the claim lasts while this worker is alive (worker/leases.py)
             judge = self.judge()  # one model version for the whole batch
-            work = [(h, job_id, lane_of_claims(h.claimed.values())) for h in handled for job_id in h.claimed]
-            outcomes = self._judge_all(judge, [(h.claimed[j], lane) for h, j, lane in work], claimed_at)
-            for (h, _, _), outcome in zip(work, outcomes, strict=True):
-                h.outcomes.append(outcome)
+            judging = [
+                (h, self._judge_async(judge, claim, lane_of_claims(h.claimed.values()), claimed_at))
+                for h in handled
+                for claim in h.claimed.values()
+            ]
+            wait([future for _, future in judging], timeout=_STRAGGLER_S)
+            for h, future in judging:
+                h.pending.append(future)
+            ready = [h for h in handled if all(future.done() for future in h.pending)]
+            for h in ready:
+                h.outcomes, h.pending = [future.result() for future in h.pending], []
             with metrics.stage("db_write"):
-                self._write(handled)
+                self._write(ready)
         return handled
+
+    def complete(self, handled: Handled) -> None:
+        """A message the batch left behind (a judgement still running): wait for it, then write its done
+        verdicts (in the task's thread; raises what the write raised)."""
+        if not handled.pending:
+            return
+        handled.outcomes, handled.pending = [future.result() for future in handled.pending], []
+        with metrics.stage("db_write"):
+            self._write([handled])
+        if handled.error is not None:
+            raise handled.error
 
     def _write(self, handled: list[Handled]) -> None:
         """Write the done verdicts of the batch's messages in one transaction. A database outage fails the
@@ -285,28 +311,24 @@ class InferenceRuntime(WorkerRuntime):
         for h in handled:
             h.recorded = {job_id: made[job_id] for job_id in h.claimed if job_id in made}
 
-    def _judge_all(
-        self, judge: Judge, items: Sequence[tuple[jobs.Claim, int]], claimed_at: float
-    ) -> list[Verdict | Exception]:
-        """Judge each claimed job's source in its lane, side by side (fetch and decode overlap); their
-        near-duplicate look-ups see every verdict committed before ``claimed_at``."""
-        with self._judging_lock:
-            self._judging += len(items)
-        try:
-            if len(items) == 1:
-                claim, lane = items[0]
-                return [self._judge_one(judge, claim, lane, claimed_at)]
-            pool = self._judge_pools[min(lane for _, lane in items)]
-            return list(pool.map(lambda item: self._judge_one(judge, item[0], item[1], claimed_at), items))
-        finally:
-            with self._judging_lock:
-                self._judging -= len(items)
-
-    def _judge_one(
+    def _judge_async(
         self, judge: Judge, claim: jobs.Claim, lane: int, claimed_at: float
-    ) -> Verdict | Exception:
-        similar = self.similar_for(claim.tenant_id, since=claimed_at)
-        return _outcome(judge, claim.source, lane, similar, self.known_for(claim.tenant_id))
+    ) -> Future[Verdict | Exception]:
+        """Judge a claimed job's source in its lane on a thread of the lane's pool (the images of a batch
+        side by side: fetch and decode overlap); its near-duplicate look-up sees every verdict committed
+        before ``claimed_at``."""
+        with self._judging_lock:
+            self._judging += 1
+
+        def run() -> Verdict | Exception:
+            try:
+                similar = self.similar_for(claim.tenant_id, since=claimed_at)
+                return _outcome(judge, claim.source, lane, similar, self.known_for(claim.tenant_id))
+            finally:
+                with self._judging_lock:
+                    self._judging -= 1
+
+        return self._judge_pools[lane].submit(run)
 
     def similar_for(self, tenant_id: uuid.UUID, since: float | None = None) -> Similar:
         """The near-duplicate look-up of one tenant's sources (``since``: see ``NearIndex.similar``)."""

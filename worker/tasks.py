@@ -166,6 +166,7 @@ def _process(task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...]) -
     if not handled.claimed:
         return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
     with rt.leases.holding(handled.claimed):  # until every outcome below is stored
+        _db_call(task, lambda: rt.complete(handled))  # a judgement the batch did not wait for
         return _settle(task, rt, job_ids, handled)
 
 
@@ -185,7 +186,7 @@ def _settle(
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
         assert isinstance(db_down, SQLAlchemyError)
         raise _db_retry(task, db_down)
-    if handled.error is not None:  # the database refused this message's verdict write
+    if handled.error is not None:  # the database refused this message's verdict write (in the batch)
         raise handled.error
     fault = handled.fault
     if fault is not None:
