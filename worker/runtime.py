@@ -1,6 +1,7 @@
 """What one worker process holds: settings and database sessions (every worker), plus, for an
-inference worker, the serving :class:`~worker.inference.judge.Judge` and the micro-batchers that share
-database statements between concurrent tasks.
+inference worker, the serving :class:`~worker.inference.judge.Judge` and the message batcher that
+claims, judges and records the messages of concurrent tasks in batches (one claim and one verdict write
+for a batch, see ``InferenceRuntime.handle``).
 
 Built once per process, lazily, on the first task (or at worker start-up), never before a fork.
 Promotion of a new model version swaps the judge (model, batcher, threshold) as one: a task takes the
@@ -42,13 +43,13 @@ from worker.near import NearIndex
 
 log = logging.getLogger(__name__)
 
-# Most job rows one database statement claims, looks up or finishes.
+# Most messages one batch takes (one claim and one verdict write), and look-ups one statement runs.
 _DB_BATCH = 64
-# How long a claim, cache look-up or verdict write waits for the statements of other tasks in progress
-# to join it (never when it is the only task: see MicroBatcher's ``expected``). Each statement costs a
-# pool checkout, BEGIN, the statement and COMMIT in the worker and in Postgres whatever its size, so at
-# one image per message sharing them is most of the CPU per image (bench/feed_cpu.py); 2 ms is what an
-# image can wait at each of the three without its latency showing.
+# How long a cache look-up waits for the look-ups of the other images being judged to join it (never
+# when it is the only one: see MicroBatcher's ``expected``). Each statement costs a pool checkout and
+# the round trip in the worker and in Postgres whatever its size, so at one image per message sharing
+# them is much of the CPU per image (bench/feed_cpu.py); 2 ms is what an image can wait without its
+# latency showing.
 _DB_LINGER = 0.002
 
 # How long a batch waits for its slowest judgements before it writes the verdicts that are ready: a

@@ -1,8 +1,9 @@
 """Celery tasks of the inference lane: one image per task (or a few, ``DFSCAN_JOBS_PER_MESSAGE``),
 the model batched behind them.
 
-Each task claims its job rows (a guarded UPDATE: a redelivered message for a finished job does
-nothing), judges the images through the runtime, and records exactly one outcome per job. Permanent
+Each task hands its message to the runtime, which claims the job rows of a batch of messages (a
+guarded UPDATE: a redelivered message for a finished job does nothing), judges the images and writes
+the done verdicts in one transaction; the task records exactly one outcome for every other job. Permanent
 errors fail the job at once with their code; transient ones put the job back and send it again with
 backoff until ``DFSCAN_MAX_ATTEMPTS``; a database outage retries the message and leaves the rows for
 the sweeper.
