@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,9 +52,10 @@ _DB_BATCH = 64
 # latency showing.
 _DB_LINGER = 0.002
 
-# How long a batch waits for its slowest judgements before it writes the verdicts that are ready: a
-# message whose image is still being fetched or judged then writes its own (a slow URL never holds the
-# batch's other verdicts, nor the next batch).
+# How long a batch waits for its next image to be judged before it writes the verdicts that are ready:
+# a message whose image is still being fetched or judged then writes its own (a hung URL never holds the
+# batch's other verdicts, nor the next batch). Measured from the last image judged, not from the claim,
+# so a starved CPU that judges slowly still writes the batch as one.
 _STRAGGLER_S = 0.25
 
 # How long a replaced batcher stays open for tasks that took it just before a promotion.
@@ -258,7 +259,11 @@ class InferenceRuntime(WorkerRuntime):
                 for h in handled
                 for claim in h.claimed.values()
             ]
-            wait([future for _, future in judging], timeout=_STRAGGLER_S)
+            running = {future for _, future in judging}
+            while running:  # until every image is judged, or none was for _STRAGGLER_S (a hung fetch)
+                finished, running = wait(running, timeout=_STRAGGLER_S, return_when=FIRST_COMPLETED)
+                if not finished:
+                    break
             for h, future in judging:
                 h.pending.append(future)
             ready = [h for h in handled if all(future.done() for future in h.pending)]
