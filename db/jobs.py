@@ -207,6 +207,8 @@ class Claim(NamedTuple):
     queued_at: datetime | None = None
     # The per-job options as stored (dfscan/options.py), None when the submission gave none.
     options: dict[str, Any] | None = None
+    # The job's tenant (its near-duplicate and cache look-ups stay inside it), read by the claim itself.
+    tenant_id: uuid.UUID = DEFAULT_TENANT_ID
 
 
 def claim_jobs(
@@ -233,7 +235,15 @@ def claim_jobs(
         },
     ).all()
     out = {
-        row.id: Claim(row.source, row.attempts, row.priority, row.queued_at, row.options) for row in claimed
+        row.id: Claim(
+            row.source,
+            row.attempts,
+            row.priority,
+            row.queued_at,
+            row.options,
+            row.tenant_id or DEFAULT_TENANT_ID,
+        )
+        for row in claimed
     }
     rest = [job_id for job_id in ids if job_id not in out]
     if rest:  # out of attempts (fail it), or held by a live worker's lease (leave it to that worker)
@@ -285,6 +295,7 @@ _CLAIM = (
         _JOBS.c.priority,
         func.coalesce(_JOBS.c.enqueued_at, _JOBS.c.created_at).label("queued_at"),
         _JOBS.c.options,
+        _JOBS.c.tenant_id,
     )
 )
 

@@ -4,7 +4,9 @@ every stored verdict hash and bank entry, kept in step with Postgres.
 - **Rebuilt at start**: the first look-up reads every row (in id order, in pages).
 - **Updated as rows arrive**: before a look-up (at most every ``refresh_s`` seconds) the rows with an id
   above the watermark are read and added, from ``verdict_hashes`` and ``bank_entries``, and the banks'
-  settings (enabled, shared, forced label) are read again. Many workers each keep their own copy; they agree
+  settings (enabled, shared, forced label) are read again. Concurrent look-ups share a refresh: one that
+  began after a look-up was asked for serves it (it sees every row committed before the look-up began),
+  so a busy worker reads the tables once per group of look-ups, not once per image. Many workers each keep their own copy; they agree
   because each reads the same tables.
 - **Correct with concurrent writers**: ids come from a sequence, and a transaction that took a lower id can
   commit after one that took a higher id. The watermark is therefore the highest id *below which nothing is
@@ -102,16 +104,19 @@ class NearIndex:
         self._entry_meta: dict[int, tuple[int, str]] = {}  # entry id -> (bank id, id in the bank)
         self._banks: dict[int, HashBank] = {}
         self._marks = (Watermark(gap_timeout_s), Watermark(gap_timeout_s))
-        self._refreshed = float("-inf")
+        self._refreshed = float("-inf")  # when the last finished refresh began
 
     # --- keeping in step ---------------------------------------------------------------------------
 
-    def refresh(self, *, force: bool = False) -> None:
-        """Read what arrived since the last refresh (everything, the first time)."""
-        now = time.monotonic()
+    def refresh(self, *, force: bool = False, since: float | None = None) -> None:
+        """Read what arrived since the last refresh (everything, the first time). A refresh that began
+        after this call did (another thread's, finished while this one waited for the lock) serves it;
+        ``since`` (a ``time.monotonic()`` reading) asks only for one that began at or after that moment."""
+        asked = time.monotonic() if since is None else since
         with self._lock:
-            if not force and now - self._refreshed < self.refresh_s:
+            if not force and (asked - self._refreshed < self.refresh_s or self._refreshed >= asked):
                 return
+            now = time.monotonic()
             with self.sessions() as session:
                 self._banks = {bank.id: bank for bank in hashes.all_banks(session)}
                 for bank in self._banks.values():
@@ -161,10 +166,14 @@ class NearIndex:
 
     # --- matching --------------------------------------------------------------------------------
 
-    def similar(self, hashed: MediaHash, version: str, tenant_id: uuid.UUID) -> Near | None:
+    def similar(
+        self, hashed: MediaHash, version: str, tenant_id: uuid.UUID, *, since: float | None = None
+    ) -> Near | None:
         """What ``hashed`` matches for ``tenant_id``: its own verdicts of ``version`` (reused unless
-        reuse is off) and the enabled banks it owns or that are shared. None when nothing matched."""
-        self.refresh()
+        reuse is off) and the enabled banks it owns or that are shared. None when nothing matched.
+        ``since``: the index must hold every row committed before that moment (default: before this call;
+        a worker passes the moment it claimed the job, so a batch of jobs shares one refresh)."""
+        self.refresh(since=since)
         good = [f for f in hashed.frames if f.quality >= self.policy.quality_floor]
         if not good:
             return None

@@ -1,6 +1,7 @@
 """What one worker process holds: settings and database sessions (every worker), plus, for an
-inference worker, the serving :class:`~worker.inference.judge.Judge` and the micro-batchers that share
-database statements between concurrent tasks.
+inference worker, the serving :class:`~worker.inference.judge.Judge` and the message batcher that
+claims, judges and records the messages of concurrent tasks in batches (one claim and one verdict write
+for a batch, see ``InferenceRuntime.handle``).
 
 Built once per process, lazily, on the first task (or at worker start-up), never before a fork.
 Promotion of a new model version swaps the judge (model, batcher, threshold) as one: a task takes the
@@ -17,16 +18,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import hashes, jobs, registry
-from db.session import new_engine, new_session_factory
-from dfscan.exceptions import BadOptionError
+from db import jobs, registry
+from db.session import is_outage, new_engine, new_session_factory
+from dfscan.exceptions import BadOptionError, DeviceFaultError
 from dfscan.options import options_of
 from dfscan.queueing import INTERACTIVE_PRIORITY
 from dfscan.settings import Settings, get_settings
@@ -43,14 +45,20 @@ from worker.near import NearIndex
 
 log = logging.getLogger(__name__)
 
-# Most job rows one database statement claims, looks up or finishes.
+# Most messages one batch takes (one claim and one verdict write), and look-ups one statement runs.
 _DB_BATCH = 64
-# How long a claim, cache look-up or verdict write waits for the statements of other tasks in progress
-# to join it (never when it is the only task: see MicroBatcher's ``expected``). Each statement costs a
-# pool checkout, BEGIN, the statement and COMMIT in the worker and in Postgres whatever its size, so at
-# one image per message sharing them is most of the CPU per image (bench/feed_cpu.py); 2 ms is what an
-# image can wait at each of the three without its latency showing.
+# How long a cache look-up waits for the look-ups of the other images being judged to join it (never
+# when it is the only one: see MicroBatcher's ``expected``). Each statement costs a pool checkout and
+# the round trip in the worker and in Postgres whatever its size, so at one image per message sharing
+# them is much of the CPU per image (bench/feed_cpu.py); 2 ms is what an image can wait without its
+# latency showing.
 _DB_LINGER = 0.002
+
+# How long a batch waits for its next image to be judged before it writes the verdicts that are ready:
+# a message whose image is still being fetched or judged then writes its own (a hung URL never holds the
+# batch's other verdicts, nor the next batch). Measured from the last image judged, not from the claim,
+# so a starved CPU that judges slowly still writes the batch as one.
+_STRAGGLER_S = 0.25
 
 # How long a replaced batcher stays open for tasks that took it just before a promotion.
 _RETIRE_AFTER = 30.0
@@ -59,6 +67,45 @@ _RETIRE_AFTER = 30.0
 def lane_of(priority: int) -> int:
     """A job's lane, from its priority: the queue it was sent to (``dfscan.queueing.queue_for_priority``)."""
     return lanes.INTERACTIVE if priority >= INTERACTIVE_PRIORITY else lanes.BULK
+
+
+def lane_of_claims(claims: Iterable[jobs.Claim]) -> int:
+    """A message's lane: its most urgent job's (the interactive queue sends one job a message)."""
+    return min(lane_of(claim.priority) for claim in claims)
+
+
+@dataclass
+class Handled:
+    """What a batch did with one message: the jobs it claimed (in order), each one's outcome (a verdict,
+    or the exception of a failed database look-up), and, for the done ones it wrote, whether that write
+    made the job's outcome (False: a redelivery finished it first). Failed verdicts, an ``outage`` and a
+    device ``fault`` are left to the message's task (retry, fail, give back)."""
+
+    claimed: dict[uuid.UUID, jobs.Claim]
+    outcomes: list[Verdict | Exception] = field(default_factory=list)
+    # The judgements still running when the batch was written (a slow fetch): the task waits for them and
+    # writes this message's verdicts itself (``InferenceRuntime.complete``).
+    pending: list[Future[Verdict | Exception]] = field(default_factory=list)
+    recorded: dict[uuid.UUID, bool] = field(default_factory=dict)
+    # The database refused this message's verdict write (not an outage): its task raises it.
+    error: Exception | None = None
+
+    @property
+    def outage(self) -> Exception | None:
+        """The first database outage a cache or near-duplicate look-up of this message hit."""
+        return next((out for out in self.outcomes if isinstance(out, Exception) and is_outage(out)), None)
+
+    @property
+    def fault(self) -> Verdict | None:
+        """The first verdict of this message saying the device is broken for good."""
+        return next(
+            (
+                out
+                for out in self.outcomes
+                if isinstance(out, Verdict) and out.error_code == DeviceFaultError.code
+            ),
+            None,
+        )
 
 
 def _outcome(
@@ -121,124 +168,55 @@ class InferenceRuntime(WorkerRuntime):
         self._lock = threading.Lock()
         # Set when the device failed for good (DEVICE_FAULT): tasks take no more jobs, the process ends.
         self.broken: str | None = None
-        self._tasks = 0  # tasks between their claim and their verdict write: who may join a statement
-        self._tasks_lock = threading.Lock()
-        # The database round trips of concurrent tasks share statements: a batch is whatever queued
-        # up while the previous statement ran (max_wait 0), so a lone task never waits for company.
-        self._claims: MicroBatcher[uuid.UUID, jobs.Claim | None] = MicroBatcher(
-            self._claim_batch,
+        self._judging = 0  # jobs of running batches being judged: who may join a cache look-up
+        self._judging_lock = threading.Lock()
+        # The messages of concurrent tasks are handled in batches: one claim, one cache look-up and one
+        # verdict write for every message that arrived while the previous batch ran (max_wait 0: a lone
+        # message never waits for company). One thread serves both lanes, interactive first, and one
+        # more serves only the interactive lane, so a bulk batch being judged never holds an
+        # interactive message back; the two also overlap one batch's statements with another's judging.
+        self._messages: MicroBatcher[tuple[uuid.UUID, ...], Handled] = MicroBatcher(
+            self._handle_batch,
             max_batch=_DB_BATCH,
-            max_wait=_DB_LINGER,
-            name="claim",
-            expected=self.in_progress,
+            max_wait=0.0,
+            name="messages",
+            mix=False,
+            background_batch=_DB_BATCH,
+            reserved=1,
         )
         self._lookups: MicroBatcher[tuple[str, str, uuid.UUID], Stored | None] = MicroBatcher(
             self._lookup_batch,
             max_batch=_DB_BATCH,
             max_wait=_DB_LINGER,
             name="cache lookup",
-            expected=self.in_progress,
+            expected=self.judging,
         )
-        # Judges the images of a message of several jobs side by side (one thread per image in flight).
-        self._judge_pool = ThreadPoolExecutor(
-            max_workers=max(4, 2 * self.settings.batch_size), thread_name_prefix="dfscan-judge"
-        )
-        self._finishes: MicroBatcher[dict[str, Any], bool] = MicroBatcher(
-            self._finish_batch,
-            max_batch=_DB_BATCH,
-            max_wait=_DB_LINGER,
-            name="verdict write",
-            expected=self.in_progress,
-        )
+        # Judge the images of a batch side by side (one thread per image in flight): one pool per lane, so
+        # the hung fetches of a bulk batch never hold the threads an interactive batch needs.
+        self._judge_pools = {
+            lane: ThreadPoolExecutor(
+                max_workers=max(4, 2 * self.settings.batch_size), thread_name_prefix=f"dfscan-judge-{name}"
+            )
+            for lane, name in ((lanes.INTERACTIVE, "interactive"), (lanes.BULK, "bulk"))
+        }
         self.leases = LeaseKeeper(self.sessions, self.name, self.settings.lease_seconds)
         # Every verdict hash and bank entry, kept in step with the database (worker/near.py).
         self.near = NearIndex(self.sessions, near_policy(self.settings), reuse=self.settings.near_duplicates)
 
     # --- the job rows, batched across concurrent tasks ------------------------------------------
 
-    @contextmanager
-    def working(self) -> Iterator[None]:
-        """Count a task in progress for the block (its claim, look-ups and verdict writes may be shared)."""
-        with self._tasks_lock:
-            self._tasks += 1
-        try:
-            yield
-        finally:
-            with self._tasks_lock:
-                self._tasks -= 1
+    def judging(self) -> int:
+        return self._judging
 
-    def in_progress(self) -> int:
-        return self._tasks
+    def handle(self, job_ids: Sequence[uuid.UUID], lane: int) -> Handled:
+        """Claim, judge and record a message's jobs in a batch with the messages of other tasks (``lane``:
+        the queue the message came from, which batches it joins). Raises what failed the whole batch: a
+        claim or verdict write the database refused or could not run (``SQLAlchemyError``)."""
+        return self._messages.submit(tuple(job_ids), lane=lane).result()
 
     def claim(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, jobs.Claim]:
-        """Claim jobs for this worker: ``{job_id: Claim(source, attempts, priority)}`` for those claimed (the others
-        are final, missing or out of attempts: nothing to do)."""
-        futures = [(job_id, self._claims.submit(job_id)) for job_id in job_ids]
-        claimed = {job_id: future.result() for job_id, future in futures}
-        metrics.observe_claims(got for got in claimed.values() if got is not None)
-        return {job_id: got for job_id, got in claimed.items() if got is not None}
-
-    def finish(
-        self, done: Sequence[tuple[uuid.UUID, Verdict]], tenants: dict[uuid.UUID, uuid.UUID] | None = None
-    ) -> list[bool]:
-        """Store done verdicts and mark their jobs done; True where this call made the outcome.
-        ``tenants``: each job's tenant, stored with its hashes (the default tenant when absent)."""
-        tenants = tenants or {}
-        futures = [
-            self._finishes.submit(
-                {
-                    "job_id": job_id,
-                    **jobs.done_fields(verdict, worker=self.name),
-                    "tenant_id": tenants.get(job_id, DEFAULT_TENANT_ID),
-                }
-            )
-            for job_id, verdict in done
-        ]
-        return [future.result() for future in futures]
-
-    def tenants(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
-        """The tenant of each job."""
-        with self.sessions() as session:
-            return hashes.job_tenants(session, job_ids)
-
-    def similar_for(self, tenant_id: uuid.UUID) -> Similar:
-        """The near-duplicate look-up of one tenant's sources."""
-
-        def similar(hashed: MediaHash, version: str) -> Near | None:
-            return self.near.similar(hashed, version, tenant_id)
-
-        return similar
-
-    def judge_many(
-        self,
-        sources: Sequence[str],
-        lane: int = lanes.BULK,
-        tenants: Sequence[uuid.UUID] | None = None,
-        options: Sequence[Mapping[str, Any] | None] | None = None,
-    ) -> list[Verdict | Exception]:
-        """Judge each source with the serving model, concurrently (fetch and decode overlap), in ``lane``;
-        ``tenants`` (one per source, default tenant when None) scopes its near-duplicate look-up;
-        ``options`` (one per source, as the job row stores them) are its job's own (dfscan/options.py).
-        A verdict per source, done or failed; an exception only where a database look-up failed."""
-        judge = self.judge()  # one model version for the whole message
-        owners = list(tenants or [DEFAULT_TENANT_ID] * len(sources))
-        asked = list(options or [None] * len(sources))
-        looks = [self.similar_for(t) for t in owners]
-        knowns = [self.known_for(t) for t in owners]
-        if len(sources) == 1:
-            return [_outcome(judge, sources[0], lane, looks[0], knowns[0], asked[0])]
-        rows = list(zip(sources, looks, knowns, asked, strict=True))
-        return list(self._judge_pool.map(lambda t: _outcome(judge, t[0], lane, t[1], t[2], t[3]), rows))
-
-    def known_for(self, tenant_id: uuid.UUID) -> Known:
-        """The exact-bytes duplicate cache of one tenant's verdicts (tenants never see each other's)."""
-        return lambda sha256, version: self.known(sha256, version, tenant_id)
-
-    def known(self, sha256: str, version: str, tenant_id: uuid.UUID = DEFAULT_TENANT_ID) -> Stored | None:
-        """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""
-        return self._lookups.submit((sha256, version, tenant_id)).result()
-
-    def _claim_batch(self, job_ids: list[uuid.UUID]) -> list[jobs.Claim | None]:
+        """Claim jobs for this worker, in one statement: ``{job_id: Claim}`` for those claimed (the others
+        are final, missing, held by a live worker or out of attempts: nothing to do)."""
         with self.sessions.begin() as session:
             claimed = jobs.claim_jobs(
                 session,
@@ -247,8 +225,147 @@ class InferenceRuntime(WorkerRuntime):
                 lease_seconds=self.settings.lease_seconds,
                 max_attempts=self.settings.max_attempts,
             )
-        # A message delivered twice at once: only its first copy gets the claim.
-        return [claimed.pop(job_id, None) for job_id in job_ids]
+        metrics.observe_claims(claimed.values())
+        return claimed
+
+    def finish(
+        self, done: Sequence[tuple[uuid.UUID, Verdict]], tenants: dict[uuid.UUID, uuid.UUID] | None = None
+    ) -> list[bool]:
+        """Store done verdicts and mark their jobs done, in one transaction; True where this call made the
+        outcome. ``tenants``: each job's tenant, stored with its hashes (the default tenant when absent)."""
+        if not done:
+            return []
+        tenants = tenants or {}
+        rows = [
+            {
+                "job_id": job_id,
+                **jobs.done_fields(verdict, worker=self.name),
+                "tenant_id": tenants.get(job_id, DEFAULT_TENANT_ID),
+            }
+            for job_id, verdict in done
+        ]
+        with self.sessions.begin() as session:
+            made = jobs.finish_done_many(session, rows)
+        out = []
+        for job_id, _ in done:
+            out.append(job_id in made)
+            made.discard(job_id)  # a duplicate in the same batch did not make the outcome
+        return out
+
+    def _handle_batch(self, messages: list[tuple[uuid.UUID, ...]]) -> list[Handled]:
+        """One batch of messages: one claim for all their jobs, every claimed image judged side by side
+        (the cache look-ups shared), one verdict write for the done ones. A message whose look-up found
+        the database down, or whose image hit a device fault, gets nothing written: its task settles it."""
+        claimed_at = time.monotonic()  # the batch's near-duplicate look-ups share one index refresh
+        claimed = self.claim([job_id for ids in messages for job_id in ids])
+        handled: list[Handled] = []
+        for ids in messages:  # a job named twice (a message delivered twice at once): its first copy
+            mine = {job_id: claimed.pop(job_id) for job_id in dict.fromkeys(ids) if job_id in claimed}
+            handled.append(Handled(mine))
+        held = [job_id for h in handled for job_id in h.claimed]
+        if not held:
+            return handled
+        with self.leases.holding(held):  # the claim lasts while this worker is alive (worker/leases.py)
+            judge = self.judge()  # one model version for the whole batch
+            judging = [
+                (h, self._judge_async(judge, claim, lane_of_claims(h.claimed.values()), claimed_at))
+                for h in handled
+                for claim in h.claimed.values()
+            ]
+            running = {future for _, future in judging}
+            while running:  # until every image is judged, or none was for _STRAGGLER_S (a hung fetch)
+                finished, running = wait(running, timeout=_STRAGGLER_S, return_when=FIRST_COMPLETED)
+                if not finished:
+                    break
+            for h, future in judging:
+                h.pending.append(future)
+            ready = [h for h in handled if all(future.done() for future in h.pending)]
+            for h in ready:
+                h.outcomes, h.pending = [future.result() for future in h.pending], []
+            with metrics.stage("db_write"):
+                self._write(ready)
+        return handled
+
+    def complete(self, handled: Handled) -> None:
+        """A message the batch left behind (a judgement still running): wait for it, then write its done
+        verdicts (in the task's thread; raises what the write raised)."""
+        if not handled.pending:
+            return
+        handled.outcomes, handled.pending = [future.result() for future in handled.pending], []
+        with metrics.stage("db_write"):
+            self._write([handled])
+        if handled.error is not None:
+            raise handled.error
+
+    def _write(self, handled: list[Handled]) -> None:
+        """Write the done verdicts of the batch's messages in one transaction. A database outage fails the
+        batch (every message retries); a statement the database refuses is written again message by
+        message, so only the message it belongs to fails (``Handled.error``), not the batch's others."""
+        writable = [h for h in handled if h.outage is None and h.fault is None]  # the others: their tasks
+        try:
+            self._write_done(writable)
+        except SQLAlchemyError as exc:
+            if is_outage(exc) or len(writable) < 2:
+                raise
+            log.warning(
+                "a batch's verdict write failed (%r); writing its %d messages one by one", exc, len(writable)
+            )
+            for h in writable:
+                try:
+                    self._write_done([h])
+                except SQLAlchemyError as one:
+                    if is_outage(one):
+                        raise
+                    h.error = one
+
+    def _write_done(self, handled: list[Handled]) -> None:
+        done = [
+            (job_id, out)
+            for h in handled
+            for job_id, out in zip(h.claimed, h.outcomes, strict=True)
+            if isinstance(out, Verdict) and out.done
+        ]
+        tenants = {job_id: h.claimed[job_id].tenant_id for h in handled for job_id in h.claimed}
+        made = dict(zip((job_id for job_id, _ in done), self.finish(done, tenants), strict=True))
+        for h in handled:
+            h.recorded = {job_id: made[job_id] for job_id in h.claimed if job_id in made}
+
+    def _judge_async(
+        self, judge: Judge, claim: jobs.Claim, lane: int, claimed_at: float
+    ) -> Future[Verdict | Exception]:
+        """Judge a claimed job's source in its lane on a thread of the lane's pool (the images of a batch
+        side by side: fetch and decode overlap); its near-duplicate look-up sees every verdict committed
+        before ``claimed_at``."""
+        with self._judging_lock:
+            self._judging += 1
+
+        def run() -> Verdict | Exception:
+            try:
+                similar = self.similar_for(claim.tenant_id, since=claimed_at)
+                return _outcome(
+                    judge, claim.source, lane, similar, self.known_for(claim.tenant_id), claim.options
+                )
+            finally:
+                with self._judging_lock:
+                    self._judging -= 1
+
+        return self._judge_pools[lane].submit(run)
+
+    def similar_for(self, tenant_id: uuid.UUID, since: float | None = None) -> Similar:
+        """The near-duplicate look-up of one tenant's sources (``since``: see ``NearIndex.similar``)."""
+
+        def similar(hashed: MediaHash, version: str) -> Near | None:
+            return self.near.similar(hashed, version, tenant_id, since=since)
+
+        return similar
+
+    def known_for(self, tenant_id: uuid.UUID) -> Known:
+        """The exact-bytes duplicate cache of one tenant's verdicts (tenants never see each other's)."""
+        return lambda sha256, version: self.known(sha256, version, tenant_id)
+
+    def known(self, sha256: str, version: str, tenant_id: uuid.UUID = DEFAULT_TENANT_ID) -> Stored | None:
+        """The duplicate cache, batched across concurrent tasks (raises when the database is down)."""
+        return self._lookups.submit((sha256, version, tenant_id)).result()
 
     def _lookup_batch(self, keys: list[tuple[str, str, uuid.UUID]]) -> list[Stored | None]:
         by_owner: dict[tuple[str, uuid.UUID], list[str]] = {}
@@ -261,15 +378,6 @@ class InferenceRuntime(WorkerRuntime):
                 for sha, score in jobs.cached_verdicts(session, shas, version, tenant_id=tenant).items()
             }
         return [found.get(key) for key in keys]
-
-    def _finish_batch(self, verdicts: list[dict[str, Any]]) -> list[bool]:
-        with self.sessions.begin() as session:
-            done = jobs.finish_done_many(session, verdicts)
-        out = []
-        for verdict in verdicts:
-            out.append(verdict["job_id"] in done)
-            done.discard(verdict["job_id"])  # a duplicate in the same batch did not make the outcome
-        return out
 
     # --- the model ---------------------------------------------------------------------------
 
@@ -337,21 +445,25 @@ class InferenceRuntime(WorkerRuntime):
         return judge
 
     def close(self) -> None:
+        # Messages handed over are handled first (they need the judge), then the judge and the rest.
+        self._messages.close(timeout=60)
         with self._lock:
             judge, self._judge = self._judge, None
         if judge is not None:
             judge.close(timeout=60)
-        self._judge_pool.shutdown(wait=True)
+        for pool in self._judge_pools.values():
+            pool.shutdown(wait=True)
         self.leases.close()
-        for batcher in (self._claims, self._lookups, self._finishes):
-            batcher.close(timeout=30)
+        self._lookups.close(timeout=30)
+        for batcher, unit in ((self._messages, "messages"), (self._lookups, "look-ups")):
             stats = batcher.stats
             if stats.batches:
                 log.info(
-                    "%s: %d statements for %d jobs (%.1f a statement, at most %d)",
+                    "%s: %d batches for %d %s (%.1f a batch, at most %d)",
                     batcher.name,
                     stats.batches,
                     stats.items,
+                    unit,
                     stats.items / stats.batches,
                     stats.largest,
                 )

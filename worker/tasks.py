@@ -1,8 +1,9 @@
 """Celery tasks of the inference lane: one image per task (or a few, ``DFSCAN_JOBS_PER_MESSAGE``),
 the model batched behind them.
 
-Each task claims its job rows (a guarded UPDATE: a redelivered message for a finished job does
-nothing), judges the images through the runtime, and records exactly one outcome per job. Permanent
+Each task hands its message to the runtime, which claims the job rows of a batch of messages (a
+guarded UPDATE: a redelivered message for a finished job does nothing), judges the images and writes
+the done verdicts in one transaction; the task records exactly one outcome for every other job. Permanent
 errors fail the job at once with their code; transient ones put the job back and send it again with
 backoff until ``DFSCAN_MAX_ATTEMPTS``; a database outage retries the message and leaves the rows for
 the sweeper.
@@ -26,13 +27,14 @@ from db import jobs
 from db.session import is_outage
 from dfscan.exceptions import BadMessageError, DeviceFaultError, IdempotencyConflictError
 from dfscan.outbox import send_job, send_jobs
-from dfscan.queueing import SCAN_TASK
+from dfscan.queueing import INFERENCE_QUEUE, SCAN_TASK
 from dfscan.urlguard import mask_url_credentials
 from dfscan.verdicts import Verdict
 from worker import metrics
 from worker.app import app, fail_process, inference_runtime
+from worker.inference import lanes
 from worker.messages import JobMessage, SourcesMessage, job_ids_of, parse_scan_message
-from worker.runtime import InferenceRuntime, lane_of
+from worker.runtime import Handled, InferenceRuntime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,7 +137,6 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
             idempotency_key=f"celery-task:{task.request.id}",
             callback_url=message.callback_url,
             callback_events=message.callback_events,
-            options=message.options.stored(),
         )
         return submission.id, [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
 
@@ -157,60 +158,59 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
 
 @metrics.tracked  # jobs in flight, outcomes by lane
 def _process(task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...]) -> dict[str, Any]:
-    """Claim the message's jobs, judge them side by side, and record one outcome for each."""
+    """Hand the message's jobs to the runtime, which claims, judges and records them in a batch with the
+    messages of other tasks (one claim and one verdict write for the lot); then settle here what the
+    batch left to this message: failures, a database outage, a device fault."""
     if rt.broken is not None:  # the device failed for good: take nothing more, the process is ending
         raise Reject(f"this worker is stopping: {rt.broken}", requeue=True)
-    with rt.working():  # concurrent tasks share their claim, look-up and verdict statements
-        claimed = _db_call(task, lambda: rt.claim(job_ids))
-        if not claimed:
-            return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
-        with rt.leases.holding(claimed):  # the claim lasts while this worker is alive (worker/leases.py)
-            return _judge_claimed(task, rt, job_ids, claimed)
+    handled = _db_call(task, lambda: rt.handle(job_ids, _message_lane(task)))
+    if not handled.claimed:
+        return {"status": "skipped", "jobs": [str(job_id) for job_id in job_ids]}
+    with rt.leases.holding(handled.claimed):  # until every outcome below is stored
+        _db_call(task, lambda: rt.complete(handled))  # a judgement the batch did not wait for
+        return _settle(task, rt, job_ids, handled)
 
 
-def _judge_claimed(
-    task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...], claimed: dict[uuid.UUID, jobs.Claim]
+def _message_lane(task: Task) -> int:
+    """The lane of the queue the message came from (interactive when unknown: never held back)."""
+    info = getattr(task.request, "delivery_info", None) or {}
+    return lanes.BULK if info.get("routing_key") == INFERENCE_QUEUE else lanes.INTERACTIVE
+
+
+def _settle(
+    task: Task, rt: InferenceRuntime, job_ids: tuple[uuid.UUID, ...], handled: Handled
 ) -> dict[str, Any]:
+    claimed = handled.claimed
     order = list(claimed)
-    # The message's lane is its most urgent job's (the interactive queue sends one job a message).
-    lane = min(lane_of(claim.priority) for claim in claimed.values())
-    # Near-duplicates are looked up among the job's own tenant's verdicts (docs/near-duplicates.md).
-    tenants = _db_call(task, lambda: rt.tenants(order))
-    outcomes = rt.judge_many(
-        [claimed[job_id].source for job_id in order],
-        lane,
-        [tenants[j] for j in order],
-        [claimed[j].options for j in order],  # each job's own options (dfscan/options.py)
-    )
-    metrics.observe_outcomes(outcomes)
-    db_down = next((out for out in outcomes if isinstance(out, SQLAlchemyError) and is_outage(out)), None)
+    metrics.observe_outcomes(handled.outcomes)
+    db_down = handled.outage
     if db_down is not None:  # the duplicate-cache look-up failed: the database is down
+        assert isinstance(db_down, SQLAlchemyError)
         raise _db_retry(task, db_down)
-    verdicts = [
-        out if isinstance(out, Verdict) else _unexpected(claimed[job_id].source, out)
-        for job_id, out in zip(order, outcomes, strict=True)
-    ]
-    fault = next((v for v in verdicts if v.error_code == DeviceFaultError.code), None)
+    if handled.error is not None:  # the database refused this message's verdict write (in the batch)
+        raise handled.error
+    fault = handled.fault
     if fault is not None:
         _device_fault(task, rt, order, fault.error or DeviceFaultError.code)
-    done = [(job_id, verdict) for job_id, verdict in zip(order, verdicts, strict=True) if verdict.done]
+    verdicts = [
+        out if isinstance(out, Verdict) else _unexpected(claimed[job_id].source, out)
+        for job_id, out in zip(order, handled.outcomes, strict=True)
+    ]
     summary: dict[str, Any] = {"status": "done", "jobs": {}}
     for job_id, verdict in zip(order, verdicts, strict=True):
         if not verdict.done:
             summary["jobs"][str(job_id)] = _settle_failure(task, rt, job_id, claimed[job_id], verdict)
-    with metrics.stage("db_write"):
-        recorded = _db_call(task, lambda: rt.finish(done, tenants))
-    for (job_id, verdict), made in zip(done, recorded, strict=True):
-        summary["jobs"][str(job_id)] = (
-            {
-                "status": "done",
-                "label": verdict.label,
-                "fake_score": round(verdict.fake_score or 0.0, 6),
-                "model_version": verdict.model_version,
-            }
-            if made
-            else "skipped"
-        )
+        else:
+            summary["jobs"][str(job_id)] = (
+                {
+                    "status": "done",
+                    "label": verdict.label,
+                    "fake_score": round(verdict.fake_score or 0.0, 6),
+                    "model_version": verdict.model_version,
+                }
+                if handled.recorded.get(job_id)
+                else "skipped"
+            )
     if len(job_ids) == 1:  # Flower shows one image per task: flatten
         (only,) = summary["jobs"].values() if summary["jobs"] else ("skipped",)
         return {"job_id": str(job_ids[0]), **(only if isinstance(only, dict) else {"status": only})}

@@ -22,9 +22,9 @@ images costs an interactive image at most the one bulk step already running (see
 with ``yield_bulk`` no bulk batch starts while an interactive job is in flight in the process, and a bulk
 batch runs at the bulk lane's OS priority (:mod:`worker.inference.lanes`).
 
-The worker uses the same mechanism for its database round trips (claims, cache look-ups and verdict
-writes of concurrent tasks share one statement each), with ``max_wait=0``: a batch is whatever
-queued up while the previous one ran, so a lone task never waits.
+The worker uses the same mechanism for the messages of concurrent tasks (``worker/runtime.py``: one
+claim and one verdict write for a batch of messages), with ``max_wait=0``: a batch is whatever queued
+up while the previous one ran, so a lone message never waits.
 """
 
 from __future__ import annotations
