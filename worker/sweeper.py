@@ -115,7 +115,9 @@ def lost_queued_jobs(session: Session, broker_url: str, *, lease_seconds: int) -
 
 
 def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings) -> SweepReport:
-    relayed = relay_unsent(app, sessions, per_message=settings.jobs_per_message)
+    relayed = relay_unsent(
+        app, sessions, per_message=settings.jobs_per_message, fair_share=settings.fair_share
+    )
     with sessions.begin() as session:
         resend_ids, failed_ids = jobs.sweep_stale(
             session,
@@ -126,7 +128,13 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
             ),
         )
         pending = jobs.priorities(session, resend_ids)
-    resent = send_jobs(app, sessions, pending, per_message=settings.jobs_per_message) if pending else 0
+    resent = (
+        send_jobs(
+            app, sessions, pending, per_message=settings.jobs_per_message, fair_share=settings.fair_share
+        )
+        if pending
+        else 0
+    )
     with sessions() as session:
         runs = training.stale_runs(session, lease_seconds=settings.lease_seconds)
     for run_id in runs:  # the training task claims a stale run only once its heartbeat is old

@@ -251,7 +251,13 @@ def _submit(
             "created": created,
         }
         unsent = [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
-    send_jobs(state.celery, state.sessions, unsent, per_message=settings.jobs_per_message)
+    send_jobs(
+        state.celery,
+        state.sessions,
+        unsent,
+        per_message=settings.jobs_per_message,
+        fair_share=settings.fair_share,
+    )
     return out
 
 
