@@ -3,7 +3,7 @@
 ``python -m bench.fairness [--pairs 3] [--flood 200] [--few 4] [--concurrency 4]``
 
 Each run is a whole process (this module with ``--one MODE``) on a fresh, migrated Postgres database and a
-flushed Redis database, with one ``dfscan worker --queues inference`` and a ViT-Tiny-sized random
+Redis server of its own, with one ``dfscan worker --queues inference`` and a ViT-Tiny-sized random
 checkpoint (tens of ms an image on CPU). Modes, run in turn within each pair (alone, fair, fifo, ...):
 
 - ``alone``: tenant B submits ``--few`` images to an idle worker;
@@ -60,8 +60,8 @@ def _until(condition: object, what: str, timeout: float = 600.0) -> None:
 
 def one(mode: str, flood: int, few: int, concurrency: int) -> dict[str, float]:
     from bench._service import (
-        flushed_redis,
         fresh_postgres_url,
+        private_redis,
         running_worker,
         worker_env,
         write_small_images,
@@ -73,8 +73,8 @@ def one(mode: str, flood: int, few: int, concurrency: int) -> dict[str, float]:
     from producer.client import ScanClient
     from tests.fixtures.service import save_slow_vit
 
-    with tempfile.TemporaryDirectory() as tmp, fresh_postgres_url() as db_url, flushed_redis() as broker:
-        root = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp, fresh_postgres_url() as db_url, private_redis() as server:
+        root, broker = Path(tmp), server.url
         upgrade(db_url)
         model = save_slow_vit(root / "model")
         images = root / "images"

@@ -23,6 +23,28 @@ _ACTIVE = sa.text("state IN ('queued', 'running')")
 
 
 def upgrade() -> None:
+    op.create_table(
+        "uploads",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("media_kind", sa.String(length=8), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_uploads_tenant_id_tenants"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_uploads")),
+        sa.UniqueConstraint("tenant_id", "sha256", name=op.f("uq_uploads_tenant_id_sha256")),
+        sa.CheckConstraint("media_kind IN ('image', 'video')", name=op.f("ck_uploads_media_kind_valid")),
+        sa.CheckConstraint("length(sha256) = 64", name=op.f("ck_uploads_sha256_length")),
+        sa.CheckConstraint("size >= 0", name=op.f("ck_uploads_size_not_negative")),
+    )
+    op.create_index("ix_uploads_sha256", "uploads", ["sha256"], unique=False)
+    op.create_index("ix_uploads_expires_at", "uploads", ["expires_at"], unique=False)
     op.create_index(
         "ix_scan_jobs_tenant_id_active",
         "scan_jobs",
@@ -34,3 +56,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_scan_jobs_tenant_id_active", table_name="scan_jobs")
+    op.drop_index("ix_uploads_expires_at", table_name="uploads")
+    op.drop_index("ix_uploads_sha256", table_name="uploads")
+    op.drop_table("uploads")
