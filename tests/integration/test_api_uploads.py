@@ -119,8 +119,8 @@ def test_a_tenant_sees_only_its_own_uploads_and_retention_ends_each_hold_on_its_
                 for job in (uploaded_a, fetched_b)
             }
             tenants = {name: tenant_id for name, tenant_id in s.execute(select(Tenant.name, Tenant.id))}
-        assert shas[uploaded_a] == shas[fetched_b] and shas[uploaded_a] is not None
         sha = shas[uploaded_a]
+        assert sha is not None and shas[fetched_b] == sha
         assert (store / sha[:2] / sha).read_bytes() == png
 
         console_a, console_b = signed_in(server, key_a), signed_in(server, key_b)

@@ -52,6 +52,7 @@ def test_a_tenants_few_jobs_go_ahead_of_another_tenants_flood(service: Service) 
         flood_rows = (
             session.execute(select(ScanJob.finished_at).where(ScanJob.submission_id == flood)).scalars().all()
         )
+    assert few_written is not None and few_last is not None
     before = sum(1 for f in flood_rows if f is not None and f <= few_written)
     between = sum(1 for f in flood_rows if f is not None and few_written < f <= few_last)
     waiting = 200 - before

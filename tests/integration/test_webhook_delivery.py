@@ -253,7 +253,8 @@ def test_a_tenants_own_secret_is_enough_and_events_with_no_secret_at_all_wait(
     with factory() as s:
         waiting = s.scalars(select(WebhookDelivery).where(WebhookDelivery.state == "pending")).one()
         assert waiting.job_id == shared[0].id and waiting.attempts == 0
-        assert waiting.next_attempt_at > s.scalar(select(func.now()))  # not claimed again at once
+        db_now = s.scalar(select(func.now()))
+        assert db_now is not None and waiting.next_attempt_at > db_now  # not claimed again at once
 
     with factory.begin() as s:  # the operator sets the secret; the waiting event is due again
         s.execute(update(WebhookDelivery).values(next_attempt_at=func.now()))
