@@ -156,6 +156,31 @@ def outstanding_jobs(session: Session, api_key_id: uuid.UUID) -> int:
     return int(session.scalar(query) or 0)
 
 
+def tenant_backlogs(
+    session: Session, job_ids: Sequence[uuid.UUID], *, beyond: int
+) -> tuple[dict[uuid.UUID, uuid.UUID], dict[uuid.UUID, int]]:
+    """The tenant of each job, and each of those tenants' jobs outstanding (queued or running), counted
+    up to its jobs here plus ``beyond`` at most (a deeper backlog only needs to be known as deep: the
+    count reads the partial index ``ix_scan_jobs_tenant_id_active``, never a tenant's history)."""
+    if not job_ids:
+        return {}, {}
+    rows = session.execute(select(ScanJob.id, ScanJob.tenant_id).where(ScanJob.id.in_(list(job_ids))))
+    tenant_of = {row.id: row.tenant_id for row in rows}
+    mine: dict[uuid.UUID, int] = {}
+    for tenant_id in tenant_of.values():
+        mine[tenant_id] = mine.get(tenant_id, 0) + 1
+    counts: dict[uuid.UUID, int] = {}
+    for tenant_id, n in mine.items():
+        capped = (
+            select(ScanJob.id)
+            .where(ScanJob.tenant_id == tenant_id, ScanJob.state.in_(ACTIVE))
+            .limit(n + beyond)
+            .subquery()
+        )
+        counts[tenant_id] = int(session.scalar(select(func.count()).select_from(capped)) or 0)
+    return tenant_of, counts
+
+
 def active_upload_digests(session: Session) -> set[str]:
     """SHA-256 digests of uploads that queued or running jobs still have to read (kept by the retention sweep)."""
     query = select(ScanJob.source).where(

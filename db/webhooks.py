@@ -241,7 +241,7 @@ _RENEW = update(_TABLE).where(_HELD).values(next_attempt_at=bindparam("lease_unt
 _RELEASE = (
     update(_TABLE)
     .where(_HELD)
-    .values(attempts=_TABLE.c.attempts - 1, next_attempt_at=bindparam("now"), claim_token=None)
+    .values(attempts=_TABLE.c.attempts - 1, next_attempt_at=bindparam("due_at"), claim_token=None)
 )
 _DELIVERED = (
     update(_TABLE)
@@ -352,10 +352,14 @@ def renew(
     return renewed
 
 
-def release(session: Session, held: Sequence[Due], *, now: datetime | None = None) -> None:
-    """Give back claimed rows that were never POSTed: due again now, their attempt not counted."""
+def release(
+    session: Session, held: Sequence[Due], *, now: datetime | None = None, after: float = 0.0
+) -> None:
+    """Give back claimed rows that were never POSTed: due again ``after`` seconds from now (at once by
+    default), their attempt not counted."""
+    due_at = (now or utcnow()) + timedelta(seconds=after)
     for token, ids in _by_token(held).items():
-        session.execute(_RELEASE, {"ids": ids, "token": token, "now": now or utcnow()})
+        session.execute(_RELEASE, {"ids": ids, "token": token, "due_at": due_at})
 
 
 def retry_delay(attempts: int, *, base: float, cap: float) -> float:

@@ -34,7 +34,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dfscan.queueing import INFERENCE_QUEUE, INTERACTIVE_PRIORITY, INTERACTIVE_QUEUE
+from dfscan.queueing import (
+    INFERENCE_QUEUE,
+    INTERACTIVE_PRIORITY,
+    INTERACTIVE_QUEUE,
+    PRIORITY_STEPS,
+    queue_lists,
+)
 from dfscan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,9 +64,7 @@ _CACHE_SECONDS = 1.0
 
 def priority_lists(queue: str) -> list[tuple[int, str]]:
     """The Redis lists kombu keeps for ``queue``: (step, list name), the plain name for step 0."""
-    from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-    return [(step, queue if step == 0 else f"{queue}{Channel.sep}{step}") for step in PRIORITY_STEPS]
+    return list(zip(PRIORITY_STEPS, queue_lists(queue), strict=True))
 
 
 @dataclass

@@ -364,6 +364,12 @@ class Settings(BaseSettings):
         description="Bulk lane: jobs per task message. 1 gives Flower one task per image; 8 cuts Celery's "
         "per-message cost (receive, ack, events) eightfold for backfills. The interactive lane always sends 1.",
     )
+    fair_share: bool = Field(
+        True,
+        description="Bulk lane: each message goes out at its tenant's fair-share priority step (0 for a tenant "
+        "with nothing waiting, one more each time its backlog doubles), so one tenant's flood does not delay "
+        "another tenant's jobs. Off: one FIFO for every tenant.",
+    )
     task_events: bool = Field(
         False,
         description="Celery task events (sent, received, started, succeeded): what Flower's task pages and "

@@ -1,6 +1,7 @@
 """Uploaded bytes, stored by their SHA-256 (content-addressed) until the retention sweep deletes them.
 
-The HTTP API writes an upload once per distinct content and queues its job with the source
+The HTTP API writes an upload once per distinct content (the ``uploads`` table says which tenants hold it,
+until when: ``db.uploads``) and queues its job with the source
 ``upload:sha256:<64 hex digits>``. A worker reads it through the same store, by digest only: the store's
 directory is never one of DFSCAN_ALLOWED_ROOTS, and no client can name a path in it. An upload source
 is accepted only from inside the trust boundary (the API writes it; HTTP clients may send only http(s)
@@ -56,9 +57,14 @@ class UploadStore(Protocol):
         past ``max_bytes``."""
         ...
 
-    def sweep(self, older_than_seconds: float, keep: set[str]) -> list[str]:
-        """Delete uploads last stored more than ``older_than_seconds`` ago, except the digests in
-        ``keep`` (uploads of jobs still queued or running); returns the digests deleted."""
+    def stale(self, older_than_seconds: float) -> list[str]:
+        """Digests last stored more than ``older_than_seconds`` ago (and clears the leftovers of writes
+        interrupted that long ago): the candidates of the retention sweep."""
+        ...
+
+    def delete(self, digest: str, older_than_seconds: float) -> bool:
+        """Delete the bytes of ``digest`` if they are still older than ``older_than_seconds`` (uploaded
+        again since the sweep looked: kept); whether they were deleted."""
         ...
 
 
@@ -121,20 +127,26 @@ class DirectoryStore:
                     except FileNotFoundError:
                         continue
 
-    def sweep(self, older_than_seconds: float, keep: set[str]) -> list[str]:
+    def stale(self, older_than_seconds: float) -> list[str]:
         cutoff = time.time() - older_than_seconds
-        deleted = []
-        for digest, mtime in list(self.digests()):
-            if mtime < cutoff and digest not in keep:
-                self.path(digest).unlink(missing_ok=True)
-                deleted.append(digest)
+        old = [digest for digest, mtime in self.digests() if mtime < cutoff]
         for stale in self.root.glob(".upload-*") if self.root.is_dir() else ():
             try:  # temporary files of uploads interrupted mid-write
                 if stale.stat().st_mtime < cutoff:
                     stale.unlink(missing_ok=True)
             except FileNotFoundError:
                 continue
-        return deleted
+        return old
+
+    def delete(self, digest: str, older_than_seconds: float) -> bool:
+        path = self.path(digest)
+        try:
+            if path.stat().st_mtime >= time.time() - older_than_seconds:
+                return False
+        except FileNotFoundError:
+            return False
+        path.unlink(missing_ok=True)
+        return True
 
 
 def new_store(location: str | os.PathLike[str]) -> UploadStore:

@@ -141,7 +141,13 @@ class ScanClient:
             submission_id = submission.id
             job_ids = [job.id for job in new_jobs]
             unsent = [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
-        send_jobs(self.app, self.sessions, unsent, per_message=self.settings.jobs_per_message)
+        send_jobs(
+            self.app,
+            self.sessions,
+            unsent,
+            per_message=self.settings.jobs_per_message,
+            fair_share=self.settings.fair_share,
+        )
         return Submission(submission_id, job_ids, created, self.sessions)
 
     def submission(self, submission_id: uuid.UUID | str) -> Submission:

@@ -191,8 +191,13 @@ class DeliveryReport:
         return self.delivered + self.retrying + self.failed
 
 
+# Seconds a delivery with no secret to sign it (its tenant has none of its own and DFSCAN_WEBHOOK_SECRET is
+# unset) waits before it is looked at again: a setting or a `dfscan tenants rotate-secret` away.
+UNSIGNED_WAIT = 60.0
+
+
 def check_secret(settings: Settings) -> str:
-    """The webhook secret, or "" when unset (deliveries wait); CONFIG_ERROR for a blank or padded one
+    """The webhook secret, or "" when unset (deliveries of tenants without their own secret wait); CONFIG_ERROR for a blank or padded one
     (anyone could guess a signature made with spaces, and a receiver trimming its copy never matches)."""
     secret = settings.webhook_secret.get_secret_value()
     if secret and not secret.strip():
@@ -250,11 +255,6 @@ class Deliverer:
         receiver up to its limit, its breaker permitting), starting their POSTs. One transaction.
         Returns how many rows were claimed."""
         secret = self.secret
-        if not secret:
-            if not self._warned:
-                log.warning("DFSCAN_WEBHOOK_SECRET is not set: webhook deliveries wait until it is")
-                self._warned = True
-            claim = False
         with self._lock:
             finished, self._finished = self._finished, []
         now = time.monotonic()
@@ -318,6 +318,7 @@ class Deliverer:
                 continue
             rows = webhooks.claim_due(session, limit=room, lease_seconds=self.lease, receiver=receiver)
             rows = webhooks.with_secrets(session, rows)  # each tenant's own secret(s), if it has one
+            rows = self._signable(session, rows)
             if rows:
                 counts[receiver] = counts.get(receiver, 0) + len(rows)
                 got.add(receiver)
@@ -328,6 +329,27 @@ class Deliverer:
             self.breakers.release_probe(receiver)
         self._blocked = {r for r, n in rooms.items() if n <= 0}
         return claimed
+
+    def _signable(self, session: Session, rows: list[webhooks.Due]) -> list[webhooks.Due]:
+        """The rows there is a secret to sign with: their tenant's own, else DFSCAN_WEBHOOK_SECRET. The
+        others (neither exists) are given back, their attempt not counted, due again in UNSIGNED_WAIT
+        seconds: an event is never sent unsigned, nor lost for a missing setting."""
+        if self.secret:
+            return rows
+        unsigned = [row for row in rows if not row.secrets]
+        if not unsigned:
+            return rows
+        webhooks.release(session, unsigned, after=UNSIGNED_WAIT)
+        if not self._warned:
+            log.warning(
+                "%d webhook deliveries wait: their tenant has no webhook secret of its own and "
+                "DFSCAN_WEBHOOK_SECRET is not set; set it, or give the tenant one with "
+                "`dfscan tenants rotate-secret NAME` (looked at again every %.0f s)",
+                len(unsigned),
+                UNSIGNED_WAIT,
+            )
+            self._warned = True
+        return [row for row in rows if row.secrets]
 
     def _post(self, due: webhooks.Due, secret: str, destinations: _Destinations, claimed: float) -> None:
         """A POST thread: one attempt, its result handed to the scheduler (never raises)."""
@@ -344,7 +366,8 @@ class Deliverer:
         """POST one delivery: its 2xx status, or the error (never raised)."""
         body = due.body.encode()
         headers = {
-            # The tenant's secrets (both during a rotation), else DFSCAN_WEBHOOK_SECRET.
+            # The tenant's secrets (both during a rotation), else DFSCAN_WEBHOOK_SECRET (_signable
+            # made sure one of them is there).
             SIGNATURE_HEADER: signature_header(due.secrets or (secret,), body),
             EVENT_ID_HEADER: str(due.id),
             EVENT_HEADER: due.event,

@@ -8,8 +8,9 @@ Each sweep (every ``DFSCAN_SWEEP_INTERVAL`` seconds, from ``dfscan sweeper`` or 
    while the broker was down) and fails those out of attempts with ``MAX_ATTEMPTS``;
 3. deletes webhook events delivered or given up more than ``DFSCAN_WEBHOOK_RETENTION_DAYS`` ago, in
    batches (``db.webhooks.prune_settled``), so the outbox holds the retention window, not history;
-4. deletes uploaded bytes (the HTTP API's upload store) last uploaded more than
-   ``DFSCAN_UPLOAD_RETENTION_HOURS`` ago, except those of jobs still queued or running (verdicts stay).
+4. deletes expired ``uploads`` rows (each tenant's hold on uploaded bytes), except those of jobs still
+   queued or running, then the stored bytes older than ``DFSCAN_UPLOAD_RETENTION_HOURS`` that no row
+   holds (verdicts stay).
 
 Re-sending a job whose message still exists only costs a duplicate message: the claim guard makes
 the second delivery a no-op, and the schema allows one verdict per job.
@@ -28,7 +29,7 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs, training, webhooks
+from db import jobs, training, uploads, webhooks
 from db.models import utcnow
 from dfscan.outbox import queued_job_ids, relay_unsent, send_jobs
 from dfscan.queueing import TRAIN_TASK, TRAINING_QUEUE
@@ -75,7 +76,10 @@ _last_upload_sweep = 0.0
 
 
 def prune_uploads(sessions: sessionmaker[Session], settings: Settings, *, force: bool = False) -> int:
-    """Delete uploads older than DFSCAN_UPLOAD_RETENTION_HOURS that no queued or running job needs."""
+    """Retention by row: delete the expired ``uploads`` rows (a tenant's hold ends), except those a queued
+    or running job of the tenant still reads; then delete the stored bytes older than
+    DFSCAN_UPLOAD_RETENTION_HOURS that no row holds (another tenant's row keeps shared bytes) and no
+    active job reads. Returns how many stored uploads were deleted."""
     global _last_upload_sweep
     retention = settings.upload_retention_hours * 3600
     if retention <= 0:
@@ -84,9 +88,23 @@ def prune_uploads(sessions: sessionmaker[Session], settings: Settings, *, force:
     if not force and now - _last_upload_sweep < min(UPLOAD_SWEEP_EVERY, retention / 2):
         return 0
     _last_upload_sweep = now
+    expired = 0
+    for _ in range(PRUNE_BATCHES):
+        with sessions.begin() as session:
+            n = uploads.expire(session, limit=PRUNE_BATCH)
+        expired += n
+        if n < PRUNE_BATCH:
+            break
+    store = new_store(settings.upload_store)
+    old = store.stale(retention)
+    if not old:
+        return 0
     with sessions() as session:
-        keep = jobs.active_upload_digests(session)
-    deleted = new_store(settings.upload_store).sweep(retention, keep)
+        keep = uploads.held_digests(session, old) | jobs.active_upload_digests(session)
+    # Re-checked as each is deleted: bytes uploaded again since stale() looked are kept.
+    deleted = [digest for digest in old if digest not in keep and store.delete(digest, retention)]
+    if expired:
+        log.info("%d upload holds expired", expired)
     if deleted:
         log.info("deleted %d uploads older than %g h", len(deleted), settings.upload_retention_hours)
     return len(deleted)
@@ -115,7 +133,9 @@ def lost_queued_jobs(session: Session, broker_url: str, *, lease_seconds: int) -
 
 
 def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings) -> SweepReport:
-    relayed = relay_unsent(app, sessions, per_message=settings.jobs_per_message)
+    relayed = relay_unsent(
+        app, sessions, per_message=settings.jobs_per_message, fair_share=settings.fair_share
+    )
     with sessions.begin() as session:
         resend_ids, failed_ids = jobs.sweep_stale(
             session,
@@ -126,7 +146,13 @@ def sweep_once(app: Celery, sessions: sessionmaker[Session], settings: Settings)
             ),
         )
         pending = jobs.priorities(session, resend_ids)
-    resent = send_jobs(app, sessions, pending, per_message=settings.jobs_per_message) if pending else 0
+    resent = (
+        send_jobs(
+            app, sessions, pending, per_message=settings.jobs_per_message, fair_share=settings.fair_share
+        )
+        if pending
+        else 0
+    )
     with sessions() as session:
         runs = training.stale_runs(session, lease_seconds=settings.lease_seconds)
     for run_id in runs:  # the training task claims a stale run only once its heartbeat is old

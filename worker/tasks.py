@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from db import jobs
 from db.session import is_outage
 from dfscan.exceptions import BadMessageError, DeviceFaultError, IdempotencyConflictError
-from dfscan.outbox import send_job, send_jobs
+from dfscan.outbox import job_level, send_job, send_jobs
 from dfscan.queueing import INFERENCE_QUEUE, SCAN_TASK
 from dfscan.urlguard import mask_url_credentials
 from dfscan.verdicts import Verdict
@@ -151,7 +151,13 @@ def _fan_out(task: Task, rt: InferenceRuntime, message: SourcesMessage) -> dict[
         text = f"the database refused the message's data ({type(cause).__name__}): {first_line}"
         log.warning("rejected message %s: %s", task.request.id, text)
         return {"status": "rejected", "error_code": BadMessageError.code, "error": text}
-    sent = send_jobs(task.app, rt.sessions, unsent, per_message=rt.settings.jobs_per_message)
+    sent = send_jobs(
+        task.app,
+        rt.sessions,
+        unsent,
+        per_message=rt.settings.jobs_per_message,
+        fair_share=rt.settings.fair_share,
+    )
     log.info("foreign message %s became submission %s (%d jobs)", task.request.id, submission_id, sent)
     return {"status": "accepted", "submission_id": str(submission_id), "jobs": len(unsent)}
 
@@ -257,7 +263,8 @@ def _settle_failure(
     delay = backoff(attempts)
     log.info("job will retry in %.1fs after %s: %s", delay, code, text, extra=extra)
     try:
-        send_job(task.app, job_id, claim.priority, countdown=delay)
+        level = job_level(rt.sessions, job_id) if rt.settings.fair_share else 0
+        send_job(task.app, job_id, claim.priority, countdown=delay, level=level)
     except Exception as send_exc:  # the broker is down too: the sweeper re-sends it after the lease
         log.warning("could not re-send job %s, the sweeper will: %s", job_id, send_exc, extra=extra)
     return {"status": "retrying", "error_code": code}

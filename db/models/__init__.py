@@ -6,7 +6,7 @@ are portable: ``Uuid`` keys, ``JSON`` (JSONB on Postgres), and :class:`UtcDateTi
 and always hands back timezone-aware datetimes, even on SQLite, which has no timezone type.
 
 One module per concept: ``base`` (types, states), ``tenants``, ``jobs``, ``verdicts``, ``banks``,
-``training``, ``webhooks``, ``reviews``. Importing this package registers every table on
+``training``, ``webhooks``, ``reviews``, ``uploads``. Importing this package registers every table on
 ``Base.metadata``.
 
 Invariants the database itself enforces (CHECK / UNIQUE), so no code path can break them:
@@ -36,6 +36,7 @@ from db.models.jobs import ScanJob, Submission
 from db.models.reviews import REVIEW_DECISIONS, Review
 from db.models.tenants import ApiKey, Tenant
 from db.models.training import ModelVersion, Promotion, TrainingRun
+from db.models.uploads import Upload
 from db.models.verdicts import VerdictFace, VerdictFrame, VerdictHash, VerdictPreview, VerdictRow
 from db.models.webhooks import WebhookDelivery
 
@@ -62,6 +63,7 @@ __all__ = [
     "Submission",
     "Tenant",
     "TrainingRun",
+    "Upload",
     "UtcDateTime",
     "VerdictFace",
     "VerdictFrame",

@@ -97,6 +97,13 @@ class ScanJob(Base):
             postgresql_where=text("state IN ('queued', 'running')"),
             sqlite_where=text("state IN ('queued', 'running')"),
         ),
+        # A tenant's jobs outstanding (its fair-share step, dfscan.queueing.fair_level). Partial.
+        Index(
+            "ix_scan_jobs_tenant_id_active",
+            "tenant_id",
+            postgresql_where=text("state IN ('queued', 'running')"),
+            sqlite_where=text("state IN ('queued', 'running')"),
+        ),
         # The outbox: jobs whose message still has to be sent. Partial, so it stays tiny.
         Index(
             "ix_scan_jobs_unsent",

@@ -9,7 +9,8 @@ boundary:
   client never names a file on the server. Host names are resolved and checked again at fetch time.
 - an uploaded file is sniffed (its first bytes must start like an image or a video: 415
   UNSUPPORTED_FORMAT otherwise) and capped (DFSCAN_MAX_BYTES, DFSCAN_MAX_VIDEO_BYTES: 413 TOO_LARGE)
-  before anything is stored or queued, then stored by its SHA-256 (``dfscan.uploads``);
+  before anything is stored or queued, then stored by its SHA-256 (``dfscan.uploads``), and held by the
+  caller's tenant (an ``uploads`` row, written with the jobs: ``db.uploads``);
 - the callback URL is checked by ``check_callback_url``, as at every other intake;
 - ``Idempotency-Key`` works as ScanClient's key, within the tenant;
 - the key's quotas (rate, jobs outstanding) and the queue's depth apply (429, 503).
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -26,9 +29,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from db import jobs
+from db import jobs, uploads
+from db.models import utcnow
 from dfscan.api.app import ROUTERS
 from dfscan.api.auth import Principal, require_scope
 from dfscan.api.errors import ERROR_RESPONSES
@@ -137,8 +143,9 @@ async def create_scan(
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "").lower()
     filenames: list[str | None]
+    stored: list[Stored] = []
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=settings.api_max_files, max_fields=16)
+        form = await _capped_form(request, settings)
         try:
             parts = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
             if not parts:
@@ -166,7 +173,8 @@ async def create_scan(
             except ValidationError as exc:
                 raise RequestValidationError(exc.errors()) from None
             scan.options()  # BAD_OPTION before any upload is stored
-            sources = [await _store_upload(request, part) for part in parts]
+            stored = [await _store_upload(request, part) for part in parts]
+            sources = [upload_source(upload.sha256) for upload in stored]
             filenames = [part.filename for part in parts]
         finally:
             await form.close()
@@ -190,7 +198,7 @@ async def create_scan(
             "(DFSCAN_API_MAX_SOURCES): split the batch"
         )
     accepted = await run_in_threadpool(
-        _submit, request.app.state, principal, sources, scan, idempotency_key, filenames
+        _submit, request.app.state, principal, sources, scan, idempotency_key, filenames, stored
     )
     return JSONResponse(accepted, status_code=202)
 
@@ -214,8 +222,63 @@ def _checked_url(index: int, source: str, policy: SourcePolicy) -> str:
     return source
 
 
-async def _store_upload(request: Request, part: UploadFile) -> str:
-    """Sniff, cap and store one uploaded file; its source (``upload:sha256:...``)."""
+class _CappedParser(MultiPartParser):
+    """Starlette's multipart parser, with each file part's byte cap checked as its bytes arrive: a file past
+    its cap ends the request with 413 TOO_LARGE when the cap is crossed, before the rest is read or spooled.
+    The cap is the larger of DFSCAN_MAX_BYTES and DFSCAN_MAX_VIDEO_BYTES until the part's first bytes tell
+    its kind, then that kind's."""
+
+    def __init__(self, request: Request, settings: Any) -> None:
+        super().__init__(request.headers, request.stream(), max_files=settings.api_max_files, max_fields=16)
+        self._caps = {"image": settings.max_bytes, "video": settings.max_video_bytes}
+        self._new_file()
+
+    def _new_file(self) -> None:
+        self._size = 0
+        self._head = bytearray()
+        self._kind: str | None = None
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._new_file()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current_part.file is not None:
+            if self._kind is None and len(self._head) < SNIFF_BYTES:
+                self._head += data[start : min(end, start + SNIFF_BYTES - len(self._head))]
+                if len(self._head) >= SNIFF_BYTES:
+                    self._kind = media_kind(bytes(self._head))
+            self._size += end - start
+            cap = self._caps[self._kind] if self._kind in self._caps else max(self._caps.values())
+            if self._size > cap:
+                name = (self._current_part.file.filename or "file")[:100]
+                what = {"image": "an image", "video": "a video"}.get(self._kind or "", "a file")
+                limit = "DFSCAN_MAX_VIDEO_BYTES" if self._kind == "video" else "DFSCAN_MAX_BYTES"
+                if self._kind is None:
+                    limit = "DFSCAN_MAX_BYTES / DFSCAN_MAX_VIDEO_BYTES"
+                raise TooLargeError(f"{name!r} has more than the {cap}-byte cap on {what} ({limit})")
+        super().on_part_data(data, start, end)
+
+
+async def _capped_form(request: Request, settings: Any) -> FormData:
+    """The multipart form, each file capped while it streams in (:class:`_CappedParser`)."""
+    try:
+        return await _CappedParser(request, settings).parse()
+    except MultiPartException as exc:
+        raise HTTPException(status_code=400, detail=exc.message) from None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One uploaded file in the store; its ``uploads`` row is written with the submission's jobs."""
+
+    sha256: str
+    size: int
+    kind: str
+
+
+async def _store_upload(request: Request, part: UploadFile) -> Stored:
+    """Sniff, cap and store one uploaded file."""
     settings = request.app.state.settings
     head = await part.read(SNIFF_BYTES)
     kind = media_kind(head)
@@ -234,8 +297,8 @@ async def _store_upload(request: Request, part: UploadFile) -> str:
         while data := part.file.read(1024 * 1024):
             yield data
 
-    digest, _ = await run_in_threadpool(store.put, chunks())
-    return upload_source(digest)
+    digest, stored_size = await run_in_threadpool(store.put, chunks())
+    return Stored(digest, stored_size, kind)
 
 
 def _submit(
@@ -245,6 +308,7 @@ def _submit(
     scan: ScanRequest,
     idempotency_key: str | None,
     filenames: list[str | None],
+    stored: list[Stored],
 ) -> dict[str, Any]:
     settings = state.settings
     events = None
@@ -271,6 +335,17 @@ def _submit(
             api_key_id=principal.key_id,
             options=scan.options().stored(),
         )
+        hours = settings.upload_retention_hours
+        expires = utcnow() + timedelta(hours=hours) if hours > 0 else None
+        for upload in stored:  # the tenant's hold on each upload (also on a replay: it was uploaded again)
+            uploads.hold(
+                session,
+                principal.tenant_id,
+                upload.sha256,
+                size=upload.size,
+                media_kind=upload.kind,
+                expires_at=expires,
+            )
         if created:  # counted after the insert, so this submission's own jobs are in; over: rolled back
             state.quotas.check_outstanding(session, principal.key_id, 0)
         out = {
@@ -282,7 +357,13 @@ def _submit(
             "created": created,
         }
         unsent = [(job.id, job.priority) for job in new_jobs if job.enqueued_at is None]
-    send_jobs(state.celery, state.sessions, unsent, per_message=settings.jobs_per_message)
+    send_jobs(
+        state.celery,
+        state.sessions,
+        unsent,
+        per_message=settings.jobs_per_message,
+        fair_share=settings.fair_share,
+    )
     return out
 
 

@@ -24,26 +24,28 @@ def export_cmd(
         str, typer.Option(help="Decisions made at or after: an ISO date or time, today, or a span (7d).")
     ] = "30d",
 ) -> None:
-    """Write the reviewed images still held (uploads within retention) whose latest decision is fake or real
+    """Write the reviewed images still held (the tenant's own uploads within retention) whose latest decision is fake or real
     as DIR/fake/<job_id>.<ext> and DIR/real/<job_id>.<ext>, with DIR/manifest.json naming every reviewed job
     and what became of it. Then: `dfscan train --data DIR`."""
-    from db import reviews
+    from db import reviews, uploads
     from db.session import new_engine, new_session_factory
     from db.tenants import tenant_by_name
     from dfscan.console.export import Decided, export
-    from dfscan.console.media import DirectoryMedia
+    from dfscan.console.media import DirectoryMedia, TenantMedia
 
     settings = get_settings()
     when = parse_since(since)
     root = getattr(settings, "upload_store", None)
-    store = DirectoryMedia(root) if root else None
+    folder = DirectoryMedia(root) if root else None
     engine = new_engine(settings.database_url)
     try:
         with new_session_factory(engine)() as session:
             tenant_row = tenant_by_name(session, tenant)
             rows = reviews.decided(session, tenant_row.id, since=when)
+            held = uploads.held_by(session, tenant_row.id, [row.image_sha256 for row in rows])
     finally:
         engine.dispose()
+    store = TenantMedia(folder, held) if folder is not None else None
 
     def reader(sha256: str) -> Callable[[], bytes | None]:
         return (lambda: store.read(sha256)) if store is not None else (lambda: None)

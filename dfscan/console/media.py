@@ -5,7 +5,7 @@ A verdict keeps the sha256 of the bytes it judged, never the bytes; uploads are 
 ``dfscan reviews export`` can write, exactly the uploads still within retention, and never fetches a
 source URL again from the reviewer's browser or from the server (a URL's content may have changed, and a
 fetch on page view would be an SSRF and tracking channel). Media of URL sources and of expired uploads
-show as "no longer held".
+show as "no longer held", and a tenant sees only bytes its own upload rows hold (:class:`TenantMedia`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,21 @@ class DirectoryMedia:
             return self.path_of(sha256).read_bytes()
         except (FileNotFoundError, ValueError):
             return None
+
+
+class TenantMedia:
+    """A store seen by one tenant: only the bytes its own ``uploads`` rows hold (``db.uploads.held_by``),
+    never bytes that only another tenant uploaded, even with the same sha256."""
+
+    def __init__(self, store: HeldMedia, held: set[str]) -> None:
+        self.store = store
+        self.held = held
+
+    def holds(self, sha256: str) -> bool:
+        return sha256 in self.held and self.store.holds(sha256)
+
+    def read(self, sha256: str) -> bytes | None:
+        return self.store.read(sha256) if sha256 in self.held else None
 
 
 def content_type(fmt: str | None) -> str | None:

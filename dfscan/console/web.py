@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import select
 
-from db import reviews
+from db import reviews, uploads
 from db.models import ApiKey, Tenant
 from dfscan.api.app import ROUTERS
 from dfscan.api.auth import sessions_of
@@ -247,7 +247,8 @@ def queue_page(
     filters = _filters(label, media_kind, client_ref, model_version, state)
     with sessions_of(request)() as db:
         page = reviews.queue(db, reviewer.tenant_id, filters, limit=PAGE, cursor=after)
-    store = held_media(request)
+        held = uploads.held_by(db, reviewer.tenant_id, [row.image_sha256 for row in page.rows])
+    store = held_media(request, held)
     rows = [
         {
             **row.__dict__,
@@ -284,6 +285,7 @@ def item_page(
         verdict = reviews.verdict_row(db, job_id)
         newer, older = reviews.neighbours(db, reviewer.tenant_id, job_id, filters)
         history = reviews.history(db, reviewer.tenant_id, job_id)
+        held = uploads.held_by(db, reviewer.tenant_id, [verdict.image_sha256 if verdict else None])
         assert verdict is not None
         shown_by, previews = reviews.preview_times(
             db, reviewer.tenant_id, job_id, verdict.image_sha256, verdict.media
@@ -314,7 +316,7 @@ def item_page(
                 points, verdict.threshold, duration_s=verdict.duration_s, thumbs=thumbs, aspect=aspect
             )
         )
-    store = held_media(request)
+    store = held_media(request, held)
     still = [seq for seq, t in previews if t is None]
     item = {
         "held": store is not None
@@ -409,10 +411,11 @@ def media_file(job_id: uuid.UUID, request: Request) -> Response:
     with sessions_of(request)() as db:
         found = reviews.item(db, reviewer.tenant_id, job_id)
         verdict = reviews.verdict_row(db, job_id) if found is not None else None
+        held = uploads.held_by(db, reviewer.tenant_id, [verdict.image_sha256 if verdict else None])
     if verdict is None:
         return _secure(Response(status_code=404))
     kind = media.content_type(verdict.image_format)
-    store = held_media(request)
+    store = held_media(request, held)
     data = store.read(verdict.image_sha256) if store is not None and kind is not None else None
     if data is None or kind is None:
         return _secure(Response("media no longer held", status_code=404, media_type="text/plain"))
@@ -442,9 +445,10 @@ def preview_file(job_id: uuid.UUID, seq: int, request: Request) -> Response:
     return response
 
 
-def held_media(request: Request) -> media.HeldMedia | None:
+def held_media(request: Request, held: set[str]) -> media.HeldMedia | None:
+    """The upload store as the reviewer's tenant sees it: ``held``, the digests its upload rows hold."""
     root = getattr(request.app.state.settings, "upload_store", None)
-    return media.DirectoryMedia(root) if root else None
+    return media.TenantMedia(media.DirectoryMedia(root), held) if root else None
 
 
 @router.get("/agreement")

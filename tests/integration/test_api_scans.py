@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -189,6 +190,62 @@ def test_upload_caps_apply_before_anything_is_queued(service: Service, tmp_path:
             response = http.post("/v1/scans", files=[("file", ("big.png", noise, "image/png"))])
             assert response.status_code == 413 and _error(response)["code"] == "TOO_LARGE", response.text
             assert http.get("/v1/results").json()["results"] == []
+        assert not list((tmp_path / "up").glob("*/*"))
+    finally:
+        server.stop()
+
+
+def test_a_file_past_its_cap_is_refused_while_it_streams_not_after_it_is_spooled(
+    service: Service, tmp_path: Path
+) -> None:  # noqa: F811
+    """A chunked upload (no Content-Length for the body cap to refuse at once) sends 100 kB of a PNG over a
+    20 kB cap and then stops, its body unfinished: the 413 comes back while the server still waits for the
+    rest, so the file was capped as it streamed in (spooling it whole first would wait for the body, then
+    answer 408 after DFSCAN_API_BODY_TIMEOUT)."""
+    env = {
+        **service.env,
+        "DFSCAN_MAX_BYTES": "20000",
+        "DFSCAN_API_BODY_TIMEOUT": "600",
+        "DFSCAN_UPLOAD_STORE": str(tmp_path / "up"),
+    }
+    server = start_api(env, service.database_url, tmp_path / "api.log")
+    try:
+        key = server.tenant("acme", "submit,read")
+        host, port = server.base_url.removeprefix("http://").split(":")
+        boundary = "capped-while-streaming"
+        head = (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        png = make_image_bytes("PNG", size=(64, 64), seed=3)
+        part = head + png[:16] + b"\0" * 100_000  # a PNG's first bytes, then far past the cap
+        request = (
+            (
+                "POST /v1/scans HTTP/1.1\r\n"
+                f"Host: {host}:{port}\r\n"
+                f"Authorization: Bearer {key}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+            + f"{len(part):x}\r\n".encode()
+            + part
+            + b"\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=120) as sock:
+            sock.sendall(request)  # and nothing more: the body never ends
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                got = sock.recv(65536)
+                if not got:
+                    break
+                answer += got
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.split()[1] == b"413", answer[:500]
+        body = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert (
+            body["error"]["code"] == "TOO_LARGE" and "20000-byte cap on an image" in body["error"]["message"]
+        )
         assert not list((tmp_path / "up").glob("*/*"))
     finally:
         server.stop()

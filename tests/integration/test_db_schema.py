@@ -89,6 +89,7 @@ def test_downgrade_to_base_and_back(backend: str, request: pytest.FixtureRequest
         "tenants",
         "api_keys",
         "reviews",
+        "uploads",
     }
     assert {d[0] for d in diffs} == {"add_table", "add_index"}
     migrate.upgrade(url)

@@ -158,7 +158,9 @@ def test_the_exporter_serves_queue_depth_age_and_the_scaling_signal(service: Ser
         assert value(samples, "dfscan_queue_jobs", lane="inference", state="queued") == 3
         assert value(samples, "dfscan_queue_jobs", lane="inference.interactive", state="queued") == 2
         assert value(samples, "dfscan_queue_jobs", lane="inference", state="running") == 0
-        assert value(samples, "dfscan_queue_messages", queue="inference", priority="0") == 3
+        # One job each, of one tenant: its 2nd and 3rd go out one fair-share step lower each (1, 2).
+        for step in ("0", "1", "2"):
+            assert value(samples, "dfscan_queue_messages", queue="inference", priority=step) == 1
         assert value(samples, "dfscan_queue_messages", queue="inference", priority="3") == 1
         assert value(samples, "dfscan_queue_messages", queue="inference.interactive", priority="0") == 2
         assert value(samples, "dfscan_scaling_jobs_outstanding") == 5

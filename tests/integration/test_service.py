@@ -160,7 +160,7 @@ def test_idempotency_key_makes_a_retried_submit_return_the_first_submission(serv
     second = client.submit(sources, idempotency_key="backend-req-42")
     assert second.id == first.id and not second.created
     assert second.job_ids == first.job_ids
-    assert service.redis().llen("inference") == 2  # no second set of messages
+    assert service.messages() == 2  # no second set of messages
 
 
 def test_backpressure_fails_fast_past_the_queue_depth(service: Service) -> None:
@@ -182,7 +182,7 @@ def test_messages_that_could_not_be_sent_are_sent_later_by_the_sweeper(service: 
     client.settings = broken.model_copy(update={"queue_max_depth": 10**9})
     client._check_capacity = lambda n, w: None  # type: ignore[method-assign]  # the broker is "down"
     sub = client.submit(sorted(str(p) for p in service.images.iterdir()))
-    assert service.redis().llen("inference") == 0
+    assert service.messages() == 0
     assert sub.status()["queued"] == 3
     service.start_worker("--sweeper")
     sub.wait(60)
@@ -197,7 +197,7 @@ def test_several_jobs_per_message_each_get_their_own_outcome(service: Service) -
     settings = settings_for(service).model_copy(update={"jobs_per_message": 8})
     client = ScanClient(settings)
     sub = client.submit(sorted(str(p) for p in service.images.iterdir()))
-    assert service.redis().llen("inference") == 3  # 20 jobs in messages of 8, 8 and 4
+    assert service.messages() == 3  # 20 jobs in messages of 8, 8 and 4
     app = new_celery_app(settings)
     for job_id in sub.job_ids[:3]:  # and a few single-job duplicates on top
         send_job(app, job_id, 0)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs
@@ -216,3 +216,54 @@ def test_redeliver_wakes_the_loop(factory: sessionmaker[Session], receiver: Rece
         # The poll is an hour away: only redeliver's NOTIFY can start this round.
         wait_until(lambda: len(receiver.events()) == 2, "redelivery waited for the poll")
     assert {got.headers["X-Dfscan-Event-Id"] for got in receiver.events()} == {str(delivery_id)}
+
+
+def test_a_tenants_own_secret_is_enough_and_events_with_no_secret_at_all_wait(
+    factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    """Without DFSCAN_WEBHOOK_SECRET, a tenant with its own secret still gets its events, signed with it;
+    the default tenant's (no secret of its own) are not sent unsigned, nor lost: they wait, their attempt
+    not counted, and go out signed with DFSCAN_WEBHOOK_SECRET once it is set."""
+    from db.tenants import create_tenant, webhook_secrets
+    from dfscan.webhooks import SIGNATURE_HEADER, verify
+
+    with factory.begin() as s:
+        tenant = create_tenant(s, "acme")
+        acme, (acme_secret,) = tenant.id, webhook_secrets(tenant)
+    with factory.begin() as s:
+        _, own, _ = jobs.create_submission(
+            s, ["/img/a.jpg"], callback_url=receiver.url, callback_events=["job.completed"], tenant_id=acme
+        )
+        _, shared, _ = jobs.create_submission(
+            s, ["/img/b.jpg"], callback_url=receiver.url, callback_events=["job.completed"]
+        )
+    with factory.begin() as s:
+        for job in (*own, *shared):
+            assert jobs.finish_failed(s, job.id, code="CORRUPT_IMAGE", message="broken")
+
+    unset = Deliverer(factory, settings_for(factory, webhook_secret=""))
+    try:
+        report = unset.deliver_once()
+    finally:
+        unset.close()
+    assert (report.delivered, report.failed) == (1, 0)
+    (got,) = receiver.events()
+    assert got.event["data"]["job_id"] == str(own[0].id)
+    assert verify(acme_secret, got.headers[SIGNATURE_HEADER], got.body)
+    with factory() as s:
+        waiting = s.scalars(select(WebhookDelivery).where(WebhookDelivery.state == "pending")).one()
+        assert waiting.job_id == shared[0].id and waiting.attempts == 0
+        db_now = s.scalar(select(func.now()))
+        assert db_now is not None and waiting.next_attempt_at > db_now  # not claimed again at once
+
+    with factory.begin() as s:  # the operator sets the secret; the waiting event is due again
+        s.execute(update(WebhookDelivery).values(next_attempt_at=func.now()))
+    signed = Deliverer(factory, settings_for(factory, webhook_secret="whsec-set-later"))
+    try:
+        assert signed.deliver_once().delivered == 1
+    finally:
+        signed.close()
+    later = [r for r in receiver.events() if r.event["data"]["job_id"] == str(shared[0].id)]
+    (got,) = later
+    assert verify("whsec-set-later", got.headers[SIGNATURE_HEADER], got.body)
+    assert not verify(acme_secret, got.headers[SIGNATURE_HEADER], got.body)

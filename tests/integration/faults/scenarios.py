@@ -20,7 +20,7 @@ from db.models import ScanJob
 from db.results import CheckReport
 from db.session import new_engine, new_session_factory
 from dfscan.outbox import send_job
-from dfscan.queueing import SCAN_TASK, new_celery_app
+from dfscan.queueing import SCAN_TASK, new_celery_app, queue_lists
 from producer.check import check_submission
 from producer.client import ScanClient, Submission
 from tests.fixtures import faults
@@ -248,14 +248,13 @@ def bulk_backlog_vs_sweeper(svc: Service, n: int = 400, per_message: int = 8) ->
     paths = [str(p) for p in write_images(svc.images, n, size=(16, 16))]
     client = ScanClient(settings_for(svc).model_copy(update={"jobs_per_message": per_message}))
     sub = client.submit(paths)
-    r = svc.redis()
-    assert r.llen("inference") == messages, r.llen("inference")
+    assert svc.messages() == messages, svc.messages()
     sweeper = faults.start_process(svc, "sweeper", "sweeper")
     try:
         counts: list[int] = []
         for _ in range(4 * lease):  # four leases of sweeps, each of which judged the backlog stale
             time.sleep(1.0)
-            counts.append(int(r.llen("inference")))
+            counts.append(int(svc.messages()))
         assert counts == [messages] * len(counts), f"backlog messages changed under the sweeper: {counts}"
         faults.flush_own_db(svc)
         deadline = time.monotonic() + 30
@@ -264,7 +263,7 @@ def bulk_backlog_vs_sweeper(svc: Service, n: int = 400, per_message: int = 8) ->
         recovered = _backlog_jobs(svc)
         assert recovered == n, f"after the flush the broker names {recovered} of {n} jobs"
         time.sleep(2 * lease)  # and the re-sent backlog does not grow either
-        after = int(r.llen("inference"))
+        after = int(svc.messages())
         assert after == messages, f"{after} messages after the re-send, expected {messages}"
     finally:
         sweeper.kill()
@@ -322,7 +321,7 @@ def malformed_messages(svc: Service) -> Outcome:
     paths = [str(p) for p in write_images(svc.images, 6)]
     sub = ScanClient(settings_for(svc)).submit(paths)
     r = svc.redis()
-    r.delete("inference")  # the producer's messages: the test decides what is delivered
+    r.delete(*queue_lists("inference"))  # the producer's messages: the test decides what is delivered
     victim, *others = sub.job_ids
     bad = [
         raw_celery_message(SCAN_TASK, "inference", [], {"job_id": str(victim), "colour": "red"}),
