@@ -53,7 +53,7 @@ def test_a_worker_judges_videos_beside_images_and_stores_their_frames(service: S
     assert frame_rows(service) == 10 + webm_frames
     report = check_submission(settings_for(service), sub.id)
     assert report.ok, report.summary()
-    service.env["COLUMNS"] = "300"  # a wide terminal: one table row per line
+    service.env["COLUMNS"] = "1000"  # a wide terminal: one table row per line, however long the tmp path
     table = service.cli("results", str(sub.id))
     assert table.returncode == 0, table.stderr
     (line,) = [line for line in table.stdout.splitlines() if "clip.mp4" in line]

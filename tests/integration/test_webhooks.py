@@ -172,7 +172,11 @@ def test_a_receiver_down_for_a_while_gets_every_event_when_it_is_back(
     ids = receiver.wait_for(6, timeout=30)  # 5 job.completed + 1 submission.completed
     rows = wait_delivered(service, submission_id, 6, timeout=30)
     assert ids == {str(row.id) for row in rows}  # at least once, under the ids written at the verdict
-    assert all(row.attempts >= 2 for row in rows)
+    # Every event that failed while the receiver was down went again; an event written late (a busy
+    # machine) may have found the receiver back at its first attempt.
+    retried = {p["id"] for p in pending}
+    assert all(row.attempts >= 2 for row in rows if str(row.id) in retried)
+    assert all(row.attempts >= 1 for row in rows)
     for got in receiver.events():
         assert verify(SECRET, got.headers[SIGNATURE_HEADER], got.body)
 
