@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -151,9 +150,8 @@ def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
             )
         else:
             table.add_row(str(row["source"]), str(row["status"]), "", "", "", "", "")
-    # Piped or redirected output is read by programs and people alike: do not fold it at 80 columns
-    # (COLUMNS, when set, still says how wide).
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
+    # Piped or redirected output is read by programs and people alike: do not fold it at 80 columns.
+    width = None if sys.stdout.isatty() else 240
     Console(soft_wrap=False, width=width).print(table)
 
 

@@ -53,11 +53,10 @@ def test_a_worker_judges_videos_beside_images_and_stores_their_frames(service: S
     assert frame_rows(service) == 10 + webm_frames
     report = check_submission(settings_for(service), sub.id)
     assert report.ok, report.summary()
-    service.env["COLUMNS"] = "1000"  # a wide terminal: one table row per line, however long the tmp path
     table = service.cli("results", str(sub.id))
     assert table.returncode == 0, table.stderr
-    (line,) = [line for line in table.stdout.splitlines() if "clip.mp4" in line]
-    assert f"video 5.0 s, peak at {video.peak_t:.1f} s" in line
+    # The table folds its widest cells (a long tmp path) but never the label's few words.
+    assert f"video 5.0 s, peak at {video.peak_t:.1f} s" in table.stdout
     as_json = service.cli("results", str(sub.id), "--format", "json")
     assert '"media": "video"' in as_json.stdout and '"peak_t": ' in as_json.stdout
 
