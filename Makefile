@@ -13,12 +13,11 @@ setup:  ## create .venv with torch 2.13.0 (CPU, from local disk) and dfscan in e
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev,docs]'
 
-test:  ## lint, type-check and run the default suite (unit, integration, e2e; not the slow ones) on 2 processes
+test:  ## lint, type-check and run the default suite (unit, integration, e2e; not the slow ones)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -m "not slow and not serial" -n 2 --dist loadfile
-	$(PY) -m pytest -m "serial and not slow"
+	$(PY) -m pytest -m "not slow"
 
 test-slow:  ## the long scenarios (faults, training queue, each extra in a fresh venv, ...)
 	$(PY) -m pytest -m slow
