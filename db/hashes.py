@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import BankEntry, HashBank, ScanJob, VerdictHash, VerdictRow
+from db.models import BankEntry, HashBank, VerdictHash, VerdictRow
 from db.verdicts import stored_of
 from dfscan.exceptions import BadArgumentError, UnknownIdError
 from dfscan.tenants import DEFAULT_TENANT_ID
@@ -91,16 +91,6 @@ def stored_by_job(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.U
         session.execute(select(VerdictRow).where(VerdictRow.job_id.in_(sorted(set(job_ids))))).scalars()
     )
     return stored_of(session, rows)
-
-
-def job_tenants(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
-    """The tenant of each job (the default tenant where jobs carry none)."""
-    column = getattr(ScanJob, "tenant_id", None)
-    if column is None or not job_ids:
-        return dict.fromkeys(job_ids, DEFAULT_TENANT_ID)
-    query = select(ScanJob.id, column).where(ScanJob.id.in_(sorted(set(job_ids))))
-    found: dict[uuid.UUID, uuid.UUID] = {job_id: tenant for job_id, tenant in session.execute(query)}
-    return {job_id: found.get(job_id) or DEFAULT_TENANT_ID for job_id in job_ids}
 
 
 # --- banks --------------------------------------------------------------------------------------
